@@ -1,0 +1,54 @@
+"""The exception hierarchy of the store.
+
+Every exception the library raises on purpose derives from :class:`FlatFileDbError`.
+Exceptions that the original engine raised as built-in types keep that type as a
+second base, so existing ``except FileNotFoundError`` / ``except ValueError``
+handlers keep working.
+
+This module imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+
+class FlatFileDbError(Exception):
+    """Base class of every error raised by conduit_flat_file_db."""
+
+
+class FlatFileDbLockTimeoutError(FlatFileDbError, TimeoutError):
+    """The store's inter-process lock was not acquired within the timeout."""
+
+
+class FlatFileDbUnsafeAccessError(FlatFileDbError):
+    """An operation would break an invariant of the store (e.g. deleting the mutable segment)."""
+
+
+class FlatFileDbNotFoundError(FlatFileDbError, FileNotFoundError):
+    """The segment a location points at does not exist (deleted, or never written)."""
+
+
+class InvalidLocationError(FlatFileDbError, ValueError):
+    """A location or slice that cannot resolve to committed bytes of this store.
+
+    Raised for paths that are not a segment file of this datadir, offsets past the
+    committed end of a segment, negative or inverted ranges, and slices past the blob.
+    """
+
+
+class FormatError(FlatFileDbError, ValueError):
+    """A file does not have the layout FORMAT.md describes (bad magic, version, size)."""
+
+
+class CorruptionError(FlatFileDbError):
+    """Stored bytes fail a checksum or structural check.
+
+    Attributes:
+        path: the file in which the problem was found.
+        offset: byte offset in that file (or in the segment's uncompressed space,
+            as the message says), or -1 when not applicable.
+    """
+
+    def __init__(self, message: str, path: str, offset: int = -1) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset

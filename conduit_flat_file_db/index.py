@@ -1,0 +1,148 @@
+"""The per-segment record index: the store's commit log (FORMAT.md, "Record index").
+
+One index file per segment, ``data_{n:08d}.idx``: a 32-byte header, then fixed-size
+32-byte records. A blob exists once its BLOB record is written; a segment is sealed
+once its SEAL record is written. This module only encodes and decodes bytes; it does
+no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import NamedTuple
+
+import xxhash
+
+from .errors import FormatError
+
+# FORMAT.md "Record index: header".
+INDEX_MAGIC = b"FFDB-IDX"
+INDEX_VERSION = 1
+KIND_RAW = 0
+KIND_ZSTD = 1
+HEADER_BYTES = 32
+_HEADER = struct.Struct("<8sHBBIQI")  # 28 bytes, then the crc32 of those 28 bytes
+_U32 = struct.Struct("<I")
+
+# FORMAT.md "Record index: records".
+RECORD_BYTES = 32
+REC_BLOB = 1
+REC_FRAME = 2
+REC_SEAL = 3
+FLAG_LEGACY_EXTENT = 0x01  # bytes written by an engine without an index: blob bounds unknown
+_PREFIX = struct.Struct("<BBHI")  # type, flags, reserved, crc32
+_BODY = struct.Struct("<QQQ")
+_RECORD = struct.Struct("<BBHIQQQ")
+
+blob_checksum = xxhash.xxh3_64_intdigest
+"""Checksum of a blob's bytes: XXH3-64, seed 0 (FORMAT.md "Checksums")."""
+
+
+def _record_crc(prefix4: bytes, body: bytes | memoryview) -> int:
+    return zlib.crc32(body, zlib.crc32(prefix4))
+
+
+_BLOB_PREFIX = bytes((REC_BLOB, 0, 0, 0))
+_BLOB_PREFIX_CRC = zlib.crc32(_BLOB_PREFIX)
+
+
+class IndexHeader(NamedTuple):
+    """Decoded index header."""
+
+    version: int
+    kind: int
+    flags: int
+    segment: int
+    created_ns: int
+
+
+class Record(NamedTuple):
+    """One decoded index record; the meaning of a, b, c depends on ``rtype``.
+
+    BLOB: a = start offset, b = length, c = XXH3-64 of the blob.
+    FRAME: a = uncompressed start, b = (compressed size << 32) | uncompressed size,
+    c = compressed start. SEAL: a = final uncompressed size, b = blob count,
+    c = final size of the data file on disk.
+    """
+
+    rtype: int
+    flags: int
+    a: int
+    b: int
+    c: int
+
+
+def encode_header(segment: int, kind: int, created_ns: int) -> bytes:
+    """The 32 header bytes of a new index file."""
+    head = _HEADER.pack(INDEX_MAGIC, INDEX_VERSION, kind, 0, segment, created_ns, 0)
+    return head + _U32.pack(zlib.crc32(head))
+
+
+def decode_header(buf: bytes, path: str) -> IndexHeader:
+    """Decode and check a header; raises FormatError naming ``path``."""
+    if len(buf) < HEADER_BYTES:
+        raise FormatError(f"{path}: index header is {len(buf)} bytes, expected {HEADER_BYTES}")
+    head = buf[: HEADER_BYTES - 4]
+    (crc,) = _U32.unpack_from(buf, HEADER_BYTES - 4)
+    magic, version, kind, flags, segment, created_ns, _reserved = _HEADER.unpack(head)
+    if magic != INDEX_MAGIC:
+        raise FormatError(f"{path}: not a record index (magic {magic!r} at offset 0)")
+    if zlib.crc32(head) != crc:
+        raise FormatError(f"{path}: index header checksum mismatch at offset 0")
+    if version != INDEX_VERSION:
+        raise FormatError(f"{path}: index version {version} is not supported (expected {INDEX_VERSION})")
+    if kind not in (KIND_RAW, KIND_ZSTD):
+        raise FormatError(f"{path}: unknown segment kind {kind} in index header")
+    return IndexHeader(version, kind, flags, segment, created_ns)
+
+
+def encode_blob(start: int, length: int, checksum: int) -> bytes:
+    """A BLOB record: the commit of ``length`` bytes at ``start``."""
+    body = _BODY.pack(start, length, checksum)
+    return _PREFIX.pack(REC_BLOB, 0, 0, zlib.crc32(body, _BLOB_PREFIX_CRC)) + body
+
+
+def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:
+    """Any record (BLOB, FRAME, SEAL) with its checksum."""
+    body = _BODY.pack(a, b, c)
+    crc = _record_crc(bytes((rtype, flags, 0, 0)), body)
+    return _PREFIX.pack(rtype, flags, 0, crc) + body
+
+
+def encode_seal(uncompressed_size: int, blob_count: int, disk_size: int) -> bytes:
+    """The SEAL record that makes a segment immutable."""
+    return encode_record(REC_SEAL, 0, uncompressed_size, blob_count, disk_size)
+
+
+class RecordScan(NamedTuple):
+    """Result of decoding a run of records.
+
+    ``records`` is the longest valid prefix; ``valid_bytes`` its length in bytes;
+    ``problem`` says why decoding stopped early (None when every byte decoded).
+    """
+
+    records: list[Record]
+    valid_bytes: int
+    problem: str | None
+
+
+def decode_records(buf: bytes | memoryview) -> RecordScan:
+    """Decode records until the first one that is torn or fails its checksum."""
+    view = memoryview(buf)
+    whole = len(view) - len(view) % RECORD_BYTES
+    records: list[Record] = []
+    offset = 0
+    unpack = _RECORD.unpack_from
+    crc32 = zlib.crc32
+    while offset < whole:
+        rtype, flags, _res, crc, a, b, c = unpack(view, offset)
+        if crc32(view[offset + 8 : offset + RECORD_BYTES], crc32(view[offset : offset + 4])) != crc:
+            return RecordScan(records, offset, f"record checksum mismatch at record offset {offset}")
+        if rtype not in (REC_BLOB, REC_FRAME, REC_SEAL):
+            return RecordScan(records, offset, f"unknown record type {rtype} at record offset {offset}")
+        records.append(Record(rtype, flags, a, b, c))
+        offset += RECORD_BYTES
+    if whole != len(view):
+        return RecordScan(records, whole, f"torn record of {len(view) - whole} bytes at record offset {whole}")
+    return RecordScan(records, whole, None)

@@ -1,0 +1,224 @@
+"""The store's reader/writer lock: a thread lock in each process around one fasteners lock.
+
+fasteners' ``InterProcessReaderWriterLock`` takes POSIX ``lockf`` locks, which belong
+to a *process*: two threads of one process both "hold" it, and closing any handle on
+the lock file drops every lock the process has on it. So each process keeps exactly
+one fasteners lock object per lock file (a registry keyed by the file's identity),
+and threads reach it only through :class:`ProcessLock`, which orders them first.
+
+Speed: fasteners opens the lock file on every acquire and closes it on every
+release, and waits for a contended lock by sleeping 10-100 ms between tries. Here the
+fasteners handle is opened once and kept for the life of the process, the
+uncontended path is one ``lockf`` call on it (the very call fasteners makes), and a
+contended writer waits in the kernel (``F_SETLKW``) instead of sleeping, so it is
+woken the moment the holder releases. The lock stays compatible with any other
+fasteners user of the same file. This module is the only importer of fasteners.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import fasteners
+
+from .errors import FlatFileDbLockTimeoutError
+
+if os.name == "posix":
+    import fcntl
+else:  # pragma: no cover - exercised on Windows only
+    fcntl = None  # type: ignore[assignment]
+
+
+class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[misc]
+    """fasteners' lock whose lock-file handle stays open between acquisitions."""
+
+    def open_handle(self) -> Any:
+        """Open the lock file through fasteners (creating its directory) and keep it."""
+        self._do_open()
+        return self.lockfile
+
+    def _do_close(self) -> None:
+        # Closing would drop the process's POSIX locks and cost an open per acquire;
+        # the handle lives as long as the process (see the module docstring).
+        return None
+
+
+_POLL_SECONDS = 0.0005
+
+
+class ProcessLock:
+    """Reader/writer lock for one lock file, shared by every thread of this process.
+
+    Thread-safe. Not reentrant: a thread holding it must not acquire it again.
+    Obtain instances with :func:`process_lock_for`.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._ipc = _KeptOpenLock(path)
+        self._handle = self._ipc.open_handle()
+        self._fd: int = self._handle.fileno()
+        self._reset_threads()
+
+    def _reset_threads(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    # -- inter-process part -------------------------------------------------------
+
+    def _ipc_acquire(self, exclusive: bool, timeout: float | None) -> None:
+        if fcntl is None:  # pragma: no cover - Windows: fasteners' own polling acquire
+            acquire = self._ipc.acquire_write_lock if exclusive else self._ipc.acquire_read_lock
+            if not acquire(blocking=True, delay=_POLL_SECONDS, max_delay=0.01, timeout=timeout):
+                raise FlatFileDbLockTimeoutError(f"lock {self.path} not acquired within {timeout} s")
+            return
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.lockf(self._fd, mode | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+        if timeout is None:
+            fcntl.lockf(self._fd, mode)  # wait in the kernel; woken on release
+            return
+        deadline = time.monotonic() + timeout
+        delay = _POLL_SECONDS
+        while True:
+            try:
+                fcntl.lockf(self._fd, mode | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FlatFileDbLockTimeoutError(
+                    f"lock {self.path} not acquired within {timeout} s; another process holds it"
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.01)
+
+    def _ipc_release(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            self._ipc.release_write_lock()
+            return
+        fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    # -- writer ----------------------------------------------------------------------
+
+    def acquire_write(self, timeout: float | None = None) -> None:
+        """Exclusive across threads and processes."""
+        with self._cond:
+            if self._writer or self._readers:
+                self._waiting_writers += 1
+                try:
+                    if not self._cond.wait_for(lambda: not self._writer and not self._readers, timeout):
+                        raise FlatFileDbLockTimeoutError(
+                            f"lock {self.path} not acquired within {timeout} s; another thread holds it"
+                        )
+                finally:
+                    self._waiting_writers -= 1
+            self._writer = True
+        try:
+            self._ipc_acquire(True, timeout)
+        except BaseException:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+            raise
+
+    def release_write(self) -> None:
+        """Release what :meth:`acquire_write` took."""
+        self._ipc_release()
+        with self._cond:
+            self._writer = False
+            if self._waiting_writers or self._readers == 0:
+                self._cond.notify_all()
+
+    # -- reader ----------------------------------------------------------------------
+
+    def acquire_read(self, timeout: float | None = None) -> None:
+        """Shared with other readers, exclusive of writers, across threads and processes."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writer and not self._waiting_writers, timeout):
+                raise FlatFileDbLockTimeoutError(f"lock {self.path} not acquired within {timeout} s")
+            if self._readers == 0:
+                # Held under the condition's lock: this process holds nothing yet, so
+                # no thread of it can be waiting to release.
+                self._ipc_acquire(False, timeout)
+            self._readers += 1
+
+    def release_read(self) -> None:
+        """Release what :meth:`acquire_read` took."""
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._ipc_release()
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self, timeout: float | None = None) -> Iterator[None]:
+        """Context manager form of acquire_write/release_write."""
+        self.acquire_write(timeout)
+        try:
+            yield
+        finally:
+            self.release_write()
+
+    @contextmanager
+    def read(self, timeout: float | None = None) -> Iterator[None]:
+        """Context manager form of acquire_read/release_read."""
+        self.acquire_read(timeout)
+        try:
+            yield
+        finally:
+            self.release_read()
+
+
+_registry_guard = threading.Lock()
+_registry: dict[tuple[int, int], ProcessLock] = {}
+_all_locks: "weakref.WeakSet[ProcessLock]" = weakref.WeakSet()
+
+
+def process_lock_for(path: str) -> ProcessLock:
+    """The one ProcessLock of this process for the lock file at ``path`` (created if needed).
+
+    Never opens a second handle on a lock file this process already uses: closing it
+    would release the locks the process holds on that file.
+    """
+    with _registry_guard:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            existing = _registry.get((st.st_dev, st.st_ino))
+            if existing is not None:
+                return existing
+        lock = ProcessLock(path)
+        st = os.fstat(lock._fd)  # pylint: disable=protected-access  # same module
+        _registry[(st.st_dev, st.st_ino)] = lock
+        _all_locks.add(lock)
+        return lock
+
+
+def _after_fork_in_child() -> None:
+    # The child holds none of the parent's POSIX locks, and a thread that held one of
+    # our thread locks in the parent does not exist in the child: start clean.
+    for lock in list(_all_locks):
+        lock._reset_threads()  # pylint: disable=protected-access  # same module
+    global _registry_guard  # pylint: disable=global-statement
+    _registry_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

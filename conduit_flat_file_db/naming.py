@@ -1,0 +1,48 @@
+"""The only code that builds or parses the names of the store's files (FORMAT.md, "Files")."""
+
+from __future__ import annotations
+
+import re
+
+SEGMENT_PREFIX = "data_"
+RAW_SUFFIX = ".dat"
+ZSTD_SUFFIX = ".dat.zst"
+INDEX_SUFFIX = ".idx"
+STATE_FILE_NAME = "ffdb.state"
+# Scratch files (adoption, recompression) carry this prefix; recovery removes them.
+TEMP_PREFIX = ".tmp-"
+
+_SEGMENT_RE = re.compile(r"data_([0-9]{8,10})(\.dat|\.dat\.zst|\.idx)\Z")
+MAX_SEGMENT_NUMBER = 0xFFFFFFFF
+
+
+def segment_name(number: int, compressed: bool) -> str:
+    """File name of segment ``number``: ``data_00000007.dat`` or ``data_00000007.dat.zst``."""
+    return f"{SEGMENT_PREFIX}{number:08d}{ZSTD_SUFFIX if compressed else RAW_SUFFIX}"
+
+
+def index_name(number: int) -> str:
+    """File name of the record index of segment ``number``: ``data_00000007.idx``."""
+    return f"{SEGMENT_PREFIX}{number:08d}{INDEX_SUFFIX}"
+
+
+def parse_name(name: str) -> tuple[int, str] | None:
+    """Split a store file name into (segment number, suffix), or None if it is not one.
+
+    The suffix is one of RAW_SUFFIX, ZSTD_SUFFIX, INDEX_SUFFIX.
+    """
+    match = _SEGMENT_RE.match(name)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    if number > MAX_SEGMENT_NUMBER:
+        return None
+    return number, match.group(2)
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The number of a data segment file name (``.dat`` or ``.dat.zst``), else None."""
+    parsed = parse_name(name)
+    if parsed is None or parsed[1] == INDEX_SUFFIX:
+        return None
+    return parsed[0]

@@ -1,0 +1,128 @@
+"""The store's shared state page: a small memory-mapped file every process maps.
+
+``ffdb.state`` caches what every writer and reader of the mutable segment needs on
+each call (which segment is mutable, where its committed bytes end, a deletion
+epoch) so that the hot paths read shared memory instead of making ``fstat`` calls.
+It is derivable: the opener of a store rebuilds it from the record index under the
+write lock, so losing it loses nothing (FORMAT.md, "State page").
+
+Writers change it only while holding the store's write lock. Readers read it without
+a lock through a sequence counter (a seqlock): an odd counter, or one that changed
+during the read, means "read again".
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import uuid
+from typing import NamedTuple
+
+from .errors import FormatError
+from .naming import STATE_FILE_NAME
+
+STATE_MAGIC = int.from_bytes(b"FFDBSTAT", "little")
+STATE_VERSION = 1
+STATE_BYTES = 4096
+
+# Word (8-byte) indexes into the page; FORMAT.md "State page".
+W_MAGIC = 0
+W_VERSION = 1
+W_SEQ = 2
+W_SEGMENT = 3
+W_END = 4  # committed uncompressed bytes of the mutable segment
+W_INDEX_BYTES = 5  # committed bytes of its record index
+W_DISK_BYTES = 6  # committed bytes of its data file on disk
+W_EPOCH = 7  # bumped after any segment file is removed or replaced
+W_DIRTY = 8  # a writer is between its first write and its publish
+W_DURABLE_END = 9  # uncompressed bytes of the mutable segment known to be fsynced
+W_BOOT_LO = 10  # boot id of the machine that last published (power-loss detection)
+W_BOOT_HI = 11
+W_KIND = 12
+
+
+def _read_boot_id() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            raw = uuid.UUID(handle.read().strip()).int
+    except (OSError, ValueError):
+        return (0, 0)  # unknown: every open is treated as after a power loss
+    return (raw & 0xFFFFFFFFFFFFFFFF, raw >> 64)
+
+
+BOOT_ID = _read_boot_id()
+
+
+class MutableView(NamedTuple):
+    """A consistent snapshot of the mutable segment's committed extent."""
+
+    segment: int
+    end: int
+    index_bytes: int
+    disk_bytes: int
+    kind: int
+
+
+class SharedState:
+    """The mapped state page of one store (one instance per FlatFileDb)."""
+
+    def __init__(self, dir_fd: int) -> None:
+        """Open (creating if needed) and map the state page. Call under the write lock."""
+        fd = os.open(STATE_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644,
+                     dir_fd=dir_fd)
+        try:
+            size = os.fstat(fd).st_size
+            if size < STATE_BYTES:
+                os.ftruncate(fd, STATE_BYTES)
+            self._map = mmap.mmap(fd, STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.words = memoryview(self._map).cast("Q")
+        self.fresh = self.words[W_MAGIC] != STATE_MAGIC or self.words[W_VERSION] != STATE_VERSION
+        if self.fresh and size >= STATE_BYTES and self.words[W_MAGIC] not in (0, STATE_MAGIC):
+            raise FormatError(f"{STATE_FILE_NAME}: not a state page of this store (bad magic)")
+
+    def same_boot(self) -> bool:
+        """True when the last publish happened since this machine booted."""
+        words = self.words
+        return BOOT_ID != (0, 0) and (words[W_BOOT_LO], words[W_BOOT_HI]) == BOOT_ID
+
+    def read_mutable(self) -> MutableView:
+        """A consistent snapshot of the mutable segment, without any lock."""
+        words = self.words
+        while True:
+            seq = words[W_SEQ]
+            view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES],
+                               words[W_DISK_BYTES], words[W_KIND])
+            if not seq & 1 and words[W_SEQ] == seq:
+                return view
+            os.sched_yield()
+
+    def publish(self, segment: int, end: int, index_bytes: int, disk_bytes: int, kind: int) -> None:
+        """Make a new committed extent visible. Caller holds the write lock."""
+        words = self.words
+        seq = words[W_SEQ]
+        words[W_SEQ] = seq + 1
+        words[W_SEGMENT] = segment
+        words[W_END] = end
+        words[W_INDEX_BYTES] = index_bytes
+        words[W_DISK_BYTES] = disk_bytes
+        words[W_KIND] = kind
+        words[W_SEQ] = seq + 2
+
+    def initialise(self) -> None:
+        """Stamp magic, version and boot id. Caller holds the write lock."""
+        words = self.words
+        words[W_VERSION] = STATE_VERSION
+        words[W_BOOT_LO], words[W_BOOT_HI] = BOOT_ID
+        words[W_MAGIC] = STATE_MAGIC
+        self.fresh = False
+
+    def bump_epoch(self) -> None:
+        """Tell every reader that a segment file was removed or replaced."""
+        self.words[W_EPOCH] += 1
+
+    def close(self) -> None:
+        """Unmap the page."""
+        self.words.release()
+        self._map.close()
