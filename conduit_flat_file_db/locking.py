@@ -67,10 +67,12 @@ class ProcessLock:
         self._reset_threads()
 
     def _reset_threads(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # ``_room`` is held by the one writing thread, or by the group of reading
+        # threads (taken by the first reader, released by the last: a "light switch").
+        # A plain Lock, not a Condition: the write path is the hot path of every put.
+        self._room = threading.Lock()
+        self._readers_guard = threading.Lock()
         self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
 
     # -- inter-process part -------------------------------------------------------
 
@@ -117,53 +119,58 @@ class ProcessLock:
 
     def acquire_write(self, timeout: float | None = None) -> None:
         """Exclusive across threads and processes."""
-        with self._cond:
-            if self._writer or self._readers:
-                self._waiting_writers += 1
-                try:
-                    if not self._cond.wait_for(lambda: not self._writer and not self._readers, timeout):
-                        raise FlatFileDbLockTimeoutError(
-                            f"lock {self.path} not acquired within {timeout} s; another thread holds it"
-                        )
-                finally:
-                    self._waiting_writers -= 1
-            self._writer = True
+        if not self._room.acquire(True, -1 if timeout is None else timeout):
+            raise FlatFileDbLockTimeoutError(
+                f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it")
         try:
+            if fcntl is not None:
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise
             self._ipc_acquire(True, timeout)
         except BaseException:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
+            self._room.release()
             raise
 
     def release_write(self) -> None:
         """Release what :meth:`acquire_write` took."""
-        self._ipc_release()
-        with self._cond:
-            self._writer = False
-            if self._waiting_writers or self._readers == 0:
-                self._cond.notify_all()
+        try:
+            self._ipc_release()
+        finally:
+            self._room.release()
 
     # -- reader ----------------------------------------------------------------------
 
     def acquire_read(self, timeout: float | None = None) -> None:
         """Shared with other readers, exclusive of writers, across threads and processes."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: not self._writer and not self._waiting_writers, timeout):
-                raise FlatFileDbLockTimeoutError(f"lock {self.path} not acquired within {timeout} s")
+        if not self._readers_guard.acquire(True, -1 if timeout is None else timeout):
+            raise FlatFileDbLockTimeoutError(f"lock {self.path} not acquired within {timeout} s")
+        try:
             if self._readers == 0:
-                # Held under the condition's lock: this process holds nothing yet, so
-                # no thread of it can be waiting to release.
-                self._ipc_acquire(False, timeout)
+                if not self._room.acquire(True, -1 if timeout is None else timeout):
+                    raise FlatFileDbLockTimeoutError(
+                        f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it")
+                try:
+                    self._ipc_acquire(False, timeout)
+                except BaseException:
+                    self._room.release()
+                    raise
             self._readers += 1
+        finally:
+            self._readers_guard.release()
 
     def release_read(self) -> None:
         """Release what :meth:`acquire_read` took."""
-        with self._cond:
+        with self._readers_guard:
             self._readers -= 1
             if self._readers == 0:
-                self._ipc_release()
-                self._cond.notify_all()
+                try:
+                    self._ipc_release()
+                finally:
+                    self._room.release()
 
     @contextmanager
     def write(self, timeout: float | None = None) -> Iterator[None]:

@@ -9,6 +9,7 @@ cached segment is one pread.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import operator
 import os
@@ -38,7 +39,7 @@ from .segment import (
     pwritev_all,
     recover_segment,
 )
-from .state import W_DIRTY, W_DURABLE_END, W_END, W_EPOCH, W_INDEX_BYTES, W_SEGMENT, SharedState
+from .state import W_DIRTY, W_DISK_BYTES, W_DURABLE_END, W_END, W_EPOCH, W_INDEX_BYTES, W_SEGMENT, SharedState
 from .verify import VerifyReport, verify_store
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
 
@@ -131,8 +132,6 @@ class FlatFileDb:
             self._w_data_fd = -1
             self._w_index_fd = -1
             self._w_path = ""
-            self._w_end = 0
-            self._w_index_bytes = 0
             self._lock.acquire_write(self.lock_timeout)
             try:
                 self._state = SharedState(self._dir_fd)
@@ -218,16 +217,19 @@ class FlatFileDb:
         self._w_data_fd = self._w_index_fd = -1
         self._w_segment = -1
 
-    def _begin_write(self) -> None:
-        """Bring this instance's view of the mutable segment up to date (write lock held)."""
+    def _begin_write(self) -> int:
+        """Sync this instance with the mutable segment (write lock held); returns its end."""
         words = self._words
         if words[W_DIRTY] or words[W_SEGMENT] != self._w_segment:
             self._sync_writer()
-        else:
-            self._w_end = words[W_END]
-            self._w_index_bytes = words[W_INDEX_BYTES]
+        end: int = words[W_END]
+        if end >= self.MAX_DAT_FILE_SIZE and end:
+            self._rotate_locked()
+            end = 0
+        return end
 
     def _sync_writer(self) -> None:
+        """Recover a dead writer's tail and (re)open the mutable segment if needed (write lock held)."""
         words = self._words
         if words[W_DIRTY]:
             # A writer died between its first write and its publish: its bytes past
@@ -244,50 +246,64 @@ class FlatFileDb:
                                        dir_fd=self._dir_fd)
             self._w_segment = number
             self._w_path = str(self.datadir / segment_name(number, kind == KIND_ZSTD))
-        self._w_end = words[W_END]
-        self._w_index_bytes = words[W_INDEX_BYTES]
 
     def _rotate_locked(self) -> None:
         """Seal the mutable segment and start the next one (write lock held, writer synced)."""
+        words = self._words
         old = self._w_segment
+        end = words[W_END]
+        index_bytes = words[W_INDEX_BYTES]
         os.fsync(self._w_data_fd)
-        blobs = (self._w_index_bytes - HEADER_BYTES) // RECORD_BYTES
-        pwrite_all(self._w_index_fd, encode_seal(self._w_end, blobs, self._w_end), self._w_index_bytes)
+        blobs = (index_bytes - HEADER_BYTES) // RECORD_BYTES
+        pwrite_all(self._w_index_fd, encode_seal(end, blobs, end), index_bytes)
         os.fsync(self._w_index_fd)
         new = old + 1
         kind = KIND_RAW  # compressed segments: a later version
         create_segment(self._dir_fd, new, kind)
-        self._words[W_DURABLE_END] = 0
+        words[W_DURABLE_END] = 0
         self._state.publish(new, 0, HEADER_BYTES, 0, kind)
         self._sync_writer()
         logger.debug("%s: sealed segment %d, mutable segment is now %d", self._dir_str, old, new)
 
-    def _after_failed_write(self) -> None:
-        """Undo a partial append (e.g. ENOSPC); leave the dirty flag if even that fails."""
-        try:
-            os.ftruncate(self._w_data_fd, self._w_end)
-            os.ftruncate(self._w_index_fd, self._w_index_bytes)
-        except OSError:
-            logger.exception("%s: could not cut a failed append; the next writer will", self._dir_str)
-            return
-        self._words[W_DIRTY] = 0
+    def _append_locked(self, data: Any, buffers: list[Any] | None, start: int, end: int, records: bytes) -> None:
+        """Write data at ``start``, then its index records, fsync as configured, publish.
 
-    def _commit_locked(self, start: int, end: int, records: bytes) -> None:
-        """Write index records after the data, fsync as configured, publish (write lock held)."""
+        The commit protocol (FORMAT.md "Commit"): dirty flag up, data, [fdatasync],
+        index records, [fdatasync], publish the new end, dirty flag down. A failure
+        cuts both files back so nothing partial stays behind.
+        """
         words = self._words
-        fsync = self.fsync
-        if fsync:
-            os.fdatasync(self._w_data_fd)  # data first: a durable record never points at lost bytes
-        pwrite_all(self._w_index_fd, records, self._w_index_bytes)
-        if fsync:
-            os.fdatasync(self._w_index_fd)
-        self._w_end = end
-        self._w_index_bytes += len(records)
-        self._state.publish(self._w_segment, end, self._w_index_bytes, end, KIND_RAW)
-        if fsync:
-            words[W_DURABLE_END] = end
+        index_bytes = words[W_INDEX_BYTES]
+        words[W_DIRTY] = 1
+        try:
+            if buffers is None:
+                written = os.pwrite(self._w_data_fd, data, start)
+                if written != end - start:  # short write: finish it
+                    pwrite_all(self._w_data_fd, memoryview(data).cast("B")[written:], start + written)
+            else:
+                pwritev_all(self._w_data_fd, buffers, start, end - start)
+            if self.fsync:
+                os.fdatasync(self._w_data_fd)  # data first: a durable record never points at lost bytes
+            written = os.pwrite(self._w_index_fd, records, index_bytes)
+            if written != len(records):
+                pwrite_all(self._w_index_fd, memoryview(records)[written:], index_bytes + written)
+            if self.fsync:
+                os.fdatasync(self._w_index_fd)
+                words[W_DURABLE_END] = end
+        except BaseException:
+            try:
+                os.ftruncate(self._w_data_fd, start)
+                os.ftruncate(self._w_index_fd, index_bytes)
+            except OSError:
+                logger.exception("%s: could not cut a failed append; the next writer will", self._dir_str)
+                raise
+            words[W_DIRTY] = 0
+            raise
+        # Same segment, so no seqlock round: readers only need W_END, one aligned word.
+        words[W_INDEX_BYTES] = index_bytes + len(records)
+        words[W_DISK_BYTES] = end
+        words[W_END] = end
         words[W_DIRTY] = 0
-        del start
 
     def put(self, data: bytes) -> DataLocation:
         """Append one blob and return its location.
@@ -297,25 +313,16 @@ class FlatFileDb:
         """
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
             data = _as_bytes_like(data)
-        size = len(data)
         checksum = blob_checksum(data)
         if self._closed:
             self._open()
         lock = self._lock
         lock.acquire_write(self.lock_timeout)
         try:
-            self._begin_write()
-            if self._w_end >= self.MAX_DAT_FILE_SIZE and self._w_end:
-                self._rotate_locked()
-            start = self._w_end
-            self._words[W_DIRTY] = 1
-            try:
-                pwrite_all(self._w_data_fd, data, start)
-                self._commit_locked(start, start + size, encode_blob(start, size, checksum))
-            except BaseException:
-                self._after_failed_write()
-                raise
-            return DataLocation(self._w_path, start, start + size)
+            start = self._begin_write()
+            end = start + len(data)
+            self._append_locked(data, None, start, end, encode_blob(start, end - start, checksum))
+            return _new_location((self._w_path, start, end))
         finally:
             lock.release_write()
 
@@ -323,24 +330,21 @@ class FlatFileDb:
         """Append many blobs under one lock acquisition; returns their locations in order.
 
         The data of each run of blobs that lands in one segment is written with one
-        ``pwritev`` and their index records with one ``pwrite``. A batch is all or
-        nothing per segment: a crash may keep a prefix of the batch, never a torn blob.
+        ``pwritev`` and their index records with one ``pwrite``. A crash may keep a
+        prefix of the batch (whole blobs only), never a torn blob.
         """
         items = [d if type(d) is bytes else _as_bytes_like(d) for d in datas]  # pylint: disable=unidiomatic-typecheck
-        checksums = [blob_checksum(d) for d in items]
         if not items:
             return []
+        checksums = [blob_checksum(d) for d in items]
         if self._closed:
             self._open()
         locations: list[DataLocation] = []
         lock = self._lock
         lock.acquire_write(self.lock_timeout)
         try:
-            self._begin_write()
             index = 0
             while index < len(items):
-                if self._w_end >= self.MAX_DAT_FILE_SIZE and self._w_end:
-                    self._rotate_locked()
                 index = self._put_run_locked(items, checksums, index, locations)
         finally:
             lock.release_write()
@@ -349,7 +353,7 @@ class FlatFileDb:
     def _put_run_locked(self, items: list[Any], checksums: list[int], index: int,
                         locations: list[DataLocation]) -> int:
         """Write items[index:] up to the rotation point as one run; returns the next index."""
-        start = pos = self._w_end
+        start = pos = self._begin_write()
         limit = self.MAX_DAT_FILE_SIZE
         records = []
         first = index
@@ -357,37 +361,41 @@ class FlatFileDb:
         while index < len(items) and (pos < limit or pos == start):
             size = len(items[index])
             records.append(encode_blob(pos, size, checksums[index]))
-            locations.append(DataLocation(path, pos, pos + size))
+            locations.append(_new_location((path, pos, pos + size)))
             pos += size
             index += 1
-        self._words[W_DIRTY] = 1
         try:
-            pwritev_all(self._w_data_fd, items[first:index], start, pos - start)
-            self._commit_locked(start, pos, b"".join(records))
+            self._append_locked(None, items[first:index], start, pos, b"".join(records))
         except BaseException:
-            self._after_failed_write()
             del locations[first - index:]
             raise
         return index
+
+    def sync(self) -> None:
+        """Make every acknowledged blob durable now (for ``fsync=False`` stores).
+
+        One ``fdatasync`` of the mutable segment's data and index; afterwards a power
+        loss cannot cost any blob acknowledged before this call.
+        """
+        self._reopen_if_closed()
+        with self._lock.write(self.lock_timeout):
+            self._sync_writer()
+            os.fdatasync(self._w_data_fd)
+            os.fdatasync(self._w_index_fd)
+            self._words[W_DURABLE_END] = self._words[W_END]
 
     def rotate(self) -> tuple[Path, int]:
         """Seal the mutable segment now and start a new one; returns (new path, new number).
 
         A no-op when the mutable segment is empty (it stays mutable).
         """
-        self._reopen_if_closed()
-        with self._lock.write(self.lock_timeout):
-            self._begin_write()
-            if self._w_end:
-                self._rotate_locked()
-            return Path(self._w_path), self._w_segment
+        return self._maybe_get_new_mutable_file(force_new_file=True)
 
     def _maybe_get_new_mutable_file(self, force_new_file: bool = False) -> tuple[Path, int]:
         """Compatibility alias of :meth:`rotate` (rotates only when forced or full)."""
         self._reopen_if_closed()
         with self._lock.write(self.lock_timeout):
-            self._begin_write()
-            if self._w_end and (force_new_file or self._w_end >= self.MAX_DAT_FILE_SIZE):
+            if self._begin_write() and force_new_file:
                 self._rotate_locked()
             return Path(self._w_path), self._w_segment
 
@@ -416,13 +424,19 @@ class FlatFileDb:
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
             start, end = _apply_slice(file_path, start, end, slice)
-        if type(start) is not int or type(end) is not int or not 0 <= start <= end <= reader.limit:  # pylint: disable=unidiomatic-typecheck
-            start, end = self._check_range(reader, file_path, start, end)
-        data = os.pread(reader.fd, end - start, start)
-        if len(data) != end - start:
+        try:
+            if not 0 <= start <= end <= reader.limit:
+                start, end = self._check_range(reader, file_path, start, end)
+            size = end - start
+            data = os.pread(reader.fd, size, start)
+        except TypeError:
+            start, end = self._check_range(reader, file_path, start, end)  # raises a clear TypeError
+            size = end - start
+            data = os.pread(reader.fd, size, start)
+        if len(data) != size:
             raise FlatFileDbNotFoundError(
                 errno.ENOENT, f"segment {reader.number} is shorter than its committed size "
-                f"(read {len(data)} of {end - start} bytes at offset {start}); was it replaced?", file_path)
+                f"(read {len(data)} of {size} bytes at offset {start}); was it replaced?", file_path)
         return data
 
     def _resolve(self, location: Any) -> tuple[Any, int, int, _SegmentReader]:
@@ -524,7 +538,7 @@ class FlatFileDb:
         self._reopen_if_closed()
         dir_fd = self._dir_fd
         with self._lock.write(self.lock_timeout):
-            self._begin_write()
+            self._sync_writer()
             if number >= self._w_segment:
                 raise FlatFileDbUnsafeAccessError(
                     f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())")
@@ -606,6 +620,9 @@ class FlatFileDb:
         """Inverse of :meth:`pack_location`, naming the segment under this datadir."""
         number, start, end = unpack_location_parts(packed)
         return DataLocation(self.segment_path(number), start, end)
+
+
+_new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 
 
 def _as_bytes_like(data: Any) -> Any:

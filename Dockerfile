@@ -1,0 +1,22 @@
+# The project's check environment: docker build --tag conduit_flat_file_db .
+# `docker run --rm conduit_flat_file_db` runs every check (scripts/check.sh) on the source copied in
+# at build time; scripts/1_win_run_static_checks.bat and scripts/2_win_run_tests.bat instead mount
+# the current source tree at /app, so the image only needs rebuilding when dependencies change.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+
+# What the install needs first (README.md is the project's `readme` metadata), so the dependency
+# layer is rebuilt only when these change, not on every edit to tests or scripts.
+COPY pyproject.toml README.md ./
+COPY conduit_flat_file_db/ conduit_flat_file_db/
+RUN pip install -e '.[dev]'
+
+COPY . .
+
+CMD ["bash", "scripts/check.sh"]

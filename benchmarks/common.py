@@ -1,0 +1,95 @@
+"""Shared benchmark plumbing: conditions banner, alternating rounds, result table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import conduit_flat_file_db
+
+
+@dataclass
+class Result:
+    """One benchmark line: engine vs baseline, higher is better for both."""
+
+    name: str
+    unit: str
+    baseline_name: str
+    baseline: list[float] = field(default_factory=list)
+    engine: list[float] = field(default_factory=list)
+    goal: float | None = None  # minimum engine/baseline ratio
+    extra: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """Median of the per-round ratios: rounds alternate, so each ratio compares like with like."""
+        return statistics.median(e / b for e, b in zip(self.engine, self.baseline))
+
+    def row(self) -> str:
+        """One line of the table."""
+        goal = "" if self.goal is None else f">= {self.goal:.2f} {'met' if self.ratio >= self.goal else 'MISSED'}"
+        return (f"| {self.name} | {self.baseline_name} {_fmt(statistics.median(self.baseline))} {self.unit} | "
+                f"{_fmt(statistics.median(self.engine))} {self.unit} | {self.ratio:.2f} | {goal} | {self.extra} |")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def rounds(result: Result, count: int, baseline: Callable[[], float], engine: Callable[[], float]) -> Result:
+    """Alternate baseline and engine runs ``count`` times; each returns a rate."""
+    for _ in range(count):
+        result.baseline.append(baseline())
+        result.engine.append(engine())
+    return result
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table of results."""
+    head = "| benchmark | baseline | engine | ratio | goal | notes |\n|---|---|---|---|---|---|"
+    return "\n".join([head] + [r.row() for r in results])
+
+
+def conditions(args: argparse.Namespace, workdir: str) -> str:
+    """The banner printed before any number."""
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        fstype = subprocess.run(["stat", "-f", "-c", "%T", workdir], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except OSError:
+        fstype = "?"
+    lines = [
+        f"conduit_flat_file_db {conduit_flat_file_db.__version__}; Python {sys.version.split()[0]} "
+        f"({platform.python_implementation()}); {platform.system()} {platform.release()}",
+        f"CPU: {cpu} x {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}",
+        f"workdir: {workdir} (filesystem {fstype}); page cache warm (files written in this run); "
+        f"fsync={'on' if args.fsync else 'off'}; seed={args.seed}; rounds={args.rounds}",
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    ]
+    return "\n".join(lines)
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir beside the repo)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating baseline/engine rounds")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--fsync", action="store_true", help="engine puts with fsync=True")
+    return parser

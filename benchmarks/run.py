@@ -1,0 +1,17 @@
+"""Entry point: ``python -m benchmarks.run [--quick] [--seed N]`` runs every benchmark."""
+
+from __future__ import annotations
+
+import sys
+
+from . import bench_core
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run all benchmark modules with the same arguments."""
+    bench_core.main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
