@@ -11,9 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# What the install needs first (README.md is the project's `readme` metadata), so the dependency
-# layer is rebuilt only when these change, not on every edit to tests or scripts.
-COPY pyproject.toml README.md ./
+# What the install needs first, so the dependency layer is rebuilt only when these change, not on
+# every edit to tests or scripts. README.md is the `readme` metadata; the [d] wildcard lets the
+# build go on (setuptools only warns) while the file does not exist yet.
+COPY pyproject.toml README.m[d] ./
 COPY conduit_flat_file_db/ conduit_flat_file_db/
 RUN pip install -e '.[dev]'
 

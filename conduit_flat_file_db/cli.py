@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     put = commands.add_parser("put", help="store each FILE as one blob and print its location",
-                              description="Store each FILE as one blob; print one line per file: "
-                                          "FILE, file_path, start, end, packed location (hex), tab-separated.")
+                              description="Store each FILE as one blob; print one line per file: FILE, "
+                                          "file_path, start, end, packed location (hex), tab-separated.")
     put.add_argument("files", nargs="+", metavar="FILE",
                      help="file to store ('-' reads standard input)")
     put.add_argument("--json", action="store_true", help="print one JSON object per line instead")
@@ -142,7 +142,7 @@ def parse_location(db: FlatFileDb, text: str) -> DataLocation:
     if len(text) == _HEX_LOCATION_CHARS and all(c in string.hexdigits for c in text):
         return db.unpack_location(bytes.fromhex(text))
     parts = text.rsplit(":", 2)
-    if len(parts) != 3 or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+    if len(parts) != 3 or not parts[0] or not all(p.isdecimal() for p in parts[1:]):
         raise CliError(f"bad location {text!r}: expected {_HEX_LOCATION_CHARS} hex digits "
                        "or FILE_PATH:START:END with decimal offsets")
     path, start, end = parts

@@ -32,7 +32,7 @@ from .errors import FlatFileDbLockTimeoutError
 if os.name == "posix":
     import fcntl
 else:  # pragma: no cover - exercised on Windows only
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # pylint: disable=invalid-name  # stands for the module
 
 
 class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[misc]
@@ -45,8 +45,12 @@ class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[mis
 
     def _do_close(self) -> None:
         # Closing would drop the process's POSIX locks and cost an open per acquire;
-        # the handle lives as long as the process (see the module docstring).
+        # the handle lives until the last store using it closes (see close_handle).
         return None
+
+    def close_handle(self) -> None:
+        """Really close the handle (fasteners' own close)."""
+        super()._do_close()
 
 
 _POLL_SECONDS = 0.0005
@@ -65,6 +69,10 @@ class ProcessLock:
         self._handle = self._ipc.open_handle()
         self._fd: int = self._handle.fileno()
         self._reset_threads()
+
+    def close(self) -> None:
+        """Close the lock-file handle (no thread of this process may hold the lock)."""
+        self._ipc.close_handle()
 
     def _reset_threads(self) -> None:
         # ``_room`` is held by the one writing thread, or by the group of reading
@@ -119,7 +127,8 @@ class ProcessLock:
 
     def acquire_write(self, timeout: float | None = None) -> None:
         """Exclusive across threads and processes."""
-        if not self._room.acquire(True, -1 if timeout is None else timeout):
+        # Released by release_write (a with-block cannot span the caller's critical section).
+        if not self._room.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(
                 f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it")
         try:
@@ -146,11 +155,12 @@ class ProcessLock:
 
     def acquire_read(self, timeout: float | None = None) -> None:
         """Shared with other readers, exclusive of writers, across threads and processes."""
-        if not self._readers_guard.acquire(True, -1 if timeout is None else timeout):
+        if not self._readers_guard.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(f"lock {self.path} not acquired within {timeout} s")
         try:
             if self._readers == 0:
-                if not self._room.acquire(True, -1 if timeout is None else timeout):
+                # Released by the last release_read, possibly on another thread.
+                if not self._room.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
                     raise FlatFileDbLockTimeoutError(
                         f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it")
                 try:
@@ -193,6 +203,7 @@ class ProcessLock:
 
 _registry_guard = threading.Lock()
 _registry: dict[tuple[int, int], ProcessLock] = {}
+_users: dict[int, int] = {}
 _all_locks: "weakref.WeakSet[ProcessLock]" = weakref.WeakSet()
 
 
@@ -200,7 +211,8 @@ def process_lock_for(path: str) -> ProcessLock:
     """The one ProcessLock of this process for the lock file at ``path`` (created if needed).
 
     Never opens a second handle on a lock file this process already uses: closing it
-    would release the locks the process holds on that file.
+    would release the locks the process holds on that file. Pair every call with
+    :func:`release_process_lock`; the handle closes when the last user releases it.
     """
     with _registry_guard:
         try:
@@ -210,12 +222,27 @@ def process_lock_for(path: str) -> ProcessLock:
         else:
             existing = _registry.get((st.st_dev, st.st_ino))
             if existing is not None:
+                _users[id(existing)] += 1
                 return existing
         lock = ProcessLock(path)
         st = os.fstat(lock._fd)  # pylint: disable=protected-access  # same module
         _registry[(st.st_dev, st.st_ino)] = lock
+        _users[id(lock)] = 1
         _all_locks.add(lock)
         return lock
+
+
+def release_process_lock(lock: ProcessLock) -> None:
+    """One user of ``lock`` is done; the last one closes its lock-file handle."""
+    with _registry_guard:
+        _users[id(lock)] -= 1
+        if _users[id(lock)] > 0:
+            return
+        del _users[id(lock)]
+        for key, value in list(_registry.items()):
+            if value is lock:
+                del _registry[key]
+        lock.close()
 
 
 def _after_fork_in_child() -> None:

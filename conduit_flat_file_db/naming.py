@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 SEGMENT_PREFIX = "data_"
@@ -9,7 +10,8 @@ RAW_SUFFIX = ".dat"
 ZSTD_SUFFIX = ".dat.zst"
 INDEX_SUFFIX = ".idx"
 STATE_FILE_NAME = "ffdb.state"
-# Scratch files (adoption, recompression) carry this prefix; recovery removes them.
+# Scratch files (re-framing, recompression, adoption) are ``.tmp-{pid}-{name}``; an
+# opener removes those whose process is gone.
 TEMP_PREFIX = ".tmp-"
 
 _SEGMENT_RE = re.compile(r"data_([0-9]{8,10})(\.dat|\.dat\.zst|\.idx)\Z")
@@ -46,3 +48,16 @@ def parse_segment_name(name: str) -> int | None:
     if parsed is None or parsed[1] == INDEX_SUFFIX:
         return None
     return parsed[0]
+
+
+def temp_name(name: str) -> str:
+    """A scratch name for ``name`` owned by this process."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{name}"
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid that owns a scratch file name, or None if ``name`` is not one (or has no pid)."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    pid, _, rest = name[len(TEMP_PREFIX):].partition("-")
+    return int(pid) if pid.isdecimal() and rest else 0

@@ -1,9 +1,12 @@
-"""One segment on disk: open, append, read at an offset, recover its tail.
+"""One segment on disk: open, create, recover its tail; the compressed segment's layout.
 
-A raw segment ``data_{n:08d}.dat`` is the plain concatenation of its blobs; its
-record index ``data_{n:08d}.idx`` says which bytes are committed. Everything here
-works on file descriptors relative to the datadir's descriptor (``dir_fd``) and
-opens with ``O_NOFOLLOW``, so a name can never lead outside the datadir.
+A raw segment ``data_{n:08d}.dat`` is the plain concatenation of its blobs. A
+compressed one ``data_{n:08d}.dat.zst`` is a seekable Zstandard file; while it is
+mutable its committed frames are followed by a padding frame and the seek table
+(FORMAT.md "Compressed segment"), so appending a frame rewrites a few bytes of the
+table instead of all of it. The record index ``data_{n:08d}.idx`` says which bytes
+are committed. Everything here works on descriptors relative to the datadir's
+descriptor and opens with ``O_NOFOLLOW``, so a name never leads outside the datadir.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import errno
 import logging
 import os
 import stat
+import struct
 import time
 from typing import NamedTuple, Sequence
 
@@ -24,6 +28,7 @@ from .index import (
     KIND_RAW,
     KIND_ZSTD,
     REC_BLOB,
+    REC_FRAME,
     REC_SEAL,
     RECORD_BYTES,
     Record,
@@ -32,17 +37,28 @@ from .index import (
     encode_header,
     encode_record,
 )
-from .naming import index_name, segment_name
+from .naming import index_name, segment_name, temp_name
+from .seekable import (
+    PADDING_MAGIC,
+    SKIPPABLE_HEADER_BYTES,
+    FrameTable,
+    SeekableReader,
+    encode_seek_table,
+    parse_seek_table,
+)
 
 logger = logging.getLogger("conduit_flat_file_db")
 
-_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs us
+OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _IOV_MAX = 1024
 CHECK_CHUNK_BYTES = 8 * 2**20  # read size when checksumming a blob: bounds memory
+RESERVE_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
+_SKIP_HEADER = struct.Struct("<II")
+_U32 = struct.Struct("<I")
 
 
-def open_data_file(dir_fd: int, number: int, flags: int = _OPEN_READ) -> tuple[int, int]:
+def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[int, int]:
     """Open segment ``number``'s data file, whichever suffix it has: (fd, kind).
 
     Raises FlatFileDbNotFoundError (a FileNotFoundError) when neither exists and
@@ -77,30 +93,17 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         written += os.pwrite(fd, view[written:], offset + written)
 
 
-def pwritev_all(fd: int, buffers: Sequence[bytes | bytearray | memoryview], offset: int, total: int) -> None:
-    """Write the concatenation of ``buffers`` (``total`` bytes) at ``offset`` with few syscalls."""
-    if len(buffers) == 1:
-        pwrite_all(fd, buffers[0], offset)
-        return
+def pwritev_all(fd: int, buffers: Sequence[bytes | bytearray | memoryview], offset: int) -> int:
+    """Write the concatenation of ``buffers`` at ``offset`` with few syscalls; returns bytes written."""
     done = 0
-    index = 0
-    while index < len(buffers):
-        batch = buffers[index : index + _IOV_MAX]
+    for first in range(0, len(buffers), _IOV_MAX):
+        batch = buffers[first : first + _IOV_MAX]
         size = sum(len(b) for b in batch)
-        written = os.pwritev(fd, batch, offset + done)
-        if written != size:  # partial: finish this batch buffer by buffer
-            skip = written
-            for buf in batch:
-                if skip >= len(buf):
-                    skip -= len(buf)
-                    continue
-                pwrite_all(fd, memoryview(buf).cast("B")[skip:], offset + done + written)
-                written += len(buf) - skip
-                skip = 0
+        written = os.pwritev(fd, batch, offset + done) if len(batch) > 1 else os.pwrite(fd, batch[0], offset + done)
+        if written != size:  # short write: finish this batch buffer by buffer
+            pwrite_all(fd, b"".join(batch)[written:], offset + done + written)
         done += size
-        index += _IOV_MAX
-    if done != total:
-        raise ValueError(f"internal: wrote {done} bytes, expected {total}")
+    return done
 
 
 def fsync_dir(dir_fd: int) -> None:
@@ -123,26 +126,42 @@ def checksum_range(fd: int, start: int, end: int) -> int:
     return hasher.intdigest()
 
 
-def read_index(dir_fd: int, number: int) -> bytes | None:
-    """The whole index file of segment ``number``, or None when it does not exist."""
+def checksum_frames(reader: SeekableReader, start: int, end: int) -> int:
+    """XXH3-64 of uncompressed bytes [start, end) of a compressed segment, in bounded chunks."""
+    hasher = xxhash.xxh3_64()
+    pos = start
+    while pos < end:
+        step = min(CHECK_CHUNK_BYTES, end - pos)
+        hasher.update(reader.read_range(pos, pos + step))
+        pos += step
+    return hasher.intdigest()
+
+
+def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
+    """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing."""
     try:
-        fd = os.open(index_name(number), _OPEN_READ, dir_fd=dir_fd)
+        fd = os.open(index_name(number), OPEN_READ, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size
+        size = os.fstat(fd).st_size if limit is None else limit
         return os.pread(fd, size, 0)
     finally:
         os.close(fd)
 
 
-def blob_records(dir_fd: int, number: int) -> list[Record]:
-    """The committed BLOB records of a sealed or mutable segment (prefix that decodes)."""
-    raw = read_index(dir_fd, number)
+def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Record]:
+    """The records of a segment's index that decode (the valid prefix); [] without an index."""
+    raw = read_index(dir_fd, number, limit)
     if raw is None:
         return []
     decode_header(raw, index_name(number))
-    return [r for r in decode_records(memoryview(raw)[HEADER_BYTES:]).records if r.rtype == REC_BLOB]
+    return decode_records(memoryview(raw)[HEADER_BYTES:]).records
+
+
+def frame_table_of(records: Sequence[Record]) -> FrameTable:
+    """The frame table of a compressed segment from its FRAME records."""
+    return FrameTable.from_sizes((r.b >> 32, r.b & 0xFFFFFFFF) for r in records if r.rtype == REC_FRAME)
 
 
 class Tail(NamedTuple):
@@ -151,107 +170,240 @@ class Tail(NamedTuple):
     kind: int
     end: int  # committed uncompressed bytes
     index_bytes: int  # committed bytes of the index file
-    disk_bytes: int  # committed bytes of the data file
+    disk_bytes: int  # raw: == end; compressed: bytes of the committed frames
     blobs: int
     sealed: bool
+    padding: int = 0
+    frames: int = 0
 
 
-def create_segment(dir_fd: int, number: int, kind: int) -> None:
+def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
     """Create an empty segment (index header, then data file) and make it durable."""
     header = encode_header(number, kind, time.time_ns())
-    fd = os.open(index_name(number), _OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    fd = os.open(index_name(number), OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
     try:
         pwrite_all(fd, header, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
-    fd = os.open(segment_name(number, kind == KIND_ZSTD), _OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644,
+    fd = os.open(segment_name(number, kind == KIND_ZSTD), OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644,
                  dir_fd=dir_fd)
-    os.close(fd)
+    try:
+        padding = 0
+        if kind == KIND_ZSTD:
+            padding = RESERVE_MIN_BYTES
+            write_reserve_and_table(fd, 0, [], padding)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     fsync_dir(dir_fd)
+    return Tail(kind, 0, HEADER_BYTES, 0, 0, False, padding, 0)
+
+
+# -- compressed segment layout --------------------------------------------------------
+
+
+def padding_header(payload: int) -> bytes:
+    """Header of the skippable padding frame of ``payload`` bytes."""
+    return _SKIP_HEADER.pack(PADDING_MAGIC, payload)
+
+
+def write_reserve_and_table(fd: int, frames_end: int, sizes: Sequence[tuple[int, int]], padding: int) -> None:
+    """After the committed frames: a padding frame, then the whole seek table; cut what follows."""
+    table = encode_seek_table(list(sizes) + [(SKIPPABLE_HEADER_BYTES + padding, 0)])
+    pwrite_all(fd, padding_header(padding), frames_end)
+    table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
+    pwrite_all(fd, table, table_at)
+    os.ftruncate(fd, table_at + len(table))
+
+
+def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
+                         new_sizes: Sequence[tuple[int, int]]) -> int:
+    """Rewrite the seek table's tail after ``new_sizes`` frames took the padding's place.
+
+    The table itself does not move: the new frames were written where the padding
+    was and a smaller padding frame follows them. Returns the new padding payload.
+    Caller checked that the new frames fit the padding.
+    """
+    used = sum(c for c, _ in new_sizes)
+    new_padding = padding - used
+    table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
+    entries = frames + len(new_sizes) + 1
+    entry_bytes = b"".join(struct.pack("<II", c, d) for c, d in new_sizes)
+    entry_bytes += struct.pack("<II", SKIPPABLE_HEADER_BYTES + new_padding, 0)
+    footer = struct.pack("<IBI", entries, 0, 0x8F92EAB1)
+    pwrite_all(fd, _U32.pack(entries * 8 + 9), table_at + 4)
+    pwrite_all(fd, entry_bytes + footer, table_at + SKIPPABLE_HEADER_BYTES + frames * 8)
+    return new_padding
+
+
+def reserve_for(frames_end: int, needed: int) -> int:
+    """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
+    rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
+    return max(RESERVE_MIN_BYTES, needed + frames_end // 4)
+
+
+# -- recovery ---------------------------------------------------------------------------
 
 
 def recover_segment(dir_fd: int, number: int, default_kind: int, check_from: int | None) -> Tail:
     """Bring the newest segment to its last committed record; call under the write lock.
 
-    Steps (FORMAT.md, "Recovery"): make sure both files exist; decode the index up to
-    its first torn or bad record; walk BLOB records while each starts where the last
-    ended and lies inside the data file; when ``check_from`` is not None, also check
-    the XXH3 of every blob ending past ``check_from`` (after a power loss); cut the
-    index and the data file after the last good record. Raw segments only.
+    Steps (FORMAT.md "Recovery"): make sure both files exist; decode the index up to
+    its first torn or bad record; keep records while they describe contiguous blobs
+    (and, compressed, contiguous frames) inside the data file; when ``check_from`` is
+    not None also check the XXH3 of every blob ending past it (after a power loss);
+    cut the index and the data file after the last commit; for a compressed segment
+    write a fresh padding frame and seek table.
     """
     try:
-        data_fd, kind = open_data_file(dir_fd, number, _OPEN_WRITE)
+        data_fd, kind = open_data_file(dir_fd, number, OPEN_WRITE)
     except FlatFileDbNotFoundError:
         kind = default_kind
-        data_fd = os.open(segment_name(number, kind == KIND_ZSTD), _OPEN_WRITE | os.O_CREAT, 0o644,
-                          dir_fd=dir_fd)
+        data_fd = os.open(segment_name(number, kind == KIND_ZSTD), OPEN_WRITE | os.O_CREAT, 0o644, dir_fd=dir_fd)
         fsync_dir(dir_fd)
     try:
-        if kind != KIND_RAW:
-            raise FormatError(f"segment {number}: compressed segments are not supported by this version")
-        return _recover_raw(dir_fd, number, data_fd, check_from)
+        return _recover(dir_fd, number, data_fd, kind, check_from)
     finally:
         os.close(data_fd)
 
 
-def _recover_raw(dir_fd: int, number: int, data_fd: int, check_from: int | None) -> Tail:
-    name = segment_name(number, False)
+class _Walk:  # pylint: disable=too-many-instance-attributes  # running totals of one walk
+    """The record walk of recovery: running totals and the last commit point seen.
+
+    A commit point is where every frame written so far is covered by blob records
+    (raw segments: after every blob record); recovery cuts back to the last one.
+    """
+
+    def __init__(self, data_fd: int, kind: int, data_size: int, check_from: int | None) -> None:
+        self.data_fd = data_fd
+        self.kind = kind
+        self.data_size = data_size
+        self.check_from = check_from
+        self.end = 0  # uncompressed end of blobs
+        self.frames_end_u = 0  # uncompressed end of frames
+        self.frames_end_c = 0  # compressed end of frames
+        self.frames: list[tuple[int, int]] = []
+        self.blobs = 0
+        self.sealed = False
+        self.commit = (0, 0, 0, 0, 0, False)  # (records, end, frames_end_c, frames, blobs, sealed)
+
+    def run(self, records: list[Record]) -> str | None:
+        """Walk records up to the first one that does not fit; returns why it stopped (None: all fit)."""
+        for position, record in enumerate(records):
+            if self.sealed:
+                return f"record after the SEAL record at record {position}"
+            if record.rtype == REC_SEAL:
+                problem = self._seal(record)
+            elif record.rtype == REC_FRAME and self.kind == KIND_ZSTD:
+                problem = self._frame(record)
+            elif record.rtype == REC_BLOB:
+                problem = self._blob(record)
+            else:
+                problem = f"unexpected record type {record.rtype} in a segment of kind {self.kind}"
+            if problem is not None:
+                return problem
+            if self.kind == KIND_RAW or self.end == self.frames_end_u:
+                self.commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs,
+                               self.sealed)
+        return None if self.commit[0] == len(records) else "frames written without the blobs that commit them"
+
+    def _seal(self, record: Record) -> str | None:
+        if record.a != self.end:
+            return f"SEAL says {record.a} bytes but the blobs end at {self.end}"
+        self.sealed = True
+        return None
+
+    def _frame(self, record: Record) -> str | None:
+        csize, dsize = record.b >> 32, record.b & 0xFFFFFFFF
+        if record.a != self.frames_end_u or record.c != self.frames_end_c or record.c + csize > self.data_size:
+            return f"frame record at {record.c} does not continue the frames or is past the data"
+        self.frames.append((csize, dsize))
+        self.frames_end_u += dsize
+        self.frames_end_c += csize
+        return None
+
+    def _blob(self, record: Record) -> str | None:
+        blob_end = record.a + record.b
+        limit = self.data_size if self.kind == KIND_RAW else self.frames_end_u
+        if record.a != self.end or blob_end > limit:
+            return f"blob record at offset {record.a}..{blob_end} does not fit the data ({limit} bytes)"
+        if self.check_from is not None and blob_end > self.check_from and not record.flags & FLAG_LEGACY_EXTENT:
+            if self._digest(record.a, blob_end) != record.c:
+                return f"blob at offset {record.a} fails its checksum after a power loss"
+        self.end = blob_end
+        self.blobs += 1
+        return None
+
+    def _digest(self, start: int, end: int) -> int:
+        if self.kind == KIND_RAW:
+            return checksum_range(self.data_fd, start, end)
+        reader = SeekableReader(self.data_fd, table=FrameTable.from_sizes(self.frames), verify_checksums=False)
+        try:
+            return checksum_frames(reader, start, end)
+        except CorruptionError:
+            return -1
+
+
+def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int | None) -> Tail:
+    name = segment_name(number, kind == KIND_ZSTD)
     data_size = os.fstat(data_fd).st_size
     raw_index = read_index(dir_fd, number)
     try:
         if raw_index is None:
             raise FormatError(f"{index_name(number)} is missing")
         header = decode_header(raw_index, index_name(number))
-        if header.segment != number:
-            raise FormatError(f"{index_name(number)} belongs to segment {header.segment}")
+        if header.segment != number or header.kind != kind:
+            raise FormatError(f"{index_name(number)} belongs to segment {header.segment} of kind {header.kind}")
     except FormatError as exc:
-        return _rebuild_index(dir_fd, number, data_fd, data_size, str(exc))
+        return _rebuild_index(dir_fd, number, data_fd, kind, data_size, str(exc))
 
     scan = decode_records(memoryview(raw_index)[HEADER_BYTES:])
-    end = 0
-    blobs = 0
-    good = 0
-    sealed = False
-    problem = scan.problem
-    for record in scan.records:
-        if sealed:
-            problem = f"record after the SEAL record at record {good}"
-            break
-        if record.rtype == REC_SEAL:
-            if record.a != end:
-                problem = f"SEAL says {record.a} bytes but the blobs end at {end}"
-                break
-            sealed = True
-        elif record.rtype == REC_BLOB:
-            blob_end = record.a + record.b
-            if record.a != end or blob_end > data_size:
-                problem = f"blob record at offset {record.a}..{blob_end} does not fit the data ({data_size} bytes)"
-                break
-            if check_from is not None and blob_end > check_from and not record.flags & FLAG_LEGACY_EXTENT:
-                if checksum_range(data_fd, record.a, blob_end) != record.c:
-                    problem = f"blob at offset {record.a} fails its checksum after a power loss"
-                    break
-            end = blob_end
-            blobs += 1
-        else:
-            problem = f"unexpected record type {record.rtype} in a raw segment"
-            break
-        good += 1
+    walk = _Walk(data_fd, kind, data_size, check_from)
+    problem = walk.run(scan.records) or scan.problem
+    good, end, frames_c, frame_count, blobs, sealed = walk.commit
     index_bytes = HEADER_BYTES + good * RECORD_BYTES
     if index_bytes < len(raw_index):
         logger.warning("%s: recovery cut the record index from %d to %d bytes (%s)",
                        index_name(number), len(raw_index), index_bytes, problem)
         _truncate(dir_fd, index_name(number), index_bytes)
-    if data_size > end:
-        logger.warning("%s: recovery cut %d uncommitted bytes after offset %d", name, data_size - end, end)
-        os.ftruncate(data_fd, end)
+    if kind == KIND_RAW:
+        if data_size > end:
+            logger.warning("%s: recovery cut %d uncommitted bytes after offset %d", name, data_size - end, end)
+            os.ftruncate(data_fd, end)
+            os.fsync(data_fd)
+        return Tail(KIND_RAW, end, index_bytes, end, blobs, sealed)
+    if sealed:
+        return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, True, 0, frame_count)
+    padding = _existing_padding(data_fd, frames_c, frame_count, data_size)
+    if padding is None:
+        padding = reserve_for(frames_c, 0)
+        logger.warning("%s: recovery rewrote the seek table after %d committed frames", name, frame_count)
+        write_reserve_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
         os.fsync(data_fd)
-    return Tail(KIND_RAW, end, index_bytes, end, blobs, sealed)
+    return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, False, padding, frame_count)
+
+
+def _existing_padding(fd: int, frames_end: int, frames: int, size: int) -> int | None:
+    """The padding payload when the file already ends in a valid padding frame and table for
+    exactly ``frames`` committed frames (nothing to repair), else None."""
+    head = os.pread(fd, SKIPPABLE_HEADER_BYTES, frames_end)
+    if len(head) != SKIPPABLE_HEADER_BYTES:
+        return None
+    magic, padding = _SKIP_HEADER.unpack(head)
+    if magic != PADDING_MAGIC:
+        return None
+    try:
+        table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size)
+    except FormatError:
+        return None
+    if len(table) != frames + 1 or table.c_offsets[frames] != frames_end:
+        return None
+    return int(padding)
 
 
 def _truncate(dir_fd: int, name: str, size: int) -> None:
-    fd = os.open(name, _OPEN_WRITE, dir_fd=dir_fd)
+    fd = os.open(name, OPEN_WRITE, dir_fd=dir_fd)
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -259,21 +411,34 @@ def _truncate(dir_fd: int, name: str, size: int) -> None:
         os.close(fd)
 
 
-def _rebuild_index(dir_fd: int, number: int, data_fd: int, data_size: int, why: str) -> Tail:
+def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size: int, why: str) -> Tail:
     """Write a fresh index for a segment whose index is missing or unreadable.
 
     An empty data file gets an empty index (a crash while creating the segment). A
     non-empty one was written by an engine without an index (or lost its index): its
-    bytes become one LEGACY_EXTENT record, so every old location inside still reads.
+    bytes become one LEGACY_EXTENT record, so every old location inside still reads,
+    and the segment is sealed: new blobs go to a new segment, never after bytes whose
+    blob boundaries are unknown.
     """
-    parts = [encode_header(number, KIND_RAW, time.time_ns())]
+    parts = [encode_header(number, kind, time.time_ns())]
+    end = 0
     if data_size:
-        logger.warning("segment %d: %s; indexing its %d bytes as one legacy extent", number, why, data_size)
-        parts.append(encode_record(REC_BLOB, FLAG_LEGACY_EXTENT, 0, data_size,
-                                   checksum_range(data_fd, 0, data_size)))
+        if kind == KIND_ZSTD:
+            table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size, segment_name(number, True))
+            end = table.decompressed_size
+            digest = checksum_frames(SeekableReader(data_fd, table=table, verify_checksums=False), 0, end)
+        else:
+            end = data_size
+            digest = checksum_range(data_fd, 0, data_size)
+        logger.warning("segment %d: %s; indexing its %d bytes as one sealed legacy extent", number, why, end)
+        parts.append(encode_record(REC_BLOB, FLAG_LEGACY_EXTENT, 0, end, digest))
+        parts.append(encode_record(REC_SEAL, 0, end, 1, data_size))
+    elif kind == KIND_ZSTD:
+        write_reserve_and_table(data_fd, 0, [], RESERVE_MIN_BYTES)
+        os.fsync(data_fd)
     payload = b"".join(parts)
-    tmp = f".tmp-{index_name(number)}"
-    fd = os.open(tmp, _OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    tmp = temp_name(index_name(number))
+    fd = os.open(tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
     try:
         pwrite_all(fd, payload, 0)
         os.fsync(fd)
@@ -281,7 +446,9 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, data_size: int, why: 
         os.close(fd)
     os.rename(tmp, index_name(number), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     fsync_dir(dir_fd)
-    return Tail(KIND_RAW, data_size, len(payload), data_size, 1 if data_size else 0, False)
+    if data_size:
+        return Tail(kind, end, len(payload), data_size, 1, True)
+    return Tail(kind, 0, len(payload), 0, 0, False, RESERVE_MIN_BYTES if kind == KIND_ZSTD else 0, 0)
 
 
 def corruption(path: str, offset: int, message: str) -> CorruptionError:

@@ -39,6 +39,9 @@ W_DURABLE_END = 9  # uncompressed bytes of the mutable segment known to be fsync
 W_BOOT_LO = 10  # boot id of the machine that last published (power-loss detection)
 W_BOOT_HI = 11
 W_KIND = 12
+W_PADDING = 13  # compressed mutable segment: payload bytes of the padding frame after its frames
+W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
+_SPINS_BEFORE_STUCK = 20_000
 
 
 def _read_boot_id() -> tuple[int, int]:
@@ -54,13 +57,15 @@ BOOT_ID = _read_boot_id()
 
 
 class MutableView(NamedTuple):
-    """A consistent snapshot of the mutable segment's committed extent."""
+    """A consistent snapshot of the mutable segment's committed extent (FORMAT.md "State page")."""
 
     segment: int
-    end: int
-    index_bytes: int
-    disk_bytes: int
+    end: int  # committed uncompressed bytes
+    index_bytes: int  # committed bytes of the record index
+    disk_bytes: int  # raw: == end; compressed: bytes of committed frames
     kind: int
+    padding: int = 0  # compressed: payload bytes of the padding frame
+    frames: int = 0  # compressed: committed frames
 
 
 class SharedState:
@@ -87,28 +92,35 @@ class SharedState:
         words = self.words
         return BOOT_ID != (0, 0) and (words[W_BOOT_LO], words[W_BOOT_HI]) == BOOT_ID
 
-    def read_mutable(self) -> MutableView:
-        """A consistent snapshot of the mutable segment, without any lock."""
+    def read_mutable(self) -> MutableView | None:
+        """A consistent snapshot of the mutable segment, without any lock.
+
+        Returns None when a publish never finished (its writer died mid-way): the
+        caller repairs the page under the write lock.
+        """
         words = self.words
-        while True:
+        for _ in range(_SPINS_BEFORE_STUCK):
             seq = words[W_SEQ]
-            view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES],
-                               words[W_DISK_BYTES], words[W_KIND])
+            view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES], words[W_DISK_BYTES],
+                               words[W_KIND], words[W_PADDING], words[W_FRAMES])
             if not seq & 1 and words[W_SEQ] == seq:
                 return view
             os.sched_yield()
+        return None
 
-    def publish(self, segment: int, end: int, index_bytes: int, disk_bytes: int, kind: int) -> None:
-        """Make a new committed extent visible. Caller holds the write lock."""
+    def publish(self, view: MutableView) -> None:
+        """Make a new mutable segment extent visible, in one seq round. Caller holds the write lock."""
         words = self.words
-        seq = words[W_SEQ]
+        seq = words[W_SEQ] | 1  # odd: a dead publisher may already have left it odd
+        words[W_SEQ] = seq
+        words[W_SEGMENT] = view.segment
+        words[W_END] = view.end
+        words[W_INDEX_BYTES] = view.index_bytes
+        words[W_DISK_BYTES] = view.disk_bytes
+        words[W_KIND] = view.kind
+        words[W_PADDING] = view.padding
+        words[W_FRAMES] = view.frames
         words[W_SEQ] = seq + 1
-        words[W_SEGMENT] = segment
-        words[W_END] = end
-        words[W_INDEX_BYTES] = index_bytes
-        words[W_DISK_BYTES] = disk_bytes
-        words[W_KIND] = kind
-        words[W_SEQ] = seq + 2
 
     def initialise(self) -> None:
         """Stamp magic, version and boot id. Caller holds the write lock."""

@@ -1,18 +1,33 @@
-"""Offline and online consistency check of a store: every blob against its checksum,
-every index against its data file. Reports; never raises for what it finds."""
+"""Consistency check of a store, online or offline: every blob against its checksum,
+every index against its data file, every seek table against its frames, every
+Zstandard frame against its own checksum. Reports; never raises for what it finds."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import xxhash
 
-from .errors import FlatFileDbNotFoundError, FormatError, InvalidLocationError
-from .index import FLAG_LEGACY_EXTENT, HEADER_BYTES, REC_BLOB, REC_SEAL, Record, decode_header, decode_records
+from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
+from .index import (
+    FLAG_LEGACY_EXTENT,
+    HEADER_BYTES,
+    KIND_ZSTD,
+    REC_BLOB,
+    REC_SEAL,
+    RECORD_BYTES,
+    Record,
+    decode_header,
+    decode_records,
+)
 from .naming import STATE_FILE_NAME, TEMP_PREFIX, index_name, parse_name, segment_name
-from .segment import CHECK_CHUNK_BYTES, checksum_range, open_data_file, read_index
+from .segment import CHECK_CHUNK_BYTES, frame_table_of, open_data_file, read_index
+from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .state import MutableView
+
+Progress = Callable[[int, int], None]  # (segments done, segments in all)
 
 
 @dataclass(frozen=True)
@@ -55,7 +70,7 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_store(dir_fd: int, dir_str: str, mutable: MutableView) -> VerifyReport:
+def verify_store(dir_fd: int, dir_str: str, mutable: MutableView, progress: Progress | None = None) -> VerifyReport:
     """Check every segment in the directory; ``mutable`` is the committed extent to trust."""
     report = VerifyReport()
     numbers: set[int] = set()
@@ -64,94 +79,152 @@ def verify_store(dir_fd: int, dir_str: str, mutable: MutableView) -> VerifyRepor
         if parsed is not None:
             numbers.add(parsed[0])
         elif name.startswith(TEMP_PREFIX):
-            report.notes.append(f"scratch file {name} (removed by the next open)")
+            report.notes.append(f"scratch file {name} (removed by the next open once its process is gone)")
         elif name != STATE_FILE_NAME:
             report.notes.append(f"unknown file {name} in the datadir")
-    for number in sorted(numbers):
-        if number > mutable.segment:
-            continue  # created by a rotation that has not published yet
+    todo = sorted(n for n in numbers if n <= mutable.segment)  # higher: a rotation not yet published
+    for done, number in enumerate(todo):
         report.segments += 1
         _verify_segment(report, dir_fd, dir_str, number, mutable)
+        if progress is not None:
+            progress(done + 1, len(todo))
     return report
 
 
 def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int, mutable: MutableView) -> None:
     idx_path = os.path.join(dir_str, index_name(number))
-    data_path = os.path.join(dir_str, segment_name(number, False))
     is_mutable = number == mutable.segment
     try:
-        fd, _kind = open_data_file(dir_fd, number)
+        fd, kind = open_data_file(dir_fd, number)
     except (FlatFileDbNotFoundError, InvalidLocationError) as exc:
-        report.add(data_path, 0, "missing-data", f"segment {number}: {exc}")
+        if read_index(dir_fd, number) is None:
+            report.segments -= 1  # deleted while we looked
+            return
+        report.add(os.path.join(dir_str, segment_name(number, False)), 0, "missing-data", f"segment {number}: {exc}")
         return
+    data_path = os.path.join(dir_str, segment_name(number, kind == KIND_ZSTD))
     try:
-        raw = read_index(dir_fd, number)
+        raw = read_index(dir_fd, number, mutable.index_bytes if is_mutable else None)
+        records: list[Record] = []
         if raw is None:
             report.notes.append(f"segment {number} has no record index (written by an engine without one); "
-                                "its blobs cannot be checked")
-            return
-        if is_mutable:
-            raw = raw[: mutable.index_bytes]
-        try:
-            header = decode_header(raw, idx_path)
-        except FormatError as exc:
-            report.add(idx_path, 0, "bad-index-header", str(exc))
-            return
-        if header.segment != number:
-            report.add(idx_path, 12, "bad-index-header", f"header names segment {header.segment}")
-        scan = decode_records(memoryview(raw)[HEADER_BYTES:])
-        if scan.problem is not None:
-            report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
-        data_size = os.fstat(fd).st_size
-        end, sealed = _verify_records(report, fd, data_path, idx_path, scan.records, data_size)
-        if is_mutable:
-            if end != mutable.end:
-                report.add(idx_path, 0, "index-mismatch",
-                           f"index commits {end} bytes but the state page says {mutable.end}")
-        elif not sealed:
+                                "only its framing can be checked")
+        else:
+            try:
+                header = decode_header(raw, idx_path)
+            except FormatError as exc:
+                report.add(idx_path, 0, "bad-index-header", str(exc))
+                return
+            if header.segment != number or header.kind != kind:
+                report.add(idx_path, 10, "bad-index-header",
+                           f"header names segment {header.segment} of kind {header.kind}")
+            scan = decode_records(memoryview(raw)[HEADER_BYTES:])
+            if scan.problem is not None:
+                report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
+            records = scan.records
+        blobs, end, sealed = _blob_records(report, idx_path, records)
+        size = os.fstat(fd).st_size
+        if kind == KIND_ZSTD:
+            chunks = _zstd_chunks(report, fd, data_path, records, size, sealed or raw is None)
+        else:
+            chunks = _raw_chunks(fd, size)
+            if not is_mutable and sealed and size != end:
+                report.add(data_path, end, "size-mismatch", f"data file is {size} bytes, index commits {end}")
+            elif size < end:
+                report.add(data_path, size, "truncated", f"data file is {size} bytes, index commits {end}")
+        _check_blobs(report, data_path, chunks, blobs)
+        if is_mutable and raw is not None and end != mutable.end:
+            report.add(idx_path, 0, "index-mismatch",
+                       f"index commits {end} bytes but the state page says {mutable.end}")
+        if not is_mutable and raw is not None and not sealed:
             report.add(idx_path, len(raw), "not-sealed", "sealed segment has no SEAL record")
-        elif data_size != end:
-            report.add(data_path, end, "size-mismatch", f"data file is {data_size} bytes, index commits {end}")
     finally:
         os.close(fd)
 
 
-def _verify_records(report: VerifyReport, fd: int, data_path: str, idx_path: str,
-                    records: list[Record], data_size: int) -> tuple[int, bool]:
-    """Check contiguity and checksums of BLOB records; returns (committed end, sealed)."""
+def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) -> tuple[list[Record], int, bool]:
+    """BLOB records in order, checking contiguity; returns (blobs, committed end, sealed)."""
     end = 0
     sealed = False
-    buf = b""
-    buf_start = 0
+    blobs = []
     for position, record in enumerate(records):
-        rec_offset = HEADER_BYTES + position * 32
+        at = HEADER_BYTES + position * RECORD_BYTES
         if record.rtype == REC_SEAL:
             if record.a != end:
-                report.add(idx_path, rec_offset, "bad-seal", f"SEAL says {record.a} bytes, blobs end at {end}")
+                report.add(idx_path, at, "bad-seal", f"SEAL says {record.a} bytes, blobs end at {end}")
             sealed = True
-            continue
-        if record.rtype != REC_BLOB:
-            continue
-        start, stop = record.a, record.a + record.b
-        if start != end:
-            report.add(idx_path, rec_offset, "gap", f"blob starts at {start}, previous ended at {end}")
-        end = stop
-        if stop > data_size:
-            report.add(data_path, start, "truncated", f"blob {start}..{stop} is past the data end ({data_size})")
-            continue
-        report.blobs += 1
-        report.bytes_checked += record.b
-        if record.b <= CHECK_CHUNK_BYTES:
-            if stop > buf_start + len(buf) or start < buf_start:
-                buf = os.pread(fd, max(CHECK_CHUNK_BYTES, record.b), start)
-                buf_start = start
-            digest = xxhash.xxh3_64_intdigest(memoryview(buf)[start - buf_start : stop - buf_start])
+        elif record.rtype == REC_BLOB:
+            if record.a != end:
+                report.add(idx_path, at, "gap", f"blob starts at {record.a}, previous ended at {end}")
+            end = record.a + record.b
+            blobs.append(record)
+    return blobs, end, sealed
+
+
+def _raw_chunks(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
+    for pos in range(0, size, CHECK_CHUNK_BYTES):
+        yield pos, os.pread(fd, min(CHECK_CHUNK_BYTES, size - pos), pos)
+
+
+def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Record], size: int,
+                 use_seek_table: bool) -> Iterator[tuple[int, bytes]]:
+    """Decompressed frames in order (each checked by Zstandard's own checksum on the way)."""
+    table: FrameTable
+    if use_seek_table:
+        try:
+            table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size, data_path)
+        except FormatError as exc:
+            report.add(data_path, max(size - 9, 0), "bad-seek-table", str(exc))
+            return
+    else:
+        table = frame_table_of(records)
+        if table.compressed_size > size:
+            report.add(data_path, size, "truncated", f"frames need {table.compressed_size} bytes, file has {size}")
+            return
+    reader = SeekableReader(fd, table=table)
+    for index in range(len(table)):
+        if table.d_offsets[index + 1] == table.d_offsets[index]:
+            continue  # skippable frame
+        try:
+            yield table.d_offsets[index], reader.frame(index)
+        except CorruptionError as exc:
+            report.add(data_path, table.c_offsets[index], "bad-frame", str(exc))
+            return
+
+
+def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[int, bytes]],
+                 blobs: list[Record]) -> None:
+    """Feed contiguous chunks of the segment's uncompressed bytes to each blob's checksum."""
+    position = 0
+    hasher = xxhash.xxh3_64()
+    covered = 0
+    for offset, data in chunks:
+        chunk_end = offset + len(data)
+        covered = chunk_end
+        while position < len(blobs):
+            blob = blobs[position]
+            start, stop = blob.a, blob.a + blob.b
+            if start >= chunk_end:
+                break
+            lo, hi = max(start, offset), min(stop, chunk_end)
+            if hi > lo:
+                hasher.update(memoryview(data)[lo - offset : hi - offset])
+            if stop > chunk_end:
+                break
+            _finish(report, data_path, blob, hasher.intdigest())
+            hasher.reset()
+            position += 1
+    for blob in blobs[position:]:
+        if blob.b == 0 and blob.a <= covered:
+            _finish(report, data_path, blob, xxhash.xxh3_64_intdigest(b""))
         else:
-            digest = checksum_range(fd, start, stop)
-        if digest != record.c:
-            what = "legacy extent" if record.flags & FLAG_LEGACY_EXTENT else "blob"
-            report.add(data_path, start, "checksum", f"{what} {start}..{stop} fails its XXH3-64 checksum")
-    return end, sealed
+            report.add(data_path, blob.a, "truncated",
+                       f"blob {blob.a}..{blob.a + blob.b} is past the readable data ({covered} bytes)")
 
 
-__all__ = ["Problem", "VerifyReport", "verify_store"]
+def _finish(report: VerifyReport, data_path: str, blob: Record, digest: int) -> None:
+    report.blobs += 1
+    report.bytes_checked += blob.b
+    if digest != blob.c:
+        what = "legacy extent" if blob.flags & FLAG_LEGACY_EXTENT else "blob"
+        report.add(data_path, blob.a, "checksum", f"{what} {blob.a}..{blob.a + blob.b} fails its XXH3-64 checksum")

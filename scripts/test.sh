@@ -15,8 +15,24 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 
-echo "==> pip install -e '.[dev]' into $venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+# A no-op `pip install -e` still costs ~10 s (isolated build of the editable wheel), so it is
+# skipped while pyproject.toml is byte-for-byte what was last installed into this venv. The
+# install is editable, so edits under conduit_flat_file_db/ never need it. Delete the stamp
+# (or .venv) to force a reinstall.
+stamp="$venv/.dev-install-stamp"
+want_stamp="$("$venv/bin/python" -c '
+import hashlib, sys
+with open("pyproject.toml", "rb") as f:
+    print(hashlib.sha256(f.read()).hexdigest(), sys.version.split()[0])
+')"
+if [[ ! -f "$stamp" || "$(<"$stamp")" != "$want_stamp" ]]; then
+    echo "==> pip install -e '.[dev]' into $venv"
+    rm -f "$stamp"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    printf '%s\n' "$want_stamp" >"$stamp"
+else
+    echo "==> $venv is up to date with pyproject.toml (delete $stamp to force a reinstall)"
+fi
 
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"

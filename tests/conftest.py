@@ -37,6 +37,6 @@ def make_store(tmp_path: Path) -> Iterator[StoreFactory]:
 
 
 @pytest.fixture
-def store(make_store: StoreFactory) -> FlatFileDb:
+def store(make_store: StoreFactory) -> FlatFileDb:  # pylint: disable=redefined-outer-name  # pytest fixture
     """A fresh raw store in tmp_path, verified at teardown."""
     return make_store()

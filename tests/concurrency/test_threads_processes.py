@@ -35,7 +35,7 @@ pytestmark = pytest.mark.concurrency
 StoreFactory = Callable[..., FlatFileDb]
 Entry = tuple[str, DataLocation]  # (key, location)
 
-TINY_SEGMENT = 4096  # MAX_DAT_FILE_SIZE that makes rotations happen every few puts
+TINY_SEGMENT = 8192  # MAX_DAT_FILE_SIZE that makes a rotation every ~5 blobs (each costs ~4 fsyncs)
 MAX_BLOB = 3000
 JOIN_SECONDS = 60.0
 
@@ -116,10 +116,32 @@ class ReportTail:
 def read_report(path: Path) -> tuple[list[Entry], int | None]:
     """All entries of a finished report and the total its writer claimed ('# total N')."""
     total: int | None = None
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("# total "):
             total = int(line.split()[-1])
     return ReportTail(path).poll(), total
+
+
+def put_some(db: FlatFileDb, rng: random.Random, prefix: str, counter: int,
+             batch_fraction: float) -> list[Entry]:
+    """One put, or (``batch_fraction`` of the time) one put_many of 0..5 blobs, keyed
+    ``prefix-counter``, ``prefix-counter+1``...; returns (key, location) pairs in order."""
+    if rng.random() < batch_fraction:
+        keys = [f"{prefix}-{counter + i}" for i in range(rng.randint(0, 5))]
+        locations = db.put_many([blob_for(key) for key in keys])
+        assert len(locations) == len(keys), f"put_many of {len(keys)} returned {len(locations)} locations"
+        return list(zip(keys, locations))
+    key = f"{prefix}-{counter}"
+    return [(key, db.put(blob_for(key)))]
+
+
+def check_entries(db: FlatFileDb, entries: list[Entry]) -> None:
+    """Every entry reads back byte-identical; no overlaps; the store lists exactly these locations."""
+    for key, loc in entries:
+        assert db.get(loc) == blob_for(key), f"{loc} of {key} read back wrong bytes"
+    locations = [loc for _key, loc in entries]
+    assert_no_overlaps(locations)
+    assert_same_locations(locations, db.iter_locations())
 
 
 def run_guarded(err_path: str, body: Callable[[], None]) -> None:
@@ -127,7 +149,7 @@ def run_guarded(err_path: str, body: Callable[[], None]) -> None:
     try:
         body()
     except BaseException:
-        Path(err_path).write_text(traceback.format_exc())
+        Path(err_path).write_text(traceback.format_exc(), encoding="utf-8")
         raise
 
 
@@ -176,16 +198,10 @@ def test_threads_on_one_instance(make_store: StoreFactory) -> None:
         counter = 0
         barrier.wait()
         for _ in range(OPS_PER_THREAD):
-            if rng.random() < 0.2:
-                keys = [f"t{tid}-{counter + i}" for i in range(rng.randint(0, 5))]
-                locations = db.put_many([blob_for(key) for key in keys])
-                assert len(locations) == len(keys), f"put_many of {len(keys)} returned {len(locations)}"
-                mine.extend(zip(keys, locations))
-            else:
-                keys = [f"t{tid}-{counter}"]
-                mine.append((keys[0], db.put(blob_for(keys[0]))))
-            counter += len(keys)
-            puts[tid] += len(keys)
+            entries = put_some(db, rng, f"t{tid}", counter, 0.2)
+            mine.extend(entries)
+            counter += len(entries)
+            puts[tid] += len(entries)
             for _ in range(2 if mine else 0):
                 key, loc = rng.choice(mine)
                 got = db.get(loc)
@@ -207,11 +223,7 @@ def test_threads_on_one_instance(make_store: StoreFactory) -> None:
 
     entries = [entry for mine in results for entry in mine]
     assert len(entries) == sum(puts)
-    for key, loc in entries:
-        assert db.get(loc) == blob_for(key), f"{loc} of {key} read back wrong bytes"
-    locations = [loc for _key, loc in entries]
-    assert_no_overlaps(locations)
-    assert_same_locations(locations, db.iter_locations())
+    check_entries(db, entries)
     assert len(db.segments()) > 50, f"only {len(db.segments())} segments: rotations were not exercised"
     report = db.verify()
     assert report.ok, str(report)
@@ -220,13 +232,26 @@ def test_threads_on_one_instance(make_store: StoreFactory) -> None:
 # -- 4 processes, each with its own instance ---------------------------------------------
 
 PROCESSES = 4
-OPS_PER_PROCESS = 200
+OPS_PER_PROCESS = 150
 
 
 def process_writer(worker: int, datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
     """A writer process: puts/put_many, reading back its own and other processes' blobs."""
     run_guarded(os.path.join(report_dir, f"w{worker}.err"),
                 lambda: _process_writer(worker, datadir, lock_path, Path(report_dir), barrier))
+
+
+def read_back_some(db: FlatFileDb, rng: random.Random, pools: list[list[Entry]], who: str) -> None:
+    """Read one random entry of each non-empty pool and compare its bytes."""
+    for pool in pools:
+        if pool:
+            key, loc = rng.choice(pool)
+            assert db.get(loc) == blob_for(key), f"{who}: {loc} of {key} read back wrong bytes"
+
+
+def load_json(path: Path) -> Any:
+    """A worker's JSON result file."""
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _process_writer(worker: int, datadir: str, lock_path: str, report_dir: Path, barrier: Barrier) -> None:
@@ -240,26 +265,20 @@ def _process_writer(worker: int, datadir: str, lock_path: str, report_dir: Path,
     barrier.wait()
     with open(report_dir / f"w{worker}.txt", "a", encoding="utf-8") as report:
         for op in range(OPS_PER_PROCESS):
-            if rng.random() < 0.25:
-                keys = [f"p{worker}-{counter + i}" for i in range(rng.randint(1, 5))]
-                entries = list(zip(keys, db.put_many([blob_for(key) for key in keys])))
-            else:
-                key = f"p{worker}-{counter}"
-                entries = [(key, db.put(blob_for(key)))]
+            entries = put_some(db, rng, f"p{worker}", counter, 0.25)
             counter += len(entries)
             mine.extend(entries)
             report.write("".join(format_entry(key, loc) for key, loc in entries))
             report.flush()
             theirs.extend(tails[op % len(tails)].poll())
-            for key, loc in [rng.choice(mine)] + ([rng.choice(theirs)] if theirs else []):
-                got = db.get(loc)
-                assert got == blob_for(key), f"process {worker}: {loc} of {key} read back wrong bytes"
+            read_back_some(db, rng, [mine, theirs], f"process {worker}")
         report.write(f"# total {counter}\n")
     db.close()
 
 
 @pytest.mark.parametrize("start_method", ["spawn", "fork"])
-def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Path, start_method: str) -> None:
+def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Path,
+                                          start_method: str) -> None:
     """4 processes write to one datadir at once, each through its own FlatFileDb."""
     db = make_store()  # opened before the fork: children inherit its lock registry and mapping
     db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
@@ -277,14 +296,10 @@ def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Pa
         mine, total = read_report(report_dir / f"w{worker}.txt")
         assert total == len(mine), f"process {worker} put {total} blobs but reported {len(mine)}"
         entries.extend(mine)
-    for key, loc in entries:
-        assert db.get(loc) == blob_for(key), f"{loc} of {key} read back wrong bytes"
-    locations = [loc for _key, loc in entries]
-    assert_no_overlaps(locations)
-    assert_same_locations(locations, db.iter_locations())
+    check_entries(db, entries)
     fresh = FlatFileDb(db.datadir, db.mutable_file_lock_path)
     try:
-        assert_same_locations(locations, fresh.iter_locations())
+        assert_same_locations([loc for _key, loc in entries], fresh.iter_locations())
         report = fresh.verify()
         assert report.ok, str(report)
     finally:
@@ -317,7 +332,8 @@ def growing_writer(datadir: str, lock_path: str, report_dir: str, barrier: Barri
 
 
 def sealed_deleter(datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
-    """Deletes the oldest sealed segments, keeping KEEP_SEALED; logs each number before deleting."""
+    """Deletes the oldest sealed segments, keeping KEEP_SEALED; logs "start N" before each
+    delete_file and "done N" after it returned."""
     def body() -> None:
         db = FlatFileDb(datadir, lock_path)
         barrier.wait()
@@ -327,12 +343,39 @@ def sealed_deleter(datadir: str, lock_path: str, report_dir: str, barrier: Barri
                 mutable = db.mutable_segment()
                 sealed = [n for n in db.segments() if n < mutable]
                 for number in sealed[: max(0, len(sealed) - KEEP_SEALED)]:
-                    log.write(f"{number}\n")
+                    log.write(f"start {number}\n")
                     log.flush()
                     db.delete_file(db.segment_path(number))
+                    log.write(f"done {number}\n")
+                    log.flush()
                 time.sleep(0.005)
         db.close()
     run_guarded(os.path.join(report_dir, "deleter.err"), body)
+
+
+def deletions(deleted_log: Path, stage: str) -> set[int]:
+    """Segments whose deletion reached ``stage`` ("start": delete_file called, "done": returned)."""
+    words = deleted_log.read_text(encoding="utf-8").split()
+    return {int(number) for what, number in zip(words[::2], words[1::2]) if what == stage}
+
+
+def read_or_deleted(db: FlatFileDb, key: str, loc: DataLocation, deleted_log: Path, who: str) -> bool:
+    """Read one location: True for the right bytes, False for FileNotFoundError of a deleted segment.
+
+    A segment whose delete_file returned before the read began must raise FileNotFoundError
+    (GUARANTEES.md); one whose delete had not started must not.
+    """
+    number = segment_number(loc)
+    gone_before = number in deletions(deleted_log, "done")
+    try:
+        got = db.get(loc)
+    except FileNotFoundError:
+        assert number in deletions(deleted_log, "start"), (
+            f"{who}: {loc} not found, but segment {number} was never deleted")
+        return False
+    assert not gone_before, f"{who}: {loc} read after segment {number}'s delete_file had returned"
+    assert got == blob_for(key), f"{who}: {loc} of {key} read back wrong bytes"
+    return True
 
 
 def lock_free_reader(reader: int, datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
@@ -353,18 +396,12 @@ def lock_free_reader(reader: int, datadir: str, lock_path: str, report_dir: str,
                 continue
             newest = rng.random() < 0.5
             key, loc = entries[-1] if newest else rng.choice(entries[-400:])
-            try:
-                got = db.get(loc)
-            except FileNotFoundError:
-                number = segment_number(loc)
-                deleted = {int(line) for line in deleted_log.read_text().split()}
-                assert number in deleted, f"reader {reader}: {loc} not found, but segment {number} was not deleted"
+            if read_or_deleted(db, key, loc, deleted_log, f"reader {reader}"):
+                stats["ok"] += 1
+                stats["ok_newest"] += newest
+            else:
                 stats["not_found"] += 1
-                continue
-            assert got == blob_for(key), f"reader {reader}: {loc} of {key} read back wrong bytes"
-            stats["ok"] += 1
-            stats["ok_newest"] += newest
-        Path(report_dir, f"reader{reader}.json").write_text(json.dumps(stats))
+        Path(report_dir, f"reader{reader}.json").write_text(json.dumps(stats), encoding="utf-8")
         db.close()
     run_guarded(os.path.join(report_dir, f"reader{reader}.err"), body)
 
@@ -384,22 +421,19 @@ def test_lock_free_readers_against_growth_and_deletion(make_store: StoreFactory,
     procs += start_processes(ctx, lock_free_reader, [(reader, *paths, barrier) for reader in range(2)])
     join_all(procs, report_dir)
 
-    stats = [json.loads((report_dir / f"reader{reader}.json").read_text()) for reader in range(2)]
+    stats = [load_json(report_dir / f"reader{reader}.json") for reader in range(2)]
     print(f"reader stats: {stats}")
-    deleted = {int(line) for line in (report_dir / "deleted.txt").read_text().split()}
+    deleted = deletions(report_dir / "deleted.txt", "done")
     assert deleted, "the deleter deleted nothing: sealed-segment deletion was not exercised"
     assert all(s["ok_newest"] > 20 for s in stats), f"too few reads of the growing segment: {stats}"
     assert sum(s["not_found"] for s in stats) > 0, f"no read met a deleted segment: {stats}"
 
     entries, _ = read_report(report_dir / "writer.txt")
-    present = [(key, loc) for key, loc in entries if segment_number(loc) not in deleted]
-    for key, loc in present:
-        assert db.get(loc) == blob_for(key), f"{loc} of {key} read back wrong bytes"
     for _key, loc in entries:
         if segment_number(loc) in deleted:
             with pytest.raises(FileNotFoundError):
                 db.get(loc)
-    assert_same_locations([loc for _key, loc in present], db.iter_locations())
+    check_entries(db, [(key, loc) for key, loc in entries if segment_number(loc) not in deleted])
     report = db.verify()
     assert report.ok, str(report)
 
@@ -430,7 +464,7 @@ def fair_writer(worker: int, datadir: str, lock_path: str, report_dir: str, barr
                  "p50_ms": 1000 * latencies[len(latencies) // 2],
                  "p99_ms": 1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
                  "max_ms": 1000 * latencies[-1]}
-        Path(report_dir, f"fair{worker}.json").write_text(json.dumps(stats))
+        Path(report_dir, f"fair{worker}.json").write_text(json.dumps(stats), encoding="utf-8")
         db.close()
     run_guarded(os.path.join(report_dir, f"fair{worker}.err"), body)
 
@@ -446,7 +480,7 @@ def test_writer_fairness(make_store: StoreFactory, tmp_path: Path) -> None:
         (worker, str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), barrier)
         for worker in range(PROCESSES)])
     join_all(procs, report_dir)
-    stats = [json.loads((report_dir / f"fair{worker}.json").read_text()) for worker in range(PROCESSES)]
+    stats = [load_json(report_dir / f"fair{worker}.json") for worker in range(PROCESSES)]
     for worker, stat in enumerate(stats):
         print(f"writer {worker}: {stat['puts']} puts, p50 {stat['p50_ms']:.3f} ms, "
               f"p99 {stat['p99_ms']:.3f} ms, max {stat['max_ms']:.1f} ms")

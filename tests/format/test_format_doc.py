@@ -31,6 +31,7 @@ def _example_index_bytes() -> bytes:
 
 
 def test_worked_example_decodes() -> None:
+    """The bytes printed in FORMAT.md decode to the documented fields."""
     raw = _example_index_bytes()
     assert len(raw) == 128
     header = decode_header(raw, "example")
@@ -44,6 +45,7 @@ def test_worked_example_decodes() -> None:
 
 
 def test_code_writes_the_worked_example() -> None:
+    """The encoders produce exactly the documented bytes."""
     expected = _example_index_bytes()
     written = (encode_header(0, 0, 1_700_000_000_000_000_000) + encode_blob(0, 5, blob_checksum(b"hello"))
                + encode_blob(5, 6, blob_checksum(b"world!")) + encode_seal(11, 2, 11))
@@ -51,6 +53,7 @@ def test_code_writes_the_worked_example() -> None:
 
 
 def test_store_writes_the_worked_example(tmp_path: Path) -> None:
+    """A real store writes the documented data file and index."""
     db = FlatFileDb(tmp_path / "s", tmp_path / "s.lock")
     db.put(b"hello")
     db.put(b"world!")
@@ -66,6 +69,7 @@ def test_store_writes_the_worked_example(tmp_path: Path) -> None:
 
 
 def test_packed_location_example() -> None:
+    """The packed-location example of FORMAT.md section 7."""
     text = FORMAT_MD.read_text(encoding="utf-8")
     match = re.search(r"Example: segment 7, bytes 5\.\.11 is `([0-9a-f ]+)`", text)
     assert match is not None

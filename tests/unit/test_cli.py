@@ -136,7 +136,8 @@ def test_info_text_and_json(run: Run, files: dict[str, Path], datadir: Path, tmp
     assert code == 0
     assert "data_00000000.dat  sealed" in text and "data_00000001.dat  mutable" in text
     size = len(TEXT) + len(BINARY)
-    assert text.splitlines()[-1] == f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {size} bytes on disk"
+    assert text.splitlines()[-1] == \
+        f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {size} bytes on disk"
 
 
 def test_verify_clean_then_corrupted(run: Run, files: dict[str, Path], datadir: Path, tmp_path: Path) -> None:

@@ -66,10 +66,13 @@ def fixture_readme_run(
     """Run the example in tmp_path; return its namespace, its stdout and its log records."""
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
-    monkeypatch.setattr(root, "level", root.level)  # basicConfig may change it: restore afterwards
+    # basicConfig may set the level and add a handler: both are restored afterwards.
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
     namespace: dict[str, Any] = {"__name__": "readme_basic_usage"}
+    code = compile(README_BASIC_USAGE, "README.md#basic-usage", "exec")
     with caplog.at_level(logging.DEBUG, logger="conduit_flat_file_db"):
-        exec(compile(README_BASIC_USAGE, "README.md#basic-usage", "exec"), namespace)  # pylint: disable=exec-used
+        exec(code, namespace)  # pylint: disable=exec-used
     ffdb = namespace["ffdb"]
     assert isinstance(ffdb, FlatFileDb)
     report = ffdb.verify()

@@ -1,0 +1,271 @@
+"""The read side of a store: resolving locations to open segments, without any lock.
+
+A location resolves only to a segment file of this datadir: the directory part
+must be the datadir itself (compared by device and inode), the name must be a
+segment name, and files are opened relative to the datadir's descriptor with
+``O_NOFOLLOW``. Open segments are cached; a descriptor is closed only when the
+last thread using it lets go (CPython reference counting), so a descriptor number
+is never reused under a read that is about to run.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+from typing import Any, Callable
+
+from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
+from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
+from .naming import index_name, parse_segment_name
+from .segment import OPEN_READ, open_data_file
+from .seekable import FrameCache, FrameTable, decompress_frame, parse_seek_table, read_frames
+from .state import W_EPOCH, MutableView, SharedState
+
+MAX_CACHED_PATHS = 4096
+
+
+class SegmentReader:
+    """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
+
+    __slots__ = ("number", "fd", "limit", "mutable", "raw", "name", "table", "index_fd", "index_loaded",
+                 "cache", "cache_key", "__weakref__")
+
+    def __init__(self, number: int, fd: int, name: str, limit: int, mutable: bool) -> None:
+        self.number = number
+        self.fd = fd
+        self.name = name
+        self.limit = limit
+        self.mutable = mutable
+        self.raw = True
+        self.table: FrameTable | None = None
+        self.index_fd = -1
+        self.index_loaded = HEADER_BYTES
+        self.cache: FrameCache | None = None
+        st = os.fstat(fd)
+        self.cache_key = (st.st_dev, st.st_ino)
+
+    def __del__(self) -> None:
+        for fd in (self.fd, self.index_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def frame(self, index: int) -> bytes:
+        """Decompressed frame ``index`` of a compressed segment (cached)."""
+        cache = self.cache
+        key = (self.cache_key, index)
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        table = self.table
+        assert table is not None  # only compressed readers call this
+        c_start, c_end = table.c_offsets[index], table.c_offsets[index + 1]
+        dsize = table.d_offsets[index + 1] - table.d_offsets[index]
+        raw = os.pread(self.fd, c_end - c_start, c_start)
+        if len(raw) != c_end - c_start:
+            raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut short; "
+                                          "was the segment deleted?", self.name)
+        checksum = table.checksums[index] if table.checksums is not None else None
+        out = decompress_frame(raw, dsize, self.name, c_start, checksum)
+        if cache is not None:
+            cache.put(key, out)
+        return out
+
+    def read(self, start: int, end: int) -> bytes:
+        """Uncompressed bytes [start, end) (already checked against ``limit``)."""
+        if self.raw:
+            return os.pread(self.fd, end - start, start)
+        assert self.table is not None
+        return read_frames(self.table, self.frame, start, end)
+
+
+class ReaderCache:
+    """Resolves locations to SegmentReaders for one FlatFileDb instance. Thread-safe."""
+
+    def __init__(self, dir_fd: int, dir_str: str, base_dir: str, state: SharedState, frame_cache: FrameCache | None,
+                 repair: Callable[[], None]) -> None:
+        self.dir_fd = dir_fd
+        self.dir_str = dir_str
+        self.base_dir = base_dir  # relative location paths are taken relative to this
+        st = os.fstat(dir_fd)
+        self.dir_id = (st.st_dev, st.st_ino)
+        self.state = state
+        self.frame_cache = frame_cache
+        self.repair = repair
+        self.by_path: dict[Any, SegmentReader] = {}
+        self.by_number: dict[int, SegmentReader] = {}
+        self.known_dirs: set[str] = set()
+        self.epoch = state.words[W_EPOCH]
+
+    def reset(self) -> None:
+        """Forget every open segment (their descriptors close as their users finish)."""
+        self.epoch = self.state.words[W_EPOCH]
+        self.by_path.clear()
+        self.by_number.clear()
+
+    def mutable_view(self) -> MutableView:
+        """The state page's snapshot, repairing the page if a publisher died mid-way."""
+        view = self.state.read_mutable()
+        while view is None:
+            self.repair()
+            view = self.state.read_mutable()
+        return view
+
+    def resolve(self, location: Any) -> tuple[Any, int, int, SegmentReader]:
+        """Validate a location and find (or open) its segment: (file_path, start, end, reader)."""
+        if self.state.words[W_EPOCH] != self.epoch:
+            self.reset()
+        if not isinstance(location, tuple) or len(location) != 3:
+            raise TypeError(f"expected a DataLocation(file_path, start_offset, end_offset), got {location!r}")
+        file_path, start, end = location
+        number = self.segment_number_of(file_path)
+        start, end = as_offset(start, "start_offset", file_path), as_offset(end, "end_offset", file_path)
+        reader = self.by_number.get(number)
+        if reader is None:
+            reader = self.open(number)
+        if isinstance(file_path, str):
+            if len(self.by_path) >= MAX_CACHED_PATHS:
+                self.by_path.clear()
+            self.by_path[file_path] = reader
+        return file_path, start, end, reader
+
+    def segment_number_of(self, file_path: Any) -> int:
+        """The segment number a path names; refuses anything but a segment file of this datadir."""
+        try:
+            path = os.fspath(file_path)
+        except TypeError:
+            raise TypeError(f"file_path must be str or os.PathLike, not {type(file_path).__name__}") from None
+        if not isinstance(path, str):
+            raise TypeError(f"file_path must be a str path, not bytes: {path!r}")
+        dirname, base = os.path.split(path)
+        number = parse_segment_name(base)
+        if number is None:
+            raise InvalidLocationError(
+                f"{path!r} is not a segment file (names are data_NNNNNNNN.dat or data_NNNNNNNN.dat.zst)")
+        if dirname not in self.known_dirs:
+            try:
+                st = os.stat(os.path.join(self.base_dir, dirname))
+            except (OSError, ValueError):
+                st = None
+            if st is None or (st.st_dev, st.st_ino) != self.dir_id:
+                raise InvalidLocationError(f"{path!r} is not in this store's datadir {self.dir_str!r}")
+            if len(self.known_dirs) < MAX_CACHED_PATHS:
+                self.known_dirs.add(dirname)
+        return number
+
+    def open(self, number: int) -> SegmentReader:
+        """Open segment ``number`` for reading and cache it."""
+        fd, kind = open_data_file(self.dir_fd, number)
+        view = self.mutable_view()
+        try:
+            mutable = number >= view.segment
+            name = os.path.join(self.dir_str, "data_%08d" % number)  # pylint: disable=consider-using-f-string
+            if kind == KIND_RAW:
+                reader = SegmentReader(number, fd, name + ".dat", 0 if mutable else os.fstat(fd).st_size, mutable)
+            else:
+                reader = SegmentReader(number, fd, name + ".dat.zst", 0, mutable)
+                reader.raw = False
+                reader.cache = self.frame_cache
+                if mutable:
+                    reader.table = FrameTable([0], [0])
+                    reader.index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+                else:
+                    reader.table = parse_seek_table(lambda o, n: os.pread(fd, n, o), os.fstat(fd).st_size,
+                                                    reader.name)
+                    reader.limit = reader.table.decompressed_size
+        except BaseException:
+            os.close(fd)
+            raise
+        if mutable:
+            self.refresh(reader)
+        self.by_number[number] = reader
+        return reader
+
+    def refresh(self, reader: SegmentReader) -> None:
+        """Catch a mutable segment's reader up with what has been committed since."""
+        view = self.mutable_view()
+        if reader.raw:
+            if view.segment == reader.number:
+                reader.limit = view.end
+            elif view.segment > reader.number:
+                # Sealed since it was opened: sealing cut the file to its committed size.
+                reader.limit = os.fstat(reader.fd).st_size
+                reader.mutable = False
+            return
+        sealed = view.segment != reader.number
+        upto = None if sealed else view.index_bytes
+        size = (os.fstat(reader.index_fd).st_size if upto is None else upto) - reader.index_loaded
+        raw = os.pread(reader.index_fd, max(size, 0), reader.index_loaded)
+        scan = decode_records(raw)
+        table = reader.table
+        assert table is not None
+        for record in scan.records:
+            if record.rtype == REC_FRAME:
+                table.append(record.b >> 32, record.b & 0xFFFFFFFF)
+            elif record.rtype == REC_SEAL:
+                reader.limit = record.a
+                reader.mutable = False
+        reader.index_loaded += scan.valid_bytes
+        if not sealed:
+            reader.limit = min(view.end, table.decompressed_size)
+
+    def check_range(self, reader: SegmentReader, file_path: Any, start: Any, end: Any) -> tuple[int, int]:
+        """Slow path of a range check: types, order, and the committed end (refreshed if mutable)."""
+        start, end = as_offset(start, "start_offset", file_path), as_offset(end, "end_offset", file_path)
+        if start > end:
+            raise InvalidLocationError(f"{file_path}: start_offset {start} > end_offset {end}")
+        if end > reader.limit and reader.mutable:
+            self.refresh(reader)
+        if end > reader.limit:
+            raise InvalidLocationError(
+                f"{file_path}: end_offset {end} is past the committed end of segment {reader.number} "
+                f"({reader.limit} bytes)")
+        return start, end
+
+    def short_read(self, reader: SegmentReader, file_path: Any, start: int, end: int, got: int) -> bytes:
+        """A raw read returned fewer bytes than committed (or was empty): deleted, or replaced?"""
+        self.by_number.pop(reader.number, None)
+        self.by_path.pop(file_path, None)
+        try:
+            fresh = self.open(reader.number)
+        except FlatFileDbNotFoundError:
+            raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {reader.number} was deleted", file_path) from None
+        data = fresh.read(start, end)
+        if len(data) != end - start:
+            raise CorruptionError(f"{file_path} at offset {start + got}: segment is shorter than its committed "
+                                  f"size ({got} of {end - start} bytes read)", str(file_path), start + got)
+        return data
+
+
+def as_offset(value: Any, name: str, file_path: Any = None) -> int:
+    """An offset argument as an int >= 0, or a TypeError / InvalidLocationError naming the file."""
+    where = f"{file_path}: " if file_path is not None else ""
+    if isinstance(value, bool):
+        raise TypeError(f"{where}{name} must be an int, not bool")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{where}{name} must be an int, not {type(value).__name__}") from None
+    if result < 0:
+        raise InvalidLocationError(f"{where}{name} must be >= 0, got {result}")
+    return result
+
+
+def apply_slice(file_path: Any, start: Any, end: Any, slice_: Any) -> tuple[int, int]:
+    """Turn a blob-relative Slice into absolute segment offsets, refusing bad slices."""
+    if not isinstance(slice_, tuple) or len(slice_) != 2:
+        raise TypeError(f"{file_path}: slice must be a Slice(start_offset, end_offset), got {slice_!r}")
+    start, end = as_offset(start, "start_offset", file_path), as_offset(end, "end_offset", file_path)
+    s_start = as_offset(slice_[0], "slice start_offset", file_path)
+    s_end = as_offset(slice_[1], "slice end_offset", file_path)
+    length = end - start
+    if s_end == 0:
+        s_end = length
+    if s_start > s_end or s_end > length:
+        raise InvalidLocationError(
+            f"{file_path}: slice {s_start}..{s_end} is not inside the blob at {start}..{end} ({length} bytes)")
+    return start + s_start, start + s_end

@@ -1,0 +1,106 @@
+"""Rewriting a sealed segment in place of itself: re-framing, compressing, decompressing.
+
+Offsets live in uncompressed space, so a sealed segment can be rewritten with other
+frames or another suffix while every location into it stays valid. The new file
+is written aside, fsynced, and switched in by rename under the write lock; readers
+that hold the old file keep reading it (POSIX keeps an unlinked open file alive)
+and readers that open afterwards get the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Callable, ContextManager, NamedTuple
+
+from .errors import FlatFileDbUnsafeAccessError
+from .index import KIND_ZSTD, REC_SEAL
+from .naming import segment_name, temp_name
+from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, pwrite_all
+from .seekable import DEFAULT_LEVEL, SeekableReader, SeekableWriter, parse_seek_table
+from .state import SharedState
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+
+class Framing(NamedTuple):
+    """How a rewritten segment is laid out."""
+
+    compressed: bool
+    level: int = DEFAULT_LEVEL
+    frame_bytes: int = 2**20
+    threads: int = 1
+
+
+def _source(fd: int, kind: int, number: int) -> tuple[int, Callable[[int, int], bytes]]:
+    """(uncompressed size, read(start, end)) of an open segment file."""
+    size = os.fstat(fd).st_size
+    if kind == KIND_ZSTD:
+        table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size, segment_name(number, True))
+        source = SeekableReader(fd, table=table)
+        return source.size, source.read_range
+    return size, lambda start, end: os.pread(fd, end - start, start)
+
+
+def _write_copy(dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[[int, int], bytes], *,
+                framing: Framing, fsync: bool) -> None:
+    if framing.compressed:
+        with SeekableWriter(os.path.join(datadir, tmp), "w", level=framing.level, frame_bytes=framing.frame_bytes,
+                            threads=framing.threads) as out:
+            for pos in range(0, total, CHECK_CHUNK_BYTES):
+                out.write(read(pos, min(total, pos + CHECK_CHUNK_BYTES)))
+    else:
+        out_fd = os.open(tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+        try:
+            for pos in range(0, total, CHECK_CHUNK_BYTES):
+                pwrite_all(out_fd, read(pos, min(total, pos + CHECK_CHUNK_BYTES)), pos)
+        finally:
+            os.close(out_fd)
+    if fsync:
+        check_fd = os.open(tmp, OPEN_READ, dir_fd=dir_fd)
+        try:
+            os.fsync(check_fd)
+        finally:
+            os.close(check_fd)
+
+
+def rewrite_segment(dir_fd: int, datadir: str, number: int, framing: Framing, *,
+                    write_lock: Callable[[], ContextManager[None]], state: SharedState, fsync: bool = True) -> bool:
+    """Rewrite sealed segment ``number`` with ``framing``; returns False when it changed or vanished meanwhile.
+
+    Memory is bounded by CHECK_CHUNK_BYTES plus the compressor's frames in flight.
+    Raises FlatFileDbUnsafeAccessError for a segment that is not sealed.
+    """
+    fd, kind = open_data_file(dir_fd, number)
+    try:
+        records = index_records(dir_fd, number)
+        if records and records[-1].rtype != REC_SEAL:
+            raise FlatFileDbUnsafeAccessError(f"segment {number} is not sealed; only sealed segments are rewritten")
+        before = os.fstat(fd)
+        total, read = _source(fd, kind, number)
+        target = segment_name(number, framing.compressed)
+        tmp = temp_name(target)
+        try:
+            _write_copy(dir_fd, datadir, tmp, total, read, framing=framing, fsync=fsync)
+            with write_lock():
+                try:
+                    now = os.stat(segment_name(number, kind == KIND_ZSTD), dir_fd=dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    return False  # deleted while we worked
+                if (now.st_ino, now.st_dev) != (before.st_ino, before.st_dev):
+                    return False  # rewritten by someone else meanwhile
+                os.rename(tmp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                if (kind == KIND_ZSTD) != framing.compressed:
+                    os.unlink(segment_name(number, kind == KIND_ZSTD), dir_fd=dir_fd)
+                state.bump_epoch()
+                if fsync:
+                    fsync_dir(dir_fd)
+            logger.debug("%s: rewrote segment %d (%d bytes) as %s", datadir, number, total,
+                         "compressed" if framing.compressed else "raw")
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,292 @@
+"""The write side of a store: the mutable segment's descriptors and the commit protocol.
+
+Every method of :class:`SegmentWriter` but ``close`` runs with the store's write
+lock held; the store takes it. The protocol is FORMAT.md section 6: dirty flag up,
+data (frames), [fdatasync], index records, [fdatasync], publish, dirty flag down.
+The state page is the source of "where does the mutable segment end" for every
+process; this object only caches descriptors for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .index import KIND_RAW, KIND_ZSTD, REC_FRAME, encode_record, encode_seal
+from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_owner
+from .segment import (
+    OPEN_WRITE,
+    Tail,
+    append_table_entries,
+    create_segment,
+    frame_table_of,
+    index_records,
+    open_data_file,
+    padding_header,
+    pwrite_all,
+    pwritev_all,
+    recover_segment,
+    reserve_for,
+    write_reserve_and_table,
+)
+from .state import (
+    W_DIRTY,
+    W_DISK_BYTES,
+    W_DURABLE_END,
+    W_END,
+    W_FRAMES,
+    W_INDEX_BYTES,
+    W_PADDING,
+    W_SEGMENT,
+    MutableView,
+    SharedState,
+)
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+
+def _view_of(number: int, tail: Tail) -> MutableView:
+    return MutableView(number, tail.end, tail.index_bytes, tail.disk_bytes, tail.kind, tail.padding, tail.frames)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SegmentWriter:
+    """Appends to the mutable segment for one FlatFileDb instance (write lock held by the caller)."""
+
+    def __init__(self, dir_fd: int, datadir: Path, state: SharedState, *, fsync: bool, new_kind: int) -> None:
+        self.dir_fd = dir_fd
+        self.datadir = datadir
+        self.state = state
+        self.words = state.words
+        self.fsync = fsync
+        self.new_kind = new_kind  # kind of segments this instance creates
+        self.segment = -1
+        self.kind = KIND_RAW
+        self.path = ""
+        self.data_fd = -1
+        self.index_fd = -1
+        self.sealed: list[int] = []  # sealed by this writer, not yet handed to take_sealed()
+
+    def take_sealed(self) -> list[int]:
+        """Segments this writer sealed since the last call (for re-framing after the lock)."""
+        sealed, self.sealed = self.sealed, []
+        return sealed
+
+    # -- recovery ---------------------------------------------------------------------
+
+    def recover(self, power_loss_check: bool) -> None:
+        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state."""
+        state = self.state
+        words = self.words
+        numbers: set[int] = set()
+        data_numbers: set[int] = set()
+        index_numbers: set[int] = set()
+        for name in os.listdir(self.dir_fd):
+            if name.startswith(TEMP_PREFIX):
+                owner = temp_owner(name)
+                if owner != os.getpid() and not _pid_alive(owner or 0):
+                    logger.warning("%s: removing scratch file %s left by an interrupted operation", self.datadir, name)
+                    os.unlink(name, dir_fd=self.dir_fd)
+                continue
+            parsed = parse_name(name)
+            if parsed is not None:
+                numbers.add(parsed[0])
+                (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
+        if not numbers:
+            create_segment(self.dir_fd, 0, self.new_kind)
+            numbers.add(0)
+        newest = max(numbers)
+        for orphan in sorted(index_numbers - data_numbers - {newest}):
+            # A delete removes the data file first: an index alone is the rest of it.
+            logger.warning("%s: removing %s left by an interrupted delete", self.datadir, index_name(orphan))
+            os.unlink(index_name(orphan), dir_fd=self.dir_fd)
+        check_from: int | None = None
+        if power_loss_check and (state.fresh or not state.same_boot()):
+            same_segment = not state.fresh and words[W_SEGMENT] == newest
+            check_from = words[W_DURABLE_END] if same_segment else 0
+        tail = recover_segment(self.dir_fd, newest, self.new_kind, check_from)
+        if tail.sealed:
+            newest, tail = self._create_next(newest)
+        if check_from is not None or state.fresh:
+            words[W_DURABLE_END] = tail.end if check_from is not None else 0
+        state.initialise()
+        state.publish(_view_of(newest, tail))
+        words[W_DIRTY] = 0
+
+    def _create_next(self, sealed: int) -> tuple[int, Tail]:
+        """Create segment sealed+1, removing leftovers of a rotation that died half-way."""
+        new = sealed + 1
+        for name in (index_name(new), segment_name(new, False), segment_name(new, True)):
+            try:
+                os.unlink(name, dir_fd=self.dir_fd)  # nothing committed can be in them: no SEAL
+            except FileNotFoundError:
+                pass
+        return new, create_segment(self.dir_fd, new, self.new_kind)
+
+    # -- the mutable segment --------------------------------------------------------------
+
+    def prepare(self, max_size: int) -> int:
+        """Sync with the mutable segment, rotate it when full; returns where the next blob starts."""
+        words = self.words
+        if words[W_DIRTY] or words[W_SEGMENT] != self.segment:
+            self.resync()
+        end: int = words[W_END]
+        if end >= max_size and end:
+            self.rotate()
+            end = 0
+        return end
+
+    def resync(self) -> None:
+        """Repair what a dead writer left (dirty flag) and (re)open the mutable segment."""
+        words = self.words
+        if words[W_DIRTY]:
+            logger.warning("%s: a writer stopped mid-operation; recovering the mutable segment", self.datadir)
+            self.recover(power_loss_check=False)
+        number = words[W_SEGMENT]
+        if number != self.segment or self.data_fd < 0:
+            self.close()
+            self.data_fd, self.kind = open_data_file(self.dir_fd, number, OPEN_WRITE)
+            self.index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=self.dir_fd)
+            self.segment = number
+            self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
+
+    def rotate(self) -> int:
+        """Seal the mutable segment and start the next one; returns the sealed segment's number.
+
+        The dirty flag stays up for the whole rotation, so a writer that dies in it
+        is repaired by the next one (recovery finds the SEAL and creates the next
+        segment afresh).
+        """
+        words = self.words
+        old = self.segment
+        end = words[W_END]
+        index_bytes = words[W_INDEX_BYTES]
+        words[W_DIRTY] = 1
+        if self.kind == KIND_RAW:
+            if os.fstat(self.data_fd).st_size != end:
+                os.ftruncate(self.data_fd, end)
+            disk = end
+        else:
+            disk = os.fstat(self.data_fd).st_size
+        os.fsync(self.data_fd)
+        blobs = sum(1 for r in index_records(self.dir_fd, old, index_bytes) if r.rtype != REC_FRAME)
+        pwrite_all(self.index_fd, encode_seal(end, blobs, disk), index_bytes)
+        os.fsync(self.index_fd)
+        new, tail = self._create_next(old)
+        words[W_DURABLE_END] = 0
+        self.state.publish(_view_of(new, tail))
+        words[W_DIRTY] = 0
+        self.resync()
+        self.sealed.append(old)
+        logger.debug("%s: sealed segment %d, mutable segment is now %d", self.datadir, old, new)
+        return old
+
+    def sync(self) -> None:
+        """fdatasync the mutable segment; record the durable end."""
+        os.fdatasync(self.data_fd)
+        os.fdatasync(self.index_fd)
+        self.words[W_DURABLE_END] = self.words[W_END]
+
+    def _fail(self, start: int, disk: int, index_bytes: int) -> None:
+        """Cut a failed append back; leave the dirty flag up when even that fails."""
+        try:
+            os.ftruncate(self.data_fd, disk if self.kind == KIND_ZSTD else start)
+            os.ftruncate(self.index_fd, index_bytes)
+        except OSError:
+            logger.exception("%s: could not cut a failed append; the next writer will", self.datadir)
+            return
+        if self.kind == KIND_RAW:
+            self.words[W_DIRTY] = 0
+        # A compressed segment also lost its padding and table: recovery rewrites them.
+
+    def append_raw(self, data: Any, buffers: Sequence[Any] | None, start: int, end: int, records: bytes) -> None:
+        """Commit blob bytes (``data``, or the concatenation of ``buffers``) at ``start`` in a raw segment."""
+        words = self.words
+        index_bytes = words[W_INDEX_BYTES]
+        words[W_DIRTY] = 1
+        try:
+            if buffers is None:
+                written = os.pwrite(self.data_fd, data, start)
+                if written != end - start:  # short write: finish it
+                    pwrite_all(self.data_fd, memoryview(data).cast("B")[written:], start + written)
+            else:
+                pwritev_all(self.data_fd, buffers, start)
+            self._write_records(records, index_bytes, end)
+        except BaseException:
+            self._fail(start, start, index_bytes)
+            raise
+        words[W_INDEX_BYTES] = index_bytes + len(records)
+        words[W_DISK_BYTES] = end
+        words[W_END] = end  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+
+    def append_zstd(self, frames: Sequence[bytes], dsizes: Sequence[int], start: int, end: int,
+                    blob_records: bytes) -> None:
+        """Commit frames holding uncompressed bytes [start, end) and their blob records."""
+        words = self.words
+        index_bytes = words[W_INDEX_BYTES]
+        disk = words[W_DISK_BYTES]
+        padding = words[W_PADDING]
+        count = words[W_FRAMES]
+        sizes = [(len(f), d) for f, d in zip(frames, dsizes)]
+        used = sum(c for c, _ in sizes)
+        records = []
+        u_at, c_at = start, disk
+        for csize, dsize in sizes:
+            records.append(encode_record(REC_FRAME, 0, u_at, (csize << 32) | dsize, c_at))
+            u_at += dsize
+            c_at += csize
+        records.append(blob_records)
+        payload = b"".join(records)
+        words[W_DIRTY] = 1
+        try:
+            if used <= padding:
+                pwritev_all(self.data_fd, list(frames) + [padding_header(padding - used)], disk)
+                new_padding = append_table_entries(self.data_fd, disk, padding, count, sizes)
+            else:
+                # Out of reserved room: the seek table moves; rewrite it whole, with more room.
+                all_sizes = frame_table_of(index_records(self.dir_fd, self.segment, index_bytes)).sizes() + sizes
+                new_padding = reserve_for(disk + used, 0)
+                pwritev_all(self.data_fd, frames, disk)
+                write_reserve_and_table(self.data_fd, disk + used, all_sizes, new_padding)
+            self._write_records(payload, index_bytes, end)
+        except BaseException:
+            self._fail(start, disk, index_bytes)
+            raise
+        words[W_INDEX_BYTES] = index_bytes + len(payload)
+        words[W_DISK_BYTES] = disk + used
+        words[W_PADDING] = new_padding
+        words[W_FRAMES] = count + len(frames)
+        words[W_END] = end
+        words[W_DIRTY] = 0
+
+    def _write_records(self, records: bytes, index_bytes: int, end: int) -> None:
+        if self.fsync:
+            os.fdatasync(self.data_fd)  # data first: a durable record never points at lost bytes
+        written = os.pwrite(self.index_fd, records, index_bytes)
+        if written != len(records):
+            pwrite_all(self.index_fd, memoryview(records)[written:], index_bytes + written)
+        if self.fsync:
+            os.fdatasync(self.index_fd)
+            self.words[W_DURABLE_END] = end
+
+    def close(self) -> None:
+        """Close the mutable segment's descriptors."""
+        for fd in (self.data_fd, self.index_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.data_fd = self.index_fd = -1
+        self.segment = -1

@@ -1,0 +1,334 @@
+"""The store's reader/writer lock: threads of one process, other processes, and plain
+fasteners users of the same lock file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from conduit_flat_file_db import DataLocation, FlatFileDb, FlatFileDbLockTimeoutError
+from conduit_flat_file_db.locking import ProcessLock, process_lock_for
+
+StoreFactory = Callable[..., FlatFileDb]
+WAIT = 5.0  # upper bound for events that must happen; never reached when the code is right
+SHORT = 0.05  # a lock wait that is expected to time out
+
+# A plain fasteners user of a lock file: takes the lock in the given mode, says so, waits
+# for a line on stdin, releases, says so. Mode "try-write"/"try-read": a non-blocking attempt,
+# prints the result and exits.
+CHILD = r"""
+import sys
+import fasteners
+
+mode, path = sys.argv[1], sys.argv[2]
+lock = fasteners.InterProcessReaderWriterLock(path)
+if mode.startswith("try-"):
+    acquire = lock.acquire_write_lock if mode == "try-write" else lock.acquire_read_lock
+    got = acquire(blocking=False)
+    print("acquired" if got else "refused", flush=True)
+    sys.exit(0)
+acquire = lock.acquire_write_lock if mode == "write" else lock.acquire_read_lock
+release = lock.release_write_lock if mode == "write" else lock.release_read_lock
+assert acquire()
+print("locked", flush=True)
+sys.stdin.readline()
+release()
+print("released", flush=True)
+"""
+
+
+class Child:
+    """A child process holding the lock file through fasteners until told to let go."""
+
+    def __init__(self, mode: str, path: Path) -> None:
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # closed in release()
+            [sys.executable, "-c", CHILD, mode, str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        """Let the child release the lock and exit."""
+        out, _ = self.proc.communicate("go\n", timeout=WAIT)
+        assert out.strip() == "released"
+        assert self.proc.returncode == 0
+
+
+def try_in_child(mode: str, path: Path) -> str:
+    """A plain fasteners non-blocking attempt from another process: "acquired" or "refused"."""
+    done = subprocess.run([sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return done.stdout.strip()
+
+
+@pytest.fixture(name="holding_child")
+def fixture_holding_child() -> Iterator[Callable[[str, Path], Child]]:
+    """Start children; every one still running at teardown is released."""
+    children: list[Child] = []
+
+    def start(mode: str, path: Path) -> Child:
+        child = Child(mode, path)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.proc.returncode is None:
+            child.release()
+
+
+@pytest.fixture(name="lock")
+def fixture_lock(tmp_path: Path) -> ProcessLock:
+    """This process's lock for a fresh lock file."""
+    return process_lock_for(str(tmp_path / "x.lock"))
+
+
+def in_thread(target: Callable[[], None]) -> threading.Thread:
+    """Start a daemon thread."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+# -- threads of one process ------------------------------------------------------------------
+
+
+def test_two_threads_cannot_hold_the_write_lock(lock: ProcessLock) -> None:
+    """While one thread writes, another's write waits, and gets the lock right after the release."""
+    held, let_go, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with lock.write():
+            held.set()
+            let_go.wait(WAIT)
+
+    def second() -> None:
+        with lock.write():
+            second_in.set()
+
+    one = in_thread(first)
+    assert held.wait(WAIT)
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_write(timeout=SHORT)
+    two = in_thread(second)
+    assert not second_in.wait(0.2)  # blocked while the first thread holds it
+    let_go.set()
+    assert second_in.wait(WAIT)
+    one.join(WAIT)
+    two.join(WAIT)
+    with lock.write(timeout=WAIT):  # free again
+        pass
+
+
+def test_write_lock_mutual_exclusion_under_contention(lock: ProcessLock) -> None:
+    """Many threads, many rounds: never two inside the write lock."""
+    inside = [0]
+    worst = [0]
+    start = threading.Barrier(6)
+
+    def worker() -> None:
+        start.wait(WAIT)
+        for _ in range(300):
+            with lock.write():
+                inside[0] += 1
+                worst[0] = max(worst[0], inside[0])
+                os.sched_yield()
+                inside[0] -= 1
+
+    threads = [in_thread(worker) for _ in range(6)]
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert worst[0] == 1
+
+
+def test_read_locks_share_within_a_process(lock: ProcessLock) -> None:
+    """Two threads hold the read lock at the same time (a barrier inside it is reached by both)."""
+    both_inside = threading.Barrier(2)
+    results: list[bool] = []
+
+    def reader() -> None:
+        with lock.read(timeout=WAIT):
+            both_inside.wait(WAIT)  # raises BrokenBarrierError if the other cannot get in
+            results.append(True)
+
+    threads = [in_thread(reader) for _ in range(2)]
+    for thread in threads:
+        thread.join(WAIT)
+    assert results == [True, True]
+
+
+def test_write_excludes_read(lock: ProcessLock) -> None:
+    """A reader waits for the writer; it gets in after the release."""
+    held, let_go, reader_in = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            held.set()
+            let_go.wait(WAIT)
+
+    def reader() -> None:
+        with lock.read():
+            reader_in.set()
+
+    one = in_thread(writer)
+    assert held.wait(WAIT)
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_read(timeout=SHORT)
+    two = in_thread(reader)
+    assert not reader_in.wait(0.2)
+    let_go.set()
+    assert reader_in.wait(WAIT)
+    one.join(WAIT)
+    two.join(WAIT)
+
+
+def test_read_excludes_write(lock: ProcessLock) -> None:
+    """A writer waits for the reader."""
+    held, let_go = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with lock.read():
+            held.set()
+            let_go.wait(WAIT)
+
+    thread = in_thread(reader)
+    assert held.wait(WAIT)
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_write(timeout=SHORT)
+    let_go.set()
+    thread.join(WAIT)
+    with lock.write(timeout=WAIT):
+        pass
+
+
+def test_store_lock_timeout_when_another_thread_writes(make_store: StoreFactory, tmp_path: Path) -> None:
+    """lock_timeout applies to a write lock held by another thread of this process."""
+    store = make_store(lock_timeout=SHORT)
+    lock = process_lock_for(str(tmp_path / "store.lock"))
+    held, let_go = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock.write():
+            held.set()
+            let_go.wait(WAIT)
+
+    thread = in_thread(holder)
+    assert held.wait(WAIT)
+    try:
+        with pytest.raises(FlatFileDbLockTimeoutError):
+            store.put(b"blocked")
+    finally:
+        let_go.set()
+        thread.join(WAIT)
+    assert store.get(store.put(b"free")) == b"free"
+    assert store.put(b"x").start_offset == len(b"free")  # the timed-out put wrote nothing
+
+
+# -- one lock object per lock file -------------------------------------------------------------
+
+
+def test_process_lock_for_same_file_same_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every spelling of one lock file gives the one lock object (a second handle would drop locks)."""
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "same.lock"
+    lock = process_lock_for(str(path))
+    assert process_lock_for(str(path)) is lock
+    assert process_lock_for(str(tmp_path / "." / "same.lock")) is lock
+    assert process_lock_for(str(tmp_path / "sub" / ".." / "same.lock")) is lock
+    assert process_lock_for(str(tmp_path) + "//same.lock") is lock
+    link = tmp_path / "sub" / "link.lock"
+    link.symlink_to(path)
+    assert process_lock_for(str(link)) is lock
+    monkeypatch.chdir(tmp_path / "sub")
+    assert process_lock_for("../same.lock") is lock
+    assert process_lock_for("link.lock") is lock
+
+
+def test_process_lock_for_other_file_other_object(tmp_path: Path) -> None:
+    """Different lock files are different locks."""
+    assert process_lock_for(str(tmp_path / "a.lock")) is not process_lock_for(str(tmp_path / "b.lock"))
+
+
+def test_stores_sharing_a_lock_file_share_the_lock(make_store: StoreFactory, tmp_path: Path) -> None:
+    """Two stores with one lock path hold the lock through the same object."""
+    one, two = make_store(), make_store()
+    # pylint: disable=protected-access  # the registry is the point of this test
+    assert one._lock is two._lock is process_lock_for(str(tmp_path / "store.lock"))
+
+
+# -- other processes -----------------------------------------------------------------------------
+
+
+def _sizes(store: FlatFileDb) -> list[tuple[str, int]]:
+    return sorted((name, os.path.getsize(os.path.join(store.datadir, name)))
+                  for name in os.listdir(store.datadir))
+
+
+def test_lock_timeout_when_another_process_holds_write_lock(
+        make_store: StoreFactory, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    """A plain fasteners writer in another process makes every write time out; reads still work."""
+    store = make_store(lock_timeout=0.2)
+    loc = store.put(b"committed before")
+    before = _sizes(store)
+    child = holding_child("write", tmp_path / "store.lock")
+    with pytest.raises(FlatFileDbLockTimeoutError, match="store.lock"):
+        store.put(b"blocked")
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        store.put_many([b"blocked", b"too"])
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        store.rotate()
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        with store.read_lock():
+            pass
+    # Readers need no lock: committed data reads while another process writes.
+    assert store.get(loc) == b"committed before"
+    assert _sizes(store) == before  # nothing was written by the refused calls
+    child.release()
+    after = store.put(b"after")
+    assert after == DataLocation(loc.file_path, loc.end_offset, loc.end_offset + 5)
+
+
+def test_process_lock_times_out_against_other_process(
+        lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    """The ProcessLock itself: write and read both time out against another process's writer."""
+    child = holding_child("write", tmp_path / "x.lock")
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_write(timeout=SHORT)
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_read(timeout=SHORT)
+    child.release()
+    with lock.write(timeout=WAIT):
+        pass
+    with lock.read(timeout=WAIT):
+        pass
+
+
+def test_other_process_reader_blocks_our_writer_not_our_reader(
+        lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    """Read locks are shared across processes too."""
+    child = holding_child("read", tmp_path / "x.lock")
+    with lock.read(timeout=WAIT):
+        pass
+    with pytest.raises(FlatFileDbLockTimeoutError):
+        lock.acquire_write(timeout=SHORT)
+    child.release()
+    with lock.write(timeout=WAIT):
+        pass
+
+
+def test_our_write_lock_excludes_plain_fasteners_users(lock: ProcessLock, tmp_path: Path) -> None:
+    """While we hold the write lock, a fasteners user in another process gets neither lock."""
+    with lock.write(timeout=WAIT):
+        assert try_in_child("try-write", tmp_path / "x.lock") == "refused"
+        assert try_in_child("try-read", tmp_path / "x.lock") == "refused"
+    with lock.read(timeout=WAIT):
+        assert try_in_child("try-write", tmp_path / "x.lock") == "refused"
+        assert try_in_child("try-read", tmp_path / "x.lock") == "acquired"
+    assert try_in_child("try-write", tmp_path / "x.lock") == "acquired"
