@@ -98,7 +98,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
         self._base_dir = os.getcwd()
-        self._frame_cache = FrameCache(frame_cache_bytes) if frame_cache_bytes else None
+        self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
         self._closed = True
         self._words: Any = _CLOSED_WORDS
@@ -149,8 +149,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
             self._writer.close()
             self._readers.reset()
             self._by_path = {}
-            if self._frame_cache is not None:
-                self._frame_cache.clear()
+            self._frame_cache.clear()
             self._state.close()
             release_process_lock(self._lock)
             os.close(self._dir_fd)
@@ -367,6 +366,11 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         """Context manager: hold the store's read lock (excludes writers and maintenance)."""
         self._reopen_if_closed()
         return self._lock.read(self.lock_timeout)
+
+    def frame_cache_info(self) -> dict[str, int]:
+        """Counters of the decompressed-frame cache: hits, misses (= frames decompressed), bytes held."""
+        cache = self._frame_cache
+        return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.size_bytes, "max_bytes": cache.max_bytes}
 
     # -- segments ---------------------------------------------------------------------
 
