@@ -11,6 +11,7 @@ is never reused under a read that is about to run.
 from __future__ import annotations
 
 import errno
+import mmap
 import operator
 import os
 from typing import Any, Callable
@@ -23,13 +24,15 @@ from .seekable import FrameCache, FrameTable, decompress_frame, parse_seek_table
 from .state import W_EPOCH, MutableView, SharedState
 
 MAX_CACHED_PATHS = 4096
+MAX_OPEN_SEGMENTS = 1024
+REMAP_MIN_BYTES = 4 * 2**20
 
 
 class SegmentReader:
     """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
 
     __slots__ = ("number", "fd", "limit", "mutable", "raw", "name", "table", "index_fd", "index_loaded",
-                 "cache", "cache_key", "__weakref__")
+                 "cache", "cache_key", "mm", "mapped", "__weakref__")
 
     def __init__(self, number: int, fd: int, name: str, limit: int, mutable: bool) -> None:
         self.number = number
@@ -43,7 +46,11 @@ class SegmentReader:
         self.index_loaded = HEADER_BYTES
         self.cache: FrameCache | None = None
         st = os.fstat(fd)
-        self.cache_key = (st.st_dev, st.st_ino)
+        self.cache_key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        # Raw segments are read through a read-only map of their committed bytes: a
+        # slice of a map is a memcpy, no syscall. Bytes past ``mapped`` use pread.
+        self.mm: mmap.mmap | None = None
+        self.mapped = 0
 
     def __del__(self) -> None:
         for fd in (self.fd, self.index_fd):
@@ -52,6 +59,16 @@ class SegmentReader:
                     os.close(fd)
                 except OSError:
                     pass
+
+    def remap(self) -> None:
+        """Map [0, limit) of a raw segment (the old map stays valid for whoever still holds it)."""
+        if self.limit <= self.mapped:
+            return
+        try:
+            self.mm = mmap.mmap(self.fd, self.limit, prot=mmap.PROT_READ)
+        except (OSError, ValueError):
+            return  # e.g. a filesystem without mmap: pread keeps working
+        self.mapped = self.limit
 
     def frame(self, index: int) -> bytes:
         """Decompressed frame ``index`` of a compressed segment (cached)."""
@@ -166,6 +183,7 @@ class ReaderCache:
             name = os.path.join(self.dir_str, "data_%08d" % number)  # pylint: disable=consider-using-f-string
             if kind == KIND_RAW:
                 reader = SegmentReader(number, fd, name + ".dat", 0 if mutable else os.fstat(fd).st_size, mutable)
+                reader.remap()
             else:
                 reader = SegmentReader(number, fd, name + ".dat.zst", 0, mutable)
                 reader.raw = False
@@ -182,6 +200,9 @@ class ReaderCache:
             raise
         if mutable:
             self.refresh(reader)
+        if len(self.by_number) >= MAX_OPEN_SEGMENTS:
+            self.by_path.clear()
+            self.by_number.clear()
         self.by_number[number] = reader
         return reader
 
@@ -195,6 +216,8 @@ class ReaderCache:
                 # Sealed since it was opened: sealing cut the file to its committed size.
                 reader.limit = os.fstat(reader.fd).st_size
                 reader.mutable = False
+            if reader.limit - reader.mapped > max(REMAP_MIN_BYTES, reader.mapped // 8) or not reader.mutable:
+                reader.remap()  # a growing segment is remapped in steps, not on every read
             return
         sealed = view.segment != reader.number
         upto = None if sealed else view.index_bytes
@@ -226,8 +249,17 @@ class ReaderCache:
                 f"({reader.limit} bytes)")
         return start, end
 
-    def short_read(self, reader: SegmentReader, file_path: Any, start: int, end: int, got: int) -> bytes:
-        """A raw read returned fewer bytes than committed (or was empty): deleted, or replaced?"""
+    def read(self, reader: SegmentReader, file_path: Any, start: Any, end: Any) -> bytes:
+        """The read path past the fast one: checks, then a map, pread or frames."""
+        start, end = self.check_range(reader, file_path, start, end)
+        if not reader.raw:
+            return reader.read(start, end)
+        mm = reader.mm
+        if end <= reader.mapped and mm is not None:
+            return mm[start:end]
+        data = os.pread(reader.fd, end - start, start)
+        if len(data) == end - start:
+            return data
         self.by_number.pop(reader.number, None)
         self.by_path.pop(file_path, None)
         try:
@@ -236,8 +268,9 @@ class ReaderCache:
             raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {reader.number} was deleted", file_path) from None
         data = fresh.read(start, end)
         if len(data) != end - start:
-            raise CorruptionError(f"{file_path} at offset {start + got}: segment is shorter than its committed "
-                                  f"size ({got} of {end - start} bytes read)", str(file_path), start + got)
+            raise CorruptionError(f"{file_path} at offset {start + len(data)}: segment is shorter than its "
+                                  f"committed size ({len(data)} of {end - start} bytes read)", str(file_path),
+                                  start + len(data))
         return data
 
 

@@ -8,7 +8,9 @@ an open raw segment is one pread.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -102,6 +104,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         self._guard = threading.Lock()  # opening/closing, never on a hot path
         self._closed = True
         self._words: Any = _CLOSED_WORDS
+        self._epoch = -2
         self._by_path: dict[Any, SegmentReader] = {}
         self._open()
 
@@ -137,6 +140,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
                                         self._repair_state)
             self._by_path = self._readers.by_path
             self._words = state.words
+            self._epoch = self._readers.epoch
             self._closed = False
 
     def close(self) -> None:
@@ -146,6 +150,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
                 return
             self._closed = True
             self._words = _CLOSED_WORDS
+            self._epoch = -2
             self._writer.close()
             self._readers.reset()
             self._by_path = {}
@@ -234,7 +239,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
                     frames = self._frames(data)
                 writer.append_zstd(frames[0], frames[1], start, end, record)
             location = _new_location((writer.path, start, end))
-            sealed = writer.take_sealed()
+            sealed = writer.take_sealed() if writer.sealed else None
         finally:
             lock.release_write()
         if sealed:
@@ -269,28 +274,23 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
                         frames: tuple[list[bytes], list[int]] | None) -> int:
         """Write items[index:] up to the rotation point as one run; returns the next index."""
         writer = self._writer
-        start = pos = writer.prepare(self.MAX_DAT_FILE_SIZE)
-        limit = self.MAX_DAT_FILE_SIZE
-        records = []
-        first = index
-        path = writer.path
-        while index < len(items) and (pos < limit or pos == start):
-            size = len(items[index])
-            records.append(encode_blob(pos, size, checksums[index]))
-            locations.append(_new_location((path, pos, pos + size)))
-            pos += size
-            index += 1
-        try:
-            if writer.kind == KIND_RAW:
-                writer.append_raw(None, items[first:index], start, pos, b"".join(records))
-            else:
-                if frames is None or first != 0 or index != len(items):
-                    frames = self._frames(b"".join(items[first:index]))
-                writer.append_zstd(frames[0], frames[1], start, pos, b"".join(records))
-        except BaseException:
-            del locations[first - index:]
-            raise
-        return index
+        start = writer.prepare(self.MAX_DAT_FILE_SIZE)
+        sizes = [len(item) for item in items[index:]]
+        ends = list(itertools.accumulate(sizes, initial=start))
+        # Blobs go in while they start before the limit; the first always goes in.
+        stop = index + max(1, bisect.bisect_left(ends, self.MAX_DAT_FILE_SIZE, 0, len(sizes)))
+        count = stop - index
+        starts, ends = ends[:count], ends[1 : count + 1]
+        records = b"".join(map(encode_blob, starts, sizes[:count], checksums[index:stop]))
+        run = items[index:stop]
+        if writer.kind == KIND_RAW:
+            writer.append_raw(None, run, start, ends[-1], records)
+        else:
+            if frames is None or index != 0 or stop != len(items):
+                frames = self._frames(b"".join(run))
+            writer.append_zstd(frames[0], frames[1], start, ends[-1], records)
+        locations.extend(map(_new_location, zip(itertools.repeat(writer.path), starts, ends)))
+        return stop
 
     def sync(self) -> None:
         """Make every acknowledged blob durable now (for ``fsync=False`` stores).
@@ -339,7 +339,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
             TypeError: not a location or slice, offsets not ints.
             CorruptionError: a compressed frame fails to decode or its checksum.
         """
-        if data_location.__class__ is DataLocation and self._words[W_EPOCH] == self._readers.epoch:
+        if data_location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
             file_path, start, end = data_location
             reader = self._by_path.get(file_path)
             if reader is None:
@@ -348,19 +348,15 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
-        if type(start) is not int or type(end) is not int or not 0 <= start <= end <= reader.limit:  # pylint: disable=unidiomatic-typecheck
-            start, end = self._readers.check_range(reader, file_path, start, end)
-        if reader.raw:
-            size = end - start
-            data = os.pread(reader.fd, size, start)
-            if len(data) == size and size:
-                return data
-            return self._readers.short_read(reader, file_path, start, end, len(data))
-        return reader.read(start, end)
+        if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+            return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
+        return self._readers.read(reader, file_path, start, end)
 
     def _resolve(self, location: Any) -> tuple[Any, int, int, SegmentReader]:
         self._reopen_if_closed()
-        return self._readers.resolve(location)
+        resolved = self._readers.resolve(location)
+        self._epoch = self._readers.epoch
+        return resolved
 
     def read_lock(self) -> ContextManager[None]:
         """Context manager: hold the store's read lock (excludes writers and maintenance)."""

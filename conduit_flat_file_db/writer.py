@@ -224,7 +224,10 @@ class SegmentWriter:
                     pwrite_all(self.data_fd, memoryview(data).cast("B")[written:], start + written)
             else:
                 pwritev_all(self.data_fd, buffers, start)
-            self._write_records(records, index_bytes, end)
+            if self.fsync:
+                self._write_records(records, index_bytes, end)
+            elif os.pwrite(self.index_fd, records, index_bytes) != len(records):
+                pwrite_all(self.index_fd, records, index_bytes)  # short write: write it whole again
         except BaseException:
             self._fail(start, start, index_bytes)
             raise
