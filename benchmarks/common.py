@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import random
+import struct
 import os
 import platform
 import statistics
@@ -93,3 +95,45 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--fsync", action="store_true", help="engine puts with fsync=True")
     return parser
+
+
+def blockchain_like(size: int, rng: random.Random) -> bytes:
+    """Bytes shaped like raw Bitcoin blocks: hashes, signatures and keys (random) in script templates."""
+    out = bytearray(rng.randbytes(80))
+    while len(out) < size:
+        out += struct.pack("<I", 1)
+        inputs = rng.choice((1, 1, 1, 2, 2, 3, 5))
+        out.append(inputs)
+        for _ in range(inputs):
+            sig = rng.randbytes(rng.randint(70, 72))
+            script = bytes([len(sig) + 1]) + sig + b"\x01\x21\x02" + rng.randbytes(32)
+            out += rng.randbytes(32) + struct.pack("<I", rng.randrange(4)) + bytes([len(script)]) + script
+            out += b"\xff\xff\xff\xff"
+        outputs = rng.choice((1, 2, 2, 2, 3))
+        out.append(outputs)
+        for _ in range(outputs):
+            out += struct.pack("<Q", rng.randrange(10**8) // 1000 * 1000)
+            out += b"\x19\x76\xa9\x14" + rng.randbytes(20) + b"\x88\xac"
+        out += b"\x00\x00\x00\x00"
+    return bytes(out[:size])
+
+
+def text_like(size: int, rng: random.Random) -> bytes:
+    """Log-like bytes: a vocabulary of 4,000 tokens with Zipf frequencies, 15% random runs.
+
+    Much of its redundancy is long-range (the vocabulary), which small frames cannot see.
+    """
+    tokens = [rng.randbytes(rng.randint(4, 40)) for _ in range(4000)]
+    weights = [1 / (i + 1) for i in range(len(tokens))]
+    out = bytearray()
+    while len(out) < size:
+        if rng.random() < 0.15:
+            out += rng.randbytes(32)
+        else:
+            out += b"".join(rng.choices(tokens, weights, k=64))
+    return bytes(out[:size])
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    """The value at ``fraction`` (0..1) of an ascending list."""
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_core
+from . import bench_compression, bench_core
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run all benchmark modules with the same arguments."""
     bench_core.main(argv)
+    bench_compression.main(argv)
     return 0
 
 

@@ -11,6 +11,7 @@ is never reused under a read that is about to run.
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import operator
 import os
@@ -23,6 +24,7 @@ from .segment import OPEN_READ, open_data_file
 from .seekable import FrameCache, FrameTable, decompress_frame, parse_seek_table, read_frames
 from .state import W_EPOCH, MutableView, SharedState
 
+_reader_tokens = itertools.count()
 MAX_CACHED_PATHS = 4096
 MAX_OPEN_SEGMENTS = 1024
 REMAP_MIN_BYTES = 4 * 2**20
@@ -45,8 +47,7 @@ class SegmentReader:
         self.index_fd = -1
         self.index_loaded = HEADER_BYTES
         self.cache: FrameCache | None = None
-        st = os.fstat(fd)
-        self.cache_key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        self.cache_key = next(_reader_tokens)  # never (device, inode): inode numbers are reused at once
         # Raw segments are read through a read-only map of their committed bytes: a
         # slice of a map is a memcpy, no syscall. Bytes past ``mapped`` use pread.
         self.mm: mmap.mmap | None = None

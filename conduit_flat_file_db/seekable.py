@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import os
 import struct
 import threading
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Hashable, Iterable, Sequence
 
 import xxhash
 import zstandard
@@ -175,6 +176,55 @@ def _exact(read_at: ReadAt, offset: int, size: int, path: str) -> bytes:
     return data
 
 
+def scan_frames(read_at: ReadAt, size: int) -> list[tuple[int, int]]:
+    """(compressed, decompressed) sizes of the complete frames at the start of a file, found
+    by walking frame and block headers: no seek table needed. Stops at the first frame
+    that is cut short or is not a frame; skippable frames count with decompressed size 0.
+    """
+    sizes: list[tuple[int, int]] = []
+    pos = 0
+    while pos + SKIPPABLE_HEADER_BYTES <= size:
+        head = read_at(pos, 18)  # the longest frame header
+        magic = _U32.unpack_from(head, 0)[0]
+        if magic & 0xFFFFFFF0 == 0x184D2A50:
+            end = pos + SKIPPABLE_HEADER_BYTES + _U32.unpack_from(head, 4)[0]
+            if end > size:
+                break
+            sizes.append((end - pos, 0))
+            pos = end
+            continue
+        if magic != ZSTD_FRAME_MAGIC:
+            break
+        try:
+            at = pos + zstandard.frame_header_size(head)
+            params = zstandard.get_frame_parameters(head)
+        except zstandard.ZstdError:
+            break
+        complete = False
+        while at + 3 <= size:
+            block = int.from_bytes(read_at(at, 3), "little")
+            kind, block_size = (block >> 1) & 3, block >> 3
+            if kind == 3:
+                break
+            at += 3 + (1 if kind == 1 else block_size)
+            if block & 1:
+                complete = True
+                break
+        at += 4 if params.has_checksum else 0
+        if not complete or at > size:
+            break
+        if params.content_size != zstandard.CONTENTSIZE_UNKNOWN:
+            dsize = params.content_size
+        else:
+            try:
+                dsize = len(decompressor().decompressobj().decompress(read_at(pos, at - pos)))
+            except zstandard.ZstdError:
+                break
+        sizes.append((at - pos, dsize))
+        pos = at
+    return sizes
+
+
 class FrameCache:
     """A thread-safe LRU of decompressed frames, bounded in bytes (0 disables it)."""
 
@@ -201,7 +251,7 @@ class FrameCache:
 
     def put(self, key: Any, value: bytes) -> None:
         """Cache a frame, evicting the least recently used ones beyond the limit."""
-        if len(value) > self.max_bytes:
+        if not value or len(value) > self.max_bytes:
             return
         with self._lock:
             old = self._items.pop(key, None)
@@ -226,6 +276,7 @@ class FrameCache:
 
 
 _local = threading.local()
+_reader_tokens = itertools.count()
 
 
 def decompressor() -> zstandard.ZstdDecompressor:
@@ -251,10 +302,31 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
+# A Zstandard block of 4 bytes (3-byte header, 1-byte RLE payload) can stand for 128 KiB:
+# no frame decompresses to more than this many times its compressed size.
+MAX_EXPANSION = 2**15
+
+
 def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum: int | None = None) -> bytes:
-    """Decompress one whole frame that must yield exactly ``dsize`` bytes."""
+    """Decompress one whole frame that must yield exactly ``dsize`` bytes.
+
+    Sizes claimed by the seek table or the frame header are checked before any
+    memory is allocated for them, so a forged file cannot make us allocate more
+    than its own size allows.
+    """
+    if dsize > MAX_FRAME_DECOMPRESSED_BYTES or dsize > (len(frame) + 1) * MAX_EXPANSION:
+        raise CorruptionError(f"{path} at offset {offset}: a {len(frame)}-byte frame cannot hold {dsize} bytes",
+                              path, offset)
     try:
-        out = decompressor().decompress(frame, max_output_size=dsize)
+        claimed = zstandard.frame_content_size(frame)
+        if claimed not in (-1, dsize):
+            raise CorruptionError(f"{path} at offset {offset}: frame header says {claimed} bytes, "
+                                  f"the seek table says {dsize}", path, offset)
+        if claimed == -1:  # no size in the header: stream, so memory follows real output only
+            dobj = decompressor().decompressobj()
+            out = dobj.decompress(frame)
+        else:
+            out = decompressor().decompress(frame, max_output_size=dsize)
     except zstandard.ZstdError as exc:
         raise CorruptionError(f"{path} at offset {offset}: bad Zstandard frame ({exc})", path, offset) from None
     if len(out) != dsize:
@@ -286,12 +358,14 @@ class SeekableReader(io.RawIOBase):
     """A read-only, seekable file object over the uncompressed bytes of a seekable file.
 
     ``read_range(start, end)`` reads any uncompressed range directly. Only frames the
-    read overlaps are decompressed; a FrameCache may be shared between readers.
+    read overlaps are decompressed; a FrameCache may be shared between readers, which
+    share cached frames only when given the same ``cache_key``.
     Not thread-safe for ``read``/``seek`` (a file position); ``read_range`` is.
     """
 
     def __init__(self, file: str | os.PathLike[str] | int | BinaryIO, *, cache: FrameCache | None = None,
-                 table: FrameTable | None = None, verify_checksums: bool = True) -> None:
+                 table: FrameTable | None = None, verify_checksums: bool = True,
+                 cache_key: Hashable | None = None) -> None:
         super().__init__()
         self._owns_fd = False
         if isinstance(file, int):
@@ -307,7 +381,9 @@ class SeekableReader(io.RawIOBase):
         size = os.fstat(self._fd).st_size
         self.table = table if table is not None else parse_seek_table(self._pread, size, self.name)
         self._cache = cache
-        self._cache_key = (os.fstat(self._fd).st_dev, os.fstat(self._fd).st_ino)
+        # Frames are cached per reader unless the caller vouches that two readers see the
+        # same bytes: (device, inode) would not do, inode numbers are reused at once.
+        self._cache_key = cache_key if cache_key is not None else ("reader", next(_reader_tokens))
         self._verify = verify_checksums
         self._pos = 0
         self.frames_decompressed = 0
@@ -322,6 +398,8 @@ class SeekableReader(io.RawIOBase):
 
     def frame(self, index: int) -> bytes:
         """The decompressed bytes of frame ``index`` (from the cache when there)."""
+        if self.closed:
+            raise ValueError(f"{self.name}: read from a closed SeekableReader")
         cache = self._cache
         if cache is not None:
             hit = cache.get((self._cache_key, index))
@@ -432,7 +510,11 @@ class SeekableWriter:
         self._end = 0  # where the next frame goes
         size = os.fstat(self._fd).st_size
         if mode == "a" and size:
-            table = parse_seek_table(lambda o, n: os.pread(self._fd, n, o), size, self.path)
+            try:
+                table = parse_seek_table(lambda o, n: os.pread(self._fd, n, o), size, self.path)
+            except BaseException:
+                os.close(self._fd)
+                raise
             self._sizes = table.sizes()
             self._end = table.compressed_size
         self._pending = bytearray()

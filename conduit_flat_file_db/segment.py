@@ -45,6 +45,7 @@ from .seekable import (
     SeekableReader,
     encode_seek_table,
     parse_seek_table,
+    scan_frames,
 )
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -411,6 +412,28 @@ def _truncate(dir_fd: int, name: str, size: int) -> None:
         os.close(fd)
 
 
+def _legacy_frame_table(data_fd: int, number: int, data_size: int) -> tuple[FrameTable, int]:
+    """The frame table of a compressed file written without an index, and its size.
+
+    A writer that appends by cutting the seek table off and writing a new one on close
+    (the original engine's) leaves bare frames when it crashes: walk them, cut a torn
+    last frame, and write the seek table they should have had.
+    """
+    try:
+        return parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size, segment_name(number, True)), data_size
+    except FormatError as exc:
+        sizes = scan_frames(lambda o, n: os.pread(data_fd, n, o), data_size)
+        frames_end = sum(c for c, _ in sizes)
+        logger.warning("%s: %s; found %d complete frames (%d bytes) by walking them, cut %d bytes after them "
+                       "and wrote their seek table", segment_name(number, True), exc, len(sizes), frames_end,
+                       data_size - frames_end)
+        table_bytes = encode_seek_table(sizes)
+        os.ftruncate(data_fd, frames_end)
+        pwrite_all(data_fd, table_bytes, frames_end)
+        os.fsync(data_fd)
+        return FrameTable.from_sizes(sizes), frames_end + len(table_bytes)
+
+
 def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size: int, why: str) -> Tail:
     """Write a fresh index for a segment whose index is missing or unreadable.
 
@@ -424,7 +447,7 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size:
     end = 0
     if data_size:
         if kind == KIND_ZSTD:
-            table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size, segment_name(number, True))
+            table, data_size = _legacy_frame_table(data_fd, number, data_size)
             end = table.decompressed_size
             digest = checksum_frames(SeekableReader(data_fd, table=table, verify_checksums=False), 0, end)
         else:

@@ -34,6 +34,12 @@ else
     echo "==> $venv is up to date with pyproject.toml (delete $stamp to force a reinstall)"
 fi
 
+# tests/format/test_seekable_interop.py runs the zstd CLI and fails without it: install it when we can.
+if ! command -v zstd >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing the zstd CLI (apt-get install -y zstd)"
+    apt-get install -y -qq zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
+fi
+
 export VIRTUAL_ENV="$venv"
 export PATH="$venv/bin:$PATH"
 unset PYTHONHOME
