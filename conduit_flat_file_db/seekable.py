@@ -337,6 +337,36 @@ def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum:
     return out
 
 
+_MAX_BLOCK_BYTES = 128 * 2**10
+
+
+def stored_frame(data: bytes | bytearray | memoryview) -> bytes:
+    """A Zstandard frame that stores ``data`` uncompressed (raw blocks), with its content size
+    and checksum: any decoder reads it, and making it costs a copy and an XXH64.
+
+    Small puts are written this way: compressing a few KiB alone costs far more CPU than
+    writing it and gains little; the segment is compressed for real when it is sealed.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if size < 256:
+        header = struct.pack("<IBB", ZSTD_FRAME_MAGIC, 0x24, size)  # single segment, checksum, 1-byte size
+    elif size < 65536 + 256:
+        header = struct.pack("<IBH", ZSTD_FRAME_MAGIC, 0x64, size - 256)
+    elif size < 2**32:
+        header = struct.pack("<IBI", ZSTD_FRAME_MAGIC, 0xA4, size)
+    else:
+        header = struct.pack("<IBQ", ZSTD_FRAME_MAGIC, 0xE4, size)
+    parts: list[bytes | memoryview] = [header]
+    for start in range(0, max(size, 1), _MAX_BLOCK_BYTES):
+        chunk = view[start : start + _MAX_BLOCK_BYTES]
+        last = 1 if start + _MAX_BLOCK_BYTES >= size else 0
+        parts.append((len(chunk) << 3 | last).to_bytes(3, "little"))
+        parts.append(chunk)
+    parts.append(_U32.pack(xxhash.xxh64_intdigest(view) & 0xFFFFFFFF))
+    return b"".join(parts)
+
+
 def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, threads: int = 1) -> list[bytes]:
     """Cut ``data`` into frames of at most ``frame_bytes`` and compress them.
 

@@ -241,7 +241,7 @@ def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
 def reserve_for(frames_end: int, needed: int) -> int:
     """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
     rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
-    return max(RESERVE_MIN_BYTES, needed + frames_end // 4)
+    return max(RESERVE_MIN_BYTES, needed + frames_end // 16)
 
 
 # -- recovery ---------------------------------------------------------------------------

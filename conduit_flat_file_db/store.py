@@ -24,7 +24,7 @@ from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import ReaderCache, SegmentReader, apply_slice, as_offset
 from .rewrite import Framing, rewrite_segment
-from .seekable import DEFAULT_LEVEL, MAX_FRAME_DECOMPRESSED_BYTES, FrameCache, compress_frames
+from .seekable import DEFAULT_LEVEL, MAX_FRAME_DECOMPRESSED_BYTES, FrameCache, compress_frames, stored_frame
 from .segment import fsync_dir, index_records
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
@@ -36,6 +36,9 @@ logger = logging.getLogger("conduit_flat_file_db")
 DEFAULT_MAX_DAT_FILE_SIZE = 128 * 2**20
 DEFAULT_FRAME_BYTES = 64 * 2**10  # README "Choosing the frame size": ratio vs slice latency, measured
 DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
+# Puts and batches smaller than this go into the mutable segment as stored frames:
+# compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
+STORED_BELOW_BYTES = 8 * 2**10
 _CLOSED_WORDS = (-1,) * 16  # stands in for the state page while closed: every epoch check fails
 _new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 
@@ -183,9 +186,12 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
     # -- writing ----------------------------------------------------------------------
 
     def _frames(self, data: Any) -> tuple[list[bytes], list[int]]:
+        """Frames for one put or batch: compressed, or stored when small (compressed at seal)."""
         size = len(data)
+        if size < STORED_BELOW_BYTES:
+            return [stored_frame(data)], [size]
         frame = self.frame_bytes
-        dsizes = [min(frame, size - i) for i in range(0, size, frame)] or [0]
+        dsizes = [min(frame, size - i) for i in range(0, size, frame)]
         return compress_frames(data, frame, self.compression_level, self.compression_threads), dsizes
 
     def _after_seal(self, sealed: list[int]) -> None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .index import KIND_RAW, KIND_ZSTD, REC_FRAME, encode_record, encode_seal
+from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, REC_FRAME, decode_records, encode_record, encode_seal
 from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_owner
 from .segment import (
     OPEN_WRITE,
@@ -79,6 +79,20 @@ class SegmentWriter:
         self.data_fd = -1
         self.index_fd = -1
         self.sealed: list[int] = []  # sealed by this writer, not yet handed to take_sealed()
+        # Frame sizes of the compressed mutable segment as far as its index's first
+        # ``_sizes_upto`` bytes say, kept so a seek-table rewrite need not reread it all.
+        self._sizes: list[tuple[int, int]] = []
+        self._sizes_upto = 0
+
+    def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
+        """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
+        if self._sizes_upto > index_bytes or self._sizes_upto < HEADER_BYTES:
+            self._sizes, self._sizes_upto = [], HEADER_BYTES
+        if self._sizes_upto < index_bytes:
+            raw = os.pread(self.index_fd, index_bytes - self._sizes_upto, self._sizes_upto)
+            self._sizes += frame_table_of(decode_records(raw).records).sizes()
+            self._sizes_upto = index_bytes
+        return self._sizes
 
     def take_sealed(self) -> list[int]:
         """Segments this writer sealed since the last call (for re-framing after the lock)."""
@@ -162,6 +176,7 @@ class SegmentWriter:
             self.index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=self.dir_fd)
             self.segment = number
             self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
+            self._sizes, self._sizes_upto = [], 0
 
     def rotate(self) -> int:
         """Seal the mutable segment and start the next one; returns the sealed segment's number.
@@ -261,7 +276,7 @@ class SegmentWriter:
                 new_padding = append_table_entries(self.data_fd, disk, padding, count, sizes)
             else:
                 # Out of reserved room: the seek table moves; rewrite it whole, with more room.
-                all_sizes = frame_table_of(index_records(self.dir_fd, self.segment, index_bytes)).sizes() + sizes
+                all_sizes = self._frame_sizes(index_bytes) + sizes
                 new_padding = reserve_for(disk + used, 0)
                 pwritev_all(self.data_fd, frames, disk)
                 write_reserve_and_table(self.data_fd, disk + used, all_sizes, new_padding)
@@ -269,6 +284,9 @@ class SegmentWriter:
         except BaseException:
             self._fail(start, disk, index_bytes)
             raise
+        if self._sizes_upto == index_bytes:
+            self._sizes += sizes
+            self._sizes_upto = index_bytes + len(payload)
         words[W_INDEX_BYTES] = index_bytes + len(payload)
         words[W_DISK_BYTES] = disk + used
         words[W_PADDING] = new_padding
