@@ -18,6 +18,7 @@ fasteners user of the same file. This module is the only importer of fasteners.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 import time
@@ -54,13 +55,27 @@ class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[mis
 
 
 _POLL_SECONDS = 0.0005
+_WANT_BYTES = 4096
+LEASE_SECONDS = float(os.environ.get("FFDB_LEASE_SECONDS", "0.001"))
+"""How long a process may keep the inter-process write lock after its writer thread is done.
+
+A put is lockf, two pwrites, lockf; keeping the lock between back-to-back puts of one
+process saves half of those syscalls. Another process waits at most about this long
+for a lease to end (and a process that stops writing hands the lock back after at most
+about twice this long): GUARANTEES.md "Locks". 0 turns leases off.
+"""
+_POLITE_SECONDS = 0.002  # after handing over to a waiter, let it in before taking the lock again
 
 
-class ProcessLock:
+class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and lease state
     """Reader/writer lock for one lock file, shared by every thread of this process.
 
     Thread-safe. Not reentrant: a thread holding it must not acquire it again.
     Obtain instances with :func:`process_lock_for`.
+
+    The first word of the lock file (mapped shared) is a "someone waits" flag: a
+    process that finds the lock taken raises it before it sleeps, so the holder knows
+    to hand over instead of keeping its lease.
     """
 
     def __init__(self, path: str) -> None:
@@ -68,10 +83,29 @@ class ProcessLock:
         self._ipc = _KeptOpenLock(path)
         self._handle = self._ipc.open_handle()
         self._fd: int = self._handle.fileno()
+        self._map: mmap.mmap | None = None
+        self._want: Any = [0]  # stands in where the lock file cannot be mapped: no leases then
+        if fcntl is not None and LEASE_SECONDS > 0:
+            try:
+                if os.fstat(self._fd).st_size < _WANT_BYTES:
+                    os.ftruncate(self._fd, _WANT_BYTES)
+                # mmap keeps its own duplicate of the descriptor: it is closed only by close(),
+                # never while this process holds the lock (closing it would release it).
+                self._map = mmap.mmap(self._fd, _WANT_BYTES)
+                self._want = memoryview(self._map).cast("Q")
+            except (OSError, ValueError):
+                self._map = None
         self._reset_threads()
 
     def close(self) -> None:
         """Close the lock-file handle (no thread of this process may hold the lock)."""
+        with self._room:
+            self._drop_lease()
+            self._stop.set()
+            self._leased_event.set()
+        if self._map is not None:
+            self._want.release()
+            self._map.close()
         self._ipc.close_handle()
 
     def _reset_threads(self) -> None:
@@ -81,6 +115,12 @@ class ProcessLock:
         self._room = threading.Lock()
         self._readers_guard = threading.Lock()
         self._readers = 0
+        self._leased = False  # this process holds the exclusive POSIX lock with no thread in it
+        self._lease_since = 0.0
+        self._last_release = 0.0
+        self._leased_event = threading.Event()
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     # -- inter-process part -------------------------------------------------------
 
@@ -97,9 +137,14 @@ class ProcessLock:
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
+        self._want[0] = 1  # ask the holder to hand over at the end of its lease
         if timeout is None:
             fcntl.lockf(self._fd, mode)  # wait in the kernel; woken on release
-            return
+        else:
+            self._poll(mode, timeout)
+        self._want[0] = 0
+
+    def _poll(self, mode: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = _POLL_SECONDS
         while True:
@@ -112,8 +157,8 @@ class ProcessLock:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FlatFileDbLockTimeoutError(
-                    f"lock {self.path} not acquired within {timeout} s; another process holds it"
-                )
+                    f"lock {self.path} not acquired within {timeout} s; another process holds it")
+            self._want[0] = 1
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.01)
 
@@ -123,6 +168,26 @@ class ProcessLock:
             return
         fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
+    def _drop_lease(self) -> None:
+        """Give the POSIX lock back if this process keeps it on lease (``_room`` held)."""
+        if self._leased:
+            self._leased = False
+            self._ipc_release()
+
+    def _reap(self) -> None:
+        """Background: end a lease its process no longer uses."""
+        while not self._stop.is_set():
+            self._leased_event.wait()
+            time.sleep(LEASE_SECONDS)
+            if self._room.acquire(False):
+                try:
+                    if self._leased and time.monotonic() - self._last_release >= LEASE_SECONDS:
+                        self._drop_lease()
+                    if not self._leased:
+                        self._leased_event.clear()
+                finally:
+                    self._room.release()
+
     # -- writer ----------------------------------------------------------------------
 
     def acquire_write(self, timeout: float | None = None) -> None:
@@ -131,23 +196,42 @@ class ProcessLock:
         if not self._room.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(
                 f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it")
+        if self._leased:
+            return  # the lease kept the POSIX lock: no syscall
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
+            if self._want[0] and time.monotonic() - self._last_release < _POLITE_SECONDS:
+                self._let_waiter_in()
             self._ipc_acquire(True, timeout)
+            self._lease_since = time.monotonic()
         except BaseException:
             self._room.release()
             raise
 
+    def _let_waiter_in(self) -> None:
+        """We just handed the lock to a waiting process: give it the time to take it."""
+        deadline = self._last_release + _POLITE_SECONDS
+        while self._want[0]:
+            if time.monotonic() >= deadline:
+                self._want[0] = 0  # stale (its waiter died, or took the lock and was killed)
+                return
+            time.sleep(0.0001)
+
     def release_write(self) -> None:
-        """Release what :meth:`acquire_write` took."""
+        """Release what :meth:`acquire_write` took (or keep the POSIX lock on lease)."""
         try:
-            self._ipc_release()
+            now = time.monotonic()
+            self._last_release = now
+            if self._map is not None and now - self._lease_since < LEASE_SECONDS:
+                if not self._leased:
+                    self._leased = True
+                    self._leased_event.set()
+                    if self._reaper is None:
+                        self._reaper = threading.Thread(target=self._reap, name=f"ffdb-lease {self.path}",
+                                                         daemon=True)
+                        self._reaper.start()
+            else:
+                self._leased = False
+                self._ipc_release()
         finally:
             self._room.release()
 
@@ -164,6 +248,7 @@ class ProcessLock:
                     raise FlatFileDbLockTimeoutError(
                         f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it")
                 try:
+                    self._leased = False  # a shared lock request converts a leased exclusive one
                     self._ipc_acquire(False, timeout)
                 except BaseException:
                     self._room.release()
