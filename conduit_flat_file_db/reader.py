@@ -11,6 +11,7 @@ is never reused under a read that is about to run.
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import mmap
 import operator
@@ -273,6 +274,93 @@ class ReaderCache:
                                   f"committed size ({len(data)} of {end - start} bytes read)", str(file_path),
                                   start + len(data))
         return data
+
+
+class BlobFile(io.RawIOBase):
+    """A read-only, seekable binary file over one blob (``FlatFileDb.open_blob``).
+
+    Positions are relative to the blob. Reading a compressed blob decompresses only
+    the frames the read touches (the last one is kept, so small sequential reads
+    decompress each frame once). The file keeps its segment open: it goes on reading
+    the bytes it was opened on even if the segment is deleted meanwhile. Not
+    thread-safe (it has a position); open one per thread.
+    """
+
+    def __init__(self, reader: SegmentReader, start: int, end: int, name: str) -> None:
+        super().__init__()
+        self._reader = reader
+        self._start = start
+        self._end = end
+        self._pos = 0
+        self.name = name
+        self._last: tuple[int, bytes] = (-1, b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    @property
+    def size(self) -> int:
+        """Length of the blob."""
+        return self._end - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        offset = operator.index(offset)
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end - self._start}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence!r} (use io.SEEK_SET, SEEK_CUR or SEEK_END)")
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def _frame(self, index: int) -> bytes:
+        if self._last[0] != index:
+            self._last = (index, self._reader.frame(index))
+        return self._last[1]
+
+    def _read_range(self, start: int, end: int) -> bytes:
+        reader = self._reader
+        if reader.raw:
+            mm = reader.mm
+            if end <= reader.mapped and mm is not None:
+                return mm[start:end]
+            return os.pread(reader.fd, end - start, start)
+        assert reader.table is not None
+        return read_frames(reader.table, self._frame, start, end)
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_open()
+        remaining = self._end - self._start - self._pos
+        count = remaining if size is None or size < 0 else min(size, remaining)
+        if count <= 0:
+            return b""
+        at = self._start + self._pos
+        data = self._read_range(at, at + count)
+        if len(data) != count:
+            raise CorruptionError(f"{self.name}: short read at offset {at}", self.name, at)
+        self._pos += count
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"{self.name}: I/O operation on a closed blob file")
 
 
 def as_offset(value: Any, name: str, file_path: Any = None) -> int:

@@ -24,6 +24,7 @@ import xxhash
 from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .index import (
     FLAG_LEGACY_EXTENT,
+    FLAG_UNCHECKED,
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
@@ -329,7 +330,8 @@ class _Walk:  # pylint: disable=too-many-instance-attributes  # running totals o
         limit = self.data_size if self.kind == KIND_RAW else self.frames_end_u
         if record.a != self.end or blob_end > limit:
             return f"blob record at offset {record.a}..{blob_end} does not fit the data ({limit} bytes)"
-        if self.check_from is not None and blob_end > self.check_from and not record.flags & FLAG_LEGACY_EXTENT:
+        if self.check_from is not None and blob_end > self.check_from \
+                and not record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED):
             if self._digest(record.a, blob_end) != record.c:
                 return f"blob at offset {record.a} fails its checksum after a power loss"
         self.end = blob_end
@@ -360,6 +362,9 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         return _rebuild_index(dir_fd, number, data_fd, kind, data_size, str(exc))
 
     scan = decode_records(memoryview(raw_index)[HEADER_BYTES:])
+    sealed_tail = _sealed_compressed(kind, scan.records, data_size)
+    if sealed_tail is not None:
+        return sealed_tail
     walk = _Walk(data_fd, kind, data_size, check_from)
     problem = walk.run(scan.records) or scan.problem
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
@@ -383,6 +388,24 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         write_reserve_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
         os.fsync(data_fd)
     return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, False, padding, frame_count)
+
+
+def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail | None:
+    """A sealed compressed segment needs no walk: it was fsynced before its SEAL record, and
+    its seek table, not FRAME records, describes it (it may have been re-framed or adopted)."""
+    if kind != KIND_ZSTD or not records or records[-1].rtype != REC_SEAL:
+        return None
+    end = 0
+    blobs = 0
+    for record in records[:-1]:
+        if record.rtype == REC_BLOB:
+            if record.a != end:
+                return None
+            end += record.b
+            blobs += 1
+    if end != records[-1].a:
+        return None
+    return Tail(KIND_ZSTD, end, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
 
 
 def _existing_padding(fd: int, frames_end: int, frames: int, size: int) -> int | None:

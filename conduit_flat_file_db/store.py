@@ -9,25 +9,34 @@ an open raw segment is one pread.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import itertools
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ContextManager, Iterable, Iterator
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob_checksum, encode_blob
+from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob_checksum, encode_blob
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
-from .reader import ReaderCache, SegmentReader, apply_slice, as_offset
+from .reader import BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset
 from .rewrite import Framing, rewrite_segment
-from .seekable import DEFAULT_LEVEL, MAX_FRAME_DECOMPRESSED_BYTES, FrameCache, compress_frames, stored_frame
+from .seekable import (
+    DEFAULT_LEVEL,
+    MAX_FRAME_DECOMPRESSED_BYTES,
+    FrameCache,
+    compress_frames,
+    stored_frame,
+)
 from .segment import fsync_dir, index_records
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
+from .streams import LazyOpener, examine_for_adoption, read_head, write_aside
 from .verify import VerifyReport, verify_store
 from .writer import SegmentWriter
 
@@ -297,6 +306,169 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
             writer.append_zstd(frames[0], frames[1], start, ends[-1], records)
         locations.extend(map(_new_location, zip(itertools.repeat(writer.path), starts, ends)))
         return stop
+
+    # -- streams and adoption --------------------------------------------------------
+
+    def put_stream(self, stream: Any) -> DataLocation:
+        """Store everything ``stream`` yields (``readinto`` or ``read``) as one blob, in constant memory.
+
+        The bytes go to a private scratch file first (compressed when
+        ``use_compression``), which then becomes a sealed segment of its own by rename:
+        other writers wait only for that rename, never for the copy. Same commit and
+        crash guarantees as ``put``; a crash mid-copy leaves nothing behind.
+        """
+        self._reopen_if_closed()
+        return self._put_stream(stream, b"")
+
+    def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
+        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, compressed=self.use_compression,
+                              level=self.compression_level, frame_bytes=self.frame_bytes,
+                              threads=self.compression_threads, fsync=self.fsync)
+        kind = KIND_ZSTD if self.use_compression else KIND_RAW
+        return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)
+
+    def _commit_file(self, source: str, kind: int, size: int, checksum: int, flags: int,  # pylint: disable=too-many-arguments
+                     disk_size: int) -> DataLocation:
+        try:
+            with self._lock.write(self.lock_timeout):
+                self._writer.resync()
+                number = self._writer.commit_sealed_file(source, kind, size, checksum, flags, disk_size)
+                sealed = self._writer.take_sealed()
+        except BaseException:
+            if not os.path.isabs(source):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(source, dir_fd=self._dir_fd)
+            raise
+        self._after_seal(sealed)
+        return DataLocation(str(self.datadir / segment_name(number, kind == KIND_ZSTD)), 0, size)
+
+    def put_streams(self, streams: Iterable[Any], open_streams: bool = False,
+                    small_bytes: int = 2**20, batch_bytes: int = 64 * 2**20) -> list[DataLocation]:
+        """Store many streams; returns their locations in input order.
+
+        Each item is a readable, or (``open_streams=True``) a context manager giving
+        one, such as :class:`LazyOpener`; a str or os.PathLike item is opened lazily
+        either way. Streams up to ``small_bytes`` are batched through ``put_many``
+        (at most ``batch_bytes`` in memory); longer ones go through ``put_stream``. Only
+        one input is open at a time.
+        """
+        self._reopen_if_closed()
+        locations: list[DataLocation] = []
+        pending: list[bytes] = []
+        pending_bytes = 0
+        for item in streams:
+            if isinstance(item, (str, os.PathLike)):
+                item, opened = LazyOpener(item), True
+            else:
+                opened = open_streams
+            with (item if opened else contextlib.nullcontext(item)) as stream:
+                head, ended = read_head(stream, small_bytes)
+                if ended:
+                    pending.append(head)
+                    pending_bytes += len(head)
+                else:
+                    locations += self.put_many(pending) if pending else []
+                    pending, pending_bytes = [], 0
+                    locations.append(self._put_stream(stream, head))
+            if pending_bytes >= batch_bytes:
+                locations += self.put_many(pending)
+                pending, pending_bytes = [], 0
+        if pending:
+            locations += self.put_many(pending)
+        return locations
+
+    def adopt_file(self, path: str | os.PathLike[str], *, verify: bool = False) -> DataLocation:
+        """Move an existing file into the store as a new sealed segment, by rename: O(1).
+
+        Returns the location of its whole content. A file starting with a Zstandard or
+        skippable frame must be a valid seekable Zstandard file (its seek table is
+        checked) and becomes a compressed segment; anything else becomes a raw one.
+        Without ``verify`` the blob is recorded without a checksum (``verify()`` then
+        only checks its framing); with it the file is read once to compute one (O(n)).
+
+        Raises InvalidLocationError for a symlink, a non-regular file, a file on another
+        filesystem (copy it with ``put_stream`` instead) or inside the datadir, and
+        FormatError for a compressed file that is not seekable; the file is then left
+        where it was.
+        """
+        self._reopen_if_closed()
+        source = os.path.abspath(os.fspath(path))
+        st = os.lstat(source)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidLocationError(f"{source!r}: only a regular file can be adopted (not a symlink, device or dir)")
+        if st.st_dev != os.fstat(self._dir_fd).st_dev:
+            raise InvalidLocationError(f"{source!r} is on another filesystem than {self._dir_str!r}; "
+                                       "a rename cannot move it (use put_stream to copy it)")
+        if os.path.samefile(os.path.dirname(source), self._abs_dir):
+            raise InvalidLocationError(f"{source!r} is inside the datadir already")
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)
+        finally:
+            os.close(fd)
+        return self._commit_file(source, kind, size, checksum, 0 if verify else FLAG_UNCHECKED, st.st_size)
+
+    def open_blob(self, location: DataLocation) -> BlobFile:
+        """A read-only, seekable binary file object over one blob (raw or compressed).
+
+        Seeking in a compressed blob costs nothing; reading decompresses only the frames
+        read. Use it as a context manager. Not thread-safe: open one per thread.
+        """
+        file_path, start, end, reader = self._resolve(location)
+        start, end = self._readers.check_range(reader, file_path, start, end)
+        return BlobFile(reader, start, end, str(file_path))
+
+    # -- bulk and zero-copy reads -------------------------------------------------------
+
+    def iter_many(self, locations: Iterable[DataLocation]) -> Iterator[tuple[int, bytes]]:
+        """Read many blobs in disk order (segment, offset); yields (input index, bytes).
+
+        Memory holds one blob at a time (plus the sorted list of locations); each
+        segment is opened once.
+        """
+        resolved = []
+        for index, location in enumerate(locations):
+            file_path, start, end, reader = self._resolve(location)
+            resolved.append((reader.number, start, end, index, reader, file_path))
+        resolved.sort(key=lambda item: (item[0], item[1]))
+        check = self._readers.check_range
+        for _number, start, end, index, reader, file_path in resolved:
+            if type(start) is not int or type(end) is not int or not 0 <= start <= end <= reader.limit:  # pylint: disable=unidiomatic-typecheck
+                start, end = check(reader, file_path, start, end)
+            mm = reader.mm
+            if end <= reader.mapped and mm is not None:
+                yield index, mm[start:end]
+            else:
+                yield index, self._readers.read(reader, file_path, start, end)
+
+    def get_many(self, locations: Iterable[DataLocation]) -> list[bytes]:
+        """Read many blobs, in disk order underneath; returns them in the caller's order."""
+        locations = list(locations)
+        out: list[bytes] = [b""] * len(locations)
+        for index, data in self.iter_many(locations):
+            out[index] = data
+        return out
+
+    def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
+        """A read-only, zero-copy ``memoryview`` of a blob in a raw segment (memory-mapped).
+
+        The view stays valid as long as you hold it, even if the segment is deleted
+        meanwhile (the mapping keeps the file). Compressed segments have no bytes to
+        map: InvalidLocationError (use ``get``, or recompress the segment raw).
+        ``numpy.frombuffer(view, dtype=...)`` makes an array without a copy.
+        """
+        file_path, start, end, reader = self._resolve(location)
+        if slice is not None:
+            start, end = apply_slice(file_path, start, end, slice)
+        start, end = self._readers.check_range(reader, file_path, start, end)
+        if not reader.raw:
+            raise InvalidLocationError(f"{file_path}: a compressed segment has no bytes to map; use get()")
+        if end > reader.mapped:
+            reader.remap()
+        mm = reader.mm
+        if mm is None or end > reader.mapped:
+            raise InvalidLocationError(f"{file_path}: bytes {start}..{end} cannot be mapped")
+        return memoryview(mm)[start:end]
 
     def sync(self) -> None:
         """Make every acknowledged blob durable now (for ``fsync=False`` stores).

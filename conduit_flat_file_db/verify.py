@@ -13,6 +13,7 @@ import xxhash
 from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .index import (
     FLAG_LEGACY_EXTENT,
+    FLAG_UNCHECKED,
     HEADER_BYTES,
     KIND_ZSTD,
     REC_BLOB,
@@ -225,6 +226,9 @@ def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[in
 def _finish(report: VerifyReport, data_path: str, blob: Record, digest: int) -> None:
     report.blobs += 1
     report.bytes_checked += blob.b
-    if digest != blob.c:
+    if blob.flags & FLAG_UNCHECKED:
+        report.notes.append(f"{data_path}: blob {blob.a}..{blob.a + blob.b} was adopted without a checksum; "
+                            "only its framing was checked")
+    elif digest != blob.c:
         what = "legacy extent" if blob.flags & FLAG_LEGACY_EXTENT else "blob"
         report.add(data_path, blob.a, "checksum", f"{what} {blob.a}..{blob.a + blob.b} fails its XXH3-64 checksum")

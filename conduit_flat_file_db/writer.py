@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, REC_FRAME, decode_records, encode_record, encode_seal
-from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_owner
+from .index import (
+    HEADER_BYTES,
+    KIND_RAW,
+    KIND_ZSTD,
+    REC_BLOB,
+    REC_FRAME,
+    decode_records,
+    encode_header,
+    encode_record,
+    encode_seal,
+)
+from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_name, temp_owner
 from .segment import (
     OPEN_WRITE,
     Tail,
     append_table_entries,
     create_segment,
     frame_table_of,
+    fsync_dir,
     index_records,
     open_data_file,
     padding_header,
@@ -187,9 +199,23 @@ class SegmentWriter:
         """
         words = self.words
         old = self.segment
+        words[W_DIRTY] = 1
+        self._seal_locked()
+        new, tail = self._create_next(old)
+        words[W_DURABLE_END] = 0
+        self.state.publish(_view_of(new, tail))
+        words[W_DIRTY] = 0
+        self.resync()
+        self.sealed.append(old)
+        logger.debug("%s: sealed segment %d, mutable segment is now %d", self.datadir, old, new)
+        return old
+
+    def _seal_locked(self) -> None:
+        """Append the SEAL record to the mutable segment (dirty flag already up)."""
+        words = self.words
+        old = self.segment
         end = words[W_END]
         index_bytes = words[W_INDEX_BYTES]
-        words[W_DIRTY] = 1
         if self.kind == KIND_RAW:
             if os.fstat(self.data_fd).st_size != end:
                 os.ftruncate(self.data_fd, end)
@@ -200,14 +226,51 @@ class SegmentWriter:
         blobs = sum(1 for r in index_records(self.dir_fd, old, index_bytes) if r.rtype != REC_FRAME)
         pwrite_all(self.index_fd, encode_seal(end, blobs, disk), index_bytes)
         os.fsync(self.index_fd)
-        new, tail = self._create_next(old)
+
+    def commit_sealed_file(self, source: str, kind: int, size: int, checksum: int,  # pylint: disable=too-many-arguments
+                           flags: int, disk_size: int) -> int:
+        """Make the file ``source`` (a name in the datadir, or an absolute path on its
+        filesystem) a new sealed segment holding one blob of ``size`` uncompressed bytes;
+        returns its number. Write lock held.
+
+        The mutable segment n is sealed first (an empty one is removed at the end), the
+        file becomes n+1 by rename, with its index (one BLOB and a SEAL record) written
+        before the rename, and n+2 becomes the mutable segment. A crash at any step
+        leaves either the file where it was or a whole sealed segment (FORMAT.md 6).
+        """
+        words = self.words
+        old = self.segment
+        was_empty = words[W_END] == 0
+        words[W_DIRTY] = 1
+        self._seal_locked()
+        new = old + 1
+        header = encode_header(new, kind, time.time_ns())
+        index = header + encode_record(REC_BLOB, flags, 0, size, checksum) + encode_seal(size, 1, disk_size)
+        index_tmp = temp_name(index_name(new))
+        fd = os.open(index_tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
+        try:
+            pwrite_all(fd, index, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(index_tmp, index_name(new), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        os.rename(source, segment_name(new, kind == KIND_ZSTD), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        fsync_dir(self.dir_fd)
+        mutable, tail = self._create_next(new)
         words[W_DURABLE_END] = 0
-        self.state.publish(_view_of(new, tail))
+        self.state.publish(_view_of(mutable, tail))
         words[W_DIRTY] = 0
+        if was_empty:
+            for name in (segment_name(old, False), segment_name(old, True), index_name(old)):
+                try:
+                    os.unlink(name, dir_fd=self.dir_fd)  # data first: a lone index is cleaned up on open
+                except FileNotFoundError:
+                    pass
+            self.state.bump_epoch()
+        else:
+            self.sealed.append(old)
         self.resync()
-        self.sealed.append(old)
-        logger.debug("%s: sealed segment %d, mutable segment is now %d", self.datadir, old, new)
-        return old
+        return new
 
     def sync(self) -> None:
         """fdatasync the mutable segment; record the durable end."""
