@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_compression, bench_core
+from . import bench_compression, bench_core, bench_streams
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run all benchmark modules with the same arguments."""
     bench_core.main(argv)
     bench_compression.main(argv)
+    bench_streams.main(argv)
     return 0
 
 

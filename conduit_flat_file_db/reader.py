@@ -35,7 +35,7 @@ class SegmentReader:
     """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
 
     __slots__ = ("number", "fd", "limit", "mutable", "raw", "name", "table", "index_fd", "index_loaded",
-                 "cache", "cache_key", "mm", "mapped", "__weakref__")
+                 "cache", "cache_key", "mm", "view", "mapped", "__weakref__")
 
     def __init__(self, number: int, fd: int, name: str, limit: int, mutable: bool) -> None:
         self.number = number
@@ -52,6 +52,7 @@ class SegmentReader:
         # Raw segments are read through a read-only map of their committed bytes: a
         # slice of a map is a memcpy, no syscall. Bytes past ``mapped`` use pread.
         self.mm: mmap.mmap | None = None
+        self.view: memoryview | None = None  # of ``mm``, for zero-copy slices
         self.mapped = 0
 
     def __del__(self) -> None:
@@ -67,9 +68,11 @@ class SegmentReader:
         if self.limit <= self.mapped:
             return
         try:
-            self.mm = mmap.mmap(self.fd, self.limit, prot=mmap.PROT_READ)
+            mm = mmap.mmap(self.fd, self.limit, prot=mmap.PROT_READ)
         except (OSError, ValueError):
             return  # e.g. a filesystem without mmap: pread keeps working
+        self.view = memoryview(mm)
+        self.mm = mm
         self.mapped = self.limit
 
     def frame(self, index: int) -> bytes:

@@ -12,6 +12,7 @@ import bisect
 import contextlib
 import functools
 import itertools
+import operator
 import logging
 import os
 import stat
@@ -50,6 +51,7 @@ DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
 STORED_BELOW_BYTES = 8 * 2**10
 _CLOSED_WORDS = (-1,) * 16  # stands in for the state page while closed: every epoch check fails
 _new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
+_DISK_ORDER = operator.itemgetter(0, 1)
 
 
 class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configuration + two caches
@@ -420,33 +422,45 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
 
     # -- bulk and zero-copy reads -------------------------------------------------------
 
+    def _in_disk_order(self, locations: Iterable[DataLocation]) -> list[tuple[Any, ...]]:
+        """(segment, start, end, input index, reader, file_path) for each location, sorted on disk."""
+        by_path = self._by_path
+        resolved = []
+        for index, location in enumerate(locations):
+            reader = None
+            if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
+                file_path, start, end = location
+                reader = by_path.get(file_path)
+            if reader is None:
+                file_path, start, end, reader = self._resolve(location)
+                by_path = self._by_path
+            resolved.append((reader.number, start, end, index, reader, file_path))
+        resolved.sort(key=_DISK_ORDER)
+        return resolved
+
     def iter_many(self, locations: Iterable[DataLocation]) -> Iterator[tuple[int, bytes]]:
         """Read many blobs in disk order (segment, offset); yields (input index, bytes).
 
         Memory holds one blob at a time (plus the sorted list of locations); each
         segment is opened once.
         """
-        resolved = []
-        for index, location in enumerate(locations):
-            file_path, start, end, reader = self._resolve(location)
-            resolved.append((reader.number, start, end, index, reader, file_path))
-        resolved.sort(key=lambda item: (item[0], item[1]))
-        check = self._readers.check_range
-        for _number, start, end, index, reader, file_path in resolved:
-            if type(start) is not int or type(end) is not int or not 0 <= start <= end <= reader.limit:  # pylint: disable=unidiomatic-typecheck
-                start, end = check(reader, file_path, start, end)
-            mm = reader.mm
-            if end <= reader.mapped and mm is not None:
-                yield index, mm[start:end]
+        read = self._readers.read
+        for _number, start, end, index, reader, file_path in self._in_disk_order(locations):
+            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+                yield index, reader.mm[start:end]
             else:
-                yield index, self._readers.read(reader, file_path, start, end)
+                yield index, read(reader, file_path, start, end)
 
     def get_many(self, locations: Iterable[DataLocation]) -> list[bytes]:
         """Read many blobs, in disk order underneath; returns them in the caller's order."""
-        locations = list(locations)
-        out: list[bytes] = [b""] * len(locations)
-        for index, data in self.iter_many(locations):
-            out[index] = data
+        ordered = self._in_disk_order(locations)
+        out: list[bytes] = [b""] * len(ordered)
+        read = self._readers.read
+        for _number, start, end, index, reader, file_path in ordered:
+            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+                out[index] = reader.mm[start:end]
+            else:
+                out[index] = read(reader, file_path, start, end)
         return out
 
     def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
@@ -457,18 +471,26 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         map: InvalidLocationError (use ``get``, or recompress the segment raw).
         ``numpy.frombuffer(view, dtype=...)`` makes an array without a copy.
         """
-        file_path, start, end, reader = self._resolve(location)
+        reader = None
+        if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
+            file_path, start, end = location
+            reader = self._by_path.get(file_path)
+        if reader is None:
+            file_path, start, end, reader = self._resolve(location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
+        view = reader.view
+        if type(start) is int and type(end) is int and 0 <= start <= end <= reader.mapped and view is not None:  # pylint: disable=unidiomatic-typecheck
+            return view[start:end]
         start, end = self._readers.check_range(reader, file_path, start, end)
         if not reader.raw:
             raise InvalidLocationError(f"{file_path}: a compressed segment has no bytes to map; use get()")
         if end > reader.mapped:
             reader.remap()
-        mm = reader.mm
-        if mm is None or end > reader.mapped:
+        view = reader.view
+        if view is None or end > reader.mapped:
             raise InvalidLocationError(f"{file_path}: bytes {start}..{end} cannot be mapped")
-        return memoryview(mm)[start:end]
+        return view[start:end]
 
     def sync(self) -> None:
         """Make every acknowledged blob durable now (for ``fsync=False`` stores).
