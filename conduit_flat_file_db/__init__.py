@@ -11,13 +11,17 @@ from .errors import (
     FormatError,
     InvalidLocationError,
 )
-from .store import FlatFileDb
+from .maintenance import CompressMode, Compaction, FlatFileDb, RecompressResult, SegmentStats, StoreStats
+from .streams import LazyOpener
 from .types import PACKED_LOCATION_BYTES, BlobRecord, DataLocation, Slice
+from .verify import Problem, VerifyReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BlobRecord",
+    "Compaction",
+    "CompressMode",
     "CorruptionError",
     "DataLocation",
     "FlatFileDb",
@@ -27,7 +31,13 @@ __all__ = [
     "FlatFileDbUnsafeAccessError",
     "FormatError",
     "InvalidLocationError",
+    "LazyOpener",
     "PACKED_LOCATION_BYTES",
+    "Problem",
+    "RecompressResult",
+    "SegmentStats",
     "Slice",
+    "StoreStats",
+    "VerifyReport",
     "__version__",
 ]

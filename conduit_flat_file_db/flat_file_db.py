@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import FlatFileDbUnsafeAccessError
-from .store import FlatFileDb
+from .maintenance import FlatFileDb
 from .types import DataLocation, Slice
 
 MAX_DAT_FILE_SIZE = 128 * 2**20

@@ -1,4 +1,6 @@
-"""FlatFileDb: puts append to the one mutable segment; gets read any committed slice.
+"""The store engine: puts append to the one mutable segment; gets read any committed slice.
+
+``Store`` is the engine; ``FlatFileDb`` (maintenance.py) adds the maintenance operations.
 
 This module decides *when* (locking, rotation, compression, caching); writer.py,
 reader.py and segment.py decide *how*. Hot paths are written for few syscalls and
@@ -19,7 +21,7 @@ import stat
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ContextManager, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob_checksum, encode_blob
@@ -52,9 +54,10 @@ STORED_BELOW_BYTES = 8 * 2**10
 _CLOSED_WORDS = (-1,) * 16  # stands in for the state page while closed: every epoch check fails
 _new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 _DISK_ORDER = operator.itemgetter(0, 1)
+_S = TypeVar("_S", bound="Store")
 
 
-class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configuration + two caches
+class Store:  # pylint: disable=too-many-instance-attributes  # configuration + two caches
     """An append-only store of blobs in rotating segment files.
 
     Args:
@@ -183,7 +186,7 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
             if self._state.read_mutable() is None:
                 self._writer.recover(power_loss_check=False)
 
-    def __enter__(self) -> FlatFileDb:
+    def __enter__(self: _S) -> _S:
         self._reopen_if_closed()
         return self
 
@@ -192,7 +195,8 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         self.close()
 
     def __repr__(self) -> str:
-        return f"FlatFileDb({self._dir_str!r}, use_compression={self.use_compression}, fsync={self.fsync})"
+        return (f"{type(self).__name__}({self._dir_str!r}, use_compression={self.use_compression}, "
+                f"fsync={self.fsync})")
 
     # -- writing ----------------------------------------------------------------------
 
@@ -650,11 +654,17 @@ class FlatFileDb:  # pylint: disable=too-many-instance-attributes  # configurati
         """The path string of segment ``number`` as locations name it (existing suffix preferred)."""
         return str(self.datadir / segment_name(number, self._segment_kind(number) == KIND_ZSTD))
 
-    def verify(self) -> VerifyReport:
-        """Check every committed blob against its checksum and every index against its
-        data file; returns a report (never raises for what it finds). Takes no lock."""
+    def verify(self, full: bool = True, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Check the store; returns a report listing each problem with file and offset.
+
+        Always: every index against its data file (header, record checksums,
+        contiguity, sizes, SEAL records). With ``full`` (the default) also every blob
+        against its XXH3-64 checksum and every Zstandard frame (decoded, so its own
+        checksum is checked) and every seek table. ``progress(done, total)`` is called
+        after each segment. Never raises for what it finds; takes no lock.
+        """
         self._reopen_if_closed()
-        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view())
+        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view(), progress, full)
 
     # -- compact locations ----------------------------------------------------------
 
@@ -689,4 +699,4 @@ def _as_bytes_like(data: Any) -> Any:
     raise TypeError(f"put() takes bytes, bytearray or memoryview, not {type(data).__name__}")
 
 
-__all__ = ["FlatFileDb", "DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE"]
+__all__ = ["Store", "DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE"]

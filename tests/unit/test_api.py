@@ -20,7 +20,7 @@ PACKAGE = "conduit_flat_file_db"
 # Lowest first: a module may import only modules strictly below it. The package facade
 # (__init__) sits above the compatibility module and below the command line.
 LAYERS = ["errors", "types", "naming", "index", "state", "locking", "seekable", "segment", "verify", "streams", "reader",
-          "writer", "rewrite", "store", "flat_file_db", "__init__", "cli", "__main__"]
+          "writer", "rewrite", "store", "maintenance", "flat_file_db", "__init__", "cli", "__main__"]
 OPTIONAL_MODULES = {"cli", "__main__"}
 
 
@@ -28,6 +28,8 @@ def test_all_is_pinned() -> None:
     """The package's exported names are exactly these; a change here is an API change."""
     assert sorted(conduit_flat_file_db.__all__) == [
         "BlobRecord",
+        "Compaction",
+        "CompressMode",
         "CorruptionError",
         "DataLocation",
         "FlatFileDb",
@@ -37,8 +39,14 @@ def test_all_is_pinned() -> None:
         "FlatFileDbUnsafeAccessError",
         "FormatError",
         "InvalidLocationError",
+        "LazyOpener",
         "PACKED_LOCATION_BYTES",
+        "Problem",
+        "RecompressResult",
+        "SegmentStats",
         "Slice",
+        "StoreStats",
+        "VerifyReport",
         "__version__",
     ]
 
