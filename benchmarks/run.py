@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import bench_compression, bench_core, bench_streams
+from . import bench_compression, bench_core, bench_maintenance, bench_streams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_core.main(argv)
     bench_compression.main(argv)
     bench_streams.main(argv)
+    bench_maintenance.main(argv)
     return 0
 
 

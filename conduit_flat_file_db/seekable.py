@@ -376,12 +376,17 @@ def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, thre
     view = memoryview(data).cast("B")
     if len(view) <= frame_bytes:
         return [compressor(level).compress(view)]
-    chunks = [view[i : i + frame_bytes] for i in range(0, len(view), frame_bytes)]
     if threads > 1:
-        result = compressor(level).multi_compress_to_buffer([bytes(c) for c in chunks], threads=threads)
+        # One buffer with segment offsets: zstandard's C workers read it in place.
+        segments = struct.pack(f"<{2 * ((len(view) + frame_bytes - 1) // frame_bytes)}Q",
+                               *(v for i in range(0, len(view), frame_bytes)
+                                 for v in (i, min(frame_bytes, len(view) - i))))
+        source = data if isinstance(data, bytes) else view.tobytes()
+        result = compressor(level).multi_compress_to_buffer(zstandard.BufferWithSegments(source, segments),
+                                                            threads=threads)
         return [result[i].tobytes() for i in range(len(result))]
     cctx = compressor(level)
-    return [cctx.compress(c) for c in chunks]
+    return [cctx.compress(view[i : i + frame_bytes]) for i in range(0, len(view), frame_bytes)]
 
 
 class SeekableReader(io.RawIOBase):
@@ -568,10 +573,19 @@ class SeekableWriter:
         offset = 0
         for frame in frames:
             dsize = min(self.frame_bytes, len(data) - offset)
-            os.pwrite(self._fd, frame, self._end)
-            self._end += len(frame)
             self._sizes.append((len(frame), dsize))
             offset += dsize
+        written = 0
+        for first in range(0, len(frames), 512):
+            batch = frames[first : first + 512]
+            size = sum(len(f) for f in batch)
+            done = os.pwritev(self._fd, batch, self._end + written)
+            if done != size:  # short write: finish it
+                joined = b"".join(batch)
+                while done < size:
+                    done += os.pwrite(self._fd, joined[done:], self._end + written + done)
+            written += size
+        self._end += written
         self._dirty = True
 
     def flush(self) -> None:

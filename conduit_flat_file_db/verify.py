@@ -4,6 +4,7 @@ Zstandard frame against its own checksum. Reports; never raises for what it find
 
 from __future__ import annotations
 
+import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -128,10 +129,11 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
             records = scan.records
         blobs, end, sealed = _blob_records(report, idx_path, records)
         size = os.fstat(fd).st_size
+        chunks: Iterator[tuple[int, bytes | memoryview]]
         if kind == KIND_ZSTD:
             chunks = _zstd_chunks(report, fd, data_path, records, size, sealed or raw is None)
         else:
-            chunks = _raw_chunks(fd, size)
+            chunks = _raw_chunks(fd, min(size, mutable.end) if is_mutable else size, mapped=not is_mutable)
             if not is_mutable and sealed and size != end:
                 report.add(data_path, end, "size-mismatch", f"data file is {size} bytes, index commits {end}")
             elif size < end:
@@ -166,13 +168,31 @@ def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) ->
     return blobs, end, sealed
 
 
-def _raw_chunks(fd: int, size: int) -> Iterator[tuple[int, bytes]]:
+def _raw_chunks(fd: int, size: int, mapped: bool) -> Iterator[tuple[int, bytes | memoryview]]:
+    """The file in CHECK_CHUNK_BYTES pieces. A sealed file is mapped and checksummed in place
+    (no copy); the mutable one is read into one reused buffer (its tail may be cut meanwhile)."""
+    if mapped and size:
+        try:
+            whole = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        except (OSError, ValueError):
+            whole = None
+        if whole is not None:
+            whole.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(whole)  # the map closes when the last slice of it is dropped
+            for pos in range(0, size, CHECK_CHUNK_BYTES):
+                yield pos, view[pos : pos + CHECK_CHUNK_BYTES]
+            return
+    buffer = bytearray(min(CHECK_CHUNK_BYTES, max(size, 1)))
+    view = memoryview(buffer)
     for pos in range(0, size, CHECK_CHUNK_BYTES):
-        yield pos, os.pread(fd, min(CHECK_CHUNK_BYTES, size - pos), pos)
+        count = os.preadv(fd, [view[: min(CHECK_CHUNK_BYTES, size - pos)]], pos)
+        if count <= 0:
+            return
+        yield pos, view[:count]
 
 
 def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Record], size: int,
-                 use_seek_table: bool) -> Iterator[tuple[int, bytes]]:
+                 use_seek_table: bool) -> Iterator[tuple[int, bytes | memoryview]]:
     """Decompressed frames in order (each checked by Zstandard's own checksum on the way)."""
     table: FrameTable
     if use_seek_table:
@@ -197,7 +217,7 @@ def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Re
             return
 
 
-def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[int, bytes]],
+def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[int, bytes | memoryview]],
                  blobs: list[Record]) -> None:
     """Feed contiguous chunks of the segment's uncompressed bytes to each blob's checksum."""
     position = 0
@@ -213,7 +233,7 @@ def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[in
                 break
             lo, hi = max(start, offset), min(stop, chunk_end)
             if hi > lo:
-                hasher.update(memoryview(data)[lo - offset : hi - offset])
+                hasher.update(data[lo - offset : hi - offset])
             if stop > chunk_end:
                 break
             _finish(report, data_path, blob, hasher.intdigest())
