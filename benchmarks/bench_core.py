@@ -12,14 +12,12 @@ import multiprocessing
 import os
 import random
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from conduit_flat_file_db import FlatFileDb
 
-from .common import Result, base_parser, conditions, rounds, table
+from .common import Result, rounds, run_benchmark
 
 KIB = 1024
 MIB = 2**20
@@ -205,17 +203,9 @@ def bench_multiprocess(args: argparse.Namespace, workdir: str) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    """Run the core benchmarks and print the table."""
-    parser = base_parser(__doc__ or "")
-    args = parser.parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix="ffdb-bench-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
-    try:
-        print(conditions(args, workdir))
-        results = bench_puts(args, workdir) + bench_gets(args, workdir) + bench_multiprocess(args, workdir)
-        print(table(results))
-        return results
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """Run these benchmarks and print the table."""
+    return run_benchmark(__doc__ or "", argv, lambda args, workdir: (
+        bench_puts(args, workdir) + bench_gets(args, workdir) + bench_multiprocess(args, workdir)))
 
 
 if __name__ == "__main__":

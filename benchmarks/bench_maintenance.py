@@ -11,15 +11,13 @@ import argparse
 import os
 import random
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import zstandard
 
 from conduit_flat_file_db import CompressMode, FlatFileDb
 
-from .common import Result, base_parser, blockchain_like, conditions, rounds, table
+from .common import Result, blockchain_like, rounds, run_benchmark
 
 MIB = 2**20
 
@@ -93,20 +91,15 @@ def bench_verify(args: argparse.Namespace, workdir: str, data: list[bytes]) -> R
     return result
 
 
+def _all(args: argparse.Namespace, workdir: str) -> list[Result]:
+    rng = random.Random(args.seed)
+    data = [blockchain_like(MIB, rng) for _ in range(64 if args.quick else 256)]
+    return [bench_recompress(args, workdir, data), bench_verify(args, workdir, data)]
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
-    """Run the maintenance benchmarks and print the table."""
-    parser = base_parser(__doc__ or "")
-    args = parser.parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix="ffdb-bench-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
-    try:
-        print(conditions(args, workdir))
-        rng = random.Random(args.seed)
-        data = [blockchain_like(MIB, rng) for _ in range(64 if args.quick else 256)]
-        results = [bench_recompress(args, workdir, data), bench_verify(args, workdir, data)]
-        print(table(results))
-        return results
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """Run these benchmarks and print the table."""
+    return run_benchmark(__doc__ or "", argv, _all)
 
 
 if __name__ == "__main__":

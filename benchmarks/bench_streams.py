@@ -16,13 +16,12 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from conduit_flat_file_db import FlatFileDb, Slice
 
-from .common import Result, base_parser, conditions, rounds, table
+from .common import Result, rounds, run_benchmark
 
 KIB = 1024
 MIB = 2**20
@@ -178,17 +177,9 @@ def bench_bulk_and_views(args: argparse.Namespace, workdir: str) -> list[Result]
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    """Run the stream, bulk and view benchmarks and print the table."""
-    parser = base_parser(__doc__ or "")
-    args = parser.parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix="ffdb-bench-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
-    try:
-        print(conditions(args, workdir))
-        results = bench_put_stream(args, workdir) + bench_bulk_and_views(args, workdir)
-        print(table(results))
-        return results
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """Run these benchmarks and print the table."""
+    return run_benchmark(__doc__ or "", argv, lambda args, workdir: (
+        bench_put_stream(args, workdir) + bench_bulk_and_views(args, workdir)))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import random
-import struct
 import os
+import random
+import shutil
+import struct
+import tempfile
 import platform
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import conduit_flat_file_db
@@ -84,6 +87,21 @@ def conditions(args: argparse.Namespace, workdir: str) -> str:
         time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     ]
     return "\n".join(lines)
+
+
+def run_benchmark(description: str, argv: list[str] | None,
+                  body: Callable[[argparse.Namespace, str], list[Result]]) -> list[Result]:
+    """Parse the common options, print the conditions, run ``body`` in a scratch directory, print
+    the table, remove the directory."""
+    args = base_parser(description).parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="ffdb-bench-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
+    try:
+        print(conditions(args, workdir))
+        results = body(args, workdir)
+        print(table(results))
+        return results
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

@@ -2,29 +2,48 @@
 
 Sits on top of the package and uses only its public names; nothing below imports it.
 Exit codes are listed in ``EXIT_CODES_EPILOG`` (shown by ``ffdb --help``).
+
+Memory stays constant whatever the size of the blobs: ``put`` streams every input
+larger than ``SMALL_BLOB_BYTES`` through ``FlatFileDb.put_stream`` (smaller ones are
+batched through ``put_many``, at most ``BATCH_BYTES`` held at a time) and ``get``
+copies the blob to standard output ``READ_CHUNK_BYTES`` at a time through
+``FlatFileDb.open_blob``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import itertools
 import json
+import math
 import os
+import stat
 import string
 import sys
-from typing import BinaryIO, Iterator, NamedTuple, Sequence
+import time
+from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence, TextIO
 
-from . import __version__
+from . import FlatFileDb, __version__
 from .errors import FlatFileDbError
-from .store import FlatFileDb
-from .types import PACKED_LOCATION_BYTES, DataLocation, Slice
+from .types import PACKED_LOCATION_BYTES, DataLocation
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-READ_CHUNK_BYTES = 1 << 20
+READ_CHUNK_BYTES = 1 << 20  # one read from a blob, one write to standard output
+SMALL_BLOB_BYTES = 1 << 20  # put: inputs up to this size are batched, larger ones streamed
+BATCH_BYTES = 16 << 20  # put: small inputs held in memory before one put_many
+BATCH_COUNT = 4096  # put: ... or this many of them
+HEAD_READ_BYTES = 64 << 10  # put: reads while finding out whether an input is small
+PROGRESS_MIN_BYTES = 64 << 20  # a progress bar only for work larger than this
+PROGRESS_INTERVAL_SECONDS = 0.1  # at most this often a redraw
+# A one-shot process gains nothing from a large cache of decompressed frames (an
+# open blob keeps the frame it is reading itself); keep the footprint small.
+CLI_FRAME_CACHE_BYTES = 4 << 20
 _HEX_LOCATION_CHARS = 2 * PACKED_LOCATION_BYTES
 
 LOCATION_HELP = f"""\
@@ -34,10 +53,13 @@ or FILE_PATH:START:END; a FILE_PATH without a directory is taken inside --datadi
 
 EXIT_CODES_EPILOG = f"""\
 {LOCATION_HELP}
+A progress bar is drawn on standard error when it is a terminal and the work is
+larger than {PROGRESS_MIN_BYTES >> 20} MiB (--no-progress: never).
+
 exit codes:
   {EXIT_OK}    success (verify: no problems found)
   {EXIT_PROBLEMS}    verify found problems
-  {EXIT_ERROR}    error: bad arguments, bad location, missing file, store error
+  {EXIT_ERROR}    error: bad arguments, bad location, missing file, store error, lock timeout
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
@@ -60,6 +82,22 @@ class SegmentInfo(NamedTuple):
 # -- argument parsing ------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """argparse type of --lock-timeout: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _add_no_progress(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--no-progress", action="store_true", default=default,
+                        help="never draw a progress bar on standard error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``ffdb`` (global options, then one subcommand)."""
     parser = argparse.ArgumentParser(
@@ -72,17 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--datadir", required=True, metavar="DIR", help="directory of the store")
     parser.add_argument("--lock", metavar="PATH",
                         help="inter-process lock file shared by every user of the store (default: DIR.lock)")
+    parser.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS",
+                        help="give up (exit 2) when the store's lock is not acquired within SECONDS "
+                             "(default: wait for ever)")
     parser.add_argument("--fsync", action="store_true",
                         help="make every stored blob durable before reporting its location")
+    _add_no_progress(parser, False)
     parser.add_argument("--version", action="version", version=f"ffdb {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     put = commands.add_parser("put", help="store each FILE as one blob and print its location",
                               description="Store each FILE as one blob; print one line per file: FILE, "
-                                          "file_path, start, end, packed location (hex), tab-separated.")
+                                          "file_path, start, end, packed location (hex), tab-separated. "
+                                          f"Files larger than {SMALL_BLOB_BYTES >> 20} MiB are streamed "
+                                          "(constant memory) into a segment of their own; smaller ones "
+                                          "are stored in batches.")
     put.add_argument("files", nargs="+", metavar="FILE",
                      help="file to store ('-' reads standard input)")
     put.add_argument("--json", action="store_true", help="print one JSON object per line instead")
+    put.add_argument("--compress", action="store_true",
+                     help="open the store with compression: new segments and streamed files are "
+                          "seekable Zstandard")
+    # On the subcommands too (``ffdb ... put --no-progress``); SUPPRESS keeps a global one.
+    _add_no_progress(put, argparse.SUPPRESS)
 
     get = commands.add_parser("get", help="write a blob (or a slice of it) to standard output",
                               description="Write the bytes of the blob at LOCATION (or a slice of it) "
@@ -91,11 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("location", metavar="LOCATION", help="packed hex location or FILE_PATH:START:END")
     get.add_argument("--slice", nargs=2, type=int, metavar=("START", "END"),
                      help="byte range relative to the blob; END 0 means to the end of the blob")
+    _add_no_progress(get, argparse.SUPPRESS)
 
     info = commands.add_parser("info", help="list segments and totals")
     info.add_argument("--json", action="store_true", help="print one JSON document instead")
 
-    commands.add_parser("verify", help="check every blob against its checksum (exit 1 on problems)")
+    verify = commands.add_parser("verify", help="check every blob against its checksum (exit 1 on problems)")
+    _add_no_progress(verify, argparse.SUPPRESS)
     return parser
 
 
@@ -103,6 +155,109 @@ def default_lock_path(datadir: str) -> str:
     """``<datadir>.lock`` beside the datadir (trailing slashes and ``.`` resolved first)."""
     absolute = os.path.abspath(datadir)
     return os.path.join(os.path.dirname(absolute), os.path.basename(absolute) + ".lock")
+
+
+# -- progress on standard error --------------------------------------------------------
+
+
+def human_bytes(count: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``: binary units, one decimal from KiB on."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def progress_stream(no_progress: bool) -> TextIO | None:
+    """Standard error when a bar may be drawn on it (a terminal, not turned off), else None."""
+    if no_progress:
+        return None
+    stream = sys.stderr
+    try:
+        return stream if stream.isatty() else None
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return None
+
+
+class ProgressBar:
+    """Bytes done / total, percentage and rate on one line of ``stream``, redrawn in place.
+
+    Nothing is drawn when ``stream`` is None or the work is small: with a known
+    ``total`` the bar appears only when it exceeds ``min_bytes``; with an unknown one
+    (a pipe) once that many bytes are done. Redraws at most every ``interval``
+    seconds; :meth:`close` draws the final state and ends the line.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, label: str, total: int | None, stream: TextIO | None, *,  # pylint: disable=too-many-arguments
+                 min_bytes: int | None = None, interval: float | None = None) -> None:
+        self.label = label
+        self.total = total
+        self.done = 0
+        self.detail = ""
+        self.shown = False
+        self._stream = stream
+        self._min_bytes = PROGRESS_MIN_BYTES if min_bytes is None else min_bytes
+        self._interval = PROGRESS_INTERVAL_SECONDS if interval is None else interval
+        self._started = time.monotonic()
+        self._last_draw = -math.inf
+        self._last_width = 0
+
+    def _wanted(self) -> bool:
+        if self._stream is None:
+            return False
+        if self.total is not None:
+            return self.total > self._min_bytes
+        return self.done > self._min_bytes
+
+    def advance(self, count: int) -> None:
+        """``count`` more bytes are done; redraw if it is time."""
+        self.update(self.done + count)
+
+    def update(self, done: int, detail: str | None = None) -> None:
+        """``done`` bytes are done (``detail``: text after the rate); redraw if it is time."""
+        self.done = done
+        if detail is not None:
+            self.detail = detail
+        if self._stream is None:
+            return
+        now = time.monotonic()
+        if now - self._last_draw >= self._interval and self._wanted():
+            self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The text of the bar as it stands."""
+        elapsed = (time.monotonic() if now is None else now) - self._started
+        rate = f"{human_bytes(self.done / elapsed)}/s" if elapsed > 0 else "-"
+        detail = f"  {self.detail}" if self.detail else ""
+        if self.total is None:
+            return f"{self.label} {human_bytes(self.done)}  {rate}{detail}"
+        fraction = min(1.0, self.done / self.total) if self.total else 1.0
+        filled = int(fraction * self.WIDTH)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        return (f"{self.label} [{bar}] {fraction * 100:3.0f}%  "
+                f"{human_bytes(self.done)} / {human_bytes(self.total)}  {rate}{detail}")
+
+    def _draw(self, now: float) -> None:
+        assert self._stream is not None
+        text = self.line(now)
+        pad = " " * max(0, self._last_width - len(text))
+        self._stream.write("\r" + text + pad)
+        self._stream.flush()
+        self._last_width = len(text)
+        self._last_draw = now
+        self.shown = True
+
+    def close(self) -> None:
+        """Draw the final state and end the line (only if the bar was wanted)."""
+        if self._stream is None or not (self.shown or self._wanted()):
+            return
+        self._draw(time.monotonic())
+        self._stream.write("\n")
+        self._stream.flush()
+        self._stream = None
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -119,22 +274,103 @@ def _check_sources(names: Sequence[str]) -> None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
-def put_source(db: FlatFileDb, name: str) -> DataLocation:
-    """Store the contents of file ``name`` (standard input for '-') as one blob.
+def _regular_size(fd_or_path: int | str) -> int | None:
+    """Size of a regular file (by descriptor or path), None for pipes, terminals, devices."""
+    try:
+        st = os.stat(fd_or_path)
+    except (OSError, ValueError):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
-    The one place that reads a FILE argument. ``put`` takes bytes today, so the chunks
-    are joined first; once the engine can write a blob from a stream, the chunks go
-    straight to it and nothing else changes.
-    """
+
+def _stdin_fd() -> int | None:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: a test's in-memory stdin
+        return None
+
+
+def _source_size(name: str) -> int | None:
+    """Size of input ``name`` if it can be known before reading it."""
+    if name != "-":
+        return _regular_size(name)
+    fd = _stdin_fd()
+    return None if fd is None else _regular_size(fd)
+
+
+def _total_size(names: Sequence[str]) -> int | None:
+    """Bytes all inputs will give, or None when one of them is a pipe or a device."""
+    total = 0
+    for name in names:
+        size = _source_size(name)
+        if size is None:
+            return None
+        total += size
+    return total
+
+
+@contextlib.contextmanager
+def _open_source(name: str) -> Iterator[BinaryIO]:
+    """The binary stream of input ``name``; standard input is not closed afterwards."""
     if name == "-":
-        return db.put(b"".join(_read_chunks(sys.stdin.buffer)))
+        yield sys.stdin.buffer
+        return
     with open(name, "rb") as stream:
-        return db.put(b"".join(_read_chunks(stream)))
+        yield stream
 
 
-def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
-    while chunk := stream.read(READ_CHUNK_BYTES):
-        yield chunk
+def _read_head(source: BinaryIO, limit: int, size_hint: int | None) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes from the start of ``source`` and whether it ended within them."""
+    parts: list[bytes] = []
+    got = 0
+    # A regular file's size (+1 to see its end) makes a small file one read, not a 1 MiB buffer.
+    step = min(limit, size_hint + 1) if size_hint is not None else HEAD_READ_BYTES
+    while got < limit:
+        chunk = source.read(min(step, limit - got))
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)
+        got += len(chunk)
+        step = HEAD_READ_BYTES
+    return b"".join(parts), False
+
+
+class CountingReader:
+    """A readable that serves ``head`` (bytes already taken from ``source``), then the rest of
+    ``source``, counting what it reads from ``source`` into a progress bar.
+
+    ``FlatFileDb.put_stream`` reads it with ``readinto``; memory is ``head`` plus its buffer.
+    """
+
+    def __init__(self, source: BinaryIO, head: bytes, progress: ProgressBar) -> None:
+        self._source = source
+        self._head = memoryview(head)
+        self._progress = progress
+        self._readinto = getattr(source, "readinto", None)
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill up to ``len(buffer)`` bytes; 0 at the end of the input."""
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        if self._readinto is not None:
+            count = self._readinto(view) or 0
+        else:
+            data = self._source.read(len(view))
+            count = len(data)
+            view[:count] = data
+        self._progress.advance(count)
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (a bounded chunk when ``size`` is negative)."""
+        buffer = bytearray(size if size >= 0 else READ_CHUNK_BYTES)
+        count = self.readinto(buffer)
+        del buffer[count:]
+        return bytes(buffer)
 
 
 def parse_location(db: FlatFileDb, text: str) -> DataLocation:
@@ -149,6 +385,20 @@ def parse_location(db: FlatFileDb, text: str) -> DataLocation:
     if not os.path.dirname(path):
         path = os.path.join(str(db.datadir), path)
     return DataLocation(path, int(start), int(end))
+
+
+def slice_bounds(size: int, slice_: Sequence[int] | None) -> tuple[int, int]:
+    """Blob-relative ``[start, end)`` of ``--slice START END`` in a blob of ``size`` bytes (END 0: to the end)."""
+    if slice_ is None:
+        return 0, size
+    start, end = slice_
+    if start < 0 or end < 0:
+        raise CliError(f"bad slice {start} {end}: START and END must be >= 0")
+    if end == 0:
+        end = size
+    if start > end or end > size:
+        raise CliError(f"slice {start}..{end} is not inside the blob ({size} bytes)")
+    return start, end
 
 
 def segment_infos(db: FlatFileDb) -> list[SegmentInfo]:
@@ -182,33 +432,6 @@ def _print(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
-# -- commands ----------------------------------------------------------------------------
-
-
-def cmd_put(db: FlatFileDb, args: argparse.Namespace) -> int:
-    """``ffdb put FILE...``"""
-    names: list[str] = args.files
-    for name in names:
-        location = put_source(db, name)
-        packed = db.pack_location(location).hex()
-        if args.json:
-            _print(json.dumps({"file": name, "file_path": location.file_path,
-                               "start_offset": location.start_offset, "end_offset": location.end_offset,
-                               "packed": packed}))
-        else:
-            _print(f"{name}\t{location.file_path}\t{location.start_offset}\t{location.end_offset}\t{packed}")
-        sys.stdout.flush()  # a later failure must not hide locations already stored
-    return EXIT_OK
-
-
-def cmd_get(db: FlatFileDb, args: argparse.Namespace) -> int:
-    """``ffdb get LOCATION [--slice START END]``"""
-    location = parse_location(db, args.location)
-    slice_ = Slice(*args.slice) if args.slice is not None else None
-    _write_all(sys.stdout.buffer, db.get(location, slice_))
-    return EXIT_OK
-
-
 def _write_all(out: BinaryIO, data: bytes) -> None:
     """Write every byte or raise: a large ``BufferedWriter.write`` to a pipe whose reader
     left can report a short count instead of raising, so write in chunks and check."""
@@ -218,7 +441,104 @@ def _write_all(out: BinaryIO, data: bytes) -> None:
         if not written:
             raise OSError(errno.EIO, "standard output accepted no bytes")
         view = view[written:]
-    out.flush()
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+class _PutPrinter:
+    """Prints one line per stored input, flushed at once: a later failure must not hide
+    locations already stored."""
+
+    def __init__(self, db: FlatFileDb, as_json: bool) -> None:
+        self._db = db
+        self._json = as_json
+
+    def __call__(self, name: str, location: DataLocation) -> None:
+        packed = self._db.pack_location(location).hex()
+        if self._json:
+            _print(json.dumps({"file": name, "file_path": location.file_path,
+                               "start_offset": location.start_offset, "end_offset": location.end_offset,
+                               "packed": packed}))
+        else:
+            _print(f"{name}\t{location.file_path}\t{location.start_offset}\t{location.end_offset}\t{packed}")
+        sys.stdout.flush()
+
+
+class _SmallBatch:
+    """Small inputs waiting for one ``put_many`` (stored, then printed, in argument order)."""
+
+    def __init__(self, db: FlatFileDb, printer: _PutPrinter) -> None:
+        self._db = db
+        self._printer = printer
+        self._names: list[str] = []
+        self._datas: list[bytes] = []
+        self._bytes = 0
+
+    def add(self, name: str, data: bytes) -> None:
+        """Hold one small input; store the batch when it is full."""
+        self._names.append(name)
+        self._datas.append(data)
+        self._bytes += len(data)
+        if self._bytes >= BATCH_BYTES or len(self._datas) >= BATCH_COUNT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Store and print everything held (nothing is retried if that fails)."""
+        names, datas = self._names, self._datas
+        self._names, self._datas, self._bytes = [], [], 0
+        if datas:
+            for name, location in zip(names, self._db.put_many(datas)):
+                self._printer(name, location)
+
+
+def cmd_put(db: FlatFileDb, args: argparse.Namespace) -> int:
+    """``ffdb put FILE...``: small inputs in batches, large ones streamed; output in argument order."""
+    names: list[str] = args.files
+    printer = _PutPrinter(db, args.json)
+    batch = _SmallBatch(db, printer)
+    progress = ProgressBar("put", _total_size(names), progress_stream(args.no_progress))
+    try:
+        for name in names:
+            with _open_source(name) as source:
+                head, ended = _read_head(source, SMALL_BLOB_BYTES + 1, _source_size(name))
+                progress.advance(len(head))
+                if ended:
+                    batch.add(name, head)
+                    continue
+                batch.flush()  # keep the order of the arguments
+                location = db.put_stream(CountingReader(source, head, progress))
+            printer(name, location)
+    except OSError:
+        batch.flush()  # an input that cannot be read: store what came before it, then fail
+        raise
+    finally:
+        progress.close()
+    batch.flush()
+    return EXIT_OK
+
+
+def cmd_get(db: FlatFileDb, args: argparse.Namespace) -> int:
+    """``ffdb get LOCATION [--slice START END]``: streamed, ``READ_CHUNK_BYTES`` at a time."""
+    location = parse_location(db, args.location)
+    out = sys.stdout.buffer
+    with db.open_blob(location) as blob:
+        start, end = slice_bounds(blob.size, args.slice)
+        blob.seek(start)
+        remaining = end - start
+        progress = ProgressBar("get", remaining, progress_stream(args.no_progress))
+        try:
+            while remaining:
+                chunk = blob.read(min(READ_CHUNK_BYTES, remaining))
+                if not chunk:
+                    raise CliError(f"{blob.name}: blob ended {remaining} bytes early")
+                _write_all(out, chunk)
+                remaining -= len(chunk)
+                progress.advance(len(chunk))
+            out.flush()
+        finally:
+            progress.close()
+    return EXIT_OK
 
 
 def cmd_info(db: FlatFileDb, args: argparse.Namespace) -> int:
@@ -249,10 +569,29 @@ def cmd_info(db: FlatFileDb, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _segment_sizes(db: FlatFileDb) -> list[int]:
+    """Bytes of each segment's data file, oldest first (0 for one deleted meanwhile)."""
+    return [_regular_size(db.segment_path(number)) or 0 for number in db.segments()]
+
+
 def cmd_verify(db: FlatFileDb, args: argparse.Namespace) -> int:
-    """``ffdb verify``"""
-    del args
-    report = db.verify()
+    """``ffdb verify``: the bar counts the data files of the segments verified so far."""
+    stream = progress_stream(args.no_progress)
+    sizes = _segment_sizes(db) if stream is not None else []
+    total_bytes = sum(sizes)
+    progress = ProgressBar("verify", total_bytes, stream)
+    done_bytes = list(itertools.accumulate(sizes, initial=0))
+
+    def segment_done(done: int, total: int) -> None:
+        if total == len(sizes):
+            progress.update(done_bytes[done], f"{done}/{total} segments")
+        else:  # segments came or went since they were listed: count them alone
+            progress.update(total_bytes * done // max(1, total), f"{done}/{total} segments")
+
+    try:
+        report = db.verify(progress=segment_done if stream is not None else None)
+    finally:
+        progress.close()
     _print(str(report))
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
@@ -267,7 +606,9 @@ def _run(args: argparse.Namespace) -> int:
     elif not os.path.isdir(datadir):
         raise CliError(f"datadir {datadir!r} does not exist or is not a directory (put creates a store)")
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
-    with FlatFileDb(datadir, lock, fsync=args.fsync) as db:
+    compress = args.command == "put" and args.compress
+    with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=compress, lock_timeout=args.lock_timeout,
+                    frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
         return _COMMANDS[args.command](db, args)
 
 
@@ -302,5 +643,6 @@ def _silence_stdout() -> None:
         pass
 
 
-__all__ = ["CliError", "SegmentInfo", "build_parser", "default_lock_path", "main", "parse_location",
-           "put_source", "segment_infos"]
+__all__ = ["CliError", "CountingReader", "ProgressBar", "SegmentInfo", "build_parser",
+           "default_lock_path", "human_bytes", "main", "parse_location", "progress_stream", "segment_infos",
+           "slice_bounds"]

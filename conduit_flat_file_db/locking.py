@@ -179,7 +179,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         while not self._stop.is_set():
             self._leased_event.wait()
             time.sleep(LEASE_SECONDS)
-            if self._room.acquire(False):
+            if self._room.acquire(False):  # pylint: disable=consider-using-with  # released just below
                 try:
                     if self._leased and time.monotonic() - self._last_release >= LEASE_SECONDS:
                         self._drop_lease()

@@ -21,7 +21,8 @@ import zstandard
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import KIND_ZSTD, REC_BLOB
 from .naming import index_name, segment_name
-from .rewrite import Framing, rewrite_segment
+from .rewrite import rewrite_segment
+from .seekable import Framing
 from .segment import index_records
 from .store import Store
 from .types import DataLocation

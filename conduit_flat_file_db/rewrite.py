@@ -12,25 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Callable, ContextManager, NamedTuple
+from typing import Callable, ContextManager
 
 from .errors import FlatFileDbUnsafeAccessError
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
 from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, pwrite_all
-from .seekable import DEFAULT_LEVEL, SeekableReader, SeekableWriter, parse_seek_table
+from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 from .state import SharedState
 
 logger = logging.getLogger("conduit_flat_file_db")
-
-
-class Framing(NamedTuple):
-    """How a rewritten segment is laid out."""
-
-    compressed: bool
-    level: int = DEFAULT_LEVEL
-    frame_bytes: int = 2**20
-    threads: int = 1
 
 
 def _source(fd: int, kind: int, number: int) -> tuple[int, Callable[[int, int], bytes]]:

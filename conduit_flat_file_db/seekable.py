@@ -21,7 +21,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from typing import Any, BinaryIO, Callable, Hashable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Hashable, Iterable, NamedTuple, Sequence
 
 import xxhash
 import zstandard
@@ -46,6 +46,15 @@ _SKIP_HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 
 ReadAt = Callable[[int, int], bytes]  # (offset, size) -> bytes
+
+
+class Framing(NamedTuple):
+    """How a file is written: raw, or compressed in frames of ``frame_bytes`` at ``level``."""
+
+    compressed: bool
+    level: int = 3
+    frame_bytes: int = 2**20
+    threads: int = 1
 
 
 class FrameTable:

@@ -28,11 +28,12 @@ from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset
-from .rewrite import Framing, rewrite_segment
+from .rewrite import rewrite_segment
 from .seekable import (
     DEFAULT_LEVEL,
     MAX_FRAME_DECOMPRESSED_BYTES,
     FrameCache,
+    Framing,
     compress_frames,
     stored_frame,
 )
@@ -327,9 +328,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return self._put_stream(stream, b"")
 
     def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
-        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, compressed=self.use_compression,
-                              level=self.compression_level, frame_bytes=self.frame_bytes,
-                              threads=self.compression_threads, fsync=self.fsync)
+        framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads)
+        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing, fsync=self.fsync)
         kind = KIND_ZSTD if self.use_compression else KIND_RAW
         return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)
 
@@ -428,16 +428,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
     def _in_disk_order(self, locations: Iterable[DataLocation]) -> list[tuple[Any, ...]]:
         """(segment, start, end, input index, reader, file_path) for each location, sorted on disk."""
-        by_path = self._by_path
+        lookup = self._lookup
         resolved = []
         for index, location in enumerate(locations):
-            reader = None
-            if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
-                file_path, start, end = location
-                reader = by_path.get(file_path)
-            if reader is None:
-                file_path, start, end, reader = self._resolve(location)
-                by_path = self._by_path
+            file_path, start, end, reader = lookup(location)
             resolved.append((reader.number, start, end, index, reader, file_path))
         resolved.sort(key=_DISK_ORDER)
         return resolved
@@ -475,12 +469,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         map: InvalidLocationError (use ``get``, or recompress the segment raw).
         ``numpy.frombuffer(view, dtype=...)`` makes an array without a copy.
         """
-        reader = None
-        if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
-            file_path, start, end = location
-            reader = self._by_path.get(file_path)
-        if reader is None:
-            file_path, start, end, reader = self._resolve(location)
+        file_path, start, end, reader = self._lookup(location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
         view = reader.view
@@ -555,6 +544,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
         return self._readers.read(reader, file_path, start, end)
+
+    def _lookup(self, location: Any) -> tuple[Any, Any, Any, SegmentReader]:
+        """The fast path of get() as a function: a cached reader for a cached path, else _resolve."""
+        if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch:
+            reader = self._by_path.get(location[0])
+            if reader is not None:
+                return location[0], location[1], location[2], reader
+        return self._resolve(location)
 
     def _resolve(self, location: Any) -> tuple[Any, int, int, SegmentReader]:
         self._reopen_if_closed()

@@ -18,7 +18,7 @@ import xxhash
 from .naming import temp_name
 from .index import KIND_RAW, KIND_ZSTD
 from .segment import CHECK_CHUNK_BYTES, OPEN_WRITE, checksum_range
-from .seekable import ZSTD_FRAME_MAGIC, SeekableReader, SeekableWriter, parse_seek_table
+from .seekable import ZSTD_FRAME_MAGIC, Framing, SeekableReader, SeekableWriter, parse_seek_table
 
 STREAM_CHUNK_BYTES = 4 * 2**20
 
@@ -71,8 +71,8 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     return view[: len(data)]
 
 
-def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, compressed: bool, level: int,
-                frame_bytes: int, threads: int, fsync: bool) -> Written:
+def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing,
+                fsync: bool) -> Written:
     """Copy ``prefix`` then everything ``source`` yields into a scratch file, in constant memory."""
     if not (hasattr(source, "readinto") or hasattr(source, "read")):
         raise TypeError(f"put_stream() needs an object with read() or readinto(), not {type(source).__name__}")
@@ -81,9 +81,9 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, compre
     size = 0
     buffer = bytearray(STREAM_CHUNK_BYTES)
     try:
-        if compressed:
-            with SeekableWriter(os.path.join(datadir, name), "w", level=level, frame_bytes=frame_bytes,
-                                threads=threads) as out:
+        if framing.compressed:
+            with SeekableWriter(os.path.join(datadir, name), "w", level=framing.level,
+                                frame_bytes=framing.frame_bytes, threads=framing.threads) as out:
                 chunk: memoryview | bytes = prefix or read_chunk(source, buffer)
                 while chunk:
                     hasher.update(chunk)
