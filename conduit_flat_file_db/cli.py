@@ -13,6 +13,7 @@ copies the blob to standard output ``READ_CHUNK_BYTES`` at a time through
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import errno
 import itertools
@@ -169,6 +170,14 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _columns(stream: TextIO) -> int:
+    """Width of the terminal ``stream`` writes to (80 when unknown)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return 80
+
+
 def progress_stream(no_progress: bool) -> TextIO | None:
     """Standard error when a bar may be drawn on it (a terminal, not turned off), else None."""
     if no_progress:
@@ -217,7 +226,7 @@ class ProgressBar:
         self.update(self.done + count)
 
     def update(self, done: int, detail: str | None = None) -> None:
-        """``done`` bytes are done (``detail``: text after the rate); redraw if it is time."""
+        """``done`` bytes are done (``detail``: text after the label); redraw if it is time."""
         self.done = done
         if detail is not None:
             self.detail = detail
@@ -231,18 +240,17 @@ class ProgressBar:
         """The text of the bar as it stands."""
         elapsed = (time.monotonic() if now is None else now) - self._started
         rate = f"{human_bytes(self.done / elapsed)}/s" if elapsed > 0 else "-"
-        detail = f"  {self.detail}" if self.detail else ""
+        label = f"{self.label} {self.detail}" if self.detail else self.label
         if self.total is None:
-            return f"{self.label} {human_bytes(self.done)}  {rate}{detail}"
+            return f"{label} {human_bytes(self.done)}  {rate}"
         fraction = min(1.0, self.done / self.total) if self.total else 1.0
         filled = int(fraction * self.WIDTH)
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        return (f"{self.label} [{bar}] {fraction * 100:3.0f}%  "
-                f"{human_bytes(self.done)} / {human_bytes(self.total)}  {rate}{detail}")
+        return f"{label} [{bar}] {fraction * 100:3.0f}%  {human_bytes(self.done)} / {human_bytes(self.total)}  {rate}"
 
     def _draw(self, now: float) -> None:
         assert self._stream is not None
-        text = self.line(now)
+        text = self.line(now)[: _columns(self._stream) - 1]  # a wrapped line could not be redrawn in place
         pad = " " * max(0, self._last_width - len(text))
         self._stream.write("\r" + text + pad)
         self._stream.flush()
@@ -446,15 +454,62 @@ def _write_all(out: BinaryIO, data: bytes) -> None:
 # -- commands ----------------------------------------------------------------------------
 
 
-class _PutPrinter:
-    """Prints one line per stored input, flushed at once: a later failure must not hide
-    locations already stored."""
+class _Puts:
+    """Stores the inputs of one ``ffdb put`` and prints one line per input, in argument order.
+
+    Small inputs wait in one batch (at most ``BATCH_BYTES`` / ``BATCH_COUNT``) for a
+    ``put_many``, even across large ones, which are streamed at once (each makes a segment
+    of its own and seals the mutable one, so interleaving them would scatter the small
+    ones over many segments). A line is printed, and flushed, as soon as it and every
+    line before it are stored; after a failure, :meth:`print_stored` prints the rest of
+    what was stored, so no stored location is hidden.
+    """
 
     def __init__(self, db: FlatFileDb, as_json: bool) -> None:
         self._db = db
         self._json = as_json
+        self._lines: collections.deque[list[Any]] = collections.deque()  # [name, location or None]
+        self._batch: list[tuple[list[Any], bytes]] = []
+        self._batch_bytes = 0
 
-    def __call__(self, name: str, location: DataLocation) -> None:
+    def small(self, name: str, data: bytes) -> None:
+        """Hold one small input; store the batch when it is full."""
+        line: list[Any] = [name, None]
+        self._lines.append(line)
+        self._batch.append((line, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_COUNT:
+            self.flush()
+
+    def large(self, name: str, stream: CountingReader) -> None:
+        """Stream one input into the store now."""
+        line: list[Any] = [name, None]
+        self._lines.append(line)
+        line[1] = self._db.put_stream(stream)
+        self._print_ready()
+
+    def flush(self) -> None:
+        """Store the batch (nothing is retried if that fails) and print what is ready."""
+        batch = self._batch
+        self._batch, self._batch_bytes = [], 0
+        if batch:
+            for (line, _), location in zip(batch, self._db.put_many([data for _, data in batch])):
+                line[1] = location
+        self._print_ready()
+
+    def _print_ready(self) -> None:
+        lines = self._lines
+        while lines and lines[0][1] is not None:
+            self._print(*lines.popleft())
+
+    def print_stored(self) -> None:
+        """After a failure: print every stored line not printed yet (in order, gaps skipped)."""
+        while self._lines:
+            name, location = self._lines.popleft()
+            if location is not None:
+                self._print(name, location)
+
+    def _print(self, name: str, location: DataLocation) -> None:
         packed = self._db.pack_location(location).hex()
         if self._json:
             _print(json.dumps({"file": name, "file_path": location.file_path,
@@ -462,41 +517,13 @@ class _PutPrinter:
                                "packed": packed}))
         else:
             _print(f"{name}\t{location.file_path}\t{location.start_offset}\t{location.end_offset}\t{packed}")
-        sys.stdout.flush()
-
-
-class _SmallBatch:
-    """Small inputs waiting for one ``put_many`` (stored, then printed, in argument order)."""
-
-    def __init__(self, db: FlatFileDb, printer: _PutPrinter) -> None:
-        self._db = db
-        self._printer = printer
-        self._names: list[str] = []
-        self._datas: list[bytes] = []
-        self._bytes = 0
-
-    def add(self, name: str, data: bytes) -> None:
-        """Hold one small input; store the batch when it is full."""
-        self._names.append(name)
-        self._datas.append(data)
-        self._bytes += len(data)
-        if self._bytes >= BATCH_BYTES or len(self._datas) >= BATCH_COUNT:
-            self.flush()
-
-    def flush(self) -> None:
-        """Store and print everything held (nothing is retried if that fails)."""
-        names, datas = self._names, self._datas
-        self._names, self._datas, self._bytes = [], [], 0
-        if datas:
-            for name, location in zip(names, self._db.put_many(datas)):
-                self._printer(name, location)
+        sys.stdout.flush()  # a later failure must not hide locations already stored
 
 
 def cmd_put(db: FlatFileDb, args: argparse.Namespace) -> int:
     """``ffdb put FILE...``: small inputs in batches, large ones streamed; output in argument order."""
     names: list[str] = args.files
-    printer = _PutPrinter(db, args.json)
-    batch = _SmallBatch(db, printer)
+    puts = _Puts(db, args.json)
     progress = ProgressBar("put", _total_size(names), progress_stream(args.no_progress))
     try:
         for name in names:
@@ -504,17 +531,19 @@ def cmd_put(db: FlatFileDb, args: argparse.Namespace) -> int:
                 head, ended = _read_head(source, SMALL_BLOB_BYTES + 1, _source_size(name))
                 progress.advance(len(head))
                 if ended:
-                    batch.add(name, head)
-                    continue
-                batch.flush()  # keep the order of the arguments
-                location = db.put_stream(CountingReader(source, head, progress))
-            printer(name, location)
-    except OSError:
-        batch.flush()  # an input that cannot be read: store what came before it, then fail
-        raise
-    finally:
+                    puts.small(name, head)
+                else:
+                    puts.large(name, CountingReader(source, head, progress))
+        puts.flush()
+    except BaseException as exc:
         progress.close()
-    batch.flush()
+        if isinstance(exc, Exception) and not isinstance(exc, BrokenPipeError):
+            with contextlib.suppress(Exception):  # store the small inputs read before the failure ...
+                puts.flush()
+        with contextlib.suppress(OSError, ValueError):  # ... and report every stored one
+            puts.print_stored()
+        raise
+    progress.close()
     return EXIT_OK
 
 
@@ -588,6 +617,7 @@ def cmd_verify(db: FlatFileDb, args: argparse.Namespace) -> int:
         else:  # segments came or went since they were listed: count them alone
             progress.update(total_bytes * done // max(1, total), f"{done}/{total} segments")
 
+    progress.update(0, f"0/{len(sizes)} segments")  # shown during the first segment already
     try:
         report = db.verify(progress=segment_done if stream is not None else None)
     finally:

@@ -329,7 +329,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
     def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
         framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads)
-        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing, fsync=self.fsync)
+        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing)
         kind = KIND_ZSTD if self.use_compression else KIND_RAW
         return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)
 
@@ -410,6 +410,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)
+            os.fsync(fd)  # it becomes a sealed segment, and sealed segments are always on disk
         finally:
             os.close(fd)
         return self._commit_file(source, kind, size, checksum, 0 if verify else FLAG_UNCHECKED, st.st_size)

@@ -71,8 +71,7 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     return view[: len(data)]
 
 
-def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing,
-                fsync: bool) -> Written:
+def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing) -> Written:
     """Copy ``prefix`` then everything ``source`` yields into a scratch file, in constant memory."""
     if not (hasattr(source, "readinto") or hasattr(source, "read")):
         raise TypeError(f"put_stream() needs an object with read() or readinto(), not {type(source).__name__}")
@@ -102,8 +101,7 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framin
                 size += len(chunk)
                 chunk = read_chunk(source, buffer)
         try:
-            if fsync:
-                os.fsync(fd)
+            os.fsync(fd)  # it becomes a sealed segment, and sealed segments are always on disk
             disk_size = os.fstat(fd).st_size
         finally:
             os.close(fd)
