@@ -245,8 +245,8 @@ class ProgressBar:
             return f"{label} {human_bytes(self.done)}  {rate}"
         fraction = min(1.0, self.done / self.total) if self.total else 1.0
         filled = int(fraction * self.WIDTH)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        return f"{label} [{bar}] {fraction * 100:3.0f}%  {human_bytes(self.done)} / {human_bytes(self.total)}  {rate}"
+        gauge = "#" * filled + "." * (self.WIDTH - filled)
+        return f"{label} [{gauge}] {fraction * 100:3.0f}%  {human_bytes(self.done)} / {human_bytes(self.total)}  {rate}"
 
     def _draw(self, now: float) -> None:
         assert self._stream is not None

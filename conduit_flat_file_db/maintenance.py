@@ -23,7 +23,7 @@ from .index import KIND_ZSTD, REC_BLOB
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
-from .segment import index_records
+from .segment import index_records, written_kind
 from .store import Store
 from .types import DataLocation
 
@@ -171,6 +171,7 @@ class FlatFileDb(Store):
             try:
                 records = index_records(self._dir_fd, number)
                 disk = os.stat(name, dir_fd=self._dir_fd).st_size
+                indexed = written_kind(self._dir_fd, number) is not None
             except FileNotFoundError:
                 continue  # deleted meanwhile
             try:
@@ -178,9 +179,11 @@ class FlatFileDb(Store):
             except FileNotFoundError:
                 pass
             blobs = [r for r in records if r.rtype == REC_BLOB]
-            logical = sum(r.b for r in blobs) if records else (disk if not compressed else 0)
-            out.append(SegmentStats(number, name, number != mutable, compressed, len(blobs) if records else 1,
-                                    logical, disk))
+            if indexed:
+                count, logical = len(blobs), sum(r.b for r in blobs)
+            else:  # written without an index: one extent of unknown blobs
+                count, logical = 1, self._readers.open(number).limit
+            out.append(SegmentStats(number, name, number != mutable, compressed, count, logical, disk))
         return StoreStats(out)
 
     # -- recompression --------------------------------------------------------------------
@@ -286,7 +289,7 @@ class FlatFileDb(Store):
                 break
             path = self.segment_path(segment.number)
             if on_delete is not None:
-                on_delete(path, self._locations_of(segment.number, path))
+                on_delete(path, self._locations_of(segment.number))
             self.delete_file(path)
             total -= segment.disk_bytes
             deleted.append(segment.number)
@@ -301,7 +304,9 @@ class FlatFileDb(Store):
                 continue
         return 0.0
 
-    def _locations_of(self, number: int, path: str) -> list[DataLocation]:
+    def _locations_of(self, number: int) -> list[DataLocation]:
+        """The blob locations of a segment, named as put() named them."""
+        path = self.issued_path(number)
         return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number)
                 if r.rtype == REC_BLOB]
 
@@ -321,10 +326,9 @@ class FlatFileDb(Store):
         result = Compaction()
         result.old_segments = self._sealed_numbers(segments)
         for number in result.old_segments:
-            path = self.segment_path(number)
             batch: list[tuple[DataLocation, bytes]] = []
             batch_bytes = 0
-            for old in self._locations_of(number, path):
+            for old in self._locations_of(number):
                 if not is_live(old):
                     result.dropped += 1
                     continue

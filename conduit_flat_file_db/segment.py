@@ -161,6 +161,21 @@ def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Re
     return decode_records(memoryview(raw)[HEADER_BYTES:]).records
 
 
+def written_kind(dir_fd: int, number: int) -> int | None:
+    """The kind a segment was first written as (its index header), None without a readable index.
+
+    Locations handed out by put name the segment with this kind's suffix, so the store
+    names it that way too when it lists locations, even after a rewrite changed the suffix.
+    """
+    raw = read_index(dir_fd, number, HEADER_BYTES)
+    if raw is None:
+        return None
+    try:
+        return decode_header(raw, index_name(number)).kind
+    except FormatError:
+        return None
+
+
 def frame_table_of(records: Sequence[Record]) -> FrameTable:
     """The frame table of a compressed segment from its FRAME records."""
     return FrameTable.from_sizes((r.b >> 32, r.b & 0xFFFFFFFF) for r in records if r.rtype == REC_FRAME)

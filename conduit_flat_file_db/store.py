@@ -37,7 +37,7 @@ from .seekable import (
     compress_frames,
     stored_frame,
 )
-from .segment import fsync_dir, index_records
+from .segment import fsync_dir, index_records, written_kind
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
 from .streams import LazyOpener, examine_for_adoption, read_head, write_aside
@@ -473,6 +473,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         file_path, start, end, reader = self._lookup(location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
+        if start == end and type(start) is int:  # pylint: disable=unidiomatic-typecheck
+            self._readers.check_range(reader, file_path, start, end)
+            return memoryview(b"")
         view = reader.view
         if type(start) is int and type(end) is int and 0 <= start <= end <= reader.mapped and view is not None:  # pylint: disable=unidiomatic-typecheck
             return view[start:end]
@@ -645,8 +648,17 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         for record in self.iter_records():
             path = paths.get(record.segment)
             if path is None:
-                path = paths[record.segment] = self.segment_path(record.segment)
+                path = paths[record.segment] = self.issued_path(record.segment)
             yield DataLocation(path, record.start_offset, record.end_offset)
+
+    def issued_path(self, number: int) -> str:
+        """The path string put() gave the blobs of segment ``number``: its suffix is the one the
+        segment was written with, so listed locations compare equal to stored ones even after
+        the segment was recompressed (a location resolves by number, whatever its suffix)."""
+        kind = written_kind(self._dir_fd, number)
+        if kind is None:
+            return self.segment_path(number)
+        return str(self.datadir / segment_name(number, kind == KIND_ZSTD))
 
     def segment_path(self, number: int) -> str:
         """The path string of segment ``number`` as locations name it (existing suffix preferred)."""

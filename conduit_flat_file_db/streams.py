@@ -63,8 +63,14 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     readinto = getattr(source, "readinto", None)
     if readinto is not None:
         count = readinto(view)
-        return view[: count or 0]
+        if count is None:
+            raise ValueError("the stream has no data ready (non-blocking?); a blob must come from a blocking "
+                             "stream, or it would be stored cut short")
+        return view[:count]
     data = source.read(len(buffer))
+    if data is None:
+        raise ValueError("the stream has no data ready (non-blocking?); a blob must come from a blocking "
+                         "stream, or it would be stored cut short")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"read() of the stream returned {type(data).__name__}, not bytes")
     view[: len(data)] = data
