@@ -29,6 +29,9 @@ _reader_tokens = itertools.count()
 MAX_CACHED_PATHS = 4096
 MAX_OPEN_SEGMENTS = 1024
 REMAP_MIN_BYTES = 4 * 2**20
+# Reads up to this size are copied out of the map (no syscall); larger ones use pread, so
+# reading a big blob never leaves the whole of it mapped in (and counted in) the process.
+MAP_READ_BYTES = 256 * 2**10
 
 
 class SegmentReader:
@@ -260,7 +263,7 @@ class ReaderCache:
         if not reader.raw:
             return reader.read(start, end)
         mm = reader.mm
-        if end <= reader.mapped and mm is not None:
+        if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
             return mm[start:end]
         data = os.pread(reader.fd, end - start, start)
         if len(data) == end - start:
@@ -333,7 +336,7 @@ class BlobFile(io.RawIOBase):
         reader = self._reader
         if reader.raw:
             mm = reader.mm
-            if end <= reader.mapped and mm is not None:
+            if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
                 return mm[start:end]
             return os.pread(reader.fd, end - start, start)
         assert reader.table is not None

@@ -27,7 +27,7 @@ from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob_checksum, encode_blob
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
-from .reader import BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset
+from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset
 from .rewrite import rewrite_segment
 from .seekable import (
     DEFAULT_LEVEL,
@@ -445,7 +445,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """
         read = self._readers.read
         for _number, start, end, index, reader, file_path in self._in_disk_order(locations):
-            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
                 yield index, reader.mm[start:end]
             else:
                 yield index, read(reader, file_path, start, end)
@@ -456,7 +456,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         out: list[bytes] = [b""] * len(ordered)
         read = self._readers.read
         for _number, start, end, index, reader, file_path in ordered:
-            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
                 out[index] = reader.mm[start:end]
             else:
                 out[index] = read(reader, file_path, start, end)
@@ -545,7 +545,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
-        if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped:  # pylint: disable=unidiomatic-typecheck
+        if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
         return self._readers.read(reader, file_path, start, end)
 

@@ -186,6 +186,8 @@ def _raw_chunks(fd: int, size: int, mapped: bool) -> Iterator[tuple[int, bytes |
             view = memoryview(whole)  # the map closes when the last slice of it is dropped
             for pos in range(0, size, CHECK_CHUNK_BYTES):
                 yield pos, view[pos : pos + CHECK_CHUNK_BYTES]
+                # Unmap what was checked: the process never holds more than one piece mapped in.
+                whole.madvise(mmap.MADV_DONTNEED, pos, min(CHECK_CHUNK_BYTES, size - pos))
             return
     buffer = bytearray(min(CHECK_CHUNK_BYTES, max(size, 1)))
     view = memoryview(buffer)

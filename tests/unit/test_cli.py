@@ -8,7 +8,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,9 @@ import pytest
 # pylint: disable=redefined-outer-name
 
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db.cli import default_lock_path, main
+from conduit_flat_file_db import cli
+from conduit_flat_file_db.cli import READ_CHUNK_BYTES, SMALL_BLOB_BYTES, ProgressBar, build_parser, \
+    default_lock_path, main, progress_stream
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
 TEXT = b"hello, flat file\n"
@@ -198,7 +202,9 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     """--help shows the usage line and the exit codes."""
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: ffdb [-h] --datadir DIR [--lock PATH] [--fsync] [--version] COMMAND ...")
+    assert " ".join(out.split()).startswith(
+        "usage: ffdb [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
+        "[--version] COMMAND ...")
     assert "exit codes:" in out and "verify found problems" in out
 
 
@@ -237,3 +243,213 @@ def test_subprocess_module_put_and_console_script_get(tmp_path: Path, files: dic
     verify = subprocess.run([sys.executable, "-m", "conduit_flat_file_db", "--datadir", datadir, "verify"],
                             capture_output=True, check=False, timeout=60, cwd=tmp_path)
     assert verify.returncode == 0 and verify.stdout.startswith(b"OK: ")
+
+
+# -- streaming put and get, compression, lock timeout, progress (in-process) --------------
+
+
+class FakeTerminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _pattern(size: int, seed: int) -> bytes:
+    """``size`` bytes that differ from one KiB to the next (so misplaced chunks show)."""
+    block = bytes((seed + i) % 251 for i in range(1021))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def test_put_mixed_sizes_streams_large_batches_small_in_argument_order(run: Run, tmp_path: Path) -> None:
+    """Inputs over 1 MiB get a segment of their own (put_stream); the rest share the mutable
+    segment; lines come out in argument order and every blob reads back intact."""
+    sizes = {"a": 10, "big": 3 * SMALL_BLOB_BYTES + 5, "b": 0, "exact": SMALL_BLOB_BYTES,
+             "over": SMALL_BLOB_BYTES + 1, "c": 7}
+    paths = []
+    for seed, (name, size) in enumerate(sizes.items()):
+        path = tmp_path / name
+        path.write_bytes(_pattern(size, seed))
+        paths.append(path)
+    lines = run.put(*paths)
+    assert [fields[0] for fields in lines] == [str(p) for p in paths]
+    segment = {Path(fields[0]).name: fields[1] for fields in lines}
+    small = {segment[name] for name in ("a", "b", "exact", "c")}
+    assert len(small) == 1  # batched together in the mutable segment
+    assert segment["big"] not in small and segment["over"] not in small and segment["big"] != segment["over"]
+    for fields, path in zip(lines, paths):
+        if Path(fields[0]).name in ("big", "over"):
+            assert (int(fields[2]), int(fields[3])) == (0, path.stat().st_size)  # a whole segment
+        code, out, err = run("get", fields[4])
+        assert (code, err) == (0, "")
+        assert out == path.read_bytes()
+
+
+def test_get_streams_slices_across_chunk_boundaries(run: Run, tmp_path: Path) -> None:
+    """--slice on a streamed read: seek, then bounded reads that cross READ_CHUNK_BYTES."""
+    data = _pattern(2 * READ_CHUNK_BYTES + 17, 3)
+    (tmp_path / "blob").write_bytes(data)
+    [(_, _, _, _, packed)] = run.put(tmp_path / "blob")
+    for start, end in ((0, 0), (5, 6), (READ_CHUNK_BYTES - 3, READ_CHUNK_BYTES + 7), (1, len(data) - 1),
+                       (READ_CHUNK_BYTES + 1, 0), (len(data), len(data)), (len(data), 0)):
+        code, out, err = run("get", packed, "--slice", str(start), str(end))
+        assert (code, err) == (0, "")
+        assert out == data[start:end or len(data)]
+    for bad_start, bad_end in (("-1", "5"), ("3", "2"), ("0", str(len(data) + 1))):
+        code, out, err = run("get", packed, "--slice", bad_start, bad_end)
+        assert (code, out) == (2, b"")
+        assert err.startswith("ffdb: error: ") and "slice" in err
+
+
+def test_put_compress(run: Run, datadir: Path, tmp_path: Path) -> None:
+    """--compress: small files land in a Zstandard mutable segment, a large one in a
+    compressed segment of its own, smaller on disk; both read back intact."""
+    (tmp_path / "small").write_bytes(TEXT * 100)
+    (tmp_path / "large").write_bytes(_pattern(3 * SMALL_BLOB_BYTES, 1))
+    code, out, err = run("put", "--compress", "--json", str(tmp_path / "small"), str(tmp_path / "large"))
+    assert (code, err) == (0, "")
+    small, large = (json.loads(line) for line in out.decode().splitlines())
+    assert small["file_path"].endswith(".dat.zst") and large["file_path"].endswith(".dat.zst")
+    assert os.path.getsize(large["file_path"]) < 3 * SMALL_BLOB_BYTES // 10
+    assert run("get", small["packed"])[1] == TEXT * 100
+    assert run("get", large["packed"])[1] == (tmp_path / "large").read_bytes()
+    code, out, _ = run("verify")
+    assert code == 0 and out.startswith(b"OK: ")
+    assert all(name.endswith((".zst", ".idx", ".state")) for name in os.listdir(datadir))
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_lock_timeout_must_be_seconds(capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """--lock-timeout takes a finite number of seconds >= 0 (argparse error, exit 2)."""
+    assert main(["--datadir", "x", "--lock-timeout", value, "info"]) == 2
+    assert "--lock-timeout" in capsys.readouterr().err
+
+
+def test_lock_timeout_gives_up_while_another_process_holds_the_lock(run: Run, files: dict[str, Path],
+                                                                    datadir: Path) -> None:
+    """A reader in another process holds the lock: put --lock-timeout 0.2 exits 2 quickly."""
+    run.put(files["text.txt"])
+    holder_code = ("import sys\n"
+                   "from conduit_flat_file_db import FlatFileDb\n"
+                   "db = FlatFileDb(sys.argv[1], sys.argv[2])\n"
+                   "with db.read_lock():\n"
+                   "    print('held', flush=True)\n"
+                   "    sys.stdin.read()\n")
+    with subprocess.Popen([sys.executable, "-c", holder_code, str(datadir), default_lock_path(str(datadir))],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            assert holder.stdout.readline() == b"held\n"
+            began = time.monotonic()
+            code, out, err = run("--lock-timeout", "0.2", "put", str(files["binary.bin"]))
+            assert time.monotonic() - began < 5
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+    assert (code, out) == (2, b"")
+    assert err.startswith("ffdb: error: lock ") and "not acquired within 0.2 s" in err
+    assert run("--lock-timeout", "5", "put", str(files["binary.bin"]))[0] == 0  # released: goes through
+
+
+def test_no_progress_global_or_after_the_command() -> None:
+    """--no-progress is accepted before or after put/get/verify; off unless given."""
+    parser = build_parser()
+    assert parser.parse_args(["--datadir", "d", "put", "f"]).no_progress is False
+    assert parser.parse_args(["--datadir", "d", "--no-progress", "put", "f"]).no_progress is True
+    assert parser.parse_args(["--datadir", "d", "put", "--no-progress", "f"]).no_progress is True
+    assert parser.parse_args(["--datadir", "d", "--no-progress", "get", "x"]).no_progress is True
+    assert parser.parse_args(["--datadir", "d", "verify", "--no-progress"]).no_progress is True
+
+
+def test_progress_stream_only_for_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar is drawn on stderr only when it is a terminal and not turned off."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert progress_stream(False) is None
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert progress_stream(False) is terminal
+    assert progress_stream(True) is None
+
+
+def test_progress_bar_lines() -> None:
+    """Known total: drawn only above the threshold, in place, ended by close(); unknown
+    total: drawn once the threshold is passed; no stream: nothing."""
+    terminal = FakeTerminal()
+    known = ProgressBar("put", 3 * 2**20, terminal, min_bytes=2**20, interval=0)
+    known.advance(2**20)
+    known.advance(2 * 2**20)
+    known.close()
+    text = terminal.getvalue()
+    assert text.startswith("\rput [") and text.endswith("\n") and text.count("\n") == 1
+    assert "100%  3.0 MiB / 3.0 MiB" in text and "/s" in text and " 33%  1.0 MiB / 3.0 MiB" in text
+
+    quiet = FakeTerminal()
+    small = ProgressBar("get", 2**20, quiet, min_bytes=2**20, interval=0)
+    small.advance(2**20)
+    small.close()
+    assert quiet.getvalue() == ""
+
+    piped = FakeTerminal()
+    unknown = ProgressBar("put", None, piped, min_bytes=10, interval=0)
+    unknown.advance(10)
+    assert piped.getvalue() == ""
+    unknown.advance(1)
+    unknown.close()
+    assert piped.getvalue().startswith("\rput 11 B  ") and piped.getvalue().endswith("\n")
+
+    off = ProgressBar("put", 2**30, None, min_bytes=0, interval=0)
+    off.advance(2**30)
+    off.close()
+    assert not off.shown
+
+
+def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stderr a terminal and a low threshold, put, get and verify draw a bar on stderr
+    (and --no-progress none); stdout carries only the data."""
+    data = _pattern(3 * SMALL_BLOB_BYTES, 2)
+    (tmp_path / "blob").write_bytes(data)
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
+    for args, label in ((["put"], "put ["), (["get"], "get ["), (["verify"], "verify 0/")):
+        terminal = FakeTerminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        if args == ["put"]:
+            code, out, _ = run("put", str(tmp_path / "blob"))
+            packed = out.decode().split("\t")[4].strip()
+        elif args == ["get"]:
+            code, out, _ = run("get", packed)
+            assert out == data
+        else:
+            code, out, _ = run("verify")
+            assert out.startswith(b"OK: ")
+        assert code == 0
+        assert terminal.getvalue().startswith("\r" + label) and "100%" in terminal.getvalue()
+        assert terminal.getvalue().endswith("\n")
+    assert " segments [" in terminal.getvalue()
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert run("--no-progress", "get", packed)[:2] == (0, data)
+    assert run("get", packed, "--no-progress")[:2] == (0, data)
+    assert terminal.getvalue() == ""
+
+
+def test_put_failure_still_stores_and_prints_what_came_before(run: Run, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input that cannot be read: the inputs before it are stored and printed in order
+    (the batched small ones too), then exit 2; nothing after it is stored."""
+    paths = [tmp_path / name for name in ("small1", "big", "small2", "bad", "small3")]
+    for seed, path in enumerate(paths):
+        path.write_bytes(_pattern(2 * SMALL_BLOB_BYTES if path.name == "big" else 100 + seed, seed))
+    real_open = cli._open_source  # pylint: disable=protected-access
+
+    def failing_open(name: str) -> Any:
+        if name.endswith("bad"):
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(name)
+
+    monkeypatch.setattr(cli, "_open_source", failing_open)
+    code, out, err = run("put", *map(str, paths))
+    assert code == 2 and err == f"ffdb: error: {paths[3]}: Permission denied\n"
+    lines = [line.split("\t") for line in out.decode().splitlines()]
+    assert [fields[0] for fields in lines] == [str(p) for p in paths[:3]]
+    for fields, path in zip(lines, paths):
+        assert run("get", fields[4])[1] == path.read_bytes()
