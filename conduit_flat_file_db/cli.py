@@ -148,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON document instead")
 
     verify = commands.add_parser("verify", help="check every blob against its checksum (exit 1 on problems)")
+    verify.add_argument("--quick", action="store_true",
+                        help="structure only (indexes, sizes, seek tables); no checksums, no decompression")
     _add_no_progress(verify, argparse.SUPPRESS)
+
+    stats = commands.add_parser("stats", help="logical and on-disk bytes, ratio and blobs per segment")
+    stats.add_argument("--json", action="store_true", help="print one JSON document instead")
     return parser
 
 
@@ -619,14 +624,34 @@ def cmd_verify(db: FlatFileDb, args: argparse.Namespace) -> int:
 
     progress.update(0, f"0/{len(sizes)} segments")  # shown during the first segment already
     try:
-        report = db.verify(progress=segment_done if stream is not None else None)
+        report = db.verify(full=not args.quick, progress=segment_done if stream is not None else None)
     finally:
         progress.close()
     _print(str(report))
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
-_COMMANDS = {"put": cmd_put, "get": cmd_get, "info": cmd_info, "verify": cmd_verify}
+def cmd_stats(db: FlatFileDb, args: argparse.Namespace) -> int:
+    """``ffdb stats``: per segment and total logical bytes, bytes on disk, ratio, blobs."""
+    stats = db.stats()
+    if args.json:
+        _print(json.dumps({
+            "segments": [{"number": s.number, "file": s.file_name, "sealed": s.sealed, "compressed": s.compressed,
+                          "blobs": s.blobs, "logical_bytes": s.logical_bytes, "disk_bytes": s.disk_bytes,
+                          "ratio": round(s.ratio, 4)} for s in stats.segments],
+            "totals": {"segments": len(stats.segments), "blobs": stats.blobs, "logical_bytes": stats.logical_bytes,
+                       "disk_bytes": stats.disk_bytes, "ratio": round(stats.ratio, 4)}}))
+        return EXIT_OK
+    _print(f"{'SEGMENT':>8}  {'FILE':<20} {'STATE':<7} {'BLOBS':>9} {'LOGICAL':>14} {'ON_DISK':>14} {'RATIO':>6}")
+    for s in stats.segments:
+        _print(f"{s.number:>8}  {s.file_name:<20} {'sealed' if s.sealed else 'mutable':<7} {s.blobs:>9} "
+               f"{s.logical_bytes:>14} {s.disk_bytes:>14} {s.ratio:>6.2f}")
+    _print(f"total: {len(stats.segments)} segments, {stats.blobs} blobs, {stats.logical_bytes} logical bytes, "
+           f"{stats.disk_bytes} bytes on disk, ratio {stats.ratio:.2f}")
+    return EXIT_OK
+
+
+_COMMANDS = {"put": cmd_put, "get": cmd_get, "info": cmd_info, "verify": cmd_verify, "stats": cmd_stats}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -453,3 +453,19 @@ def test_put_failure_still_stores_and_prints_what_came_before(run: Run, tmp_path
     assert [fields[0] for fields in lines] == [str(p) for p in paths[:3]]
     for fields, path in zip(lines, paths):
         assert run("get", fields[4])[1] == path.read_bytes()
+
+
+def test_stats_and_quick_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ffdb stats`` reports blobs and bytes per segment (text and JSON); ``verify --quick`` passes."""
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"stats " * 1000)
+    datadir = str(tmp_path / "statstore")
+    assert main(["--datadir", datadir, "put", str(source)]) == 0
+    capsys.readouterr()
+    assert main(["--datadir", datadir, "stats", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["totals"]["blobs"] == 1
+    assert document["totals"]["logical_bytes"] == 6000
+    assert main(["--datadir", datadir, "stats"]) == 0
+    assert "total: 1 segments, 1 blobs, 6000 logical bytes" in capsys.readouterr().out
+    assert main(["--datadir", datadir, "verify", "--quick"]) == 0
