@@ -23,7 +23,7 @@ from .index import KIND_ZSTD, REC_BLOB
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
-from .segment import index_records, written_kind
+from .segment import index_records, open_data_file, written_kind
 from .store import Store
 from .types import DataLocation
 
@@ -166,11 +166,18 @@ class FlatFileDb(Store):
         mutable = self.mutable_segment()
         out = []
         for number in self.segments():
-            compressed = self._segment_kind(number) == KIND_ZSTD
+            try:
+                fd, kind = open_data_file(self._dir_fd, number)
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            try:
+                disk = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            compressed = kind == KIND_ZSTD
             name = segment_name(number, compressed)
             try:
                 records = index_records(self._dir_fd, number)
-                disk = os.stat(name, dir_fd=self._dir_fd).st_size
                 indexed = written_kind(self._dir_fd, number) is not None
             except FileNotFoundError:
                 continue  # deleted meanwhile

@@ -66,7 +66,10 @@ def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[in
     Raises FlatFileDbNotFoundError (a FileNotFoundError) when neither exists and
     InvalidLocationError when the name is a symlink or not a regular file.
     """
-    for kind in (KIND_RAW, KIND_ZSTD):
+    # A rewrite that changes the kind renames the new file in, then unlinks the old one: a
+    # look-up that missed the new name before the rename and the old one after the unlink
+    # finds the new name on a second pass.
+    for kind in (KIND_RAW, KIND_ZSTD, KIND_RAW, KIND_ZSTD):
         name = segment_name(number, kind == KIND_ZSTD)
         try:
             fd = os.open(name, flags, dir_fd=dir_fd)
