@@ -16,6 +16,7 @@ import itertools
 import mmap
 import operator
 import os
+import resource
 from typing import Any, Callable
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
@@ -125,6 +126,11 @@ class ReaderCache:
         self.by_number: dict[int, SegmentReader] = {}
         self.known_dirs: set[str] = set()
         self.epoch = state.words[W_EPOCH]
+        # A raw segment holds two descriptors (the file and its map's duplicate): stay well
+        # inside the process's limit, whatever it is.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_open = MAX_OPEN_SEGMENTS if soft == resource.RLIM_INFINITY else \
+            max(4, min(MAX_OPEN_SEGMENTS, soft // 8))
 
     def reset(self) -> None:
         """Forget every open segment (their descriptors close as their users finish)."""
@@ -208,7 +214,7 @@ class ReaderCache:
             raise
         if mutable:
             self.refresh(reader)
-        if len(self.by_number) >= MAX_OPEN_SEGMENTS:
+        if len(self.by_number) >= self.max_open:
             self.by_path.clear()
             self.by_number.clear()
         self.by_number[number] = reader

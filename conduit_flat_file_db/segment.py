@@ -413,6 +413,8 @@ def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail
     its seek table, not FRAME records, describes it (it may have been re-framed or adopted)."""
     if kind != KIND_ZSTD or not records or records[-1].rtype != REC_SEAL:
         return None
+    if data_size == 0 and records[-1].a > 0:
+        return None  # the index of a whole-file commit whose rename never happened: cut it
     end = 0
     blobs = 0
     for record in records[:-1]:

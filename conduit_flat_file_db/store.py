@@ -428,12 +428,16 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     # -- bulk and zero-copy reads -------------------------------------------------------
 
     def _in_disk_order(self, locations: Iterable[DataLocation]) -> list[tuple[Any, ...]]:
-        """(segment, start, end, input index, reader, file_path) for each location, sorted on disk."""
+        """(segment, start, end, input index, location) for each location, sorted on disk.
+
+        Readers are not kept here: reading in this order needs one segment open at a time,
+        so any number of segments can be read within the process's descriptor limit.
+        """
         lookup = self._lookup
         resolved = []
         for index, location in enumerate(locations):
-            file_path, start, end, reader = lookup(location)
-            resolved.append((reader.number, start, end, index, reader, file_path))
+            _file_path, start, end, reader = lookup(location)
+            resolved.append((reader.number, start, end, index, location))
         resolved.sort(key=_DISK_ORDER)
         return resolved
 
@@ -443,23 +447,21 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         Memory holds one blob at a time (plus the sorted list of locations); each
         segment is opened once.
         """
+        lookup = self._lookup
         read = self._readers.read
-        for _number, start, end, index, reader, file_path in self._in_disk_order(locations):
-            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
-                yield index, reader.mm[start:end]
-            else:
-                yield index, read(reader, file_path, start, end)
+        for _number, _start, _end, index, location in self._in_disk_order(locations):
+            file_path, start, end, reader = lookup(location)
+            yield index, _mapped_slice(reader, start, end) or read(reader, file_path, start, end)
 
     def get_many(self, locations: Iterable[DataLocation]) -> list[bytes]:
         """Read many blobs, in disk order underneath; returns them in the caller's order."""
         ordered = self._in_disk_order(locations)
         out: list[bytes] = [b""] * len(ordered)
+        lookup = self._lookup
         read = self._readers.read
-        for _number, start, end, index, reader, file_path in ordered:
-            if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
-                out[index] = reader.mm[start:end]
-            else:
-                out[index] = read(reader, file_path, start, end)
+        for _number, _start, _end, index, location in ordered:
+            file_path, start, end, reader = lookup(location)
+            out[index] = _mapped_slice(reader, start, end) or read(reader, file_path, start, end)
         return out
 
     def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
@@ -545,7 +547,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
             start, end = apply_slice(file_path, start, end, slice)
-        if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
+        if type(start) is int and type(end) is int \
+                and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
         return self._readers.read(reader, file_path, start, end)
 
@@ -697,6 +700,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         except ValueError as exc:
             raise InvalidLocationError(str(exc)) from None
         return DataLocation(self.segment_path(number), start, end)
+
+
+def _mapped_slice(reader: SegmentReader, start: Any, end: Any) -> bytes:
+    """The bytes from the reader's map when the range is a plain, small, mapped one; else b""."""
+    mm = reader.mm
+    if mm is not None and type(start) is int and type(end) is int \
+            and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
+        return mm[start:end]
+    return b""
 
 
 def _as_bytes_like(data: Any) -> Any:

@@ -141,10 +141,7 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
         if full:
             _check_blobs(report, data_path, chunks, blobs)
         elif kind == KIND_ZSTD and (sealed or raw is None):
-            try:  # structure only: the seek table must parse and add up
-                parse_seek_table(lambda o, n: os.pread(fd, n, o), size, data_path)
-            except FormatError as exc:
-                report.add(data_path, max(size - 9, 0), "bad-seek-table", str(exc))
+            _check_seek_table(report, fd, data_path, size)
         if is_mutable and raw is not None and end != mutable.end:
             report.add(idx_path, 0, "index-mismatch",
                        f"index commits {end} bytes but the state page says {mutable.end}")
@@ -152,6 +149,14 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
             report.add(idx_path, len(raw), "not-sealed", "sealed segment has no SEAL record")
     finally:
         os.close(fd)
+
+
+def _check_seek_table(report: VerifyReport, fd: int, data_path: str, size: int) -> None:
+    """Structure only: the seek table must parse and add up."""
+    try:
+        parse_seek_table(lambda o, n: os.pread(fd, n, o), size, data_path)
+    except FormatError as exc:
+        report.add(data_path, max(size - 9, 0), "bad-seek-table", str(exc))
 
 
 def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) -> tuple[list[Record], int, bool]:
