@@ -17,6 +17,7 @@ import mmap
 import operator
 import os
 import resource
+import threading
 from typing import Any, Callable
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
@@ -126,6 +127,7 @@ class ReaderCache:
         self.by_number: dict[int, SegmentReader] = {}
         self.known_dirs: set[str] = set()
         self.epoch = state.words[W_EPOCH]
+        self._refresh_lock = threading.Lock()
         # A raw segment holds two descriptors (the file and its map's duplicate): stay well
         # inside the process's limit, whatever it is.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -221,18 +223,26 @@ class ReaderCache:
         return reader
 
     def refresh(self, reader: SegmentReader) -> None:
-        """Catch a mutable segment's reader up with what has been committed since."""
-        view = self.mutable_view()
-        if reader.raw:
-            if view.segment == reader.number:
-                reader.limit = view.end
-            elif view.segment > reader.number:
-                # Sealed since it was opened: sealing cut the file to its committed size.
-                reader.limit = os.fstat(reader.fd).st_size
-                reader.mutable = False
-            if reader.limit - reader.mapped > max(REMAP_MIN_BYTES, reader.mapped // 8) or not reader.mutable:
-                reader.remap()  # a growing segment is remapped in steps, not on every read
-            return
+        """Catch a mutable segment's reader up with what has been committed since.
+
+        One thread at a time (readers of one segment are shared by threads): a compressed
+        reader's frame table must take each new FRAME record once, and a limit only grows.
+        """
+        with self._refresh_lock:
+            view = self.mutable_view()
+            if reader.raw:
+                if view.segment == reader.number:
+                    reader.limit = max(reader.limit, view.end)
+                elif view.segment > reader.number:
+                    # Sealed since it was opened: sealing cut the file to its committed size.
+                    reader.limit = os.fstat(reader.fd).st_size
+                    reader.mutable = False
+                if reader.limit - reader.mapped > max(REMAP_MIN_BYTES, reader.mapped // 8) or not reader.mutable:
+                    reader.remap()  # a growing segment is remapped in steps, not on every read
+                return
+            self._refresh_frames(reader, view)
+
+    def _refresh_frames(self, reader: SegmentReader, view: MutableView) -> None:
         sealed = view.segment != reader.number
         upto = None if sealed else view.index_bytes
         size = (os.fstat(reader.index_fd).st_size if upto is None else upto) - reader.index_loaded
@@ -244,11 +254,11 @@ class ReaderCache:
             if record.rtype == REC_FRAME:
                 table.append(record.b >> 32, record.b & 0xFFFFFFFF)
             elif record.rtype == REC_SEAL:
-                reader.limit = record.a
+                reader.limit = max(reader.limit, record.a)
                 reader.mutable = False
         reader.index_loaded += scan.valid_bytes
         if not sealed:
-            reader.limit = min(view.end, table.decompressed_size)
+            reader.limit = max(reader.limit, min(view.end, table.decompressed_size))
 
     def check_range(self, reader: SegmentReader, file_path: Any, start: Any, end: Any) -> tuple[int, int]:
         """Slow path of a range check: types, order, and the committed end (refreshed if mutable)."""
