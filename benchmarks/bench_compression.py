@@ -94,6 +94,7 @@ def bench_slices(args: argparse.Namespace, workdir: str, data: list[bytes], fram
     db = FlatFileDb(path, path + ".lock", use_compression=True, frame_bytes=frame_bytes)
     db.MAX_DAT_FILE_SIZE = 64 * MIB
     locations = db.put_many(data)
+    db.rotate()  # seal (and re-frame) the last segment: every segment measured as it stays
     db.close()
     raw_path = os.path.join(workdir, "slices_raw.bin")
     with open(raw_path, "wb") as handle:
@@ -164,7 +165,7 @@ def bench_small_puts(args: argparse.Namespace, workdir: str, make: Callable[[int
     sealed = os.path.getsize(os.path.join(path, "data_00000000.dat.zst"))
     db.close()
     reference_dir = _fresh(workdir, "reference")
-    ref = FlatFileDb(reference_dir, reference_dir + ".lock", use_compression=True, reframe_on_seal=False)
+    ref = FlatFileDb(reference_dir, reference_dir + ".lock", use_compression=True)
     ref.MAX_DAT_FILE_SIZE = segment
     ref.put(b"".join(blobs))
     ref.rotate()
