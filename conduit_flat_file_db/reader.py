@@ -26,6 +26,7 @@ from .naming import index_name, parse_segment_name
 from .segment import OPEN_READ, open_data_file
 from .seekable import FrameCache, FrameTable, decompress_frame, parse_seek_table, read_frames
 from .state import W_EPOCH, MutableView, SharedState
+from .types import Slice
 
 _reader_tokens = itertools.count()
 MAX_CACHED_PATHS = 4096
@@ -397,6 +398,18 @@ def as_offset(value: Any, name: str, file_path: Any = None) -> int:
     if result < 0:
         raise InvalidLocationError(f"{where}{name} must be >= 0, got {result}")
     return result
+
+
+def fast_slice(start: Any, end: Any, slice_: Any) -> tuple[int, int] | None:
+    """apply_slice for the plain case (a Slice of ints inside the blob), else None: cheap."""
+    if slice_.__class__ is Slice and type(start) is int and type(end) is int:  # pylint: disable=unidiomatic-typecheck
+        s_start, s_end = slice_
+        if type(s_start) is int and type(s_end) is int and 0 <= s_start:  # pylint: disable=unidiomatic-typecheck
+            if s_end == 0:
+                s_end = end - start
+            if s_start <= s_end <= end - start:
+                return start + s_start, start + s_end
+    return None
 
 
 def apply_slice(file_path: Any, start: Any, end: Any, slice_: Any) -> tuple[int, int]:

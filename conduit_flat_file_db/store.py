@@ -24,10 +24,10 @@ from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, blob_checksum, encode_blob
+from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_FRAME, REC_SEAL, blob_checksum, encode_blob
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
-from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset
+from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset, fast_slice
 from .rewrite import rewrite_segment
 from .seekable import (
     DEFAULT_LEVEL,
@@ -216,13 +216,21 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return
         for number in sealed:
             try:
-                if self._segment_kind(number) == KIND_ZSTD:
+                if self._segment_kind(number) == KIND_ZSTD and self._small_frames(number):
                     framing = Framing(True, self.compression_level, self.frame_bytes, self.compression_threads)
                     rewrite_segment(self._dir_fd, self._abs_dir, number, framing, write_lock=self._write_lock,
                                     state=self._state)
             except (OSError, ValueError) as exc:
                 logger.warning("%s: re-framing sealed segment %d failed (it stays as written): %s",
                                self._dir_str, number, exc)
+
+    def _small_frames(self, number: int) -> bool:
+        """Whether a sealed compressed segment has many more frames than ``frame_bytes`` frames
+        would make (small puts, stored frames): only then does re-framing pay for itself."""
+        records = index_records(self._dir_fd, number)
+        frames = sum(1 for r in records if r.rtype == REC_FRAME)
+        size = sum(r.b & 0xFFFFFFFF for r in records if r.rtype == REC_FRAME)
+        return frames > 1.25 * -(-size // self.frame_bytes)  # a quarter more frames than re-framing makes
 
     def _segment_kind(self, number: int) -> int:
         exists = os.path.exists(os.path.join(self._abs_dir, segment_name(number, True)))
@@ -444,24 +452,31 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def iter_many(self, locations: Iterable[DataLocation]) -> Iterator[tuple[int, bytes]]:
         """Read many blobs in disk order (segment, offset); yields (input index, bytes).
 
-        Memory holds one blob at a time (plus the sorted list of locations); each
-        segment is opened once.
+        Memory holds one blob at a time (plus the sorted list of locations); one
+        segment is open at a time.
         """
         lookup = self._lookup
         read = self._readers.read
-        for _number, _start, _end, index, location in self._in_disk_order(locations):
-            file_path, start, end, reader = lookup(location)
-            yield index, _mapped_slice(reader, start, end) or read(reader, file_path, start, end)
+        number = -1
+        reader: SegmentReader | None = None
+        file_path: Any = None
+        for segment, start, end, index, location in self._in_disk_order(locations):
+            if segment != number or reader is None:
+                file_path, _start, _end, reader = lookup(location)
+                number = segment
+            mm = reader.mm
+            if type(start) is int and type(end) is int and mm is not None \
+                    and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
+                yield index, mm[start:end]
+            else:
+                yield index, read(reader, file_path, start, end)
 
     def get_many(self, locations: Iterable[DataLocation]) -> list[bytes]:
         """Read many blobs, in disk order underneath; returns them in the caller's order."""
-        ordered = self._in_disk_order(locations)
-        out: list[bytes] = [b""] * len(ordered)
-        lookup = self._lookup
-        read = self._readers.read
-        for _number, _start, _end, index, location in ordered:
-            file_path, start, end, reader = lookup(location)
-            out[index] = _mapped_slice(reader, start, end) or read(reader, file_path, start, end)
+        locations = locations if isinstance(locations, list) else list(locations)
+        out: list[bytes] = [b""] * len(locations)
+        for index, data in self.iter_many(locations):
+            out[index] = data
         return out
 
     def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
@@ -472,9 +487,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         map: InvalidLocationError (use ``get``, or recompress the segment raw).
         ``numpy.frombuffer(view, dtype=...)`` makes an array without a copy.
         """
-        file_path, start, end, reader = self._lookup(location)
+        if location.__class__ is DataLocation and self._words[W_EPOCH] == self._epoch \
+                and (reader := self._by_path.get(location[0])) is not None:
+            file_path, start, end = location
+        else:
+            file_path, start, end, reader = self._resolve(location)
         if slice is not None:
-            start, end = apply_slice(file_path, start, end, slice)
+            start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
         if start == end and type(start) is int:  # pylint: disable=unidiomatic-typecheck
             self._readers.check_range(reader, file_path, start, end)
             return memoryview(b"")
@@ -546,7 +565,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         else:
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
-            start, end = apply_slice(file_path, start, end, slice)
+            start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
         if type(start) is int and type(end) is int \
                 and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
@@ -700,15 +719,6 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         except ValueError as exc:
             raise InvalidLocationError(str(exc)) from None
         return DataLocation(self.segment_path(number), start, end)
-
-
-def _mapped_slice(reader: SegmentReader, start: Any, end: Any) -> bytes:
-    """The bytes from the reader's map when the range is a plain, small, mapped one; else b""."""
-    mm = reader.mm
-    if mm is not None and type(start) is int and type(end) is int \
-            and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
-        return mm[start:end]
-    return b""
 
 
 def _as_bytes_like(data: Any) -> Any:

@@ -43,6 +43,7 @@ from .segment import (
     reserve_for,
     write_reserve_and_table,
 )
+from .seekable import encode_seek_table
 from .state import (
     W_DIRTY,
     W_DISK_BYTES,
@@ -221,9 +222,14 @@ class SegmentWriter:
                 os.ftruncate(self.data_fd, end)
             disk = end
         else:
-            disk = os.fstat(self.data_fd).st_size
+            # A sealed segment needs no reserved room: end it with a plain seek table.
+            frames_end = words[W_DISK_BYTES]
+            table = encode_seek_table(self._frame_sizes(index_bytes))
+            pwrite_all(self.data_fd, table, frames_end)
+            os.ftruncate(self.data_fd, frames_end + len(table))
+            disk = frames_end + len(table)
         os.fsync(self.data_fd)
-        blobs = sum(1 for r in index_records(self.dir_fd, old, index_bytes) if r.rtype != REC_FRAME)
+        blobs = sum(1 for r in index_records(self.dir_fd, old, index_bytes) if r.rtype == REC_BLOB)
         pwrite_all(self.index_fd, encode_seal(end, blobs, disk), index_bytes)
         os.fsync(self.index_fd)
 
