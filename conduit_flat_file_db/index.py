@@ -32,6 +32,7 @@ REC_FRAME = 2
 REC_SEAL = 3
 FLAG_LEGACY_EXTENT = 0x01  # bytes written by an engine without an index: blob bounds unknown
 FLAG_UNCHECKED = 0x02  # adopted without reading it: c holds no checksum, verify computes none
+FLAG_STORED = 0x04  # FRAME record of a stored (uncompressed) frame: sealing re-frames the segment
 _PREFIX = struct.Struct("<BBHI")  # type, flags, reserved, crc32
 _BODY = struct.Struct("<QQQ")
 _RECORD = struct.Struct("<BBHIQQQ")

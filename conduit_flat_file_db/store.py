@@ -24,7 +24,17 @@ from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import FLAG_UNCHECKED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_FRAME, REC_SEAL, blob_checksum, encode_blob
+from .index import (
+    FLAG_STORED,
+    FLAG_UNCHECKED,
+    KIND_RAW,
+    KIND_ZSTD,
+    REC_BLOB,
+    REC_FRAME,
+    REC_SEAL,
+    blob_checksum,
+    encode_blob,
+)
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset, fast_slice
@@ -47,7 +57,7 @@ from .writer import SegmentWriter
 logger = logging.getLogger("conduit_flat_file_db")
 
 DEFAULT_MAX_DAT_FILE_SIZE = 128 * 2**20
-DEFAULT_FRAME_BYTES = 64 * 2**10  # README "Choosing the frame size": ratio vs slice latency, measured
+DEFAULT_FRAME_BYTES = 16 * 2**10  # README "Frame size": ratio vs slice latency, measured
 DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
 # Puts and batches smaller than this go into the mutable segment as stored frames:
 # compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
@@ -201,14 +211,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
     # -- writing ----------------------------------------------------------------------
 
-    def _frames(self, data: Any) -> tuple[list[bytes], list[int]]:
-        """Frames for one put or batch: compressed, or stored when small (compressed at seal)."""
+    def _frames(self, data: Any) -> tuple[list[bytes], list[int], bool]:
+        """Frames for one put or batch: compressed, or stored when small (compressed at seal);
+        (frames, their uncompressed sizes, stored?)."""
         size = len(data)
         if size < STORED_BELOW_BYTES:
-            return [stored_frame(data)], [size]
+            return [stored_frame(data)], [size], True
         frame = self.frame_bytes
         dsizes = [min(frame, size - i) for i in range(0, size, frame)]
-        return compress_frames(data, frame, self.compression_level, self.compression_threads), dsizes
+        return compress_frames(data, frame, self.compression_level, self.compression_threads), dsizes, False
 
     def _after_seal(self, sealed: list[int]) -> None:
         """Re-frame compressed segments this thread just sealed (outside the write lock)."""
@@ -225,12 +236,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                                self._dir_str, number, exc)
 
     def _small_frames(self, number: int) -> bool:
-        """Whether a sealed compressed segment has many more frames than ``frame_bytes`` frames
-        would make (small puts, stored frames): only then does re-framing pay for itself."""
-        records = index_records(self._dir_fd, number)
-        frames = sum(1 for r in records if r.rtype == REC_FRAME)
-        size = sum(r.b & 0xFFFFFFFF for r in records if r.rtype == REC_FRAME)
-        return frames > 1.25 * -(-size // self.frame_bytes)  # a quarter more frames than re-framing makes
+        """Whether a sealed compressed segment holds stored (uncompressed) frames, or many more
+        frames than ``frame_bytes`` frames would make: only then does re-framing pay for itself."""
+        frames = [r for r in index_records(self._dir_fd, number) if r.rtype == REC_FRAME]
+        size = sum(r.b & 0xFFFFFFFF for r in frames)
+        return any(r.flags & FLAG_STORED for r in frames) or len(frames) > 1.25 * -(-size // self.frame_bytes)
 
     def _segment_kind(self, number: int) -> int:
         exists = os.path.exists(os.path.join(self._abs_dir, segment_name(number, True)))
@@ -267,7 +277,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             else:
                 if frames is None:  # the mutable segment is compressed though this instance is not
                     frames = self._frames(data)
-                writer.append_zstd(frames[0], frames[1], start, end, record)
+                writer.append_zstd(frames[0], frames[1], start, end, record, stored=frames[2])
             location = _new_location((writer.path, start, end))
             sealed = writer.take_sealed() if writer.sealed else None
         finally:
@@ -301,7 +311,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return locations
 
     def _put_run_locked(self, items: list[Any], checksums: list[int], index: int, locations: list[DataLocation],
-                        frames: tuple[list[bytes], list[int]] | None) -> int:
+                        frames: tuple[list[bytes], list[int], bool] | None) -> int:
         """Write items[index:] up to the rotation point as one run; returns the next index."""
         writer = self._writer
         start = writer.prepare(self.MAX_DAT_FILE_SIZE)
@@ -318,7 +328,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         else:
             if frames is None or index != 0 or stop != len(items):
                 frames = self._frames(b"".join(run))
-            writer.append_zstd(frames[0], frames[1], start, ends[-1], records)
+            writer.append_zstd(frames[0], frames[1], start, ends[-1], records, stored=frames[2])
         locations.extend(map(_new_location, zip(itertools.repeat(writer.path), starts, ends)))
         return stop
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .index import (
+    FLAG_STORED,
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
@@ -320,8 +321,8 @@ class SegmentWriter:
         words[W_END] = end  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
 
-    def append_zstd(self, frames: Sequence[bytes], dsizes: Sequence[int], start: int, end: int,
-                    blob_records: bytes) -> None:
+    def append_zstd(self, frames: Sequence[bytes], dsizes: Sequence[int], start: int, end: int,  # pylint: disable=too-many-arguments
+                    blob_records: bytes, *, stored: bool = False) -> None:
         """Commit frames holding uncompressed bytes [start, end) and their blob records."""
         words = self.words
         index_bytes = words[W_INDEX_BYTES]
@@ -333,7 +334,7 @@ class SegmentWriter:
         records = []
         u_at, c_at = start, disk
         for csize, dsize in sizes:
-            records.append(encode_record(REC_FRAME, 0, u_at, (csize << 32) | dsize, c_at))
+            records.append(encode_record(REC_FRAME, FLAG_STORED if stored else 0, u_at, (csize << 32) | dsize, c_at))
             u_at += dsize
             c_at += csize
         records.append(blob_records)
