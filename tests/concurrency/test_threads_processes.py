@@ -5,6 +5,12 @@ the parent can recompute what a location must hold. Writers report ``key, locati
 to a per-writer report file (flushed after each put); readers in other processes tail those
 files, trusting only complete lines.
 
+Every test runs with raw segments and with seekable Zstandard segments
+(``use_compression=True``). Compressed runs rotate every few puts, and the writer that
+seals a segment of several small puts re-frames it (rewrites it aside with bigger frames and
+renames it in) while other threads and processes read it. A mixed test has processes with
+and without compression writing to one datadir.
+
 The process workers are module-level functions so that the 'spawn' start method can
 import them in the child.
 """
@@ -15,6 +21,7 @@ import json
 import multiprocessing
 import os
 import random
+import struct
 import threading
 import time
 import traceback
@@ -23,11 +30,11 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import pytest
 
-from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db import DataLocation, FlatFileDb, Slice
 from conduit_flat_file_db.naming import parse_segment_name
 
 pytestmark = pytest.mark.concurrency
@@ -38,6 +45,12 @@ Entry = tuple[str, DataLocation]  # (key, location)
 TINY_SEGMENT = 8192  # MAX_DAT_FILE_SIZE that makes a rotation every ~5 blobs (each costs ~4 fsyncs)
 MAX_BLOB = 3000
 JOIN_SECONDS = 60.0
+COMPRESSION = pytest.mark.parametrize("use_compression", [False, True], ids=["raw", "zstd"])
+
+
+def open_store(datadir: str, lock_path: str, use_compression: bool) -> FlatFileDb:
+    """A worker's own instance of the store."""
+    return FlatFileDb(datadir, lock_path, use_compression=use_compression)
 
 
 def blob_for(key: str) -> bytes:
@@ -135,6 +148,18 @@ def put_some(db: FlatFileDb, rng: random.Random, prefix: str, counter: int,
     return [(key, db.put(blob_for(key)))]
 
 
+def read_and_check(db: FlatFileDb, rng: random.Random, key: str, loc: DataLocation, who: str) -> None:
+    """Read a blob, or (half the time) a random slice of it, and compare the bytes."""
+    want = blob_for(key)
+    if rng.random() < 0.5 and want:
+        start = rng.randrange(len(want))
+        end = rng.randint(start + 1, len(want))
+        got = db.get(loc, Slice(start, end))
+        assert got == want[start:end], f"{who}: {loc} of {key}, slice {start}..{end}: wrong bytes"
+        return
+    assert db.get(loc) == want, f"{who}: {loc} of {key} read back wrong bytes"
+
+
 def check_entries(db: FlatFileDb, entries: list[Entry]) -> None:
     """Every entry reads back byte-identical; no overlaps; the store lists exactly these locations."""
     for key, loc in entries:
@@ -183,9 +208,11 @@ THREADS = 8
 OPS_PER_THREAD = 300
 
 
-def test_threads_on_one_instance(make_store: StoreFactory) -> None:
-    """8 threads put/put_many/get on one FlatFileDb through hundreds of rotations."""
-    db = make_store()
+@COMPRESSION
+def test_threads_on_one_instance(make_store: StoreFactory, use_compression: bool) -> None:
+    """8 threads put/put_many/get on one FlatFileDb through hundreds of rotations (compressed:
+    and as many re-framings of sealed segments, each by the thread that sealed it)."""
+    db = make_store(use_compression=use_compression)
     db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
     results: list[list[Entry]] = [[] for _ in range(THREADS)]
     puts = [0] * THREADS
@@ -204,8 +231,7 @@ def test_threads_on_one_instance(make_store: StoreFactory) -> None:
             puts[tid] += len(entries)
             for _ in range(2 if mine else 0):
                 key, loc = rng.choice(mine)
-                got = db.get(loc)
-                assert got == blob_for(key), f"thread {tid}: {loc} of {key} read back wrong bytes"
+                read_and_check(db, rng, key, loc, f"thread {tid}")
 
     def guarded(tid: int) -> None:
         try:
@@ -229,24 +255,85 @@ def test_threads_on_one_instance(make_store: StoreFactory) -> None:
     assert report.ok, str(report)
 
 
+READ_THREADS = 4
+GROW_PUTS = 3000
+GROW_SECONDS = 3.0
+
+
+@COMPRESSION
+def test_threads_read_growing_segment(make_store: StoreFactory, use_compression: bool) -> None:
+    """One thread appends to the mutable segment (no rotation) while 4 threads of the same
+    instance read its newest blobs, or slices of them: many threads catch up with the growing
+    segment at once (compressed: each loads the new FRAME records from the index)."""
+    db = make_store(use_compression=use_compression)
+    entries: list[Entry] = []
+    errors: list[str] = []
+    reads = [0] * READ_THREADS
+    stop = threading.Event()
+
+    def read(tid: int) -> None:
+        rng = random.Random(tid)
+        try:
+            while not stop.is_set():
+                if not entries:
+                    time.sleep(0.0001)
+                    continue
+                key, loc = entries[-1] if rng.random() < 0.7 else rng.choice(entries)
+                read_and_check(db, rng, key, loc, f"reader thread {tid}")
+                reads[tid] += 1
+        except BaseException:  # pylint: disable=broad-exception-caught  # reported below
+            errors.append(f"reader thread {tid} after {len(entries)} puts:\n{traceback.format_exc()}")
+            stop.set()
+
+    threads = [threading.Thread(target=read, args=(tid,)) for tid in range(READ_THREADS)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + GROW_SECONDS
+    try:
+        for counter in range(GROW_PUTS):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            key = f"grow-{counter}"
+            entries.append((key, db.put(blob_for(key))))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(JOIN_SECONDS)
+    assert not errors, "\n".join(errors[:2])
+    assert len({segment_number(loc) for _key, loc in entries}) == 1, "the segment rotated"
+    assert min(reads) > 50, f"too few reads per thread: {reads}"
+    check_entries(db, entries)
+
+
 # -- 4 processes, each with its own instance ---------------------------------------------
 
 PROCESSES = 4
 OPS_PER_PROCESS = 150
 
 
-def process_writer(worker: int, datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
+class WriterArgs(NamedTuple):
+    """What a writer process is told (picklable for 'spawn')."""
+
+    worker: int
+    datadir: str
+    lock_path: str
+    report_dir: str
+    use_compression: bool
+    workers: int  # writers in the test: the others' report files are read back
+    mixed: bool  # some writers compress, some not: go on until both kinds of segment were appended to
+
+
+def process_writer(args: WriterArgs, barrier: Barrier) -> None:
     """A writer process: puts/put_many, reading back its own and other processes' blobs."""
-    run_guarded(os.path.join(report_dir, f"w{worker}.err"),
-                lambda: _process_writer(worker, datadir, lock_path, Path(report_dir), barrier))
+    run_guarded(os.path.join(args.report_dir, f"w{args.worker}.err"), lambda: _process_writer(args, barrier))
 
 
 def read_back_some(db: FlatFileDb, rng: random.Random, pools: list[list[Entry]], who: str) -> None:
-    """Read one random entry of each non-empty pool and compare its bytes."""
+    """Read one random entry (or a slice of it) of each non-empty pool and compare its bytes."""
     for pool in pools:
         if pool:
             key, loc = rng.choice(pool)
-            assert db.get(loc) == blob_for(key), f"{who}: {loc} of {key} read back wrong bytes"
+            read_and_check(db, rng, key, loc, who)
 
 
 def load_json(path: Path) -> Any:
@@ -254,91 +341,170 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _process_writer(worker: int, datadir: str, lock_path: str, report_dir: Path, barrier: Barrier) -> None:
-    db = FlatFileDb(datadir, lock_path)
+def _process_writer(args: WriterArgs, barrier: Barrier) -> None:
+    worker = args.worker
+    report_dir = Path(args.report_dir)
+    db = open_store(args.datadir, args.lock_path, args.use_compression)
     db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
     rng = random.Random(1000 + worker)
-    tails = [ReportTail(report_dir / f"w{other}.txt") for other in range(PROCESSES) if other != worker]
+    tails = [ReportTail(report_dir / f"w{other}.txt") for other in range(args.workers) if other != worker]
     mine: list[Entry] = []
     theirs: list[Entry] = []
+    kinds: Counter[str] = Counter()  # puts that landed in raw / compressed segments
     counter = 0
     barrier.wait()
     with open(report_dir / f"w{worker}.txt", "a", encoding="utf-8") as report:
-        for op in range(OPS_PER_PROCESS):
+        op = 0
+        # Mixed stores: go on until this process has appended to both kinds of segment.
+        while op < OPS_PER_PROCESS or (args.mixed and len(kinds) < 2 and op < MIXED_MAX_OPS):
             entries = put_some(db, rng, f"p{worker}", counter, 0.25)
             counter += len(entries)
             mine.extend(entries)
+            kinds.update("zstd" if loc.file_path.endswith(".zst") else "raw" for _key, loc in entries)
             report.write("".join(format_entry(key, loc) for key, loc in entries))
             report.flush()
             theirs.extend(tails[op % len(tails)].poll())
             read_back_some(db, rng, [mine, theirs], f"process {worker}")
+            op += 1
         report.write(f"# total {counter}\n")
+    (report_dir / f"w{worker}.json").write_text(json.dumps(kinds), encoding="utf-8")
     db.close()
 
 
-@pytest.mark.parametrize("start_method", ["spawn", "fork"])
-def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Path,
-                                          start_method: str) -> None:
-    """4 processes write to one datadir at once, each through its own FlatFileDb."""
-    db = make_store()  # opened before the fork: children inherit its lock registry and mapping
-    db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
+def run_writers(db: FlatFileDb, tmp_path: Path, start_method: str, compression: list[bool],
+                entries: list[Entry]) -> list[Entry]:
+    """Run one writer process per entry of ``compression`` (its use_compression) on ``db``'s
+    datadir; check every entry they reported and ``entries`` (written before); return theirs."""
     ctx = multiprocessing.get_context(start_method)
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
-    barrier = ctx.Barrier(PROCESSES)
+    barrier = ctx.Barrier(len(compression))
     procs = start_processes(ctx, process_writer, [
-        (worker, str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), barrier)
-        for worker in range(PROCESSES)])
+        (WriterArgs(worker, str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), compressed,
+                    len(compression), len(set(compression)) > 1), barrier)
+        for worker, compressed in enumerate(compression)])
     join_all(procs, report_dir)
 
-    entries: list[Entry] = []
-    for worker in range(PROCESSES):
+    theirs: list[Entry] = []
+    for worker in range(len(compression)):
         mine, total = read_report(report_dir / f"w{worker}.txt")
         assert total == len(mine), f"process {worker} put {total} blobs but reported {len(mine)}"
-        entries.extend(mine)
-    check_entries(db, entries)
+        theirs.extend(mine)
+    check_entries(db, entries + theirs)
     fresh = FlatFileDb(db.datadir, db.mutable_file_lock_path)
     try:
-        assert_same_locations([loc for _key, loc in entries], fresh.iter_locations())
+        assert_same_locations([loc for _key, loc in entries + theirs], fresh.iter_locations())
         report = fresh.verify()
         assert report.ok, str(report)
     finally:
         fresh.close()
+    return theirs
+
+
+@COMPRESSION
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Path,
+                                          start_method: str, use_compression: bool) -> None:
+    """4 processes write to one datadir at once, each through its own FlatFileDb."""
+    # Opened before the fork: children inherit its lock registry, mapping and (compressed) its
+    # thread-local compressor, used here once before the fork.
+    db = make_store(use_compression=use_compression)
+    db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
+    before: list[Entry] = []
+    if use_compression:
+        before.append(("parent", db.put(blob_for("parent"))))
+        assert db.get(before[0][1]) == blob_for("parent")
+    entries = run_writers(db, tmp_path, start_method, [use_compression] * PROCESSES, before)
+    if use_compression:
+        assert all(loc.file_path.endswith(".dat.zst") for _key, loc in entries)
+
+
+MIXED_PROCESSES = 4
+MIXED_MAX_OPS = 2000
+
+
+def test_processes_mixed_compression(make_store: StoreFactory, tmp_path: Path) -> None:
+    """2 processes with use_compression=True and 2 without write to one datadir: each segment
+    is of the kind its creator chose, and every process appends to segments of both kinds."""
+    db = make_store()
+    db.MAX_DAT_FILE_SIZE = TINY_SEGMENT
+    entries = run_writers(db, tmp_path, "spawn", [True, False] * (MIXED_PROCESSES // 2), [])
+    kinds = [load_json(tmp_path / "reports" / f"w{worker}.json") for worker in range(MIXED_PROCESSES)]
+    print(f"puts per segment kind, per process: {kinds}")
+    for worker, counts in enumerate(kinds):
+        assert set(counts) == {"raw", "zstd"}, (
+            f"process {worker} (use_compression={worker % 2 == 0}) appended only to {set(counts)} segments "
+            f"in {MIXED_MAX_OPS} operations: {kinds}")
+    suffixes = {name.partition(".")[2] for name in os.listdir(db.datadir) if name.startswith("data_")}
+    assert suffixes == {"dat", "dat.zst", "idx"}, suffixes
+    in_kinds = Counter("zstd" if loc.file_path.endswith(".zst") else "raw" for _key, loc in entries)
+    assert sum(sum(counts.values()) for counts in kinds) == len(entries) == sum(in_kinds.values())
 
 
 # -- lock-free readers against a growing mutable segment and deletions of sealed ones -----
 
 READ_SECONDS = 3.0
 READ_SEGMENT = 16384
+ROTATOR_SEGMENT = 4096  # the rotator's MAX_DAT_FILE_SIZE: nearly each of its puts seals a segment
+ROTATOR_PAUSE = 0.01
 KEEP_SEALED = 3
 
 
-def growing_writer(datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
+class Paths(NamedTuple):
+    """Where the processes of the lock-free reader test find the store and each other."""
+
+    datadir: str
+    lock_path: str
+    report_dir: str
+    use_compression: bool
+
+
+def growing_writer(paths: Paths, barrier: Barrier) -> None:
     """Puts for READ_SECONDS, reporting each location at once."""
     def body() -> None:
-        db = FlatFileDb(datadir, lock_path)
+        db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
         db.MAX_DAT_FILE_SIZE = READ_SEGMENT
         barrier.wait()
         deadline = time.monotonic() + READ_SECONDS
         counter = 0
-        with open(os.path.join(report_dir, "writer.txt"), "a", encoding="utf-8") as report:
+        with open(os.path.join(paths.report_dir, "writer.txt"), "a", encoding="utf-8") as report:
             while time.monotonic() < deadline:
                 key = f"g-{counter}"
                 report.write(format_entry(key, db.put(blob_for(key))))
                 report.flush()
                 counter += 1
         db.close()
-    run_guarded(os.path.join(report_dir, "writer.err"), body)
+    run_guarded(os.path.join(paths.report_dir, "writer.err"), body)
 
 
-def sealed_deleter(datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
+def tiny_rotator(paths: Paths, barrier: Barrier) -> None:
+    """A second writer with a tiny MAX_DAT_FILE_SIZE: its puts seal the mutable segment (and,
+    compressed, re-frame it) every few ms under the readers; reports its puts like the writer."""
+    def body() -> None:
+        db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
+        db.MAX_DAT_FILE_SIZE = ROTATOR_SEGMENT
+        barrier.wait()
+        deadline = time.monotonic() + READ_SECONDS
+        counter = 0
+        with open(os.path.join(paths.report_dir, "rotator.txt"), "a", encoding="utf-8") as report:
+            while time.monotonic() < deadline:
+                key = f"r-{counter}"
+                report.write(format_entry(key, db.put(blob_for(key))))
+                report.flush()
+                counter += 1
+                time.sleep(ROTATOR_PAUSE)
+        db.close()
+    run_guarded(os.path.join(paths.report_dir, "rotator.err"), body)
+
+
+def sealed_deleter(paths: Paths, barrier: Barrier) -> None:
     """Deletes the oldest sealed segments, keeping KEEP_SEALED; logs "start N" before each
     delete_file and "done N" after it returned."""
     def body() -> None:
-        db = FlatFileDb(datadir, lock_path)
+        db = FlatFileDb(paths.datadir, paths.lock_path)
         barrier.wait()
         deadline = time.monotonic() + READ_SECONDS
-        with open(os.path.join(report_dir, "deleted.txt"), "a", encoding="utf-8") as log:
+        with open(os.path.join(paths.report_dir, "deleted.txt"), "a", encoding="utf-8") as log:
             while time.monotonic() < deadline:
                 mutable = db.mutable_segment()
                 sealed = [n for n in db.segments() if n < mutable]
@@ -350,7 +516,7 @@ def sealed_deleter(datadir: str, lock_path: str, report_dir: str, barrier: Barri
                     log.flush()
                 time.sleep(0.005)
         db.close()
-    run_guarded(os.path.join(report_dir, "deleter.err"), body)
+    run_guarded(os.path.join(paths.report_dir, "deleter.err"), body)
 
 
 def deletions(deleted_log: Path, stage: str) -> set[int]:
@@ -359,8 +525,10 @@ def deletions(deleted_log: Path, stage: str) -> set[int]:
     return {int(number) for what, number in zip(words[::2], words[1::2]) if what == stage}
 
 
-def read_or_deleted(db: FlatFileDb, key: str, loc: DataLocation, deleted_log: Path, who: str) -> bool:
-    """Read one location: True for the right bytes, False for FileNotFoundError of a deleted segment.
+def read_or_deleted(db: FlatFileDb, rng: random.Random, key: str, loc: DataLocation, deleted_log: Path,
+                    who: str) -> bool:
+    """Read one location (or a slice of it): True for the right bytes, False for FileNotFoundError
+    of a deleted segment.
 
     A segment whose delete_file returned before the read began must raise FileNotFoundError
     (GUARANTEES.md); one whose delete had not started must not.
@@ -368,57 +536,79 @@ def read_or_deleted(db: FlatFileDb, key: str, loc: DataLocation, deleted_log: Pa
     number = segment_number(loc)
     gone_before = number in deletions(deleted_log, "done")
     try:
-        got = db.get(loc)
+        read_and_check(db, rng, key, loc, who)
     except FileNotFoundError:
         assert number in deletions(deleted_log, "start"), (
             f"{who}: {loc} not found, but segment {number} was never deleted")
         return False
     assert not gone_before, f"{who}: {loc} read after segment {number}'s delete_file had returned"
-    assert got == blob_for(key), f"{who}: {loc} of {key} read back wrong bytes"
     return True
 
 
-def lock_free_reader(reader: int, datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
-    """Reads the newest and recent locations without a lock; right bytes or FileNotFoundError only."""
+def lock_free_reader(reader: int, paths: Paths, barrier: Barrier) -> None:
+    """Reads the newest and recent locations of both writers without a lock; right bytes or
+    FileNotFoundError only. Counts reads of the newest blob and of segments sealed before the read."""
     def body() -> None:
-        db = FlatFileDb(datadir, lock_path)
+        db = FlatFileDb(paths.datadir, paths.lock_path)
         rng = random.Random(reader)
-        tail = ReportTail(Path(report_dir) / "writer.txt")
-        deleted_log = Path(report_dir) / "deleted.txt"
+        tails = [ReportTail(Path(paths.report_dir) / name) for name in ("writer.txt", "rotator.txt")]
+        deleted_log = Path(paths.report_dir) / "deleted.txt"
         entries: list[Entry] = []
-        stats = {"ok": 0, "ok_newest": 0, "not_found": 0}
+        stats = {"ok": 0, "ok_newest": 0, "ok_sealed": 0, "not_found": 0}
         barrier.wait()
         deadline = time.monotonic() + READ_SECONDS
         while time.monotonic() < deadline:
-            entries.extend(tail.poll())
+            for tail in tails:
+                entries.extend(tail.poll())
             if not entries:
                 time.sleep(0.001)
                 continue
             newest = rng.random() < 0.5
             key, loc = entries[-1] if newest else rng.choice(entries[-400:])
-            if read_or_deleted(db, key, loc, deleted_log, f"reader {reader}"):
+            sealed = segment_number(loc) < db.mutable_segment()
+            if read_or_deleted(db, rng, key, loc, deleted_log, f"reader {reader}"):
                 stats["ok"] += 1
                 stats["ok_newest"] += newest
+                stats["ok_sealed"] += sealed
             else:
                 stats["not_found"] += 1
-        Path(report_dir, f"reader{reader}.json").write_text(json.dumps(stats), encoding="utf-8")
+        Path(paths.report_dir, f"reader{reader}.json").write_text(json.dumps(stats), encoding="utf-8")
         db.close()
-    run_guarded(os.path.join(report_dir, f"reader{reader}.err"), body)
+    run_guarded(os.path.join(paths.report_dir, f"reader{reader}.err"), body)
 
 
-def test_lock_free_readers_against_growth_and_deletion(make_store: StoreFactory, tmp_path: Path) -> None:
-    """Readers in 2 processes read while a writer grows the mutable segment and a deleter
-    removes sealed segments: each read gives the right bytes or FileNotFoundError."""
-    db = make_store()
+def reframed(datadir: Path, number: int) -> bool:
+    """True when a sealed compressed segment's frames are no longer the ones its index records
+    (the writer that sealed it re-framed it)."""
+    data = (datadir / f"data_{number:08d}.dat.zst").read_bytes()
+    count, descriptor = struct.unpack_from("<IB", data, len(data) - 9)
+    entry = 12 if descriptor & 0x80 else 8
+    table = len(data) - 9 - count * entry
+    in_file = [struct.unpack_from("<II", data, table + i * entry) for i in range(count)]
+    index = (datadir / f"data_{number:08d}.idx").read_bytes()
+    in_index = [struct.unpack_from("<II", index, at + 16)[::-1] for at in range(32, len(index) - 31, 32)
+                if index[at] == 2]  # FRAME records: b = csize << 32 | dsize
+    return [e for e in in_file if e[1]] != [e for e in in_index if e[1]]
+
+
+@COMPRESSION
+def test_lock_free_readers_against_growth_and_deletion(make_store: StoreFactory, tmp_path: Path,
+                                                       use_compression: bool) -> None:
+    """Readers in 2 processes read while a writer grows the mutable segment, a second writer
+    with a tiny MAX_DAT_FILE_SIZE seals it every few ms (compressed: and re-frames each sealed
+    segment under the readers) and a deleter removes sealed segments: each read gives the right
+    bytes or FileNotFoundError."""
+    db = make_store(use_compression=use_compression)
     ctx = multiprocessing.get_context("spawn")
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
     (report_dir / "deleted.txt").touch()
-    paths = (str(db.datadir), str(db.mutable_file_lock_path), str(report_dir))
-    barrier = ctx.Barrier(4)
-    procs = start_processes(ctx, growing_writer, [(*paths, barrier)])
-    procs += start_processes(ctx, sealed_deleter, [(*paths, barrier)])
-    procs += start_processes(ctx, lock_free_reader, [(reader, *paths, barrier) for reader in range(2)])
+    paths = Paths(str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), use_compression)
+    barrier = ctx.Barrier(5)
+    procs = start_processes(ctx, growing_writer, [(paths, barrier)])
+    procs += start_processes(ctx, tiny_rotator, [(paths, barrier)])
+    procs += start_processes(ctx, sealed_deleter, [(paths, barrier)])
+    procs += start_processes(ctx, lock_free_reader, [(reader, paths, barrier) for reader in range(2)])
     join_all(procs, report_dir)
 
     stats = [load_json(report_dir / f"reader{reader}.json") for reader in range(2)]
@@ -426,16 +616,25 @@ def test_lock_free_readers_against_growth_and_deletion(make_store: StoreFactory,
     deleted = deletions(report_dir / "deleted.txt", "done")
     assert deleted, "the deleter deleted nothing: sealed-segment deletion was not exercised"
     assert all(s["ok_newest"] > 20 for s in stats), f"too few reads of the growing segment: {stats}"
+    assert all(s["ok_sealed"] > 20 for s in stats), f"too few reads of sealed segments: {stats}"
     assert sum(s["not_found"] for s in stats) > 0, f"no read met a deleted segment: {stats}"
 
-    entries, _ = read_report(report_dir / "writer.txt")
+    entries = read_report(report_dir / "writer.txt")[0] + read_report(report_dir / "rotator.txt")[0]
+    assert len({segment_number(loc) for _key, loc in entries}) > 20, "too few rotations"
     for _key, loc in entries:
         if segment_number(loc) in deleted:
             with pytest.raises(FileNotFoundError):
                 db.get(loc)
-    check_entries(db, [(key, loc) for key, loc in entries if segment_number(loc) not in deleted])
+    kept = [(key, loc) for key, loc in entries if segment_number(loc) not in deleted]
+    check_entries(db, kept)
     report = db.verify()
     assert report.ok, str(report)
+    if use_compression:
+        assert all(loc.file_path.endswith(".dat.zst") for _key, loc in entries)
+        sealed = {segment_number(loc) for _key, loc in kept} - {db.mutable_segment()}
+        done = [number for number in sealed if reframed(db.datadir, number)]
+        print(f"{len(done)} of the {len(sealed)} sealed segments left were re-framed")
+        assert done, "no sealed compressed segment was re-framed: re-framing under readers was not exercised"
 
 
 # -- writer fairness ----------------------------------------------------------------------
@@ -444,10 +643,12 @@ FAIR_SECONDS = 2.0
 FAIR_MIN_PUTS = 20
 
 
-def fair_writer(worker: int, datadir: str, lock_path: str, report_dir: str, barrier: Barrier) -> None:
+def fair_writer(worker: int, paths: Paths, barrier: Barrier) -> None:
     """Single puts in a tight loop for FAIR_SECONDS; writes its count and latency percentiles."""
+    report_dir = paths.report_dir
+
     def body() -> None:
-        db = FlatFileDb(datadir, lock_path)
+        db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
         db.MAX_DAT_FILE_SIZE = 2**20
         payload = bytes([worker]) * 256
         latencies: list[float] = []
@@ -469,16 +670,16 @@ def fair_writer(worker: int, datadir: str, lock_path: str, report_dir: str, barr
     run_guarded(os.path.join(report_dir, f"fair{worker}.err"), body)
 
 
-def test_writer_fairness(make_store: StoreFactory, tmp_path: Path) -> None:
+@COMPRESSION
+def test_writer_fairness(make_store: StoreFactory, tmp_path: Path, use_compression: bool) -> None:
     """4 processes hammer single puts for ~2 s: no process is starved of the write lock."""
-    db = make_store()
+    db = make_store(use_compression=use_compression)
     ctx = multiprocessing.get_context("spawn")
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
     barrier = ctx.Barrier(PROCESSES)
-    procs = start_processes(ctx, fair_writer, [
-        (worker, str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), barrier)
-        for worker in range(PROCESSES)])
+    paths = Paths(str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), use_compression)
+    procs = start_processes(ctx, fair_writer, [(worker, paths, barrier) for worker in range(PROCESSES)])
     join_all(procs, report_dir)
     stats = [load_json(report_dir / f"fair{worker}.json") for worker in range(PROCESSES)]
     for worker, stat in enumerate(stats):

@@ -11,10 +11,14 @@ still leave a torn last line, so readers trust only complete lines)::
     # done                                         clean stop (stop file seen)
 
 With ``read_back`` set, every blob is read back right after its put and a mismatch ends
-the process with exit code 3. With ``die_before_creating`` set to ".idx" or ".dat", the
+the process with exit code 3. With ``die_before_creating`` set to ".idx", ".dat" or ".dat.zst", the
 process SIGKILLs itself when it is about to create such a segment file (mid-rotation).
 With ``die_at_segment_remove`` = n it instead deletes segment ``delete_segment`` and
-SIGKILLs itself just before the n-th unlink of one of that segment's files.
+SIGKILLs itself just before the n-th unlink of one of that segment's files. With
+``use_compression`` the store writes seekable Zstandard segments (``frame_bytes``, if
+given, sets their frame size); ``die_in_reframe`` = n then makes the process SIGKILL itself
+in its n-th re-framing of a segment it sealed, when the re-framed copy is written aside
+but not yet renamed over the segment.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import time
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.store import DEFAULT_FRAME_BYTES
 
 BIG_BLOB = 2**20
 
@@ -88,6 +93,21 @@ def die_at(event: str, suffix: str, nth: int) -> None:
     sys.addaudithook(hook)
 
 
+def die_in_reframe(nth: int) -> None:
+    """SIGKILL this process in its ``nth`` re-framing of a sealed segment, just before the
+    rename: the scratch file ``.tmp-<pid>-data_N.dat.zst`` is complete, the segment unchanged."""
+    seen = 0
+
+    def hook(name: str, args: tuple[object, ...]) -> None:
+        nonlocal seen
+        if name == "os.rename" and args and isinstance(args[0], str) \
+                and os.path.basename(args[0]).startswith(".tmp-"):
+            seen += 1
+            if seen == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+    sys.addaudithook(hook)
+
+
 def main(argv: list[str]) -> int:
     """Write until killed, or until the stop file appears."""
     config = json.loads(argv[1])
@@ -97,11 +117,15 @@ def main(argv: list[str]) -> int:
     read_back = bool(config.get("read_back", False))
     pause = float(config.get("pause", 0.0))
     report = os.open(config["report"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    db = FlatFileDb(config["datadir"], config["lock_path"], fsync=bool(config["fsync"]))
+    db = FlatFileDb(config["datadir"], config["lock_path"], fsync=bool(config["fsync"]),
+                    use_compression=bool(config.get("use_compression", False)),
+                    frame_bytes=int(config.get("frame_bytes") or DEFAULT_FRAME_BYTES))
     db.MAX_DAT_FILE_SIZE = int(config["max_size"])
     os.write(report, f"# ready {os.getpid()}\n".encode())
     if config.get("die_before_creating"):
         die_at("open", str(config["die_before_creating"]), 1)
+    if config.get("die_in_reframe"):
+        die_in_reframe(int(config["die_in_reframe"]))
     if config.get("die_at_segment_remove"):
         die_at("os.remove", "", int(config["die_at_segment_remove"]))
         db.delete_file(db.segment_path(int(config["delete_segment"])))
