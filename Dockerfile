@@ -11,10 +11,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# The zstd command-line tool: the interoperability tests decode the store's files with it.
+RUN apt-get update && apt-get install -y --no-install-recommends zstd && rm -rf /var/lib/apt/lists/*
+
 # What the install needs first, so the dependency layer is rebuilt only when these change, not on
-# every edit to tests or scripts. README.md is the `readme` metadata; the [d] wildcard lets the
-# build go on (setuptools only warns) while the file does not exist yet.
-COPY pyproject.toml README.m[d] ./
+# every edit to tests or scripts. README.md is the `readme` metadata.
+COPY pyproject.toml README.md ./
 COPY conduit_flat_file_db/ conduit_flat_file_db/
 RUN pip install -e '.[dev]'
 
