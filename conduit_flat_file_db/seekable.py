@@ -126,11 +126,6 @@ def encode_seek_table(sizes: Sequence[tuple[int, int]], checksums: Sequence[int]
     return _SKIP_HEADER.pack(SEEK_TABLE_MAGIC, len(body) + FOOTER_BYTES) + body + footer
 
 
-def seek_table_bytes(frames: int, checksums: bool = False) -> int:
-    """Size of the whole seek-table frame for ``frames`` frames."""
-    return SKIPPABLE_HEADER_BYTES + frames * (12 if checksums else 8) + FOOTER_BYTES
-
-
 def parse_seek_table(read_at: ReadAt, file_size: int, path: str = "<seekable>") -> FrameTable:
     """Read and check the seek table at the end of a file of ``file_size`` bytes.
 

@@ -515,8 +515,3 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size:
     if data_size:
         return Tail(kind, end, len(payload), data_size, 1, True)
     return Tail(kind, 0, len(payload), 0, 0, False, RESERVE_MIN_BYTES if kind == KIND_ZSTD else 0, 0)
-
-
-def corruption(path: str, offset: int, message: str) -> CorruptionError:
-    """A CorruptionError whose message names the file and offset."""
-    return CorruptionError(f"{path} at offset {offset}: {message}", path, offset)
