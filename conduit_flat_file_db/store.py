@@ -65,7 +65,35 @@ STORED_BELOW_BYTES = 8 * 2**10
 _CLOSED_WORDS = (-1,) * 16  # stands in for the state page while closed: every epoch check fails
 _new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 _DISK_ORDER = operator.itemgetter(0, 1)
+_PATH = operator.itemgetter(0)
+_START = operator.itemgetter(1)
+_END = operator.itemgetter(2)
 _S = TypeVar("_S", bound="Store")
+
+
+def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
+                by_path: dict[Any, SegmentReader]) -> list[int] | None:
+    """Indexes sorted by (segment, offset), or None when the keys do not compare (bad input).
+
+    Segment names are zero-padded, so path order is segment order. When the segments'
+    sizes fit one machine word together (the usual case), one sort of small int keys
+    does it; else two stable sorts. The order only steers the reads: an offset past its
+    segment's size may land out of place, never read the wrong bytes.
+    """
+    count = len(starts)
+    try:
+        ranks = sorted(set(paths))
+        limits = [reader.limit if (reader := by_path.get(path)) is not None else -1 for path in ranks]
+        span = (max(limits) if min(limits) >= 0 else max(starts)) + 1
+        if 0 < span and len(ranks) * span < 1 << 30:
+            base = {path: rank * span for rank, path in enumerate(ranks)}
+            keys = list(map(operator.add, map(base.__getitem__, paths), starts))
+            return sorted(range(count), key=keys.__getitem__)
+        order = sorted(range(count), key=starts.__getitem__)
+        order.sort(key=paths.__getitem__)
+        return order
+    except TypeError:  # paths of mixed types, offsets that are not numbers
+        return None
 
 
 class Store:  # pylint: disable=too-many-instance-attributes  # configuration + two caches
@@ -459,6 +487,23 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         resolved.sort(key=_DISK_ORDER)
         return resolved
 
+    def _sliced(self, locations: list[DataLocation], slices: Iterable[Slice | None]) -> list[DataLocation]:
+        """The locations of ``get(location, slice)`` for each pair; bad slices raise as in get()."""
+        parts = slices if isinstance(slices, list) else list(slices)
+        if len(parts) != len(locations):
+            raise ValueError(f"get_many: {len(locations)} locations but {len(parts)} slices")
+        out = []
+        for location, part in zip(locations, parts):
+            if part is not None:
+                if location.__class__ is DataLocation:
+                    file_path, start, end = location
+                else:
+                    file_path, start, end, _reader = self._resolve(location)
+                start, end = fast_slice(start, end, part) or apply_slice(file_path, start, end, part)
+                location = _new_location((file_path, start, end))
+            out.append(location)
+        return out
+
     def iter_many(self, locations: Iterable[DataLocation]) -> Iterator[tuple[int, bytes]]:
         """Read many blobs in disk order (segment, offset); yields (input index, bytes).
 
@@ -481,13 +526,56 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             else:
                 yield index, read(reader, file_path, start, end)
 
-    def get_many(self, locations: Iterable[DataLocation]) -> list[bytes]:
-        """Read many blobs, in disk order underneath; returns them in the caller's order."""
+    def get_many(self, locations: Iterable[DataLocation],
+                 slices: Iterable[Slice | None] | None = None) -> list[bytes]:
+        """Read many blobs (or slices of them) in one call; returns them in the caller's order.
+
+        Underneath, the reads go in disk order (segment, then offset), one segment at a
+        time through its cached reader. ``slices``, when given, pairs one ``Slice`` (or
+        ``None`` for the whole blob) with each location, as ``get(location, slice)``
+        would. Errors are those of :meth:`get`, for the first bad item in disk order.
+        """
         locations = locations if isinstance(locations, list) else list(locations)
-        out: list[bytes] = [b""] * len(locations)
-        for index, data in self.iter_many(locations):
-            out[index] = data
+        if slices is not None:
+            locations = self._sliced(locations, slices)
+        count = len(locations)
+        out: list[bytes] = [b""] * count
+        if count == 0:
+            return out
+        if {*map(type, locations)} == {DataLocation}:
+            paths, starts, ends = zip(*locations)  # columns; every item is a 3-field DataLocation
+            order = _disk_order(paths, starts, self._by_path if self._words[W_EPOCH] == self._epoch else {})
+            if order is not None:
+                self._read_mapped(locations, order, paths, starts, ends, out)
+                return out
+        for *_disk, index, location in self._in_disk_order(locations):  # unusual input: one get() each
+            out[index] = self.get(location)
         return out
+
+    def _read_mapped(self, locations: list[DataLocation], order: list[int], paths: tuple[Any, ...],
+                     starts: tuple[int, ...], ends: tuple[int, ...], out: list[bytes]) -> None:
+        """get_many's loop: ``out[i]`` = blob ``i``, read in ``order``, from the mappings where possible."""
+        by_path = self._by_path if self._words[W_EPOCH] == self._epoch else {}
+        for file_path, group in itertools.groupby(order, paths.__getitem__):
+            reader = by_path.get(file_path)
+            mm: Any = None
+            mapped = 0
+            if reader is not None:
+                mm, mapped = reader.mm, reader.mapped
+            for index in group:
+                start = starts[index]
+                end = ends[index]
+                try:
+                    if 0 <= start < end <= mapped and end - start <= MAP_READ_BYTES:
+                        out[index] = mm[start:end]
+                        continue
+                except TypeError:  # offsets that are not ints: get() names the problem
+                    pass
+                # not mapped yet, compressed, large, empty or bad: get() reads it or says why
+                out[index] = self.get(locations[index])
+                by_path = self._by_path  # get() resolved it: the cache is current now
+                if (reader := by_path.get(file_path)) is not None:
+                    mm, mapped = reader.mm, reader.mapped
 
     def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
         """A read-only, zero-copy ``memoryview`` of a blob in a raw segment (memory-mapped).

@@ -443,6 +443,48 @@ def test_get_many_and_iter_many_order(make_store: StoreFactory, tmp_path: Path) 
     assert db.get_many(iter(asked[:5])) == [datas[i] for i in order[:5]]
 
 
+def test_get_many_with_slices_equals_get(make_store: StoreFactory) -> None:
+    """get_many(locations, slices) returns what get(location, slice) returns, item by item."""
+    rng = random.Random(11)
+    db, locations, _datas = mixed_store(make_store, rng)
+    asked = [rng.choice(locations) for _ in range(300)]
+    parts: list[Slice | None] = []
+    for location in asked:
+        length = location.end_offset - location.start_offset
+        start = rng.randrange(length + 1)
+        parts.append(rng.choice([None, Slice(start, rng.randrange(start, length + 1)), Slice(start, 0)]))
+    expected = [db.get(location, part) for location, part in zip(asked, parts)]
+    assert db.get_many(asked, parts) == expected
+    assert db.get_many(asked, iter(parts)) == expected
+    assert db.get_many(asked, [None] * len(asked)) == db.get_many(asked) == [db.get(loc) for loc in asked]
+
+
+def test_get_many_bad_slices_raise_typed_errors(make_store: StoreFactory) -> None:
+    """A slice outside its blob, a non-slice, or a count mismatch: a typed error, nothing read."""
+    db = make_store()
+    good = [db.put(b"blob %d" % i) for i in range(10)]
+    fine: list[Any] = [None] * len(good)
+    for bad, error in ((Slice(0, 100), InvalidLocationError), (Slice(4, 2), InvalidLocationError),
+                       (Slice(-1, 2), InvalidLocationError), ("0:2", TypeError), (Slice(True, 2), TypeError)):
+        with pytest.raises(error):
+            db.get_many(good, fine[:5] + [bad] + fine[6:])
+    with pytest.raises(ValueError, match="10 locations but 9 slices"):
+        db.get_many(good, fine[:9])
+    assert db.get_many(good, [Slice(0, 4)] * len(good)) == [b"blob"] * len(good)
+
+
+def test_get_many_unusual_but_valid_input(make_store: StoreFactory) -> None:
+    """Plain tuples, Path-typed paths and empty blobs mixed with locations still read right."""
+    db = make_store()
+    locations = [db.put(b"one"), db.put(b""), db.put(b"three")]
+    db.rotate()
+    locations.append(db.put(b"four"))
+    plain = tuple(locations[0])
+    as_path = DataLocation._make([Path(locations[2].file_path), locations[2].start_offset, locations[2].end_offset])
+    assert db.get_many([locations[3], plain, locations[1], as_path]) == [b"four", b"one", b"", b"three"]  # type: ignore[list-item]
+    assert db.get_many(locations[::-1]) == [b"four", b"three", b"", b"one"]
+
+
 def test_get_many_sees_puts_of_another_instance(make_store: StoreFactory) -> None:
     """Locations in the mutable segment written by another instance after this one opened it."""
     reader = make_store()
