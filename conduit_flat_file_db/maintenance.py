@@ -248,7 +248,7 @@ class FlatFileDb(Store):
         if target == (kind == KIND_ZSTD) and not (target and new_framing):
             return RecompressResult(number, "skipped", before, before, reason or "already in that form")
         framing = Framing(target, level or self.compression_level, frame_bytes or self.frame_bytes,
-                          self.compression_threads)
+                          self.compression_threads, self.min_frame_saving)
         if not rewrite_segment(self._dir_fd, self._abs_dir, number, framing, write_lock=self._write_lock,
                                state=self._state, fsync=True):
             return RecompressResult(number, "vanished", before, before, "deleted or rewritten meanwhile")

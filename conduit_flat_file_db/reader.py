@@ -10,6 +10,7 @@ is never reused under a read that is about to run.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import itertools
@@ -24,7 +25,15 @@ from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationErr
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
 from .naming import index_name, parse_segment_name
 from .segment import OPEN_READ, open_data_file
-from .seekable import FrameCache, FrameTable, decompress_frame, parse_seek_table, read_frames
+from .seekable import (
+    STORED_PROBE_BYTES,
+    FrameCache,
+    FrameTable,
+    decompress_frame,
+    parse_seek_table,
+    read_frames,
+    stored_payload,
+)
 from .state import W_EPOCH, MutableView, SharedState
 from .types import Slice
 
@@ -41,7 +50,7 @@ class SegmentReader:
     """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
 
     __slots__ = ("number", "fd", "limit", "mutable", "raw", "name", "table", "index_fd", "index_loaded",
-                 "cache", "cache_key", "mm", "view", "mapped", "__weakref__")
+                 "cache", "cache_key", "mm", "view", "mapped", "stored", "__weakref__")
 
     def __init__(self, number: int, fd: int, name: str, limit: int, mutable: bool) -> None:
         self.number = number
@@ -60,6 +69,9 @@ class SegmentReader:
         self.mm: mmap.mmap | None = None
         self.view: memoryview | None = None  # of ``mm``, for zero-copy slices
         self.mapped = 0
+        # Per frame of a compressed segment: where its bytes start in the file if it is a
+        # one-block stored frame (read slices of it directly), -1 if not, 0 if not probed yet.
+        self.stored: dict[int, int] = {}
 
     def __del__(self) -> None:
         for fd in (self.fd, self.index_fd):
@@ -107,8 +119,52 @@ class SegmentReader:
         """Uncompressed bytes [start, end) (already checked against ``limit``)."""
         if self.raw:
             return os.pread(self.fd, end - start, start)
-        assert self.table is not None
-        return read_frames(self.table, self.frame, start, end)
+        table = self.table
+        assert table is not None
+        d_offsets = table.d_offsets
+        index = bisect.bisect_right(d_offsets, start) - 1
+        base = d_offsets[index]
+        if start < end <= d_offsets[index + 1]:  # inside one frame: the common slice
+            return self._piece(index, start - base, end - base)
+        parts: list[bytes] = []
+        while start < end:
+            top = d_offsets[index + 1]
+            if top > base:  # frames of decompressed size 0 are skippable frames
+                part_end = min(end, top)
+                parts.append(self._piece(index, start - base, part_end - base))
+                start = part_end
+            index += 1
+            base = top
+        return b"".join(parts)
+
+    def _piece(self, index: int, low: int, high: int) -> bytes:
+        """Bytes [low, high) of frame ``index``: read in place if the frame is stored, else
+        from its decompressed (cached) copy."""
+        payload = self.stored.get(index)
+        if payload is None:
+            payload = self._probe_stored(index)
+        if payload > 0:
+            data = os.pread(self.fd, high - low, payload + low)
+            if len(data) != high - low:
+                raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {payload} is cut short; "
+                                              "was the segment deleted?", self.name)
+            return data
+        return self.frame(index)[low:high]  # a whole frame's slice is the frame itself: no copy
+
+    def _probe_stored(self, index: int) -> int:
+        """Read frame ``index``'s header: the file offset of its bytes if it is stored, else -1."""
+        table = self.table
+        assert table is not None
+        c_start = table.c_offsets[index]
+        csize = table.c_offsets[index + 1] - c_start
+        dsize = table.d_offsets[index + 1] - table.d_offsets[index]
+        payload = -1
+        if 8 <= csize - dsize <= STORED_PROBE_BYTES + 4:  # header, block header, checksum: else compressed
+            head = os.pread(self.fd, STORED_PROBE_BYTES, c_start)
+            at = stored_payload(head, csize, dsize)
+            payload = c_start + at if at > 0 else -1
+        self.stored[index] = payload
+        return payload
 
 
 class ReaderCache:

@@ -38,7 +38,7 @@ def _write_copy(dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[
                 framing: Framing, fsync: bool) -> None:
     if framing.compressed:
         with SeekableWriter(os.path.join(datadir, tmp), "w", level=framing.level, frame_bytes=framing.frame_bytes,
-                            threads=framing.threads) as out:
+                            threads=framing.threads, min_saving=framing.min_saving) as out:
             for pos in range(0, total, CHECK_CHUNK_BYTES):
                 out.write(read(pos, min(total, pos + CHECK_CHUNK_BYTES)))
     else:

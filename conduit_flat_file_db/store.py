@@ -41,9 +41,11 @@ from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_
 from .rewrite import rewrite_segment
 from .seekable import (
     DEFAULT_LEVEL,
+    DEFAULT_MIN_SAVING,
     MAX_FRAME_DECOMPRESSED_BYTES,
     FrameCache,
     Framing,
+    check_min_saving,
     compress_frames,
     stored_frame,
 )
@@ -115,6 +117,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         compression_threads: frames of one large batch are compressed in parallel.
         reframe_on_seal: rewrite a compressed segment with ``frame_bytes`` frames when
             it is sealed (small puts make small frames, which compress poorly).
+        min_frame_saving: a frame that compression shrinks by less than this fraction
+            is stored uncompressed, so reads of it cost a copy, not a decompression
+            (LevelDB's rule; default 1/8; 0 stores only what compression enlarges).
 
     Thread and process safety: every method may be called from any thread; many
     processes may open the same datadir with the same lock path (GUARANTEES.md).
@@ -133,6 +138,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
         compression_threads: int = 2,
         reframe_on_seal: bool = True,
+        min_frame_saving: float = DEFAULT_MIN_SAVING,
     ) -> None:
         if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path, (str, os.PathLike)):
             raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
@@ -151,6 +157,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.frame_bytes = frame_bytes
         self.compression_threads = compression_threads
         self.reframe_on_seal = reframe_on_seal
+        self.min_frame_saving = check_min_saving(min_frame_saving)
         self.MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE  # pylint: disable=invalid-name  # reference API
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
@@ -247,7 +254,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return [stored_frame(data)], [size], True
         frame = self.frame_bytes
         dsizes = [min(frame, size - i) for i in range(0, size, frame)]
-        return compress_frames(data, frame, self.compression_level, self.compression_threads), dsizes, False
+        return (compress_frames(data, frame, self.compression_level, self.compression_threads, self.min_frame_saving),
+                dsizes, False)
 
     def _after_seal(self, sealed: list[int]) -> None:
         """Re-frame compressed segments this thread just sealed (outside the write lock)."""
@@ -256,7 +264,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         for number in sealed:
             try:
                 if self._segment_kind(number) == KIND_ZSTD and self._small_frames(number):
-                    framing = Framing(True, self.compression_level, self.frame_bytes, self.compression_threads)
+                    framing = Framing(True, self.compression_level, self.frame_bytes, self.compression_threads,
+                                      self.min_frame_saving)
                     rewrite_segment(self._dir_fd, self._abs_dir, number, framing, write_lock=self._write_lock,
                                     state=self._state)
             except (OSError, ValueError) as exc:
@@ -374,7 +383,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return self._put_stream(stream, b"")
 
     def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
-        framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads)
+        framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads,
+                          self.min_frame_saving)
         written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing)
         kind = KIND_ZSTD if self.use_compression else KIND_RAW
         return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)

@@ -88,7 +88,8 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framin
     try:
         if framing.compressed:
             with SeekableWriter(os.path.join(datadir, name), "w", level=framing.level,
-                                frame_bytes=framing.frame_bytes, threads=framing.threads) as out:
+                                frame_bytes=framing.frame_bytes, threads=framing.threads,
+                                min_saving=framing.min_saving) as out:
                 chunk: memoryview | bytes = prefix or read_chunk(source, buffer)
                 while chunk:
                     hasher.update(chunk)

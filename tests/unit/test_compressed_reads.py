@@ -19,10 +19,12 @@ MIB = 2**20
 
 
 def blob(size: int, seed: int) -> bytes:
-    """Half random, half repetitive bytes: frames of both kinds."""
+    """Half random letters (they compress about 2x), half repetitive bytes: every frame is
+    compressed, none is stored (tests of stored frames are at the end)."""
     rng = random.Random(seed)
     half = size // 2
-    return rng.randbytes(half) + (rng.randbytes(50) * (size // 50 + 1))[: size - half]
+    letters = bytes(rng.choice(b"abcdefghijklmnop") for _ in range(half))
+    return letters + (rng.randbytes(50) * (size // 50 + 1))[: size - half]
 
 
 def misses(db: FlatFileDb) -> int:
@@ -135,3 +137,60 @@ def test_cached_frames_never_outlive_their_segment(make_store: StoreFactory) -> 
         if reused >= 3:
             break
         time.sleep(0.02)
+
+
+# -- stored frames: slices read in place ---------------------------------------------------------
+
+
+def test_incompressible_frames_are_stored_and_sliced_without_decompression(make_store: StoreFactory) -> None:
+    """Random bytes compress by less than 1/8: their frames are stored, and a slice of one is
+    read straight from the file (no frame decompressed), in the mutable and in the sealed
+    segment; compressible frames next to them still decompress (no cache: each read counts)."""
+    db = make_store("stored", use_compression=True, frame_bytes=FRAME, frame_cache_bytes=0)
+    noise = random.Random(7).randbytes(64 * FRAME)
+    text = blob(64 * FRAME, 8)
+    locations = [db.put(noise), db.put(text)]
+    for sealed in (False, True):
+        if sealed:
+            db.rotate()
+        before = misses(db)
+        for at in range(0, len(noise) - 300, 997):  # some inside one frame, some across two
+            assert db.get(locations[0], Slice(at, at + 300)) == noise[at : at + 300]
+        assert db.get(locations[0]) == noise
+        assert misses(db) == before, "reads of stored frames decompress nothing"
+        assert db.get(locations[1], Slice(5000, 5100)) == text[5000:5100]
+        assert misses(db) == before + 1, "a compressed frame still decompresses"
+        assert db.get(locations[1]) == text
+        assert misses(db) == before + 1 + 64
+    size = os.path.getsize(os.path.join(db.datadir, "data_00000000.dat.zst"))
+    assert len(noise) < size < len(noise) + len(text) // 2, "noise stored (a little over its size), text compressed"
+
+
+def test_min_frame_saving_zero_keeps_compressible_frames_compressed(make_store: StoreFactory) -> None:
+    """Data that compresses by about 1/10: stored under the default rule (1/8), compressed with
+    min_frame_saving=0.05; both read back the same bytes."""
+    rng = random.Random(9)
+    data = bytes(rng.randrange(150) for _ in range(32 * FRAME))  # 150 symbols: about 0.91 of its size
+    sizes = {}
+    for label, saving in (("default", None), ("low", 0.05)):
+        kwargs = {} if saving is None else {"min_frame_saving": saving}
+        db = make_store(label, use_compression=True, frame_bytes=FRAME, **kwargs)
+        location = db.put(data)
+        db.rotate()
+        assert db.get(location) == data and db.get(location, Slice(100, 200)) == data[100:200]
+        sizes[label] = os.path.getsize(os.path.join(db.datadir, "data_00000000.dat.zst"))
+        db.close()
+    assert sizes["low"] < len(data) * 0.95 < len(data) < sizes["default"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_min_frame_saving_out_of_range_is_refused(make_store: StoreFactory, bad: float) -> None:
+    """min_frame_saving outside [0, 1): ValueError before anything is created."""
+    with pytest.raises(ValueError, match="min_frame_saving"):
+        make_store("bad", use_compression=True, min_frame_saving=bad)
+
+
+def test_min_frame_saving_wrong_type_is_refused(make_store: StoreFactory) -> None:
+    """A non-number: TypeError."""
+    with pytest.raises(TypeError, match="min_frame_saving"):
+        make_store("bad", use_compression=True, min_frame_saving="0.1")

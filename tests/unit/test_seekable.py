@@ -18,12 +18,16 @@ import zstandard
 
 from conduit_flat_file_db.errors import CorruptionError, FormatError
 from conduit_flat_file_db.seekable import (
+    STORED_PROBE_BYTES,
     FrameCache,
     FrameTable,
     SeekableReader,
     SeekableWriter,
+    compress_frames,
     encode_seek_table,
     parse_seek_table,
+    stored_frame,
+    stored_payload,
 )
 
 SKIPPABLE_MAGIC = 0x184D2A53  # any of 0x184D2A50..0x184D2A5F; not the seek table's own 0x184D2A5E
@@ -626,3 +630,52 @@ def test_reader_with_size_zero_cache_decompresses_every_time(tmp_path: Path) -> 
         assert reader.frames_decompressed == 6
         assert cache.misses == 6
         assert cache.size_bytes == 0
+
+
+# -- stored frames ----------------------------------------------------------------------------
+
+
+def test_stored_payload_finds_the_bytes_of_one_block_stored_frames() -> None:
+    """Our stored frames and zstd's own raw-block frames: the payload offset, whose bytes are the content."""
+    rng = random.Random(21)
+    for size in (1, 255, 256, 4096, 65791, 65792, 128 * 1024):
+        content = rng.randbytes(size)
+        for frame in (stored_frame(content), zstandard.ZstdCompressor(write_checksum=True).compress(content),
+                      zstandard.ZstdCompressor(write_content_size=False).compress(content)):
+            at = stored_payload(frame[:STORED_PROBE_BYTES], len(frame), size)
+            assert at > 0 and frame[at : at + size] == content, (size, frame[:8].hex())
+
+
+def test_stored_payload_refuses_everything_else() -> None:
+    """Compressed frames, wrong sizes, other magic, reserved bits, multi-block frames: -1."""
+    text = b"compressible " * 400
+    compressed = zstandard.ZstdCompressor().compress(text)
+    assert stored_payload(compressed[:STORED_PROBE_BYTES], len(compressed), len(text)) == -1
+    frame = stored_frame(b"x" * 5000)
+    head = frame[:STORED_PROBE_BYTES]
+    assert stored_payload(head, len(frame), 5000) > 0
+    assert stored_payload(head, len(frame) + 1, 5000) == -1  # sizes disagree with the table
+    assert stored_payload(head, len(frame), 4999) == -1
+    assert stored_payload(b"\x00" + head[1:], len(frame), 5000) == -1  # magic
+    assert stored_payload(head[:4] + bytes([head[4] | 0x08]) + head[5:], len(frame), 5000) == -1  # reserved bit
+    assert stored_payload(head[:3], len(frame), 5000) == -1  # too short to tell
+    big = stored_frame(b"y" * (128 * 1024 + 1))  # two blocks: decompressed instead
+    assert stored_payload(big[:STORED_PROBE_BYTES], len(big), 128 * 1024 + 1) == -1
+    rng = random.Random(22)
+    for _ in range(2000):  # random headers never raise
+        junk = rng.randbytes(rng.randrange(STORED_PROBE_BYTES + 1))
+        assert stored_payload(junk, rng.randrange(1 << 20), rng.randrange(1 << 18)) >= -1
+
+
+def test_compress_frames_stores_what_barely_compresses() -> None:
+    """Frames saving less than min_saving come back stored, others compressed; both decode."""
+    rng = random.Random(23)
+    noise, text = rng.randbytes(8192), b"all work and no play " * 400
+    data = noise + text[:8192]
+    for threads in (1, 2):
+        frames = compress_frames(data, 8192, 3, threads)
+        assert frames[0] == stored_frame(noise)
+        assert len(frames[1]) < 2000
+        assert b"".join(zstandard.ZstdDecompressor().decompress(f) for f in frames) == data
+        assert compress_frames(data, 8192, 3, threads, min_saving=0.0)[0] == stored_frame(noise)
+        assert len(compress_frames(text[:8192], 8192, 3, threads, min_saving=0.999)[0]) > 8192
