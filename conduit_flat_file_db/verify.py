@@ -163,12 +163,14 @@ def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) ->
     """BLOB records in order, checking contiguity; returns (blobs, committed end, sealed)."""
     end = 0
     sealed = False
-    blobs = []
+    blobs: list[Record] = []
     for position, record in enumerate(records):
         at = HEADER_BYTES + position * RECORD_BYTES
         if record.rtype == REC_SEAL:
             if record.a != end:
                 report.add(idx_path, at, "bad-seal", f"SEAL says {record.a} bytes, blobs end at {end}")
+            if record.b != len(blobs):
+                report.add(idx_path, at, "bad-seal", f"SEAL says {record.b} blobs, the index has {len(blobs)}")
             sealed = True
         elif record.rtype == REC_BLOB:
             if record.a != end:

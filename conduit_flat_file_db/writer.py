@@ -20,6 +20,7 @@ from .index import (
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
+    RECORD_BYTES,
     REC_BLOB,
     REC_FRAME,
     decode_records,
@@ -35,7 +36,6 @@ from .segment import (
     create_segment,
     frame_table_of,
     fsync_dir,
-    index_records,
     open_data_file,
     padding_header,
     pwrite_all,
@@ -215,7 +215,6 @@ class SegmentWriter:
     def _seal_locked(self) -> None:
         """Append the SEAL record to the mutable segment (dirty flag already up)."""
         words = self.words
-        old = self.segment
         end = words[W_END]
         index_bytes = words[W_INDEX_BYTES]
         if self.kind == KIND_RAW:
@@ -230,7 +229,9 @@ class SegmentWriter:
             os.ftruncate(self.data_fd, frames_end + len(table))
             disk = frames_end + len(table)
         os.fsync(self.data_fd)
-        blobs = sum(1 for r in index_records(self.dir_fd, old, index_bytes) if r.rtype == REC_BLOB)
+        # The mutable index holds BLOB records and, compressed, one FRAME record per frame:
+        # count them from sizes, not by decoding the whole index under the lock.
+        blobs = (index_bytes - HEADER_BYTES) // RECORD_BYTES - (words[W_FRAMES] if self.kind == KIND_ZSTD else 0)
         pwrite_all(self.index_fd, encode_seal(end, blobs, disk), index_bytes)
         os.fsync(self.index_fd)
 

@@ -22,7 +22,7 @@ from conduit_flat_file_db import (
     FlatFileDbError,
     Slice,
 )
-from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records
+from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 
 StoreFactory = Callable[..., FlatFileDb]
 MIB = 2**20
@@ -510,6 +510,41 @@ def test_verify_clean_on_fresh_and_used_store(store: FlatFileDb) -> None:
     report = store.verify()
     assert report.ok, str(report)
     assert (report.segments, report.blobs, report.bytes_checked) == (2, 3, 5)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_seal_record_counts_the_blobs(make_store: StoreFactory, tmp_path: Path, compressed: bool) -> None:
+    """The SEAL record of every sealed segment holds its number of BLOB records (computed at
+    seal time from the index size, not by decoding the index); verify() checks it."""
+    db = make_store(use_compression=compressed, frame_bytes=4096)
+    rng = random.Random(3)
+    expected = []
+    for _round in range(4):
+        count = 0
+        for _ in range(rng.randrange(1, 30)):
+            if rng.random() < 0.5:
+                db.put(rng.randbytes(rng.randrange(0, 20_000)))
+                count += 1
+            else:
+                batch = [rng.randbytes(rng.randrange(0, 9000)) for _ in range(rng.randrange(1, 6))]
+                db.put_many(batch)
+                count += len(batch)
+        db.rotate()
+        expected.append(count)
+    for number, count in enumerate(expected):
+        index = (tmp_path / "store" / f"data_{number:08d}.idx").read_bytes()
+        records = decode_records(index[HEADER_BYTES:]).records
+        assert sum(1 for r in records if r.rtype == REC_BLOB) == count
+        assert [r.b for r in records if r.rtype == REC_SEAL] == [count], number
+    assert db.verify().ok
+    seal_at = len(index) - 32  # forge a wrong count in the last sealed segment: verify names it
+    forged = bytearray(index)
+    forged[seal_at:] = encode_seal(records[-1].a, count + 1, records[-1].c)
+    last = tmp_path / "store" / f"data_{len(expected) - 1:08d}.idx"
+    last.write_bytes(forged)
+    report = db.verify()
+    assert [p.kind for p in report.problems] == ["bad-seal"], str(report)
+    last.write_bytes(index)  # the fixture verifies the store at the end
 
 
 def test_verify_reports_flipped_byte_in_sealed_segment(store: FlatFileDb) -> None:
