@@ -10,7 +10,6 @@ is never reused under a read that is about to run.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import io
 import itertools
@@ -119,27 +118,12 @@ class SegmentReader:
         """Uncompressed bytes [start, end) (already checked against ``limit``)."""
         if self.raw:
             return os.pread(self.fd, end - start, start)
-        table = self.table
-        assert table is not None
-        d_offsets = table.d_offsets
-        index = bisect.bisect_right(d_offsets, start) - 1
-        base = d_offsets[index]
-        if start < end <= d_offsets[index + 1]:  # inside one frame: the common slice
-            return self._piece(index, start - base, end - base)
-        parts: list[bytes] = []
-        while start < end:
-            top = d_offsets[index + 1]
-            if top > base:  # frames of decompressed size 0 are skippable frames
-                part_end = min(end, top)
-                parts.append(self._piece(index, start - base, part_end - base))
-                start = part_end
-            index += 1
-            base = top
-        return b"".join(parts)
+        assert self.table is not None
+        return read_frames(self.table, self.piece, start, end)
 
-    def _piece(self, index: int, low: int, high: int) -> bytes:
+    def piece(self, index: int, low: int, high: int, frame: Callable[[int], bytes] | None = None) -> bytes:
         """Bytes [low, high) of frame ``index``: read in place if the frame is stored, else
-        from its decompressed (cached) copy."""
+        from its decompressed copy (``frame``, default the cached :meth:`frame`)."""
         payload = self.stored.get(index)
         if payload is None:
             payload = self._probe_stored(index)
@@ -149,7 +133,7 @@ class SegmentReader:
                 raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {payload} is cut short; "
                                               "was the segment deleted?", self.name)
             return data
-        return self.frame(index)[low:high]  # a whole frame's slice is the frame itself: no copy
+        return (frame or self.frame)(index)[low:high]  # a whole frame's slice is the frame itself: no copy
 
     def _probe_stored(self, index: int) -> int:
         """Read frame ``index``'s header: the file offset of its bytes if it is stored, else -1."""
@@ -413,7 +397,10 @@ class BlobFile(io.RawIOBase):
                 return mm[start:end]
             return os.pread(reader.fd, end - start, start)
         assert reader.table is not None
-        return read_frames(reader.table, self._frame, start, end)
+        return read_frames(reader.table, self._piece, start, end)
+
+    def _piece(self, index: int, low: int, high: int) -> bytes:
+        return self._reader.piece(index, low, high, self._frame)
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()

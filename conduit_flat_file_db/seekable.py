@@ -478,6 +478,7 @@ class SeekableReader(io.RawIOBase):
         # same bytes: (device, inode) would not do, inode numbers are reused at once.
         self._cache_key = cache_key if cache_key is not None else ("reader", next(_reader_tokens))
         self._verify = verify_checksums
+        self._pieces = frame_pieces(self.frame)
         self._pos = 0
         self.frames_decompressed = 0
 
@@ -516,7 +517,7 @@ class SeekableReader(io.RawIOBase):
         size = self.table.decompressed_size
         if not 0 <= start <= end <= size:
             raise ValueError(f"{self.name}: range {start}..{end} is outside 0..{size}")
-        return read_frames(self.table, self.frame, start, end)
+        return read_frames(self.table, self._pieces, start, end)
 
     # -- io.RawIOBase ------------------------------------------------------------------
 
@@ -548,7 +549,7 @@ class SeekableReader(io.RawIOBase):
         end = min(self._pos + len(view), self.table.decompressed_size)
         if end <= self._pos:
             return 0
-        data = read_frames(self.table, self.frame, self._pos, end)
+        data = read_frames(self.table, self._pieces, self._pos, end)
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -559,24 +560,32 @@ class SeekableReader(io.RawIOBase):
         super().close()
 
 
-def read_frames(table: FrameTable, frame: Callable[[int], bytes], start: int, end: int) -> bytes:
-    """Uncompressed [start, end) from the frames of ``table``, fetched one by one by ``frame``."""
+def read_frames(table: FrameTable, piece: Callable[[int, int, int], bytes], start: int, end: int) -> bytes:
+    """Uncompressed [start, end) from the frames of ``table``; ``piece(i, low, high)`` returns
+    bytes [low, high) of frame i (from its decompressed copy, or read in place)."""
     if start >= end:
         return b""
     d_offsets = table.d_offsets
     index = bisect.bisect_right(d_offsets, start) - 1
-    first = frame(index)
     base = d_offsets[index]
-    if end <= base + len(first):
-        return first[start - base : end - base]
-    parts = [memoryview(first)[start - base :]]
-    index += 1
-    while d_offsets[index] < end:
-        base = d_offsets[index]
-        if d_offsets[index + 1] != base:  # frames of decompressed size 0 are skippable frames
-            parts.append(memoryview(frame(index))[: end - base])
+    if end <= d_offsets[index + 1]:  # inside one frame: the common slice
+        return piece(index, start - base, end - base)
+    parts: list[bytes] = []
+    while start < end:
+        top = d_offsets[index + 1]
+        if top > base:  # frames of decompressed size 0 are skippable frames
+            part_end = min(end, top)
+            parts.append(piece(index, start - base, part_end - base))
+            start = part_end
         index += 1
+        base = top
     return b"".join(parts)
+
+
+def frame_pieces(frame: Callable[[int], bytes]) -> Callable[[int, int, int], bytes]:
+    """A ``piece`` function for read_frames from a function returning whole decompressed frames
+    (a slice covering a whole frame is the frame itself: no copy)."""
+    return lambda index, low, high: frame(index)[low:high]
 
 
 class SeekableWriter:

@@ -83,6 +83,12 @@ def payload(size: int, seed: int) -> bytes:
     return rng.randbytes(half) + (rng.randbytes(37) * (size // 37 + 1))[: size - half]
 
 
+def letters(size: int, seed: int) -> bytes:
+    """Random letters of a 16-letter alphabet: every frame compresses (about 2x), none is stored."""
+    rng = random.Random(seed)
+    return bytes(rng.choice(b"abcdefghijklmnop") for _ in range(size))
+
+
 # -- FORMAT.md helpers ------------------------------------------------------------------
 
 
@@ -326,10 +332,23 @@ def test_open_blob_is_a_regular_raw_file(make_store: StoreFactory, compressed: b
             blob.seek(0, 7)
 
 
+def test_open_blob_reads_stored_frames_in_place(make_store: StoreFactory) -> None:
+    """Random bytes are kept in stored frames: reading them through open_blob decompresses nothing."""
+    db = make_store(use_compression=True, frame_bytes=FRAME, frame_cache_bytes=0)
+    data = random.Random(12).randbytes(20 * FRAME)
+    location = db.put_stream(io.BytesIO(data))
+    with db.open_blob(location) as blob:
+        blob.seek(7 * FRAME - 20)
+        assert blob.read(FRAME + 40) == data[7 * FRAME - 20 : 8 * FRAME + 20]
+        blob.seek(0)
+        assert blob.read() == data
+    assert db.frame_cache_info()["misses"] == 0
+
+
 def test_open_blob_seek_back_decompresses_only_the_landing_frame(make_store: StoreFactory) -> None:
     """frame_cache_bytes=0: a seek costs nothing; a small read after a seek back costs one frame."""
     db = make_store(use_compression=True, frame_bytes=FRAME, frame_cache_bytes=0)
-    data = payload(40 * FRAME, 11)
+    data = letters(40 * FRAME, 11)
     location = db.put_stream(io.BytesIO(data))
 
     def misses() -> int:
