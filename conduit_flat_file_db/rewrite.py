@@ -17,7 +17,16 @@ from typing import Callable, ContextManager
 from .errors import FlatFileDbUnsafeAccessError
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
-from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, pwrite_all
+from .segment import (
+    CHECK_CHUNK_BYTES,
+    OPEN_READ,
+    OPEN_WRITE,
+    fsync_dir,
+    index_records,
+    open_data_file,
+    pwrite_all,
+    sync_segment,
+)
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 from .state import SharedState
 
@@ -68,6 +77,8 @@ def rewrite_segment(dir_fd: int, datadir: str, number: int, framing: Framing, *,
         records = index_records(dir_fd, number)
         if records and records[-1].rtype != REC_SEAL:
             raise FlatFileDbUnsafeAccessError(f"segment {number} is not sealed; only sealed segments are rewritten")
+        if fsync:
+            sync_segment(dir_fd, number)  # its SEAL durable before the switch: recovery never cuts a rewrite
         before = os.fstat(fd)
         total, read = _source(fd, kind, number)
         target = segment_name(number, framing.compressed)

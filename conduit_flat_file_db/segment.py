@@ -17,7 +17,7 @@ import os
 import stat
 import struct
 import time
-from typing import NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import xxhash
 
@@ -37,6 +37,7 @@ from .index import (
     decode_records,
     encode_header,
     encode_record,
+    encode_seal,
 )
 from .naming import index_name, segment_name, temp_name
 from .seekable import (
@@ -515,3 +516,204 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size:
     if data_size:
         return Tail(kind, end, len(payload), data_size, 1, True)
     return Tail(kind, 0, len(payload), 0, 0, False, RESERVE_MIN_BYTES if kind == KIND_ZSTD else 0, 0)
+
+
+# -- sealing, and sealed segments after a power loss -----------------------------------
+
+
+def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequence[tuple[int, int]]) -> int:
+    """Seal a segment whose committed extent is ``tail``: end its data file (a compressed one
+    with a plain seek table of the frame ``sizes``) and append the SEAL record. No fsync:
+    the caller decides when the segment must be durable. Returns the data file's size."""
+    if kind == KIND_RAW:
+        if os.fstat(data_fd).st_size != tail.end:
+            os.ftruncate(data_fd, tail.end)
+        disk = tail.end
+    else:
+        table = encode_seek_table(sizes)
+        pwrite_all(data_fd, table, tail.disk_bytes)
+        disk = tail.disk_bytes + len(table)
+        os.ftruncate(data_fd, disk)
+    pwrite_all(index_fd, encode_seal(tail.end, tail.blobs, disk), tail.index_bytes)
+    os.ftruncate(index_fd, tail.index_bytes + RECORD_BYTES)
+    return disk
+
+
+def sync_segment(dir_fd: int, number: int) -> None:
+    """fsync the files of segment ``number`` that exist (a deleted segment has none)."""
+    for name in (segment_name(number, False), segment_name(number, True), index_name(number)):
+        try:
+            fd = os.open(name, OPEN_READ, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def seal_problem(dir_fd: int, number: int, *, full: bool) -> str | None:
+    """Why sealed segment ``number`` is not whole, or None when it is (or is gone).
+
+    After a power loss, a segment sealed shortly before it may have lost the tail of
+    its data or index: its fsync runs in the background after the seal. The quick
+    form (``full=False``) reads two records and the file size: the index ends in a
+    SEAL record, and the data file holds exactly the bytes it names (compressed: it
+    ends in a seek table of that many uncompressed bytes). The full form also needs
+    contiguous BLOB records up to the SEAL and checks the XXH3-64 of every blob,
+    reading the segment once, in order.
+    """
+    try:
+        data_fd, kind = open_data_file(dir_fd, number)
+    except FlatFileDbNotFoundError:
+        return None
+    try:
+        return _seal_problem(dir_fd, number, data_fd, kind, full)
+    finally:
+        os.close(data_fd)
+
+
+def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool) -> str | None:
+    scan = _sealed_index(dir_fd, number, full)
+    if scan is None or isinstance(scan, str):
+        return scan
+    end = scan[-1].a
+    read = _sealed_reader(data_fd, kind, end)
+    if isinstance(read, str):
+        return read
+    if not full:
+        return None
+    blobs = [r for r in scan if r.rtype == REC_BLOB]
+    if sum(r.b for r in blobs) != end or any(r.a != s for r, s in zip(blobs, _starts(blobs))):
+        return "its BLOB records do not cover the segment contiguously"
+    try:
+        bad = _first_bad_blob(read, blobs, end)
+    except CorruptionError as exc:
+        return f"a frame does not decode ({exc})"
+    return None if bad is None else f"the blob at offset {bad.a} fails its checksum"
+
+
+def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], bytes] | str:
+    """read(start, stop) of a sealed segment's uncompressed bytes when its data file holds exactly
+    ``end`` of them (compressed: ends in a seek table for them), else a string saying why not."""
+    data_size = os.fstat(data_fd).st_size
+    if kind == KIND_RAW:
+        if data_size != end:
+            return f"the SEAL record says {end} bytes but the data file has {data_size}"
+        return lambda start, stop: os.pread(data_fd, stop - start, start)
+    try:
+        reader = SeekableReader(data_fd, table=parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size),
+                                verify_checksums=False)
+    except FormatError as exc:
+        return f"the data file does not end in a seek table ({exc})"
+    if reader.size != end:
+        return f"the SEAL record says {end} bytes but the seek table holds {reader.size}"
+    return reader.read_range
+
+
+def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | None:
+    """The records of a sealed segment's index ending in its SEAL (only the SEAL unless ``full``),
+    a string saying why they do not, or None for an index this check does not judge."""
+    try:
+        index_fd = os.open(index_name(number), OPEN_READ, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None  # written without an index (the original engine): nothing of ours to check
+    try:
+        index_size = os.fstat(index_fd).st_size
+        try:
+            decode_header(os.pread(index_fd, HEADER_BYTES, 0), index_name(number))
+        except FormatError:
+            return None  # the header was fsynced when the segment was created: not a power-loss tail
+        if index_size < HEADER_BYTES + RECORD_BYTES or (index_size - HEADER_BYTES) % RECORD_BYTES:
+            return f"its record index is {index_size} bytes, not whole records ending in a SEAL"
+        body = os.pread(index_fd, index_size - HEADER_BYTES if full else RECORD_BYTES,
+                        HEADER_BYTES if full else index_size - RECORD_BYTES)
+    finally:
+        os.close(index_fd)
+    scan = decode_records(body)
+    if scan.problem is not None or not scan.records or scan.records[-1].rtype != REC_SEAL:
+        return scan.problem or "its record index does not end in a SEAL record"
+    return scan.records
+
+
+def _starts(blobs: Sequence[Record]) -> Iterator[int]:
+    at = 0
+    for record in blobs:
+        yield at
+        at += record.b
+
+
+def _first_bad_blob(read: Callable[[int, int], bytes], blobs: Sequence[Record], limit: int) -> Record | None:
+    """The first blob whose bytes fail their XXH3-64, reading [0, limit) once in chunks."""
+    window, window_at = b"", 0
+    for record in blobs:
+        if record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED):
+            continue
+        start, stop = record.a, record.a + record.b
+        if record.b > CHECK_CHUNK_BYTES:
+            hasher = xxhash.xxh3_64()
+            for pos in range(start, stop, CHECK_CHUNK_BYTES):
+                hasher.update(read(pos, min(stop, pos + CHECK_CHUNK_BYTES)))
+            digest = hasher.intdigest()
+        else:
+            if start < window_at or stop > window_at + len(window):
+                window_at, window = start, read(start, min(limit, max(stop, start + CHECK_CHUNK_BYTES)))
+            digest = xxhash.xxh3_64_intdigest(memoryview(window)[start - window_at : stop - window_at])
+        if digest != record.c:
+            return record
+    return None
+
+
+def reseal_segment(dir_fd: int, number: int, why: str) -> None:
+    """Cut a damaged sealed segment back to its last blob that checks, and seal it again.
+
+    For a segment sealed shortly before a power loss (see :func:`seal_problem`): its
+    records are walked as recovery walks the mutable segment's, checking every blob,
+    then the index and data are cut after the last good blob, the SEAL record (and,
+    compressed, the seek table) written again, and both files fsynced. A segment that
+    a rewrite replaced (fsynced before its switch, so not damaged by a power loss) is
+    not cut: it is logged for ``verify()``.
+    """
+    data_fd, kind = open_data_file(dir_fd, number, OPEN_WRITE)
+    try:
+        raw_index = read_index(dir_fd, number) or b""
+        try:
+            header = decode_header(raw_index, index_name(number))
+        except FormatError:
+            return  # seal_problem reports no problem for these
+        records = decode_records(memoryview(raw_index)[HEADER_BYTES:]).records
+        if header.kind != kind or (kind == KIND_ZSTD and _reframed(data_fd, records)):
+            logger.error("%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; "
+                         "run verify()", segment_name(number, kind == KIND_ZSTD), why)
+            return
+        _cut_and_seal(dir_fd, number, data_fd, kind, records, why)
+    finally:
+        os.close(data_fd)
+
+
+def _reframed(data_fd: int, records: Sequence[Record]) -> bool:
+    """A compressed file whose valid seek table lists other frames than its FRAME records."""
+    try:
+        table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), os.fstat(data_fd).st_size)
+    except FormatError:
+        return False  # no table: never rewritten (a rewrite is fsynced before its switch)
+    return table.sizes() != frame_table_of(records).sizes()
+
+
+def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int, records: list[Record], why: str) -> None:
+    walk = _Walk(data_fd, kind, os.fstat(data_fd).st_size, 0)
+    walk.run(records)
+    good, end, frames_c, frame_count, blobs, sealed = walk.commit
+    good -= sealed  # the SEAL is written again, after the cut
+    tail = Tail(kind, end, HEADER_BYTES + good * RECORD_BYTES, frames_c, blobs, True, 0, frame_count)
+    index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=dir_fd)
+    try:
+        os.ftruncate(index_fd, tail.index_bytes)
+        write_seal(data_fd, index_fd, kind, tail, walk.frames[:frame_count])
+        os.fsync(data_fd)
+        os.fsync(index_fd)
+    finally:
+        os.close(index_fd)
+    kept = sum(1 for r in records if r.rtype == REC_BLOB)
+    logger.warning("%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs "
+                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, blobs, kept, end)

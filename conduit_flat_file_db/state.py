@@ -22,7 +22,7 @@ from .errors import FormatError
 from .naming import STATE_FILE_NAME
 
 STATE_MAGIC = int.from_bytes(b"FFDBSTAT", "little")
-STATE_VERSION = 1
+STATE_VERSION = 2
 STATE_BYTES = 4096
 
 # Word (8-byte) indexes into the page; FORMAT.md "State page".
@@ -41,6 +41,7 @@ W_BOOT_HI = 11
 W_KIND = 12
 W_PADDING = 13  # compressed mutable segment: payload bytes of the padding frame after its frames
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
+W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
 _SPINS_BEFORE_STUCK = 20_000
 
 

@@ -54,7 +54,7 @@ from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
 from .streams import LazyOpener, examine_for_adoption, read_head, write_aside
 from .verify import VerifyReport, verify_store
-from .writer import SegmentWriter
+from .writer import SealSyncer, SegmentWriter
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -199,6 +199,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._lock = lock
             self._state = state
             self._writer = writer
+            self._syncer = SealSyncer(dir_fd, state.words)
             self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache,
                                         self._repair_state)
             self._by_path = self._readers.by_path
@@ -214,6 +215,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._closed = True
             self._words = _CLOSED_WORDS
             self._epoch = -2
+            self._syncer.close()
             self._writer.close()
             self._readers.reset()
             self._by_path = {}
@@ -258,7 +260,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 dsizes, False)
 
     def _after_seal(self, sealed: list[int]) -> None:
-        """Re-frame compressed segments this thread just sealed (outside the write lock)."""
+        """After segments this thread just sealed (outside the write lock): have them fsynced in
+        the background; wait only if older seals are still not durable (so at most the ones
+        sealed now are exposed); re-frame compressed ones."""
+        if not sealed:
+            return
+        self._syncer.request(max(sealed) + 1)
+        self._syncer.wait(min(sealed))
         if not self.reframe_on_seal:
             return
         for number in sealed:
@@ -621,13 +629,19 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def sync(self) -> None:
         """Make every acknowledged blob durable now (for ``fsync=False`` stores).
 
-        One ``fdatasync`` of the mutable segment's data and index; afterwards a power
-        loss cannot cost any blob acknowledged before this call.
+        One ``fdatasync`` of the mutable segment's data and index, after waiting for the
+        background fsync of recently sealed segments; afterwards a power loss cannot cost
+        any blob acknowledged before this call. Raises the OSError of a failed fsync.
         """
         self._reopen_if_closed()
         with self._lock.write(self.lock_timeout):
             self._writer.resync()
             self._writer.sync()
+            mutable = self._writer.segment
+        self._syncer.request(mutable)
+        error = self._syncer.wait(mutable)
+        if error is not None:
+            raise error
 
     def rotate(self) -> tuple[Path, int]:
         """Seal the mutable segment now and start a new one; returns (new path, new number).

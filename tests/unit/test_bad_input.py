@@ -74,6 +74,7 @@ def fixture_env(make_store: StoreFactory, tmp_path: Path) -> Env:
     store.put(b"mutable one")
     mutable = store.put(b"mutable two")
     assert store.mutable_segment() == 2
+    store.sync()  # waits for the background fsync of the sealed segments: no file changes after this
     copy = tmp_path / "elsewhere" / "store"
     shutil.copytree(store.datadir, copy)
     secret = tmp_path / "outside" / "passwd"

@@ -1,0 +1,351 @@
+"""Sealed segments whose background fsync a power loss beat.
+
+A seal writes the SEAL record (compressed: also the final seek table) and returns; the
+segment is fsynced by a background thread, which then raises word W_SYNCED_BELOW of the
+state page. A power loss before that can leave the segment's data or index short, or
+hold zeros where data was. The tests below forge exactly that state: a state page from
+another boot whose W_SYNCED_BELOW is at or below the damaged segment. Recovery on open
+must check those segments, cut a damaged one back to its last blob that checks, seal it
+again (SEAL record and seek table), and leave every other blob readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+from crash_support import index_records_of, set_state_word, state_word
+
+from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db.errors import InvalidLocationError
+from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
+from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, parse_segment_name, segment_name
+from conduit_flat_file_db.seekable import SeekableReader
+from conduit_flat_file_db.segment import seal_problem
+from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
+from conduit_flat_file_db.types import DataLocation
+
+pytestmark = pytest.mark.crash
+
+SEGMENT_BYTES = 24 * 1024
+DAMAGED = 1  # the segment the tests damage; segment 0 stays known-durable
+
+
+class Blob(NamedTuple):
+    """One put: where it went and what it was."""
+
+    location: DataLocation
+    data: bytes
+
+    @property
+    def segment(self) -> int:
+        """Number of the segment holding it."""
+        number = parse_segment_name(os.path.basename(self.location.file_path))
+        assert number is not None
+        return number
+
+
+def open_store(datadir: Path, compressed: bool, **options: object) -> FlatFileDb:
+    """The store under test (compressed stores keep their put frames: no re-framing)."""
+    options.setdefault("reframe_on_seal", False)
+    db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=compressed, frame_bytes=1024,
+                    **options)  # type: ignore[arg-type]
+    db.MAX_DAT_FILE_SIZE = SEGMENT_BYTES
+    return db
+
+
+def fill(datadir: Path, compressed: bool, **options: object) -> list[Blob]:
+    """About four sealed segments of 300..3000-byte blobs, then a non-empty mutable one."""
+    rng = random.Random(11)
+    db = open_store(datadir, compressed, **options)
+    blobs: list[Blob] = []
+    try:
+        while db.mutable_segment() < 4 or not blobs or blobs[-1].segment < 4:
+            data = bytes(rng.getrandbits(8) if i % 3 else 97 for i in range(rng.randint(300, 3000)))
+            blobs.append(Blob(db.put(data), data))
+    finally:
+        db.close()  # waits for the background fsyncs
+    assert state_word(datadir, W_SYNCED_BELOW) == 4
+    return blobs
+
+
+def forge_power_loss(datadir: Path, synced_below: int) -> None:
+    """Make the state page look written before a reboot, with fsyncs confirmed below ``synced_below``."""
+    set_state_word(datadir, W_SYNCED_BELOW, synced_below)
+    set_state_word(datadir, W_BOOT_LO, 0x1234)
+    set_state_word(datadir, W_BOOT_HI, 0x5678)
+
+
+def records(datadir: Path, number: int, rtype: int) -> list[tuple[int, int, int]]:
+    """(a, b, c) of the records of one type in a segment's index."""
+    return [(r.a, r.b, r.c) for r in index_records_of(datadir, number) if r.rtype == rtype]
+
+
+def data_file(datadir: Path, number: int) -> Path:
+    """The data file of segment ``number``, either suffix."""
+    for compressed in (False, True):
+        path = datadir / segment_name(number, compressed)
+        if path.exists():
+            return path
+    raise AssertionError(f"segment {number} has no data file")
+
+
+def cut_file(path: Path, size: int) -> None:
+    """Leave only the first ``size`` bytes of ``path`` (what reached the disk)."""
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+
+
+def zero_bytes(path: Path, start: int, count: int) -> None:
+    """Overwrite bytes with zeros (blocks whose data never reached the disk)."""
+    with open(path, "r+b") as handle:
+        handle.seek(start)
+        handle.write(bytes(count))
+
+
+def lose_data_tail(datadir: Path, blobs: list[Blob]) -> int:
+    """The data file lost everything from inside its last blob on; returns the blobs kept."""
+    mine = [b for b in blobs if b.segment == DAMAGED]
+    path = data_file(datadir, DAMAGED)
+    frames = records(datadir, DAMAGED, REC_FRAME)
+    cut_file(path, frames[-1][2] + 3 if frames else mine[-1].location.start_offset + 1)
+    if frames:  # the last frame is cut: every blob that reaches into it is lost
+        last_frame_start = frames[-1][0]
+        return sum(1 for b in mine if b.location.end_offset <= last_frame_start)
+    return len(mine) - 1
+
+
+def lose_index_tail(datadir: Path, blobs: list[Blob]) -> int:
+    """The index lost its SEAL and its last BLOB record; returns the blobs kept."""
+    path = datadir / index_name(DAMAGED)
+    raw = path.read_bytes()
+    last_blob = max(i for i in range(HEADER_BYTES, len(raw), RECORD_BYTES) if raw[i] == REC_BLOB)
+    cut_file(path, last_blob)
+    return sum(1 for b in blobs if b.segment == DAMAGED) - 1
+
+
+def zero_a_middle_blob(datadir: Path, blobs: list[Blob]) -> int:
+    """Zeros where a blob in the middle of the segment was; returns the blobs kept (those before it)."""
+    mine = [b for b in blobs if b.segment == DAMAGED]
+    victim = mine[len(mine) // 2]
+    frames = records(datadir, DAMAGED, REC_FRAME)
+    if frames:  # zero the first frame holding the victim's first byte
+        frame = max(f for f in frames if f[0] <= victim.location.start_offset)
+        zero_bytes(data_file(datadir, DAMAGED), frame[2], frame[1] >> 32)
+        return sum(1 for b in mine if b.location.end_offset <= frame[0])
+    zero_bytes(data_file(datadir, DAMAGED), victim.location.start_offset, 50)
+    return len(mine) // 2
+
+
+DAMAGE: dict[str, Callable[[Path, list[Blob]], int]] = {
+    "data tail lost": lose_data_tail,
+    "index tail lost": lose_index_tail,
+    "zeros in the middle": zero_a_middle_blob,
+}
+
+
+def assert_resealed(db: FlatFileDb, datadir: Path, blobs: list[Blob], kept: int) -> None:
+    """The damaged segment holds its first ``kept`` blobs and is sealed again; the rest is untouched."""
+    mine = [b for b in blobs if b.segment == DAMAGED]
+    assert 0 < kept < len(mine)
+    for blob in blobs:
+        if blob.segment != DAMAGED or mine.index(blob) < kept:
+            assert db.get(blob.location) == blob.data, blob.location
+        else:
+            with pytest.raises(InvalidLocationError):
+                db.get(blob.location)  # past the sealed end: never served
+    end = mine[kept - 1].location.end_offset
+    seal = records(datadir, DAMAGED, REC_SEAL)
+    assert [(a, b) for a, b, _ in seal] == [(end, kept)]
+    assert len(records(datadir, DAMAGED, REC_BLOB)) == kept
+    assert index_records_of(datadir, DAMAGED)[-1].rtype == REC_SEAL
+    path = data_file(datadir, DAMAGED)
+    if path.suffix == ".zst":
+        with SeekableReader(str(path)) as reader:  # a plain seek table for exactly the kept bytes
+            assert reader.size == end
+            assert reader.read_range(0, end) == b"".join(b.data for b in mine[:kept])
+    else:
+        assert path.stat().st_size == end
+    dir_fd = os.open(datadir, os.O_RDONLY)
+    try:
+        assert seal_problem(dir_fd, DAMAGED, full=True) is None
+    finally:
+        os.close(dir_fd)
+    report = db.verify()
+    assert report.ok, str(report)
+    more = db.put(b"after the power loss")
+    assert db.get(more) == b"after the power loss"
+    assert state_word(datadir, W_SYNCED_BELOW) == db.mutable_segment()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_unsynced_sealed_segment_is_cut_and_sealed_again(
+        tmp_path: Path, damage: str, compressed: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Each kind of damage costs the blobs from the damage on, and only those."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, compressed)
+    kept = DAMAGE[damage](datadir, blobs)
+    forge_power_loss(datadir, synced_below=DAMAGED)
+    with caplog.at_level(logging.WARNING, logger="conduit_flat_file_db"):
+        db = open_store(datadir, compressed)
+        try:
+            assert db.mutable_segment() == 4  # the segment count did not change
+            assert_resealed(db, datadir, blobs, kept)
+        finally:
+            db.close()
+    assert "sealed segment damaged by a power loss" in caplog.text
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+def test_intact_unsynced_sealed_segments_lose_nothing(tmp_path: Path, compressed: bool,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Unconfirmed but whole: checked, nothing cut, nothing rewritten."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, compressed)
+    before = {name: (datadir / name).read_bytes() for name in os.listdir(datadir) if name != STATE_FILE_NAME}
+    forge_power_loss(datadir, synced_below=0)
+    with caplog.at_level(logging.WARNING, logger="conduit_flat_file_db"):
+        db = open_store(datadir, compressed)
+        try:
+            for blob in blobs:
+                assert db.get(blob.location) == blob.data
+            assert state_word(datadir, W_SYNCED_BELOW) == 4
+        finally:
+            db.close()
+    assert "power loss" not in caplog.text
+    after = {name: (datadir / name).read_bytes() for name in os.listdir(datadir) if name != STATE_FILE_NAME}
+    assert after == before
+
+
+def test_segments_confirmed_durable_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only segments at or above W_SYNCED_BELOW are checked: reopening a large store after a
+    power loss reads what was exposed, not every segment."""
+    datadir = tmp_path / "store"
+    fill(datadir, False)
+    forge_power_loss(datadir, synced_below=3)
+    checked: list[int] = []
+    real = seal_problem
+
+    def spy(dir_fd: int, number: int, *, full: bool) -> str | None:
+        checked.append(number)
+        return real(dir_fd, number, full=full)
+
+    monkeypatch.setattr("conduit_flat_file_db.writer.seal_problem", spy)
+    open_store(datadir, False).close()
+    assert checked == [3]
+
+
+def test_lost_state_page_checks_every_sealed_segment_by_size(tmp_path: Path) -> None:
+    """With no state page nothing is known to be durable: every sealed segment gets the
+    size check, which catches a lost data tail."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, False)
+    kept = lose_data_tail(datadir, blobs)
+    os.unlink(datadir / STATE_FILE_NAME)
+    db = open_store(datadir, False)
+    try:
+        assert_resealed(db, datadir, blobs, kept)
+    finally:
+        db.close()
+
+
+def test_same_boot_reopen_fsyncs_segments_a_dead_writer_left_unconfirmed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same boot, so no power loss: the unconfirmed segments are fsynced, the older ones are not."""
+    datadir = tmp_path / "store"
+    fill(datadir, False)
+    set_state_word(datadir, W_SYNCED_BELOW, 2)  # as if the sealing process died before its fsyncs
+    synced = fsync_spy(monkeypatch)
+    open_store(datadir, False).close()
+    names = {name for name, _thread in synced}
+    assert {segment_name(2, False), index_name(2), segment_name(3, False), index_name(3)} <= names
+    assert not names & {segment_name(0, False), segment_name(1, False)}
+    assert state_word(datadir, W_SYNCED_BELOW) == 4
+
+
+def fsync_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record (file name, thread name) of every os.fsync from now on."""
+    calls: list[tuple[str, str]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        calls.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), threading.current_thread().name))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+def test_a_seal_is_fsynced_by_the_background_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   compressed: bool) -> None:
+    """The writer that seals does not fsync the sealed segment (neither under the write lock nor
+    after it); the store's sync thread does, then confirms it in the state page."""
+    db = open_store(tmp_path / "store", compressed)
+    try:
+        db.put(b"x" * 5000)
+        db.sync()
+        calls = fsync_spy(monkeypatch)
+        db.rotate()
+        sealed = {segment_name(0, compressed), index_name(0)}
+        db.sync()  # waits for the background fsync
+        by_thread = {(name, thread) for name, thread in calls if name in sealed}
+        assert by_thread == {(name, "ffdb-seal-sync") for name in sealed}
+        assert state_word(tmp_path / "store", W_SYNCED_BELOW) == 1
+    finally:
+        db.close()
+
+
+def test_forked_child_seals_with_its_own_sync_thread(tmp_path: Path) -> None:
+    """A child forked from a process whose sync thread ran starts its own and confirms its seals."""
+    datadir = tmp_path / "store"
+    db = open_store(datadir, False)
+    try:
+        db.put(b"parent")
+        db.rotate()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                db.put(b"child")
+                db.rotate()
+                db.sync()
+                code = 0 if state_word(datadir, W_SYNCED_BELOW) == 2 else 2
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        db.put(b"parent again")
+        db.rotate()
+        db.sync()
+        assert state_word(datadir, W_SYNCED_BELOW) == 3
+    finally:
+        db.close()
+
+
+def test_recovery_never_cuts_a_rewritten_segment(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A re-framed segment was fsynced before its switch, so bad bytes in it are not a power-loss
+    tail: recovery logs it for verify() and cuts nothing."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, True, reframe_on_seal=True)
+    path = data_file(datadir, DAMAGED)
+    size = path.stat().st_size
+    zero_bytes(path, size // 2, 64)
+    forge_power_loss(datadir, synced_below=DAMAGED)
+    with caplog.at_level(logging.ERROR, logger="conduit_flat_file_db"):
+        db = open_store(datadir, True, reframe_on_seal=True)
+        try:
+            assert path.stat().st_size == size
+            assert not db.verify().ok
+            for blob in blobs:
+                if blob.segment != DAMAGED:
+                    assert db.get(blob.location) == blob.data
+        finally:
+            db.close()
+    assert "was rewritten, so it is not cut" in caplog.text
