@@ -256,7 +256,7 @@ class FlatFileDb(Store):
         action = "reframed" if target == (kind == KIND_ZSTD) else ("compressed" if target else "decompressed")
         return RecompressResult(number, action, before, after, reason)
 
-    def _after_seal(self, sealed: list[int]) -> None:
+    def _rework_sealed(self, sealed: list[int]) -> None:
         if self.compress_mode is CompressMode.AUTO:
             for number in sealed:
                 try:
@@ -265,7 +265,7 @@ class FlatFileDb(Store):
                     logger.warning("%s: compressing sealed segment %d failed (it stays raw): %s",
                                    self._dir_str, number, exc)
             return
-        super()._after_seal(sealed)
+        super()._rework_sealed(sealed)
 
     # -- retention --------------------------------------------------------------------------
 

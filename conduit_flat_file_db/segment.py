@@ -539,8 +539,9 @@ def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequen
     return disk
 
 
-def sync_segment(dir_fd: int, number: int) -> None:
-    """fsync the files of segment ``number`` that exist (a deleted segment has none)."""
+def sync_segment(dir_fd: int, number: int) -> int:
+    """fsync the files of segment ``number`` that exist; returns how many (2 for a whole segment)."""
+    synced = 0
     for name in (segment_name(number, False), segment_name(number, True), index_name(number)):
         try:
             fd = os.open(name, OPEN_READ, dir_fd=dir_fd)
@@ -548,8 +549,10 @@ def sync_segment(dir_fd: int, number: int) -> None:
             continue
         try:
             os.fsync(fd)
+            synced += 1
         finally:
             os.close(fd)
+    return synced
 
 
 def seal_problem(dir_fd: int, number: int, *, full: bool) -> str | None:
@@ -682,7 +685,7 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
         except FormatError:
             return  # seal_problem reports no problem for these
         records = decode_records(memoryview(raw_index)[HEADER_BYTES:]).records
-        if header.kind != kind or (kind == KIND_ZSTD and _reframed(data_fd, records)):
+        if header.kind != kind or (kind == KIND_ZSTD and _rewritten(data_fd, records)):
             logger.error("%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; "
                          "run verify()", segment_name(number, kind == KIND_ZSTD), why)
             return
@@ -691,13 +694,31 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
         os.close(data_fd)
 
 
-def _reframed(data_fd: int, records: Sequence[Record]) -> bool:
-    """A compressed file whose valid seek table lists other frames than its FRAME records."""
+def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
+    """Whether a compressed segment's file was replaced by a rewrite (re-framing), or was
+    committed whole: recovery never cuts those by their FRAME records.
+
+    A rewrite starts by fsyncing the segment, so its index ends in a durable SEAL; it
+    writes a plain seek table (no padding frame: only the mutable layout has one);
+    and its frames differ from the FRAME records. A file whose table lists the FRAME
+    records' frames (plus, mutable layout, a padding frame) was never rewritten: its
+    seal, or part of it, is what the power loss took.
+    """
+    if not records or records[-1].rtype != REC_SEAL:
+        return False
+    frames = frame_table_of(records).sizes()
+    if not frames:
+        return True  # a whole file committed by rename (put_stream, adopt_file), fsynced before its commit
     try:
         table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), os.fstat(data_fd).st_size)
     except FormatError:
         return False  # no table: never rewritten (a rewrite is fsynced before its switch)
-    return table.sizes() != frame_table_of(records).sizes()
+    sizes = table.sizes()
+    if sizes and sizes[-1][1] == 0:
+        head = os.pread(data_fd, SKIPPABLE_HEADER_BYTES, table.c_offsets[-2])
+        if len(head) == SKIPPABLE_HEADER_BYTES and _SKIP_HEADER.unpack(head)[0] == PADDING_MAGIC:
+            return False  # a padding frame: the mutable layout, so the seal's table never landed
+    return sizes != frames
 
 
 def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int, records: list[Record], why: str) -> None:

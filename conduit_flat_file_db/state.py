@@ -131,6 +131,17 @@ class SharedState:
         words[W_MAGIC] = STATE_MAGIC
         self.fresh = False
 
+    def persist(self, dir_fd: int) -> None:
+        """fsync the page and its directory entry. Done once when a page is (re)initialised, so
+        that after a power loss a new page means no segment was sealed under this one's watch
+        (sealed segments are fsynced in the background and confirmed in word W_SYNCED_BELOW)."""
+        fd = os.open(STATE_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(dir_fd)
+
     def bump_epoch(self) -> None:
         """Tell every reader that a segment file was removed or replaced."""
         self.words[W_EPOCH] += 1

@@ -267,6 +267,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return
         self._syncer.request(max(sealed) + 1)
         self._syncer.wait(min(sealed))
+        self._rework_sealed(sealed)
+
+    def _rework_sealed(self, sealed: list[int]) -> None:
+        """Re-frame compressed segments just sealed when they hold small or stored frames."""
         if not self.reframe_on_seal:
             return
         for number in sealed:

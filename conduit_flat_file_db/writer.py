@@ -9,10 +9,12 @@ process; this object only caches descriptors for it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -157,7 +159,10 @@ class SegmentWriter:
             self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
             words[W_DURABLE_END] = tail.end if check_from is not None else 0
+        was_fresh = state.fresh
         state.initialise()
+        if was_fresh:
+            state.persist(self.dir_fd)
         state.publish(_view_of(newest, tail))
         words[W_DIRTY] = 0
 
@@ -407,6 +412,9 @@ class SegmentWriter:
         self.segment = -1
 
 
+_IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
+
+
 class SealSyncer:
     """Makes sealed segments durable in a background thread, then records that in the state page.
 
@@ -416,21 +424,24 @@ class SealSyncer:
     fsyncs each sealed segment, then raises word W_SYNCED_BELOW; after a power loss,
     recovery checks the segments at or above it (GUARANTEES.md, "Durability").
 
-    One per store instance; started on the first request. A forked child starts its
-    own (the parent's thread does not exist there).
+    One per store instance. The thread starts on a request and ends after a second
+    with nothing to do; ``close()`` (and interpreter exit) waits for pending work.
+    A failed fsync is sticky: the word is never raised again by this instance and
+    every ``wait`` returns the error. A forked child starts its own thread.
     """
 
     def __init__(self, dir_fd: int, words: Any) -> None:
         self._dir_fd = dir_fd
         self._words = words
         self._reset()
+        _LIVE_SYNCERS.add(self)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition()
         self._target = self._words[W_SYNCED_BELOW]  # sync every segment below this
         self._done = self._target  # requests up to here are finished
-        self._error: OSError | None = None
+        self._failed: OSError | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -442,20 +453,27 @@ class SealSyncer:
             if below <= self._target or self._closing:
                 return
             self._target = below
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+            if self._thread is not None:
+                self._cond.notify_all()
+                return
+            thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no new thread now (interpreter exiting, thread limit): sync here
+                pass
+            else:
+                self._thread = thread
+                return
+        self._finish(below, self._sync(below))
 
     def wait(self, below: int) -> OSError | None:
-        """Wait until what was requested below ``below`` is durable; returns the last sync error, if any."""
+        """Wait until what was requested below ``below`` is done; returns the error of a failed fsync, if any."""
         if self._pid != os.getpid():
             return None
         with self._cond:
-            while self._done < min(below, self._target):
+            while self._done < min(below, self._target) and self._thread is not None:
                 self._cond.wait()
-            error, self._error = self._error, None
-        return error
+            return self._failed
 
     def close(self) -> None:
         """Finish every request, then stop the thread."""
@@ -463,7 +481,7 @@ class SealSyncer:
             return
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join()
@@ -471,26 +489,43 @@ class SealSyncer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._done >= self._target and not self._closing:
-                    self._cond.wait()
+                if self._done >= self._target and not self._closing:
+                    self._cond.wait(_IDLE_SECONDS)
                 if self._done >= self._target:
+                    self._thread = None
+                    self._cond.notify_all()
                     return
                 target = self._target
-            error = self._sync(target)
-            with self._cond:
-                self._done = target
-                self._error = error or self._error
-                self._cond.notify_all()
+            self._finish(target, self._sync(target))
+
+    def _finish(self, target: int, error: OSError | None) -> None:
+        with self._cond:
+            self._done = max(self._done, target)
+            self._failed = self._failed or error
+            self._cond.notify_all()
 
     def _sync(self, below: int) -> OSError | None:
         words = self._words
         try:
+            gone = False
             for number in range(words[W_SYNCED_BELOW], below):
-                sync_segment(self._dir_fd, number)
+                gone |= sync_segment(self._dir_fd, number) < 2
+            if gone:  # a deleted segment stays deleted after a power loss before it counts as done
+                fsync_dir(self._dir_fd)
         except OSError as exc:
-            logger.error("fsync of a sealed segment failed; it stays unconfirmed and is checked after a "
-                         "power loss: %s", exc)
+            logger.error("fsync of a sealed segment failed; this store no longer confirms sealed segments as "
+                         "durable (they are checked after a power loss): %s", exc)
             return exc
-        if words[W_SYNCED_BELOW] < below:
+        if self._failed is None and words[W_SYNCED_BELOW] < below:
             words[W_SYNCED_BELOW] = below  # not under the lock: a racing lower value only means more checks
         return None
+
+
+_LIVE_SYNCERS: "weakref.WeakSet[SealSyncer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """A process that exits with stores open still gets their sealed segments fsynced."""
+    for syncer in list(_LIVE_SYNCERS):
+        syncer.close()

@@ -11,22 +11,28 @@ again (SEAL record and seek table), and leave every other blob readable.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
 from crash_support import index_records_of, set_state_word, state_word
 
-from conduit_flat_file_db import FlatFileDb
+import conduit_flat_file_db.segment as segment_module
+import conduit_flat_file_db.writer as writer_module
+from conduit_flat_file_db import CompressMode, FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, parse_segment_name, segment_name
 from conduit_flat_file_db.seekable import SeekableReader
-from conduit_flat_file_db.segment import seal_problem
+from conduit_flat_file_db.segment import RESERVE_MIN_BYTES, seal_problem, write_reserve_and_table
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
 from conduit_flat_file_db.types import DataLocation
 
@@ -349,3 +355,151 @@ def test_recovery_never_cuts_a_rewritten_segment(tmp_path: Path, caplog: pytest.
         finally:
             db.close()
     assert "was rewritten, so it is not cut" in caplog.text
+
+
+@pytest.mark.parametrize("seal_record", ["kept", "lost"])
+def test_seal_whose_seek_table_never_landed(tmp_path: Path, seal_record: str) -> None:
+    """The seal's plain seek table did not reach the disk: the file still ends in the mutable
+    layout (padding frame, table with a padding entry). That is a power-loss tail, not a
+    rewrite: no blob is lost. Without its SEAL record the segment is sealed again; with it,
+    the file is a valid seekable file of exactly the sealed bytes and stays as it is."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, True)
+    frames = records(datadir, DAMAGED, REC_FRAME)
+    frames_end = frames[-1][2] + (frames[-1][1] >> 32)
+    fd = os.open(data_file(datadir, DAMAGED), os.O_RDWR)
+    try:
+        os.ftruncate(fd, frames_end)
+        write_reserve_and_table(fd, frames_end, [(b >> 32, b & 0xFFFFFFFF) for _, b, _ in frames], RESERVE_MIN_BYTES)
+    finally:
+        os.close(fd)
+    if seal_record == "lost":
+        index = datadir / index_name(DAMAGED)
+        cut_file(index, index.stat().st_size - RECORD_BYTES)
+    forge_power_loss(datadir, synced_below=DAMAGED)
+    db = open_store(datadir, True)
+    try:
+        mine = [b for b in blobs if b.segment == DAMAGED]
+        for blob in blobs:
+            assert db.get(blob.location) == blob.data
+        assert [(a, b) for a, b, _ in records(datadir, DAMAGED, REC_SEAL)] == [(mine[-1].location.end_offset,
+                                                                                 len(mine))]
+        with SeekableReader(str(data_file(datadir, DAMAGED))) as reader:
+            assert reader.size == mine[-1].location.end_offset
+            if seal_record == "lost":  # sealed again: a plain table, the padding entry is gone
+                assert len(reader.table) == len(frames)
+        assert db.verify().ok
+    finally:
+        db.close()
+
+
+def test_auto_compression_mode_confirms_its_seals(tmp_path: Path) -> None:
+    """CompressMode.AUTO recompresses sealed segments after the seal; they are fsynced and
+    confirmed all the same."""
+    datadir = tmp_path / "store"
+    db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=CompressMode.AUTO)
+    db.MAX_DAT_FILE_SIZE = SEGMENT_BYTES
+    try:
+        rng = random.Random(3)
+        while db.mutable_segment() < 3:
+            db.put(rng.randbytes(8000))
+        db.sync()
+        assert state_word(datadir, W_SYNCED_BELOW) == 3
+    finally:
+        db.close()
+
+
+def test_a_failed_fsync_is_reported_by_every_sync_and_confirms_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """After an fsync error the kernel may have dropped the dirty pages: this store never again
+    confirms a sealed segment as durable, and sync() keeps raising the error."""
+    datadir = tmp_path / "store"
+    db = open_store(datadir, False)
+    failures = [OSError(errno.EIO, "Input/output error")]
+    real = segment_module.sync_segment
+
+    def failing(dir_fd: int, number: int) -> int:
+        if failures:
+            raise failures.pop()
+        return real(dir_fd, number)
+
+    monkeypatch.setattr(writer_module, "sync_segment", failing)
+    try:
+        db.put(b"a" * 100)
+        with caplog.at_level(logging.ERROR, logger="conduit_flat_file_db"):
+            db.rotate()
+            for _ in range(2):
+                with pytest.raises(OSError) as info:
+                    db.sync()
+                assert info.value.errno == errno.EIO
+        assert "fsync of a sealed segment failed" in caplog.text
+        db.put(b"b" * 100)
+        db.rotate()
+        with pytest.raises(OSError):
+            db.sync()
+        assert state_word(datadir, W_SYNCED_BELOW) == 0
+    finally:
+        db.close()
+
+
+def test_seals_are_confirmed_when_no_thread_can_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no new thread possible (a thread limit, an exiting interpreter) the sealing thread
+    fsyncs the segment itself; nothing waits for a thread that never ran."""
+    datadir = tmp_path / "store"
+    db = open_store(datadir, False)
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError(f"can't start new thread {self.name}")
+
+    try:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        for number in range(3):
+            db.put(b"c" * 100)
+            db.rotate()
+            assert state_word(datadir, W_SYNCED_BELOW) == number + 1
+        db.sync()
+    finally:
+        db.close()
+
+
+def test_the_sync_thread_ends_when_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that stopped sealing holds no thread (so an unclosed store leaks none)."""
+    monkeypatch.setattr(writer_module, "_IDLE_SECONDS", 0.05)
+    db = open_store(tmp_path / "store", False)
+    try:
+        db.put(b"d" * 100)
+        db.rotate()
+        db.sync()
+        deadline = time.monotonic() + 10
+        while any(t.name == "ffdb-seal-sync" for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not [t for t in threading.enumerate() if t.name == "ffdb-seal-sync"]
+        db.put(b"e" * 100)
+        db.rotate()  # a new thread serves the next seal
+        db.sync()
+        assert state_word(tmp_path / "store", W_SYNCED_BELOW) == 2
+    finally:
+        db.close()
+
+
+def test_a_process_exiting_without_close_confirms_its_seals(tmp_path: Path) -> None:
+    """Interpreter exit waits for the sync thread (it is a daemon thread, killed otherwise)."""
+    datadir = tmp_path / "store"
+    script = (f"from conduit_flat_file_db import FlatFileDb\n"
+              f"db = FlatFileDb({str(datadir)!r}, {str(datadir) + '.lock'!r})\n"
+              f"db.MAX_DAT_FILE_SIZE = 4096\n"
+              f"for _ in range(20):\n"
+              f"    db.put(b'f' * 3000)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    mutable = max(n for n in map(parse_segment_name, os.listdir(datadir)) if n is not None)
+    assert mutable >= 5
+    assert state_word(datadir, W_SYNCED_BELOW) == mutable
+
+
+def test_a_new_state_page_is_made_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new page is fsynced (with its directory entry) before anything is sealed under it: after
+    a power loss, a new page means no seal happened under the old one's watch."""
+    calls = fsync_spy(monkeypatch)
+    open_store(tmp_path / "store", False).close()
+    assert (STATE_FILE_NAME, "MainThread") in calls
+    assert ("store", "MainThread") in calls
