@@ -564,8 +564,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         out: list[bytes] = [b""] * count
         if count == 0:
             return out
-        if {*map(type, locations)} == {DataLocation}:
-            paths, starts, ends = zip(*locations)  # columns; every item is a 3-field DataLocation
+        try:  # columns first (this pass pays the cache misses on the items), then the type check
+            paths, starts, ends = itertools.islice(zip(*locations), 3)
+        except (TypeError, ValueError):  # an item that is not a sequence of three: get() says why
+            paths = ()
+        if paths and {*map(type, locations)} == {DataLocation}:
             order = _disk_order(paths, starts, self._by_path if self._words[W_EPOCH] == self._epoch else {})
             if order is not None:
                 self._read_mapped(locations, order, paths, starts, ends, out)

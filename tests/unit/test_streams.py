@@ -9,6 +9,7 @@ engine internals, so these tests keep the format honest too.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import struct
@@ -525,6 +526,9 @@ def bad_locations(db: FlatFileDb, tmp_path: Path, good: DataLocation) -> Iterato
     yield DataLocation(os.path.join(os.path.dirname(seg), "ffdb.state"), 0, 1), InvalidLocationError
     yield DataLocation(db.segment_path(99_999), 0, 1), FlatFileDbNotFoundError
     yield ("not", "a location"), TypeError
+    yield itertools.count(), TypeError  # endless: must not be read to its end
+    yield 12345, TypeError  # not a sequence at all
+    yield (seg, 0, 1, "extra"), TypeError
     yield DataLocation._make([seg, "0", 1]), TypeError
 
 
