@@ -41,6 +41,7 @@ from .segment import (
     fsync_dir,
     open_data_file,
     padding_header,
+    preallocate,
     pwrite_all,
     pwritev_all,
     recover_segment,
@@ -104,6 +105,8 @@ class SegmentWriter:
         # ``_sizes_upto`` bytes say, kept so a seek-table rewrite need not reread it all.
         self._sizes: list[tuple[int, int]] = []
         self._sizes_upto = 0
+        self.max_size = 0  # the store's MAX_DAT_FILE_SIZE at the last prepare()
+        self.reserved = 0  # bytes of the mutable data file this writer preallocated (raw segments)
 
     def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
         """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
@@ -203,6 +206,7 @@ class SegmentWriter:
     def prepare(self, max_size: int) -> int:
         """Sync with the mutable segment, rotate it when full; returns where the next blob starts."""
         words = self.words
+        self.max_size = max_size
         if words[W_DIRTY] or words[W_SEGMENT] != self.segment:
             self.resync()
         end: int = words[W_END]
@@ -225,6 +229,8 @@ class SegmentWriter:
             self.segment = number
             self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
             self._sizes, self._sizes_upto = [], 0
+            # Another process may have reserved the segment already: its blocks say so.
+            self.reserved = os.fstat(self.data_fd).st_blocks * 512 if self.kind == KIND_RAW else 0
 
     def rotate(self) -> int:
         """Seal the mutable segment and start the next one; returns the sealed segment's number.
@@ -330,6 +336,8 @@ class SegmentWriter:
         """Commit blob bytes (``data``, or the concatenation of ``buffers``) at ``start`` in a raw segment."""
         words = self.words
         index_bytes = words[W_INDEX_BYTES]
+        if end > self.reserved:
+            self._reserve(end)
         words[W_DIRTY] = 1
         try:
             if buffers is None:
@@ -349,6 +357,22 @@ class SegmentWriter:
         words[W_DISK_BYTES] = end
         words[W_END] = end  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
+
+    def _reserve(self, end: int) -> None:
+        """Reserve disk blocks for the whole raw mutable segment (up to MAX_DAT_FILE_SIZE, or
+        ``end`` when a blob goes past it) with one ``fallocate`` that keeps the file's size.
+
+        One call per segment, made by the first put after the rotation, so before the
+        sealed segment's background fsync starts: an ``fallocate`` issued while that fsync
+        commits the filesystem's journal waits for it (tens of ms on ext4), where plain
+        writes into reserved blocks do not. Sealing cuts the file at its end, which frees
+        what was not used.
+        """
+        want = max(end, self.max_size)
+        if preallocate(self.data_fd, self.reserved, want - self.reserved):
+            self.reserved = want
+        else:
+            self.reserved = 1 << 62  # not supported here: stop trying for this segment
 
     def append_zstd(self, frames: Sequence[bytes], dsizes: Sequence[int], start: int, end: int,  # pylint: disable=too-many-arguments
                     blob_records: bytes, *, stored: bool = False) -> None:

@@ -22,6 +22,8 @@ from conduit_flat_file_db import (
     FlatFileDbError,
     Slice,
 )
+import conduit_flat_file_db.writer as writer_module
+from conduit_flat_file_db.segment import preallocate
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -627,3 +629,66 @@ def test_legacy_full_segment_rotates_on_next_put(make_store: StoreFactory, tmp_p
     assert loc == DataLocation(str(tmp_path / "store" / "data_00000002.dat"), 0, 3)
     for start, end, part in layout["data_00000001.dat"]:
         assert store.get(DataLocation(str(tmp_path / "store" / "data_00000001.dat"), start, end)) == part
+
+
+# -- disk reservation of the raw mutable segment ---------------------------------------------
+
+
+def fallocate_works(directory: Path) -> bool:
+    """Whether this filesystem reserves blocks beyond a file's end (fallocate KEEP_SIZE)."""
+    probe = directory / "probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        return preallocate(fd, 0, 2**20) and os.fstat(fd).st_blocks * 512 >= 2**20
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def test_mutable_segment_reserves_its_blocks_and_sealing_frees_the_rest(make_store: StoreFactory,
+                                                                        tmp_path: Path) -> None:
+    """The first put reserves disk for the whole segment without changing the file's size;
+    the seal cuts the file at its end, which frees the blocks it did not use."""
+    db = make_store()
+    db.MAX_DAT_FILE_SIZE = 4 * 2**20
+    location = db.put(b"r" * 5000)
+    path = Path(location.file_path)
+    assert path.stat().st_size == 5000  # readers, dd and recovery see exactly the committed bytes
+    if fallocate_works(tmp_path):
+        assert path.stat().st_blocks * 512 >= 4 * 2**20
+    db.put(b"s" * 3000)
+    db.rotate()
+    assert path.stat().st_size == 8000
+    assert path.stat().st_blocks * 512 < 64 * 1024  # only what holds the 8,000 bytes
+    assert db.get(location) == b"r" * 5000
+
+
+def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """One fallocate per segment, by the first writer; another instance (as another process
+    would) sees the reserved blocks and makes none; a filesystem without fallocate gets one
+    try per segment and plain writes."""
+    calls: list[tuple[int, int]] = []
+    real = preallocate
+
+    def counting(fd: int, offset: int, length: int) -> bool:
+        calls.append((offset, length))
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(writer_module, "preallocate", counting)
+    first, second = make_store(), make_store()
+    first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 2**20
+    for i in range(50):
+        (first if i % 2 else second).put(b"t" * 1000)
+    assert len(calls) == (1 if fallocate_works(tmp_path) else 2)
+
+    def unsupported(fd: int, offset: int, length: int) -> bool:
+        calls.append((offset, length))
+        return False
+
+    monkeypatch.setattr(writer_module, "preallocate", unsupported)
+    calls.clear()
+    first.rotate()
+    locations = [first.put(b"u" * 1000) for _ in range(20)]
+    assert len(calls) == 1
+    assert first.get_many(locations) == [b"u" * 1000] * 20
