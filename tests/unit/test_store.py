@@ -682,7 +682,7 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
         (first if i % 2 else second).put(b"t" * 1000)
     assert len(calls) == (1 if fallocate_works(tmp_path) else 2)
 
-    def unsupported(fd: int, offset: int, length: int) -> bool:
+    def unsupported(_fd: int, offset: int, length: int) -> bool:
         calls.append((offset, length))
         return False
 
