@@ -725,8 +725,8 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
 
 
 def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
-    """Whether a compressed segment's file was replaced by a rewrite (re-framing), or was
-    committed whole: recovery never cuts those by their FRAME records.
+    """Whether a compressed segment's file was replaced by a rewrite (re-framing): recovery
+    never cuts those by their FRAME records.
 
     A rewrite starts by fsyncing the segment, so its index ends in a durable SEAL; it
     writes a plain seek table (no padding frame: only the mutable layout has one);
@@ -738,7 +738,7 @@ def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
         return False
     frames = frame_table_of(records).sizes()
     if not frames:
-        return True  # a whole file committed by rename (put_stream, adopt_file), fsynced before its commit
+        return False  # a whole file committed by rename (put_stream, adopt_file): its one blob is checked as any
     try:
         table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), os.fstat(data_fd).st_size)
     except FormatError:

@@ -397,7 +397,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
         framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads,
                           self.min_frame_saving)
-        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing)
+        written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing, fsync=self.fsync)
         kind = KIND_ZSTD if self.use_compression else KIND_RAW
         return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)
 

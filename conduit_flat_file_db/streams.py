@@ -77,8 +77,14 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     return view[: len(data)]
 
 
-def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing) -> Written:
-    """Copy ``prefix`` then everything ``source`` yields into a scratch file, in constant memory."""
+def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing,  # pylint: disable=too-many-arguments
+                fsync: bool) -> Written:
+    """Copy ``prefix`` then everything ``source`` yields into a scratch file, in constant memory.
+
+    ``fsync``: make the file durable before returning (``fsync=True`` stores). Otherwise
+    it becomes a sealed segment that the store's sync thread fsyncs after the commit, as
+    it does every sealed segment.
+    """
     if not (hasattr(source, "readinto") or hasattr(source, "read")):
         raise TypeError(f"put_stream() needs an object with read() or readinto(), not {type(source).__name__}")
     name = temp_name(f"stream-{uuid.uuid4().hex}")
@@ -108,7 +114,8 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framin
                 size += len(chunk)
                 chunk = read_chunk(source, buffer)
         try:
-            os.fsync(fd)  # it becomes a sealed segment, and sealed segments are always on disk
+            if fsync:
+                os.fsync(fd)
             disk_size = os.fstat(fd).st_size
         finally:
             os.close(fd)

@@ -12,6 +12,7 @@ again (SEAL record and seek table), and leave every other blob readable.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import random
@@ -503,3 +504,52 @@ def test_a_new_state_page_is_made_durable(tmp_path: Path, monkeypatch: pytest.Mo
     open_store(tmp_path / "store", False).close()
     assert (STATE_FILE_NAME, "MainThread") in calls
     assert ("store", "MainThread") in calls
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+@pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
+def test_put_stream_fsyncs_like_a_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool,
+                                      fsync: bool) -> None:
+    """With fsync=True the stream is durable before put_stream returns; by default its segment
+    is fsynced by the sync thread after the commit, as every sealed segment is."""
+    db = open_store(tmp_path / "store", compressed, fsync=fsync)
+    try:
+        db.put(b"before")
+        calls = fsync_spy(monkeypatch)
+        location = db.put_stream(io.BytesIO(b"streamed " * 10_000))
+        in_caller = [name for name, thread in calls if thread == "MainThread" and name.startswith(".tmp-") and "stream" in name]
+        assert bool(in_caller) == fsync
+        db.sync()
+        name = os.path.basename(location.file_path)
+        assert (name, "ffdb-seal-sync") in calls or fsync
+        assert state_word(tmp_path / "store", W_SYNCED_BELOW) == db.mutable_segment()
+        assert db.get(location) == b"streamed " * 10_000
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+def test_unconfirmed_stream_segment_damaged_by_a_power_loss_loses_its_blob(tmp_path: Path, compressed: bool) -> None:
+    """A streamed blob whose segment was not yet fsynced when the power went: its bytes are
+    damaged, so the blob is cut (the segment stays, sealed and empty) and never served."""
+    datadir = tmp_path / "store"
+    db = open_store(datadir, compressed)
+    try:
+        kept = db.put(b"kept")
+        stream = db.put_stream(io.BytesIO(bytes(range(256)) * 2000))
+        after = db.put(b"after")
+    finally:
+        db.close()
+    path = Path(stream.file_path) if not compressed else data_file(datadir, parse_segment_name(
+        os.path.basename(stream.file_path)) or 0)
+    size = path.stat().st_size
+    zero_bytes(path, size // 3, 4096)
+    forge_power_loss(datadir, synced_below=0)
+    db = open_store(datadir, compressed)
+    try:
+        assert db.get(kept) == b"kept" and db.get(after) == b"after"
+        with pytest.raises(InvalidLocationError):
+            db.get(stream)
+        assert db.verify().ok
+    finally:
+        db.close()
