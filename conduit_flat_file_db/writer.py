@@ -68,6 +68,8 @@ from .state import (
 
 logger = logging.getLogger("conduit_flat_file_db")
 
+RESERVE_STEP_BYTES = 2**30  # segments larger than this reserve their disk blocks in steps this large
+
 
 def _view_of(number: int, tail: Tail) -> MutableView:
     return MutableView(number, tail.end, tail.index_bytes, tail.disk_bytes, tail.kind, tail.padding, tail.frames)
@@ -362,13 +364,13 @@ class SegmentWriter:
         """Reserve disk blocks for the whole raw mutable segment (up to MAX_DAT_FILE_SIZE, or
         ``end`` when a blob goes past it) with one ``fallocate`` that keeps the file's size.
 
-        One call per segment, made by the first put after the rotation, so before the
-        sealed segment's background fsync starts: an ``fallocate`` issued while that fsync
+        One call per segment (per RESERVE_STEP_BYTES of it), made by the first put after
+        the rotation, so before the sealed segment's background fsync starts: an ``fallocate`` issued while that fsync
         commits the filesystem's journal waits for it (tens of ms on ext4), where plain
         writes into reserved blocks do not. Sealing cuts the file at its end, which frees
         what was not used.
         """
-        want = max(end, self.max_size)
+        want = max(end, min(self.max_size, self.reserved + RESERVE_STEP_BYTES))
         if preallocate(self.data_fd, self.reserved, want - self.reserved):
             self.reserved = want
         else:
