@@ -441,8 +441,9 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
 
 
 def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail | None:
-    """A sealed compressed segment needs no walk: it was fsynced before its SEAL record, and
-    its seek table, not FRAME records, describes it (it may have been re-framed or adopted)."""
+    """A sealed compressed segment needs no walk here: its seek table, not FRAME records,
+    describes it (it may have been re-framed or adopted), and after a power loss the
+    sealed-segment check on open (seal_problem) covers it until its fsync was confirmed."""
     if kind != KIND_ZSTD or not records or records[-1].rtype != REC_SEAL:
         return None
     if data_size == 0 and records[-1].a > 0:

@@ -478,7 +478,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)
-            os.fsync(fd)  # it becomes a sealed segment, and sealed segments are always on disk
+            os.fsync(fd)  # the caller may have just written it: durable before the commit, in both modes
         finally:
             os.close(fd)
         return self._commit_file(source, kind, size, checksum, 0 if verify else FLAG_UNCHECKED, st.st_size)
