@@ -517,7 +517,8 @@ def test_put_stream_fsyncs_like_a_put(tmp_path: Path, monkeypatch: pytest.Monkey
         db.put(b"before")
         calls = fsync_spy(monkeypatch)
         location = db.put_stream(io.BytesIO(b"streamed " * 10_000))
-        in_caller = [name for name, thread in calls if thread == "MainThread" and name.startswith(".tmp-") and "stream" in name]
+        in_caller = [name for name, thread in calls
+                     if thread == "MainThread" and name.startswith(".tmp-") and "stream" in name]
         assert bool(in_caller) == fsync
         db.sync()
         name = os.path.basename(location.file_path)
