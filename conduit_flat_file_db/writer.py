@@ -108,7 +108,8 @@ class SegmentWriter:
         self._sizes: list[tuple[int, int]] = []
         self._sizes_upto = 0
         self.max_size = 0  # the store's MAX_DAT_FILE_SIZE at the last prepare()
-        self.reserved = 0  # bytes of the mutable data file this writer preallocated (raw segments)
+        self.reserved = 0  # the raw mutable data file needs no reservation below this (see _reserve)
+        self._rotated_full = False  # this writer created the mutable segment because the last one was full
 
     def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
         """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
@@ -214,6 +215,7 @@ class SegmentWriter:
         end: int = words[W_END]
         if end >= max_size and end:
             self.rotate()
+            self._rotated_full, self.reserved = True, 0  # a store that fills segments: reserve the next whole
             end = 0
         return end
 
@@ -233,6 +235,7 @@ class SegmentWriter:
             self._sizes, self._sizes_upto = [], 0
             # Another process may have reserved the segment already: its blocks say so.
             self.reserved = os.fstat(self.data_fd).st_blocks * 512 if self.kind == KIND_RAW else 0
+            self._rotated_full = False
 
     def rotate(self) -> int:
         """Seal the mutable segment and start the next one; returns the sealed segment's number.
@@ -339,7 +342,7 @@ class SegmentWriter:
         words = self.words
         index_bytes = words[W_INDEX_BYTES]
         if end > self.reserved:
-            self._reserve(end)
+            self._reserve(start, end)
         words[W_DIRTY] = 1
         try:
             if buffers is None:
@@ -360,19 +363,25 @@ class SegmentWriter:
         words[W_END] = end  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
 
-    def _reserve(self, end: int) -> None:
-        """Reserve disk blocks for the whole raw mutable segment (up to MAX_DAT_FILE_SIZE, or
-        ``end`` when a blob goes past it) with one ``fallocate`` that keeps the file's size.
+    def _reserve(self, start: int, end: int) -> None:
+        """Reserve disk blocks for the raw mutable segment with ``fallocate`` keeping the file's
+        size, so large puts skip block allocation (sealing cuts the file at its end, which frees
+        what was not used).
 
-        One call per segment (per RESERVE_STEP_BYTES of it), made by the first put after
-        the rotation, so before the sealed segment's background fsync starts: an ``fallocate`` issued while that fsync
-        commits the filesystem's journal waits for it (tens of ms on ext4), where plain
-        writes into reserved blocks do not. Sealing cuts the file at its end, which frees
-        what was not used.
+        A segment this writer rotated into because the previous one filled up is reserved
+        whole (up to MAX_DAT_FILE_SIZE, per RESERVE_STEP_BYTES) by its first put: before the
+        sealed segment's background fsync starts, since an ``fallocate`` issued while that
+        fsync commits the filesystem's journal waits for it (tens of ms on ext4), where plain
+        writes into reserved blocks do not. Any other segment is reserved only once it holds
+        a quarter of MAX_DAT_FILE_SIZE, so a small store never holds disk it does not use.
         """
-        want = max(end, min(self.max_size, self.reserved + RESERVE_STEP_BYTES))
-        if preallocate(self.data_fd, self.reserved, want - self.reserved):
-            self.reserved = want
+        limit = max(self.max_size, end)
+        if not self._rotated_full and end < limit // 4:
+            self.reserved = limit // 4  # nothing to do before this
+            return
+        want = max(end, min(limit, start + RESERVE_STEP_BYTES))
+        if os.fstat(self.data_fd).st_blocks * 512 >= want or preallocate(self.data_fd, start, want - start):
+            self.reserved = want  # (a first test: another process may have reserved it already)
         else:
             self.reserved = 1 << 62  # not supported here: stop trying for this segment
 

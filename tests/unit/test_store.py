@@ -645,29 +645,35 @@ def fallocate_works(directory: Path) -> bool:
         probe.unlink()
 
 
-def test_mutable_segment_reserves_its_blocks_and_sealing_frees_the_rest(make_store: StoreFactory,
-                                                                        tmp_path: Path) -> None:
-    """The first put reserves disk for the whole segment without changing the file's size;
-    the seal cuts the file at its end, which frees the blocks it did not use."""
+def test_reservation_only_where_segments_fill_and_sealing_frees_it(make_store: StoreFactory,
+                                                                   tmp_path: Path) -> None:
+    """A store that fills its segments reserves the next one whole at its first put, without
+    changing the file's size; the seal cuts the file at its end, freeing what was not used.
+    A small store (mutable segment under a quarter full) reserves nothing."""
+    small = make_store("small")
+    small_path = Path(small.put(b"r" * 5000).file_path)
+    assert small_path.stat().st_blocks * 512 < 64 * 1024
     db = make_store()
-    db.MAX_DAT_FILE_SIZE = 4 * 2**20
-    location = db.put(b"r" * 5000)
+    db.MAX_DAT_FILE_SIZE = 2**20
+    for _ in range(11):
+        db.put(b"x" * 100_000)  # the segment ends past 1 MiB: the next put rotates
+    location = db.put(b"y" * 100_000)
     path = Path(location.file_path)
-    assert path.stat().st_size == 5000  # readers, dd and recovery see exactly the committed bytes
+    assert db.mutable_segment() == 1 and location.start_offset == 0
+    assert path.stat().st_size == 100_000  # readers, dd and recovery see exactly the committed bytes
     if fallocate_works(tmp_path):
-        assert path.stat().st_blocks * 512 >= 4 * 2**20
-    db.put(b"s" * 3000)
+        assert path.stat().st_blocks * 512 >= 2**20
     db.rotate()
-    assert path.stat().st_size == 8000
-    assert path.stat().st_blocks * 512 < 64 * 1024  # only what holds the 8,000 bytes
-    assert db.get(location) == b"r" * 5000
+    assert path.stat().st_size == 100_000
+    assert path.stat().st_blocks * 512 < 200_000  # only what holds the 100,000 bytes
+    assert db.get(location) == b"y" * 100_000
 
 
 def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    """One fallocate per segment, by the first writer; another instance (as another process
-    would) sees the reserved blocks and makes none; a filesystem without fallocate gets one
-    try per segment and plain writes."""
+    """One fallocate per segment, by the first writer past a quarter of it; another instance
+    (as another process would) sees the reserved blocks and makes none; a filesystem without
+    fallocate gets one try per segment and writer, and plain writes."""
     calls: list[tuple[int, int]] = []
     real = preallocate
 
@@ -677,8 +683,8 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
 
     monkeypatch.setattr(writer_module, "preallocate", counting)
     first, second = make_store(), make_store()
-    first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 2**20
-    for i in range(50):
+    first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 64 * 1024
+    for i in range(50):  # past a quarter of the segment: one reservation
         (first if i % 2 else second).put(b"t" * 1000)
     assert len(calls) == (1 if fallocate_works(tmp_path) else 2)
 
