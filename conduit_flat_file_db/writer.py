@@ -87,7 +87,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class SegmentWriter:
+class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descriptors, frame-size cache, reservation
     """Appends to the mutable segment for one FlatFileDb instance (write lock held by the caller)."""
 
     def __init__(self, dir_fd: int, datadir: Path, state: SharedState, *, fsync: bool, new_kind: int) -> None:
