@@ -223,17 +223,26 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._last_release = now
             if self._map is not None and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
+                    if self._reaper is None and not self._start_reaper():
+                        self._ipc_release()  # no thread to end a lease: no lease
+                        return
                     self._leased = True
                     self._leased_event.set()
-                    if self._reaper is None:
-                        self._reaper = threading.Thread(target=self._reap, name=f"ffdb-lease {self.path}",
-                                                         daemon=True)
-                        self._reaper.start()
             else:
                 self._leased = False
                 self._ipc_release()
         finally:
             self._room.release()
+
+    def _start_reaper(self) -> bool:
+        """Start the thread that ends unused leases; False when no thread can start now."""
+        reaper = threading.Thread(target=self._reap, name=f"ffdb-lease {self.path}", daemon=True)
+        try:
+            reaper.start()
+        except RuntimeError:  # a thread limit, or an exiting interpreter
+            return False
+        self._reaper = reaper
+        return True
 
     # -- reader ----------------------------------------------------------------------
 

@@ -449,8 +449,12 @@ def test_seals_are_confirmed_when_no_thread_can_start(tmp_path: Path, monkeypatc
     datadir = tmp_path / "store"
     db = open_store(datadir, False)
 
+    real_start = threading.Thread.start
+
     def refuse(self: threading.Thread) -> None:
-        raise RuntimeError(f"can't start new thread {self.name}")
+        if self.name.startswith("ffdb-"):  # this library's threads: the sync thread, the lease reaper
+            raise RuntimeError(f"can't start new thread {self.name}")
+        real_start(self)
 
     try:
         monkeypatch.setattr(threading.Thread, "start", refuse)
