@@ -540,19 +540,22 @@ class SealSyncer:
             self._cond.notify_all()
 
     def _sync(self, below: int) -> OSError | None:
+        """fsync segments from the confirmed mark up to ``below``, confirming each as it goes, so a
+        writer waiting for an early one is not held up by a large one after it."""
         words = self._words
         try:
-            gone = False
             for number in range(words[W_SYNCED_BELOW], below):
-                gone |= sync_segment(self._dir_fd, number) < 2
-            if gone:  # a deleted segment stays deleted after a power loss before it counts as done
-                fsync_dir(self._dir_fd)
+                if sync_segment(self._dir_fd, number) < 2:
+                    fsync_dir(self._dir_fd)  # a deleted segment must stay deleted before it counts as done
+                with self._cond:
+                    if self._failed is None and words[W_SYNCED_BELOW] < number + 1:
+                        words[W_SYNCED_BELOW] = number + 1  # no lock: a racing lower value only means more checks
+                    self._done = max(self._done, number + 1)
+                    self._cond.notify_all()
         except OSError as exc:
             logger.error("fsync of a sealed segment failed; this store no longer confirms sealed segments as "
                          "durable (they are checked after a power loss): %s", exc)
             return exc
-        if self._failed is None and words[W_SYNCED_BELOW] < below:
-            words[W_SYNCED_BELOW] = below  # not under the lock: a racing lower value only means more checks
         return None
 
 

@@ -558,3 +558,30 @@ def test_unconfirmed_stream_segment_damaged_by_a_power_loss_loses_its_blob(tmp_p
         assert db.verify().ok
     finally:
         db.close()
+
+
+def test_put_stream_does_not_wait_for_its_own_segments_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer waits only for segments sealed before its call: a 2 GiB stream must not wait for
+    its own segment's fsync (the sync thread is held on it here until after put_stream returns)."""
+    gate = threading.Event()
+    real = segment_module.sync_segment
+
+    def gated(dir_fd: int, number: int) -> int:
+        if number >= 1:
+            gate.wait(30)
+        return real(dir_fd, number)
+
+    monkeypatch.setattr(writer_module, "sync_segment", gated)
+    datadir = tmp_path / "store"
+    db = open_store(datadir, False)
+    try:
+        db.put(b"before")
+        location = db.put_stream(io.BytesIO(b"s" * 100_000))  # seals 0; the stream is 1; 2 is mutable
+        assert not gate.is_set() and state_word(datadir, W_SYNCED_BELOW) <= 1
+        gate.set()
+        db.sync()
+        assert state_word(datadir, W_SYNCED_BELOW) == 2
+        assert db.get(location) == b"s" * 100_000
+    finally:
+        gate.set()
+        db.close()
