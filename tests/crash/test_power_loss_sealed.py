@@ -575,8 +575,7 @@ def test_put_stream_does_not_wait_for_its_own_segments_fsync(tmp_path: Path, mon
     datadir = tmp_path / "store"
     db = open_store(datadir, False)
     try:
-        db.put(b"before")
-        location = db.put_stream(io.BytesIO(b"s" * 100_000))  # seals 0; the stream is 1; 2 is mutable
+        location = db.put_stream(io.BytesIO(b"s" * 100_000))  # 0 was empty: removed; the stream is 1; 2 is mutable
         assert not gate.is_set() and state_word(datadir, W_SYNCED_BELOW) <= 1
         gate.set()
         db.sync()
