@@ -459,42 +459,36 @@ class Paths(NamedTuple):
     use_compression: bool
 
 
-def growing_writer(paths: Paths, barrier: Barrier) -> None:
-    """Puts for READ_SECONDS, reporting each location at once."""
+def _reporting_writer(paths: Paths, barrier: Barrier, segment_bytes: int, prefix: str, report_name: str,  # pylint: disable=too-many-arguments
+                      pause: float) -> None:
+    """Put for READ_SECONDS, appending each location to ``report_name`` at once."""
     def body() -> None:
         db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
-        db.MAX_DAT_FILE_SIZE = READ_SEGMENT
+        db.MAX_DAT_FILE_SIZE = segment_bytes
         barrier.wait()
         deadline = time.monotonic() + READ_SECONDS
         counter = 0
-        with open(os.path.join(paths.report_dir, "writer.txt"), "a", encoding="utf-8") as report:
+        with open(os.path.join(paths.report_dir, f"{report_name}.txt"), "a", encoding="utf-8") as report:
             while time.monotonic() < deadline:
-                key = f"g-{counter}"
+                key = f"{prefix}-{counter}"
                 report.write(format_entry(key, db.put(blob_for(key))))
                 report.flush()
                 counter += 1
+                if pause:
+                    time.sleep(pause)
         db.close()
-    run_guarded(os.path.join(paths.report_dir, "writer.err"), body)
+    run_guarded(os.path.join(paths.report_dir, f"{report_name}.err"), body)
+
+
+def growing_writer(paths: Paths, barrier: Barrier) -> None:
+    """Puts for READ_SECONDS, reporting each location at once."""
+    _reporting_writer(paths, barrier, READ_SEGMENT, "g", "writer", 0.0)
 
 
 def tiny_rotator(paths: Paths, barrier: Barrier) -> None:
     """A second writer with a tiny MAX_DAT_FILE_SIZE: its puts seal the mutable segment (and,
     compressed, re-frame it) every few ms under the readers; reports its puts like the writer."""
-    def body() -> None:
-        db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
-        db.MAX_DAT_FILE_SIZE = ROTATOR_SEGMENT
-        barrier.wait()
-        deadline = time.monotonic() + READ_SECONDS
-        counter = 0
-        with open(os.path.join(paths.report_dir, "rotator.txt"), "a", encoding="utf-8") as report:
-            while time.monotonic() < deadline:
-                key = f"r-{counter}"
-                report.write(format_entry(key, db.put(blob_for(key))))
-                report.flush()
-                counter += 1
-                time.sleep(ROTATOR_PAUSE)
-        db.close()
-    run_guarded(os.path.join(paths.report_dir, "rotator.err"), body)
+    _reporting_writer(paths, barrier, ROTATOR_SEGMENT, "r", "rotator", ROTATOR_PAUSE)
 
 
 def sealed_deleter(paths: Paths, barrier: Barrier) -> None:
