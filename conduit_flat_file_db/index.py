@@ -47,6 +47,7 @@ def _record_crc(prefix4: bytes, body: bytes | memoryview) -> int:
 
 _BLOB_PREFIX = bytes((REC_BLOB, 0, 0, 0))
 _BLOB_PREFIX_CRC = zlib.crc32(_BLOB_PREFIX)
+_BLOB_RECORD = struct.Struct("<4sIQQQ")  # the BLOB prefix bytes, crc, body
 
 
 class IndexHeader(NamedTuple):
@@ -101,8 +102,8 @@ def decode_header(buf: bytes, path: str) -> IndexHeader:
 
 def encode_blob(start: int, length: int, checksum: int) -> bytes:
     """A BLOB record: the commit of ``length`` bytes at ``start``."""
-    body = _BODY.pack(start, length, checksum)
-    return _PREFIX.pack(REC_BLOB, 0, 0, zlib.crc32(body, _BLOB_PREFIX_CRC)) + body
+    return _BLOB_RECORD.pack(_BLOB_PREFIX, zlib.crc32(_BODY.pack(start, length, checksum), _BLOB_PREFIX_CRC),
+                             start, length, checksum)
 
 
 def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:

@@ -59,6 +59,12 @@ OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _IOV_MAX = 1024
 CHECK_CHUNK_BYTES = 8 * 2**20  # read size when checksumming a blob: bounds memory
 RESERVE_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
+# Room: zero bytes a writer allocates past the committed end of the raw mutable segment's
+# files to write small puts through shared maps (FORMAT.md "Raw segment"). It grows by
+# the size already used, between these bounds; sealing cuts it off.
+ROOM_MIN_BYTES = 64 * 2**10
+ROOM_MAX_BYTES = 4 * 2**20
+ROOM_CHECK_MAX_BYTES = 2 * ROOM_MAX_BYTES  # a zero tail longer than this is no writer's room
 _SKIP_HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 
@@ -141,6 +147,32 @@ def preallocate(fd: int, offset: int, length: int) -> bool:
     if _FALLOCATE is None:
         return False
     return _FALLOCATE(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0
+
+
+def allocate(fd: int, offset: int, length: int) -> int:
+    """Allocate disk blocks for bytes [offset, offset + length) of a file, growing its size to
+    cover them (``fallocate`` mode 0, Linux): the new bytes read as zeros, and writes there
+    through a shared map can no longer meet a full disk (which a map reports with SIGBUS).
+    Returns 0, or the errno (ENOSPC, EOPNOTSUPP where the filesystem cannot; ENOSYS where
+    this platform has no ``fallocate``)."""
+    if _FALLOCATE is None:
+        return errno.ENOSYS
+    if _FALLOCATE(fd, 0, offset, length) == 0:
+        return 0
+    return ctypes.get_errno() or errno.EIO
+
+
+def maps_supported() -> bool:
+    """True where :func:`allocate` can work (Linux): writers may then write through maps."""
+    return _FALLOCATE is not None
+
+
+def is_zero_room(fd: int, start: int, size: int) -> bool:
+    """True when bytes [start, size) of a file are all zeros and few enough to be the room
+    a writer allocated ahead of its appends (FORMAT.md "Raw segment"), not a torn tail."""
+    if size - start > ROOM_CHECK_MAX_BYTES:
+        return False
+    return not os.pread(fd, size - start, start).strip(b"\0")
 
 
 def fsync_dir(dir_fd: int) -> None:
@@ -419,12 +451,9 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
     problem = walk.run(scan.records) or scan.problem
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
     index_bytes = HEADER_BYTES + good * RECORD_BYTES
-    if index_bytes < len(raw_index):
-        logger.warning("%s: recovery cut the record index from %d to %d bytes (%s)",
-                       index_name(number), len(raw_index), index_bytes, problem)
-        _truncate(dir_fd, index_name(number), index_bytes)
+    _cut_index_tail(dir_fd, number, raw_index, index_bytes, sealed, problem)
     if kind == KIND_RAW:
-        if data_size > end:
+        if data_size > end and (sealed or not is_zero_room(data_fd, end, data_size)):
             logger.warning("%s: recovery cut %d uncommitted bytes after offset %d", name, data_size - end, end)
             os.ftruncate(data_fd, end)
             os.fsync(data_fd)
@@ -438,6 +467,25 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         write_reserve_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
         os.fsync(data_fd)
     return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, False, padding, frame_count)
+
+
+def _cut_index_tail(dir_fd: int, number: int, raw_index: bytes, index_bytes: int, sealed: bool,  # pylint: disable=too-many-arguments
+                    problem: str | None) -> None:
+    """Cut the index after its last commit. Zero bytes there are a writer's room, kept while the
+    segment is mutable; anything else is a torn tail, cut and logged."""
+    if index_bytes >= len(raw_index):
+        return
+    room = _zero_bytes(raw_index, index_bytes)
+    if not room:
+        logger.warning("%s: recovery cut the record index from %d to %d bytes (%s)",
+                       index_name(number), len(raw_index), index_bytes, problem)
+    if sealed or not room:
+        _truncate(dir_fd, index_name(number), index_bytes)
+
+
+def _zero_bytes(buf: bytes, start: int) -> bool:
+    """True when ``buf[start:]`` is a writer's zero room (see is_zero_room)."""
+    return len(buf) - start <= ROOM_CHECK_MAX_BYTES and not buf[start:].strip(b"\0")
 
 
 def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail | None:

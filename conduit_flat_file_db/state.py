@@ -42,6 +42,7 @@ W_KIND = 12
 W_PADDING = 13  # compressed mutable segment: payload bytes of the padding frame after its frames
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
 W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
+W_CUTS = 16  # bumped whenever a file of the mutable segment may have shrunk: writers drop their maps of it
 _SPINS_BEFORE_STUCK = 20_000
 
 

@@ -64,7 +64,7 @@ DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
 # Puts and batches smaller than this go into the mutable segment as stored frames:
 # compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
 STORED_BELOW_BYTES = 8 * 2**10
-_CLOSED_WORDS = (-1,) * 16  # stands in for the state page while closed: every epoch check fails
+_CLOSED_WORDS = (-1,) * 32  # stands in for the state page while closed: every epoch check fails
 _new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 _DISK_ORDER = operator.itemgetter(0, 1)
 _PATH = operator.itemgetter(0)
@@ -314,6 +314,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         lock = self._lock
         lock.acquire_write(self.lock_timeout)
         try:
+            if frames is None and len(data) <= writer.map_limit:
+                start = writer.put_mapped(data, checksum, self.MAX_DAT_FILE_SIZE)
+                if start >= 0:  # the common case: nothing to prepare, room in the maps
+                    return _new_location((writer.path, start, start + len(data)))
             words = self._words
             if words[W_DIRTY] or words[W_SEGMENT] != writer.segment or words[W_END] >= self.MAX_DAT_FILE_SIZE:
                 start = writer.prepare(self.MAX_DAT_FILE_SIZE)
@@ -322,7 +326,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             end = start + len(data)
             record = encode_blob(start, end - start, checksum)
             if writer.kind == KIND_RAW:
-                writer.append_raw(data, None, start, end, record)
+                if end - start > writer.map_limit or not writer.append_mapped(data, start, end, record):
+                    writer.append_raw(data, None, start, end, record)
             else:
                 if frames is None:  # the mutable segment is compressed though this instance is not
                     frames = self._frames(data)

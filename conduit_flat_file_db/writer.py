@@ -10,7 +10,9 @@ process; this object only caches descriptors for it.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
+import mmap
 import os
 import threading
 import time
@@ -27,6 +29,7 @@ from .index import (
     REC_BLOB,
     REC_FRAME,
     decode_records,
+    encode_blob,
     encode_header,
     encode_record,
     encode_seal,
@@ -34,11 +37,15 @@ from .index import (
 from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_name, temp_owner
 from .segment import (
     OPEN_WRITE,
+    ROOM_MAX_BYTES,
+    ROOM_MIN_BYTES,
     Tail,
+    allocate,
     append_table_entries,
     create_segment,
     frame_table_of,
     fsync_dir,
+    maps_supported,
     open_data_file,
     padding_header,
     preallocate,
@@ -53,6 +60,7 @@ from .segment import (
     write_seal,
 )
 from .state import (
+    W_CUTS,
     W_DIRTY,
     W_DISK_BYTES,
     W_DURABLE_END,
@@ -67,8 +75,14 @@ from .state import (
 )
 
 logger = logging.getLogger("conduit_flat_file_db")
+_NO_MAP = mmap.mmap(-1, mmap.PAGESIZE)  # stands in for a write map not made yet (its length counts as 0)
 
 RESERVE_STEP_BYTES = 2**30  # segments larger than this reserve their disk blocks in steps this large
+MAPPED_PUT_MAX_BYTES = 64 * 2**10
+"""A put of at most this many bytes into a raw mutable segment, without fsync, is copied into
+shared maps of its data and index files instead of being written with two ``pwrite`` calls
+(FORMAT.md "Commit"). Larger blobs are faster through ``pwrite``: a map takes a page fault
+per 4 KiB page it first touches."""
 
 
 def _view_of(number: int, tail: Tail) -> MutableView:
@@ -110,6 +124,13 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         self.max_size = 0  # the store's MAX_DAT_FILE_SIZE at the last prepare()
         self.reserved = 0  # the raw mutable data file needs no reservation below this (see _reserve)
         self._rotated_full = False  # this writer created the mutable segment because the last one was full
+        # Shared writable maps of the raw mutable segment's data and index files, over their
+        # allocated room (see append_mapped); valid while word W_CUTS equals ``_cuts``.
+        self.map_limit = -1 if fsync or not maps_supported() else MAPPED_PUT_MAX_BYTES
+        self._data_map = self._index_map = _NO_MAP
+        self._data_base = self._index_base = 0  # file offset of each map's first byte
+        self._data_mapped = self._index_mapped = 0  # file offset of each map's end
+        self._cuts = -1
 
     def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
         """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
@@ -165,6 +186,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
             words[W_DURABLE_END] = tail.end if check_from is not None else 0
+        words[W_CUTS] += 1  # recovery may have cut the files: every writer maps them afresh
         was_fresh = state.fresh
         state.initialise()
         if was_fresh:
@@ -333,6 +355,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         except OSError:
             logger.exception("%s: could not cut a failed append; the next writer will", self.datadir)
             return
+        self.words[W_CUTS] += 1  # the files shrank: every writer maps them afresh
         if self.kind == KIND_RAW:
             self.words[W_DIRTY] = 0
         # A compressed segment also lost its padding and table: recovery rewrites them.
@@ -362,6 +385,87 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         words[W_DISK_BYTES] = end
         words[W_END] = end  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
+
+    def put_mapped(self, data: Any, checksum: int, max_size: int) -> int:
+        """The whole commit of a small blob when nothing needs preparing and the maps have room:
+        returns where it starts, or -1 (nothing written) for the general path to take over."""
+        words = self.words
+        start = words[W_END]
+        end = start + len(data)
+        index_bytes = words[W_INDEX_BYTES]
+        index_end = index_bytes + RECORD_BYTES
+        data_base, index_base = self._data_base, self._index_base
+        # One test for everything that sends a put to the general path (this is the hot path).
+        # pylint: disable-next=too-many-boolean-expressions
+        if end > self._data_mapped or index_end > self._index_mapped or start >= max_size or start < data_base \
+                or index_bytes < index_base or words[W_DIRTY] or words[W_SEGMENT] != self.segment \
+                or words[W_CUTS] != self._cuts:
+            return -1
+        words[W_DIRTY] = 1
+        self._data_map[start - data_base:end - data_base] = data
+        self._index_map[index_bytes - index_base:index_end - index_base] = encode_blob(start, end - start, checksum)
+        words[W_INDEX_BYTES] = index_end
+        words[W_DISK_BYTES] = end
+        words[W_END] = end  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+        return start
+
+    def append_mapped(self, data: Any, start: int, end: int, record: bytes) -> bool:
+        """Commit one small blob at ``start`` of a raw mutable segment through the write maps
+        (no syscall unless the room must grow). False when maps cannot be used here: the
+        caller then appends with ``append_raw``, which reports a full disk as an error."""
+        words = self.words
+        index_bytes = words[W_INDEX_BYTES]
+        index_end = index_bytes + len(record)
+        if end > self._data_mapped or index_end > self._index_mapped or start < self._data_base \
+                or index_bytes < self._index_base or words[W_CUTS] != self._cuts:
+            if not self._make_room(start, end, index_bytes, index_end):
+                return False
+        words[W_DIRTY] = 1
+        data_base, index_base = self._data_base, self._index_base
+        self._data_map[start - data_base:end - data_base] = data
+        self._index_map[index_bytes - index_base:index_end - index_base] = record
+        words[W_INDEX_BYTES] = index_end
+        words[W_DISK_BYTES] = end
+        words[W_END] = end  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+        return True
+
+    def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
+        """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").
+
+        The room is allocated with ``fallocate`` before any store: a store through a map
+        into a hole would meet a full disk as SIGBUS. It grows when a put needs it, by the
+        bytes already used (at least ROOM_MIN_BYTES, at most ROOM_MAX_BYTES, never past
+        MAX_DAT_FILE_SIZE).
+        """
+        if self.kind != KIND_RAW or self.data_fd < 0:
+            return False
+        cuts = self.words[W_CUTS]
+        if cuts != self._cuts:  # a file may have shrunk under the maps: map afresh
+            self._drop_maps()
+            self._cuts = cuts
+        try:
+            if end > self._data_mapped or start < self._data_base:
+                self._data_map, self._data_base, self._data_mapped = _grow(
+                    self.data_fd, self._data_map, start, end, max(self.max_size, end))
+            if index_end > self._index_mapped or index_bytes < self._index_base:
+                self._index_map, self._index_base, self._index_mapped = _grow(
+                    self.index_fd, self._index_map, index_bytes, index_end, 1 << 62)
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, OSError) or exc.errno != errno.ENOSPC:
+                logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
+                self.map_limit = -1
+            self._drop_maps()
+            return False
+        return True
+
+    def _drop_maps(self) -> None:
+        for mapped in (self._data_map, self._index_map):
+            if mapped is not _NO_MAP:
+                mapped.close()
+        self._data_map = self._index_map = _NO_MAP
+        self._data_base = self._index_base = self._data_mapped = self._index_mapped = 0
 
     def _reserve(self, start: int, end: int) -> None:
         """Reserve disk blocks for the raw mutable segment with ``fallocate`` keeping the file's
@@ -439,12 +543,50 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             self.words[W_DURABLE_END] = end
 
     def close(self) -> None:
-        """Close the mutable segment's descriptors."""
+        """Close the mutable segment's descriptors and maps."""
+        self._drop_maps()
         for fd in (self.data_fd, self.index_fd):
             if fd >= 0:
                 os.close(fd)
         self.data_fd = self.index_fd = -1
         self.segment = -1
+
+
+
+_ZEROS = bytes(256 * 2**10)
+
+
+def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[mmap.mmap, int, int]:
+    """Make room in ``fd`` from ``start`` (its committed end) to past ``need``, and map the file
+    from ``start`` (rounded down to the map granularity) up to the room's end. Returns the map
+    and the file offsets of its first byte and of its end. A map this short is cheap to drop
+    (a map from offset 0 of a large file cost each writer up to 0.4 ms per new room).
+
+    Bytes of the file past its committed end are room made by an earlier call (maybe in
+    another process): they are mapped as they are. New room's blocks are allocated first
+    (``fallocate``: a full disk is an error here, never a SIGBUS later), then it is written
+    with zeros: stores through the map then
+    land in pages already in the page cache, about four times as fast as stores that fault
+    each page in (1.3 us per KiB vs 0.3 us here, both including the preparation).
+    """
+    size = os.fstat(fd).st_size
+    if size >= need:  # another writer made room already: map it
+        at = size
+    else:
+        at = max(start, size)
+        size = max(need, min(need + min(max(need, ROOM_MIN_BYTES), ROOM_MAX_BYTES), limit))
+        failed = allocate(fd, start, size - start)
+        if failed:
+            raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+    while at < size:
+        chunk = min(size - at, len(_ZEROS) * 16)
+        whole, part = divmod(chunk, len(_ZEROS))
+        at += os.pwritev(fd, [_ZEROS] * whole + [memoryview(_ZEROS)[:part]], at)
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    new = mmap.mmap(fd, size - base, offset=base)
+    if old is not _NO_MAP:
+        old.close()
+    return new, base, size
 
 
 _IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
