@@ -15,6 +15,7 @@ import ctypes
 import errno
 import logging
 import os
+import platform
 import stat
 import struct
 import sys
@@ -163,8 +164,14 @@ def allocate(fd: int, offset: int, length: int) -> int:
 
 
 def maps_supported() -> bool:
-    """True where :func:`allocate` can work (Linux): writers may then write through maps."""
-    return _FALLOCATE is not None
+    """True where writers may commit small puts through shared maps: Linux (for
+    :func:`allocate`) on x86, whose stores become visible to other cores in program order,
+    so a reader that sees the new committed end in the state page also sees the bytes
+    stored before it. Elsewhere every put is written with ``pwrite``."""
+    return _FALLOCATE is not None and platform.machine().lower() in _STORES_IN_ORDER
+
+
+_STORES_IN_ORDER = frozenset({"x86_64", "amd64", "i386", "i686"})
 
 
 def is_zero_room(fd: int, start: int, size: int) -> bool:
