@@ -324,14 +324,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             else:
                 start = words[W_END]
             end = start + len(data)
-            record = encode_blob(start, end - start, checksum)
             if writer.kind == KIND_RAW:
-                if end - start > writer.map_limit or not writer.append_mapped(data, start, end, record):
-                    writer.append_raw(data, None, start, end, record)
+                if end - start > writer.map_limit or not writer.append_mapped(data, checksum, start, end):
+                    writer.append_raw(data, None, start, end, encode_blob(start, end - start, checksum))
             else:
                 if frames is None:  # the mutable segment is compressed though this instance is not
                     frames = self._frames(data)
-                writer.append_zstd(frames[0], frames[1], start, end, record, stored=frames[2])
+                writer.append_zstd(frames[0], frames[1], start, end, encode_blob(start, end - start, checksum),
+                                   stored=frames[2])
             location = _new_location((writer.path, start, end))
             sealed = writer.take_sealed() if writer.sealed else None
         finally:
