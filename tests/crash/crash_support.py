@@ -28,6 +28,7 @@ import pyzstd
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_FRAME, REC_SEAL, RECORD_BYTES, Record, decode_records
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, segment_name
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported
 from conduit_flat_file_db.state import W_SEQ
 
 T = TypeVar("T")
@@ -38,6 +39,9 @@ CHECK_SECONDS = 60.0
 PROGRESS_SECONDS = 15.0
 INJECT_SEGMENT = 8192
 ZSTD_CLI = shutil.which("zstd")
+RAW_ROOM_BYTES = ROOM_CHECK_MAX_BYTES if maps_supported() else 0
+"""Zero bytes a raw mutable segment's data and index files may hold past their committed ends:
+the room a writer allocates ahead of its puts through maps (none where maps are not used)."""
 
 # Seekable Zstandard format (SEEKABLE_FORMAT.md), parsed here without the engine's code.
 SEEK_TABLE_MAGIC = 0x184D2A5E
@@ -301,7 +305,8 @@ Checked = dict[str, tuple[int, int, int, int]]  # segment name -> (inode, size, 
 
 
 def assert_tails_clean(db: FlatFileDb, where: str, checked: Checked | None = None) -> None:
-    """No data or index file holds bytes past the last committed record; segment files pair up;
+    """No data or index file holds bytes past the last committed record but a raw mutable
+    segment's zero room (sealed segments end exactly at their commits); segment files pair up;
     compressed segments are valid seekable files holding exactly their committed bytes.
 
     ``checked`` (kept by a caller that checks one store again and again) remembers compressed
@@ -333,15 +338,29 @@ def assert_tails_clean(db: FlatFileDb, where: str, checked: Checked | None = Non
                 if checked is not None:
                     checked[path.name] = stamp
             continue
-        data_size = os.path.getsize(path)
-        assert data_size == ends.get(number, 0), (
-            f"{where}: segment {number}: data file is {data_size} bytes, committed end {ends.get(number, 0)}")
-        index_size = os.path.getsize(db.datadir / index_name(number))
+        room = 0 if number < mutable else RAW_ROOM_BYTES
+        _check_raw_file(path, ends.get(number, 0), room, f"{where}: segment {number}: data file")
         expected = HEADER_BYTES + RECORD_BYTES * (blobs[number] + (number < mutable))
-        assert index_size == expected, (
-            f"{where}: segment {number}: index is {index_size} bytes, expected {expected} "
-            f"({blobs[number]} blobs{', sealed' if number < mutable else ''})")
+        _check_raw_file(db.datadir / index_name(number), expected, room,
+                        f"{where}: segment {number} ({blobs[number]} blobs{', sealed' if number < mutable else ''}): "
+                        "index")
     assert_zstd_cli_accepts(compressed, where)
+
+
+def _check_raw_file(path: Path, committed: int, room: int, what: str) -> None:
+    """The file holds ``committed`` bytes, then at most ``room`` bytes, all zeros (a sealed
+    segment, ``room`` 0: exactly its committed bytes)."""
+    size = os.path.getsize(path)
+    assert committed <= size <= committed + room, (
+        f"{what} is {size} bytes, committed {committed}" + (f", room at most {room}" if room else ""))
+    if size > committed:
+        with open(path, "rb") as handle:
+            handle.seek(committed)
+            tail = handle.read()
+        first = committed + len(tail) - len(tail.lstrip(b"\0"))
+        assert first == size, (
+            f"{what}: {size - committed} bytes past the committed {committed} are not all zeros (a torn tail "
+            f"was kept; first non-zero byte at offset {first})")
 
 
 def assert_no_dead_scratch(datadir: Path, where: str) -> None:
@@ -428,6 +447,14 @@ def newest_segment(datadir: Path) -> int:
 def append(path: Path, data: bytes) -> None:
     """Append bytes to a file."""
     with open(path, "ab") as handle:
+        handle.write(data)
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    """Write bytes at ``offset`` of a file, over what is there (a raw mutable segment's zero
+    room, where a writer's next put goes) and on past its end if they reach it."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
         handle.write(data)
 
 

@@ -65,6 +65,7 @@ from crash_support import (
     set_state_word,
     state_word,
     with_deadline,
+    write_at,
 )
 
 from conduit_flat_file_db import FlatFileDb
@@ -241,24 +242,48 @@ def committed_extent(datadir: Path, number: int) -> tuple[int, int]:
     return (blobs[-1].a + blobs[-1].b if blobs else 0), len(blobs)
 
 
+def committed_index_bytes(datadir: Path, number: int) -> int:
+    """Where the next record of a segment's index goes: after its header and valid records (a raw
+    mutable index may hold zero room past them)."""
+    return HEADER_BYTES + RECORD_BYTES * len(index_records_of(datadir, number))
+
+
+def write_past_commit(datadir: Path, number: int, data: bytes) -> None:
+    """Bytes in the data file past the committed end, where a writer puts them: a raw segment's
+    at its committed end (over its zero room, if any); a compressed one's after its seek table."""
+    path = data_path(datadir, number)
+    if is_compressed(path):
+        append(path, data)
+    else:
+        write_at(path, committed_extent(datadir, number)[0], data)
+
+
 def torn_append(datadir: Path, record_bytes: int, bad_crc: bool = False) -> None:
-    """What a writer killed mid-put leaves: bytes past the data file's end (raw: the blob; a
-    compressed segment: loose bytes after its seek table) and (part of) a BLOB record."""
+    """What a writer killed mid-put leaves: bytes past the data file's committed end (raw: the
+    blob; a compressed segment: loose bytes after its seek table) and (part of) a BLOB record
+    after the index's last record."""
     number = newest_segment(datadir)
     end, _blobs = committed_extent(datadir, number)
     garbage = random.Random(3).randbytes(700)
-    append(data_path(datadir, number), garbage)
+    write_past_commit(datadir, number, garbage)
     record = bytearray(encode_blob(end, len(garbage), xxhash.xxh3_64_intdigest(garbage)))
     if bad_crc:
         record[4] ^= 0xFF  # the record's crc32 field
-    append(datadir / index_name(number), bytes(record[:record_bytes]))
+    write_at(datadir / index_name(number), committed_index_bytes(datadir, number), bytes(record[:record_bytes]))
 
 
 def seal_mutable(datadir: Path) -> int:
-    """Append the SEAL record of the newest segment, as a rotation does first; returns its number."""
+    """Seal the newest segment as a rotation does first (write_seal: a raw data file is cut at its
+    committed end, then the SEAL record follows the last record and ends the index); returns its number."""
     number = newest_segment(datadir)
     end, blobs = committed_extent(datadir, number)
-    append(datadir / index_name(number), encode_seal(end, blobs, os.path.getsize(data_path(datadir, number))))
+    path = data_path(datadir, number)
+    if not is_compressed(path):
+        os.truncate(path, end)
+    index = datadir / index_name(number)
+    at = committed_index_bytes(datadir, number)
+    write_at(index, at, encode_seal(end, blobs, os.path.getsize(path)))
+    os.truncate(index, at + RECORD_BYTES)
     return number
 
 
@@ -277,7 +302,7 @@ def seal_only(datadir: Path) -> None:
 
 def garbage_data_tail(datadir: Path) -> None:
     """(1) Bytes in the data file past the committed end (compressed: past the seek table), no record."""
-    append(data_path(datadir, newest_segment(datadir)), b"\xde\xad" * 700)
+    write_past_commit(datadir, newest_segment(datadir), b"\xde\xad" * 700)
 
 
 def lose_state_page(datadir: Path) -> None:

@@ -23,8 +23,9 @@ from conduit_flat_file_db import (
     Slice,
 )
 import conduit_flat_file_db.writer as writer_module
-from conduit_flat_file_db.segment import preallocate
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported, preallocate
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
+from conduit_flat_file_db.writer import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
 MIB = 2**20
@@ -38,6 +39,17 @@ def blob(size: int, seed: int = 0) -> bytes:
 def data_file(store: FlatFileDb, number: int) -> Path:
     """Path of a raw segment's data file."""
     return store.datadir / f"data_{number:08d}.dat"
+
+
+def committed_bytes(path: Path, end: int, *, sealed: bool = False) -> bytes:
+    """The first ``end`` bytes of a raw data file (its committed blobs), after checking what follows:
+    nothing in a sealed segment; in the mutable one, at most the zero room that writers through
+    maps allocate ahead of their puts (none where maps are not used)."""
+    data = path.read_bytes()
+    room = 0 if sealed or not maps_supported() else ROOM_CHECK_MAX_BYTES
+    assert end <= len(data) <= end + room, f"{path.name}: {len(data)} bytes, committed {end}, room at most {room}"
+    assert not data[end:].strip(b"\0"), f"{path.name}: bytes past the committed {end} are not all zeros"
+    return data[:end]
 
 
 def index_records(store: FlatFileDb, number: int) -> list[int]:
@@ -84,17 +96,21 @@ def test_puts_are_appended_back_to_back(store: FlatFileDb) -> None:
     for loc, size in zip(locations, sizes):
         assert (loc.start_offset, loc.end_offset) == (ends, ends + size)
         ends += size
-    assert data_file(store, 0).stat().st_size == sum(sizes)
+    committed_bytes(data_file(store, 0), sum(sizes))  # nothing but zero room after them
     for i, (loc, size) in enumerate(zip(locations, sizes)):
         assert store.get(loc) == blob(size, i)
 
 
 def test_raw_segment_is_plain_concatenation(store: FlatFileDb) -> None:
-    """No headers inside a raw segment: ``dd`` can cut a blob out."""
+    """No headers inside a raw segment: ``dd`` can cut a blob out. Once sealed, the file is
+    exactly the blobs (the mutable one may end in zero room)."""
     parts = [b"alpha", b"", b"beta", b"gamma" * 100]
     for part in parts:
         store.put(part)
-    assert data_file(store, 0).read_bytes() == b"".join(parts)
+    joined = b"".join(parts)
+    assert committed_bytes(data_file(store, 0), len(joined)) == joined
+    store.rotate()
+    assert committed_bytes(data_file(store, 0), len(joined), sealed=True) == joined
 
 
 def test_put_accepts_bytearray_and_memoryview(store: FlatFileDb) -> None:
@@ -195,7 +211,8 @@ def test_put_many_rotates_inside_a_batch(store: FlatFileDb) -> None:
 
 
 def test_put_many_lays_out_like_single_puts(make_store: StoreFactory) -> None:
-    """A batch and the same puts one by one produce the same locations and files."""
+    """A batch and the same puts one by one produce the same locations and files (the same
+    committed bytes: the mutable segment of either may end in zero room)."""
     sizes = [7, 0, 3, 12, 1, 1, 9, 30, 2, 0, 5]
     one, many = make_store("one"), make_store("many")
     one.MAX_DAT_FILE_SIZE = many.MAX_DAT_FILE_SIZE = 16
@@ -203,8 +220,12 @@ def test_put_many_lays_out_like_single_puts(make_store: StoreFactory) -> None:
     batch = many.put_many([blob(n, i) for i, n in enumerate(sizes)])
     assert [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in singles] == \
         [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in batch]
+    ends = {Path(l.file_path).name: l.end_offset for l in singles}
+    assert one.segments() == many.segments()
     for number in one.segments():
-        assert data_file(one, number).read_bytes() == data_file(many, number).read_bytes()
+        end, sealed = ends[data_file(one, number).name], number < one.mutable_segment()
+        assert committed_bytes(data_file(one, number), end, sealed=sealed) == \
+            committed_bytes(data_file(many, number), end, sealed=sealed)
 
 
 # -- rotation ----------------------------------------------------------------------------
@@ -375,7 +396,7 @@ def test_relative_datadir_stays_put_across_chdir_and_reopen(tmp_path: Path,
         store.close()
         second = store.put(b"def")  # reopens
         assert not (tmp_path / "b" / "s").exists()
-        assert (tmp_path / "a" / "s" / "data_00000000.dat").read_bytes() == b"abcdef"
+        assert committed_bytes(tmp_path / "a" / "s" / "data_00000000.dat", 6) == b"abcdef"
         assert (second.start_offset, second.end_offset) == (3, 6)
     finally:
         store.close()
@@ -649,10 +670,13 @@ def test_reservation_only_where_segments_fill_and_sealing_frees_it(make_store: S
                                                                    tmp_path: Path) -> None:
     """A store that fills its segments reserves the next one whole at its first put, without
     changing the file's size; the seal cuts the file at its end, freeing what was not used.
-    A small store (mutable segment under a quarter full) reserves nothing."""
+    A small store (mutable segment under a quarter full) reserves nothing. Every put here is
+    larger than MAPPED_PUT_MAX_BYTES: written with pwrite, so no room is allocated."""
     small = make_store("small")
-    small_path = Path(small.put(b"r" * 5000).file_path)
-    assert small_path.stat().st_blocks * 512 < 64 * 1024
+    small_blob = b"r" * (MAPPED_PUT_MAX_BYTES + 5000)
+    small_path = Path(small.put(small_blob).file_path)
+    assert small_path.stat().st_size == len(small_blob)
+    assert small_path.stat().st_blocks * 512 < len(small_blob) + 64 * 1024
     db = make_store()
     db.MAX_DAT_FILE_SIZE = 2**20
     for _ in range(11):
@@ -673,7 +697,9 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
                                               tmp_path: Path) -> None:
     """One fallocate per segment, by the first writer past a quarter of it; another instance
     (as another process would) sees the reserved blocks and makes none; a filesystem without
-    fallocate gets one try per segment and writer, and plain writes."""
+    fallocate gets one try per segment and writer, and plain writes. The blobs are larger than
+    MAPPED_PUT_MAX_BYTES: written with pwrite, as puts that reserve blocks ahead."""
+    size = MAPPED_PUT_MAX_BYTES + 1000
     calls: list[tuple[int, int]] = []
     real = preallocate
 
@@ -683,9 +709,10 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
 
     monkeypatch.setattr(writer_module, "preallocate", counting)
     first, second = make_store(), make_store()
-    first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 64 * 1024
-    for i in range(50):  # past a quarter of the segment: one reservation
-        (first if i % 2 else second).put(b"t" * 1000)
+    first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 64 * size
+    for i in range(50):  # past a quarter of the segment, in one segment: one reservation
+        (first if i % 2 else second).put(b"t" * size)
+    assert first.segments() == [0]
     assert len(calls) == (1 if fallocate_works(tmp_path) else 2)
 
     def unsupported(_fd: int, offset: int, length: int) -> bool:
@@ -695,6 +722,7 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
     monkeypatch.setattr(writer_module, "preallocate", unsupported)
     calls.clear()
     first.rotate()
-    locations = [first.put(b"u" * 1000) for _ in range(20)]
+    locations = [first.put(b"u" * size) for _ in range(20)]  # past a quarter of segment 1
+    assert first.segments() == [0, 1]
     assert len(calls) == 1
-    assert first.get_many(locations) == [b"u" * 1000] * 20
+    assert first.get_many(locations) == [b"u" * size] * 20
