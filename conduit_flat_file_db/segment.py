@@ -134,6 +134,21 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
 
 
 _FALLOCATE = _libc_fallocate()
+
+
+def _libc_fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_char]], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    function.restype = ctypes.c_int
+    return function
+
+
+_FSTATFS = _libc_fstatfs()
 _FALLOC_FL_KEEP_SIZE = 1
 
 
@@ -163,15 +178,32 @@ def allocate(fd: int, offset: int, length: int) -> int:
     return ctypes.get_errno() or errno.EIO
 
 
-def maps_supported() -> bool:
-    """True where writers may commit small puts through shared maps: Linux (for
-    :func:`allocate`) on x86, whose stores become visible to other cores in program order,
-    so a reader that sees the new committed end in the state page also sees the bytes
-    stored before it. Elsewhere every put is written with ``pwrite``."""
-    return _FALLOCATE is not None and platform.machine().lower() in _STORES_IN_ORDER
+def maps_supported(dir_fd: int | None = None) -> bool:
+    """True where writers may commit small puts through shared maps of files in the directory
+    ``dir_fd`` (None: of files on a filesystem that overwrites in place): Linux (for :func:`allocate`) on x86, whose stores become visible to other
+    cores in program order, so a reader that sees the new committed end in the state page
+    also sees the bytes stored before it; and a filesystem that overwrites in place, so that
+    blocks allocated up front are all a store needs. On a copy-on-write filesystem (btrfs,
+    bcachefs, ZFS) an overwrite takes new blocks, and a store through a map that finds the
+    disk full kills the process. Elsewhere every put is written with ``pwrite``."""
+    if _FALLOCATE is None or platform.machine().lower() not in _STORES_IN_ORDER:
+        return False
+    return dir_fd is None or filesystem_type(dir_fd) not in COPY_ON_WRITE_FILESYSTEMS
 
 
 _STORES_IN_ORDER = frozenset({"x86_64", "amd64", "i386", "i686"})
+# statfs magic numbers of btrfs, bcachefs, ZFS
+COPY_ON_WRITE_FILESYSTEMS = frozenset({0x9123683E, 0xCA451A4E, 0x2FC12FC1})
+
+
+def filesystem_type(fd: int) -> int | None:
+    """The ``f_type`` magic number of the filesystem holding ``fd`` (Linux ``fstatfs``), or None."""
+    if _FSTATFS is None:
+        return None
+    buf = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on x86-64
+    if _FSTATFS(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF  # f_type is the first field
 
 
 def is_zero_room(fd: int, start: int, size: int) -> bool:

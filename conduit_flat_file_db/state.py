@@ -42,7 +42,6 @@ W_KIND = 12
 W_PADDING = 13  # compressed mutable segment: payload bytes of the padding frame after its frames
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
 W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
-W_CUTS = 16  # bumped whenever a file of the mutable segment may have shrunk: writers drop their maps of it
 _SPINS_BEFORE_STUCK = 20_000
 
 
@@ -123,6 +122,13 @@ class SharedState:
         words[W_PADDING] = view.padding
         words[W_FRAMES] = view.frames
         words[W_SEQ] = seq + 1
+
+    def mark_cut(self) -> None:
+        """A file of the mutable segment may have become shorter: one seq round with no change,
+        which tells every writer to map the files afresh (each compares the seq word before a
+        store through its maps). Caller holds the write lock."""
+        words = self.words
+        words[W_SEQ] = (words[W_SEQ] | 1) + 1
 
     def initialise(self) -> None:
         """Stamp magic, version and boot id. Caller holds the write lock."""

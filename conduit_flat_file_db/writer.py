@@ -60,7 +60,6 @@ from .segment import (
     write_seal,
 )
 from .state import (
-    W_CUTS,
     W_DIRTY,
     W_DISK_BYTES,
     W_DURABLE_END,
@@ -69,6 +68,7 @@ from .state import (
     W_INDEX_BYTES,
     W_PADDING,
     W_SEGMENT,
+    W_SEQ,
     W_SYNCED_BELOW,
     MutableView,
     SharedState,
@@ -125,12 +125,13 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         self.reserved = 0  # the raw mutable data file needs no reservation below this (see _reserve)
         self._rotated_full = False  # this writer created the mutable segment because the last one was full
         # Shared writable maps of the raw mutable segment's data and index files, over their
-        # allocated room (see append_mapped); valid while word W_CUTS equals ``_cuts``.
-        self.map_limit = -1 if fsync or not maps_supported() else MAPPED_PUT_MAX_BYTES
+        # allocated room (see append_mapped); valid while the state page's seq word equals ``_seq``:
+        # every publish (rotation, recovery) and every cut of a file (mark_cut) changes it.
+        self.map_limit = -1 if fsync or not maps_supported(dir_fd) else MAPPED_PUT_MAX_BYTES
         self._data_map = self._index_map = _NO_MAP
         self._data_base = self._index_base = 0  # file offset of each map's first byte
         self._data_mapped = self._index_mapped = 0  # file offset of each map's end
-        self._cuts = -1
+        self._seq = -1
 
     def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
         """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
@@ -186,7 +187,6 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
             words[W_DURABLE_END] = tail.end if check_from is not None else 0
-        words[W_CUTS] += 1  # recovery may have cut the files: every writer maps them afresh
         was_fresh = state.fresh
         state.initialise()
         if was_fresh:
@@ -355,7 +355,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         except OSError:
             logger.exception("%s: could not cut a failed append; the next writer will", self.datadir)
             return
-        self.words[W_CUTS] += 1  # the files shrank: every writer maps them afresh
+        self.state.mark_cut()  # the files shrank: every writer maps them afresh
         if self.kind == KIND_RAW:
             self.words[W_DIRTY] = 0
         # A compressed segment also lost its padding and table: recovery rewrites them.
@@ -399,7 +399,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         # pylint: disable-next=too-many-boolean-expressions
         if end > self._data_mapped or index_end > self._index_mapped or start >= max_size or start < data_base \
                 or index_bytes < index_base or words[W_DIRTY] or words[W_SEGMENT] != self.segment \
-                or words[W_CUTS] != self._cuts:
+                or words[W_SEQ] != self._seq:
             return -1
         words[W_DIRTY] = 1
         self._data_map[start - data_base:end - data_base] = data
@@ -416,7 +416,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         used here: the caller then appends with ``append_raw``, which reports a full disk."""
         index_bytes = self.words[W_INDEX_BYTES]
         if end > self._data_mapped or index_bytes + RECORD_BYTES > self._index_mapped or start < self._data_base \
-                or index_bytes < self._index_base or self.words[W_CUTS] != self._cuts:
+                or index_bytes < self._index_base or self.words[W_SEQ] != self._seq:
             if not self._make_room(start, end, index_bytes, index_bytes + RECORD_BYTES):
                 return False
         return self.put_mapped(data, checksum, 1 << 62) == start
@@ -431,10 +431,10 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """
         if self.kind != KIND_RAW or self.data_fd < 0:
             return False
-        cuts = self.words[W_CUTS]
-        if cuts != self._cuts:  # a file may have shrunk under the maps: map afresh
+        seq = self.words[W_SEQ]
+        if seq != self._seq:  # a file may have shrunk under the maps: map afresh
             self._drop_maps()
-            self._cuts = cuts
+            self._seq = seq
         try:
             if end > self._data_mapped or start < self._data_base:
                 if end > self.reserved:  # as append_raw does: then the room is carved from reserved blocks
@@ -445,7 +445,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
                 self._index_map, self._index_base, self._index_mapped = _grow(
                     self.index_fd, self._index_map, index_bytes, index_end, 1 << 62)
         except (OSError, ValueError) as exc:
-            if not isinstance(exc, OSError) or exc.errno != errno.ENOSPC:
+            if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
                 logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
                 self.map_limit = -1
             self._drop_maps()
@@ -545,6 +545,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
 
 
 _ZEROS = bytes(256 * 2**10)  # written (repeated) into new room
+_PASSING_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.EAGAIN})  # the next put tries again
 
 
 def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[mmap.mmap, int, int]:
@@ -554,21 +555,24 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
     (a map from offset 0 of a large file cost each writer up to 0.4 ms per new room).
 
     Bytes of the file past its committed end are room made by an earlier call (maybe in
-    another process): they are mapped as they are. New room's blocks are allocated first
+    another process): they are mapped as they are, after a ``fallocate`` over them (a no-op
+    unless a sparse copy made holes of them). New room's blocks are allocated first
     (``fallocate``: a full disk is an error here, never a SIGBUS later), then it is written
     with zeros: stores through the map then land in pages already in the page cache, about
     four times as fast as stores that fault each page in (0.3 us per KiB here against 1.3 us,
     both including the preparation).
     """
+    need = max(need, start + 1)  # a map is never empty (an empty put at a page boundary)
     size = os.fstat(fd).st_size
     if size >= need:  # another writer made room already: map it
         at = size
     else:
         at = max(start, size)
         size = max(need, min(need + min(max(need, ROOM_MIN_BYTES), ROOM_MAX_BYTES), limit))
-        failed = allocate(fd, start, size - start)
-        if failed:
-            raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+    # Also for room found on disk: a sparse copy of the datadir turns it into a hole.
+    failed = allocate(fd, start, size - start)
+    if failed:
+        raise OSError(failed, f"fallocate: {os.strerror(failed)}")
     while at < size:
         chunk = min(size - at, len(_ZEROS) * 16)
         whole, part = divmod(chunk, len(_ZEROS))
