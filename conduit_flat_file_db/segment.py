@@ -180,12 +180,13 @@ def allocate(fd: int, offset: int, length: int) -> int:
 
 def maps_supported(dir_fd: int | None = None) -> bool:
     """True where writers may commit small puts through shared maps of files in the directory
-    ``dir_fd`` (None: of files on a filesystem that overwrites in place): Linux (for :func:`allocate`) on x86, whose stores become visible to other
-    cores in program order, so a reader that sees the new committed end in the state page
-    also sees the bytes stored before it; and a filesystem that overwrites in place, so that
-    blocks allocated up front are all a store needs. On a copy-on-write filesystem (btrfs,
-    bcachefs, ZFS) an overwrite takes new blocks, and a store through a map that finds the
-    disk full kills the process. Elsewhere every put is written with ``pwrite``."""
+    ``dir_fd`` (None: the filesystem is not checked). That takes Linux (for :func:`allocate`)
+    on x86, whose stores become visible to other cores in program order, so a reader that
+    sees the new committed end in the state page also sees the bytes stored before it; and a
+    filesystem that overwrites in place, so that blocks allocated up front are all a store
+    needs. On a copy-on-write filesystem (btrfs, bcachefs, ZFS) an overwrite takes new
+    blocks, and a store through a map that finds the disk full kills the process. Elsewhere
+    every put is written with ``pwrite``."""
     if _FALLOCATE is None or platform.machine().lower() not in _STORES_IN_ORDER:
         return False
     return dir_fd is None or filesystem_type(dir_fd) not in COPY_ON_WRITE_FILESYSTEMS
