@@ -414,12 +414,14 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """Commit one small blob at ``start`` (the committed end) of a raw mutable segment through
         the maps, making room first when needed. False (nothing written) when maps cannot be
         used here: the caller then appends with ``append_raw``, which reports a full disk."""
+        if self.words[W_END] != start:  # not the committed end: put_mapped would commit elsewhere
+            return False
         index_bytes = self.words[W_INDEX_BYTES]
         if end > self._data_mapped or index_bytes + RECORD_BYTES > self._index_mapped or start < self._data_base \
                 or index_bytes < self._index_base or self.words[W_SEQ] != self._seq:
             if not self._make_room(start, end, index_bytes, index_bytes + RECORD_BYTES):
                 return False
-        return self.put_mapped(data, checksum, 1 << 62) == start
+        return self.put_mapped(data, checksum, 1 << 62) >= 0
 
     def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
         """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").
