@@ -54,6 +54,7 @@ class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[mis
         super()._do_close()
 
 
+_monotonic = time.monotonic
 _POLL_SECONDS = 0.0005
 _WANT_BYTES = 4096
 LEASE_SECONDS = float(os.environ.get("FFDB_LEASE_SECONDS", "0.001"))
@@ -193,7 +194,9 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
     def acquire_write(self, timeout: float | None = None) -> None:
         """Exclusive across threads and processes."""
         # Released by release_write (a with-block cannot span the caller's critical section).
-        if not self._room.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
+        # acquire() without arguments: about 90 ns faster than acquire(True, -1), on every put.
+        room = self._room
+        if not (room.acquire() if timeout is None else room.acquire(True, timeout)):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(
                 f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it")
         if self._leased:
@@ -218,9 +221,12 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 
     def release_write(self) -> None:
         """Release what :meth:`acquire_write` took (or keep the POSIX lock on lease)."""
+        now = _monotonic()
+        self._last_release = now
+        if self._leased and now - self._lease_since < LEASE_SECONDS:
+            self._room.release()  # the lease goes on (the common case of back-to-back puts)
+            return
         try:
-            now = time.monotonic()
-            self._last_release = now
             if self._map is not None and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
                     if self._reaper is None and not self._start_reaper():
