@@ -20,7 +20,7 @@ import stat
 import struct
 import sys
 import time
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import xxhash
 
@@ -121,34 +121,23 @@ def pwritev_all(fd: int, buffers: Sequence[bytes | bytearray | memoryview], offs
     return done
 
 
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    """A function of the C library (Linux only; None where it is missing), errno kept."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-_FALLOCATE = _libc_fallocate()
-
-
-def _libc_fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_char]], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).fstatfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    function.restype = ctypes.c_int
-    return function
-
-
-_FSTATFS = _libc_fstatfs()
+_FALLOCATE: Callable[[int, int, int, int], int] | None = _libc_function(
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+_FSTATFS: Callable[[int, ctypes.Array[ctypes.c_char]], int] | None = _libc_function(
+    "fstatfs", [ctypes.c_int, ctypes.c_char_p])
 _FALLOC_FL_KEEP_SIZE = 1
 
 

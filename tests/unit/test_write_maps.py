@@ -49,13 +49,8 @@ def blobs_of(count: int, size: int = 1000) -> list[bytes]:
     return [bytes([1 + i % 250]) * size for i in range(count)]
 
 
-@needs_maps
-def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(store: FlatFileDb,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """After the first put made room, a small put writes nothing with pwrite: its bytes and its
-    record are stored through the maps. The files hold the committed bytes, then zeros."""
-    items = blobs_of(200)
-    store.put(items[0])
+def count_pwrites(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now until ``monkeypatch.undo()``, the offset of every ``os.pwrite`` goes in the list returned."""
     calls: list[int] = []
     real = os.pwrite
 
@@ -64,6 +59,17 @@ def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(store: FlatFile
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", counting)
+    return calls
+
+
+@needs_maps
+def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(store: FlatFileDb,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first put made room, a small put writes nothing with pwrite: its bytes and its
+    record are stored through the maps. The files hold the committed bytes, then zeros."""
+    items = blobs_of(200)
+    store.put(items[0])
+    calls = count_pwrites(monkeypatch)
     locations = [store.put(item) for item in items[1:]]
     monkeypatch.undo()
     assert not calls
@@ -297,14 +303,7 @@ def test_an_empty_put_at_a_page_boundary_keeps_the_maps(store: FlatFileDb, monke
     empty = store.put(b"")
     assert store.get(empty) == b"" and empty.start_offset == 4096
     assert store._writer.map_limit == MAPPED_PUT_MAX_BYTES  # pylint: disable=protected-access
-    calls: list[int] = []
-    real = os.pwrite
-
-    def counting(fd: int, data: Any, offset: int) -> int:
-        calls.append(offset)
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", counting)
+    calls = count_pwrites(monkeypatch)
     locations = [store.put(b"q" * 100) for _ in range(10)]
     monkeypatch.undo()
     assert not calls
