@@ -301,14 +301,16 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         filesystem) a new sealed segment holding one blob of ``size`` uncompressed bytes;
         returns its number. Write lock held.
 
-        The mutable segment n is sealed first (an empty one is removed at the end), the
+        The mutable segment n is sealed first (one without any record is removed at the end), the
         file becomes n+1 by rename, with its index (one BLOB and a SEAL record) written
         before the rename, and n+2 becomes the mutable segment. A crash at any step
         leaves either the file where it was or a whole sealed segment (FORMAT.md 6).
         """
         words = self.words
         old = self.segment
-        was_empty = words[W_END] == 0
+        # Empty by its records, not by its bytes: a segment of empty blobs has zero bytes and
+        # acknowledged locations, so it must be sealed and kept like any other.
+        was_empty = words[W_INDEX_BYTES] <= HEADER_BYTES
         words[W_DIRTY] = 1
         self._seal_locked()
         new = old + 1
