@@ -797,9 +797,11 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
             logger.error("%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; "
                          "run verify()", segment_name(number, kind == KIND_ZSTD), why)
             return
-        _cut_and_seal(dir_fd, number, data_fd, kind, records, why)
+        end, blobs, found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=True)
     finally:
         os.close(data_fd)
+    logger.warning("%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs "
+                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, blobs, found, end)
 
 
 def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
@@ -829,8 +831,33 @@ def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
     return sizes != frames
 
 
-def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int, records: list[Record], why: str) -> None:
-    walk = _Walk(data_fd, kind, os.fstat(data_fd).st_size, 0)
+def seal_recovered(dir_fd: int, number: int) -> None:
+    """Seal the newest segment right after recovery brought it to its last commit (after a
+    power loss), so that no later put reuses its offsets.
+
+    A power loss can take blobs whose locations were already handed out: recovery cuts
+    them, and a put into the same segment would then hand out the same offsets for other
+    bytes, which a caller's saved location would read. Sealing the segment makes every such
+    location past its end, refused with a typed error, for ever. The rejected alternative,
+    continuing in the segment after the highest offset ever handed out, needs that offset,
+    which only the state page knows, and the state page is not fsynced either.
+    """
+    data_fd, kind = open_data_file(dir_fd, number, OPEN_WRITE)
+    try:
+        records = decode_records(memoryview(read_index(dir_fd, number) or b"")[HEADER_BYTES:]).records
+        end, blobs, _kept = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=False)
+    finally:
+        os.close(data_fd)
+    logger.warning("%s: sealed after a power loss with %d blobs (%d bytes); blobs written after them, "
+                   "if any, were lost and their locations now fail", segment_name(number, kind == KIND_ZSTD),
+                   blobs, end)
+
+
+def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: disable=too-many-arguments
+                  records: list[Record], *, check: bool) -> tuple[int, int, int]:
+    """Cut a segment after the last commit its records reach (checking each blob's XXH3-64 when
+    ``check``), seal it, fsync both files; returns (end, blobs kept, blob records found)."""
+    walk = _Walk(data_fd, kind, os.fstat(data_fd).st_size, 0 if check else None)
     walk.run(records)
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
     good -= sealed  # the SEAL is written again, after the cut
@@ -843,6 +870,4 @@ def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int, records: li
         os.fsync(index_fd)
     finally:
         os.close(index_fd)
-    kept = sum(1 for r in records if r.rtype == REC_BLOB)
-    logger.warning("%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs "
-                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, blobs, kept, end)
+    return end, blobs, sum(1 for r in records if r.rtype == REC_BLOB)

@@ -55,6 +55,7 @@ from .segment import (
     reseal_segment,
     reserve_for,
     seal_problem,
+    seal_recovered,
     sync_segment,
     write_reserve_and_table,
     write_seal,
@@ -168,7 +169,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             if parsed is not None:
                 numbers.add(parsed[0])
                 (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
-        if not numbers:
+        created = not numbers
+        if created:
             create_segment(self.dir_fd, 0, self.new_kind)
             numbers.add(0)
         newest = max(numbers)
@@ -181,6 +183,12 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             same_segment = not state.fresh and words[W_SEGMENT] == newest
             check_from = words[W_DURABLE_END] if same_segment else 0
         tail = recover_segment(self.dir_fd, newest, self.new_kind, check_from)
+        if check_from is not None and not tail.sealed and not created:
+            # After a power loss (or with the state page lost) nothing tells how far puts got
+            # before it: continue in a new segment, so a lost blob's offsets are never reused.
+            seal_recovered(self.dir_fd, newest)
+            data_numbers.discard(newest)  # just checked, sealed and fsynced
+            tail = tail._replace(sealed=True)
         if tail.sealed:
             newest, tail = self._create_next(newest)
         if power_loss_check:

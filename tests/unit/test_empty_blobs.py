@@ -22,7 +22,7 @@ WRITES_OF_EMPTY: dict[str, Writer] = {
 }
 
 
-def _commit_by_stream(db: FlatFileDb, tmp: Path) -> DataLocation:
+def _commit_by_stream(db: FlatFileDb, tmp: Path) -> DataLocation:  # pylint: disable=unused-argument  # one signature
     return db.put_stream(io.BytesIO(b"x"))
 
 
@@ -32,7 +32,7 @@ def _commit_by_adoption(db: FlatFileDb, tmp: Path) -> DataLocation:
     return db.adopt_file(source)
 
 
-def _commit_by_put_streams(db: FlatFileDb, tmp: Path) -> DataLocation:
+def _commit_by_put_streams(db: FlatFileDb, tmp: Path) -> DataLocation:  # pylint: disable=unused-argument
     return db.put_streams([io.BytesIO(b"s" * 5000)], small_bytes=16)[0]
 
 
@@ -48,6 +48,7 @@ COMMITS_BY_FILE = {
 @pytest.mark.parametrize("write", sorted(WRITES_OF_EMPTY))
 def test_empty_blob_survives_a_whole_file_commit_after_it(make_store: StoreFactory, tmp_path: Path,
                                                           compressed: bool, commit: str, write: str) -> None:
+    """put_stream, put_streams and adopt_file seal the mutable segment first; its empty blobs stay."""
     db = make_store(use_compression=compressed)
     empties = WRITES_OF_EMPTY[write](db)
     committed = COMMITS_BY_FILE[commit](db, tmp_path)
@@ -64,6 +65,7 @@ def test_empty_blob_survives_a_whole_file_commit_after_it(make_store: StoreFacto
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
 def test_segment_of_only_empty_blobs_is_never_removed(make_store: StoreFactory, compressed: bool) -> None:
+    """Zero bytes but a committed record: a segment that must stay, sealed, listed and readable."""
     db = make_store(use_compression=compressed)
     empty = db.put(b"")
     segment = db.mutable_segment()
