@@ -108,6 +108,19 @@ def set_state_word(datadir: Path, word: int, value: int) -> None:
         struct.pack_into("<Q", page, 8 * word, value)
 
 
+def cut_file(path: Path, size: int) -> None:
+    """Leave only the first ``size`` bytes of ``path`` (what reached the disk)."""
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+
+
+def zero_bytes(path: Path, start: int, count: int) -> None:
+    """Overwrite bytes with zeros (blocks whose data never reached the disk)."""
+    with open(path, "r+b") as handle:
+        handle.seek(start)
+        handle.write(bytes(count))
+
+
 def with_deadline(seconds: float, what: str, datadir: Path, func: Callable[[], T]) -> T:
     """Run ``func`` in a thread; fail (instead of hanging the run) if it takes over ``seconds``."""
     results: list[T] = []

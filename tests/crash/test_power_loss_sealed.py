@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import pytest
-from crash_support import index_records_of, set_state_word, state_word
+from crash_support import cut_file, index_records_of, set_state_word, state_word, zero_bytes
 
 import conduit_flat_file_db.segment as segment_module
 import conduit_flat_file_db.writer as writer_module
@@ -100,19 +100,6 @@ def data_file(datadir: Path, number: int) -> Path:
         if path.exists():
             return path
     raise AssertionError(f"segment {number} has no data file")
-
-
-def cut_file(path: Path, size: int) -> None:
-    """Leave only the first ``size`` bytes of ``path`` (what reached the disk)."""
-    with open(path, "r+b") as handle:
-        handle.truncate(size)
-
-
-def zero_bytes(path: Path, start: int, count: int) -> None:
-    """Overwrite bytes with zeros (blocks whose data never reached the disk)."""
-    with open(path, "r+b") as handle:
-        handle.seek(start)
-        handle.write(bytes(count))
 
 
 def lose_data_tail(datadir: Path, blobs: list[Blob]) -> int:
