@@ -171,6 +171,18 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._by_path: dict[Any, SegmentReader] = {}
         self._open()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # MAX_DAT_FILE_SIZE is a plain attribute that users set (the reference API) and that
+        # every put reads: a property would add a Python call to each put, so the value is
+        # checked here, on the rare set, instead.
+        if name == "MAX_DAT_FILE_SIZE" and (type(value) is not int or value < 1):  # pylint: disable=unidiomatic-typecheck
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"MAX_DAT_FILE_SIZE must be an int, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"MAX_DAT_FILE_SIZE must be at least 1 byte, got {value}")
+            value = int(value)  # an int subclass: stored as a plain int
+        object.__setattr__(self, name, value)
+
     # -- lifecycle ------------------------------------------------------------------
 
     def _open(self) -> None:

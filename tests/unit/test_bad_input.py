@@ -497,3 +497,22 @@ def test_unpack_not_bytes(env: Env) -> None:
     """A packed location is bytes."""
     text: Any = "0" * 20
     refused(env, TypeError, lambda: env.store.unpack_location(text))
+
+
+@pytest.mark.parametrize("value", ["abc", None, 2.5, True, b"1"])
+def test_max_dat_file_size_of_another_type_is_refused(store: FlatFileDb, value: object) -> None:
+    """A setting every put compares with: refused when set, not at the next put."""
+    with pytest.raises(TypeError, match="MAX_DAT_FILE_SIZE"):
+        store.MAX_DAT_FILE_SIZE = value  # type: ignore[assignment]
+    assert store.MAX_DAT_FILE_SIZE == 128 * 2**20
+    assert store.get(store.put(b"x")) == b"x"
+
+
+@pytest.mark.parametrize("value", [0, -1, -(2**70)])
+def test_max_dat_file_size_below_one_byte_is_refused(store: FlatFileDb, value: int) -> None:
+    """Zero or negative would seal a segment after every put."""
+    with pytest.raises(ValueError, match="at least 1"):
+        store.MAX_DAT_FILE_SIZE = value
+    store.MAX_DAT_FILE_SIZE = 1
+    first, second = store.put(b"ab"), store.put(b"c")
+    assert first.file_path != second.file_path
