@@ -162,7 +162,11 @@ class FlatFileDb(Store):
     # -- statistics -----------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        """Per segment and total: logical bytes, bytes on disk, ratio, blobs, sealed, compressed."""
+        """Per segment and total: logical bytes, bytes on disk, ratio, blobs, sealed, compressed.
+
+        Bytes on disk are the data file's plus the index's. Raises InvalidLocationError for a
+        segment file that is not a regular file (a directory, FIFO or symlink of its name).
+        """
         mutable = self.mutable_segment()
         out = []
         for number in self.segments():

@@ -680,7 +680,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def rotate(self) -> tuple[Path, int]:
         """Seal the mutable segment now and start a new one; returns (new path, new number).
 
-        A no-op when the mutable segment is empty (it stays mutable).
+        A no-op when the mutable segment is empty (it stays mutable). Raises
+        FlatFileDbUnsafeAccessError, sealing nothing, when the mutable segment is number
+        4294967295, the last one the format can name (FORMAT.md "Files").
         """
         return self._maybe_get_new_mutable_file(force_new_file=True)
 

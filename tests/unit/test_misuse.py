@@ -181,20 +181,31 @@ def test_open_still_removes_a_dead_processes_scratch_file(tmp_path: Path) -> Non
     assert temp_owner(".tmp-999999999-data_00000003.dat") == 999999999
 
 
-@pytest.mark.parametrize("name", ["data_00000003.dat", "data_00000003.idx"])
-def test_newest_segments_file_name_taken_by_a_directory_fails_open_with_a_typed_error(
-        make_store: StoreFactory, tmp_path: Path, name: str) -> None:
-    """A directory named like the newest segment's data file or index: InvalidLocationError naming it,
-    nothing removed; once it is moved away the store opens as before."""
+@pytest.mark.parametrize("name,kind", [("data_00000003.dat", "directory"), ("data_00000003.idx", "directory"),
+                                       ("data_00000003.idx", "fifo"), ("data_00000003.idx", "symlink")])
+def test_newest_segments_file_name_taken_by_a_non_file_fails_open_with_a_typed_error(
+        make_store: StoreFactory, tmp_path: Path, name: str, kind: str) -> None:
+    """A directory, FIFO or symlink named like the newest segment's data file or index:
+    InvalidLocationError naming it, nothing created or removed; once it is moved away the store
+    opens as before."""
     db = make_store()
     location = db.put(b"committed")
     db.close()
-    (db.datadir / name).mkdir()
+    path = db.datadir / name
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(db.datadir / "data_00000000.idx")
     before = listing(tmp_path)
     with pytest.raises(InvalidLocationError, match=name.replace(".", r"\.")):
         FlatFileDb(db.datadir, tmp_path / "store.lock")
     assert listing(tmp_path) == before
-    (db.datadir / name).rmdir()
+    if kind == "directory":
+        path.rmdir()
+    else:
+        path.unlink()
     assert db.get(location) == b"committed"
 
 
