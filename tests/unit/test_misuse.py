@@ -488,6 +488,16 @@ def test_cli_read_commands_on_a_directory_that_is_not_a_store_exit_2_and_create_
     assert listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", [["info"], ["verify"], ["stats"], ["get", "data_00000000.dat:0:1"]])
+def test_cli_read_commands_on_a_missing_datadir_exit_2_and_create_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """A datadir that does not exist: a clear error naming it; it is not created."""
+    missing = tmp_path / "nowhere"
+    assert main(["--datadir", str(missing), *command]) == 2
+    assert f"datadir {str(missing)!r} does not exist" in capsys.readouterr().err
+    assert not missing.exists() and not (tmp_path / "nowhere.lock").exists()
+
+
 def test_cli_datadir_is_accepted_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``ffdb info --datadir D`` works as ``ffdb --datadir D info``; without it, a usage error."""
     datadir = str(tmp_path / "store")
