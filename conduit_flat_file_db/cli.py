@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence, TextIO
 
 from . import FlatFileDb, __version__
 from .errors import FlatFileDbError
+from .naming import parse_name
 from .types import PACKED_LOCATION_BYTES, DataLocation
 
 EXIT_OK = 0
@@ -75,7 +76,7 @@ class SegmentInfo(NamedTuple):
     segment: int
     file: str
     state: str  # "sealed" or "mutable"
-    disk_bytes: int  # size of the data file
+    disk_bytes: int  # size of the data file plus its record index (as ``ffdb stats``)
     blobs: int  # committed blobs according to the record index
     blob_bytes: int  # their total length
 
@@ -99,26 +100,36 @@ def _add_no_progress(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="never draw a progress bar on standard error")
 
 
+def _add_store_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options that say which store and how to open it: on the main parser (``default``:
+    their defaults) and on each subcommand (``argparse.SUPPRESS``: a value given before the
+    subcommand is kept), so ``ffdb --datadir D info`` and ``ffdb info --datadir D`` both work."""
+    parser.add_argument("--datadir", metavar="DIR", default=default, help="directory of the store (required)")
+    parser.add_argument("--lock", metavar="PATH", default=default,
+                        help="inter-process lock file shared by every user of the store (default: DIR.lock)")
+    parser.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS", default=default,
+                        help="give up (exit 2) when the store's lock is not acquired within SECONDS "
+                             "(default: wait for ever)")
+    parser.add_argument("--fsync", action="store_true", default=False if default is None else default,
+                        help="make every stored blob durable before reporting its location")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``ffdb`` (global options, then one subcommand)."""
     parser = argparse.ArgumentParser(
         prog="ffdb",
+        # Written out: --datadir is required but not required=True, which would refuse it after the subcommand.
+        usage="%(prog)s [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
+              "[--version] COMMAND ...",
         description="Append-only flat-file BLOB store: store files as blobs, read them back, "
                     "inspect, verify.",
         epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--datadir", required=True, metavar="DIR", help="directory of the store")
-    parser.add_argument("--lock", metavar="PATH",
-                        help="inter-process lock file shared by every user of the store (default: DIR.lock)")
-    parser.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS",
-                        help="give up (exit 2) when the store's lock is not acquired within SECONDS "
-                             "(default: wait for ever)")
-    parser.add_argument("--fsync", action="store_true",
-                        help="make every stored blob durable before reporting its location")
+    _add_store_options(parser, None)
     _add_no_progress(parser, False)
     parser.add_argument("--version", action="version", version=f"ffdb {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="ffdb")
 
     put = commands.add_parser("put", help="store each FILE as one blob and print its location",
                               description="Store each FILE as one blob; print one line per file: FILE, "
@@ -154,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = commands.add_parser("stats", help="logical and on-disk bytes, ratio and blobs per segment")
     stats.add_argument("--json", action="store_true", help="print one JSON document instead")
+    for command in (put, get, info, verify, stats):
+        _add_store_options(command, argparse.SUPPRESS)
     return parser
 
 
@@ -181,6 +194,13 @@ def _columns(stream: TextIO) -> int:
         return os.get_terminal_size(stream.fileno()).columns or 80
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
         return 80
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def progress_stream(no_progress: bool) -> TextIO | None:
@@ -262,6 +282,16 @@ class ProgressBar:
         self._last_width = len(text)
         self._last_draw = now
         self.shown = True
+
+    def clear(self) -> None:
+        """Erase the bar's line, before other output goes to the same terminal (else that output
+        would be glued to the bar's text); the next update draws the bar again."""
+        if self._stream is None or not self._last_width:
+            return
+        self._stream.write("\r" + " " * self._last_width + "\r")
+        self._stream.flush()
+        self._last_width = 0
+        self._last_draw = -math.inf
 
     def close(self) -> None:
         """Draw the final state and end the line (only if the bar was wanted)."""
@@ -415,23 +445,10 @@ def slice_bounds(size: int, slice_: Sequence[int] | None) -> tuple[int, int]:
 
 
 def segment_infos(db: FlatFileDb) -> list[SegmentInfo]:
-    """One row per segment, oldest first; blob counts come from the record indexes."""
-    counts: dict[int, tuple[int, int]] = {}
-    for record in db.iter_records():
-        blobs, size = counts.get(record.segment, (0, 0))
-        counts[record.segment] = (blobs + 1, size + record.end_offset - record.start_offset)
-    mutable = db.mutable_segment()
-    rows = []
-    for number in db.segments():
-        path = db.segment_path(number)
-        try:
-            disk_bytes = os.stat(path).st_size
-        except FileNotFoundError:
-            continue  # deleted since it was listed
-        blobs, size = counts.get(number, (0, 0))
-        state = "sealed" if number < mutable else "mutable"
-        rows.append(SegmentInfo(number, os.path.basename(path), state, disk_bytes, blobs, size))
-    return rows
+    """One row per segment, oldest first, from :meth:`FlatFileDb.stats` (the one computation of
+    blob counts and bytes on disk, so ``info`` and ``stats`` always agree)."""
+    return [SegmentInfo(s.number, s.file_name, "sealed" if s.sealed else "mutable", s.disk_bytes, s.blobs,
+                        s.logical_bytes) for s in db.stats().segments]
 
 
 def _describe(exc: BaseException) -> str:
@@ -470,9 +487,10 @@ class _Puts:
     what was stored, so no stored location is hidden.
     """
 
-    def __init__(self, db: FlatFileDb, as_json: bool) -> None:
+    def __init__(self, db: FlatFileDb, as_json: bool, progress: ProgressBar | None = None) -> None:
         self._db = db
         self._json = as_json
+        self._progress = progress  # cleared before each line: it shares the terminal with standard output
         self._lines: collections.deque[list[Any]] = collections.deque()  # [name, location or None]
         self._batch: list[tuple[list[Any], bytes]] = []
         self._batch_bytes = 0
@@ -516,6 +534,8 @@ class _Puts:
 
     def _print(self, name: str, location: DataLocation) -> None:
         packed = self._db.pack_location(location).hex()
+        if self._progress is not None:
+            self._progress.clear()
         if self._json:
             _print(json.dumps({"file": name, "file_path": location.file_path,
                                "start_offset": location.start_offset, "end_offset": location.end_offset,
@@ -528,8 +548,8 @@ class _Puts:
 def cmd_put(db: FlatFileDb, args: argparse.Namespace) -> int:
     """``ffdb put FILE...``: small inputs in batches, large ones streamed; output in argument order."""
     names: list[str] = args.files
-    puts = _Puts(db, args.json)
     progress = ProgressBar("put", _total_size(names), progress_stream(args.no_progress))
+    puts = _Puts(db, args.json, progress if _isatty(sys.stdout) else None)
     try:
         for name in names:
             with _open_source(name) as source:
@@ -654,12 +674,25 @@ def cmd_stats(db: FlatFileDb, args: argparse.Namespace) -> int:
 _COMMANDS = {"put": cmd_put, "get": cmd_get, "info": cmd_info, "verify": cmd_verify, "stats": cmd_stats}
 
 
+def _holds_a_store(datadir: str) -> bool:
+    """Whether ``datadir`` holds a file named like a segment's (a datadir of the original engine,
+    plain .dat files, is a store too): read commands must not turn any directory into a store."""
+    try:
+        with os.scandir(datadir) as entries:
+            return any(parse_name(entry.name) is not None for entry in entries)
+    except OSError:
+        return True  # unreadable: opening it reports the real error
+
+
 def _run(args: argparse.Namespace) -> int:
     datadir: str = args.datadir
     if args.command == "put":
         _check_sources(args.files)  # before the store is opened (and its datadir created)
     elif not os.path.isdir(datadir):
         raise CliError(f"datadir {datadir!r} does not exist or is not a directory (put creates a store)")
+    elif not _holds_a_store(datadir):
+        raise CliError(f"datadir {datadir!r} is not a store: it holds no segment file (data_NNNNNNNN.dat, "
+                       ".dat.zst or .idx); put creates a store")
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
     compress = args.command == "put" and args.compress
     with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=compress, lock_timeout=args.lock_timeout,
@@ -672,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.datadir is None:  # not required=True: it may come after the subcommand
+            parser.error("the following arguments are required: --datadir")
     except SystemExit as exc:  # --help, --version and usage errors (argparse prints them)
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
     try:

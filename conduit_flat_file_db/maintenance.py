@@ -162,7 +162,11 @@ class FlatFileDb(Store):
     # -- statistics -----------------------------------------------------------------------
 
     def stats(self) -> StoreStats:
-        """Per segment and total: logical bytes, bytes on disk, ratio, blobs, sealed, compressed."""
+        """Per segment and total: logical bytes, bytes on disk, ratio, blobs, sealed, compressed.
+
+        Bytes on disk are the data file's plus the index's. Raises InvalidLocationError for a
+        segment file that is not a regular file (a directory, FIFO or symlink of its name).
+        """
         mutable = self.mutable_segment()
         out = []
         for number in self.segments():
@@ -199,15 +203,19 @@ class FlatFileDb(Store):
         mutable = self.mutable_segment()
         if segments is None:
             return [n for n in self.segments() if n < mutable]
-        numbers = []
+        # One entry per segment, in first-seen order: a segment named twice (as 3, "…/data_00000003.dat"
+        # and Path("…/data_00000003.dat.zst") alike) would be rewritten or copied twice.
+        numbers: dict[int, None] = {}
         for item in segments:
             number = item if isinstance(item, int) and not isinstance(item, bool) else \
                 self._readers.segment_number_of(item)
+            if number < 0:
+                raise InvalidLocationError(f"segment numbers are >= 0, got {number}")
             if number >= mutable:
                 raise FlatFileDbUnsafeAccessError(f"segment {number} is the mutable segment (or newer): "
                                                   "only sealed segments are maintained")
-            numbers.append(number)
-        return numbers
+            numbers[number] = None
+        return list(numbers)
 
     def recompress(self, segments: Iterable[int | str | os.PathLike[str]] | None = None,
                    mode: bool | CompressMode = CompressMode.AUTO, level: int | None = None,

@@ -15,7 +15,9 @@ STATE_FILE_NAME = "ffdb.state"
 TEMP_PREFIX = ".tmp-"
 
 _SEGMENT_RE = re.compile(r"data_([0-9]{8,10})(\.dat|\.dat\.zst|\.idx)\Z")
-MAX_SEGMENT_NUMBER = 0xFFFFFFFF
+# Exactly what temp_name makes: a positive pid without leading zeros, a dash, a non-empty rest.
+_TEMP_RE = re.compile(r"\.tmp-([1-9][0-9]*)-(.+)\Z", re.DOTALL)
+MAX_SEGMENT_NUMBER = 0xFFFFFFFF  # the index header holds it in a u32 (FORMAT.md "Record index")
 
 
 def segment_name(number: int, compressed: bool) -> str:
@@ -56,8 +58,11 @@ def temp_name(name: str) -> str:
 
 
 def temp_owner(name: str) -> int | None:
-    """The pid that owns a scratch file name, or None if ``name`` is not one (or has no pid)."""
-    if not name.startswith(TEMP_PREFIX):
-        return None
-    pid, _, rest = name[len(TEMP_PREFIX):].partition("-")
-    return int(pid) if pid.isdecimal() and rest else 0
+    """The pid that owns a scratch file name, or None if ``name`` is not one.
+
+    Only names of the exact form temp_name makes (``.tmp-{pid}-{rest}``) are scratch
+    files: an opener removes those of dead processes, so a user's ``.tmp-notes`` or
+    ``.tmp-x-y`` must not match (a looser prefix test once removed such files).
+    """
+    match = _TEMP_RE.match(name)
+    return int(match.group(1)) if match is not None else None

@@ -70,6 +70,30 @@ _SKIP_HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 
 
+def open_regular(dir_fd: int, name: str, flags: int = OPEN_READ) -> int:
+    """Open ``name`` in the datadir, refusing anything but a regular file of that name.
+
+    Raises FileNotFoundError when it is missing and InvalidLocationError (a ValueError)
+    for a symlink, directory, FIFO, socket or device: none of these is a file the store
+    wrote, and reading one would fail later with an untyped error (EISDIR, ESPIPE).
+    """
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidLocationError(f"{name} is a symlink; refused") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory, or a FIFO without a reader, opened to write
+            raise InvalidLocationError(f"{name} is not a regular file (a directory or FIFO?); refused: "
+                                       "move it out of the datadir") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidLocationError(f"{name} is not a regular file; refused: move it out of the datadir")
+    return fd
+
+
 def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[int, int]:
     """Open segment ``number``'s data file, whichever suffix it has: (fd, kind).
 
@@ -80,22 +104,13 @@ def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[in
     # look-up that missed the new name before the rename and the old one after the unlink
     # finds the new name on a second pass.
     for kind in (KIND_RAW, KIND_ZSTD, KIND_RAW, KIND_ZSTD):
-        name = segment_name(number, kind == KIND_ZSTD)
         try:
-            fd = os.open(name, flags, dir_fd=dir_fd)
+            return open_regular(dir_fd, segment_name(number, kind == KIND_ZSTD), flags), kind
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InvalidLocationError(f"segment file {name} is a symlink; refused") from None
-            raise
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise InvalidLocationError(f"segment file {name} is not a regular file; refused")
-        return fd, kind
-    raise FlatFileDbNotFoundError(
-        errno.ENOENT, f"segment {number} does not exist (deleted, or never written)", segment_name(number, False)
-    )
+    # Both names: a segment may have had either suffix (a deleted data_N.dat.zst is not "data_N.dat missing").
+    raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} does not exist (deleted, or never written)",
+                                  f"{segment_name(number, False)} or {segment_name(number, True)}")
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -238,7 +253,7 @@ def checksum_frames(reader: SeekableReader, start: int, end: int) -> int:
 def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
     """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing."""
     try:
-        fd = os.open(index_name(number), OPEN_READ, dir_fd=dir_fd)
+        fd = open_regular(dir_fd, index_name(number))
     except FileNotFoundError:
         return None
     try:
@@ -369,6 +384,10 @@ def recover_segment(dir_fd: int, number: int, default_kind: int, check_from: int
     cut the index and the data file after the last commit; for a compressed segment
     write a fresh padding frame and seek table.
     """
+    try:  # refused before the data file is created: a directory or FIFO in the index's place is not ours
+        os.close(open_regular(dir_fd, index_name(number)))
+    except FileNotFoundError:
+        pass
     try:
         data_fd, kind = open_data_file(dir_fd, number, OPEN_WRITE)
     except FlatFileDbNotFoundError:
@@ -726,7 +745,7 @@ def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | 
     """The records of a sealed segment's index ending in its SEAL (only the SEAL unless ``full``),
     a string saying why they do not, or None for an index this check does not judge."""
     try:
-        index_fd = os.open(index_name(number), OPEN_READ, dir_fd=dir_fd)
+        index_fd = open_regular(dir_fd, index_name(number))
     except FileNotFoundError:
         return None  # written without an index (the original engine): nothing of ours to check
     try:

@@ -162,6 +162,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
+        _check_lock_path(self._abs_dir, self._abs_lock)
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
@@ -359,7 +360,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         ``pwritev`` (compressed: one set of frames) and their index records with one
         ``pwrite``. A crash may keep a prefix of the batch (whole blobs), never a torn blob.
         """
-        items = [d if type(d) is bytes else _as_bytes_like(d) for d in datas]  # pylint: disable=unidiomatic-typecheck
+        try:
+            items = [d if type(d) is bytes else _as_bytes_like(d, "put_many()") for d in datas]  # pylint: disable=unidiomatic-typecheck
+        except (TypeError, ValueError) as exc:
+            if not isinstance(datas, (list, tuple)):
+                raise
+            position = next((i for i, d in enumerate(datas) if not _bytes_like_ok(d)), None)
+            if position is None:
+                raise
+            raise type(exc)(f"{exc} (item {position})") from None
         if not items:
             return []
         checksums = [blob_checksum(d) for d in items]
@@ -443,11 +452,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         (at most ``batch_bytes`` in memory); longer ones go through ``put_stream``. Only
         one input is open at a time.
         """
+        if isinstance(streams, (list, tuple)):  # refused before anything is stored
+            for position, item in enumerate(streams):
+                _check_stream_item(item, position, open_streams)
         self._reopen_if_closed()
         locations: list[DataLocation] = []
         pending: list[bytes] = []
         pending_bytes = 0
-        for item in streams:
+        for position, item in enumerate(streams):
+            _check_stream_item(item, position, open_streams)
             if isinstance(item, (str, os.PathLike)):
                 item, opened = LazyOpener(item), True
             else:
@@ -492,6 +505,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                                        "a rename cannot move it (use put_stream to copy it)")
         if os.path.samefile(os.path.dirname(source), self._abs_dir):
             raise InvalidLocationError(f"{source!r} is inside the datadir already")
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(st, os.stat(self._abs_lock)):
+                # Renamed away, the lock file would be created afresh by the next process: two locks.
+                raise InvalidLocationError(f"{source!r} is this store's lock file; it cannot be adopted")
+        if st.st_nlink > 1:
+            raise InvalidLocationError(
+                f"{source!r} has {st.st_nlink} hard links: through another name the committed bytes could "
+                "change; remove the other links, or copy it with put_stream")
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)
@@ -585,7 +606,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             paths, starts, ends = itertools.islice(zip(*locations), 3)
         except (TypeError, ValueError):  # an item that is not a sequence of three: get() says why
             paths = ()
-        if paths and {*map(type, locations)} == {DataLocation}:
+        # bool is an int that get() refuses as an offset; the mapped loop would read it as 0 or 1.
+        if paths and {*map(type, locations)} == {DataLocation} and bool not in {*map(type, starts), *map(type, ends)}:
             order = _disk_order(paths, starts, self._by_path if self._words[W_EPOCH] == self._epoch else {})
             if order is not None:
                 self._read_mapped(locations, order, paths, starts, ends, out)
@@ -670,7 +692,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def rotate(self) -> tuple[Path, int]:
         """Seal the mutable segment now and start a new one; returns (new path, new number).
 
-        A no-op when the mutable segment is empty (it stays mutable).
+        A no-op when the mutable segment is empty (it stays mutable). Raises
+        FlatFileDbUnsafeAccessError, sealing nothing, when the mutable segment is number
+        4294967295, the last one the format can name (FORMAT.md "Files").
         """
         return self._maybe_get_new_mutable_file(force_new_file=True)
 
@@ -858,7 +882,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             raise InvalidLocationError(f"{location[0]}: cannot pack offsets {start}..{end}")
         return pack_location_parts(number, start, end)
 
-    def unpack_location(self, packed: bytes) -> DataLocation:
+    def unpack_location(self, packed: bytes | bytearray | memoryview) -> DataLocation:
         """Inverse of :meth:`pack_location`, naming the segment under this datadir."""
         try:
             number, start, end = unpack_location_parts(packed)
@@ -867,14 +891,61 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return DataLocation(self.segment_path(number), start, end)
 
 
-def _as_bytes_like(data: Any) -> Any:
+def _as_bytes_like(data: Any, method: str = "put()") -> Any:
+    """``data`` as a flat bytes-like object for ``method``, or the TypeError/ValueError saying why not."""
     if isinstance(data, (bytearray, bytes)):
         return data
     if isinstance(data, memoryview):
-        if not data.contiguous:
-            raise ValueError("put() needs a contiguous memoryview")
+        # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
+        # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
+        # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
+        if not data.c_contiguous:
+            raise ValueError(f"{method} needs a C-contiguous memoryview (got a strided or Fortran-order one: "
+                             "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
         return data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    raise TypeError(f"put() takes bytes, bytearray or memoryview, not {type(data).__name__}")
+    raise TypeError(f"{method} takes bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+def _bytes_like_ok(data: Any) -> bool:
+    try:
+        _as_bytes_like(data)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _check_lock_path(datadir: str, lock: str) -> None:
+    """Refuse a lock path that is the datadir or inside it, before anything is created.
+
+    The lock file is grown to 4096 bytes and its first word is written (the waiter flag):
+    as ``ffdb.state`` or a segment file that corrupts the store, and as a name like a
+    scratch file recovery would remove it from under a lock holder. Paths are compared
+    after resolving symlinks, and by device and inode where both directories exist.
+    """
+    real_dir, real_lock = os.path.realpath(datadir), os.path.realpath(lock)
+    inside = os.path.commonpath([real_dir, real_lock]) == real_dir
+    if not inside:
+        with contextlib.suppress(OSError):
+            inside = os.path.samestat(os.stat(os.path.dirname(real_lock)), os.stat(real_dir))
+    if inside:
+        raise InvalidLocationError(
+            f"mutable_file_lock_path {lock!r} is the datadir {datadir!r} or inside it, where the lock's writes "
+            f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})")
+    if os.path.isdir(real_lock):
+        raise InvalidLocationError(f"mutable_file_lock_path {lock!r} is a directory; it must name a file")
+
+
+def _check_stream_item(item: Any, position: int, open_streams: bool) -> None:
+    """TypeError naming ``item`` unless put_streams can read it (a path, a readable, or a context manager)."""
+    if isinstance(item, (str, os.PathLike)):
+        return
+    if open_streams:
+        if not (hasattr(item, "__enter__") and hasattr(item, "__exit__")):
+            raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a context manager "
+                            "giving a stream, nor a path (open_streams=True)")
+    elif not (hasattr(item, "readinto") or hasattr(item, "read")):
+        raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a readable stream "
+                        "(readinto or read), nor a path")
 
 
 __all__ = ["Store", "DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE"]

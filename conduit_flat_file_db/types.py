@@ -51,10 +51,14 @@ def pack_location_parts(segment: int, start_offset: int, end_offset: int) -> byt
     return _PACKED_LOCATION.pack(segment, start_offset, end_offset)
 
 
-def unpack_location_parts(packed: bytes) -> tuple[int, int, int]:
+def unpack_location_parts(packed: bytes | bytearray | memoryview) -> tuple[int, int, int]:
     """Inverse of :func:`pack_location_parts`: (segment, start_offset, end_offset)."""
     if not isinstance(packed, (bytes, bytearray, memoryview)):
         raise TypeError(f"a packed location is bytes, not {type(packed).__name__}")
+    if isinstance(packed, memoryview):
+        # Its bytes in logical order: struct needs a C-contiguous buffer, and len() of a view of
+        # wider items or of several dimensions counts items, not bytes.
+        packed = packed.tobytes()
     if len(packed) != PACKED_LOCATION_BYTES:
         raise ValueError(f"a packed location is {PACKED_LOCATION_BYTES} bytes, got {len(packed)}")
     segment, start, end = _PACKED_LOCATION.unpack(packed)

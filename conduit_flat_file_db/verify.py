@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
-from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
+from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError
 from .index import (
     FLAG_LEGACY_EXTENT,
     FLAG_UNCHECKED,
@@ -24,7 +24,7 @@ from .index import (
     decode_header,
     decode_records,
 )
-from .naming import STATE_FILE_NAME, TEMP_PREFIX, index_name, parse_name, segment_name
+from .naming import STATE_FILE_NAME, index_name, parse_name, segment_name, temp_owner
 from .segment import CHECK_CHUNK_BYTES, frame_table_of, open_data_file, read_index
 from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .state import MutableView
@@ -50,10 +50,13 @@ class VerifyReport:
     """What :meth:`FlatFileDb.verify` checked and found. ``ok`` is True when no problem was found."""
 
     segments: int = 0
-    blobs: int = 0
-    bytes_checked: int = 0
+    blobs: int = 0  # blobs whose bytes were checked (full check only)
+    bytes_checked: int = 0  # their length
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    full: bool = True  # False: structure only, no blob was read (so blobs and bytes_checked stay 0)
+    records: int = 0  # index records decoded and checked
+    index_bytes: int = 0  # bytes of record indexes read
 
     @property
     def ok(self) -> bool:
@@ -65,8 +68,13 @@ class VerifyReport:
         self.problems.append(Problem(path, offset, kind, message))
 
     def __str__(self) -> str:
-        lines = [f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.segments} segments, {self.blobs} blobs, "
-                 f"{self.bytes_checked} bytes checked, {len(self.problems)} problems"]
+        if self.full:
+            checked = f"{self.blobs} blobs, {self.bytes_checked} bytes checked"
+        else:  # "0 blobs, 0 bytes checked" would read as "nothing was checked"
+            checked = (f"{self.records} index records ({self.index_bytes} bytes of indexes) checked, "
+                       "structure only (no checksums)")
+        lines = [f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.segments} segments, {checked}, "
+                 f"{len(self.problems)} problems"]
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -74,21 +82,28 @@ class VerifyReport:
 
 def verify_store(dir_fd: int, dir_str: str, mutable: MutableView, progress: Progress | None = None,
                  full: bool = True) -> VerifyReport:
-    """Check every segment in the directory; ``mutable`` is the committed extent to trust."""
-    report = VerifyReport()
+    """Check every segment in the directory; ``mutable`` is the committed extent to trust.
+
+    A file that cannot be read as the store's (a directory, FIFO or symlink named like a
+    segment's file, an I/O error) is reported as a problem of its segment, never raised.
+    """
+    report = VerifyReport(full=full)
     numbers: set[int] = set()
     for name in sorted(os.listdir(dir_fd)):
         parsed = parse_name(name)
         if parsed is not None:
             numbers.add(parsed[0])
-        elif name.startswith(TEMP_PREFIX):
+        elif temp_owner(name) is not None:
             report.notes.append(f"scratch file {name} (removed by the next open once its process is gone)")
         elif name != STATE_FILE_NAME:
             report.notes.append(f"unknown file {name} in the datadir")
     todo = sorted(n for n in numbers if n <= mutable.segment)  # higher: a rotation not yet published
     for done, number in enumerate(todo):
         report.segments += 1
-        _verify_segment(report, dir_fd, dir_str, number, mutable, full)
+        try:
+            _verify_segment(report, dir_fd, dir_str, number, mutable, full)
+        except (OSError, FlatFileDbError, ValueError) as exc:
+            report.add(dir_str, 0, "unreadable", f"segment {number}: {exc}")
         if progress is not None:
             progress(done + 1, len(todo))
     return report
@@ -100,7 +115,7 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
     is_mutable = number == mutable.segment
     try:
         fd, kind = open_data_file(dir_fd, number)
-    except (FlatFileDbNotFoundError, InvalidLocationError) as exc:
+    except FlatFileDbNotFoundError as exc:
         if read_index(dir_fd, number) is None:
             report.segments -= 1  # deleted while we looked
             return
@@ -127,6 +142,8 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
             if scan.problem is not None:
                 report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
             records = scan.records
+            report.records += len(records)
+            report.index_bytes += len(raw)
         blobs, end, sealed = _blob_records(report, idx_path, records)
         size = os.fstat(fd).st_size
         chunks: Iterator[tuple[int, bytes | memoryview]]

@@ -14,6 +14,7 @@ import errno
 import logging
 import mmap
 import os
+import stat
 import threading
 import time
 import weakref
@@ -28,13 +29,15 @@ from .index import (
     RECORD_BYTES,
     REC_BLOB,
     REC_FRAME,
+    REC_SEAL,
     decode_records,
     encode_blob,
     encode_header,
     encode_record,
     encode_seal,
 )
-from .naming import INDEX_SUFFIX, TEMP_PREFIX, index_name, parse_name, segment_name, temp_name, temp_owner
+from .errors import FlatFileDbUnsafeAccessError
+from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_name, temp_owner
 from .segment import (
     OPEN_WRITE,
     ROOM_MAX_BYTES,
@@ -47,6 +50,7 @@ from .segment import (
     fsync_dir,
     maps_supported,
     open_data_file,
+    open_regular,
     padding_header,
     preallocate,
     pwrite_all,
@@ -88,6 +92,26 @@ twice (zeros, then the blob), and the two syscalls are a small part of their cos
 
 def _view_of(number: int, tail: Tail) -> MutableView:
     return MutableView(number, tail.end, tail.index_bytes, tail.disk_bytes, tail.kind, tail.padding, tail.frames)
+
+
+def _last_segment_error(number: int, whole_file: bool = False) -> FlatFileDbUnsafeAccessError:
+    why = " (committing a whole file takes two more)" if whole_file else ""
+    return FlatFileDbUnsafeAccessError(
+        f"the store is at segment {number} and {MAX_SEGMENT_NUMBER} is the last segment number the format can "
+        f"name (FORMAT.md \"Files\": n < 2**32): it cannot start another segment{why}. Every committed blob "
+        "stays readable; copy the live ones into a new store to go on writing")
+
+
+def _ends_in_seal(dir_fd: int, number: int, index_bytes: int) -> bool:
+    """Whether the committed part (``index_bytes``) of segment ``number``'s index ends in a SEAL."""
+    if index_bytes < HEADER_BYTES + RECORD_BYTES:
+        return False
+    fd = open_regular(dir_fd, index_name(number))
+    try:
+        records = decode_records(os.pread(fd, RECORD_BYTES, index_bytes - RECORD_BYTES)).records
+    finally:
+        os.close(fd)
+    return bool(records) and records[-1].rtype == REC_SEAL
 
 
 def _pid_alive(pid: int) -> bool:
@@ -159,11 +183,10 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         data_numbers: set[int] = set()
         index_numbers: set[int] = set()
         for name in os.listdir(self.dir_fd):
-            if name.startswith(TEMP_PREFIX):
-                owner = temp_owner(name)
-                if owner != os.getpid() and not _pid_alive(owner or 0):
-                    logger.warning("%s: removing scratch file %s left by an interrupted operation", self.datadir, name)
-                    os.unlink(name, dir_fd=self.dir_fd)
+            owner = temp_owner(name)
+            if owner is not None:
+                if owner != os.getpid() and not _pid_alive(owner):
+                    self._remove_regular(name, "scratch file", "left by an interrupted operation")
                 continue
             parsed = parse_name(name)
             if parsed is not None:
@@ -176,8 +199,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         newest = max(numbers)
         for orphan in sorted(index_numbers - data_numbers - {newest}):
             # A delete removes the data file first: an index alone is the rest of it.
-            logger.warning("%s: removing %s left by an interrupted delete", self.datadir, index_name(orphan))
-            os.unlink(index_name(orphan), dir_fd=self.dir_fd)
+            self._remove_regular(index_name(orphan), "record index", "left by an interrupted delete")
         check_from: int | None = None
         if power_loss_check and (state.fresh or not state.same_boot()):
             same_segment = not state.fresh and words[W_SEGMENT] == newest
@@ -189,8 +211,10 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             seal_recovered(self.dir_fd, newest)
             data_numbers.discard(newest)  # just checked, sealed and fsynced
             tail = tail._replace(sealed=True)
-        if tail.sealed:
+        if tail.sealed and newest < MAX_SEGMENT_NUMBER:
             newest, tail = self._create_next(newest)
+        elif tail.sealed:  # nothing can follow it: published as it is, readable, refused to writers (resync)
+            logger.warning("%s: %s", self.datadir, _last_segment_error(newest))
         if power_loss_check:
             self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
@@ -201,6 +225,21 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             state.persist(self.dir_fd)
         state.publish(_view_of(newest, tail))
         words[W_DIRTY] = 0
+
+    def _remove_regular(self, name: str, what: str, why: str) -> None:
+        """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of
+        that name is not something the store wrote, so it is left alone (and verify notes it)
+        rather than failing the open with an IsADirectoryError."""
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                logger.warning("%s: %s is named like a %s but is not a regular file; left alone",
+                               self.datadir, name, what)
+                return
+            logger.warning("%s: removing %s %s %s", self.datadir, what, name, why)
+            os.unlink(name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass  # removed meanwhile (another opener of the store)
 
     def _settle_sealed(self, sealed: list[int], mutable: int) -> None:
         """On open: make whole and durable every sealed segment not known to be fsynced.
@@ -258,6 +297,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         number = words[W_SEGMENT]
         if number != self.segment or self.data_fd < 0:
             self.close()
+            if number == MAX_SEGMENT_NUMBER and _ends_in_seal(self.dir_fd, number, words[W_INDEX_BYTES]):
+                raise _last_segment_error(number)  # segment stays -1: every write comes back here
             self.data_fd, self.kind = open_data_file(self.dir_fd, number, OPEN_WRITE)
             self.index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=self.dir_fd)
             self.segment = number
@@ -276,6 +317,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """
         words = self.words
         old = self.segment
+        if old >= MAX_SEGMENT_NUMBER:  # refused before the seal: the segment stays mutable and readable
+            raise _last_segment_error(old)
         words[W_DIRTY] = 1
         self._seal_locked()
         new, tail = self._create_next(old)
@@ -316,6 +359,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """
         words = self.words
         old = self.segment
+        if old + 2 > MAX_SEGMENT_NUMBER:  # the file becomes old+1, and old+2 the mutable segment
+            raise _last_segment_error(old, whole_file=True)
         # Empty by its records, not by its bytes: a segment of empty blobs has zero bytes and
         # acknowledged locations, so it must be sealed and kept like any other.
         was_empty = words[W_INDEX_BYTES] <= HEADER_BYTES

@@ -132,16 +132,18 @@ def test_info_text_and_json(run: Run, files: dict[str, Path], datadir: Path, tmp
     info = json.loads(out)
     assert [(s["segment"], s["file"], s["state"], s["blobs"]) for s in info["segments"]] == [
         (0, "data_00000000.dat", "sealed", 2), (1, "data_00000001.dat", "mutable", 1)]
-    assert info["segments"][0]["disk_bytes"] == len(TEXT) + len(BINARY)
+    # Bytes on disk: the data file and its index (header, 2 BLOB records, SEAL), as stats counts them.
+    assert info["segments"][0]["disk_bytes"] == len(TEXT) + len(BINARY) + 4 * 32
+    disk = json.loads(run("stats", "--json")[1])["totals"]["disk_bytes"]
     assert info["totals"] == {"segments": 2, "sealed": 1, "blobs": 3,
-                              "blob_bytes": len(TEXT) + len(BINARY), "disk_bytes": len(TEXT) + len(BINARY)}
+                              "blob_bytes": len(TEXT) + len(BINARY), "disk_bytes": disk}
     code, out, _ = run("info")
     text = out.decode()
     assert code == 0
     assert "data_00000000.dat  sealed" in text and "data_00000001.dat  mutable" in text
     size = len(TEXT) + len(BINARY)
     assert text.splitlines()[-1] == \
-        f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {size} bytes on disk"
+        f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {disk} bytes on disk"
 
 
 def test_verify_clean_then_corrupted(run: Run, files: dict[str, Path], datadir: Path, tmp_path: Path) -> None:
