@@ -205,9 +205,10 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             same_segment = not state.fresh and words[W_SEGMENT] == newest
             check_from = words[W_DURABLE_END] if same_segment else 0
         tail = recover_segment(self.dir_fd, newest, self.new_kind, check_from)
-        if check_from is not None and not tail.sealed and not created:
+        if check_from is not None and not tail.sealed and not created and newest in index_numbers:
             # After a power loss (or with the state page lost) nothing tells how far puts got
             # before it: continue in a new segment, so a lost blob's offsets are never reused.
+            # (A segment without an index never had a record: recovery gave it one just now.)
             seal_recovered(self.dir_fd, newest)
             data_numbers.discard(newest)  # just checked, sealed and fsynced
             tail = tail._replace(sealed=True)
