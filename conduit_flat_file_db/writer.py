@@ -347,18 +347,27 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         os.fdatasync(self.index_fd)
         self.words[W_DURABLE_END] = self.words[W_END]
 
-    def _fail(self, start: int, disk: int, index_bytes: int) -> None:
-        """Cut a failed append back; leave the dirty flag up when even that fails."""
+    def _fail(self, start: int, disk: int, index_bytes: int, padding: int = 0) -> None:
+        """Undo a failed append (a full disk, mostly); leave the dirty flag up when even that fails.
+
+        A raw segment is cut back. A compressed one gets back the padding frame and seek table
+        it had before (``padding`` bytes after its ``disk`` bytes of frames), written where they
+        were, so no new disk block is needed: cutting them off instead would leave the segment
+        for recovery to lay out again, which needs blocks that a full disk does not have (and
+        every writer, delete and open would run that recovery first, and fail).
+        """
         try:
-            os.ftruncate(self.data_fd, disk if self.kind == KIND_ZSTD else start)
+            if self.kind == KIND_ZSTD:
+                write_reserve_and_table(self.data_fd, disk, self._frame_sizes(index_bytes), padding)
+            else:
+                os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
         except OSError:
-            logger.exception("%s: could not cut a failed append; the next writer will", self.datadir)
+            logger.exception("%s: could not undo a failed append; the next writer will recover the segment",
+                             self.datadir)
             return
         self.state.mark_cut()  # the files shrank: every writer maps them afresh
-        if self.kind == KIND_RAW:
-            self.words[W_DIRTY] = 0
-        # A compressed segment also lost its padding and table: recovery rewrites them.
+        self.words[W_DIRTY] = 0
 
     def append_raw(self, data: Any, buffers: Sequence[Any] | None, start: int, end: int, records: bytes) -> None:
         """Commit blob bytes (``data``, or the concatenation of ``buffers``) at ``start`` in a raw segment."""
@@ -514,7 +523,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
                 write_reserve_and_table(self.data_fd, disk + used, all_sizes, new_padding)
             self._write_records(payload, index_bytes, end)
         except BaseException:
-            self._fail(start, disk, index_bytes)
+            self._fail(start, disk, index_bytes, padding)
             raise
         if self._sizes_upto == index_bytes:
             self._sizes += sizes
