@@ -324,7 +324,17 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         os.rename(index_tmp, index_name(new), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         os.rename(source, segment_name(new, kind == KIND_ZSTD), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         fsync_dir(self.dir_fd)
-        mutable, tail = self._create_next(new)
+        try:
+            mutable, tail = self._create_next(new)
+        except OSError as exc:
+            # The file is a whole sealed segment now: its blob is committed and the caller's file
+            # gone from where it was, so raising would report a failure that did not happen. What
+            # failed (a full disk, mostly) is only the next mutable segment: the dirty flag stays
+            # up and the next writer's recovery creates it.
+            logger.warning("%s: segment %d committed, but creating the next one failed (%s); the next writer "
+                           "recovers", self.datadir, new, exc)
+            self.sealed += [old, new]
+            return new
         words[W_DURABLE_END] = 0
         self.state.publish(_view_of(mutable, tail))
         words[W_DIRTY] = 0
