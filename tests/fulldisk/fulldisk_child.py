@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from disk_support import Filler, blob  # noqa: E402  # pylint: disable=wrong-import-position
+from disk_support import Filler, blob  # noqa: E402  # pylint: disable=wrong-import-position,import-error
 
 from conduit_flat_file_db import DataLocation, FlatFileDb  # noqa: E402  # pylint: disable=wrong-import-position
 from conduit_flat_file_db.state import W_DIRTY  # noqa: E402  # pylint: disable=wrong-import-position
@@ -64,14 +64,17 @@ class Runner:
     # -- steps: each returns a small JSON-able detail ---------------------------------
 
     def op_open(self, _step: dict[str, Any]) -> Any:
+        """Open the store; returns its segment numbers."""
         return self.store().segments()
 
     def op_close(self, _step: dict[str, Any]) -> Any:
+        """Close the store (the next step opens it again)."""
         if self.db is not None:
             self.db.close()
             self.db = None
 
     def op_put(self, step: dict[str, Any]) -> Any:
+        """Put one blob per size in ``sizes``, one call each."""
         db = self.store()
         for tag, size in self._tags(step["sizes"]):
             self._ack(db.put(blob(tag, size)), tag, size)
@@ -85,11 +88,13 @@ class Runner:
         raise AssertionError("the disk never filled up")
 
     def op_put_many(self, step: dict[str, Any]) -> Any:
+        """Put blobs of ``sizes`` in one put_many call."""
         tags = self._tags(step["sizes"])
         for location, (tag, size) in zip(self.store().put_many([blob(t, s) for t, s in tags]), tags):
             self._ack(location, tag, size)
 
     def op_put_stream(self, step: dict[str, Any]) -> Any:
+        """Store a blob of ``size`` bytes with put_stream."""
         (tag, size), = self._tags([step["size"]])
         self._ack(self.store().put_stream(io.BytesIO(blob(tag, size))), tag, size)
 
@@ -112,9 +117,11 @@ class Runner:
         return bool(self.store()._state.words[W_DIRTY])  # pylint: disable=protected-access  # the test's probe
 
     def op_rotate(self, _step: dict[str, Any]) -> Any:
+        """Seal the mutable segment; returns the new one's number."""
         return str(self.store().rotate()[1])
 
     def op_delete_oldest(self, _step: dict[str, Any]) -> Any:
+        """Delete the oldest segment; returns its number."""
         db = self.store()
         number = db.segments()[0]
         db.delete_file(db.segment_path(number))
@@ -122,14 +129,17 @@ class Runner:
         return number
 
     def op_retention(self, step: dict[str, Any]) -> Any:
+        """enforce_retention(max_bytes, keep_min); returns the deleted numbers."""
         deleted = self.store().enforce_retention(max_bytes=step.get("max_bytes", 0), keep_min=step.get("keep_min", 0))
         self._forget_segments(deleted)
         return deleted
 
     def op_recompress(self, step: dict[str, Any]) -> Any:
+        """Recompress every sealed segment (``compress``: True or False)."""
         return [r.action for r in self.store().recompress(mode=step["compress"])]
 
     def op_compact(self, _step: dict[str, Any]) -> Any:
+        """Compact every sealed segment (all blobs live) and finish; returns the deleted numbers."""
         db = self.store()
         sealed = db.segments()[:-1]
         compaction = db.compact(sealed, lambda _location: True)
@@ -142,9 +152,11 @@ class Runner:
         return deleted
 
     def op_fill(self, step: dict[str, Any]) -> Any:
+        """Leave exactly ``free`` bytes free on the filesystem."""
         self.filler.fill_to(step["free"])
 
     def op_release(self, _step: dict[str, Any]) -> Any:
+        """Give the filler's space back."""
         self.filler.release()
 
     def op_hold_read_lock(self, step: dict[str, Any]) -> Any:
@@ -154,6 +166,7 @@ class Runner:
             time.sleep(step["seconds"])
 
     def op_wait_for(self, step: dict[str, Any]) -> Any:
+        """Wait until file ``path`` exists."""
         deadline = time.monotonic() + 30
         while not os.path.exists(step["path"]):
             if time.monotonic() > deadline:
@@ -161,6 +174,7 @@ class Runner:
             time.sleep(0.01)
 
     def op_verify(self, _step: dict[str, Any]) -> Any:
+        """verify() must find nothing wrong."""
         report = self.store().verify()
         if not report.ok:
             raise AssertionError(str(report))
@@ -190,6 +204,7 @@ class Runner:
 
 
 def main() -> None:
+    """Run the spec named on the command line; print its report as JSON."""
     spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     print(json.dumps(Runner(spec).run()))
 

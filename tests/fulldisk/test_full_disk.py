@@ -11,13 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import FullDisk
+# Imported the way pytest imports them, from this folder (pylint does not look there).
+from fulldisk_fixtures import FullDisk, disk_fixture  # noqa: F401  # pylint: disable=import-error,unused-import
 
 from conduit_flat_file_db.naming import STATE_FILE_NAME
 
@@ -195,7 +194,7 @@ def test_rotating_on_a_full_disk_is_an_error_and_the_store_recovers(disk: FullDi
 # -- freeing space --------------------------------------------------------------------------
 
 
-FAILED_WRITES = {
+FAILED_WRITES: dict[str, list[dict[str, Any]]] = {
     "put": [{"op": "fill", "free": 0}, {"op": "put_until_full", "size": 70_000}],
     "adoption": [{"op": "write_file", "name": f"adopt-{i}", "tag": 5000 + i, "size": 20_000} for i in range(3)]
     + [{"op": "rotate"}, {"op": "fill", "free": 0}]
@@ -217,7 +216,7 @@ def test_a_store_frees_its_own_space_after_a_write_failed_on_a_full_disk(
     created), without first repairing the mutable segment with blocks the disk does not have.
     Then puts work again in the same process."""
     _seal_some(disk, options)
-    steps = [*FAILED_WRITES[after], {"op": "dirty"}, {"op": "fill", "free": 0}, free_with,
+    steps: list[dict[str, Any]] = [*FAILED_WRITES[after], {"op": "dirty"}, {"op": "fill", "free": 0}, free_with,
              {"op": "put", "sizes": [700, 90_000]}]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
     failed = [o for o in outcomes[:-4] if not o["ok"]]
@@ -229,7 +228,8 @@ def test_a_store_frees_its_own_space_after_a_write_failed_on_a_full_disk(
 
 
 @pytest.mark.parametrize("options", MODES)
-def test_a_store_whose_put_failed_on_a_full_disk_opens_on_that_full_disk(disk: FullDisk, options: dict[str, Any]) -> None:
+def test_a_store_whose_put_failed_on_a_full_disk_opens_on_that_full_disk(disk: FullDisk,
+                                                                         options: dict[str, Any]) -> None:
     """A put that failed on a full disk leaves nothing to repair (compressed: the padding frame and
     seek table it had taken are written back where they were), so another process opens the store
     on the still full disk, reads it, and frees space; a writer there gets ENOSPC, not a repair."""

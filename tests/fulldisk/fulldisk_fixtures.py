@@ -1,4 +1,8 @@
-"""Fixtures of the full-disk tier: a fresh small ext4 filesystem per test, and a runner of child steps."""
+"""The full-disk tier's fixture (a fresh small ext4 filesystem per test) and its runner of child steps.
+
+Test modules import ``disk_fixture`` (it registers the fixture ``disk``); a conftest.py here
+would clash with tests/conftest.py as a module name for mypy.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from disk_support import Filler, blob, free_bytes, mounted_ext4
+from disk_support import Filler, blob, free_bytes, mounted_ext4  # pylint: disable=import-error  # pytest's import
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
 
@@ -126,8 +130,8 @@ def _needs_root() -> None:
         assert shutil.which(tool), f"{tool} is needed by the full-disk tests"
 
 
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[FullDisk]:
+@pytest.fixture(name="disk")
+def disk_fixture(tmp_path: Path) -> Iterator[FullDisk]:
     """A fresh, empty ext4 filesystem of a few MiB, mounted for this test and unmounted after it."""
     _needs_root()
     with mounted_ext4(tmp_path, FS_MIB) as mount:
