@@ -86,8 +86,6 @@ class FullDisk:
         report = json.loads(stdout.strip().splitlines()[-1])
         for outcome in report["outcomes"]:
             assert outcome["ok"] or outcome["errno"] == errno.ENOSPC, outcome["error"]
-        if os.environ.get("FD_DEBUG"):
-            print("OUTCOMES", [(o["op"], o["ok"] or o["errno"]) for o in report["outcomes"]])
         self._merge_acked(report["acked"], [o for o in report["outcomes"] if o["ok"]])
         return list(report["outcomes"])
 

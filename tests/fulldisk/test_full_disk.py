@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from fulldisk_fixtures import FullDisk, disk_fixture  # noqa: F401  # pylint: disable=import-error,unused-import
 
 from conduit_flat_file_db.naming import STATE_FILE_NAME
+from conduit_flat_file_db.seekable import parse_seek_table
 
 pytestmark = pytest.mark.fulldisk
 
@@ -245,6 +247,33 @@ def test_a_store_whose_put_failed_on_a_full_disk_opens_on_that_full_disk(disk: F
     outcomes = disk.run([{"op": "open"}, {"op": "verify"}, {"op": "put", "sizes": [70_000]}, {"op": "delete_oldest"},
                          {"op": "release"}, {"op": "put", "sizes": [700, 90_000]}], max_size=SEGMENT_BYTES, **options)
     assert [o["ok"] for o in outcomes] == [True, True, False, True, True, True], outcomes
+    disk.check_recovered(**options)
+
+
+def _without_padding(path: Path) -> tuple[int, bytes, bytes]:
+    """(size, bytes up to the padding frame's payload, bytes after it) of a mutable compressed segment:
+    what a failed put must leave as it found it (the payload is skipped by every reader)."""
+    data = path.read_bytes()
+    table = parse_seek_table(lambda offset, size: data[offset:offset + size], len(data))
+    padding_at, table_at = table.c_offsets[-2], table.c_offsets[-1]
+    return len(data), data[:padding_at + 8], data[table_at:]
+
+
+@pytest.mark.parametrize("size", [pytest.param(20_000, id="fits-the-padding"), pytest.param(300_000, id="past-it")])
+def test_a_compressed_put_that_failed_leaves_its_segment_as_it_was(disk: FullDisk, size: int) -> None:
+    """Frames that fit the padding are written into it (a hole: blocks are needed); longer ones move
+    the seek table. Either way a refused put writes the padding header and the seek table back where
+    they were, into blocks the file already has, and the next writer needs no recovery."""
+    options = {"use_compression": True}
+    _seal_some(disk, options)
+    db = disk.open(**options)
+    mutable = Path(db.segment_path(db.mutable_segment()))
+    db.close()
+    before = _without_padding(mutable)
+    disk.filler.fill_to(0)
+    outcomes = disk.run([{"op": "put", "sizes": [size]}, {"op": "dirty"}], max_size=SEGMENT_BYTES, **options)
+    assert outcomes[0]["errno"] == errno.ENOSPC and outcomes[1]["detail"] is False, outcomes
+    assert _without_padding(mutable) == before
     disk.check_recovered(**options)
 
 
