@@ -312,29 +312,20 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         words[W_DIRTY] = 1
         self._seal_locked()
         new = old + 1
-        header = encode_header(new, kind, time.time_ns())
-        index = header + encode_record(REC_BLOB, flags, 0, size, checksum) + encode_seal(size, 1, disk_size)
-        index_tmp = temp_name(index_name(new))
-        fd = os.open(index_tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
-        try:
-            pwrite_all(fd, index, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(index_tmp, index_name(new), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        os.rename(source, segment_name(new, kind == KIND_ZSTD), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        fsync_dir(self.dir_fd)
+        index = encode_header(new, kind, time.time_ns()) + encode_record(REC_BLOB, flags, 0, size, checksum) \
+            + encode_seal(size, 1, disk_size)
+        os.rename(self._write_aside(index_name(new), index), index_name(new), src_dir_fd=self.dir_fd,
+                  dst_dir_fd=self.dir_fd)
+        # Segment n+2 before the rename, not after: creating it is the step a full disk refuses, and
+        # an error must leave the caller's file where it was. Once renamed, the blob is committed and
+        # the call must not fail. (A crash in between leaves a lone index of n+1: recovery removes it.)
         try:
             mutable, tail = self._create_next(new)
-        except OSError as exc:
-            # The file is a whole sealed segment now: its blob is committed and the caller's file
-            # gone from where it was, so raising would report a failure that did not happen. What
-            # failed (a full disk, mostly) is only the next mutable segment: the dirty flag stays
-            # up and the next writer's recovery creates it.
-            logger.warning("%s: segment %d committed, but creating the next one failed (%s); the next writer "
-                           "recovers", self.datadir, new, exc)
-            self.sealed += [old, new]
-            return new
+        except BaseException:
+            os.unlink(index_name(new), dir_fd=self.dir_fd)
+            raise
+        os.rename(source, segment_name(new, kind == KIND_ZSTD), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        fsync_dir(self.dir_fd)
         words[W_DURABLE_END] = 0
         self.state.publish(_view_of(mutable, tail))
         words[W_DIRTY] = 0
@@ -350,6 +341,22 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         self.sealed.append(new)
         self.resync()
         return new
+
+    def _write_aside(self, name: str, payload: bytes) -> str:
+        """Write ``payload`` to a new scratch file for ``name`` and fsync it; returns the scratch name.
+        On failure (a full disk) the scratch file is removed."""
+        tmp = temp_name(name)
+        fd = os.open(tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
+        try:
+            try:
+                pwrite_all(fd, payload, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=self.dir_fd)
+            raise
+        return tmp
 
     def sync(self) -> None:
         """fdatasync the mutable segment; record the durable end."""
