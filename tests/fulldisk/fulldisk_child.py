@@ -173,6 +173,14 @@ class Runner:
                 raise AssertionError(f"{step['path']} never appeared")
             time.sleep(0.01)
 
+    def op_read_back(self, _step: dict[str, Any]) -> Any:
+        """Every blob this child was acknowledged reads back as put; returns how many."""
+        db = self.store()
+        for (path, start, end), (tag, size) in self.acked.items():
+            if db.get(DataLocation(path, start, end)) != blob(tag, size):
+                raise AssertionError(f"blob {tag} at {path} {start}..{end} reads back different bytes")
+        return len(self.acked)
+
     def op_verify(self, _step: dict[str, Any]) -> Any:
         """verify() must find nothing wrong."""
         report = self.store().verify()

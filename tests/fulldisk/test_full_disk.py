@@ -49,12 +49,16 @@ def _then_works_again(op: dict[str, Any]) -> list[dict[str, Any]]:
     in the same process (the store recovers from the failure without a reopen)."""
     steps: list[dict[str, Any]] = []
     for free in FREE_STEPS:
-        steps += [{"op": "fill", "free": free}, op, {"op": "release"}, {"op": "put", "sizes": [700, 90_000]}]
+        steps += [{"op": "fill", "free": free}, op, {"op": "read_back"}, {"op": "release"},
+                  {"op": "put", "sizes": [700, 90_000]}]
     return steps
 
 
 def _assert_recovered_in_place(outcomes: list[dict[str, Any]]) -> None:
-    """Every put after the space came back worked (the step before it may have failed)."""
+    """Every acknowledged blob read back while the disk was full, and every put after the space came
+    back worked (the step before it may have failed)."""
+    read_backs = [o for o in outcomes if o["op"] == "read_back"]
+    assert read_backs and all(o["ok"] for o in read_backs), read_backs
     puts_after_release = [outcomes[i + 1] for i, o in enumerate(outcomes[:-1]) if o["op"] == "release"]
     assert puts_after_release and all(o["ok"] for o in puts_after_release), puts_after_release
 
@@ -173,7 +177,7 @@ def test_adopting_a_file_on_a_full_disk_is_an_error_or_a_whole_segment(disk: Ful
         steps += [{"op": "write_file", **adopt} for adopt in files] + [{"op": "rotate"}, {"op": "fill", "free": free}]
         for adopt in files:
             steps += [{"op": "adopt", **adopt}, {"op": "exists", "name": adopt["name"]}]
-        steps += [{"op": "release"}, {"op": "put", "sizes": [700]}]
+        steps += [{"op": "read_back"}, {"op": "release"}, {"op": "put", "sizes": [700]}]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
     for adopted, there in zip(outcomes, outcomes[1:]):
         if adopted["op"] == "adopt":  # adopted, or refused and still where it was
@@ -189,7 +193,7 @@ def test_rotating_on_a_full_disk_is_an_error_and_the_store_recovers(disk: FullDi
     _seal_some(disk, options)
     steps: list[dict[str, Any]] = []
     for free in FREE_STEPS:
-        steps += [{"op": "put", "sizes": [3000]}, {"op": "fill", "free": free}, {"op": "rotate"},
+        steps += [{"op": "put", "sizes": [3000]}, {"op": "fill", "free": free}, {"op": "rotate"}, {"op": "read_back"},
                   {"op": "release"}, {"op": "put", "sizes": [700, 90_000]}]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
     _assert_recovered_in_place(outcomes)
@@ -222,13 +226,13 @@ def test_a_store_frees_its_own_space_after_a_write_failed_on_a_full_disk(
     Then puts work again in the same process."""
     _seal_some(disk, options)
     steps: list[dict[str, Any]] = [*FAILED_WRITES[after], {"op": "dirty"}, {"op": "fill", "free": 0}, free_with,
-             {"op": "put", "sizes": [700, 90_000]}]
+                                   {"op": "read_back"}, {"op": "put", "sizes": [700, 90_000]}]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
-    failed = [o for o in outcomes[:-4] if not o["ok"]]
+    failed = [o for o in outcomes[:-5] if not o["ok"]]
     assert failed and failed[-1]["errno"] == errno.ENOSPC, outcomes
-    assert outcomes[-2]["ok"] and outcomes[-1]["ok"], outcomes
+    assert all(o["ok"] for o in outcomes[-3:]), outcomes
     if after == "adoption":
-        assert outcomes[-4]["detail"], "the failed adoption left no recovery pending: the test tests nothing"
+        assert outcomes[-5]["detail"], "the failed adoption left no recovery pending: the test tests nothing"
     disk.check_recovered(**options)
 
 
