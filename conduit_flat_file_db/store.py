@@ -187,7 +187,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                     state = SharedState(dir_fd)
                     writer = SegmentWriter(dir_fd, self.datadir, state, fsync=self.fsync,
                                            new_kind=KIND_ZSTD if self.use_compression else KIND_RAW)
-                    writer.recover(power_loss_check=True)
+                    writer.recover(power_loss_check=True, may_defer=True)
             except BaseException:
                 if state is not None:
                     state.close()

@@ -150,8 +150,14 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
 
     # -- recovery ---------------------------------------------------------------------
 
-    def recover(self, power_loss_check: bool) -> None:
-        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state."""
+    def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
+        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
+
+        ``may_defer`` (on open): when the newest segment is sealed and the disk has no room for
+        the next one, publish the sealed one and leave the dirty flag up instead of failing, so
+        that a store on a full disk still opens to be read and to have segments deleted; the
+        next writer creates the segment (or gets the ENOSPC).
+        """
         state = self.state
         words = self.words
         numbers: set[int] = set()
@@ -181,8 +187,16 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             same_segment = not state.fresh and words[W_SEGMENT] == newest
             check_from = words[W_DURABLE_END] if same_segment else 0
         tail = recover_segment(self.dir_fd, newest, self.new_kind, check_from)
+        deferred = False
         if tail.sealed:
-            newest, tail = self._create_next(newest)
+            try:
+                newest, tail = self._create_next(newest)
+            except OSError as exc:
+                if not may_defer or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                logger.warning("%s: no room to create the segment after sealed segment %d (%s); the next writer "
+                               "creates it", self.datadir, newest, exc)
+                deferred = True
         if power_loss_check:
             self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
@@ -192,7 +206,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         if was_fresh:
             state.persist(self.dir_fd)
         state.publish(_view_of(newest, tail))
-        words[W_DIRTY] = 0
+        words[W_DIRTY] = int(deferred)  # deferred: every segment below the sealed one is sealed too
 
     def _settle_sealed(self, sealed: list[int], mutable: int) -> None:
         """On open: make whole and durable every sealed segment not known to be fsynced.

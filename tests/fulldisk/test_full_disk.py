@@ -281,6 +281,24 @@ def test_a_compressed_put_that_failed_leaves_its_segment_as_it_was(disk: FullDis
     disk.check_recovered(**options)
 
 
+@pytest.mark.parametrize("options", MODES)
+def test_a_store_whose_next_segment_could_not_be_created_opens_on_the_full_disk(
+        disk: FullDisk, options: dict[str, Any]) -> None:
+    """An adoption refused on a full disk has sealed the mutable segment already: the next segment
+    is still to be made. Another process opens the store on the still full disk all the same (the
+    sealed segment stays published, the next writer makes the segment), reads it and verifies it; a
+    put gets ENOSPC until a delete gives space back, and then makes the segment."""
+    _seal_some(disk, options)
+    failed = disk.run(FAILED_WRITES["adoption"] + [{"op": "dirty"}], max_size=SEGMENT_BYTES, **options)
+    assert _failed(failed, "adopt") and failed[-1]["detail"], failed
+    outcomes = disk.run([{"op": "open"}, {"op": "dirty"}, {"op": "verify"}, {"op": "put", "sizes": [70_000]},
+                         {"op": "delete_oldest"}, {"op": "put", "sizes": [700, 90_000]}, {"op": "dirty"},
+                         {"op": "read_back"}], max_size=SEGMENT_BYTES, **options)
+    assert [o["ok"] for o in outcomes] == [True, True, True, False, True, True, True, True], outcomes
+    assert outcomes[1]["detail"] and not outcomes[6]["detail"], outcomes
+    disk.check_recovered(**options)
+
+
 # -- maintenance ----------------------------------------------------------------------------
 
 
