@@ -67,6 +67,26 @@ def _failed(outcomes: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
     return [o for o in outcomes if o["op"] == op and not o["ok"]]
 
 
+def test_the_filler_leaves_exactly_the_free_bytes_asked_for(disk: FullDisk) -> None:
+    """The tier's own tool: after fill_to(n) a write of n bytes fits and one more block does not."""
+    for free in (69632, 4096, 16384, 0):
+        disk.filler.fill_to(free)
+        assert disk.free() == free
+        probe = disk.mount / "probe"
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT)
+        try:
+            if free:
+                os.posix_fallocate(fd, 0, free)
+            with pytest.raises(OSError) as refused:
+                os.posix_fallocate(fd, free, 4096)
+            assert refused.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+            probe.unlink()
+    disk.filler.release()
+    assert disk.free() > 16 * 2**20
+
+
 # -- opening --------------------------------------------------------------------------------
 
 
