@@ -14,6 +14,7 @@ import errno
 import os
 
 _ZERO_PAGE = bytes(4096)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _may_have_hole(fd: int, size: int) -> bool:
@@ -30,21 +31,31 @@ def allocate_for_map(fd: int, size: int, name: str) -> None:
     """Give bytes [0, size) of the open file ``fd`` disk blocks, growing it to ``size`` if shorter,
     so that stores through a shared map of them cannot meet a full disk.
 
-    Existing bytes are kept. Raises ``OSError(ENOSPC)`` (or the filesystem's error) naming the file
-    when the blocks cannot be had; the file then has no byte past its old size that lacks a block
-    (``fallocate`` grows the size only over blocks it allocated), so a later opener never maps a
-    hole that this call left behind.
+    Existing bytes are kept. Raises ``OSError(ENOSPC)`` (or EDQUOT) naming the file when the blocks
+    cannot be had; the file then has no byte past its old size that lacks a block (``fallocate``
+    grows the size only over blocks it allocated), so a later opener never maps a hole that this
+    call left behind. Where the filesystem cannot allocate at all, the bytes past the end are
+    written as zeros instead (a full disk fails that write the same way).
     """
     current = os.fstat(fd).st_size
     if current >= size and not _may_have_hole(fd, size):
         return
     try:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, size)  # glibc writes zeros where the filesystem cannot fallocate
-        else:  # pragma: no cover - platforms without posix_fallocate: zeros written allocate the new bytes
-            for at in range(current, size, len(_ZERO_PAGE)):
-                os.pwrite(fd, _ZERO_PAGE[: min(len(_ZERO_PAGE), size - at)], at)
+        try:
+            _posix_fallocate(fd, 0, size)  # glibc itself writes zeros where the filesystem cannot fallocate
+            return
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise
+        for at in range(current, size, len(_ZERO_PAGE)):
+            os.pwrite(fd, _ZERO_PAGE[: min(len(_ZERO_PAGE), size - at)], at)
     except OSError as exc:
         code = exc.errno or errno.EIO
         raise OSError(code, f"{os.strerror(code)}: cannot allocate the {size} bytes of {name} "
                       "that are mapped shared; free some space and try again") from None
+
+
+def _posix_fallocate(fd: int, offset: int, length: int) -> None:
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - platforms without it (macOS)
+        raise OSError(errno.EOPNOTSUPP, "no posix_fallocate here")
+    os.posix_fallocate(fd, offset, length)
