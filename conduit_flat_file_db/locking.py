@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 import fasteners
 
+from .blocks import allocate_for_map
 from .errors import FlatFileDbLockTimeoutError
 
 if os.name == "posix":
@@ -88,8 +89,9 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         self._want: Any = [0]  # stands in where the lock file cannot be mapped: no leases then
         if fcntl is not None and LEASE_SECONDS > 0:
             try:
-                if os.fstat(self._fd).st_size < _WANT_BYTES:
-                    os.ftruncate(self._fd, _WANT_BYTES)
+                # Blocks first: a waiter stores its flag through the map, and a store into a hole of a
+                # full disk is a SIGBUS. When they cannot be had the lock works unmapped (no leases).
+                allocate_for_map(self._fd, _WANT_BYTES, path)
                 # mmap keeps its own duplicate of the descriptor: it is closed only by close(),
                 # never while this process holds the lock (closing it would release it).
                 self._map = mmap.mmap(self._fd, _WANT_BYTES)

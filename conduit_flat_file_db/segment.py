@@ -306,26 +306,44 @@ class Tail(NamedTuple):
 
 
 def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
-    """Create an empty segment (index header, then data file) and make it durable."""
-    header = encode_header(number, kind, time.time_ns())
-    fd = os.open(index_name(number), OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    """Create an empty segment (index header, then data file) and make it durable.
+
+    On failure (a full disk, mostly) the files it made are removed: an index without its
+    header would stop every reader of indexes (stats, retention) until a writer's recovery.
+    """
+    made: list[str] = []
     try:
-        pwrite_all(fd, header, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fd = os.open(segment_name(number, kind == KIND_ZSTD), OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644,
-                 dir_fd=dir_fd)
-    try:
-        padding = 0
-        if kind == KIND_ZSTD:
-            padding = RESERVE_MIN_BYTES
-            write_reserve_and_table(fd, 0, [], padding)
+        fd = _create(dir_fd, index_name(number), made)
+        try:
+            pwrite_all(fd, encode_header(number, kind, time.time_ns()), 0)
             os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(dir_fd)
+        finally:
+            os.close(fd)
+        fd = _create(dir_fd, segment_name(number, kind == KIND_ZSTD), made)
+        try:
+            padding = 0
+            if kind == KIND_ZSTD:
+                padding = RESERVE_MIN_BYTES
+                write_reserve_and_table(fd, 0, [], padding)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(dir_fd)
+    except BaseException:
+        for name in reversed(made):  # data first: a lone index is cleaned up on open
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+        raise
     return Tail(kind, 0, HEADER_BYTES, 0, 0, False, padding, 0)
+
+
+def _create(dir_fd: int, name: str, made: list[str]) -> int:
+    """Create file ``name`` (it must not exist) and note it in ``made``; returns its descriptor."""
+    fd = os.open(name, OPEN_WRITE | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    made.append(name)
+    return fd
 
 
 # -- compressed segment layout --------------------------------------------------------

@@ -18,6 +18,7 @@ import os
 import uuid
 from typing import NamedTuple
 
+from .blocks import allocate_for_map
 from .errors import FormatError
 from .naming import STATE_FILE_NAME
 
@@ -78,8 +79,9 @@ class SharedState:
                      dir_fd=dir_fd)
         try:
             size = os.fstat(fd).st_size
-            if size < STATE_BYTES:
-                os.ftruncate(fd, STATE_BYTES)
+            # Blocks first: every publish stores into this page, and a store into a hole of a full
+            # disk is a SIGBUS (a page made by ftruncate is one hole). A full disk fails the open here.
+            allocate_for_map(fd, STATE_BYTES, STATE_FILE_NAME)
             self._map = mmap.mmap(fd, STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             os.close(fd)

@@ -200,7 +200,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                     state = SharedState(dir_fd)
                     writer = SegmentWriter(dir_fd, self.datadir, state, fsync=self.fsync,
                                            new_kind=KIND_ZSTD if self.use_compression else KIND_RAW)
-                    writer.recover(power_loss_check=True)
+                    writer.recover(power_loss_check=True, may_defer=True)
             except BaseException:
                 if state is not None:
                     state.close()
@@ -785,8 +785,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             except ValueError:
                 raise InvalidLocationError(f"{file_path!r} is not a segment file of this store") from None
         with self._lock.write(self.lock_timeout):
-            self._writer.resync()
-            if number >= self._writer.segment:
+            # No resync: deleting a sealed segment needs no repair of the mutable one, and that
+            # repair (after a put or rotation that failed on a full disk: a seek table rewritten, a
+            # segment created) needs disk space, which is what a delete is often called to free.
+            # Every segment below the state page's mutable segment is sealed, even while a dead
+            # writer's rotation is half done (the page then still names the segment it sealed).
+            if number >= self._words[W_SEGMENT]:
                 raise FlatFileDbUnsafeAccessError(
                     f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())")
             removed = 0

@@ -175,8 +175,14 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
 
     # -- recovery ---------------------------------------------------------------------
 
-    def recover(self, power_loss_check: bool) -> None:
-        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state."""
+    def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
+        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
+
+        ``may_defer`` (on open): when the newest segment is sealed and the disk has no room for
+        the next one, publish the sealed one and leave the dirty flag up instead of failing, so
+        that a store on a full disk still opens to be read and to have segments deleted; the
+        next writer creates the segment (or gets the ENOSPC).
+        """
         state = self.state
         words = self.words
         numbers: set[int] = set()
@@ -212,8 +218,16 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             seal_recovered(self.dir_fd, newest)
             data_numbers.discard(newest)  # just checked, sealed and fsynced
             tail = tail._replace(sealed=True)
+        deferred = False
         if tail.sealed and newest < MAX_SEGMENT_NUMBER:
-            newest, tail = self._create_next(newest)
+            try:
+                newest, tail = self._create_next(newest)
+            except OSError as exc:
+                if not may_defer or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                logger.warning("%s: no room to create the segment after sealed segment %d (%s); the next writer "
+                               "creates it", self.datadir, newest, exc)
+                deferred = True
         elif tail.sealed:  # nothing can follow it: published as it is, readable, refused to writers (resync)
             logger.warning("%s: %s", self.datadir, _last_segment_error(newest))
         if power_loss_check:
@@ -225,7 +239,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         if was_fresh:
             state.persist(self.dir_fd)
         state.publish(_view_of(newest, tail))
-        words[W_DIRTY] = 0
+        words[W_DIRTY] = int(deferred)  # deferred: every segment below the sealed one is sealed too
 
     def _remove_regular(self, name: str, what: str, why: str) -> None:
         """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of
@@ -368,19 +382,20 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         words[W_DIRTY] = 1
         self._seal_locked()
         new = old + 1
-        header = encode_header(new, kind, time.time_ns())
-        index = header + encode_record(REC_BLOB, flags, 0, size, checksum) + encode_seal(size, 1, disk_size)
-        index_tmp = temp_name(index_name(new))
-        fd = os.open(index_tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
+        index = encode_header(new, kind, time.time_ns()) + encode_record(REC_BLOB, flags, 0, size, checksum) \
+            + encode_seal(size, 1, disk_size)
+        os.rename(self._write_aside(index_name(new), index), index_name(new), src_dir_fd=self.dir_fd,
+                  dst_dir_fd=self.dir_fd)
+        # Segment n+2 before the rename, not after: creating it is the step a full disk refuses, and
+        # an error must leave the caller's file where it was. Once renamed, the blob is committed and
+        # the call must not fail. (A crash in between leaves a lone index of n+1: recovery removes it.)
         try:
-            pwrite_all(fd, index, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(index_tmp, index_name(new), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            mutable, tail = self._create_next(new)
+        except BaseException:
+            os.unlink(index_name(new), dir_fd=self.dir_fd)
+            raise
         os.rename(source, segment_name(new, kind == KIND_ZSTD), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         fsync_dir(self.dir_fd)
-        mutable, tail = self._create_next(new)
         words[W_DURABLE_END] = 0
         self.state.publish(_view_of(mutable, tail))
         words[W_DIRTY] = 0
@@ -397,24 +412,49 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         self.resync()
         return new
 
+    def _write_aside(self, name: str, payload: bytes) -> str:
+        """Write ``payload`` to a new scratch file for ``name`` and fsync it; returns the scratch name.
+        On failure (a full disk) the scratch file is removed."""
+        tmp = temp_name(name)
+        fd = os.open(tmp, OPEN_WRITE | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.dir_fd)
+        try:
+            try:
+                pwrite_all(fd, payload, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=self.dir_fd)
+            raise
+        return tmp
+
     def sync(self) -> None:
         """fdatasync the mutable segment; record the durable end."""
         os.fdatasync(self.data_fd)
         os.fdatasync(self.index_fd)
         self.words[W_DURABLE_END] = self.words[W_END]
 
-    def _fail(self, start: int, disk: int, index_bytes: int) -> None:
-        """Cut a failed append back; leave the dirty flag up when even that fails."""
+    def _fail(self, start: int, disk: int, index_bytes: int, padding: int = 0) -> None:
+        """Undo a failed append (a full disk, mostly); leave the dirty flag up when even that fails.
+
+        A raw segment is cut back. A compressed one gets back the padding frame and seek table
+        it had before (``padding`` bytes after its ``disk`` bytes of frames), written where they
+        were, so no new disk block is needed: cutting them off instead would leave the segment
+        for recovery to lay out again, which needs blocks that a full disk does not have (and
+        every writer, delete and open would run that recovery first, and fail).
+        """
         try:
-            os.ftruncate(self.data_fd, disk if self.kind == KIND_ZSTD else start)
+            if self.kind == KIND_ZSTD:
+                write_reserve_and_table(self.data_fd, disk, self._frame_sizes(index_bytes), padding)
+            else:
+                os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
         except OSError:
-            logger.exception("%s: could not cut a failed append; the next writer will", self.datadir)
+            logger.exception("%s: could not undo a failed append; the next writer will recover the segment",
+                             self.datadir)
             return
         self.state.mark_cut()  # the files shrank: every writer maps them afresh
-        if self.kind == KIND_RAW:
-            self.words[W_DIRTY] = 0
-        # A compressed segment also lost its padding and table: recovery rewrites them.
+        self.words[W_DIRTY] = 0
 
     def append_raw(self, data: Any, buffers: Sequence[Any] | None, start: int, end: int, records: bytes) -> None:
         """Commit blob bytes (``data``, or the concatenation of ``buffers``) at ``start`` in a raw segment."""
@@ -570,7 +610,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
                 write_reserve_and_table(self.data_fd, disk + used, all_sizes, new_padding)
             self._write_records(payload, index_bytes, end)
         except BaseException:
-            self._fail(start, disk, index_bytes)
+            self._fail(start, disk, index_bytes, padding)
             raise
         if self._sizes_upto == index_bytes:
             self._sizes += sizes
