@@ -60,6 +60,9 @@ OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLO
 OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 CHECK_CHUNK_BYTES = 8 * 2**20  # read size when checksumming a blob: bounds memory
 RESERVE_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
+# Largest padding: its frame's size field is a u32, and past 1 GiB of padding a table
+# rewrite per GiB of frames costs nothing worth reserving more for.
+RESERVE_MAX_BYTES = 2**30
 # Room: zero bytes a writer allocates past the committed end of the raw mutable segment's
 # files to write small puts through shared maps (FORMAT.md "Raw segment"). It grows by
 # the size already used, between these bounds; sealing cuts it off.
@@ -330,7 +333,7 @@ def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
 def reserve_for(frames_end: int, needed: int) -> int:
     """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
     rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
-    return max(RESERVE_MIN_BYTES, needed + frames_end // 16)
+    return max(RESERVE_MIN_BYTES, needed + min(frames_end // 16, RESERVE_MAX_BYTES))
 
 
 # -- recovery ---------------------------------------------------------------------------
