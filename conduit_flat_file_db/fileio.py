@@ -7,6 +7,8 @@ read or write that may be larger (a blob, an index, a seek table) goes through t
 helpers. Each makes the one call a small read or write needs and loops only when it came
 back short: small reads and writes cost what they cost before. Where a caller has
 inlined that first call on a hot path, it hands a short result to :func:`finish_pread`.
+Reads bounded by a small constant (headers, probes of a frame, the 8 MiB pieces of a
+checksum) stay single ``os.pread`` calls: they cannot meet the cap.
 """
 
 from __future__ import annotations

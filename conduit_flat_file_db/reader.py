@@ -108,9 +108,9 @@ class SegmentReader:
         raw = os.pread(self.fd, c_end - c_start, c_start)
         if len(raw) != c_end - c_start:
             raw = finish_pread(self.fd, raw, c_end - c_start, c_start)  # a short read is not yet the end
-        if len(raw) != c_end - c_start:
-            raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut short; "
-                                          "was the segment deleted?", self.name)
+            if len(raw) != c_end - c_start:
+                raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut "
+                                              "short; was the segment deleted?", self.name)
         checksum = table.checksums[index] if table.checksums is not None else None
         out = decompress_frame(raw, dsize, self.name, c_start, checksum)
         if cache is not None:

@@ -15,8 +15,8 @@ import os
 from typing import Callable, ContextManager
 
 from .errors import FlatFileDbUnsafeAccessError
-from .index import KIND_ZSTD, REC_SEAL
 from .fileio import pread_at, pread_exact, pwrite_all
+from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
 from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, sync_segment
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
