@@ -144,6 +144,26 @@ class ViewReader(io.RawIOBase):
         return count
 
 
+@pytest.fixture(scope="module", autouse=True)
+def short_failure_reports(request: pytest.FixtureRequest) -> None:
+    """Report failures of this module in the short style (source lines, no values), whatever ``--tb`` says.
+
+    Long tracebacks print the repr of every argument of the test function and of the frame
+    that raised: that of a 4 GiB bytes object is a 16 GiB string, and one failure would
+    exhaust the machine's memory instead of naming the problem. (Asserts here never name a
+    big object either: their explanations print values too.) Autouse and module-scoped, so
+    it runs before the fixtures that make big objects; it covers setup failures as well.
+    """
+    for item in request.session.items:
+        repr_failure_py = getattr(item, "_repr_failure_py", None)
+        if getattr(item, "module", None) is sys.modules[__name__] and repr_failure_py is not None:
+            setattr(item, "_repr_failure_py", _short(repr_failure_py))
+
+
+def _short(repr_failure_py: Any) -> Any:
+    return lambda excinfo, style=None: repr_failure_py(excinfo, style="short")
+
+
 @pytest.fixture(scope="module")
 def source() -> bytearray:
     """The pattern up to just past 4 GiB; the 2 GiB blob is its prefix."""
