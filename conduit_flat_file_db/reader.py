@@ -21,6 +21,7 @@ import threading
 from typing import Any, Callable
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
+from .fileio import finish_pread, pread_at, pread_full
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
 from .naming import index_name, parse_segment_name
 from .segment import OPEN_READ, open_data_file
@@ -106,8 +107,10 @@ class SegmentReader:
         dsize = table.d_offsets[index + 1] - table.d_offsets[index]
         raw = os.pread(self.fd, c_end - c_start, c_start)
         if len(raw) != c_end - c_start:
-            raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut short; "
-                                          "was the segment deleted?", self.name)
+            raw = finish_pread(self.fd, raw, c_end - c_start, c_start)  # a short read is not yet the end
+            if len(raw) != c_end - c_start:
+                raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut "
+                                              "short; was the segment deleted?", self.name)
         checksum = table.checksums[index] if table.checksums is not None else None
         out = decompress_frame(raw, dsize, self.name, c_start, checksum)
         if cache is not None:
@@ -117,7 +120,7 @@ class SegmentReader:
     def read(self, start: int, end: int) -> bytes:
         """Uncompressed bytes [start, end) (already checked against ``limit``)."""
         if self.raw:
-            return os.pread(self.fd, end - start, start)
+            return pread_full(self.fd, end - start, start)
         assert self.table is not None
         return read_frames(self.table, self.piece, start, end)
 
@@ -249,7 +252,7 @@ class ReaderCache:
                     reader.table = FrameTable([0], [0])
                     reader.index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
                 else:
-                    reader.table = parse_seek_table(lambda o, n: os.pread(fd, n, o), os.fstat(fd).st_size,
+                    reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size,
                                                     reader.name)
                     reader.limit = reader.table.decompressed_size
         except BaseException:
@@ -287,7 +290,7 @@ class ReaderCache:
         sealed = view.segment != reader.number
         upto = None if sealed else view.index_bytes
         size = (os.fstat(reader.index_fd).st_size if upto is None else upto) - reader.index_loaded
-        raw = os.pread(reader.index_fd, max(size, 0), reader.index_loaded)
+        raw = pread_full(reader.index_fd, max(size, 0), reader.index_loaded)
         scan = decode_records(raw)
         table = reader.table
         assert table is not None
@@ -325,6 +328,10 @@ class ReaderCache:
         data = os.pread(reader.fd, end - start, start)
         if len(data) == end - start:
             return data
+        if data:  # one call moves at most MAX_IO_BYTES: read on before taking it for a cut file
+            data = finish_pread(reader.fd, data, end - start, start)
+            if len(data) == end - start:
+                return data
         self.by_number.pop(reader.number, None)
         self.by_path.pop(file_path, None)
         try:
@@ -395,7 +402,7 @@ class BlobFile(io.RawIOBase):
             mm = reader.mm
             if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
                 return mm[start:end]
-            return os.pread(reader.fd, end - start, start)
+            return pread_full(reader.fd, end - start, start)
         assert reader.table is not None
         return read_frames(reader.table, self._piece, start, end)
 

@@ -15,18 +15,10 @@ import os
 from typing import Callable, ContextManager
 
 from .errors import FlatFileDbUnsafeAccessError
+from .fileio import pread_at, pread_exact, pwrite_all
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
-from .segment import (
-    CHECK_CHUNK_BYTES,
-    OPEN_READ,
-    OPEN_WRITE,
-    fsync_dir,
-    index_records,
-    open_data_file,
-    pwrite_all,
-    sync_segment,
-)
+from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, sync_segment
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 from .state import SharedState
 
@@ -37,10 +29,11 @@ def _source(fd: int, kind: int, number: int) -> tuple[int, Callable[[int, int], 
     """(uncompressed size, read(start, end)) of an open segment file."""
     size = os.fstat(fd).st_size
     if kind == KIND_ZSTD:
-        table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size, segment_name(number, True))
+        table = parse_seek_table(pread_at(fd), size, segment_name(number, True))
         source = SeekableReader(fd, table=table)
         return source.size, source.read_range
-    return size, lambda start, end: os.pread(fd, end - start, start)
+    name = segment_name(number, False)
+    return size, lambda start, end: pread_exact(fd, end - start, start, name)
 
 
 def _write_copy(dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[[int, int], bytes], *,

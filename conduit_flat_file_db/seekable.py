@@ -27,6 +27,7 @@ import xxhash
 import zstandard
 
 from .errors import CorruptionError, FormatError
+from .fileio import pread_at, pread_full, pwrite_all, pwritev_all
 
 SEEK_TABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
@@ -404,8 +405,8 @@ def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, thre
         segments = struct.pack(f"<{2 * ((len(view) + frame_bytes - 1) // frame_bytes)}Q",
                                *(v for i in range(0, len(view), frame_bytes)
                                  for v in (i, min(frame_bytes, len(view) - i))))
-        source = data if isinstance(data, bytes) else view.tobytes()
-        result = compressor(level).multi_compress_to_buffer(zstandard.BufferWithSegments(source, segments),
+        # The workers read any contiguous buffer in place: no copy of a bytearray or a view.
+        result = compressor(level).multi_compress_to_buffer(zstandard.BufferWithSegments(view, segments),
                                                             threads=threads)
         frames = [result[i].tobytes() for i in range(len(result))]
     else:
@@ -483,7 +484,7 @@ class SeekableReader(io.RawIOBase):
         self.frames_decompressed = 0
 
     def _pread(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, size, offset)
+        return pread_full(self._fd, size, offset)
 
     @property
     def size(self) -> int:
@@ -502,7 +503,7 @@ class SeekableReader(io.RawIOBase):
         table = self.table
         c_start, c_end = table.c_offsets[index], table.c_offsets[index + 1]
         dsize = table.d_offsets[index + 1] - table.d_offsets[index]
-        raw = os.pread(self._fd, c_end - c_start, c_start)
+        raw = pread_full(self._fd, c_end - c_start, c_start)
         if len(raw) != c_end - c_start:
             raise CorruptionError(f"{self.name} at offset {c_start}: frame is cut short", self.name, c_start)
         checksum = table.checksums[index] if self._verify and table.checksums is not None else None
@@ -614,7 +615,7 @@ class SeekableWriter:
         size = os.fstat(self._fd).st_size
         if mode == "a" and size:
             try:
-                table = parse_seek_table(lambda o, n: os.pread(self._fd, n, o), size, self.path)
+                table = parse_seek_table(pread_at(self._fd), size, self.path)
             except BaseException:
                 os.close(self._fd)
                 raise
@@ -643,17 +644,7 @@ class SeekableWriter:
             dsize = min(self.frame_bytes, len(data) - offset)
             self._sizes.append((len(frame), dsize))
             offset += dsize
-        written = 0
-        for first in range(0, len(frames), 512):
-            batch = frames[first : first + 512]
-            size = sum(len(f) for f in batch)
-            done = os.pwritev(self._fd, batch, self._end + written)
-            if done != size:  # short write: finish it
-                joined = b"".join(batch)
-                while done < size:
-                    done += os.pwrite(self._fd, joined[done:], self._end + written + done)
-            written += size
-        self._end += written
+        self._end += pwritev_all(self._fd, frames, self._end)
         self._dirty = True
 
     def flush(self) -> None:
@@ -663,7 +654,7 @@ class SeekableWriter:
             self._pending.clear()
         if self._dirty:
             table = encode_seek_table(self._sizes)
-            os.pwrite(self._fd, table, self._end)
+            pwrite_all(self._fd, table, self._end)
             os.ftruncate(self._fd, self._end + len(table))
             self._dirty = False
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 import xxhash
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
+from .fileio import pread_at, pread_full, pwrite_all
 from .index import (
     FLAG_LEGACY_EXTENT,
     FLAG_UNCHECKED,
@@ -57,9 +58,11 @@ logger = logging.getLogger("conduit_flat_file_db")
 
 OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs us
 OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-_IOV_MAX = 1024
 CHECK_CHUNK_BYTES = 8 * 2**20  # read size when checksumming a blob: bounds memory
 RESERVE_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
+# Largest padding: its frame's size field is a u32, and past 1 GiB of padding a table
+# rewrite per GiB of frames costs nothing worth reserving more for.
+RESERVE_MAX_BYTES = 2**30
 # Room: zero bytes a writer allocates past the committed end of the raw mutable segment's
 # files to write small puts through shared maps (FORMAT.md "Raw segment"). It grows by
 # the size already used, between these bounds; sealing cuts it off.
@@ -111,29 +114,6 @@ def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[in
     # Both names: a segment may have had either suffix (a deleted data_N.dat.zst is not "data_N.dat missing").
     raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} does not exist (deleted, or never written)",
                                   f"{segment_name(number, False)} or {segment_name(number, True)}")
-
-
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset`` (pwrite may write less than asked)."""
-    written = os.pwrite(fd, data, offset)
-    if written == len(data):
-        return
-    view = memoryview(data).cast("B")
-    while written < len(view):
-        written += os.pwrite(fd, view[written:], offset + written)
-
-
-def pwritev_all(fd: int, buffers: Sequence[bytes | bytearray | memoryview], offset: int) -> int:
-    """Write the concatenation of ``buffers`` at ``offset`` with few syscalls; returns bytes written."""
-    done = 0
-    for first in range(0, len(buffers), _IOV_MAX):
-        batch = buffers[first : first + _IOV_MAX]
-        size = sum(len(b) for b in batch)
-        written = os.pwritev(fd, batch, offset + done) if len(batch) > 1 else os.pwrite(fd, batch[0], offset + done)
-        if written != size:  # short write: finish this batch buffer by buffer
-            pwrite_all(fd, b"".join(batch)[written:], offset + done + written)
-        done += size
-    return done
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Any:
@@ -258,7 +238,7 @@ def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | No
         return None
     try:
         size = os.fstat(fd).st_size if limit is None else limit
-        return os.pread(fd, size, 0)
+        return pread_full(fd, size, 0)
     finally:
         os.close(fd)
 
@@ -386,7 +366,7 @@ def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
 def reserve_for(frames_end: int, needed: int) -> int:
     """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
     rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
-    return max(RESERVE_MIN_BYTES, needed + frames_end // 16)
+    return max(RESERVE_MIN_BYTES, needed + min(frames_end // 16, RESERVE_MAX_BYTES))
 
 
 # -- recovery ---------------------------------------------------------------------------
@@ -585,7 +565,7 @@ def _existing_padding(fd: int, frames_end: int, frames: int, size: int) -> int |
     if magic != PADDING_MAGIC:
         return None
     try:
-        table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size)
+        table = parse_seek_table(pread_at(fd), size)
     except FormatError:
         return None
     if len(table) != frames + 1 or table.c_offsets[frames] != frames_end:
@@ -610,9 +590,9 @@ def _legacy_frame_table(data_fd: int, number: int, data_size: int) -> tuple[Fram
     last frame, and write the seek table they should have had.
     """
     try:
-        return parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size, segment_name(number, True)), data_size
+        return parse_seek_table(pread_at(data_fd), data_size, segment_name(number, True)), data_size
     except FormatError as exc:
-        sizes = scan_frames(lambda o, n: os.pread(data_fd, n, o), data_size)
+        sizes = scan_frames(pread_at(data_fd), data_size)
         frames_end = sum(c for c, _ in sizes)
         logger.warning("%s: %s; found %d complete frames (%d bytes) by walking them, cut %d bytes after them "
                        "and wrote their seek table", segment_name(number, True), exc, len(sizes), frames_end,
@@ -748,9 +728,9 @@ def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], by
     if kind == KIND_RAW:
         if data_size != end:
             return f"the SEAL record says {end} bytes but the data file has {data_size}"
-        return lambda start, stop: os.pread(data_fd, stop - start, start)
+        return lambda start, stop: pread_full(data_fd, stop - start, start)
     try:
-        reader = SeekableReader(data_fd, table=parse_seek_table(lambda o, n: os.pread(data_fd, n, o), data_size),
+        reader = SeekableReader(data_fd, table=parse_seek_table(pread_at(data_fd), data_size),
                                 verify_checksums=False)
     except FormatError as exc:
         return f"the data file does not end in a seek table ({exc})"
@@ -774,7 +754,7 @@ def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | 
             return None  # the header was fsynced when the segment was created: not a power-loss tail
         if index_size < HEADER_BYTES + RECORD_BYTES or (index_size - HEADER_BYTES) % RECORD_BYTES:
             return f"its record index is {index_size} bytes, not whole records ending in a SEAL"
-        body = os.pread(index_fd, index_size - HEADER_BYTES if full else RECORD_BYTES,
+        body = pread_full(index_fd, index_size - HEADER_BYTES if full else RECORD_BYTES,
                         HEADER_BYTES if full else index_size - RECORD_BYTES)
     finally:
         os.close(index_fd)
@@ -857,7 +837,7 @@ def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
     if not frames:
         return False  # a whole file committed by rename (put_stream, adopt_file): its one blob is checked as any
     try:
-        table = parse_seek_table(lambda o, n: os.pread(data_fd, n, o), os.fstat(data_fd).st_size)
+        table = parse_seek_table(pread_at(data_fd), os.fstat(data_fd).st_size)
     except FormatError:
         return False  # no table: never rewritten (a rewrite is fsynced before its switch)
     sizes = table.sizes()

@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
+from .fileio import pread_at, pwrite_all
 from .naming import temp_name
 from .index import KIND_RAW, KIND_ZSTD
 from .segment import CHECK_CHUNK_BYTES, OPEN_WRITE, checksum_range
@@ -108,9 +109,7 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framin
             chunk = prefix or read_chunk(source, buffer)
             while chunk:
                 hasher.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                pwrite_all(fd, chunk, size)
                 size += len(chunk)
                 chunk = read_chunk(source, buffer)
         try:
@@ -146,7 +145,7 @@ def examine_for_adoption(fd: int, source: str, size: int, verify: bool) -> tuple
     head = os.pread(fd, 4, 0)
     magic = int.from_bytes(head, "little") if len(head) == 4 else 0
     if magic == ZSTD_FRAME_MAGIC or magic & 0xFFFFFFF0 == 0x184D2A50:
-        table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size, source)
+        table = parse_seek_table(pread_at(fd), size, source)
         if not verify:
             return KIND_ZSTD, table.decompressed_size, 0
         reader = SeekableReader(fd, table=table)

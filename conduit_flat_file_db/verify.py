@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 import xxhash
 
 from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError
+from .fileio import pread_at
 from .index import (
     FLAG_LEGACY_EXTENT,
     FLAG_UNCHECKED,
@@ -171,7 +172,7 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
 def _check_seek_table(report: VerifyReport, fd: int, data_path: str, size: int) -> None:
     """Structure only: the seek table must parse and add up."""
     try:
-        parse_seek_table(lambda o, n: os.pread(fd, n, o), size, data_path)
+        parse_seek_table(pread_at(fd), size, data_path)
     except FormatError as exc:
         report.add(data_path, max(size - 9, 0), "bad-seek-table", str(exc))
 
@@ -228,7 +229,7 @@ def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Re
     table: FrameTable
     if use_seek_table:
         try:
-            table = parse_seek_table(lambda o, n: os.pread(fd, n, o), size, data_path)
+            table = parse_seek_table(pread_at(fd), size, data_path)
         except FormatError as exc:
             report.add(data_path, max(size - 9, 0), "bad-seek-table", str(exc))
             return

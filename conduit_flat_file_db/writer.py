@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
+from .fileio import pread_full, pwrite_all, pwritev_all
 from .index import (
     FLAG_STORED,
     HEADER_BYTES,
@@ -53,8 +54,6 @@ from .segment import (
     open_regular,
     padding_header,
     preallocate,
-    pwrite_all,
-    pwritev_all,
     recover_segment,
     reseal_segment,
     reserve_for,
@@ -163,7 +162,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         if self._sizes_upto > index_bytes or self._sizes_upto < HEADER_BYTES:
             self._sizes, self._sizes_upto = [], HEADER_BYTES
         if self._sizes_upto < index_bytes:
-            raw = os.pread(self.index_fd, index_bytes - self._sizes_upto, self._sizes_upto)
+            raw = pread_full(self.index_fd, index_bytes - self._sizes_upto, self._sizes_upto)
             self._sizes += frame_table_of(decode_records(raw).records).sizes()
             self._sizes_upto = index_bytes
         return self._sizes
