@@ -1,0 +1,66 @@
+"""An instance dropped without close() releases what it holds and warns, as an unclosed file does."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+import warnings
+import weakref
+from pathlib import Path
+
+import pytest
+
+from conduit_flat_file_db import FlatFileDb
+
+DROP_MANY = """
+    import resource, sys
+    from conduit_flat_file_db import FlatFileDb
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    locations = {}
+    for readonly in (False, True):
+        for compressed in (False, True):
+            datadir = f"{sys.argv[1]}/store-{int(compressed)}"
+            for index in range(2000):
+                db = FlatFileDb(datadir, f"{datadir}.lock", use_compression=compressed, readonly=readonly)
+                if compressed not in locations:
+                    locations[compressed] = db.put(b"one blob")
+                assert db.get(locations[compressed]) == b"one blob"
+                del db  # no close(): the instance's descriptors must go with it
+    print("ok")
+"""
+
+
+def test_two_thousand_dropped_instances_do_not_run_out_of_descriptors(tmp_path: Path) -> None:
+    """Raw, compressed and read-only instances, never closed, under a limit of 256 descriptors."""
+    done = subprocess.run([sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(DROP_MANY),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(
+        tmp_path: Path, readonly: bool) -> None:
+    FlatFileDb(tmp_path / "store", tmp_path / "store.lock").close()
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", readonly=readonly)
+    db.get(db.put(b"abc")) if not readonly else db.segments()  # pylint: disable=expression-not-assigned
+    gc.collect()
+    gc.disable()  # freed by reference counting alone: no cycle holds it
+    try:
+        ref = weakref.ref(db)
+        with pytest.warns(ResourceWarning, match="unclosed FlatFileDb"):
+            del db
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_dropping_a_closed_instance_warns_nothing(tmp_path: Path) -> None:
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
+    db.put(b"abc")
+    db.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del db
+        gc.collect()
