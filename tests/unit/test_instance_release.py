@@ -23,7 +23,8 @@ DROP_MANY = """
         for compressed in (False, True):
             datadir = f"{sys.argv[1]}/store-{int(compressed)}"
             for index in range(2000):
-                db = FlatFileDb(datadir, f"{datadir}.lock", use_compression=compressed, readonly=readonly)
+                options = {"readonly": True} if readonly else {"use_compression": compressed}
+                db = FlatFileDb(datadir, f"{datadir}.lock", **options)
                 if compressed not in locations:
                     locations[compressed] = db.put(b"one blob")
                 assert db.get(locations[compressed]) == b"one blob"
@@ -42,8 +43,10 @@ def test_two_thousand_dropped_instances_do_not_run_out_of_descriptors(tmp_path: 
 @pytest.mark.parametrize("readonly", [False, True])
 def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(
         tmp_path: Path, readonly: bool) -> None:
+    """The warning names the instance; a weak reference dies with ``del``, with the collector off."""
     FlatFileDb(tmp_path / "store", tmp_path / "store.lock").close()
-    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", readonly=readonly)
+    options = {"readonly": True} if readonly else {}
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", **options)
     db.get(db.put(b"abc")) if not readonly else db.segments()  # pylint: disable=expression-not-assigned
     gc.collect()
     gc.disable()  # freed by reference counting alone: no cycle holds it
@@ -57,6 +60,7 @@ def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(
 
 
 def test_dropping_a_closed_instance_warns_nothing(tmp_path: Path) -> None:
+    """close() is the normal way out: dropping the instance afterwards is silent."""
     db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
     db.put(b"abc")
     db.close()

@@ -11,9 +11,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -27,6 +26,7 @@ from conduit_flat_file_db import (
     FlatFileDbNotFoundError,
     FlatFileDbReadOnlyError,
     InvalidLocationError,
+    Slice,
 )
 from conduit_flat_file_db.cli import main
 
@@ -62,11 +62,12 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, bytes]]:
     out = {}
     for path in sorted(directory.rglob("*")):
         st = path.stat()
-        out[str(path.relative_to(directory))] = (st.st_size, st.st_mtime_ns, path.read_bytes() if path.is_file() else b"")
+        content = path.read_bytes() if path.is_file() else b""
+        out[str(path.relative_to(directory))] = (st.st_size, st.st_mtime_ns, content)
     return out
 
 
-WRITES = {
+WRITES: dict[str, Callable[[FlatFileDb, DataLocation], object]] = {
     "put": lambda db, loc: db.put(b"x"),
     "put_many": lambda db, loc: db.put_many([b"x", b"y"]),
     "put_stream": lambda db, loc: db.put_stream(io.BytesIO(b"x" * 100)),
@@ -87,6 +88,7 @@ WRITES = {
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_every_write_of_a_read_only_instance_raises_a_typed_error_and_touches_nothing(
         tmp_path: Path, use_compression: bool) -> None:
+    """Each write method raises FlatFileDbReadOnlyError (an io.UnsupportedOperation); no file changes."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     before = snapshot(tmp_path)
     lock = tmp_path / "locks" / "ro.lock"
@@ -105,6 +107,7 @@ def test_every_write_of_a_read_only_instance_raises_a_typed_error_and_touches_no
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_serves_every_committed_blob_and_reports_like_a_writer(
         tmp_path: Path, use_compression: bool) -> None:
+    """Every read API works; stats, segments, records and verify agree with a writer's instance."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     with FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=use_compression) as writer:
         expected = (writer.stats(), writer.segments(), list(writer.iter_records()), writer.mutable_segment())
@@ -112,7 +115,7 @@ def test_read_only_open_serves_every_committed_blob_and_reports_like_a_writer(
     with FlatFileDb(tmp_path / "store", tmp_path / "store.lock", readonly=True) as db:
         assert [db.get(loc) for loc in locations] == [blob(i) for i in range(len(locations))]
         assert db.get_many(locations) == [blob(i) for i in range(len(locations))]
-        assert db.get(locations[3], (2, 5)) == blob(3)[2:5]
+        assert db.get(locations[3], Slice(2, 5)) == blob(3)[2:5]
         with db.open_blob(locations[-1]) as handle:
             assert handle.read() == blob(len(locations) - 1)
         if not use_compression:
@@ -124,6 +127,7 @@ def test_read_only_open_serves_every_committed_blob_and_reports_like_a_writer(
 
 
 def test_missing_datadir_non_store_directory_and_file_raise_typed_errors_and_create_nothing(tmp_path: Path) -> None:
+    """A typed FileNotFoundError naming the path; no datadir, state page or lock file appears."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a store")
@@ -140,6 +144,7 @@ def test_missing_datadir_non_store_directory_and_file_raise_typed_errors_and_cre
 
 def test_cli_read_commands_on_a_non_store_report_clearly_and_create_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """info, verify, stats and get exit 2 naming the directory as text, and create nothing."""
     (tmp_path / "plain").mkdir()
     before = snapshot(tmp_path)
     for datadir in ("plain", "missing"):
@@ -171,6 +176,7 @@ READER = """
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_in_another_process_does_not_wait_for_a_held_read_lock(
         tmp_path: Path, use_compression: bool) -> None:
+    """A writer's open in the child would wait for the held read lock; a read-only one does not."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     with FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=use_compression) as holder:
         with holder.read_lock():  # a writer's open would wait for this (it takes the write lock)
@@ -209,12 +215,14 @@ class LiveWriter:
         assert self.proc.stdout is not None and self.proc.stdout.readline() == "open\n"
 
     def put(self, first: int, count: int, rotate: bool = False) -> list[DataLocation]:
+        """Have the writer put blobs ``first``.. ``first + count - 1`` (rotating half-way if asked)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(f"{first} {count} {int(rotate)}\n")
         self.proc.stdin.flush()
         return [DataLocation(*loc) for loc in json.loads(self.proc.stdout.readline())]
 
     def close(self) -> None:
+        """End the writer: it closes its store and exits 0."""
         assert self.proc.stdin is not None
         self.proc.stdin.close()
         assert self.proc.wait(timeout=60) == 0
@@ -226,6 +234,7 @@ class LiveWriter:
 @pytest.mark.parametrize("state_page", [True, False], ids=["state-page", "no-state-page"])
 def test_read_only_open_sees_puts_a_writer_in_another_process_makes_after_the_open(
         tmp_path: Path, use_compression: bool, state_page: bool) -> None:
+    """Through the state page, or by walking the index on when there is none; across a rotation."""
     datadir, lock = tmp_path / "store", tmp_path / "store.lock"
     writer = LiveWriter(datadir, lock, use_compression)
     try:
@@ -266,6 +275,7 @@ def _tear(datadir: Path, number: int) -> tuple[int, int]:
 @pytest.mark.parametrize("state_page", [True, False], ids=["state-page", "no-state-page"])
 def test_read_only_open_never_serves_a_torn_tail_and_reports_no_false_corruption(
         tmp_path: Path, use_compression: bool, state_page: bool) -> None:
+    """A crashed writer's half index record and trailing bytes: refused, not reported, not cut."""
     datadir = tmp_path / "store"
     locations = fill(datadir, tmp_path / "store.lock", use_compression)
     mutable = int(Path(locations[-1].file_path).name[5:13])
@@ -327,7 +337,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_works_on_a_read_only_mount_while_a_writer_goes_on_underneath(
-        read_only_mount: tuple[Path, Path], tmp_path: Path, use_compression: bool) -> None:
+        read_only_mount: tuple[Path, Path], use_compression: bool) -> None:
+    """A read-only bind mount of a live store: every blob, and the writer's new puts."""
     source, mount = read_only_mount
     with pytest.raises(OSError):  # the mount really is read-only
         (mount / "probe").write_bytes(b"")
@@ -347,6 +358,7 @@ def test_read_only_open_works_on_a_read_only_mount_while_a_writer_goes_on_undern
 
 def test_cli_read_commands_work_on_a_read_only_mount_and_errors_name_paths_as_text(
         read_only_mount: tuple[Path, Path], capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """The read commands succeed on the mount; put fails naming the lock file as text, not bytes."""
     source, mount = read_only_mount
     locations = fill(source / "store", source / "store.lock", True)
     before = snapshot(source)
@@ -402,6 +414,7 @@ DROP_TO_NOBODY = """
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_works_for_a_user_without_write_permission(use_compression: bool) -> None:
+    """A child running as nobody reads, verifies and runs the CLI on a store it may not write."""
     need_root()
     # Not under tmp_path: pytest makes its parent private to root, and nobody must reach the store.
     base = Path(tempfile.mkdtemp(prefix="ffdb-readonly-"))
@@ -421,4 +434,3 @@ def test_read_only_open_works_for_a_user_without_write_permission(use_compressio
         assert snapshot(base) == before
     finally:
         shutil.rmtree(base)
-
