@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from typing import Any
 
 from .errors import FlatFileDbNotFoundError, FormatError
@@ -92,6 +93,7 @@ class ReadOnlyState:
         self._names: frozenset[str] = frozenset()
         self._walk: Walk | None = None
         self._walked: tuple[int, int] = (-1, -1)  # (segment, kind) the walk belongs to
+        self._scan_lock = threading.Lock()  # one walk at a time: threads share the instance
 
     def read_mutable(self) -> MutableView:
         """The committed extent now: the page's when it is current, else the index's (never None)."""
@@ -107,6 +109,10 @@ class ReadOnlyState:
 
     def scan(self) -> MutableView:
         """The committed extent of the newest segment from its record index (resumed walk)."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> MutableView:
         names = frozenset(os.listdir(self.dir_fd))
         if names != self._names:
             if self._page is None and self._names:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -254,6 +255,37 @@ def test_read_only_open_sees_puts_a_writer_in_another_process_makes_after_the_op
             assert report.ok and report.blobs == 5 + 36, str(report)
             assert db.stats().blobs == 5 + 36
         assert not (tmp_path / "unused.lock").exists()
+    finally:
+        writer.close()
+
+
+def test_threads_of_one_read_only_instance_follow_a_writer_without_a_state_page(tmp_path: Path) -> None:
+    """Threads reading new puts at once each walk the index on; the walks must not interleave."""
+    datadir = tmp_path / "store"
+    writer = LiveWriter(datadir, tmp_path / "store.lock", False)
+    try:
+        writer.put(0, 1)
+        (datadir / "ffdb.state").unlink()
+        errors: list[BaseException] = []
+        with FlatFileDb(datadir, tmp_path / "store.lock", readonly=True) as db:
+            for first in range(1, 120, 17):
+                later = writer.put(first, 17, rotate=first % 3 == 0)
+
+                def read(offset: int, later: list[DataLocation] = later, first: int = first) -> None:
+                    try:
+                        for step in range(len(later)):
+                            index = (offset + step) % len(later)
+                            assert db.get(later[index]) == blob(first + index)
+                    except BaseException as exc:  # pylint: disable=broad-exception-caught  # reported below
+                        errors.append(exc)
+
+                threads = [threading.Thread(target=read, args=(offset,)) for offset in range(6)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            assert not errors, errors[0]
+            assert db.verify().ok
     finally:
         writer.close()
 
