@@ -23,7 +23,7 @@ import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, NoReturn, TypeVar
 
 from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import (
@@ -934,9 +934,9 @@ class _NoLock:
     def __init__(self, dir_str: str) -> None:
         self.dir_str = dir_str
 
-    def acquire_write(self, timeout: float | None = None) -> None:  # pylint: disable=unused-argument  # ProcessLock's
+    def acquire_write(self, timeout: float | None = None) -> NoReturn:  # pylint: disable=unused-argument  # ProcessLock's
         """Refuse."""
-        raise FlatFileDbReadOnlyError(f"put() writes, but {self.dir_str} was opened with readonly=True")
+        raise FlatFileDbReadOnlyError(f"put(): {self.dir_str} was opened with readonly=True (no writes, no lock)")
 
     def release_write(self) -> None:
         """Never reached: nothing was acquired."""
@@ -944,12 +944,10 @@ class _NoLock:
     def write(self, timeout: float | None = None) -> ContextManager[None]:
         """Refuse."""
         self.acquire_write(timeout)
-        return contextlib.nullcontext()  # pragma: no cover - not reached
 
     def read(self, timeout: float | None = None) -> ContextManager[None]:
         """Refuse."""
         self.acquire_write(timeout)
-        return contextlib.nullcontext()  # pragma: no cover - not reached
 
 
 def _repair_if_alive(store: weakref.ref[Store]) -> None:

@@ -386,6 +386,9 @@ def test_read_only_open_works_on_a_read_only_mount_while_a_writer_goes_on_undern
         assert report.ok and report.blobs == 46, str(report)
         with pytest.raises(FlatFileDbReadOnlyError):
             db.put(b"x")
+    with pytest.raises(OSError) as caught:  # a writer's open needs write access; the error names the path as text
+        FlatFileDb(mount / "store", mount / "store.lock")
+    assert caught.value.filename == str(mount / "store.lock")
 
 
 def test_cli_read_commands_work_on_a_read_only_mount_and_errors_name_paths_as_text(
