@@ -33,7 +33,19 @@ from .errors import FlatFileDbNotFoundError, FormatError
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
 from .segment import OPEN_READ, Walk, open_data_file
-from .state import STATE_BYTES, W_DURABLE_END, W_EPOCH, W_MAGIC, W_SEGMENT, MutableView, page_is_current, read_view
+from .state import (
+    STATE_BYTES,
+    STATE_MAGIC,
+    STATE_VERSION,
+    W_DURABLE_END,
+    W_EPOCH,
+    W_MAGIC,
+    W_SEGMENT,
+    W_VERSION,
+    MutableView,
+    page_is_current,
+    read_view,
+)
 
 _WORDS = STATE_BYTES // 8
 
@@ -131,20 +143,16 @@ class ReadOnlyState:
 
     def _walk_index(self, number: int, kind: int, data_fd: int) -> MutableView:
         data_size = os.fstat(data_fd).st_size
-        walk = self._walk
-        if walk is None or self._walked != (number, kind):
-            try:
-                index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                index_fd = -1
-            walk = None
-        else:
-            index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+        walk = self._walk if self._walked == (number, kind) else None
         try:
+            index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            index_fd = -1
+        try:
+            if index_fd < 0 or walk is None and not self._header_fits(index_fd, number, kind):
+                # Written without an index (or it lost it): a writer's open indexes and seals it.
+                return _sealed_view(number, kind, data_size)
             if walk is None:
-                if index_fd < 0 or not self._header_fits(index_fd, number, kind):
-                    # Written without an index (or it lost it): a writer's open indexes and seals it.
-                    return _sealed_view(number, kind, data_size)
                 walk = Walk(data_fd, kind, data_size, self._check_from(number))
                 self._walk, self._walked = walk, (number, kind)
             walk.data_fd = data_fd
@@ -179,7 +187,8 @@ class ReadOnlyState:
         page = self._page
         if page is not None and page_is_current(page):
             return None
-        if page is not None and page[W_MAGIC] and page[W_SEGMENT] == number:
+        if page is not None and page[W_MAGIC] == STATE_MAGIC and page[W_VERSION] == STATE_VERSION \
+                and page[W_SEGMENT] == number:
             return int(page[W_DURABLE_END])
         return 0
 
