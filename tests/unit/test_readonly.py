@@ -349,6 +349,26 @@ def test_read_only_open_checks_blobs_not_known_durable_when_no_page_vouches_for_
         assert db.verify().ok
 
 
+def test_read_only_open_of_an_original_engine_datadir_serves_it_without_indexing_it(tmp_path: Path) -> None:
+    """Plain .dat files without indexes or state page: every byte reads; nothing is written
+    (a writer's open would index and seal them)."""
+    datadir = tmp_path / "store"
+    datadir.mkdir()
+    parts = {"data_00000000.dat": [b"old blob A", b"old blob B" * 7], "data_00000001.dat": [b"C", b"old blob D!"]}
+    for name, blobs in parts.items():
+        (datadir / name).write_bytes(b"".join(blobs))
+    before = snapshot(tmp_path)
+    with FlatFileDb(datadir, tmp_path / "store.lock", readonly=True) as db:
+        for name, blobs in parts.items():
+            start = 0
+            for part in blobs:
+                assert db.get(DataLocation(str(datadir / name), start, start + len(part))) == part
+                start += len(part)
+        assert db.verify().ok
+        assert db.stats().logical_bytes == sum(len(b"".join(blobs)) for blobs in parts.values())
+    assert snapshot(tmp_path) == before
+
+
 # -- read-only media and users without write permission -------------------------------------
 
 
