@@ -452,9 +452,11 @@ def segment_infos(db: FlatFileDb) -> list[SegmentInfo]:
 
 
 def _describe(exc: BaseException) -> str:
-    """A one-line message for an expected error."""
+    """A one-line message for an expected error; paths as text (some libraries name files in bytes)."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror}"
+        names = [os.fsdecode(name) if isinstance(name, bytes) else str(name)
+                 for name in (exc.filename, exc.filename2) if name is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}"
     return str(exc) or type(exc).__name__
 
 
@@ -674,28 +676,16 @@ def cmd_stats(db: FlatFileDb, args: argparse.Namespace) -> int:
 _COMMANDS = {"put": cmd_put, "get": cmd_get, "info": cmd_info, "verify": cmd_verify, "stats": cmd_stats}
 
 
-def _holds_a_store(datadir: str) -> bool:
-    """Whether ``datadir`` holds a file named like a segment's (a datadir of the original engine,
-    plain .dat files, is a store too): read commands must not turn any directory into a store."""
-    try:
-        with os.scandir(datadir) as entries:
-            return any(parse_name(entry.name) is not None for entry in entries)
-    except OSError:
-        return True  # unreadable: opening it reports the real error
-
-
 def _run(args: argparse.Namespace) -> int:
     datadir: str = args.datadir
-    if args.command == "put":
-        _check_sources(args.files)  # before the store is opened (and its datadir created)
-    elif not os.path.isdir(datadir):
-        raise CliError(f"datadir {datadir!r} does not exist or is not a directory (put creates a store)")
-    elif not _holds_a_store(datadir):
-        raise CliError(f"datadir {datadir!r} is not a store: it holds no segment file (data_NNNNNNNN.dat, "
-                       ".dat.zst or .idx); put creates a store")
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
-    compress = args.command == "put" and args.compress
-    with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=compress, lock_timeout=args.lock_timeout,
+    if args.command != "put":
+        # Read commands open read-only: they never create or write anything (not the datadir,
+        # nor the lock file), so they work on read-only media and without write permission.
+        with FlatFileDb(datadir, lock, readonly=True, frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
+            return _COMMANDS[args.command](db, args)
+    _check_sources(args.files)  # before the store is opened (and its datadir created)
+    with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=args.compress, lock_timeout=args.lock_timeout,
                     frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
         return _COMMANDS[args.command](db, args)
 

@@ -10,6 +10,8 @@ This module imports nothing of ours.
 
 from __future__ import annotations
 
+import io
+
 
 class FlatFileDbError(Exception):
     """Base class of every error raised by conduit_flat_file_db."""
@@ -25,6 +27,14 @@ class FlatFileDbUnsafeAccessError(FlatFileDbError):
 
 class FlatFileDbNotFoundError(FlatFileDbError, FileNotFoundError):
     """The segment a location points at does not exist (deleted, or never written)."""
+
+
+class FlatFileDbReadOnlyError(FlatFileDbError, io.UnsupportedOperation):
+    """A write (put, delete, rotate, maintenance, sync, read_lock) on a store opened with ``readonly=True``.
+
+    Also an ``io.UnsupportedOperation`` (so an OSError and a ValueError), as writing to a
+    file opened for reading is. Raised before anything is touched.
+    """
 
 
 class InvalidLocationError(FlatFileDbError, ValueError):

@@ -42,7 +42,12 @@ class _KeptOpenLock(fasteners.InterProcessReaderWriterLock):  # type: ignore[mis
 
     def open_handle(self) -> Any:
         """Open the lock file through fasteners (creating its directory) and keep it."""
-        self._do_open()
+        try:
+            self._do_open()
+        except OSError as exc:
+            if isinstance(exc.filename, bytes):  # fasteners opens the bytes form of the path
+                raise type(exc)(exc.errno, exc.strerror, os.fsdecode(exc.filename)) from None
+            raise
         return self.lockfile
 
     def _do_close(self) -> None:

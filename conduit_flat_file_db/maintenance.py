@@ -227,6 +227,7 @@ class FlatFileDb(Store):
         over the old one under the write lock; readers holding the old file keep
         reading it. ``segments``: numbers or paths; default every sealed segment.
         """
+        self._refuse_write("recompress")
         target_mode = as_compress_mode(mode)
         self._reopen_if_closed()
         results = []
@@ -288,6 +289,7 @@ class FlatFileDb(Store):
         it is deleted (drop them from your key-value store there); if it raises, nothing
         more is deleted and the error propagates. Returns the deleted segment numbers.
         """
+        self._refuse_write("enforce_retention")
         if max_bytes is not None and max_bytes < 0 or max_age is not None and max_age < 0 or keep_min < 0:
             raise ValueError("max_bytes, max_age and keep_min must be >= 0")
         stats = self.stats()
@@ -338,6 +340,7 @@ class FlatFileDb(Store):
         are reclaimed by the next compaction of their segment). Memory is bounded by
         COPY_BATCH_BYTES.
         """
+        self._refuse_write("compact")
         result = Compaction()
         result.old_segments = self._sealed_numbers(segments)
         for number in result.old_segments:
@@ -368,6 +371,7 @@ class FlatFileDb(Store):
 
     def finish_compaction(self, compaction: Compaction) -> list[int]:
         """Phase two: delete the compacted segments. Returns the numbers deleted."""
+        self._refuse_write("finish_compaction")
         if not isinstance(compaction, Compaction):
             raise TypeError(f"expected the Compaction that compact() returned, not {type(compaction).__name__}")
         deleted = []

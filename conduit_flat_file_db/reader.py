@@ -34,7 +34,7 @@ from .seekable import (
     read_frames,
     stored_payload,
 )
-from .state import W_EPOCH, MutableView, SharedState
+from .state import W_EPOCH, MutableView, StateSource
 from .types import Slice
 
 _reader_tokens = itertools.count()
@@ -157,7 +157,7 @@ class SegmentReader:
 class ReaderCache:
     """Resolves locations to SegmentReaders for one FlatFileDb instance. Thread-safe."""
 
-    def __init__(self, dir_fd: int, dir_str: str, base_dir: str, state: SharedState, frame_cache: FrameCache | None,
+    def __init__(self, dir_fd: int, dir_str: str, base_dir: str, state: StateSource, frame_cache: FrameCache | None,
                  repair: Callable[[], None]) -> None:
         self.dir_fd = dir_fd
         self.dir_str = dir_str

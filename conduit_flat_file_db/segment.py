@@ -398,7 +398,7 @@ def recover_segment(dir_fd: int, number: int, default_kind: int, check_from: int
         os.close(data_fd)
 
 
-class _Walk:  # pylint: disable=too-many-instance-attributes  # running totals of one walk
+class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of one walk
     """The record walk of recovery: running totals and the last commit point seen.
 
     A commit point is where every frame written so far is covered by blob records
@@ -418,9 +418,19 @@ class _Walk:  # pylint: disable=too-many-instance-attributes  # running totals o
         self.sealed = False
         self.commit = (0, 0, 0, 0, 0, False)  # (records, end, frames_end_c, frames, blobs, sealed)
 
-    def run(self, records: list[Record]) -> str | None:
-        """Walk records up to the first one that does not fit; returns why it stopped (None: all fit)."""
-        for position, record in enumerate(records):
+    def resume(self, data_size: int) -> int:
+        """Go back to the last commit point, to walk on from there once the data file has grown
+        to ``data_size`` (a read-only opener following a writer); returns the records walked."""
+        records, self.end, self.frames_end_c, frame_count, self.blobs, self.sealed = self.commit
+        self.frames_end_u = self.end
+        del self.frames[frame_count:]
+        self.data_size = data_size
+        return records
+
+    def run(self, records: list[Record], first: int = 0) -> str | None:
+        """Walk records (``first``: how many were walked before them) up to the first one that does
+        not fit; returns why it stopped (None: all fit)."""
+        for position, record in enumerate(records, first):
             if self.sealed:
                 return f"record after the SEAL record at record {position}"
             if record.rtype == REC_SEAL:
@@ -436,7 +446,7 @@ class _Walk:  # pylint: disable=too-many-instance-attributes  # running totals o
             if self.kind == KIND_RAW or self.end == self.frames_end_u:
                 self.commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs,
                                self.sealed)
-        return None if self.commit[0] == len(records) else "frames written without the blobs that commit them"
+        return None if self.commit[0] == first + len(records) else "frames written without the blobs that commit them"
 
     def _seal(self, record: Record) -> str | None:
         if record.a != self.end:
@@ -493,7 +503,7 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
     sealed_tail = _sealed_compressed(kind, scan.records, data_size)
     if sealed_tail is not None:
         return sealed_tail
-    walk = _Walk(data_fd, kind, data_size, check_from)
+    walk = Walk(data_fd, kind, data_size, check_from)
     problem = walk.run(scan.records) or scan.problem
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
     index_bytes = HEADER_BYTES + good * RECORD_BYTES
@@ -874,7 +884,7 @@ def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: 
                   records: list[Record], *, check: bool) -> tuple[int, int, int]:
     """Cut a segment after the last commit its records reach (checking each blob's XXH3-64 when
     ``check``), seal it, fsync both files; returns (end, blobs kept, blob records found)."""
-    walk = _Walk(data_fd, kind, os.fstat(data_fd).st_size, 0 if check else None)
+    walk = Walk(data_fd, kind, os.fstat(data_fd).st_size, 0 if check else None)
     walk.run(records)
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
     good -= sealed  # the SEAL is written again, after the cut

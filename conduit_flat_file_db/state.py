@@ -16,7 +16,7 @@ from __future__ import annotations
 import mmap
 import os
 import uuid
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from .blocks import allocate_for_map
 from .errors import FormatError
@@ -70,6 +70,35 @@ class MutableView(NamedTuple):
     frames: int = 0  # compressed: committed frames
 
 
+def read_view(words: Any) -> MutableView | None:
+    """The seqlock read of a state page's words (shared by writers' and read-only maps): a
+    consistent MutableView, or None when a publish never finished (its writer died mid-way)."""
+    for _ in range(_SPINS_BEFORE_STUCK):
+        seq = words[W_SEQ]
+        view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES], words[W_DISK_BYTES],
+                           words[W_KIND], words[W_PADDING], words[W_FRAMES])
+        if not seq & 1 and words[W_SEQ] == seq:
+            return view
+        os.sched_yield()
+    return None
+
+
+def page_is_current(words: Any) -> bool:
+    """True when the words are an initialised state page of this version whose last publish
+    happened since this machine booted: its view is then the committed extent on disk."""
+    return words[W_MAGIC] == STATE_MAGIC and words[W_VERSION] == STATE_VERSION and BOOT_ID != (0, 0) \
+        and (words[W_BOOT_LO], words[W_BOOT_HI]) == BOOT_ID
+
+
+class StateSource(Protocol):  # pylint: disable=too-few-public-methods  # a structural type
+    """What the read side needs of a state page: its words (for the epoch) and the mutable view."""
+
+    words: Any
+
+    def read_mutable(self) -> MutableView | None:
+        """A consistent snapshot of the mutable segment, or None when the page needs repair."""
+
+
 class SharedState:
     """The mapped state page of one store (one instance per FlatFileDb)."""
 
@@ -101,15 +130,7 @@ class SharedState:
         Returns None when a publish never finished (its writer died mid-way): the
         caller repairs the page under the write lock.
         """
-        words = self.words
-        for _ in range(_SPINS_BEFORE_STUCK):
-            seq = words[W_SEQ]
-            view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES], words[W_DISK_BYTES],
-                               words[W_KIND], words[W_PADDING], words[W_FRAMES])
-            if not seq & 1 and words[W_SEQ] == seq:
-                return view
-            os.sched_yield()
-        return None
+        return read_view(self.words)
 
     def publish(self, view: MutableView) -> None:
         """Make a new mutable segment extent visible, in one seq round. Caller holds the write lock."""

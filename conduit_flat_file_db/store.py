@@ -19,11 +19,13 @@ import logging
 import os
 import stat
 import threading
+import warnings
+import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, NoReturn, TypeVar
 
-from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
+from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import (
     FLAG_STORED,
     FLAG_UNCHECKED,
@@ -37,6 +39,7 @@ from .index import (
 )
 from .locking import ProcessLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
+from .readonly import ReadOnlyState, open_datadir
 from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset, fast_slice
 from .rewrite import rewrite_segment
 from .seekable import (
@@ -120,10 +123,17 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         min_frame_saving: a frame that compression shrinks by less than this fraction
             is stored uncompressed, so reads of it cost a copy, not a decompression
             (LevelDB's rule; default 1/8; 0 stores only what compression enlarges).
+        readonly: open an existing store for reading only: no lock, no recovery, no file
+            created or written (the lock file is not touched); works on a read-only mount
+            and without write permission; sees what writers in other processes commit.
+            Every write raises FlatFileDbReadOnlyError (GUARANTEES.md "Read-only opens").
 
     Thread and process safety: every method may be called from any thread; many
     processes may open the same datadir with the same lock path (GUARANTEES.md).
     """
+
+    _lock: ProcessLock | _NoLock  # _NoLock on a read-only instance
+    _ro_state: ReadOnlyState  # a read-only instance's view of the committed extent
 
     def __init__(  # pylint: disable=too-many-arguments
         self,
@@ -139,6 +149,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         compression_threads: int = 2,
         reframe_on_seal: bool = True,
         min_frame_saving: float = DEFAULT_MIN_SAVING,
+        readonly: bool = False,
     ) -> None:
         if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path, (str, os.PathLike)):
             raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
@@ -151,7 +162,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.datadir = Path(datadir)
         self.mutable_file_lock_path = Path(mutable_file_lock_path)
         self.fsync = bool(fsync)
-        self.use_compression = bool(use_compression)
+        self.readonly = bool(readonly)
+        self.use_compression = bool(use_compression) and not self.readonly  # nothing to compress
         self.lock_timeout = lock_timeout
         self.compression_level = compression_level
         self.frame_bytes = frame_bytes
@@ -190,6 +202,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         with self._guard:
             if not self._closed:
                 return
+            if self.readonly:
+                self._open_readonly()
+                return
             os.makedirs(self._abs_dir, exist_ok=True)
             dir_fd = os.open(self._abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             lock: ProcessLock | None = None
@@ -213,12 +228,31 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._state = state
             self._writer = writer
             self._syncer = SealSyncer(dir_fd, state.words)
+            # The repair callback must not hold the instance: that cycle would keep a dropped
+            # instance (and its descriptors) alive until the cyclic collector ran.
             self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache,
-                                        self._repair_state)
-            self._by_path = self._readers.by_path
-            self._words = state.words
-            self._epoch = self._readers.epoch
-            self._closed = False
+                                        functools.partial(_repair_if_alive, weakref.ref(self)))
+            self._opened(state.words)
+
+    def _open_readonly(self) -> None:
+        """Open an existing store without writing anything (GUARANTEES.md "Read-only opens")."""
+        dir_fd = open_datadir(self._abs_dir, self._dir_str)
+        try:
+            state = ReadOnlyState(dir_fd)
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        self._dir_fd = dir_fd
+        self._lock = _NoLock(self._dir_str)
+        self._ro_state = state
+        self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache, state.repair)
+        self._opened(state.words)
+
+    def _opened(self, words: Any) -> None:
+        self._by_path = self._readers.by_path
+        self._words = words
+        self._epoch = self._readers.epoch
+        self._closed = False
 
     def close(self) -> None:
         """Release descriptors and the state page. The store reopens itself on next use."""
@@ -228,14 +262,34 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._closed = True
             self._words = _CLOSED_WORDS
             self._epoch = -2
-            self._syncer.close()
-            self._writer.close()
             self._readers.reset()
             self._by_path = {}
             self._frame_cache.clear()
-            self._state.close()
-            release_process_lock(self._lock)
+            if isinstance(self._lock, ProcessLock):
+                self._syncer.close()
+                self._writer.close()
+                self._state.close()
+                release_process_lock(self._lock)
+            else:
+                self._ro_state.close()
             os.close(self._dir_fd)
+
+    def __del__(self) -> None:
+        # As an unclosed file does: warn, then release the descriptors and the state page
+        # (else short-lived instances that are never closed run out of descriptors).
+        if getattr(self, "_closed", True):
+            return  # closed, or the constructor failed before anything was opened
+        try:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+        finally:  # even when warnings are errors
+            with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
+                self.close()
+
+    def _refuse_write(self, operation: str) -> None:
+        """Raise FlatFileDbReadOnlyError on a read-only instance, before anything is touched."""
+        if self.readonly:
+            raise FlatFileDbReadOnlyError(
+                f"{operation}(): {self._dir_str} was opened with readonly=True (no writes, no lock)")
 
     def _reopen_if_closed(self) -> None:
         if self._closed:
@@ -256,6 +310,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.close()
 
     def __repr__(self) -> str:
+        if self.readonly:
+            return f"{type(self).__name__}({self._dir_str!r}, readonly=True)"
         return (f"{type(self).__name__}({self._dir_str!r}, use_compression={self.use_compression}, "
                 f"fsync={self.fsync})")
 
@@ -323,10 +379,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         frames = self._frames(data) if self.use_compression else None  # compressed before the lock
         if self._closed:
             self._open()
-        writer = self._writer
         lock = self._lock
-        lock.acquire_write(self.lock_timeout)
+        lock.acquire_write(self.lock_timeout)  # a read-only instance's raises FlatFileDbReadOnlyError
         try:
+            writer = self._writer
             if frames is None and len(data) <= writer.map_limit:
                 start = writer.put_mapped(data, checksum, self.MAX_DAT_FILE_SIZE)
                 if start >= 0:  # the common case: nothing to prepare, room in the maps
@@ -360,6 +416,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         ``pwritev`` (compressed: one set of frames) and their index records with one
         ``pwrite``. A crash may keep a prefix of the batch (whole blobs), never a torn blob.
         """
+        self._refuse_write("put_many")
         try:
             items = [d if type(d) is bytes else _as_bytes_like(d, "put_many()") for d in datas]  # pylint: disable=unidiomatic-typecheck
         except (TypeError, ValueError) as exc:
@@ -417,6 +474,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         other writers wait only for that rename, never for the copy. Same commit and
         crash guarantees as ``put``; a crash mid-copy leaves nothing behind.
         """
+        self._refuse_write("put_stream")
         self._reopen_if_closed()
         return self._put_stream(stream, b"")
 
@@ -452,6 +510,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         (at most ``batch_bytes`` in memory); longer ones go through ``put_stream``. Only
         one input is open at a time.
         """
+        self._refuse_write("put_streams")
         if isinstance(streams, (list, tuple)):  # refused before anything is stored
             for position, item in enumerate(streams):
                 _check_stream_item(item, position, open_streams)
@@ -495,6 +554,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         FormatError for a compressed file that is not seekable; the file is then left
         where it was.
         """
+        self._refuse_write("adopt_file")
         self._reopen_if_closed()
         source = os.path.abspath(os.fspath(path))
         st = os.lstat(source)
@@ -679,6 +739,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         background fsync of recently sealed segments; afterwards a power loss cannot cost
         any blob acknowledged before this call. Raises the OSError of a failed fsync.
         """
+        self._refuse_write("sync")
         self._reopen_if_closed()
         with self._lock.write(self.lock_timeout):
             self._writer.resync()
@@ -696,10 +757,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         FlatFileDbUnsafeAccessError, sealing nothing, when the mutable segment is number
         4294967295, the last one the format can name (FORMAT.md "Files").
         """
+        self._refuse_write("rotate")
         return self._maybe_get_new_mutable_file(force_new_file=True)
 
     def _maybe_get_new_mutable_file(self, force_new_file: bool = False) -> tuple[Path, int]:
         """Compatibility alias of :meth:`rotate`: rotates when forced or when full."""
+        self._refuse_write("_maybe_get_new_mutable_file")
         self._reopen_if_closed()
         with self._lock.write(self.lock_timeout):
             writer = self._writer
@@ -756,7 +819,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return resolved
 
     def read_lock(self) -> ContextManager[None]:
-        """Context manager: hold the store's read lock (excludes writers and maintenance)."""
+        """Context manager: hold the store's read lock (excludes writers and maintenance).
+
+        Not on a read-only instance (FlatFileDbReadOnlyError): taking the lock needs the lock
+        file, which a read-only open neither creates nor writes.
+        """
+        self._refuse_write("read_lock")
         self._reopen_if_closed()
         return self._lock.read(self.lock_timeout)
 
@@ -775,6 +843,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         FlatFileDbUnsafeAccessError for the mutable segment. Deleting a segment that
         is already gone logs an error and returns, as the original engine did.
         """
+        self._refuse_write("delete_file")
         self._reopen_if_closed()
         number = self._readers.segment_number_of(file_path)
         dir_fd = self._dir_fd
@@ -893,6 +962,39 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         except ValueError as exc:
             raise InvalidLocationError(str(exc)) from None
         return DataLocation(self.segment_path(number), start, end)
+
+
+class _NoLock:
+    """The lock of a read-only instance: every acquisition is refused.
+
+    put() reaches it with no check of its own (the hot path stays as it is); other
+    writes are refused earlier, by Store._refuse_write.
+    """
+
+    def __init__(self, dir_str: str) -> None:
+        self.dir_str = dir_str
+
+    def acquire_write(self, timeout: float | None = None) -> NoReturn:  # pylint: disable=unused-argument  # ProcessLock's
+        """Refuse."""
+        raise FlatFileDbReadOnlyError(f"put(): {self.dir_str} was opened with readonly=True (no writes, no lock)")
+
+    def release_write(self) -> None:
+        """Never reached: nothing was acquired."""
+
+    def write(self, timeout: float | None = None) -> ContextManager[None]:
+        """Refuse."""
+        self.acquire_write(timeout)
+
+    def read(self, timeout: float | None = None) -> ContextManager[None]:
+        """Refuse."""
+        self.acquire_write(timeout)
+
+
+def _repair_if_alive(store: weakref.ref[Store]) -> None:
+    """ReaderCache's repair callback: the store's repair, through a weak reference."""
+    instance = store()
+    if instance is not None:
+        instance._repair_state()  # pylint: disable=protected-access  # this module's class
 
 
 def _as_bytes_like(data: Any, method: str = "put()") -> Any:

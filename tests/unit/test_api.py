@@ -19,7 +19,8 @@ PACKAGE = "conduit_flat_file_db"
 
 # Lowest first: a module may import only modules strictly below it. The package facade
 # (__init__) sits above the compatibility module and below the command line.
-LAYERS = ["errors", "fileio", "types", "naming", "blocks", "index", "state", "locking", "seekable", "segment", "verify",
+LAYERS = ["errors", "fileio", "types", "naming", "blocks", "index", "state", "locking", "seekable", "segment",
+          "readonly", "verify",
           "streams", "reader",
           "writer", "rewrite", "store", "maintenance", "flat_file_db", "__init__", "cli", "__main__"]
 OPTIONAL_MODULES = {"cli", "__main__"}
@@ -37,6 +38,7 @@ def test_all_is_pinned() -> None:
         "FlatFileDbError",
         "FlatFileDbLockTimeoutError",
         "FlatFileDbNotFoundError",
+        "FlatFileDbReadOnlyError",
         "FlatFileDbUnsafeAccessError",
         "FormatError",
         "InvalidLocationError",

@@ -1,0 +1,212 @@
+"""The read side of a store opened with ``readonly=True``: what is committed, found without writing.
+
+A writer's open takes the write lock, runs recovery (which may cut a torn tail) and
+creates the state page. A read-only open may do none of that: it must work on a
+read-only mount and for a user who may not write the datadir, and must not wait for
+the lock. So it learns the committed extent of the mutable segment in one of two ways
+(GUARANTEES.md "Read-only opens"):
+
+- from the shared state page, mapped read-only, when the page was published since this
+  machine booted: writers publish every commit there, so each read sees their puts as
+  soon as they return (the same seqlock read as a writer's instance makes);
+- otherwise (no page, a page this user cannot read, one left by another boot) from the
+  mutable segment's record index: the records are walked as recovery walks them, up to
+  the last commit point whose blobs lie inside the data file, without cutting anything.
+  After a possible power loss, blobs not known to be durable are checked against their
+  XXH3-64 first. The walk is resumed from its last commit point whenever the read side
+  asks again, which it does when a location lies past the end it knows.
+
+A torn tail (a crashed writer's cut index record, bytes after the last commit) is past
+the committed end either way, so it is never served. Rejected: taking the read lock to
+open (it waits for writers and maintenance, and needs the lock file to be writable).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+from typing import Any
+
+from .errors import FlatFileDbNotFoundError, FormatError
+from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
+from .naming import STATE_FILE_NAME, index_name, parse_name
+from .segment import OPEN_READ, Walk, open_data_file
+from .state import (
+    STATE_BYTES,
+    STATE_MAGIC,
+    STATE_VERSION,
+    W_DURABLE_END,
+    W_EPOCH,
+    W_MAGIC,
+    W_SEGMENT,
+    W_VERSION,
+    MutableView,
+    page_is_current,
+    read_view,
+)
+
+_WORDS = STATE_BYTES // 8
+
+
+def open_datadir(abs_dir: str, dir_str: str) -> int:
+    """A descriptor of an existing store's directory, opened for reading; creates nothing.
+
+    Raises FlatFileDbNotFoundError (a FileNotFoundError) when the directory is missing,
+    is not a directory or holds no segment file (not a store), and PermissionError when
+    this user may not read it.
+    """
+    try:
+        dir_fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FlatFileDbNotFoundError(errno.ENOENT, "the datadir does not exist (a read-only open creates nothing)",
+                                      dir_str) from None
+    except NotADirectoryError:
+        raise FlatFileDbNotFoundError(errno.ENOENT, "not a directory, so not a datadir", dir_str) from None
+    try:
+        if not any(parse_name(name) is not None for name in os.listdir(dir_fd)):
+            raise FlatFileDbNotFoundError(errno.ENOENT, "not a store: the directory holds no segment file "
+                                                        "(a read-only open creates nothing)", dir_str)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+def _map_page(dir_fd: int) -> tuple[mmap.mmap | None, Any]:
+    """The state page mapped read-only and its words, or (None, None) where it cannot be."""
+    try:
+        fd = os.open(STATE_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:  # missing, not readable by this user, a symlink
+        return None, None
+    try:
+        if os.fstat(fd).st_size < STATE_BYTES:
+            return None, None
+        page = mmap.mmap(fd, STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+    except (OSError, ValueError):
+        return None, None
+    finally:
+        os.close(fd)
+    return page, memoryview(page).cast("Q")
+
+
+class ReadOnlyState:
+    """The committed extent of a store's mutable segment, for a read-only instance (see the module)."""
+
+    def __init__(self, dir_fd: int) -> None:
+        self.dir_fd = dir_fd
+        self._map, page_words = _map_page(dir_fd)
+        self._page = page_words
+        # The epoch word tells readers that segment files were removed or replaced: writers
+        # bump it in the page. Without a page, a local word is bumped when a scan finds the
+        # set of segment files changed.
+        self.words: Any = page_words if page_words is not None else [0] * _WORDS
+        self._names: frozenset[str] = frozenset()
+        self._walk: Walk | None = None
+        self._walked: tuple[int, int] = (-1, -1)  # (segment, kind) the walk belongs to
+        self._scan_lock = threading.Lock()  # one walk at a time: threads share the instance
+
+    def read_mutable(self) -> MutableView:
+        """The committed extent now: the page's when it is current, else the index's (never None)."""
+        page = self._page
+        if page is not None and page_is_current(page):
+            view = read_view(page)
+            if view is not None:
+                return view  # None: a publisher died mid-way; the index says what it committed
+        return self.scan()
+
+    def repair(self) -> None:
+        """Never needed: :meth:`read_mutable` never returns None (a writer's instance repairs the page)."""
+
+    def scan(self) -> MutableView:
+        """The committed extent of the newest segment from its record index (resumed walk)."""
+        with self._scan_lock:
+            return self._scan()
+
+    def _scan(self) -> MutableView:
+        names = frozenset(os.listdir(self.dir_fd))
+        if names != self._names:
+            if self._page is None and self._names:
+                self.words[W_EPOCH] += 1
+            self._names = names
+        numbers = [parsed[0] for parsed in map(parse_name, names) if parsed is not None]
+        newest = max(numbers, default=0)
+        try:
+            data_fd, kind = open_data_file(self.dir_fd, newest)
+        except FlatFileDbNotFoundError:  # an index alone: a segment being created, nothing in it yet
+            return MutableView(newest, 0, HEADER_BYTES, 0, KIND_RAW)
+        try:
+            return self._walk_index(newest, kind, data_fd)
+        finally:
+            os.close(data_fd)
+
+    def _walk_index(self, number: int, kind: int, data_fd: int) -> MutableView:
+        data_size = os.fstat(data_fd).st_size
+        walk = self._walk if self._walked == (number, kind) else None
+        try:
+            index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            index_fd = -1
+        try:
+            if index_fd < 0 or walk is None and not self._header_fits(index_fd, number, kind):
+                # Written without an index (or it lost it): a writer's open indexes and seals it.
+                return _sealed_view(number, kind, data_size)
+            if walk is None:
+                walk = Walk(data_fd, kind, data_size, self._check_from(number))
+                self._walk, self._walked = walk, (number, kind)
+            walk.data_fd = data_fd
+            first = walk.resume(data_size)
+            at = HEADER_BYTES + first * RECORD_BYTES
+            raw = os.pread(index_fd, max(os.fstat(index_fd).st_size - at, 0), at)
+        finally:
+            if index_fd >= 0:
+                os.close(index_fd)
+        walk.run(decode_records(raw).records, first)
+        records, end, frames_c, frame_count, _blobs, sealed = walk.commit
+        if sealed:
+            return MutableView(number + 1, 0, HEADER_BYTES, 0, kind)  # sealed; the next not created yet
+        return MutableView(number, end, HEADER_BYTES + records * RECORD_BYTES, frames_c if kind == KIND_ZSTD else end,
+                           kind, 0, frame_count)
+
+    @staticmethod
+    def _header_fits(index_fd: int, number: int, kind: int) -> bool:
+        try:
+            header = decode_header(os.pread(index_fd, HEADER_BYTES, 0), index_name(number))
+        except FormatError:
+            return False
+        return bool(header.segment == number and header.kind == kind)
+
+    def _check_from(self, number: int) -> int | None:
+        """Where checksums start to matter: blobs ending past it are checked before they count.
+
+        Nothing needs checking when the page is current (its commits are on disk or in the
+        page cache). A page from another boot knows what was durable in its segment; with no
+        page at all nothing is known, so every blob of the mutable segment is checked once.
+        """
+        page = self._page
+        if page is not None and page_is_current(page):
+            return None
+        if page is not None and page[W_MAGIC] == STATE_MAGIC and page[W_VERSION] == STATE_VERSION \
+                and page[W_SEGMENT] == number:
+            return int(page[W_DURABLE_END])
+        return 0
+
+    def close(self) -> None:
+        """Unmap the page."""
+        if self._map is not None:
+            self._page.release()
+            self._map.close()
+            self._map = None
+        self._walk = None
+
+
+def _sealed_view(number: int, kind: int, data_size: int) -> MutableView:
+    """A newest segment without a usable index: empty, nothing is committed in it; else its
+    bytes are committed as a whole (as a writer's open would index and seal them)."""
+    if data_size == 0:
+        return MutableView(number, 0, HEADER_BYTES, 0, kind if kind in (KIND_RAW, KIND_ZSTD) else KIND_RAW)
+    return MutableView(number + 1, 0, HEADER_BYTES, 0, kind)
+
+
+__all__ = ["ReadOnlyState", "open_datadir"]

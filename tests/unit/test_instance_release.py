@@ -1,0 +1,90 @@
+"""An instance dropped without close() releases what it holds and warns, as an unclosed file does."""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+
+from conduit_flat_file_db import FlatFileDb
+
+DROP_MANY = """
+    import resource, sys
+    from conduit_flat_file_db import FlatFileDb
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    locations = {}
+    for readonly in (False, True):
+        for compressed in (False, True):
+            datadir = f"{sys.argv[1]}/store-{int(compressed)}"
+            for index in range(2000):
+                options = {"readonly": True} if readonly else {"use_compression": compressed}
+                db = FlatFileDb(datadir, f"{datadir}.lock", **options)
+                if compressed not in locations:
+                    locations[compressed] = db.put(b"one blob")
+                assert db.get(locations[compressed]) == b"one blob"
+                del db  # no close(): the instance's descriptors must go with it
+    print("ok")
+"""
+
+
+def test_two_thousand_dropped_instances_do_not_run_out_of_descriptors(tmp_path: Path) -> None:
+    """Raw, compressed and read-only instances, never closed, under a limit of 256 descriptors."""
+    done = subprocess.run([sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(DROP_MANY),
+                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-3000:]
+
+
+DROP_ONE = """
+    import gc, json, os, sys, warnings, weakref
+    from conduit_flat_file_db import FlatFileDb
+    FlatFileDb(sys.argv[1], sys.argv[2]).close()
+    options = {"readonly": True} if sys.argv[3] == "1" else {}
+    gc.collect()
+    gc.disable()  # freed by reference counting alone: no cycle holds it
+    descriptors = len(os.listdir("/proc/self/fd"))
+    db = FlatFileDb(sys.argv[1], sys.argv[2], **options)
+    db.segments()
+    ref = weakref.ref(db)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del db
+    released = len(os.listdir("/proc/self/fd")) == descriptors
+    shown = [(w.category.__name__, str(w.message)) for w in caught]
+    del caught  # a warning holds its source
+    print(json.dumps([released and ref() is None, shown]))
+"""
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(
+        tmp_path: Path, readonly: bool) -> None:
+    """The warning names the instance; a weak reference dies with ``del``, with the collector off.
+
+    In a child process: a ResourceWarning emitted in pytest's own process makes it report, at
+    its exit, the lock-file handles other tests keep open on purpose."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(DROP_ONE), str(tmp_path / "store"),
+                           str(tmp_path / "store.lock"), "1" if readonly else "0"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    freed, shown = json.loads(done.stdout)
+    assert freed, "the descriptors and the instance outlived the last reference"
+    assert [category for category, _message in shown] == ["ResourceWarning"]
+    assert shown[0][1].startswith(f"unclosed FlatFileDb({str(tmp_path / 'store')!r}")
+    assert shown[0][1].endswith(", readonly=True)") == readonly
+
+
+def test_dropping_a_closed_instance_warns_nothing(tmp_path: Path) -> None:
+    """close() is the normal way out: dropping the instance afterwards is silent."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
+    db.put(b"abc")
+    db.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del db
+        gc.collect()
