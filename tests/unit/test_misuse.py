@@ -484,7 +484,7 @@ def test_cli_read_commands_on_a_directory_that_is_not_a_store_exit_2_and_create_
     (plain / "cat.jpg").write_bytes(b"jpeg")
     before = listing(tmp_path)
     assert main(["--datadir", str(plain), *command]) == 2
-    assert "is not a store" in capsys.readouterr().err
+    assert "not a store: the directory holds no segment file" in capsys.readouterr().err
     assert listing(tmp_path) == before
 
 
@@ -494,7 +494,7 @@ def test_cli_read_commands_on_a_missing_datadir_exit_2_and_create_nothing(
     """A datadir that does not exist: a clear error naming it; it is not created."""
     missing = tmp_path / "nowhere"
     assert main(["--datadir", str(missing), *command]) == 2
-    assert f"datadir {str(missing)!r} does not exist" in capsys.readouterr().err
+    assert f"{missing}: the datadir does not exist" in capsys.readouterr().err
     assert not missing.exists() and not (tmp_path / "nowhere.lock").exists()
 
 
