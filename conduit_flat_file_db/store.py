@@ -830,7 +830,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         after each segment. Never raises for what it finds; takes no lock.
         """
         self._reopen_if_closed()
-        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view(), progress, full)
+        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view, progress, full)
 
     # -- compact locations ----------------------------------------------------------
 
