@@ -3,7 +3,8 @@ killed or its stop file appears.
 
 Run as ``python soak_worker.py CONFIG_JSON`` (see ``test_soak.py``). The worker opens the store
 three times (raw, compressed with a random frame size, compression AUTO) and picks one of them
-per operation, so raw and compressed segments are written, sealed, rewritten and read at once.
+per operation, so raw and compressed segments are written, sealed, rewritten and read at once;
+with ``threads`` > 1, that many threads of it do so through the same instances.
 
 Blob bytes are slices of one pool that every process derives from the run's seed, so a blob is
 known by its pool offset and any process can check any blob, or any slice of it, byte for byte.
@@ -32,6 +33,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -87,8 +89,9 @@ class Ack(NamedTuple):
 
 
 class Reports:
-    """Everything the workers reported, read incrementally (complete lines only: a killed
-    worker may leave a torn last line, which is skipped until it... never completes)."""
+    """Everything the workers reported, read incrementally, complete lines only (a line being
+    written is read once its newline is there; the test cuts a killed worker's torn line off
+    before the worker starts again)."""
 
     def __init__(self, report_dir: Path) -> None:
         self.report_dir = report_dir
@@ -161,8 +164,10 @@ class ChunkyReader(io.RawIOBase):
 class Worker:  # pylint: disable=too-many-instance-attributes  # one store in three configurations + its reports
     """One worker process: random operations on the store, each checked and reported."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.rng = random.Random(config["seed"])
+    def __init__(self, config: dict[str, Any], seed: int, dbs: list[FlatFileDb] | None = None) -> None:
+        """``dbs``: the store instances of another thread of this process, shared (every method
+        of a store may be called from any thread); else this worker opens its own."""
+        self.rng = random.Random(seed)
         self.pool = make_pool(int(config["run_seed"]))
         self.report = os.open(config["report"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.reports = Reports(Path(config["report_dir"]))
@@ -170,13 +175,21 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
         self.retention_bytes = int(config["retention_bytes"])
         self.weights = [float(config["weights"].get(op, 0)) for op in OPS]
         self.made = 0
+        self.dbs = dbs if dbs is not None else self._open(config)
+
+    def _open(self, config: dict[str, Any]) -> list[FlatFileDb]:
+        """The store three times: raw, compressed with a random frame size, AUTO; the last two
+        of them with fsync=True now and then (the background fsync of sealed segments)."""
         datadir, lock = config["datadir"], config["datadir"] + ".lock"
-        self.dbs = [FlatFileDb(datadir, lock),
-                    FlatFileDb(datadir, lock, use_compression=True, frame_bytes=self.rng.choice([1024, 4096, 16384])),
-                    FlatFileDb(datadir, lock, use_compression=CompressMode.AUTO)]
-        for db in self.dbs:
+        fsync = self.rng.random() < 0.2
+        dbs = [FlatFileDb(datadir, lock),
+               FlatFileDb(datadir, lock, fsync=fsync, use_compression=True,
+                          frame_bytes=self.rng.choice([1024, 4096, 16384])),
+               FlatFileDb(datadir, lock, fsync=fsync, use_compression=CompressMode.AUTO)]
+        for db in dbs:
             db.MAX_DAT_FILE_SIZE = int(config["segment_bytes"])
         self.write(f"# ready {os.getpid()}\n")
+        return dbs
 
     # -- reporting --------------------------------------------------------------------
 
@@ -218,7 +231,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
     def incoming_file(self, data: bytes) -> Path:
         """A new file holding ``data`` on the store's filesystem (outside the datadir)."""
         self.made += 1
-        path = self.incoming / f"{os.getpid()}-{self.made}"
+        path = self.incoming / f"{os.getpid()}-{threading.get_ident()}-{self.made}"
         path.write_bytes(data)
         return path
 
@@ -349,16 +362,17 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
         self.write("# op rotate\n")
 
     def op_recompress(self) -> None:
-        """recompress of a few sealed segments: compress, decompress, re-frame or AUTO."""
-        picked = self.rng.sample(self.sealed(), min(2, len(self.sealed())))
+        """recompress of a few sealed segments: compress, decompress, re-frame or AUTO (a segment
+        deleted meanwhile is reported "vanished"; nothing is raised)."""
+        sealed = self.sealed()
+        picked = self.rng.sample(sealed, min(2, len(sealed)))
         mode = self.rng.choice(list(CompressMode))
         level = self.rng.choice([None, 1, 3])
         frame_bytes = self.rng.choice([None, 2048, 32768])
-        try:
-            self.db().recompress(picked, mode=mode, level=level, frame_bytes=frame_bytes)
-        except FlatFileDbNotFoundError:
-            if not self.reports.gone(picked):
-                self.fail(f"recompress of {picked}: a segment is missing, nobody deleted it")
+        for result in self.db().recompress(picked, mode=mode, level=level, frame_bytes=frame_bytes):
+            if result.action == "vanished" and result.number not in self.dbs[0].segments() \
+                    and not self.reports.gone([result.number]):  # "vanished" also means rewritten by another
+                self.fail(f"recompress of {result.number}: vanished, nobody deleted it ({result.reason})")
         self.write("# op recompress\n")
 
     def op_verify(self) -> None:
@@ -388,7 +402,8 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
     def op_compact(self) -> None:
         """compact of one or two sealed segments keeping most blobs; finish_compaction most times."""
         self.reports.refresh()
-        picked = self.rng.sample(self.sealed(), min(self.rng.randint(1, 2), len(self.sealed())))
+        sealed = self.sealed()
+        picked = self.rng.sample(sealed, min(self.rng.randint(1, 2), len(sealed)))
         if not picked:
             return
         db = self.db()
@@ -418,9 +433,6 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
                 op()
             except Exception as exc:  # pylint: disable=broad-exception-caught  # reported, then carry on
                 self.fail(f"{op.__name__} raised {type(exc).__name__}: {exc}")
-        for db in self.dbs:
-            db.close()
-        self.write("# done\n")
 
 
 def _describe(ack: Ack) -> str:
@@ -436,10 +448,21 @@ def _bounds(piece: Slice, ack: Ack) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-    """Work until stopped; SIGUSR1 prints every thread's stack (the test asks before killing a hung worker)."""
+    """Work until stopped, in ``threads`` threads sharing the store instances; SIGUSR1 prints
+    every thread's stack (the test asks for it before it kills a hung worker)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = json.loads(argv[1])
-    Worker(config).run(config["stop_file"])
+    first = Worker(config, config["seed"])
+    workers = [first] + [Worker(config, config["seed"] + n, first.dbs) for n in range(1, int(config["threads"]))]
+    threads = [threading.Thread(target=w.run, args=(config["stop_file"],)) for w in workers[1:]]
+    for thread in threads:
+        thread.start()
+    first.run(config["stop_file"])
+    for thread in threads:
+        thread.join()
+    for db in first.dbs:
+        db.close()
+    first.write("# done\n")
     return 0
 
 
