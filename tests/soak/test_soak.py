@@ -141,20 +141,26 @@ def run_workers(tmp_path: Path, seed: int, seconds: float) -> tuple[list[Worker]
                   "segment_bytes": SEGMENT_BYTES, "retention_bytes": RETENTION_BYTES}
         workers.append(Worker(tmp_path, name, config))
     FlatFileDb(datadir, str(datadir) + ".lock").close()  # created once, before the workers race to open it
-    for worker in workers:
-        worker.start(rng.randrange(2**32))
     kills = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(min(rng.uniform(*KILL_EVERY_SECONDS), max(deadline - time.monotonic(), 0)))
-        victim = rng.choice(workers)
-        victim.kill()
-        kills += 1
-        victim.start(rng.randrange(2**32))
-    stop_file.touch()
-    stop_by = time.monotonic() + STOP_SECONDS
-    for worker in workers:
-        worker.stop(stop_by)
+    try:
+        for worker in workers:
+            worker.start(rng.randrange(2**32))
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(min(rng.uniform(*KILL_EVERY_SECONDS), max(deadline - time.monotonic(), 0)))
+            victim = rng.choice(workers)
+            victim.kill()
+            kills += 1
+            victim.start(rng.randrange(2**32))
+        stop_file.touch()
+        stop_by = time.monotonic() + STOP_SECONDS
+        for worker in workers:
+            worker.stop(stop_by)
+    finally:  # interrupted (a timeout, ^C): no worker outlives the test
+        for worker in workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()
     return workers, kills
 
 
@@ -194,6 +200,7 @@ def excused(problem: str, reports: Reports) -> bool:
     return name.startswith("data_") and int(name[5:13]) in reports.deleted
 
 
+@pytest.mark.timeout(soak_seconds() + STOP_SECONDS + CHECK_SECONDS + 60)  # the suite's 300 s would cut a long soak
 def test_soak_many_processes_killed_at_random_lose_nothing(tmp_path: Path) -> None:
     """The chaos soak (module docstring); every failure found is listed with the seed."""
     seed = soak_seed()
