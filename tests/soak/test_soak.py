@@ -121,8 +121,11 @@ class Worker:
             self.failures.append(f"{self.name} (start {self.starts}) exited with {self.proc.returncode}")
 
     def stderr_tail(self) -> str:
-        """The end of what its incarnations wrote to stderr."""
-        return self.stderr_path.read_text(errors="replace")[-4000:]
+        """The last failures its incarnations wrote to stderr, with their tracebacks (else the end
+        of it: the log lines of deletes and recoveries are many and rarely the point)."""
+        text = self.stderr_path.read_text(errors="replace")
+        found = text.split("FAILURE: ")[1:]
+        return "".join(f"FAILURE: {block[:2000]}" for block in found[-3:]) if found else text[-4000:]
 
 
 def run_workers(tmp_path: Path, seed: int, seconds: float) -> tuple[list[Worker], int]:
