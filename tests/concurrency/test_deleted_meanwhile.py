@@ -35,6 +35,12 @@ class DeleteBeforeOpen:
         self.fired = False
         sys.addaudithook(self._hook)
 
+    def __enter__(self) -> DeleteBeforeOpen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.armed = False  # audit hooks cannot be removed: this one must not fire in a later test
+
     def _hook(self, event: str, args: tuple[object, ...]) -> None:
         if self.armed and event == "open" and args and args[0] == self.name \
                 and threading.current_thread() is self.thread:
@@ -61,11 +67,11 @@ def test_stats_and_retention_skip_a_segment_deleted_while_they_read_it(make_stor
     """Segment 1's data file was opened and sized; it is deleted before its index is read. It was
     taken for a segment written without an index and reopened: FileNotFoundError out of stats()."""
     db, other = sealed_store(make_store)
-    hook = DeleteBeforeOpen(other, 1, index_name(1))
-    if call == "stats":
-        assert [s.number for s in db.stats().segments] == [0, 2, 3]
-    else:
-        assert db.enforce_retention(max_bytes=2**40) == []
+    with DeleteBeforeOpen(other, 1, index_name(1)) as hook:
+        if call == "stats":
+            assert [s.number for s in db.stats().segments] == [0, 2, 3]
+        else:
+            assert db.enforce_retention(max_bytes=2**40) == []
     assert hook.fired
     other.close()
 
@@ -76,8 +82,8 @@ def test_recompress_of_a_segment_deleted_meanwhile_says_vanished(make_store: Sto
     """Segment 1 is deleted after recompress found its file and before it opened it: the result
     says "vanished", as for a segment deleted before; nothing is raised."""
     db, other = sealed_store(make_store)
-    hook = DeleteBeforeOpen(other, 1, segment_name(1, False))
-    results = db.recompress([1], mode=mode)
+    with DeleteBeforeOpen(other, 1, segment_name(1, False)) as hook:
+        results = db.recompress([1], mode=mode)
     assert hook.fired
     assert [(r.number, r.action) for r in results] == [(1, "vanished")], results
     assert db.segments() == [0, 2, 3]
