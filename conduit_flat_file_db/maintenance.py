@@ -193,7 +193,10 @@ class FlatFileDb(Store):
             if indexed:
                 count, logical = len(blobs), sum(r.b for r in blobs)
             else:  # written without an index: one extent of unknown blobs
-                count, logical = 1, self._readers.open(number).limit
+                try:
+                    count, logical = 1, self._readers.open(number).limit
+                except FileNotFoundError:
+                    continue  # deleted meanwhile: a delete removes the data file, then the index
             out.append(SegmentStats(number, name, number != mutable, compressed, count, logical, disk))
         return StoreStats(out)
 
@@ -237,12 +240,16 @@ class FlatFileDb(Store):
 
     def _recompress_one(self, number: int, mode: CompressMode, level: int | None,
                         frame_bytes: int | None) -> RecompressResult:
+        try:
+            return self._rewrite_one(number, mode, level, frame_bytes)
+        except FileNotFoundError:  # deleted between two of its steps (they take no lock but the rename's)
+            return RecompressResult(number, "vanished", 0, 0, "deleted or rewritten meanwhile")
+
+    def _rewrite_one(self, number: int, mode: CompressMode, level: int | None,
+                     frame_bytes: int | None) -> RecompressResult:
         kind = self._segment_kind(number)
         name = segment_name(number, kind == KIND_ZSTD)
-        try:
-            before = os.stat(name, dir_fd=self._dir_fd).st_size
-        except FileNotFoundError:
-            return RecompressResult(number, "vanished", 0, 0, "deleted meanwhile")
+        before = os.stat(name, dir_fd=self._dir_fd).st_size
         reason = ""
         if mode is CompressMode.AUTO:
             reader = self._readers.open(number)

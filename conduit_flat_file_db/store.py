@@ -936,10 +936,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         contiguity, sizes, SEAL records). With ``full`` (the default) also every blob
         against its XXH3-64 checksum and every Zstandard frame (decoded, so its own
         checksum is checked) and every seek table. ``progress(done, total)`` is called
-        after each segment. Never raises for what it finds; takes no lock.
+        after each segment. Never raises for what it finds; takes no lock: a segment
+        sealed, rewritten or deleted while it is checked is checked again (or skipped when
+        gone), so each problem reported was seen in one unchanging file.
         """
         self._reopen_if_closed()
-        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view(), progress, full)
+        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view, progress, full)
 
     # -- compact locations ----------------------------------------------------------
 

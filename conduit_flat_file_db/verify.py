@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import xxhash
 
-from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError
+from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_at
 from .index import (
     FLAG_LEGACY_EXTENT,
@@ -81,14 +82,24 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_store(dir_fd: int, dir_str: str, mutable: MutableView, progress: Progress | None = None,
-                 full: bool = True) -> VerifyReport:
-    """Check every segment in the directory; ``mutable`` is the committed extent to trust.
+RECHECKS = 4
+"""Passes over one segment that changed while it was checked (sealed, rewritten, deleted)
+before verify gives up on it with a note: each change restarts its check from scratch."""
 
-    A file that cannot be read as the store's (a directory, FIFO or symlink named like a
-    segment's file, an I/O error) is reported as a problem of its segment, never raised.
-    """
+DELETE_GRACE_SECONDS = 0.05
+"""How long a pass that finds an index without its data file waits before it believes it: a
+delete removes the data file, then the index, under the write lock (rejected: taking the lock,
+which is not reentrant, so a verify inside ``read_lock()`` could deadlock)."""
+
+Identity = tuple[int, int, bool]  # (inode, device, mutable?) of a segment's data file; inode 0: no data file
+
+
+def verify_store(dir_fd: int, dir_str: str, current: Callable[[], MutableView], progress: Progress | None = None,
+                 full: bool = True) -> VerifyReport:
+    """Check every segment in the directory; ``current()`` gives the mutable segment's committed
+    extent as it is now (read anew for each segment: the store may be in use meanwhile)."""
     report = VerifyReport(full=full)
+    newest = current().segment  # before the listing: a segment listed above it is a rotation not yet published
     numbers: set[int] = set()
     for name in sorted(os.listdir(dir_fd)):
         parsed = parse_name(name)
@@ -98,75 +109,156 @@ def verify_store(dir_fd: int, dir_str: str, mutable: MutableView, progress: Prog
             report.notes.append(f"scratch file {name} (removed by the next open once its process is gone)")
         elif name != STATE_FILE_NAME:
             report.notes.append(f"unknown file {name} in the datadir")
-    todo = sorted(n for n in numbers if n <= mutable.segment)  # higher: a rotation not yet published
+    todo = sorted(n for n in numbers if n <= newest)
     for done, number in enumerate(todo):
         report.segments += 1
-        try:
-            _verify_segment(report, dir_fd, dir_str, number, mutable, full)
-        except (OSError, FlatFileDbError, ValueError) as exc:
-            report.add(dir_str, 0, "unreadable", f"segment {number}: {exc}")
+        _verify_segment(report, dir_fd, dir_str, number, current, full)
         if progress is not None:
             progress(done + 1, len(todo))
     return report
 
 
-def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int, mutable: MutableView,
-                    full: bool) -> None:
-    idx_path = os.path.join(dir_str, index_name(number))
-    is_mutable = number == mutable.segment
-    try:
-        fd, kind = open_data_file(dir_fd, number)
-    except FlatFileDbNotFoundError as exc:
-        if read_index(dir_fd, number) is None:
+def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
+                    current: Callable[[], MutableView], full: bool) -> None:
+    """Check one segment; report what the check found only if the segment is still what was checked.
+
+    A live store seals, rewrites (new frames, other suffix: a new file renamed in) and deletes
+    segments while verify reads them. One pass reads the index and the frames through one open
+    file, so it never mixes two versions; a pass that finds anything is trusted only when the
+    segment's file (inode) and its state (mutable or sealed) are the same afterwards, else the
+    segment is checked again from scratch. Whatever a user reads in the report was true of one
+    unchanging segment (rejected: taking the read lock, which would stall writers for the whole
+    check of a large segment).
+    """
+    for _ in range(RECHECKS):
+        found = VerifyReport(full=full)
+        try:
+            checked = _check_segment(found, dir_fd, dir_str, number, current, full)
+        except (OSError, FlatFileDbError, ValueError) as exc:
+            # A file that cannot be read as the store's (a directory, FIFO or symlink named like a
+            # segment's file, an I/O error): a problem of its segment, never raised.
+            found.add(dir_str, 0, "unreadable", f"segment {number}: {exc}")
+            checked = _safe_identity(dir_fd, number, current)
+        now = checked
+        if checked is not None and not (found.ok and not found.notes):
+            if checked[0] == 0:  # an index without data: a delete in progress removes the index next
+                time.sleep(DELETE_GRACE_SECONDS)
+            now = _safe_identity(dir_fd, number, current)
+        if now is None:
             report.segments -= 1  # deleted while we looked
             return
-        report.add(os.path.join(dir_str, segment_name(number, False)), 0, "missing-data", f"segment {number}: {exc}")
-        return
-    data_path = os.path.join(dir_str, segment_name(number, kind == KIND_ZSTD))
+        if now == checked:
+            report.blobs += found.blobs
+            report.bytes_checked += found.bytes_checked
+            report.records += found.records
+            report.index_bytes += found.index_bytes
+            report.problems += found.problems
+            report.notes += found.notes
+            return
+    report.notes.append(f"segment {number} changed during each of {RECHECKS} checks (sealed, rewritten or "
+                        "deleted meanwhile); not checked this time")
+
+
+def _safe_identity(dir_fd: int, number: int, current: Callable[[], MutableView]) -> Identity | None:
+    """_identity, or (-1, -1, False) for a segment whose files cannot be read as ours (the same
+    every time, so a problem found in them is reported)."""
     try:
-        raw = read_index(dir_fd, number, mutable.index_bytes if is_mutable else None)
-        records: list[Record] = []
-        if raw is None:
-            report.notes.append(f"segment {number} has no record index (written by an engine without one); "
-                                "only its framing can be checked")
-        else:
-            try:
-                header = decode_header(raw, idx_path)
-            except FormatError as exc:
-                report.add(idx_path, 0, "bad-index-header", str(exc))
-                return
-            # A sealed segment may have been rewritten to the other kind since: its suffix decides.
-            if header.segment != number or (is_mutable and header.kind != kind):
-                report.add(idx_path, 10, "bad-index-header",
-                           f"header names segment {header.segment} of kind {header.kind}")
-            scan = decode_records(memoryview(raw)[HEADER_BYTES:])
-            if scan.problem is not None:
-                report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
-            records = scan.records
-            report.records += len(records)
-            report.index_bytes += len(raw)
-        blobs, end, sealed = _blob_records(report, idx_path, records)
-        size = os.fstat(fd).st_size
-        chunks: Iterator[tuple[int, bytes | memoryview]]
-        if kind == KIND_ZSTD:
-            chunks = _zstd_chunks(report, fd, data_path, records, size, sealed or raw is None)
-        else:
-            chunks = _raw_chunks(fd, min(size, mutable.end) if is_mutable else size, mapped=not is_mutable)
-            if not is_mutable and sealed and size != end:
-                report.add(data_path, end, "size-mismatch", f"data file is {size} bytes, index commits {end}")
-            elif size < end:
-                report.add(data_path, size, "truncated", f"data file is {size} bytes, index commits {end}")
-        if full:
-            _check_blobs(report, data_path, chunks, blobs)
-        elif kind == KIND_ZSTD and (sealed or raw is None):
-            _check_seek_table(report, fd, data_path, size)
-        if is_mutable and raw is not None and end != mutable.end:
-            report.add(idx_path, 0, "index-mismatch",
-                       f"index commits {end} bytes but the state page says {mutable.end}")
-        if not is_mutable and raw is not None and not sealed:
-            report.add(idx_path, len(raw), "not-sealed", "sealed segment has no SEAL record")
+        return _identity(dir_fd, number, current)
+    except (OSError, FlatFileDbError, ValueError):
+        return -1, -1, False
+
+
+def _identity(dir_fd: int, number: int, current: Callable[[], MutableView]) -> Identity | None:
+    """Segment ``number`` as it is now: its data file's (inode, device) and whether it is the
+    mutable segment; inode 0 when only its index is left; None when it is gone."""
+    mutable = number == current().segment
+    # A rewrite that changes the suffix renames the new name in, then unlinks the old one (open_data_file).
+    for compressed in (False, True, False, True):
+        try:
+            found = os.stat(segment_name(number, compressed), dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        return found.st_ino, found.st_dev, mutable
+    return None if read_index(dir_fd, number, HEADER_BYTES) is None else (0, 0, mutable)
+
+
+def _check_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
+                   current: Callable[[], MutableView], full: bool) -> Identity | None:
+    """One pass over one segment; returns the identity of what it checked, None when it is gone.
+
+    The data file is opened before the state page is read: a segment the page calls mutable
+    was mutable when the file was opened, and a mutable segment's file is only ever appended
+    to and sealed in place, never replaced, so its committed frames are in that file.
+    """
+    try:
+        fd, kind = open_data_file(dir_fd, number)
+    except InvalidLocationError as exc:  # not a regular file
+        report.add(os.path.join(dir_str, segment_name(number, False)), 0, "unreadable", f"segment {number}: {exc}")
+        return _safe_identity(dir_fd, number, current)
+    except FlatFileDbNotFoundError:
+        if read_index(dir_fd, number, HEADER_BYTES) is None:
+            return None
+        report.add(os.path.join(dir_str, segment_name(number, False)), 0, "missing-data",
+                   f"segment {number} has an index but no data file (its data was lost, or this is what an "
+                   "interrupted delete leaves)")
+        return 0, 0, number == current().segment
+    try:
+        mutable = current()
+        is_mutable = number == mutable.segment
+        status = os.fstat(fd)
+        _check_files(report, fd, kind, dir_fd, dir_str, number, mutable if is_mutable else None, full)
+        return status.st_ino, status.st_dev, is_mutable
     finally:
         os.close(fd)
+
+
+def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str: str, number: int,  # pylint: disable=too-many-arguments
+                 mutable: MutableView | None, full: bool) -> None:
+    """Check a segment's index against its open data file ``fd``; ``mutable``: its committed
+    extent when it is the mutable segment, None when sealed."""
+    idx_path = os.path.join(dir_str, index_name(number))
+    data_path = os.path.join(dir_str, segment_name(number, kind == KIND_ZSTD))
+    raw = read_index(dir_fd, number, mutable.index_bytes if mutable is not None else None)
+    records: list[Record] = []
+    if raw is None:
+        report.notes.append(f"segment {number} has no record index (written by an engine without one); "
+                            "only its framing can be checked")
+    else:
+        try:
+            header = decode_header(raw, idx_path)
+        except FormatError as exc:
+            report.add(idx_path, 0, "bad-index-header", str(exc))
+            return
+        # A sealed segment may have been rewritten to the other kind since: its suffix decides.
+        if header.segment != number or (mutable is not None and header.kind != kind):
+            report.add(idx_path, 10, "bad-index-header",
+                       f"header names segment {header.segment} of kind {header.kind}")
+        scan = decode_records(memoryview(raw)[HEADER_BYTES:])
+        if scan.problem is not None:
+            report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
+        records = scan.records
+        report.records += len(records)
+        report.index_bytes += len(raw)
+    blobs, end, sealed = _blob_records(report, idx_path, records)
+    size = os.fstat(fd).st_size
+    chunks: Iterator[tuple[int, bytes | memoryview]]
+    if kind == KIND_ZSTD:
+        chunks = _zstd_chunks(report, fd, data_path, records, size, sealed or raw is None)
+    else:
+        chunks = _raw_chunks(fd, min(size, mutable.end) if mutable is not None else size, mapped=mutable is None)
+        if mutable is None and sealed and size != end:
+            report.add(data_path, end, "size-mismatch", f"data file is {size} bytes, index commits {end}")
+        elif size < end:
+            report.add(data_path, size, "truncated", f"data file is {size} bytes, index commits {end}")
+    if full:
+        _check_blobs(report, data_path, chunks, blobs)
+    elif kind == KIND_ZSTD and (sealed or raw is None):
+        _check_seek_table(report, fd, data_path, size)
+    if mutable is not None and raw is not None and end != mutable.end:
+        report.add(idx_path, 0, "index-mismatch",
+                   f"index commits {end} bytes but the state page says {mutable.end}")
+    if mutable is None and raw is not None and not sealed:
+        report.add(idx_path, len(raw), "not-sealed", "sealed segment has no SEAL record")
 
 
 def _check_seek_table(report: VerifyReport, fd: int, data_path: str, size: int) -> None:
