@@ -28,7 +28,6 @@ from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence, TextIO
 
 from . import FlatFileDb, __version__
 from .errors import FlatFileDbError
-from .naming import parse_name
 from .types import PACKED_LOCATION_BYTES, DataLocation
 
 EXIT_OK = 0

@@ -24,12 +24,12 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import fasteners
 
 from .blocks import allocate_for_map
-from .errors import FlatFileDbLockTimeoutError
+from .errors import FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError
 
 if os.name == "posix":
     import fcntl
@@ -312,6 +312,34 @@ _registry_guard = threading.Lock()
 _registry: dict[tuple[int, int], ProcessLock] = {}
 _users: dict[int, int] = {}
 _all_locks: "weakref.WeakSet[ProcessLock]" = weakref.WeakSet()
+
+
+class ReadOnlyLock:
+    """The lock of a read-only instance: every acquisition is refused.
+
+    put() reaches it with no check of its own (the hot path stays as it is); other
+    writes are refused earlier, by Store._refuse_write.
+    """
+
+    def __init__(self, dir_str: str) -> None:
+        self.dir_str = dir_str
+
+    def acquire_write(self, timeout: float | None = None) -> None:  # pylint: disable=unused-argument  # ProcessLock's
+        """Refuse (typed ``-> None``, not NoReturn, so that callers' code after it is not "unreachable")."""
+        raise FlatFileDbReadOnlyError(f"put(): {self.dir_str} was opened with readonly=True (no writes, no lock)")
+
+    def release_write(self) -> None:
+        """Never reached: nothing was acquired."""
+
+    def write(self, timeout: float | None = None) -> ContextManager[None]:
+        """Refuse."""
+        self.acquire_write(timeout)
+        raise AssertionError("unreachable: acquire_write raised")
+
+    def read(self, timeout: float | None = None) -> ContextManager[None]:
+        """Refuse."""
+        self.acquire_write(timeout)
+        raise AssertionError("unreachable: acquire_write raised")
 
 
 def process_lock_for(path: str) -> ProcessLock:

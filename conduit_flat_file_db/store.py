@@ -23,7 +23,7 @@ import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Iterable, Iterator, NoReturn, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import (
@@ -37,7 +37,8 @@ from .index import (
     blob_checksum,
     encode_blob,
 )
-from .locking import ProcessLock, process_lock_for, release_process_lock
+from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_stream_item
+from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
 from .readonly import ReadOnlyState, open_datadir
 from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset, fast_slice
@@ -132,7 +133,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     processes may open the same datadir with the same lock path (GUARANTEES.md).
     """
 
-    _lock: ProcessLock | _NoLock  # _NoLock on a read-only instance
+    _lock: ProcessLock | ReadOnlyLock  # ReadOnlyLock on a read-only instance
     _ro_state: ReadOnlyState  # a read-only instance's view of the committed extent
 
     def __init__(  # pylint: disable=too-many-arguments
@@ -174,7 +175,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
-        _check_lock_path(self._abs_dir, self._abs_lock)
+        check_lock_path(self._abs_dir, self._abs_lock)
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
@@ -243,7 +244,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             os.close(dir_fd)
             raise
         self._dir_fd = dir_fd
-        self._lock = _NoLock(self._dir_str)
+        self._lock = ReadOnlyLock(self._dir_str)
         self._ro_state = state
         self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache, state.repair)
         self._opened(state.words)
@@ -374,7 +375,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         when ``lock_timeout`` passes first. Nothing is written on either error.
         """
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
-            data = _as_bytes_like(data)
+            data = as_bytes_like(data)
         checksum = blob_checksum(data)
         frames = self._frames(data) if self.use_compression else None  # compressed before the lock
         if self._closed:
@@ -418,11 +419,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """
         self._refuse_write("put_many")
         try:
-            items = [d if type(d) is bytes else _as_bytes_like(d, "put_many()") for d in datas]  # pylint: disable=unidiomatic-typecheck
+            items = [d if type(d) is bytes else as_bytes_like(d, "put_many()") for d in datas]  # pylint: disable=unidiomatic-typecheck
         except (TypeError, ValueError) as exc:
             if not isinstance(datas, (list, tuple)):
                 raise
-            position = next((i for i, d in enumerate(datas) if not _bytes_like_ok(d)), None)
+            position = next((i for i, d in enumerate(datas) if not bytes_like_ok(d)), None)
             if position is None:
                 raise
             raise type(exc)(f"{exc} (item {position})") from None
@@ -513,13 +514,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._refuse_write("put_streams")
         if isinstance(streams, (list, tuple)):  # refused before anything is stored
             for position, item in enumerate(streams):
-                _check_stream_item(item, position, open_streams)
+                check_stream_item(item, position, open_streams)
         self._reopen_if_closed()
         locations: list[DataLocation] = []
         pending: list[bytes] = []
         pending_bytes = 0
         for position, item in enumerate(streams):
-            _check_stream_item(item, position, open_streams)
+            check_stream_item(item, position, open_streams)
             if isinstance(item, (str, os.PathLike)):
                 item, opened = LazyOpener(item), True
             else:
@@ -966,94 +967,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return DataLocation(self.segment_path(number), start, end)
 
 
-class _NoLock:
-    """The lock of a read-only instance: every acquisition is refused.
-
-    put() reaches it with no check of its own (the hot path stays as it is); other
-    writes are refused earlier, by Store._refuse_write.
-    """
-
-    def __init__(self, dir_str: str) -> None:
-        self.dir_str = dir_str
-
-    def acquire_write(self, timeout: float | None = None) -> NoReturn:  # pylint: disable=unused-argument  # ProcessLock's
-        """Refuse."""
-        raise FlatFileDbReadOnlyError(f"put(): {self.dir_str} was opened with readonly=True (no writes, no lock)")
-
-    def release_write(self) -> None:
-        """Never reached: nothing was acquired."""
-
-    def write(self, timeout: float | None = None) -> ContextManager[None]:
-        """Refuse."""
-        self.acquire_write(timeout)
-
-    def read(self, timeout: float | None = None) -> ContextManager[None]:
-        """Refuse."""
-        self.acquire_write(timeout)
-
-
 def _repair_if_alive(store: weakref.ref[Store]) -> None:
     """ReaderCache's repair callback: the store's repair, through a weak reference."""
     instance = store()
     if instance is not None:
         instance._repair_state()  # pylint: disable=protected-access  # this module's class
-
-
-def _as_bytes_like(data: Any, method: str = "put()") -> Any:
-    """``data`` as a flat bytes-like object for ``method``, or the TypeError/ValueError saying why not."""
-    if isinstance(data, (bytearray, bytes)):
-        return data
-    if isinstance(data, memoryview):
-        # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
-        # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
-        # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
-        if not data.c_contiguous:
-            raise ValueError(f"{method} needs a C-contiguous memoryview (got a strided or Fortran-order one: "
-                             "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
-        return data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    raise TypeError(f"{method} takes bytes, bytearray or memoryview, not {type(data).__name__}")
-
-
-def _bytes_like_ok(data: Any) -> bool:
-    try:
-        _as_bytes_like(data)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _check_lock_path(datadir: str, lock: str) -> None:
-    """Refuse a lock path that is the datadir or inside it, before anything is created.
-
-    The lock file is grown to 4096 bytes and its first word is written (the waiter flag):
-    as ``ffdb.state`` or a segment file that corrupts the store, and as a name like a
-    scratch file recovery would remove it from under a lock holder. Paths are compared
-    after resolving symlinks, and by device and inode where both directories exist.
-    """
-    real_dir, real_lock = os.path.realpath(datadir), os.path.realpath(lock)
-    inside = os.path.commonpath([real_dir, real_lock]) == real_dir
-    if not inside:
-        with contextlib.suppress(OSError):
-            inside = os.path.samestat(os.stat(os.path.dirname(real_lock)), os.stat(real_dir))
-    if inside:
-        raise InvalidLocationError(
-            f"mutable_file_lock_path {lock!r} is the datadir {datadir!r} or inside it, where the lock's writes "
-            f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})")
-    if os.path.isdir(real_lock):
-        raise InvalidLocationError(f"mutable_file_lock_path {lock!r} is a directory; it must name a file")
-
-
-def _check_stream_item(item: Any, position: int, open_streams: bool) -> None:
-    """TypeError naming ``item`` unless put_streams can read it (a path, a readable, or a context manager)."""
-    if isinstance(item, (str, os.PathLike)):
-        return
-    if open_streams:
-        if not (hasattr(item, "__enter__") and hasattr(item, "__exit__")):
-            raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a context manager "
-                            "giving a stream, nor a path (open_streams=True)")
-    elif not (hasattr(item, "readinto") or hasattr(item, "read")):
-        raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a readable stream "
-                        "(readinto or read), nor a path")
 
 
 __all__ = ["Store", "DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE"]

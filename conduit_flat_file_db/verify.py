@@ -206,14 +206,14 @@ def _check_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
         mutable = current()
         is_mutable = number == mutable.segment
         status = os.fstat(fd)
-        _check_files(report, fd, kind, dir_fd, dir_str, number, mutable if is_mutable else None, full)
+        _check_files(report, fd, kind, dir_fd, dir_str, number, mutable=mutable if is_mutable else None, full=full)
         return status.st_ino, status.st_dev, is_mutable
     finally:
         os.close(fd)
 
 
 def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str: str, number: int,  # pylint: disable=too-many-arguments
-                 mutable: MutableView | None, full: bool) -> None:
+                 *, mutable: MutableView | None, full: bool) -> None:
     """Check a segment's index against its open data file ``fd``; ``mutable``: its committed
     extent when it is the mutable segment, None when sealed."""
     idx_path = os.path.join(dir_str, index_name(number))

@@ -184,19 +184,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """
         state = self.state
         words = self.words
-        numbers: set[int] = set()
-        data_numbers: set[int] = set()
-        index_numbers: set[int] = set()
-        for name in os.listdir(self.dir_fd):
-            owner = temp_owner(name)
-            if owner is not None:
-                if owner != os.getpid() and not _pid_alive(owner):
-                    self._remove_regular(name, "scratch file", "left by an interrupted operation")
-                continue
-            parsed = parse_name(name)
-            if parsed is not None:
-                numbers.add(parsed[0])
-                (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
+        data_numbers, index_numbers = self._list_segments()
+        numbers = data_numbers | index_numbers
         created = not numbers
         if created:
             create_segment(self.dir_fd, 0, self.new_kind)
@@ -239,6 +228,22 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             state.persist(self.dir_fd)
         state.publish(_view_of(newest, tail))
         words[W_DIRTY] = int(deferred)  # deferred: every segment below the sealed one is sealed too
+
+    def _list_segments(self) -> tuple[set[int], set[int]]:
+        """Numbers of the segments with a data file, and with an index; removes the scratch files
+        of processes that are gone (recovery step 1)."""
+        data_numbers: set[int] = set()
+        index_numbers: set[int] = set()
+        for name in os.listdir(self.dir_fd):
+            owner = temp_owner(name)
+            if owner is not None:
+                if owner != os.getpid() and not _pid_alive(owner):
+                    self._remove_regular(name, "scratch file", "left by an interrupted operation")
+                continue
+            parsed = parse_name(name)
+            if parsed is not None:
+                (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
+        return data_numbers, index_numbers
 
     def _remove_regular(self, name: str, what: str, why: str) -> None:
         """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of

@@ -1,0 +1,74 @@
+"""Checks of the arguments users pass to the store, made before anything is written.
+
+Each function raises the TypeError or ValueError (InvalidLocationError) that says what is wrong
+and what to do; none writes anything (check_lock_path only looks at paths with stat).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from .errors import InvalidLocationError
+
+
+def as_bytes_like(data: Any, method: str = "put()") -> Any:
+    """``data`` as a flat bytes-like object for ``method``, or the TypeError/ValueError saying why not."""
+    if isinstance(data, (bytearray, bytes)):
+        return data
+    if isinstance(data, memoryview):
+        # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
+        # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
+        # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
+        if not data.c_contiguous:
+            raise ValueError(f"{method} needs a C-contiguous memoryview (got a strided or Fortran-order one: "
+                             "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
+        return data.cast("B") if data.format != "B" or data.ndim != 1 else data
+    raise TypeError(f"{method} takes bytes, bytearray or memoryview, not {type(data).__name__}")
+
+
+def bytes_like_ok(data: Any) -> bool:
+    """Whether as_bytes_like takes ``data``."""
+    try:
+        as_bytes_like(data)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_lock_path(datadir: str, lock: str) -> None:
+    """Refuse a lock path that is the datadir or inside it, before anything is created.
+
+    The lock file is grown to 4096 bytes and its first word is written (the waiter flag):
+    as ``ffdb.state`` or a segment file that corrupts the store, and as a name like a
+    scratch file recovery would remove it from under a lock holder. Paths are compared
+    after resolving symlinks, and by device and inode where both directories exist.
+    """
+    real_dir, real_lock = os.path.realpath(datadir), os.path.realpath(lock)
+    inside = os.path.commonpath([real_dir, real_lock]) == real_dir
+    if not inside:
+        with contextlib.suppress(OSError):
+            inside = os.path.samestat(os.stat(os.path.dirname(real_lock)), os.stat(real_dir))
+    if inside:
+        raise InvalidLocationError(
+            f"mutable_file_lock_path {lock!r} is the datadir {datadir!r} or inside it, where the lock's writes "
+            f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})")
+    if os.path.isdir(real_lock):
+        raise InvalidLocationError(f"mutable_file_lock_path {lock!r} is a directory; it must name a file")
+
+
+def check_stream_item(item: Any, position: int, open_streams: bool) -> None:
+    """TypeError naming ``item`` unless put_streams can read it (a path, a readable, or a context manager)."""
+    if isinstance(item, (str, os.PathLike)):
+        return
+    if open_streams:
+        if not (hasattr(item, "__enter__") and hasattr(item, "__exit__")):
+            raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a context manager "
+                            "giving a stream, nor a path (open_streams=True)")
+    elif not (hasattr(item, "readinto") or hasattr(item, "read")):
+        raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a readable stream "
+                        "(readinto or read), nor a path")
+
+
+__all__ = ["as_bytes_like", "bytes_like_ok", "check_lock_path", "check_stream_item"]
