@@ -824,11 +824,12 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
             logger.error("%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; "
                          "run verify()", segment_name(number, kind == KIND_ZSTD), why)
             return
-        end, blobs, found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=True)
+        tail, found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=True)
     finally:
         os.close(data_fd)
     logger.warning("%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs "
-                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, blobs, found, end)
+                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, tail.blobs,
+                   found, tail.end)
 
 
 def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
@@ -858,7 +859,7 @@ def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
     return sizes != frames
 
 
-def seal_recovered(dir_fd: int, number: int) -> None:
+def seal_recovered(dir_fd: int, number: int) -> Tail:
     """Seal the newest segment right after recovery brought it to its last commit (after a
     power loss), so that no later put reuses its offsets.
 
@@ -872,18 +873,20 @@ def seal_recovered(dir_fd: int, number: int) -> None:
     data_fd, kind = open_data_file(dir_fd, number, OPEN_WRITE)
     try:
         records = decode_records(memoryview(read_index(dir_fd, number) or b"")[HEADER_BYTES:]).records
-        end, blobs, _kept = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=False)
+        tail, _found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=False)
     finally:
         os.close(data_fd)
     logger.warning("%s: sealed after a power loss with %d blobs (%d bytes); blobs written after them, "
                    "if any, were lost and their locations now fail", segment_name(number, kind == KIND_ZSTD),
-                   blobs, end)
+                   tail.blobs, tail.end)
+    return tail
 
 
 def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: disable=too-many-arguments
-                  records: list[Record], *, check: bool) -> tuple[int, int, int]:
+                  records: list[Record], *, check: bool) -> tuple[Tail, int]:
     """Cut a segment after the last commit its records reach (checking each blob's XXH3-64 when
-    ``check``), seal it, fsync both files; returns (end, blobs kept, blob records found)."""
+    ``check``), seal it, fsync both files; returns its sealed extent (SEAL record included) and
+    how many blob records the index held before the cut."""
     walk = Walk(data_fd, kind, os.fstat(data_fd).st_size, 0 if check else None)
     walk.run(records)
     good, end, frames_c, frame_count, blobs, sealed = walk.commit
@@ -892,9 +895,10 @@ def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: 
     index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=dir_fd)
     try:
         os.ftruncate(index_fd, tail.index_bytes)
-        write_seal(data_fd, index_fd, kind, tail, walk.frames[:frame_count])
+        disk = write_seal(data_fd, index_fd, kind, tail, walk.frames[:frame_count])
         os.fsync(data_fd)
         os.fsync(index_fd)
     finally:
         os.close(index_fd)
-    return end, blobs, sum(1 for r in records if r.rtype == REC_BLOB)
+    sealed_tail = tail._replace(index_bytes=tail.index_bytes + RECORD_BYTES, disk_bytes=disk)
+    return sealed_tail, sum(1 for r in records if r.rtype == REC_BLOB)

@@ -203,9 +203,8 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             # After a power loss (or with the state page lost) nothing tells how far puts got
             # before it: continue in a new segment, so a lost blob's offsets are never reused.
             # (A segment without an index never had a record: recovery gave it one just now.)
-            seal_recovered(self.dir_fd, newest)
+            tail = seal_recovered(self.dir_fd, newest)  # its SEAL counted: a last segment stays sealed
             data_numbers.discard(newest)  # just checked, sealed and fsynced
-            tail = tail._replace(sealed=True)
         deferred = False
         if tail.sealed and newest < MAX_SEGMENT_NUMBER:
             try:

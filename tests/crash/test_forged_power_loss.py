@@ -18,7 +18,14 @@ from typing import Iterator, NamedTuple
 import pytest
 from crash_support import cut_file, index_records_of, set_state_word, zero_bytes
 
-from conduit_flat_file_db import DataLocation, FlatFileDb, FlatFileDbError, InvalidLocationError, Slice
+from conduit_flat_file_db import (
+    DataLocation,
+    FlatFileDb,
+    FlatFileDbError,
+    FlatFileDbUnsafeAccessError,
+    InvalidLocationError,
+    Slice,
+)
 from conduit_flat_file_db.index import HEADER_BYTES, REC_FRAME, RECORD_BYTES
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, segment_name
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO
@@ -236,5 +243,31 @@ def test_reopen_in_the_same_boot_continues_the_mutable_segment(tmp_path: Path, c
     try:
         second = db.put(b"y")
         assert second.file_path == first.file_path and second.start_offset == 1
+    finally:
+        db.close()
+
+
+def test_power_loss_at_the_last_segment_number_seals_it_for_good(tmp_path: Path) -> None:
+    """Segment 4294967295 sealed after a power loss cannot be followed: puts are refused, typed,
+    and never land behind its SEAL on the lost blob's offsets."""
+    datadir = tmp_path / "store"
+    datadir.mkdir()
+    last = 2**32 - 1
+    (datadir / segment_name(last, False)).write_bytes(b"")
+    db = open_store(datadir, False)
+    kept = db.put(b"kept")
+    db.sync()
+    lost = db.put(b"lost after the sync")
+    db.close()
+    cut_file(datadir / segment_name(last, False), 4)
+    cut_file(datadir / index_name(last), HEADER_BYTES + RECORD_BYTES)
+    forge_reboot(datadir, "boot")
+    db = open_store(datadir, False)
+    try:
+        with pytest.raises(FlatFileDbUnsafeAccessError, match="last segment number"):
+            db.put(b"would reuse the lost offsets")
+        assert db.get(kept) == b"kept"
+        with pytest.raises(InvalidLocationError):
+            db.get(lost)
     finally:
         db.close()
