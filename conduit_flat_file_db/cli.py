@@ -698,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("the following arguments are required: --datadir")
     except SystemExit as exc:  # --help, --version and usage errors (argparse prints them)
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
+    if sys.stdout is None:  # started with standard output closed (`>&-`): refuse before doing anything
+        if sys.stderr is not None:
+            sys.stderr.write("ffdb: error: standard output is closed; every command writes its results there\n")
+        return EXIT_ERROR
     try:
         return _run(args)
     except BrokenPipeError:

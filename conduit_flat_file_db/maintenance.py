@@ -125,6 +125,7 @@ class Compaction:
     mapping: dict[DataLocation, DataLocation] = field(default_factory=dict)
     old_segments: list[int] = field(default_factory=list)
     dropped: int = 0  # blobs not copied (not live)
+    store_id: tuple[int, int] = (0, 0)  # (device, inode) of the datadir that compact() ran on
 
 
 def estimate_savings(read: Callable[[int, int], bytes], size: int, level: int) -> float:
@@ -348,7 +349,7 @@ class FlatFileDb(Store):
         COPY_BATCH_BYTES.
         """
         self._refuse_write("compact")
-        result = Compaction()
+        result = Compaction(store_id=self._store_id())
         result.old_segments = self._sealed_numbers(segments)
         for number in result.old_segments:
             batch: list[tuple[DataLocation, bytes]] = []
@@ -376,11 +377,21 @@ class FlatFileDb(Store):
             for (old, _data), new in zip(batch, self.put_many([data for _old, data in batch])):
                 result.mapping[old] = new
 
+    def _store_id(self) -> tuple[int, int]:
+        self._reopen_if_closed()
+        status = os.fstat(self._dir_fd)
+        return status.st_dev, status.st_ino
+
     def finish_compaction(self, compaction: Compaction) -> list[int]:
         """Phase two: delete the compacted segments. Returns the numbers deleted."""
         self._refuse_write("finish_compaction")
         if not isinstance(compaction, Compaction):
             raise TypeError(f"expected the Compaction that compact() returned, not {type(compaction).__name__}")
+        if compaction.store_id != self._store_id():
+            # Its segment numbers name another store's segments: deleting ours of the same
+            # numbers would drop blobs that were never copied.
+            raise InvalidLocationError(f"this Compaction was not made by compact() of {self._dir_str}; "
+                                       "finish it on the store that made it")
         deleted = []
         for number in compaction.old_segments:
             path = self.segment_path(number)

@@ -65,6 +65,7 @@ logger = logging.getLogger("conduit_flat_file_db")
 DEFAULT_MAX_DAT_FILE_SIZE = 128 * 2**20
 DEFAULT_FRAME_BYTES = 16 * 2**10  # README "Frame size": ratio vs slice latency, measured
 DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
+MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0  # longer, and the lock's deadline arithmetic overflows: use None
 # Puts and batches smaller than this go into the mutable segment as stored frames:
 # compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
 STORED_BELOW_BYTES = 8 * 2**10
@@ -154,8 +155,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     ) -> None:
         if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path, (str, os.PathLike)):
             raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
-        if lock_timeout is not None and not lock_timeout >= 0:
-            raise ValueError(f"lock_timeout must be >= 0 or None, got {lock_timeout}")
+        if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
+            raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
+        if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
+            raise ValueError(f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
+                             f"ever; got {lock_timeout}")
         if not 1 <= frame_bytes <= MAX_FRAME_DECOMPRESSED_BYTES:
             raise ValueError(f"frame_bytes must be in 1..{MAX_FRAME_DECOMPRESSED_BYTES}, got {frame_bytes}")
         if frame_cache_bytes < 0 or compression_threads < 1:

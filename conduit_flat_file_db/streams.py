@@ -67,6 +67,10 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
         if count is None:
             raise ValueError("the stream has no data ready (non-blocking?); a blob must come from a blocking "
                              "stream, or it would be stored cut short")
+        if type(count) is not int or not 0 <= count <= len(view):  # pylint: disable=unidiomatic-typecheck
+            # Taken as it is, a negative count would store the buffer's stale bytes (view[:-1]),
+            # and a stream that keeps returning one would be copied until the disk is full.
+            raise ValueError(f"readinto() of the stream returned {count!r}, not a byte count in 0..{len(view)}")
         return view[:count]
     data = source.read(len(buffer))
     if data is None:
@@ -74,6 +78,8 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
                          "stream, or it would be stored cut short")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"read() of the stream returned {type(data).__name__}, not bytes")
+    if len(data) > len(view):
+        raise ValueError(f"read({len(view)}) of the stream returned {len(data)} bytes, more than asked for")
     view[: len(data)] = data
     return view[: len(data)]
 

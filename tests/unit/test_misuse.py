@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from conduit_flat_file_db import (
 )
 from conduit_flat_file_db import cli
 from conduit_flat_file_db.cli import ProgressBar, main
-from conduit_flat_file_db.maintenance import CompressMode
+from conduit_flat_file_db.maintenance import Compaction, CompressMode
 from conduit_flat_file_db.naming import temp_owner
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -578,3 +579,97 @@ def test_progress_bar_clear_erases_its_line_and_the_next_update_draws_it_again()
     size = len(terminal.getvalue())
     progress.clear()
     assert len(terminal.getvalue()) == size
+
+
+def test_finish_compaction_of_another_stores_compaction_is_refused_and_deletes_nothing(
+        make_store: StoreFactory) -> None:
+    """A Compaction names segments by number: another store's must not delete ours."""
+    first, second = make_store("first"), make_store("second")
+    first.put(b"old")
+    first.rotate()
+    compaction = first.compact([0], lambda location: False)
+    kept = second.put(b"never copied")
+    second.rotate()
+    with pytest.raises(InvalidLocationError, match="not made by compact"):
+        second.finish_compaction(compaction)
+    with pytest.raises(InvalidLocationError, match="not made by compact"):
+        second.finish_compaction(Compaction(old_segments=[0]))
+    assert second.get(kept) == b"never copied"
+    assert first.finish_compaction(compaction) == [0]
+
+
+class _BrokenReadinto(io.RawIOBase):
+    """A stream whose readinto() returns ``counts`` in turn, then 0."""
+
+    def __init__(self, counts: list[Any]) -> None:
+        self.counts = counts
+        self.calls = 0
+
+    def readable(self) -> bool:
+        """A readable stream."""
+        return True
+
+    def readinto(self, buffer: Any) -> Any:  # pylint: disable=unused-argument  # never fills it
+        """The next count, whatever the buffer."""
+        self.calls += 1
+        return self.counts.pop(0) if self.counts else 0
+
+
+@pytest.mark.parametrize("count", [-1, -4096, 2**40, True, 1.5])
+def test_put_stream_refuses_a_readinto_count_outside_the_buffer(make_store: StoreFactory, count: Any) -> None:
+    """A negative count once stored 4 MiB of stale buffer bytes; for ever, it filled the disk."""
+    db = make_store()
+    stream = _BrokenReadinto([count] * 1000)
+    with pytest.raises(ValueError, match="readinto"):
+        db.put_stream(stream)
+    assert stream.calls == 1
+    assert not list(db.iter_records())
+
+
+def test_put_stream_refuses_a_read_that_returns_more_than_asked(store: FlatFileDb) -> None:
+    """read(n) giving more than n bytes is a broken stream, refused with a ValueError saying so."""
+
+    class TooMuch:
+        """read() ignores its size."""
+
+        def read(self, size: int) -> bytes:
+            """One byte too many."""
+            return b"x" * (size + 1)
+
+    with pytest.raises(ValueError, match="more than asked"):
+        store.put_stream(TooMuch())
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, float("nan"), -1.0])
+def test_lock_timeout_out_of_range_is_refused_at_construction(tmp_path: Path, timeout: float) -> None:
+    """inf passed the old check, then every write raised a bare OverflowError from the lock."""
+    with pytest.raises(ValueError, match="lock_timeout"):
+        FlatFileDb(tmp_path / "store", tmp_path / "store.lock", lock_timeout=timeout)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("timeout", ["5", True, b"1"])
+def test_lock_timeout_of_another_type_is_refused_at_construction(tmp_path: Path, timeout: Any) -> None:
+    """Seconds are a number."""
+    with pytest.raises(TypeError, match="lock_timeout"):
+        FlatFileDb(tmp_path / "store", tmp_path / "store.lock", lock_timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "stats", "put"])
+def test_cli_with_standard_output_closed_exits_2_with_one_line(tmp_path: Path, command: str) -> None:
+    """`ffdb ... >&-`: a one-line error, no traceback, nothing stored."""
+    datadir = tmp_path / "store"
+    FlatFileDb(datadir, str(datadir) + ".lock").close()
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"data")
+    args = [sys.executable, "-m", "conduit_flat_file_db", "--datadir", str(datadir), command]
+    args += [str(source)] if command == "put" else []
+    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.decode().count("\n") == 1 and "standard output is closed" in done.stderr.decode()
+    db = FlatFileDb(datadir, str(datadir) + ".lock", readonly=True)
+    try:
+        assert not list(db.iter_records())
+    finally:
+        db.close()
