@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
 from .fileio import finish_pread, pread_at, pread_full
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
-from .naming import index_name, parse_segment_name
+from .naming import index_name, parse_segment_name, segment_name
 from .segment import OPEN_READ, open_data_file
 from .seekable import (
     STORED_PROBE_BYTES,
@@ -240,6 +240,11 @@ class ReaderCache:
         view = self.mutable_view()
         try:
             mutable = number >= view.segment
+            check = None if mutable else getattr(self.state, "sealed_problem", None)  # read-only opens only
+            if check is not None and (why := check(number)) is not None:
+                raise CorruptionError(f"segment {number} may have been damaged by a power loss ({why}); a read-write "
+                                      "open repairs it (read-only opens serve no segment they cannot vouch for)",
+                                      os.path.join(self.dir_str, segment_name(number, kind != KIND_RAW)), 0)
             name = os.path.join(self.dir_str, "data_%08d" % number)  # pylint: disable=consider-using-f-string
             if kind == KIND_RAW:
                 reader = SegmentReader(number, fd, name + ".dat", 0 if mutable else os.fstat(fd).st_size, mutable)

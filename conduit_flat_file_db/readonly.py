@@ -32,7 +32,7 @@ from typing import Any
 from .errors import FlatFileDbNotFoundError, FormatError
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
-from .segment import OPEN_READ, Walk, open_data_file
+from .segment import OPEN_READ, Walk, open_data_file, seal_problem
 from .state import (
     STATE_BYTES,
     STATE_MAGIC,
@@ -41,6 +41,7 @@ from .state import (
     W_EPOCH,
     W_MAGIC,
     W_SEGMENT,
+    W_SYNCED_BELOW,
     W_VERSION,
     MutableView,
     page_is_current,
@@ -106,6 +107,7 @@ class ReadOnlyState:
         self._walk: Walk | None = None
         self._walked: tuple[int, int] = (-1, -1)  # (segment, kind) the walk belongs to
         self._scan_lock = threading.Lock()  # one walk at a time: threads share the instance
+        self._sealed_checked: dict[int, str | None] = {}  # sealed segment -> why it is not whole (None: it is)
 
     def read_mutable(self) -> MutableView:
         """The committed extent now: the page's when it is current, else the index's (never None)."""
@@ -176,6 +178,27 @@ class ReadOnlyState:
         except FormatError:
             return False
         return bool(header.segment == number and header.kind == kind)
+
+    def sealed_problem(self, number: int) -> str | None:
+        """Why sealed segment ``number`` may not be served as it is, or None.
+
+        After a power loss a segment sealed shortly before it may hold zeros where its data
+        never reached the disk, and only a writer's open repairs that (cuts it back to its
+        last good blob). Until a writer has published the page in this boot, such segments
+        are checked here once, as that open would check them: in full when the page names
+        the segments not yet confirmed durable (word 15 up), by sizes when there is no page
+        of ours. A damaged one is refused as a whole: reading its intact blobs would need
+        the cut that a read-only open may not make.
+        """
+        page = self._page
+        if page is not None and page_is_current(page):
+            return None
+        ours = page is not None and page[W_MAGIC] == STATE_MAGIC and page[W_VERSION] == STATE_VERSION
+        if ours and number < page[W_SYNCED_BELOW]:
+            return None
+        if number not in self._sealed_checked:
+            self._sealed_checked[number] = seal_problem(self.dir_fd, number, full=ours)
+        return self._sealed_checked[number]
 
     def _check_from(self, number: int) -> int | None:
         """Where checksums start to matter: blobs ending past it are checked before they count.

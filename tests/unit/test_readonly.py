@@ -21,6 +21,7 @@ import pytest
 # pylint: disable=redefined-outer-name
 
 from conduit_flat_file_db import (
+    CorruptionError,
     DataLocation,
     FlatFileDb,
     FlatFileDbError,
@@ -30,6 +31,7 @@ from conduit_flat_file_db import (
     Slice,
 )
 from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.state import W_BOOT_LO, W_SYNCED_BELOW
 
 pytestmark = pytest.mark.readonly
 
@@ -489,3 +491,45 @@ def test_read_only_open_works_for_a_user_without_write_permission(use_compressio
         assert snapshot(base) == before
     finally:
         shutil.rmtree(base)
+
+
+def _forge_reboot(datadir: Path, synced_below: int) -> None:
+    """A state page written under another boot, with seals confirmed durable below ``synced_below``."""
+    with open(datadir / "ffdb.state", "r+b") as page:
+        page.seek(8 * W_SYNCED_BELOW)
+        page.write(synced_below.to_bytes(8, "little"))
+        page.seek(8 * W_BOOT_LO)
+        page.write((0x1234).to_bytes(8, "little") + (0x5678).to_bytes(8, "little"))
+
+
+def test_read_only_open_after_a_power_loss_refuses_an_unconfirmed_sealed_segment_it_cannot_vouch_for(
+        tmp_path: Path) -> None:
+    """Zeros where a sealed blob's data never reached the disk: refused (typed), never served, until a
+    writer's open cuts the segment; a segment that checks is served as it is."""
+    datadir, lock = tmp_path / "store", tmp_path / "store.lock"
+    writer = FlatFileDb(datadir, lock)
+    first, second = writer.put(b"A" * 100), writer.put(b"B" * 100)
+    writer.rotate()
+    third = writer.put(b"C" * 50)
+    writer.rotate()
+    writer.close()
+    with open(second.file_path, "r+b") as data:
+        data.seek(second.start_offset)
+        data.write(bytes(100))
+    _forge_reboot(datadir, synced_below=0)
+    reader = FlatFileDb(datadir, lock, readonly=True)
+    try:
+        for location in (first, second):
+            with pytest.raises(CorruptionError, match="power loss"):
+                reader.get(location)
+        assert reader.get(third) == b"C" * 50
+    finally:
+        reader.close()
+    FlatFileDb(datadir, lock).close()  # the writer's open cuts segment 0 after its first blob
+    reader = FlatFileDb(datadir, lock, readonly=True)
+    try:
+        assert reader.get(first) == b"A" * 100
+        with pytest.raises(InvalidLocationError):
+            reader.get(second)
+    finally:
+        reader.close()
