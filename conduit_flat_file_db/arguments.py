@@ -56,6 +56,12 @@ def check_lock_path(datadir: str, lock: str) -> None:
             f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})")
     if os.path.isdir(real_lock):
         raise InvalidLocationError(f"mutable_file_lock_path {lock!r} is a directory; it must name a file")
+    with contextlib.suppress(OSError):
+        if os.stat(real_lock).st_nlink > 1:
+            # A second name of the file may be inside the datadir (ffdb.state, a segment), where
+            # the lock's writes corrupt it; the path checks above cannot see hard links.
+            raise InvalidLocationError(f"mutable_file_lock_path {lock!r} has other hard links; a lock file "
+                                       "must be a file of its own (remove it, and it is created afresh)")
 
 
 def check_stream_item(item: Any, position: int, open_streams: bool) -> None:

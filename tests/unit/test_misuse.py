@@ -673,3 +673,22 @@ def test_cli_with_standard_output_closed_exits_2_with_one_line(tmp_path: Path, c
         assert not list(db.iter_records())
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("target", ["ffdb.state", "data_00000000.dat", "data_00000000.idx"])
+def test_lock_path_hard_linked_to_a_file_of_the_datadir_is_refused(tmp_path: Path, target: str) -> None:
+    """A hard link passes every path check; the lock's flag page would be written into the store's file."""
+    datadir = tmp_path / "store"
+    db = FlatFileDb(datadir, tmp_path / "store.lock")
+    location = db.put(b"kept")
+    db.close()
+    before = (datadir / target).read_bytes()
+    os.link(datadir / target, tmp_path / "linked.lock")
+    with pytest.raises(InvalidLocationError, match="hard links"):
+        FlatFileDb(datadir, tmp_path / "linked.lock")
+    assert (datadir / target).read_bytes() == before
+    db = FlatFileDb(datadir, tmp_path / "store.lock")
+    try:
+        assert db.get(location) == b"kept"
+    finally:
+        db.close()
