@@ -18,6 +18,7 @@ import operator
 import logging
 import os
 import stat
+import sys
 import threading
 import warnings
 import weakref
@@ -284,6 +285,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         # (else short-lived instances that are never closed run out of descriptors).
         if getattr(self, "_closed", True):
             return  # closed, or the constructor failed before anything was opened
+        if sys.is_finalizing():
+            # Interpreter exit: the process's end releases every descriptor, the lock and the map,
+            # and the exit handler already waited for pending seal fsyncs. Closing here would join
+            # threads that finalization has stopped (the sync thread, the lease reaper): a hang.
+            return
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
