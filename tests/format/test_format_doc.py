@@ -1,9 +1,13 @@
-"""FORMAT.md's worked example decodes with the code, and the code writes exactly those bytes."""
+"""FORMAT.md's worked examples decode with the code, and the code writes exactly those bytes."""
 
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
+
+import xxhash
+import zstandard
 
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.index import (
@@ -17,17 +21,37 @@ from conduit_flat_file_db.index import (
     encode_header,
     encode_seal,
 )
+from conduit_flat_file_db.seekable import (
+    PADDING_MAGIC,
+    SEEK_TABLE_MAGIC,
+    SEEKABLE_MAGIC,
+    encode_seek_table,
+    parse_seek_table,
+    stored_frame,
+    stored_payload,
+)
 from conduit_flat_file_db.types import pack_location_parts, unpack_location_parts
 
 FORMAT_MD = Path(__file__).resolve().parents[2] / "FORMAT.md"
 
 
-def _example_index_bytes() -> bytes:
+def _section(title: str) -> str:
+    """The text of the ``### title`` subsection of FORMAT.md, up to the next heading."""
     text = FORMAT_MD.read_text(encoding="utf-8")
-    section = text.split("### Worked example", 1)[1].split("## 5.", 1)[0]
-    block = section.split("```", 2)[1]
-    words = [w for line in block.strip().splitlines() for w in line.split()[1:]]
-    return bytes.fromhex("".join(words))
+    body = text.split(f"\n### {title}\n", 1)[1]
+    return re.split(r"\n##+ ", body, maxsplit=1)[0]
+
+
+def _hex_blocks(title: str) -> list[list[tuple[str, bytes]]]:
+    """Each code block of a worked example as (label, bytes) lines: a label, then hex groups."""
+    blocks = _section(title).split("```")[1::2]
+    return [[(line.split()[0], bytes.fromhex("".join(line.split()[1:]))) for line in block.strip().splitlines()]
+            for block in blocks]
+
+
+def _example_index_bytes() -> bytes:
+    (block,) = _hex_blocks("Worked example: a raw segment")
+    return b"".join(data for _label, data in block)
 
 
 def test_worked_example_decodes() -> None:
@@ -68,8 +92,92 @@ def test_store_writes_the_worked_example(tmp_path: Path) -> None:
     assert idx[HEADER_BYTES:] == expected[HEADER_BYTES:]
 
 
+# -- section 5: the compressed segment's worked example -----------------------------------
+
+PADDING_PAYLOAD = 65536 - 37  # the segment's first 64 KiB of padding, less the two frames
+
+
+def _compressed_example() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(mutable layout lines, sealed file lines) of FORMAT.md's compressed worked example."""
+    mutable, sealed = _hex_blocks("Worked example: a compressed segment")
+    assert [label for label, _ in mutable] == ["frame", "frame", "padding", "table"]
+    assert [label for label, _ in sealed] == ["frame", "frame", "table"]
+    return mutable, sealed
+
+
+def _u32(data: bytes, offset: int) -> int:
+    return int(struct.unpack_from("<I", data, offset)[0])
+
+
+def test_compressed_example_decodes_by_the_documented_layout() -> None:
+    """The sealed file of the example decodes field by field as section 5 describes it."""
+    _mutable, sealed = _compressed_example()
+    frame0, frame1, table = (data for _label, data in sealed)
+    file = frame0 + frame1 + table
+    assert len(file) == 70
+    for frame, content in ((frame0, b"hello"), (frame1, b"world!")):
+        assert _u32(frame, 0) == 0xFD2FB528
+        assert frame[4] == 0x24 and frame[5] == len(content)  # single segment, checksum, 1-byte size
+        assert int.from_bytes(frame[6:9], "little") == len(content) << 3 | 1  # last block, raw
+        assert frame[9 : 9 + len(content)] == content
+        assert _u32(frame, 9 + len(content)) == xxhash.xxh64_intdigest(content) & 0xFFFFFFFF
+        assert stored_payload(frame, len(frame), len(content)) == 9
+        assert zstandard.ZstdDecompressor().decompress(frame) == content
+    # Footer from the end, then the table: the steps of "Seek table".
+    count, descriptor, magic = struct.unpack("<IBI", file[-9:])
+    assert (count, descriptor, magic) == (2, 0, SEEKABLE_MAGIC)
+    table_at = len(file) - (8 + count * 8 + 9)
+    assert (_u32(file, table_at), _u32(file, table_at + 4)) == (SEEK_TABLE_MAGIC, count * 8 + 9)
+    assert struct.unpack_from("<4I", file, table_at + 8) == (18, 5, 19, 6)
+    assert table_at == 18 + 19
+    assert file[27:28] == b"w"  # uncompressed byte 5, read in place
+    parsed = parse_seek_table(lambda offset, size: file[offset : offset + size], len(file))
+    assert parsed.sizes() == [(18, 5), (19, 6)]
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(file) == b"hello"  # first frame only
+    reader = zstandard.ZstdDecompressor().stream_reader(file, read_across_frames=True)
+    assert reader.read() == b"helloworld!"
+
+
+def test_compressed_example_mutable_layout_decodes() -> None:
+    """The padding frame's header and the table that lists it, as printed."""
+    mutable, sealed = _compressed_example()
+    assert mutable[:2] == sealed[:2]
+    padding, table = mutable[2][1], mutable[3][1]
+    assert struct.unpack("<II", padding) == (PADDING_MAGIC, PADDING_PAYLOAD)
+    size = 37 + 8 + PADDING_PAYLOAD + len(table)
+    assert size == 65585
+    table_at = size - len(table)  # only the table's bytes are printed: read_at serves those
+    parsed = parse_seek_table(lambda offset, length: table[offset - table_at : offset - table_at + length], size)
+    assert parsed.sizes() == [(18, 5), (19, 6), (8 + PADDING_PAYLOAD, 0)]
+
+
+def test_code_writes_the_compressed_example() -> None:
+    """The frame and table encoders produce exactly the documented bytes."""
+    mutable, sealed = _compressed_example()
+    assert [data for _label, data in sealed] == [
+        stored_frame(b"hello"), stored_frame(b"world!"), encode_seek_table([(18, 5), (19, 6)])]
+    assert mutable[3][1] == encode_seek_table([(18, 5), (19, 6), (8 + PADDING_PAYLOAD, 0)])
+
+
+def test_store_writes_the_compressed_example(tmp_path: Path) -> None:
+    """A real compressed store writes the documented mutable layout, then the documented sealed file."""
+    mutable, sealed = _compressed_example()
+    db = FlatFileDb(tmp_path / "s", tmp_path / "s.lock", use_compression=True, reframe_on_seal=False)
+    db.put(b"hello")
+    db.put(b"world!")
+    path = tmp_path / "s" / "data_00000000.dat.zst"
+    raw = path.read_bytes()
+    assert len(raw) == 65585
+    assert raw[:37] == mutable[0][1] + mutable[1][1]
+    assert raw[37:45] == mutable[2][1]
+    assert raw[-len(mutable[3][1]) :] == mutable[3][1]
+    db.rotate()
+    db.close()
+    assert path.read_bytes() == b"".join(data for _label, data in sealed)
+
+
 def test_packed_location_example() -> None:
-    """The packed-location example of FORMAT.md section 7."""
+    """The packed-location example of FORMAT.md "Packed location"."""
     text = FORMAT_MD.read_text(encoding="utf-8")
     match = re.search(r"Example: segment 7, bytes 5\.\.11 is `([0-9a-f ]+)`", text)
     assert match is not None
