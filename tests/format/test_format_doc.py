@@ -176,6 +176,51 @@ def test_store_writes_the_compressed_example(tmp_path: Path) -> None:
     assert path.read_bytes() == b"".join(data for _label, data in sealed)
 
 
+# -- references to FORMAT.md from the code ---------------------------------------------------
+
+REPO = FORMAT_MD.parent
+# A reference: the name of this document, maybe a comma, then a quoted title, "Title" or
+# "Title: Subtitle" (also inside f-strings, where the quotes are escaped).
+REFERENCE = re.compile(r'FORMAT\.md,?\s+\\?"([^"\\]+)\\?"')
+
+
+def _format_titles() -> list[tuple[str, list[str]]]:
+    """Each ``## N. Title`` of FORMAT.md with its ``###`` subtitles and bold labels (**Name**)."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in FORMAT_MD.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            sections.append((re.sub(r"^## [0-9]+\. ", "", line).lower(), []))
+        elif line.startswith("### ") and sections:
+            sections[-1][1].append(line[4:].lower())
+        elif sections:
+            sections[-1][1].extend(label.lower() for label in re.findall(r"\*\*([^*]+)\*\*", line))
+    return sections
+
+
+def _resolves(reference: str, sections: list[tuple[str, list[str]]]) -> bool:
+    """True when "Title" names a section, subsection or label, or "Title: Sub" a subsection of it."""
+    head, _, sub = (" ".join(reference.split())).lower().partition(": ")
+    for title, children in sections:
+        if sub:
+            if title.startswith(head) and any(child.startswith(sub) for child in children):
+                return True
+        elif title.startswith(head) or any(child.startswith(head) for child in children):
+            return True
+    return False
+
+
+def test_code_references_to_format_md_name_existing_sections() -> None:
+    """Every quoted FORMAT.md title in the package, tests and benchmarks names a heading that exists."""
+    sections = _format_titles()
+    stale = []
+    for folder in ("conduit_flat_file_db", "tests", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for match in REFERENCE.finditer(path.read_text(encoding="utf-8")):
+                if not _resolves(match.group(1), sections):
+                    stale.append(f"{path.relative_to(REPO)}: {match.group(0)}")
+    assert not stale, "references to FORMAT.md sections that do not exist:\n" + "\n".join(stale)
+
+
 def test_packed_location_example() -> None:
     """The packed-location example of FORMAT.md "Packed location"."""
     text = FORMAT_MD.read_text(encoding="utf-8")
