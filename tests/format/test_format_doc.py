@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import xxhash
@@ -174,6 +176,36 @@ def test_store_writes_the_compressed_example(tmp_path: Path) -> None:
     db.rotate()
     db.close()
     assert path.read_bytes() == b"".join(data for _label, data in sealed)
+
+
+def _reading_blocks() -> list[str]:
+    """The shell code blocks of FORMAT.md "Reading a blob without this library"."""
+    text = FORMAT_MD.read_text(encoding="utf-8")
+    body = re.split(r"\n## [0-9]+\. Reading a blob without this library\n", text)[1].split("\n## ", 1)[0]
+    return body.split("```")[1::2]
+
+
+def _run_shell(script: str, cwd: Path) -> bytes:
+    zstd = shutil.which("zstd")
+    assert zstd is not None, "the zstd command-line tool is missing (scripts/test.sh installs it)"
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_reading_a_blob_without_this_library_works_as_printed(tmp_path: Path) -> None:
+    """The shell lines of FORMAT.md read the worked examples' blob ``world!`` (bytes 5..11) back."""
+    raw_block, _whole_file_block, frame_block = _reading_blocks()
+    for datadir, compression in ((tmp_path / "raw", False), (tmp_path / "zst", True)):
+        db = FlatFileDb(datadir, tmp_path / f"{datadir.name}.lock", use_compression=compression,
+                        reframe_on_seal=False)
+        db.put(b"hello")
+        db.put(b"world!")
+        db.rotate()
+        db.close()
+    assert _run_shell(raw_block, tmp_path / "raw") == b"world!" * 2
+    out = _run_shell(frame_block, tmp_path / "zst")
+    assert out.split() == [b"18", b"5", b"19", b"6", b"world!"]
 
 
 # -- references to FORMAT.md from the code ---------------------------------------------------
