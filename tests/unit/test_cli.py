@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,7 @@ import pytest
 
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db import cli
-from conduit_flat_file_db.cli import READ_CHUNK_BYTES, SMALL_BLOB_BYTES, ProgressBar, build_parser, \
-    default_lock_path, main, progress_stream
+from conduit_flat_file_db.cli import READ_CHUNK_BYTES, SMALL_BLOB_BYTES, build_parser, default_lock_path, main
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
 TEXT = b"hello, flat file\n"
@@ -366,43 +366,39 @@ def test_no_progress_global_or_after_the_command() -> None:
 def test_progress_stream_only_for_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bar is drawn on stderr only when it is a terminal and not turned off."""
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert progress_stream(False) is None
+    assert cli._progress_stream(False) is None  # pylint: disable=protected-access
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert progress_stream(False) is terminal
-    assert progress_stream(True) is None
+    assert cli._progress_stream(False) is terminal  # pylint: disable=protected-access
+    assert cli._progress_stream(True) is None  # pylint: disable=protected-access
 
 
-def test_progress_bar_lines() -> None:
-    """Known total: drawn only above the threshold, in place, ended by close(); unknown
-    total: drawn once the threshold is passed; no stream: nothing."""
+def test_progress_bar_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known total: drawn (tqdm) only above the threshold, in place, ended by close(); unknown
+    total: not drawn for work shorter than the delay; not a terminal or --no-progress: nothing."""
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 2**20)
+    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_SECONDS", 0)
     terminal = FakeTerminal()
-    known = ProgressBar("put", 3 * 2**20, terminal, min_bytes=2**20, interval=0)
-    known.advance(2**20)
-    known.advance(2 * 2**20)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    known = cli._bar("put", 3 * 2**20, False)  # pylint: disable=protected-access
+    known.update(2**20)
+    known.update(2 * 2**20)
     known.close()
     text = terminal.getvalue()
-    assert text.startswith("\rput [") and text.endswith("\n") and text.count("\n") == 1
-    assert "100%  3.0 MiB / 3.0 MiB" in text and "/s" in text and " 33%  1.0 MiB / 3.0 MiB" in text
+    assert text.startswith("\rput: ") and text.endswith("\n") and text.count("\n") == 1
+    assert re.search(r"put:  33%\|#+\d? +\| 1.00M/3.00M ", text) and re.search(r"100%\|#+\| 3.00M/3.00M ", text)
+    assert "B/s]" in text
 
-    quiet = FakeTerminal()
-    small = ProgressBar("get", 2**20, quiet, min_bytes=2**20, interval=0)
-    small.advance(2**20)
-    small.close()
-    assert quiet.getvalue() == ""
+    for total, no_progress in ((2**20, False), (None, False), (2**30, True)):
+        quiet = FakeTerminal()
+        monkeypatch.setattr(sys, "stderr", quiet)
+        small = cli._bar("get", total, no_progress)  # pylint: disable=protected-access
+        small.update(2**20)
+        small.close()
+        assert quiet.getvalue() == "", (total, no_progress)
 
-    piped = FakeTerminal()
-    unknown = ProgressBar("put", None, piped, min_bytes=10, interval=0)
-    unknown.advance(10)
-    assert piped.getvalue() == ""
-    unknown.advance(1)
-    unknown.close()
-    assert piped.getvalue().startswith("\rput 11 B  ") and piped.getvalue().endswith("\n")
-
-    off = ProgressBar("put", 2**30, None, min_bytes=0, interval=0)
-    off.advance(2**30)
-    off.close()
-    assert not off.shown
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert isinstance(cli._bar("put", 2**30, False), cli._NoBar)  # pylint: disable=protected-access
 
 
 def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -411,7 +407,7 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
     data = _pattern(3 * SMALL_BLOB_BYTES, 2)
     (tmp_path / "blob").write_bytes(data)
     monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
-    for args, label in ((["put"], "put ["), (["get"], "get ["), (["verify"], "verify 0/")):
+    for args, label in ((["put"], "put: "), (["get"], "get: "), (["verify"], "verify 0/")):
         terminal = FakeTerminal()
         monkeypatch.setattr(sys, "stderr", terminal)
         if args == ["put"]:
@@ -426,7 +422,7 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
         assert code == 0
         assert terminal.getvalue().startswith("\r" + label) and "100%" in terminal.getvalue()
         assert terminal.getvalue().endswith("\n")
-    assert " segments [" in terminal.getvalue()
+    assert " segments: 100%" in terminal.getvalue()
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert run("--no-progress", "get", packed)[:2] == (0, data)
