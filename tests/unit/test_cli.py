@@ -19,8 +19,9 @@ import pytest
 # pylint: disable=redefined-outer-name
 
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db import cli
-from conduit_flat_file_db.cli import READ_CHUNK_BYTES, SMALL_BLOB_BYTES, build_parser, default_lock_path, main
+from conduit_flat_file_db.cli import main, progress, put
+from conduit_flat_file_db.cli.base import READ_CHUNK_BYTES, SMALL_BLOB_BYTES
+from conduit_flat_file_db.cli.parser import build_parser, default_lock_path
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
 TEXT = b"hello, flat file\n"
@@ -366,21 +367,21 @@ def test_no_progress_global_or_after_the_command() -> None:
 def test_progress_stream_only_for_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bar is drawn on stderr only when it is a terminal and not turned off."""
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert cli._progress_stream(False) is None  # pylint: disable=protected-access
+    assert progress.progress_stream(False) is None
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert cli._progress_stream(False) is terminal  # pylint: disable=protected-access
-    assert cli._progress_stream(True) is None  # pylint: disable=protected-access
+    assert progress.progress_stream(False) is terminal
+    assert progress.progress_stream(True) is None
 
 
 def test_progress_bar_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     """Known total: drawn (tqdm) only above the threshold, in place, ended by close(); unknown
     total: not drawn for work shorter than the delay; not a terminal or --no-progress: nothing."""
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 2**20)
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_SECONDS", 0)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 2**20)
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL_SECONDS", 0)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    known = cli._bar("put", 3 * 2**20, False)  # pylint: disable=protected-access
+    known = progress.make_bar("put", 3 * 2**20, False)
     known.update(2**20)
     known.update(2 * 2**20)
     known.close()
@@ -392,13 +393,13 @@ def test_progress_bar_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     for total, no_progress in ((2**20, False), (None, False), (2**30, True)):
         quiet = FakeTerminal()
         monkeypatch.setattr(sys, "stderr", quiet)
-        small = cli._bar("get", total, no_progress)  # pylint: disable=protected-access
+        small = progress.make_bar("get", total, no_progress)
         small.update(2**20)
         small.close()
         assert quiet.getvalue() == "", (total, no_progress)
 
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    assert isinstance(cli._bar("put", 2**30, False), cli._NoBar)  # pylint: disable=protected-access
+    assert isinstance(progress.make_bar("put", 2**30, False), progress.NoBar)
 
 
 def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -406,7 +407,7 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
     (and --no-progress none); stdout carries only the data."""
     data = _pattern(3 * SMALL_BLOB_BYTES, 2)
     (tmp_path / "blob").write_bytes(data)
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
     for args, label in ((["put"], "put: "), (["get"], "get: "), (["verify"], "verify 0/")):
         terminal = FakeTerminal()
         monkeypatch.setattr(sys, "stderr", terminal)
@@ -437,14 +438,14 @@ def test_put_failure_still_stores_and_prints_what_came_before(run: Run, tmp_path
     paths = [tmp_path / name for name in ("small1", "big", "small2", "bad", "small3")]
     for seed, path in enumerate(paths):
         path.write_bytes(_pattern(2 * SMALL_BLOB_BYTES if path.name == "big" else 100 + seed, seed))
-    real_open = cli._open_source  # pylint: disable=protected-access
+    real_open = put.open_source
 
     def failing_open(name: str) -> Any:
         if name.endswith("bad"):
             raise PermissionError(13, "Permission denied", name)
         return real_open(name)
 
-    monkeypatch.setattr(cli, "_open_source", failing_open)
+    monkeypatch.setattr(put, "open_source", failing_open)
     code, out, err = run("put", *map(str, paths))
     assert code == 2 and err == f"ffdb: error: {paths[3]}: Permission denied\n"
     lines = [line.split("\t") for line in out.decode().splitlines()]

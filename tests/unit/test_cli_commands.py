@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db.cli import SMALL_BLOB_BYTES, main
+from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.cli.base import SMALL_BLOB_BYTES
+from conduit_flat_file_db.cli.parser import build_parser
 
 # pytest fixtures are parameters named like the fixture functions.
 # pylint: disable=redefined-outer-name
@@ -272,7 +274,6 @@ def test_datadir_before_or_after_the_command(capsysbinary: pytest.CaptureFixture
                                              command: list[str]) -> None:
     """Every command takes --datadir (and --lock) before or after its name and its arguments;
     without it, exit 2 naming the option."""
-    from conduit_flat_file_db.cli import build_parser  # pylint: disable=import-outside-toplevel
     parser = build_parser()
     for argv in (["--datadir", "D", *command], [command[0], "--datadir", "D", *command[1:]],
                  [*command, "--datadir", "D"]):
@@ -327,9 +328,9 @@ PROGRESS_PROBE = """\
 import sys
 if sys.argv[1] == "hide":
     sys.modules["tqdm"] = None  # as if the extra "progress" were not installed: import tqdm fails
-from conduit_flat_file_db import cli
-cli.PROGRESS_MIN_BYTES = 0
-sys.exit(cli.main(sys.argv[2:]))
+from conduit_flat_file_db.cli import main, progress
+progress.PROGRESS_MIN_BYTES = 0
+sys.exit(main(sys.argv[2:]))
 """
 
 

@@ -23,8 +23,7 @@ from conduit_flat_file_db import (
     FlatFileDbUnsafeAccessError,
     InvalidLocationError,
 )
-from conduit_flat_file_db import cli
-from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.cli import main, progress as cli_progress
 from conduit_flat_file_db.maintenance import Compaction, CompressMode
 from conduit_flat_file_db.naming import temp_owner
 
@@ -547,8 +546,8 @@ def screen(text: str) -> list[str]:
 def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      compress: bool) -> None:
     """Each location line starts its own clean line, and the finished bar is shown once."""
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 2**20)
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_MIN_BYTES", 2**20)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL_SECONDS", 0.0)
     names = []
     for index, size in enumerate([3 * 2**20 + 7, 1000, 2 * 2**20]):
         path = tmp_path / f"input{index}"
@@ -567,11 +566,11 @@ def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(tmp_path: Pat
 def test_progress_bar_clear_erases_its_line_and_refresh_draws_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """clear() blanks what the bar drew and returns to the line's start; refresh() (after a line
     of output) draws it again, within the redraw interval too."""
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_SECONDS", 3600.0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL_SECONDS", 3600.0)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    progress = cli._bar("put", 100, False)  # pylint: disable=protected-access
+    progress = cli_progress.make_bar("put", 100, False)
     assert screen(terminal.getvalue())[-1].startswith("put:   0%|")  # drawn when made
     progress.update(10)
     progress.clear()
