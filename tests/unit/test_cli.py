@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +19,9 @@ import pytest
 # pylint: disable=redefined-outer-name
 
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db import cli
-from conduit_flat_file_db.cli import READ_CHUNK_BYTES, SMALL_BLOB_BYTES, ProgressBar, build_parser, \
-    default_lock_path, main, progress_stream
+from conduit_flat_file_db.cli import main, progress, put
+from conduit_flat_file_db.cli.base import READ_CHUNK_BYTES, SMALL_BLOB_BYTES
+from conduit_flat_file_db.cli.parser import build_parser, default_lock_path
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
 TEXT = b"hello, flat file\n"
@@ -366,43 +367,39 @@ def test_no_progress_global_or_after_the_command() -> None:
 def test_progress_stream_only_for_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bar is drawn on stderr only when it is a terminal and not turned off."""
     monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert progress_stream(False) is None
+    assert progress.progress_stream(False) is None
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert progress_stream(False) is terminal
-    assert progress_stream(True) is None
+    assert progress.progress_stream(False) is terminal
+    assert progress.progress_stream(True) is None
 
 
-def test_progress_bar_lines() -> None:
-    """Known total: drawn only above the threshold, in place, ended by close(); unknown
-    total: drawn once the threshold is passed; no stream: nothing."""
+def test_progress_bar_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known total: drawn (tqdm) only above the threshold, in place, ended by close(); unknown
+    total: not drawn for work shorter than the delay; not a terminal or --no-progress: nothing."""
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 2**20)
+    monkeypatch.setattr(progress, "PROGRESS_INTERVAL_SECONDS", 0)
     terminal = FakeTerminal()
-    known = ProgressBar("put", 3 * 2**20, terminal, min_bytes=2**20, interval=0)
-    known.advance(2**20)
-    known.advance(2 * 2**20)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    known = progress.make_bar("put", 3 * 2**20, False)
+    known.update(2**20)
+    known.update(2 * 2**20)
     known.close()
     text = terminal.getvalue()
-    assert text.startswith("\rput [") and text.endswith("\n") and text.count("\n") == 1
-    assert "100%  3.0 MiB / 3.0 MiB" in text and "/s" in text and " 33%  1.0 MiB / 3.0 MiB" in text
+    assert text.startswith("\rput: ") and text.endswith("\n") and text.count("\n") == 1
+    assert re.search(r"put:  33%\|#+\d? +\| 1.00M/3.00M ", text) and re.search(r"100%\|#+\| 3.00M/3.00M ", text)
+    assert "B/s]" in text
 
-    quiet = FakeTerminal()
-    small = ProgressBar("get", 2**20, quiet, min_bytes=2**20, interval=0)
-    small.advance(2**20)
-    small.close()
-    assert quiet.getvalue() == ""
+    for total, no_progress in ((2**20, False), (None, False), (2**30, True)):
+        quiet = FakeTerminal()
+        monkeypatch.setattr(sys, "stderr", quiet)
+        small = progress.make_bar("get", total, no_progress)
+        small.update(2**20)
+        small.close()
+        assert quiet.getvalue() == "", (total, no_progress)
 
-    piped = FakeTerminal()
-    unknown = ProgressBar("put", None, piped, min_bytes=10, interval=0)
-    unknown.advance(10)
-    assert piped.getvalue() == ""
-    unknown.advance(1)
-    unknown.close()
-    assert piped.getvalue().startswith("\rput 11 B  ") and piped.getvalue().endswith("\n")
-
-    off = ProgressBar("put", 2**30, None, min_bytes=0, interval=0)
-    off.advance(2**30)
-    off.close()
-    assert not off.shown
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert isinstance(progress.make_bar("put", 2**30, False), progress.NoBar)
 
 
 def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -410,8 +407,8 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
     (and --no-progress none); stdout carries only the data."""
     data = _pattern(3 * SMALL_BLOB_BYTES, 2)
     (tmp_path / "blob").write_bytes(data)
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
-    for args, label in ((["put"], "put ["), (["get"], "get ["), (["verify"], "verify 0/")):
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
+    for args, label in ((["put"], "put: "), (["get"], "get: "), (["verify"], "verify 0/")):
         terminal = FakeTerminal()
         monkeypatch.setattr(sys, "stderr", terminal)
         if args == ["put"]:
@@ -426,7 +423,7 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
         assert code == 0
         assert terminal.getvalue().startswith("\r" + label) and "100%" in terminal.getvalue()
         assert terminal.getvalue().endswith("\n")
-    assert " segments [" in terminal.getvalue()
+    assert " segments: 100%" in terminal.getvalue()
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     assert run("--no-progress", "get", packed)[:2] == (0, data)
@@ -441,14 +438,14 @@ def test_put_failure_still_stores_and_prints_what_came_before(run: Run, tmp_path
     paths = [tmp_path / name for name in ("small1", "big", "small2", "bad", "small3")]
     for seed, path in enumerate(paths):
         path.write_bytes(_pattern(2 * SMALL_BLOB_BYTES if path.name == "big" else 100 + seed, seed))
-    real_open = cli._open_source  # pylint: disable=protected-access
+    real_open = put.open_source
 
     def failing_open(name: str) -> Any:
         if name.endswith("bad"):
             raise PermissionError(13, "Permission denied", name)
         return real_open(name)
 
-    monkeypatch.setattr(cli, "_open_source", failing_open)
+    monkeypatch.setattr(put, "open_source", failing_open)
     code, out, err = run("put", *map(str, paths))
     assert code == 2 and err == f"ffdb: error: {paths[3]}: Permission denied\n"
     lines = [line.split("\t") for line in out.decode().splitlines()]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,7 @@ from conduit_flat_file_db import (
     FlatFileDbUnsafeAccessError,
     InvalidLocationError,
 )
-from conduit_flat_file_db import cli
-from conduit_flat_file_db.cli import ProgressBar, main
+from conduit_flat_file_db.cli import main, progress as cli_progress
 from conduit_flat_file_db.maintenance import Compaction, CompressMode
 from conduit_flat_file_db.naming import temp_owner
 
@@ -546,8 +546,8 @@ def screen(text: str) -> list[str]:
 def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      compress: bool) -> None:
     """Each location line starts its own clean line, and the finished bar is shown once."""
-    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 2**20)
-    monkeypatch.setattr(cli, "PROGRESS_INTERVAL_SECONDS", 0.0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_MIN_BYTES", 2**20)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL_SECONDS", 0.0)
     names = []
     for index, size in enumerate([3 * 2**20 + 7, 1000, 2 * 2**20]):
         path = tmp_path / f"input{index}"
@@ -560,25 +560,26 @@ def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(tmp_path: Pat
     assert main(args) == 0
     shown = screen(terminal.getvalue())
     assert [line.split("\t")[0] for line in shown[:-1]] == names, shown
-    assert shown[-1].startswith("put [########################] 100%")
+    assert re.match(r"put: 100%\|#+\| ", shown[-1]), shown
 
 
-def test_progress_bar_clear_erases_its_line_and_the_next_update_draws_it_again() -> None:
-    """clear() blanks what the bar drew and returns to the line's start; the bar comes back on update."""
+def test_progress_bar_clear_erases_its_line_and_refresh_draws_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """clear() blanks what the bar drew and returns to the line's start; refresh() (after a line
+    of output) draws it again, within the redraw interval too."""
+    monkeypatch.setattr(cli_progress, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL_SECONDS", 3600.0)
     terminal = FakeTerminal()
-    progress = ProgressBar("put", 100, terminal, min_bytes=0, interval=3600.0)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = cli_progress.make_bar("put", 100, False)
+    assert screen(terminal.getvalue())[-1].startswith("put:   0%|")  # drawn when made
     progress.update(10)
-    drawn = terminal.getvalue()
     progress.clear()
     assert screen(terminal.getvalue()) == []
-    assert terminal.getvalue().endswith("\r" + " " * (len(drawn) - 1) + "\r")
-    progress.update(20)  # within the interval, but the line was cleared: drawn again
-    assert screen(terminal.getvalue())[-1].startswith("put [####")
-    progress.clear()
-    progress.clear()  # nothing drawn: nothing written
-    size = len(terminal.getvalue())
-    progress.clear()
-    assert len(terminal.getvalue()) == size
+    assert terminal.getvalue().endswith("\r")
+    progress.update(10)  # within the interval: not drawn by itself ...
+    assert screen(terminal.getvalue()) == [] and terminal.getvalue().endswith("\r")
+    progress.refresh()  # ... but by refresh()
+    assert screen(terminal.getvalue())[-1].startswith("put:  20%|##")
 
 
 def test_finish_compaction_of_another_stores_compaction_is_refused_and_deletes_nothing(

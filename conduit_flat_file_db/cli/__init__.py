@@ -1,0 +1,110 @@
+"""``ffdb``: a small command line over one store (``main`` is its one public name).
+
+A thin layer: every command is one or two calls of :class:`FlatFileDb` (``put_streams``,
+``get_many``, ``open_blob``, ``iter_locations``, ``stats``, ``verify``, ``rotate``,
+``delete_file``, ``enforce_retention``, ``recompress``) plus argument parsing and
+printing; nothing below imports it. This module opens the store and maps errors to exit
+codes; ``parser`` says what the command line accepts (and its exit codes, shown by
+``ffdb --help``), ``put`` and ``commands`` run the commands, ``progress`` draws the bar,
+``base`` holds what they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from typing import Callable
+
+from .. import FlatFileDb
+from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
+from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
+from .commands import cmd_delete, cmd_get, cmd_info, cmd_ls, cmd_recompress, cmd_retention, cmd_rotate, \
+    cmd_stats, cmd_verify
+from .parser import build_parser, default_lock_path
+from .put import check_sources, cmd_put
+
+_READ_COMMANDS = ("get", "info", "verify", "stats", "ls")
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line message for an expected error; paths as text (some libraries name files in bytes)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        names = [os.fsdecode(name) if isinstance(name, bytes) else str(name)
+                 for name in (exc.filename, exc.filename2) if name is not None]
+        return f"{' -> '.join(names)}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+
+_COMMANDS: dict[str, Callable[[FlatFileDb, argparse.Namespace], int]] = {
+    "put": cmd_put, "get": cmd_get, "ls": cmd_ls, "info": cmd_info, "verify": cmd_verify, "stats": cmd_stats,
+    "rotate": cmd_rotate, "delete": cmd_delete, "retention": cmd_retention, "recompress": cmd_recompress}
+
+
+def _run(args: argparse.Namespace) -> int:
+    datadir: str = args.datadir
+    lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
+    if args.command in _READ_COMMANDS:
+        # Read commands open read-only: they never create or write anything (not the datadir,
+        # nor the lock file), so they work on read-only media and without write permission.
+        with FlatFileDb(datadir, lock, readonly=True, frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
+            return _COMMANDS[args.command](db, args)
+    if args.command == "put":
+        check_sources(args.files)  # before the store is opened (and its datadir created)
+    elif not os.path.isdir(datadir):  # maintenance of a store that is not there: never create one
+        raise FileNotFoundError(errno.ENOENT, "the store's directory does not exist", datadir)
+    with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=args.command == "put" and args.compress,
+                    lock_timeout=args.lock_timeout, frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
+        return _COMMANDS[args.command](db, args)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code of --help, --version or a usage error (argparse printed it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.datadir is None:  # not required=True: it may come after the subcommand
+            parser.error("the following arguments are required: --datadir")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ffdb`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
+    try:
+        if sys.stdout is None:  # started with standard output closed (`>&-`): refuse before doing anything
+            raise CliError("standard output is closed; every command writes its results there")
+        return _run(args)
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.stderr.write("ffdb: error: output closed before everything was written\n")
+        return EXIT_ERROR
+    except FlatFileDbUnsafeAccessError as exc:
+        sys.stderr.write(f"ffdb: refused: {_describe(exc)}\n")
+        return EXIT_REFUSED
+    except (CliError, FlatFileDbError, OSError, ValueError, TypeError) as exc:
+        if sys.stderr is not None:
+            sys.stderr.write(f"ffdb: error: {_describe(exc)}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("ffdb: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # io.UnsupportedOperation is both; in-process captures have no fd
+        pass
+
+
+__all__ = ["main"]
