@@ -87,17 +87,25 @@ class Wine:
         """Run ``wine cmd /c <command>``; its exit code and what docker.exe was called with."""
         self.log.unlink(missing_ok=True)
         with open(self.log.with_suffix(".out"), "wb") as output:  # a file, not a pipe (see the fixture)
-            done = subprocess.run(["wine", "cmd", "/c", *command], cwd=cwd or self.repo, stdout=output, stderr=output,
-                                  env={**self.env, "FAKE_DOCKER_EXIT": str(docker_exit)}, timeout=120, check=False)
-        calls = [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
-        return done.returncode, calls
+            done = subprocess.run(
+                ["wine", "cmd", "/c", *command],
+                cwd=cwd or self.repo,
+                stdout=output,
+                stderr=output,
+                env={**self.env, "FAKE_DOCKER_EXIT": str(docker_exit)},
+                timeout=120,
+                check=False,
+            )
+        if not self.log.exists():
+            return done.returncode, []
+        return done.returncode, [json.loads(line) for line in self.log.read_text(encoding="ascii").splitlines()]
 
 
 def _tool(name: str, package: str) -> str:
     found = shutil.which(name)
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: CI must run the Windows scripts under Wine (apt-get install {package})")
+            pytest.fail(f"{name} is not installed: CI runs the Windows scripts under Wine (apt-get install {package})")
         pytest.skip(f"{name} is not installed (apt-get install {package}; scripts/test.sh does it as root)")
     return found
 
@@ -110,19 +118,24 @@ def fixture_wine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wine]:
     base = tmp_path_factory.mktemp("wine")
     (base / "bin").mkdir()
     (base / "fake_docker.c").write_text(FAKE_DOCKER_C)
-    subprocess.run([gcc, "-O2", "-Wall", "-o", str(base / "bin" / "docker.exe"), str(base / "fake_docker.c"),
-                    "-lshell32"], check=True, timeout=120)
+    subprocess.run(
+        [gcc, "-O2", "-Wall", "-o", str(base / "bin" / "docker.exe"), str(base / "fake_docker.c"), "-lshell32"],
+        check=True,
+        timeout=120,
+    )
     repo = base / "ffdb repo (copy)"
     shutil.copytree(SCRIPTS, repo / "scripts", ignore=shutil.ignore_patterns("*.sh"))
     log = base / "docker-calls.jsonl"
     env = {key: value for key, value in os.environ.items() if key not in ("PYTEST_ADDOPTS", "DISPLAY")}
-    env.update({
-        "WINEPREFIX": str(base / "prefix"),
-        "WINEDEBUG": "-all",
-        "WINEDLLOVERRIDES": "mscoree,mshtml=",  # no Mono or Gecko installer when the prefix is made
-        "WINEPATH": windows_path(base / "bin"),  # goes before the rest of PATH
-        "FAKE_DOCKER_LOG": windows_path(log),
-    })
+    env.update(
+        {
+            "WINEPREFIX": str(base / "prefix"),
+            "WINEDEBUG": "-all",
+            "WINEDLLOVERRIDES": "mscoree,mshtml=",  # no Mono or Gecko installer when the prefix is made
+            "WINEPATH": windows_path(base / "bin"),  # goes before the rest of PATH
+            "FAKE_DOCKER_LOG": windows_path(log),
+        }
+    )
     # A persistent wineserver, started before the prefix is made: otherwise each `wine` call after
     # a pause starts a new server and Wine's services again (seconds each). Then make the prefix.
     (base / "prefix").mkdir()
@@ -170,27 +183,55 @@ def test_build_script_called_by_its_absolute_path_from_another_directory(wine: W
 def test_static_checks_script_runs_mypy_and_pylint_on_the_mounted_tree(wine: Wine, docker_exit: int) -> None:
     """1_win_run_static_checks.bat: the tree mounted at /app, CHECK_STEPS as one argument, the exit code."""
     status, calls = wine.run([r"scripts\1_win_run_static_checks.bat"], docker_exit)
-    assert [call["argv"] for call in calls] == [[
-        "run", "--rm", "--volume", f"{windows_path(wine.repo)}:/app", "--workdir", "/app",
-        "--env", "CHECK_STEPS=mypy pylint", IMAGE, "bash", "scripts/check.sh",
-    ]]
+    assert [call["argv"] for call in calls] == [
+        [
+            "run",
+            "--rm",
+            "--volume",
+            f"{windows_path(wine.repo)}:/app",
+            "--workdir",
+            "/app",
+            "--env",
+            "CHECK_STEPS=mypy pylint",
+            IMAGE,
+            "bash",
+            "scripts/check.sh",
+        ]
+    ]
     assert calls[0]["PYTEST_ADDOPTS"] is None
     assert status == docker_exit
 
 
-@pytest.mark.parametrize(("arguments", "addopts"), [
-    ([], None),
-    (["-x", "-q", "-k", "segment and not crash"], '-x -q -k "segment and not crash"'),
-    (["-k", "not crash", "-m", "not large"], '-k "not crash" -m "not large"'),
-])
+@pytest.mark.parametrize(
+    ("arguments", "addopts"),
+    [
+        ([], None),
+        (["-x", "-q", "-k", "segment and not crash"], '-x -q -k "segment and not crash"'),
+        (["-k", "not crash", "-m", "not large"], '-k "not crash" -m "not large"'),
+    ],
+)
 @pytest.mark.parametrize("docker_exit", [0, 5])
 def test_tests_script_passes_pytest_arguments_in_pytest_addopts(
-        wine: Wine, arguments: list[str], addopts: str | None, docker_exit: int) -> None:
+    wine: Wine, arguments: list[str], addopts: str | None, docker_exit: int
+) -> None:
     """2_win_run_tests.bat: pytest's arguments reach the container whole, in PYTEST_ADDOPTS; the exit code."""
     status, calls = wine.run([r"scripts\2_win_run_tests.bat", *arguments], docker_exit)
-    assert [call["argv"] for call in calls] == [[
-        "run", "--rm", "--volume", f"{windows_path(wine.repo)}:/app", "--workdir", "/app",
-        "--env", "CHECK_STEPS=pytest", "--env", "PYTEST_ADDOPTS", IMAGE, "bash", "scripts/check.sh",
-    ]]
+    assert [call["argv"] for call in calls] == [
+        [
+            "run",
+            "--rm",
+            "--volume",
+            f"{windows_path(wine.repo)}:/app",
+            "--workdir",
+            "/app",
+            "--env",
+            "CHECK_STEPS=pytest",
+            "--env",
+            "PYTEST_ADDOPTS",
+            IMAGE,
+            "bash",
+            "scripts/check.sh",
+        ]
+    ]
     assert calls[0]["PYTEST_ADDOPTS"] == addopts
     assert status == docker_exit
