@@ -72,6 +72,9 @@ LEASE_SECONDS = {"no-lease": "0", "lease-held": "600"}
 # (Python calls, builtin calls) of a typical operation (the median of the rounds) and of all
 # ROUNDS operations together; the total also holds the rare costly operation, e.g. a compressed
 # put that grows its segment's room (one in these 40 rounds: 347 calls, 380 builtin calls).
+# Measured on CPython 3.11 (the Python of CI and of the Docker image): other versions count the
+# same code differently (e.g. which builtins are calls), so they need their own measurement.
+PYTHON_CALLS_MEASURED_ON = (3, 11)
 PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]] = {
     ("raw", "no-lease", "put"): ((7, 14), (280, 560)),
     ("raw", "no-lease", "get"): ((10, 12), (400, 480)),
@@ -137,6 +140,11 @@ def syscalls_per_operation(trace: Path) -> dict[str, list[Counter[str]]]:
 @pytest.mark.parametrize(("kind", "lease"), CASES)
 def test_warm_put_and_get_of_1_kib_make_no_more_python_calls_than_today(tmp_path: Path, kind: str, lease: str) -> None:
     """A typical warm put/get, and 40 of them together, make at most today's Python calls."""
+    if sys.version_info[:2] != PYTHON_CALLS_MEASURED_ON or sys.implementation.name != "cpython":
+        why = f"the pinned Python call counts are CPython {PYTHON_CALLS_MEASURED_ON}'s, not {sys.version.split()[0]}'s"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: set PYTHON_CALLS_MEASURED_ON to it, take the counts a run reports")
+        pytest.skip(why)
     counts, _ = run_child(tmp_path, kind, lease)
     for op in ("put", "get"):
         rounds = counts[op]
