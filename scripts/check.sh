@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Every check of the project, in order, stopping at the first failure:
-#   mypy, pylint, blinter (Windows batch linter over scripts/*.bat), pytest.
+#   ruff (lint), format (ruff format --check), mypy, pylint, blinter (Windows batch linter over
+#   scripts/*.bat), pytest (with a coverage floor when it runs the whole suite).
 # Extra arguments are passed to pytest:  bash scripts/check.sh -x -q -k segment
 #
 # Uses whatever `python` is first on PATH: scripts/test.sh puts the project's .venv there,
 # the Docker image (see Dockerfile) has the dev dependencies installed system-wide.
 #
-# CHECK_STEPS (default "mypy pylint blinter pytest") selects a subset, still in the order
+# CHECK_STEPS (default: the steps in default_steps below) selects a subset, still in the order
 # above; the Windows scripts use it to run only the static checks or only the tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-steps=" ${CHECK_STEPS:-mypy pylint blinter pytest} "
+known_steps="ruff format mypy pylint blinter pytest"
+default_steps="mypy pylint blinter pytest"
+steps=" ${CHECK_STEPS:-$default_steps} "
 for step in $steps; do
-    case "$step" in
-        mypy | pylint | blinter | pytest) ;;
+    case " $known_steps " in
+        *" $step "*) ;;
         *)
-            echo "check.sh: unknown step '$step' in CHECK_STEPS (known: mypy pylint blinter pytest)" >&2
+            echo "check.sh: unknown step '$step' in CHECK_STEPS (known: $known_steps)" >&2
             exit 2
             ;;
     esac
@@ -37,6 +40,17 @@ for tree in conduit_flat_file_db tests benchmarks; do
         echo "note: $tree/ has no .py files; mypy and pylint skip it"
     fi
 done
+
+# ruff: config in [tool.ruff] of pyproject.toml; it finds the Python files itself (respecting .gitignore).
+if wants ruff; then
+    heading "ruff check ($(python -m ruff --version))"
+    python -m ruff check --no-fix .
+fi
+
+if wants format; then
+    heading "ruff format --check ($(python -m ruff --version))"
+    python -m ruff format --check .
+fi
 
 if wants mypy; then
     heading "mypy (strict; config: [tool.mypy] in pyproject.toml) on ${py_trees[*]}"
@@ -88,9 +102,16 @@ if wants blinter; then
 fi
 
 if wants pytest; then
-    heading "pytest $*"
+    # A whole run (no pytest arguments, here or in PYTEST_ADDOPTS, as in CI) measures the package's
+    # coverage and fails under the floor in [tool.coverage.report] of pyproject.toml; a run of a
+    # subset (any argument) does not measure it: its coverage says nothing about the floor.
+    coverage=()
+    if (($# == 0)) && [[ -z "${PYTEST_ADDOPTS:-}" ]]; then
+        coverage=(--cov --cov-report=term)
+    fi
+    heading "pytest ${coverage[*]} $*"
     status=0
-    python -m pytest "$@" || status=$?
+    python -m pytest "${coverage[@]}" "$@" || status=$?
     if ((status == 5)); then
         echo "check.sh: pytest collected no tests (exit code 5); that is a failure here" >&2
     fi
