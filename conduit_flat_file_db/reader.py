@@ -24,7 +24,7 @@ from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationErr
 from .fileio import finish_pread, pread_at, pread_full
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
 from .naming import index_name, parse_segment_name, segment_name
-from .segment import OPEN_READ, open_data_file
+from .segment_files import OPEN_READ, open_data_file
 from .seekable import (
     STORED_PROBE_BYTES,
     FrameCache,

@@ -32,7 +32,9 @@ from typing import Any
 from .errors import FlatFileDbNotFoundError, FormatError
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
-from .segment import OPEN_READ, Walk, open_data_file, seal_problem
+from .recovery import Walk
+from .seal import seal_problem
+from .segment_files import OPEN_READ, open_data_file
 from .state import (
     STATE_BYTES,
     STATE_MAGIC,

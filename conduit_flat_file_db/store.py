@@ -54,7 +54,7 @@ from .seekable import (
     compress_frames,
     stored_frame,
 )
-from .segment import fsync_dir, index_records, written_kind
+from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
 from .streams import LazyOpener, examine_for_adoption, read_head, write_aside

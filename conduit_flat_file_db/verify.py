@@ -27,7 +27,9 @@ from .index import (
     decode_records,
 )
 from .naming import STATE_FILE_NAME, index_name, parse_name, segment_name, temp_owner
-from .segment import CHECK_CHUNK_BYTES, frame_table_of, open_data_file, read_index
+from .checksums import CHECK_CHUNK_BYTES
+from .segment import frame_table_of
+from .segment_files import open_data_file, read_index
 from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .state import MutableView
 

@@ -39,30 +39,21 @@ from .index import (
 )
 from .errors import FlatFileDbUnsafeAccessError
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_name, temp_owner
+from .blocks import allocate, maps_supported, preallocate
+from .recovery import recover_segment
+from .seal import reseal_segment, seal_problem, seal_recovered, sync_segment, write_seal
 from .segment import (
-    OPEN_WRITE,
     ROOM_MAX_BYTES,
     ROOM_MIN_BYTES,
     Tail,
-    allocate,
     append_table_entries,
     create_segment,
     frame_table_of,
-    fsync_dir,
-    maps_supported,
-    open_data_file,
-    open_regular,
     padding_header,
-    preallocate,
-    recover_segment,
-    reseal_segment,
     reserve_for,
-    seal_problem,
-    seal_recovered,
-    sync_segment,
     write_reserve_and_table,
-    write_seal,
 )
+from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
 from .state import (
     W_DIRTY,
     W_DISK_BYTES,

@@ -28,7 +28,8 @@ import pyzstd
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_FRAME, REC_SEAL, RECORD_BYTES, Record, decode_records
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, segment_name
-from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported
+from conduit_flat_file_db.blocks import maps_supported
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_SEQ
 
 T = TypeVar("T")
