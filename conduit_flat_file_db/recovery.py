@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
 
 from .checksums import checksum_frames, checksum_range
@@ -33,14 +32,13 @@ from .index import (
     encode_record,
 )
 from .naming import index_name, segment_name, temp_name
-from .seekable import PADDING_MAGIC, SKIPPABLE_HEADER_BYTES, FrameTable, SeekableReader, encode_seek_table, \
-    parse_seek_table, scan_frames
-from .segment import ROOM_CHECK_MAX_BYTES, RESERVE_MIN_BYTES, Tail, is_zero_room, reserve_for, \
-    write_reserve_and_table
+from .frames import scan_frames
+from .seekable import FrameTable, SeekableReader, encode_seek_table, padding_after, parse_seek_table, \
+    write_padding_and_table
+from .segment import PADDING_MIN_BYTES, ROOM_CHECK_MAX_BYTES, Tail, is_zero_room, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular, read_index
 
 logger = logging.getLogger("conduit_flat_file_db")
-_SKIP_HEADER = struct.Struct("<II")
 
 def recover_segment(dir_fd: int, number: int, default_kind: int, check_from: int | None) -> Tail:
     """Bring the newest segment to its last committed record; call under the write lock.
@@ -186,11 +184,11 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         return Tail(KIND_RAW, end, index_bytes, end, blobs, sealed)
     if sealed:
         return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, True, 0, frame_count)
-    padding = _existing_padding(data_fd, frames_c, frame_count, data_size)
+    padding = padding_after(data_fd, frames_c, frame_count, data_size)
     if padding is None:
-        padding = reserve_for(frames_c, 0)
+        padding = padding_for(frames_c, 0)
         logger.warning("%s: recovery rewrote the seek table after %d committed frames", name, frame_count)
-        write_reserve_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
+        write_padding_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
         os.fsync(data_fd)
     return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, False, padding, frame_count)
 
@@ -234,23 +232,6 @@ def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail
         return None
     return Tail(KIND_ZSTD, end, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
 
-
-def _existing_padding(fd: int, frames_end: int, frames: int, size: int) -> int | None:
-    """The padding payload when the file already ends in a valid padding frame and table for
-    exactly ``frames`` committed frames (nothing to repair), else None."""
-    head = os.pread(fd, SKIPPABLE_HEADER_BYTES, frames_end)
-    if len(head) != SKIPPABLE_HEADER_BYTES:
-        return None
-    magic, padding = _SKIP_HEADER.unpack(head)
-    if magic != PADDING_MAGIC:
-        return None
-    try:
-        table = parse_seek_table(pread_at(fd), size)
-    except FormatError:
-        return None
-    if len(table) != frames + 1 or table.c_offsets[frames] != frames_end:
-        return None
-    return int(padding)
 
 
 def _truncate(dir_fd: int, name: str, size: int) -> None:
@@ -307,7 +288,7 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size:
         parts.append(encode_record(REC_BLOB, FLAG_LEGACY_EXTENT, 0, end, digest))
         parts.append(encode_record(REC_SEAL, 0, end, 1, data_size))
     elif kind == KIND_ZSTD:
-        write_reserve_and_table(data_fd, 0, [], RESERVE_MIN_BYTES)
+        write_padding_and_table(data_fd, 0, [], PADDING_MIN_BYTES)
         os.fsync(data_fd)
     payload = b"".join(parts)
     tmp = temp_name(index_name(number))
@@ -321,4 +302,4 @@ def _rebuild_index(dir_fd: int, number: int, data_fd: int, kind: int, data_size:
     fsync_dir(dir_fd)
     if data_size:
         return Tail(kind, end, len(payload), data_size, 1, True)
-    return Tail(kind, 0, len(payload), 0, 0, False, RESERVE_MIN_BYTES if kind == KIND_ZSTD else 0, 0)
+    return Tail(kind, 0, len(payload), 0, 0, False, PADDING_MIN_BYTES if kind == KIND_ZSTD else 0, 0)

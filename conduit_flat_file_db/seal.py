@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 from typing import Callable, Iterator, Sequence
 
 from .checksums import first_bad_blob
@@ -32,12 +31,11 @@ from .index import (
 )
 from .naming import index_name, segment_name
 from .recovery import Walk
-from .seekable import PADDING_MAGIC, SKIPPABLE_HEADER_BYTES, SeekableReader, encode_seek_table, parse_seek_table
+from .seekable import SeekableReader, encode_seek_table, is_padding_frame, parse_seek_table
 from .segment import Tail, frame_table_of
 from .segment_files import OPEN_READ, OPEN_WRITE, open_data_file, open_regular, read_index
 
 logger = logging.getLogger("conduit_flat_file_db")
-_SKIP_HEADER = struct.Struct("<II")
 
 def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequence[tuple[int, int]]) -> int:
     """Seal a segment whose committed extent is ``tail``: end its data file (a compressed one
@@ -213,10 +211,8 @@ def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
     except FormatError:
         return False  # no table: never rewritten (a rewrite is fsynced before its switch)
     sizes = table.sizes()
-    if sizes and sizes[-1][1] == 0:
-        head = os.pread(data_fd, SKIPPABLE_HEADER_BYTES, table.c_offsets[-2])
-        if len(head) == SKIPPABLE_HEADER_BYTES and _SKIP_HEADER.unpack(head)[0] == PADDING_MAGIC:
-            return False  # a padding frame: the mutable layout, so the seal's table never landed
+    if sizes and sizes[-1][1] == 0 and is_padding_frame(data_fd, table.c_offsets[-2]):
+        return False  # a padding frame: the mutable layout, so the seal's table never landed
     return sizes != frames
 
 

@@ -12,25 +12,22 @@ sealing it, seal.py's; opening its files, segment_files.py's.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from typing import NamedTuple, Sequence
 
 from .fileio import pwrite_all
 from .index import HEADER_BYTES, KIND_ZSTD, REC_FRAME, Record, encode_header
 from .naming import index_name, segment_name
-from .seekable import PADDING_MAGIC, SKIPPABLE_HEADER_BYTES, FrameTable, encode_seek_table
+from .seekable import FrameTable, write_padding_and_table
 from .segment_files import OPEN_WRITE, fsync_dir
 
-_SKIP_HEADER = struct.Struct("<II")
-_U32 = struct.Struct("<I")
 
-RESERVE_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
+PADDING_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
 
 
 # Largest padding: its frame's size field is a u32, and past 1 GiB of padding a table
 # rewrite per GiB of frames costs nothing worth reserving more for.
-RESERVE_MAX_BYTES = 2**30
+PADDING_MAX_BYTES = 2**30
 
 
 # Room: zero bytes a writer allocates past the committed end of the raw mutable segment's
@@ -81,8 +78,8 @@ def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
         try:
             padding = 0
             if kind == KIND_ZSTD:
-                padding = RESERVE_MIN_BYTES
-                write_reserve_and_table(fd, 0, [], padding)
+                padding = PADDING_MIN_BYTES
+                write_padding_and_table(fd, 0, [], padding)
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -104,44 +101,13 @@ def _create(dir_fd: int, name: str, made: list[str]) -> int:
     return fd
 
 
-def padding_header(payload: int) -> bytes:
-    """Header of the skippable padding frame of ``payload`` bytes."""
-    return _SKIP_HEADER.pack(PADDING_MAGIC, payload)
 
 
-def write_reserve_and_table(fd: int, frames_end: int, sizes: Sequence[tuple[int, int]], padding: int) -> None:
-    """After the committed frames: a padding frame, then the whole seek table; cut what follows."""
-    table = encode_seek_table(list(sizes) + [(SKIPPABLE_HEADER_BYTES + padding, 0)])
-    pwrite_all(fd, padding_header(padding), frames_end)
-    table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
-    pwrite_all(fd, table, table_at)
-    os.ftruncate(fd, table_at + len(table))
 
-
-def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
-                         new_sizes: Sequence[tuple[int, int]]) -> int:
-    """Rewrite the seek table's tail after ``new_sizes`` frames took the padding's place.
-
-    The table itself does not move: the new frames were written where the padding
-    was and a smaller padding frame follows them. Returns the new padding payload.
-    Caller checked that the new frames fit the padding.
-    """
-    used = sum(c for c, _ in new_sizes)
-    new_padding = padding - used
-    table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
-    entries = frames + len(new_sizes) + 1
-    entry_bytes = b"".join(struct.pack("<II", c, d) for c, d in new_sizes)
-    entry_bytes += struct.pack("<II", SKIPPABLE_HEADER_BYTES + new_padding, 0)
-    footer = struct.pack("<IBI", entries, 0, 0x8F92EAB1)
-    pwrite_all(fd, _U32.pack(entries * 8 + 9), table_at + 4)
-    pwrite_all(fd, entry_bytes + footer, table_at + SKIPPABLE_HEADER_BYTES + frames * 8)
-    return new_padding
-
-
-def reserve_for(frames_end: int, needed: int) -> int:
+def padding_for(frames_end: int, needed: int) -> int:
     """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
     rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
-    return max(RESERVE_MIN_BYTES, needed + min(frames_end // 16, RESERVE_MAX_BYTES))
+    return max(PADDING_MIN_BYTES, needed + min(frames_end // 16, PADDING_MAX_BYTES))
 
 
 def is_zero_room(fd: int, start: int, size: int) -> bool:

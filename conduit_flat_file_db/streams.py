@@ -20,7 +20,8 @@ from .naming import temp_name
 from .index import KIND_RAW, KIND_ZSTD
 from .checksums import CHECK_CHUNK_BYTES, checksum_range
 from .segment_files import OPEN_WRITE
-from .seekable import ZSTD_FRAME_MAGIC, Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .frames import ZSTD_FRAME_MAGIC
+from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 
 STREAM_CHUNK_BYTES = 4 * 2**20
 

@@ -32,9 +32,9 @@ from conduit_flat_file_db import CompressMode, FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, parse_segment_name, segment_name
-from conduit_flat_file_db.seekable import SeekableReader
+from conduit_flat_file_db.seekable import SeekableReader, write_padding_and_table
 from conduit_flat_file_db.seal import seal_problem
-from conduit_flat_file_db.segment import RESERVE_MIN_BYTES, write_reserve_and_table
+from conduit_flat_file_db.segment import PADDING_MIN_BYTES
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
 from conduit_flat_file_db.types import DataLocation
 
@@ -367,7 +367,7 @@ def test_seal_whose_seek_table_never_landed(tmp_path: Path, seal_record: str) ->
     fd = os.open(data_file(datadir, DAMAGED), os.O_RDWR)
     try:
         os.ftruncate(fd, frames_end)
-        write_reserve_and_table(fd, frames_end, [(b >> 32, b & 0xFFFFFFFF) for _, b, _ in frames], RESERVE_MIN_BYTES)
+        write_padding_and_table(fd, frames_end, [(b >> 32, b & 0xFFFFFFFF) for _, b, _ in frames], PADDING_MIN_BYTES)
     finally:
         os.close(fd)
     if seal_record == "lost":

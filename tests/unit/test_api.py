@@ -19,8 +19,8 @@ PACKAGE = "conduit_flat_file_db"
 
 # Lowest first: a module may import only modules strictly below it. The package facade
 # (__init__) sits above the compatibility module and below the command line.
-LAYERS = ["errors", "arguments", "fileio", "types", "naming", "blocks", "index", "state", "locking", "seekable",
-          "checksums", "segment_files", "segment", "recovery", "seal", "readonly", "verify",
+LAYERS = ["errors", "arguments", "fileio", "types", "naming", "blocks", "index", "state", "locking",
+          "frames", "seekable", "checksums", "segment_files", "segment", "recovery", "seal", "readonly", "verify",
           "streams", "reader",
           "writer", "rewrite", "store", "maintenance", "flat_file_db", "__init__", "cli", "__main__"]
 OPTIONAL_MODULES = {"cli", "__main__"}
