@@ -284,6 +284,8 @@ class ReaderCache:
         assert table is not None
         for record in scan.records:
             if record.rtype == REC_FRAME:
+                # index.frame_sizes inlined: this runs on every get of a blob just put in a compressed
+                # segment, and a call per refresh there is a tenth of the get's own calls.
                 table.append(record.b >> 32, record.b & 0xFFFFFFFF)
             elif record.rtype == REC_SEAL:
                 reader.limit = max(reader.limit, record.a)

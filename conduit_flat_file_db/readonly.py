@@ -167,11 +167,10 @@ class ReadOnlyState:
             if index_fd >= 0:
                 os.close(index_fd)
         walk.run(decode_records(raw).records, first)
-        records, end, frames_c, frame_count, _blobs, sealed = walk.commit
-        if sealed:
+        tail = walk.commit()
+        if tail.sealed:
             return MutableView(number + 1, 0, HEADER_BYTES, 0, kind)  # sealed; the next not created yet
-        return MutableView(number, end, HEADER_BYTES + records * RECORD_BYTES, frames_c if kind == KIND_ZSTD else end,
-                           kind, 0, frame_count)
+        return tail.view(number)
 
     @staticmethod
     def _header_fits(index_fd: int, number: int, kind: int) -> bool:

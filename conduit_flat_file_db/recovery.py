@@ -26,10 +26,12 @@ from .index import (
     REC_SEAL,
     RECORD_BYTES,
     Record,
+    contiguous,
     decode_header,
     decode_records,
     encode_header,
     encode_record,
+    frame_sizes,
 )
 from .naming import index_name, segment_name, temp_name
 from .frames import scan_frames
@@ -84,12 +86,20 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
         self.frames: list[tuple[int, int]] = []
         self.blobs = 0
         self.sealed = False
-        self.commit = (0, 0, 0, 0, 0, False)  # (records, end, frames_end_c, frames, blobs, sealed)
+        # The last commit point: (records, end, frames_end_c, frames, blobs, sealed). A plain tuple,
+        # not a Tail: it is taken after every record, and commit() builds the Tail once.
+        self._commit = (0, 0, 0, 0, 0, False)
+
+    def commit(self) -> Tail:
+        """The extent at the last commit point (``padding`` 0: the walk does not read the data file)."""
+        records, end, frames_end_c, frames, blobs, sealed = self._commit
+        disk_bytes = end if self.kind == KIND_RAW else frames_end_c
+        return Tail(self.kind, end, HEADER_BYTES + records * RECORD_BYTES, disk_bytes, blobs, sealed, 0, frames)
 
     def resume(self, data_size: int) -> int:
         """Go back to the last commit point, to walk on from there once the data file has grown
         to ``data_size`` (a read-only opener following a writer); returns the records walked."""
-        records, self.end, self.frames_end_c, frame_count, self.blobs, self.sealed = self.commit
+        records, self.end, self.frames_end_c, frame_count, self.blobs, self.sealed = self._commit
         self.frames_end_u = self.end
         del self.frames[frame_count:]
         self.data_size = data_size
@@ -112,9 +122,9 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
             if problem is not None:
                 return problem
             if self.kind == KIND_RAW or self.end == self.frames_end_u:
-                self.commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs,
+                self._commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs,
                                self.sealed)
-        return None if self.commit[0] == first + len(records) else "frames written without the blobs that commit them"
+        return None if self._commit[0] == first + len(records) else "frames written without the blobs that commit them"
 
     def _seal(self, record: Record) -> str | None:
         if record.a != self.end:
@@ -123,7 +133,7 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
         return None
 
     def _frame(self, record: Record) -> str | None:
-        csize, dsize = record.b >> 32, record.b & 0xFFFFFFFF
+        ((csize, dsize),) = frame_sizes((record,))
         if record.a != self.frames_end_u or record.c != self.frames_end_c or record.c + csize > self.data_size:
             return f"frame record at {record.c} does not continue the frames or is past the data"
         self.frames.append((csize, dsize))
@@ -173,24 +183,24 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         return sealed_tail
     walk = Walk(data_fd, kind, data_size, check_from)
     problem = walk.run(scan.records) or scan.problem
-    good, end, frames_c, frame_count, blobs, sealed = walk.commit
-    index_bytes = HEADER_BYTES + good * RECORD_BYTES
-    _cut_index_tail(dir_fd, number, raw_index, index_bytes, sealed, problem)
+    tail = walk.commit()
+    end = tail.end
+    _cut_index_tail(dir_fd, number, raw_index, tail.index_bytes, tail.sealed, problem)
     if kind == KIND_RAW:
-        if data_size > end and (sealed or not is_zero_room(data_fd, end, data_size)):
+        if data_size > end and (tail.sealed or not is_zero_room(data_fd, end, data_size)):
             logger.warning("%s: recovery cut %d uncommitted bytes after offset %d", name, data_size - end, end)
             os.ftruncate(data_fd, end)
             os.fsync(data_fd)
-        return Tail(KIND_RAW, end, index_bytes, end, blobs, sealed)
-    if sealed:
-        return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, True, 0, frame_count)
-    padding = padding_after(data_fd, frames_c, frame_count, data_size)
+        return tail
+    if tail.sealed:
+        return tail
+    padding = padding_after(data_fd, tail.disk_bytes, tail.frames, data_size)
     if padding is None:
-        padding = padding_for(frames_c, 0)
-        logger.warning("%s: recovery rewrote the seek table after %d committed frames", name, frame_count)
-        write_padding_and_table(data_fd, frames_c, walk.frames[:frame_count], padding)
+        padding = padding_for(tail.disk_bytes, 0)
+        logger.warning("%s: recovery rewrote the seek table after %d committed frames", name, tail.frames)
+        write_padding_and_table(data_fd, tail.disk_bytes, walk.frames[: tail.frames], padding)
         os.fsync(data_fd)
-    return Tail(KIND_ZSTD, end, index_bytes, frames_c, blobs, False, padding, frame_count)
+    return tail._replace(padding=padding)
 
 
 def _cut_index_tail(dir_fd: int, number: int, raw_index: bytes, index_bytes: int, sealed: bool,  # pylint: disable=too-many-arguments
@@ -220,17 +230,10 @@ def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail
         return None
     if data_size == 0 and records[-1].a > 0:
         return None  # the index of a whole-file commit whose rename never happened: cut it
-    end = 0
-    blobs = 0
-    for record in records[:-1]:
-        if record.rtype == REC_BLOB:
-            if record.a != end:
-                return None
-            end += record.b
-            blobs += 1
-    if end != records[-1].a:
+    if not contiguous(records):
         return None
-    return Tail(KIND_ZSTD, end, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
+    blobs = sum(1 for record in records if record.rtype == REC_BLOB)
+    return Tail(KIND_ZSTD, records[-1].a, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
 
 
 

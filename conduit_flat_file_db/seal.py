@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from .checksums import first_bad_blob
 from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError
@@ -25,6 +25,7 @@ from .index import (
     REC_SEAL,
     RECORD_BYTES,
     Record,
+    contiguous,
     decode_header,
     decode_records,
     encode_seal,
@@ -101,11 +102,10 @@ def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool)
         return read
     if not full:
         return None
-    blobs = [r for r in scan if r.rtype == REC_BLOB]
-    if sum(r.b for r in blobs) != end or any(r.a != s for r, s in zip(blobs, _starts(blobs))):
+    if not contiguous(scan):
         return "its BLOB records do not cover the segment contiguously"
     try:
-        bad = first_bad_blob(read, blobs, end)
+        bad = first_bad_blob(read, [r for r in scan if r.rtype == REC_BLOB], end)
     except CorruptionError as exc:
         return f"a frame does not decode ({exc})"
     return None if bad is None else f"the blob at offset {bad.a} fails its checksum"
@@ -153,12 +153,6 @@ def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | 
         return scan.problem or "its record index does not end in a SEAL record"
     return scan.records
 
-
-def _starts(blobs: Sequence[Record]) -> Iterator[int]:
-    at = 0
-    for record in blobs:
-        yield at
-        at += record.b
 
 
 def reseal_segment(dir_fd: int, number: int, why: str) -> None:
@@ -246,13 +240,13 @@ def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: 
     how many blob records the index held before the cut."""
     walk = Walk(data_fd, kind, os.fstat(data_fd).st_size, 0 if check else None)
     walk.run(records)
-    good, end, frames_c, frame_count, blobs, sealed = walk.commit
-    good -= sealed  # the SEAL is written again, after the cut
-    tail = Tail(kind, end, HEADER_BYTES + good * RECORD_BYTES, frames_c, blobs, True, 0, frame_count)
+    commit = walk.commit()
+    # The SEAL is written again, after the cut.
+    tail = commit._replace(index_bytes=commit.index_bytes - commit.sealed * RECORD_BYTES, sealed=True)
     index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=dir_fd)
     try:
         os.ftruncate(index_fd, tail.index_bytes)
-        disk = write_seal(data_fd, index_fd, kind, tail, walk.frames[:frame_count])
+        disk = write_seal(data_fd, index_fd, kind, tail, walk.frames[: tail.frames])
         os.fsync(data_fd)
         os.fsync(index_fd)
     finally:

@@ -7,6 +7,20 @@ mutable its committed frames are followed by a padding frame and the seek table
 table instead of all of it. The record index ``data_{n:08d}.idx`` says which bytes
 are committed. Bringing a segment back to its last commit is recovery.py's job;
 sealing it, seal.py's; opening its files, segment_files.py's.
+
+Three kinds of space past a segment's committed bytes, one word each in this package:
+
+- *padding*: the skippable padding frame between the frames and the seek table of the
+  mutable compressed segment (its payload bytes; seekable.py packs it, :func:`padding_for`
+  sizes it);
+- *room*: zero bytes a writer allocates past the committed end of the raw mutable
+  segment's data and index files (the file size grows) to store small puts through
+  shared maps (``ROOM_*``, :func:`is_zero_room`);
+- *reserve*: disk blocks preallocated past the end of a file without changing its size,
+  so that ``pwrite`` appends skip block allocation (blocks.preallocate).
+
+(The seekable format's "reserved" descriptor bits and the index's "reserved" fields are
+the format documents' own term: bits and bytes that must be zero.)
 """
 
 from __future__ import annotations
@@ -16,39 +30,35 @@ import time
 from typing import NamedTuple, Sequence
 
 from .fileio import pwrite_all
-from .index import HEADER_BYTES, KIND_ZSTD, REC_FRAME, Record, encode_header
+from .index import HEADER_BYTES, KIND_ZSTD, Record, encode_header, frame_sizes
 from .naming import index_name, segment_name
 from .seekable import FrameTable, write_padding_and_table
 from .segment_files import OPEN_WRITE, fsync_dir
-
+from .state import MutableView
 
 PADDING_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a compressed segment
-
-
 # Largest padding: its frame's size field is a u32, and past 1 GiB of padding a table
-# rewrite per GiB of frames costs nothing worth reserving more for.
+# rewrite per GiB of frames costs nothing worth keeping more padding for.
 PADDING_MAX_BYTES = 2**30
-
-
-# Room: zero bytes a writer allocates past the committed end of the raw mutable segment's
-# files to write small puts through shared maps (FORMAT.md "Raw segment"). It grows by
-# the size already used, between these bounds; sealing cuts it off.
+# Room (FORMAT.md "Raw segment"): it grows by the size already used, between these bounds;
+# sealing cuts it off.
 ROOM_MIN_BYTES = 64 * 2**10
-
-
 ROOM_MAX_BYTES = 4 * 2**20
-
-
 ROOM_CHECK_MAX_BYTES = 2 * ROOM_MAX_BYTES  # a zero tail longer than this is no writer's room
 
 
 def frame_table_of(records: Sequence[Record]) -> FrameTable:
     """The frame table of a compressed segment from its FRAME records."""
-    return FrameTable.from_sizes((r.b >> 32, r.b & 0xFFFFFFFF) for r in records if r.rtype == REC_FRAME)
+    return FrameTable.from_sizes(frame_sizes(records))
 
 
 class Tail(NamedTuple):
-    """The committed extent of a segment after recovery."""
+    """The committed extent of a segment: what creating it, recovering it or sealing it leaves.
+
+    The state page publishes the mutable segment's extent in the other shape,
+    :class:`~conduit_flat_file_db.state.MutableView` (which segment, no blob count, never
+    sealed): :meth:`view` derives it, so the two cannot drift apart.
+    """
 
     kind: int
     end: int  # committed uncompressed bytes
@@ -56,8 +66,12 @@ class Tail(NamedTuple):
     disk_bytes: int  # raw: == end; compressed: bytes of the committed frames
     blobs: int
     sealed: bool
-    padding: int = 0
-    frames: int = 0
+    padding: int = 0  # compressed mutable segment: payload bytes of its padding frame
+    frames: int = 0  # compressed: committed frames
+
+    def view(self, segment: int) -> MutableView:
+        """This extent as the state page publishes it, for mutable segment ``segment``."""
+        return MutableView(segment, self.end, self.index_bytes, self.disk_bytes, self.kind, self.padding, self.frames)
 
 
 def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
@@ -101,11 +115,8 @@ def _create(dir_fd: int, name: str, made: list[str]) -> int:
     return fd
 
 
-
-
-
 def padding_for(frames_end: int, needed: int) -> int:
-    """Padding to leave after a table rewrite: room for ``needed`` bytes and then some, so
+    """Padding to leave after a table rewrite: space for ``needed`` bytes and then some, so
     rewrites of the whole table get rarer as the segment grows (amortised O(1) per frame)."""
     return max(PADDING_MIN_BYTES, needed + min(frames_end // 16, PADDING_MAX_BYTES))
 
