@@ -102,8 +102,12 @@ class SegmentReader:
         return out
 
     def read(self, start: int, end: int) -> bytes:
-        """Uncompressed bytes [start, end) (already checked against ``limit``)."""
+        """Uncompressed bytes [start, end) (already checked against ``limit``): raw, copied out of
+        the map when mapped and at most MAP_READ_BYTES, else read with pread."""
         if self.raw:
+            mm = self.mm
+            if end <= self.mapped and end - start <= MAP_READ_BYTES and mm is not None:
+                return mm[start:end]
             return pread_full(self.fd, end - start, start)
         assert self.table is not None
         return read_frames(self.table, self.piece, start, end)
@@ -313,6 +317,8 @@ class ReaderCache:
         if not reader.raw:
             return reader.read(start, end)
         mm = reader.mm
+        # SegmentReader.read's map test and pread, inlined: a get of a blob just written past the
+        # map comes this way, and a short read here means a cut or replaced file (reopen below).
         if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
             return mm[start:end]
         data = os.pread(reader.fd, end - start, start)
@@ -389,10 +395,7 @@ class BlobFile(io.RawIOBase):
     def _read_range(self, start: int, end: int) -> bytes:
         reader = self._reader
         if reader.raw:
-            mm = reader.mm
-            if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
-                return mm[start:end]
-            return pread_full(reader.fd, end - start, start)
+            return reader.read(start, end)
         assert reader.table is not None
         return read_frames(reader.table, self._piece, start, end)
 

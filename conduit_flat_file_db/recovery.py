@@ -37,7 +37,7 @@ from .naming import index_name, segment_name, temp_name
 from .frames import scan_frames
 from .seekable import FrameTable, SeekableReader, encode_seek_table, padding_after, parse_seek_table, \
     write_padding_and_table
-from .segment import PADDING_MIN_BYTES, ROOM_CHECK_MAX_BYTES, Tail, is_zero_room, padding_for
+from .segment import PADDING_MIN_BYTES, Tail, is_room, is_zero_room, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular, read_index
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -209,17 +209,13 @@ def _cut_index_tail(dir_fd: int, number: int, raw_index: bytes, index_bytes: int
     segment is mutable; anything else is a torn tail, cut and logged."""
     if index_bytes >= len(raw_index):
         return
-    room = _zero_bytes(raw_index, index_bytes)
+    room = is_room(raw_index[index_bytes:])
     if not room:
         logger.warning("%s: recovery cut the record index from %d to %d bytes (%s)",
                        index_name(number), len(raw_index), index_bytes, problem)
     if sealed or not room:
         _truncate(dir_fd, index_name(number), index_bytes)
 
-
-def _zero_bytes(buf: bytes, start: int) -> bool:
-    """True when ``buf[start:]`` is a writer's zero room (see is_zero_room)."""
-    return len(buf) - start <= ROOM_CHECK_MAX_BYTES and not buf[start:].strip(b"\0")
 
 
 def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail | None:

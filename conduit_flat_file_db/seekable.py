@@ -36,6 +36,7 @@ from .frames import (
     DEFAULT_MIN_SAVING,
     MAX_FRAME_DECOMPRESSED_BYTES,
     SKIPPABLE_HEADER_BYTES,
+    SKIPPABLE_MAGIC,
     FrameCache,
     check_min_saving,
     compress_frames,
@@ -44,7 +45,7 @@ from .frames import (
 
 SEEK_TABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
-PADDING_MAGIC = 0x184D2A50  # the skippable padding frame of a growing file (FORMAT.md "Compressed segment")
+PADDING_MAGIC = SKIPPABLE_MAGIC  # the padding frame of a growing file is skippable frame 0x184D2A50
 FOOTER_BYTES = 9
 MAX_FRAMES = 0x8000000
 DESCRIPTOR_CHECKSUM_FLAG = 0x80

@@ -124,6 +124,9 @@ def padding_for(frames_end: int, needed: int) -> int:
 def is_zero_room(fd: int, start: int, size: int) -> bool:
     """True when bytes [start, size) of a file are all zeros and few enough to be the room
     a writer allocated ahead of its appends (FORMAT.md "Raw segment"), not a torn tail."""
-    if size - start > ROOM_CHECK_MAX_BYTES:
-        return False
-    return not os.pread(fd, size - start, start).strip(b"\0")
+    return size - start <= ROOM_CHECK_MAX_BYTES and is_room(os.pread(fd, size - start, start))
+
+
+def is_room(tail: bytes) -> bool:
+    """True when ``tail``, the bytes after a file's committed end, can be a writer's room."""
+    return len(tail) <= ROOM_CHECK_MAX_BYTES and not tail.strip(b"\0")

@@ -44,7 +44,7 @@ RAW_ROOM_BYTES = ROOM_CHECK_MAX_BYTES if maps_supported() else 0
 """Zero bytes a raw mutable segment's data and index files may hold past their committed ends:
 the room a writer allocates ahead of its puts through maps (none where maps are not used)."""
 
-# Seekable Zstandard format (SEEKABLE_FORMAT.md), parsed here without the engine's code.
+# Seekable Zstandard format (FORMAT.md "Compressed segment"), parsed here without the engine's code.
 SEEK_TABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
 SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0
