@@ -23,7 +23,7 @@ from typing import Callable
 import zstandard
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
-from conduit_flat_file_db.seekable import DEFAULT_MIN_SAVING
+from conduit_flat_file_db.frames import DEFAULT_MIN_SAVING
 from conduit_flat_file_db.store import DEFAULT_FRAME_BYTES
 
 from .common import Result, base_parser, blockchain_like, conditions, percentile, rounds, table, text_like

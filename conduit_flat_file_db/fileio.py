@@ -21,6 +21,8 @@ from .errors import CorruptionError
 
 MAX_IO_BYTES = 0x7FFFF000  # Linux MAX_RW_COUNT: the most one read or write call moves
 IOV_MAX = 1024  # buffers per pwritev call (Linux UIO_MAXIOV)
+_ZEROS = bytes(256 * 2**10)  # the block write_zeros repeats
+_ZEROS_PER_CALL = 16  # up to 4 MiB of zeros per pwritev
 
 
 def pread_full(fd: int, size: int, offset: int) -> bytes:
@@ -98,3 +100,14 @@ def _finish_pwritev(fd: int, batch: Sequence[Any], written: int, offset: int) ->
             pwritev_all(fd, batch[index + 1 :], offset + at + size)
             return
         at += size
+
+
+def write_zeros(fd: int, start: int, end: int) -> None:
+    """Write zero bytes over [start, end) of ``fd``: one shared block of zeros, repeated in the
+    buffers of each ``pwritev`` (no zero buffer the size of the range)."""
+    at = start
+    while at < end:
+        chunk = min(end - at, len(_ZEROS) * _ZEROS_PER_CALL)
+        whole, part = divmod(chunk, len(_ZEROS))
+        pwritev_all(fd, [_ZEROS] * whole + ([memoryview(_ZEROS)[:part]] if part else []), at)
+        at += chunk

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import xxhash
 
@@ -63,10 +63,17 @@ class IndexHeader(NamedTuple):
 class Record(NamedTuple):
     """One decoded index record; the meaning of a, b, c depends on ``rtype``.
 
-    BLOB: a = start offset, b = length, c = XXH3-64 of the blob.
-    FRAME: a = uncompressed start, b = (compressed size << 32) | uncompressed size,
-    c = compressed start. SEAL: a = final uncompressed size, b = blob count,
-    c = final size of the data file on disk.
+    ====== ===================== ============================================ ===========================
+    rtype  a                     b                                            c
+    ====== ===================== ============================================ ===========================
+    BLOB   start offset          length                                       XXH3-64 of the blob
+    FRAME  uncompressed start    compressed size << 32 | uncompressed size    compressed start
+    SEAL   final uncompressed    blob count                                   final size of the data
+           size                                                               file on disk
+    ====== ===================== ============================================ ===========================
+
+    In every BLOB and SEAL record ``a`` is where the blobs before it end (see
+    :func:`blob_starts`). Decode a FRAME record's ``b`` with :func:`frame_sizes`.
     """
 
     rtype: int
@@ -116,6 +123,39 @@ def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:
 def encode_seal(uncompressed_size: int, blob_count: int, disk_size: int) -> bytes:
     """The SEAL record that makes a segment immutable."""
     return encode_record(REC_SEAL, 0, uncompressed_size, blob_count, disk_size)
+
+
+_FRAME_SIZE_SPLIT = 2**32  # a FRAME record's b: compressed size above, uncompressed size below
+
+
+def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int) -> bytes:
+    """A FRAME record: a frame of ``csize`` bytes at ``c_start`` in the file holding uncompressed
+    bytes [u_start, u_start + dsize)."""
+    return encode_record(REC_FRAME, flags, u_start, csize * _FRAME_SIZE_SPLIT + dsize, c_start)
+
+
+def frame_sizes(records: Iterable[Record]) -> list[tuple[int, int]]:
+    """(compressed size, uncompressed size) of each FRAME record among ``records``, in order."""
+    return [divmod(r.b, _FRAME_SIZE_SPLIT) for r in records if r.rtype == REC_FRAME]
+
+
+def blob_starts(records: Iterable[Record]) -> Iterator[tuple[int, Record, int]]:
+    """Each BLOB and SEAL record with its position in ``records`` and where the BLOB records
+    before it end: the one walk of blob contiguity. The blobs of a segment are contiguous from
+    offset 0 when every record's ``a`` equals that end (a BLOB starts there, a SEAL ends there)."""
+    end = 0
+    for position, record in enumerate(records):
+        if record.rtype == REC_BLOB:
+            yield position, record, end
+            end = record.a + record.b
+        elif record.rtype == REC_SEAL:
+            yield position, record, end
+
+
+def contiguous(records: Iterable[Record]) -> bool:
+    """Whether the BLOB records among ``records`` follow each other from offset 0, and each SEAL
+    record among them gives the size they end at."""
+    return all(record.a == end for _, record, end in blob_starts(records))
 
 
 class RecordScan(NamedTuple):

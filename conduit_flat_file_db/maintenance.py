@@ -23,7 +23,7 @@ from .index import KIND_ZSTD, REC_BLOB
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
-from .segment import index_records, open_data_file, written_kind
+from .segment_files import index_records, open_data_file, written_kind
 from .store import Store
 from .types import DataLocation
 

@@ -21,19 +21,12 @@ import threading
 from typing import Any, Callable
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
-from .fileio import finish_pread, pread_at, pread_full
+from .fileio import finish_pread, pread_at, pread_exact, pread_full
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
 from .naming import index_name, parse_segment_name, segment_name
-from .segment import OPEN_READ, open_data_file
-from .seekable import (
-    STORED_PROBE_BYTES,
-    FrameCache,
-    FrameTable,
-    decompress_frame,
-    parse_seek_table,
-    read_frames,
-    stored_payload,
-)
+from .segment_files import OPEN_READ, open_data_file
+from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
+from .seekable import FrameTable, parse_seek_table, read_frame, read_frames
 from .state import W_EPOCH, MutableView, StateSource
 from .types import Slice
 
@@ -103,23 +96,18 @@ class SegmentReader:
                 return hit
         table = self.table
         assert table is not None  # only compressed readers call this
-        c_start, c_end = table.c_offsets[index], table.c_offsets[index + 1]
-        dsize = table.d_offsets[index + 1] - table.d_offsets[index]
-        raw = os.pread(self.fd, c_end - c_start, c_start)
-        if len(raw) != c_end - c_start:
-            raw = finish_pread(self.fd, raw, c_end - c_start, c_start)  # a short read is not yet the end
-            if len(raw) != c_end - c_start:
-                raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {c_start} is cut "
-                                              "short; was the segment deleted?", self.name)
-        checksum = table.checksums[index] if table.checksums is not None else None
-        out = decompress_frame(raw, dsize, self.name, c_start, checksum)
+        out = read_frame(self.fd, table, index, self.name)
         if cache is not None:
             cache.put(key, out)
         return out
 
     def read(self, start: int, end: int) -> bytes:
-        """Uncompressed bytes [start, end) (already checked against ``limit``)."""
+        """Uncompressed bytes [start, end) (already checked against ``limit``): raw, copied out of
+        the map when mapped and at most MAP_READ_BYTES, else read with pread."""
         if self.raw:
+            mm = self.mm
+            if end <= self.mapped and end - start <= MAP_READ_BYTES and mm is not None:
+                return mm[start:end]
             return pread_full(self.fd, end - start, start)
         assert self.table is not None
         return read_frames(self.table, self.piece, start, end)
@@ -132,9 +120,8 @@ class SegmentReader:
             payload = self._probe_stored(index)
         if payload > 0:
             data = os.pread(self.fd, high - low, payload + low)
-            if len(data) != high - low:
-                raise FlatFileDbNotFoundError(errno.ENOENT, f"{self.name}: frame at offset {payload} is cut short; "
-                                              "was the segment deleted?", self.name)
+            if len(data) != high - low:  # read on, or the file ends: the error read_frame raises
+                return pread_exact(self.fd, high - low, payload + low, self.name)
             return data
         return (frame or self.frame)(index)[low:high]  # a whole frame's slice is the frame itself: no copy
 
@@ -301,6 +288,8 @@ class ReaderCache:
         assert table is not None
         for record in scan.records:
             if record.rtype == REC_FRAME:
+                # index.frame_sizes inlined: this runs on every get of a blob just put in a compressed
+                # segment, and a call per refresh there is a tenth of the get's own calls.
                 table.append(record.b >> 32, record.b & 0xFFFFFFFF)
             elif record.rtype == REC_SEAL:
                 reader.limit = max(reader.limit, record.a)
@@ -328,6 +317,8 @@ class ReaderCache:
         if not reader.raw:
             return reader.read(start, end)
         mm = reader.mm
+        # SegmentReader.read's map test and pread, inlined: a get of a blob just written past the
+        # map comes this way, and a short read here means a cut or replaced file (reopen below).
         if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
             return mm[start:end]
         data = os.pread(reader.fd, end - start, start)
@@ -404,10 +395,7 @@ class BlobFile(io.RawIOBase):
     def _read_range(self, start: int, end: int) -> bytes:
         reader = self._reader
         if reader.raw:
-            mm = reader.mm
-            if end <= reader.mapped and end - start <= MAP_READ_BYTES and mm is not None:
-                return mm[start:end]
-            return pread_full(reader.fd, end - start, start)
+            return reader.read(start, end)
         assert reader.table is not None
         return read_frames(reader.table, self._piece, start, end)
 

@@ -32,7 +32,9 @@ from typing import Any
 from .errors import FlatFileDbNotFoundError, FormatError
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
-from .segment import OPEN_READ, Walk, open_data_file, seal_problem
+from .recovery import Walk
+from .seal import seal_problem
+from .segment_files import OPEN_READ, open_data_file
 from .state import (
     STATE_BYTES,
     STATE_MAGIC,
@@ -165,11 +167,10 @@ class ReadOnlyState:
             if index_fd >= 0:
                 os.close(index_fd)
         walk.run(decode_records(raw).records, first)
-        records, end, frames_c, frame_count, _blobs, sealed = walk.commit
-        if sealed:
+        tail = walk.commit()
+        if tail.sealed:
             return MutableView(number + 1, 0, HEADER_BYTES, 0, kind)  # sealed; the next not created yet
-        return MutableView(number, end, HEADER_BYTES + records * RECORD_BYTES, frames_c if kind == KIND_ZSTD else end,
-                           kind, 0, frame_count)
+        return tail.view(number)
 
     @staticmethod
     def _header_fits(index_fd: int, number: int, kind: int) -> bool:

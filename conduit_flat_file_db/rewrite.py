@@ -18,7 +18,9 @@ from .errors import FlatFileDbUnsafeAccessError
 from .fileio import pread_at, pread_exact, pwrite_all
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
-from .segment import CHECK_CHUNK_BYTES, OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file, sync_segment
+from .checksums import CHECK_CHUNK_BYTES
+from .seal import sync_segment
+from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 from .state import SharedState
 

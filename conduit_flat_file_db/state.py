@@ -40,7 +40,7 @@ W_DURABLE_END = 9  # uncompressed bytes of the mutable segment known to be fsync
 W_BOOT_LO = 10  # boot id of the machine that last published (power-loss detection)
 W_BOOT_HI = 11
 W_KIND = 12
-W_PADDING = 13  # compressed mutable segment: payload bytes of the padding frame after its frames
+W_PADDING = 13  # compressed mutable segment: payload bytes of its padding frame (see segment.py)
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
 W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
 _SPINS_BEFORE_STUCK = 20_000
@@ -59,7 +59,11 @@ BOOT_ID = _read_boot_id()
 
 
 class MutableView(NamedTuple):
-    """A consistent snapshot of the mutable segment's committed extent (FORMAT.md "State page")."""
+    """A consistent snapshot of the mutable segment's committed extent (FORMAT.md "State page").
+
+    Writers publish it from their ``segment.Tail`` (``Tail.view``), the same facts plus
+    the blob count and whether the segment is sealed.
+    """
 
     segment: int
     end: int  # committed uncompressed bytes

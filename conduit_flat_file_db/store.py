@@ -44,17 +44,17 @@ from .naming import index_name, parse_segment_name, segment_name
 from .readonly import ReadOnlyState, open_datadir
 from .reader import MAP_READ_BYTES, BlobFile, ReaderCache, SegmentReader, apply_slice, as_offset, fast_slice
 from .rewrite import rewrite_segment
-from .seekable import (
+from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
     MAX_FRAME_DECOMPRESSED_BYTES,
     FrameCache,
-    Framing,
     check_min_saving,
     compress_frames,
     stored_frame,
 )
-from .segment import fsync_dir, index_records, written_kind
+from .seekable import Framing
+from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
 from .streams import LazyOpener, examine_for_adoption, read_head, write_aside

@@ -18,8 +18,10 @@ import xxhash
 from .fileio import pread_at, pwrite_all
 from .naming import temp_name
 from .index import KIND_RAW, KIND_ZSTD
-from .segment import CHECK_CHUNK_BYTES, OPEN_WRITE, checksum_range
-from .seekable import ZSTD_FRAME_MAGIC, Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .checksums import CHECK_CHUNK_BYTES, checksum_range
+from .segment_files import OPEN_WRITE
+from .frames import ZSTD_FRAME_MAGIC
+from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
 
 STREAM_CHUNK_BYTES = 4 * 2**20
 

@@ -19,15 +19,17 @@ from .index import (
     FLAG_UNCHECKED,
     HEADER_BYTES,
     KIND_ZSTD,
-    REC_BLOB,
     REC_SEAL,
     RECORD_BYTES,
     Record,
+    blob_starts,
     decode_header,
     decode_records,
 )
 from .naming import STATE_FILE_NAME, index_name, parse_name, segment_name, temp_owner
-from .segment import CHECK_CHUNK_BYTES, frame_table_of, open_data_file, read_index
+from .checksums import CHECK_CHUNK_BYTES
+from .segment import frame_table_of
+from .segment_files import open_data_file, read_index
 from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .state import MutableView
 
@@ -271,10 +273,9 @@ def _check_seek_table(report: VerifyReport, fd: int, data_path: str, size: int) 
 
 def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) -> tuple[list[Record], int, bool]:
     """BLOB records in order, checking contiguity; returns (blobs, committed end, sealed)."""
-    end = 0
     sealed = False
     blobs: list[Record] = []
-    for position, record in enumerate(records):
+    for position, record, end in blob_starts(records):
         at = HEADER_BYTES + position * RECORD_BYTES
         if record.rtype == REC_SEAL:
             if record.a != end:
@@ -282,12 +283,11 @@ def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) ->
             if record.b != len(blobs):
                 report.add(idx_path, at, "bad-seal", f"SEAL says {record.b} blobs, the index has {len(blobs)}")
             sealed = True
-        elif record.rtype == REC_BLOB:
+        else:
             if record.a != end:
                 report.add(idx_path, at, "gap", f"blob starts at {record.a}, previous ended at {end}")
-            end = record.a + record.b
             blobs.append(record)
-    return blobs, end, sealed
+    return blobs, blobs[-1].a + blobs[-1].b if blobs else 0, sealed
 
 
 def _raw_chunks(fd: int, size: int, mapped: bool) -> Iterator[tuple[int, bytes | memoryview]]:

@@ -39,30 +39,12 @@ from .index import (
 )
 from .errors import FlatFileDbUnsafeAccessError
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_name, temp_owner
-from .segment import (
-    OPEN_WRITE,
-    ROOM_MAX_BYTES,
-    ROOM_MIN_BYTES,
-    Tail,
-    allocate,
-    append_table_entries,
-    create_segment,
-    frame_table_of,
-    fsync_dir,
-    maps_supported,
-    open_data_file,
-    open_regular,
-    padding_header,
-    preallocate,
-    recover_segment,
-    reseal_segment,
-    reserve_for,
-    seal_problem,
-    seal_recovered,
-    sync_segment,
-    write_reserve_and_table,
-    write_seal,
-)
+from .blocks import allocate, maps_supported, preallocate
+from .recovery import recover_segment
+from .seal import reseal_segment, seal_problem, seal_recovered, sync_segment, write_seal
+from .seekable import append_table_entries, padding_header, write_padding_and_table
+from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES, Tail, create_segment, frame_table_of, padding_for
+from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
 from .state import (
     W_DIRTY,
     W_DISK_BYTES,
@@ -448,7 +430,7 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
         """
         try:
             if self.kind == KIND_ZSTD:
-                write_reserve_and_table(self.data_fd, disk, self._frame_sizes(index_bytes), padding)
+                write_padding_and_table(self.data_fd, disk, self._frame_sizes(index_bytes), padding)
             else:
                 os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
@@ -608,9 +590,9 @@ class SegmentWriter:  # pylint: disable=too-many-instance-attributes  # descript
             else:
                 # Out of reserved room: the seek table moves; rewrite it whole, with more room.
                 all_sizes = self._frame_sizes(index_bytes) + sizes
-                new_padding = reserve_for(disk + used, 0)
+                new_padding = padding_for(disk + used, 0)
                 pwritev_all(self.data_fd, frames, disk)
-                write_reserve_and_table(self.data_fd, disk + used, all_sizes, new_padding)
+                write_padding_and_table(self.data_fd, disk + used, all_sizes, new_padding)
             self._write_records(payload, index_bytes, end)
         except BaseException:
             self._fail(start, disk, index_bytes, padding)

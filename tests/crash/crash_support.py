@@ -28,7 +28,8 @@ import pyzstd
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_FRAME, REC_SEAL, RECORD_BYTES, Record, decode_records
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, segment_name
-from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported
+from conduit_flat_file_db.blocks import maps_supported
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_SEQ
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ RAW_ROOM_BYTES = ROOM_CHECK_MAX_BYTES if maps_supported() else 0
 """Zero bytes a raw mutable segment's data and index files may hold past their committed ends:
 the room a writer allocates ahead of its puts through maps (none where maps are not used)."""
 
-# Seekable Zstandard format (SEEKABLE_FORMAT.md), parsed here without the engine's code.
+# Seekable Zstandard format (FORMAT.md "Compressed segment"), parsed here without the engine's code.
 SEEK_TABLE_MAGIC = 0x184D2A5E
 SEEKABLE_MAGIC = 0x8F92EAB1
 SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0

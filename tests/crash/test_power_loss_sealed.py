@@ -26,14 +26,15 @@ from typing import Callable, NamedTuple
 import pytest
 from crash_support import cut_file, index_records_of, set_state_word, state_word, zero_bytes
 
-import conduit_flat_file_db.segment as segment_module
+import conduit_flat_file_db.seal as seal_module
 import conduit_flat_file_db.writer as writer_module
 from conduit_flat_file_db import CompressMode, FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, parse_segment_name, segment_name
-from conduit_flat_file_db.seekable import SeekableReader
-from conduit_flat_file_db.segment import RESERVE_MIN_BYTES, seal_problem, write_reserve_and_table
+from conduit_flat_file_db.seekable import SeekableReader, write_padding_and_table
+from conduit_flat_file_db.seal import seal_problem
+from conduit_flat_file_db.segment import PADDING_MIN_BYTES
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
 from conduit_flat_file_db.types import DataLocation
 
@@ -366,7 +367,7 @@ def test_seal_whose_seek_table_never_landed(tmp_path: Path, seal_record: str) ->
     fd = os.open(data_file(datadir, DAMAGED), os.O_RDWR)
     try:
         os.ftruncate(fd, frames_end)
-        write_reserve_and_table(fd, frames_end, [(b >> 32, b & 0xFFFFFFFF) for _, b, _ in frames], RESERVE_MIN_BYTES)
+        write_padding_and_table(fd, frames_end, [(b >> 32, b & 0xFFFFFFFF) for _, b, _ in frames], PADDING_MIN_BYTES)
     finally:
         os.close(fd)
     if seal_record == "lost":
@@ -412,7 +413,7 @@ def test_a_failed_fsync_is_reported_by_every_sync_and_confirms_nothing(
     datadir = tmp_path / "store"
     db = open_store(datadir, False)
     failures = [OSError(errno.EIO, "Input/output error")]
-    real = segment_module.sync_segment
+    real = seal_module.sync_segment
 
     def failing(dir_fd: int, number: int) -> int:
         if failures:
@@ -559,7 +560,7 @@ def test_put_stream_does_not_wait_for_its_own_segments_fsync(tmp_path: Path, mon
     """A writer waits only for segments sealed before its call: a 2 GiB stream must not wait for
     its own segment's fsync (the sync thread is held on it here until after put_stream returns)."""
     gate = threading.Event()
-    real = segment_module.sync_segment
+    real = seal_module.sync_segment
 
     def gated(dir_fd: int, number: int) -> int:
         if number >= 1:

@@ -90,7 +90,7 @@ def zstd_frame(data: bytes) -> bytes:
 
 
 def encode_table(entries: list[tuple[int, int]]) -> bytes:
-    """A seek-table skippable frame without checksums (SEEKABLE_FORMAT.md)."""
+    """A seek-table skippable frame without checksums (FORMAT.md "Compressed segment")."""
     body = b"".join(struct.pack("<II", c, d) for c, d in entries)
     return (struct.pack("<II", SEEK_TABLE_MAGIC, len(body) + 9) + body
             + struct.pack("<IBI", len(entries), 0, SEEKABLE_MAGIC))

@@ -48,12 +48,15 @@ from conduit_flat_file_db.index import (
     IndexHeader,
     Record,
     blob_checksum,
+    contiguous,
     decode_header,
     decode_records,
     encode_blob,
+    encode_frame,
     encode_header,
     encode_record,
     encode_seal,
+    frame_sizes,
 )
 
 def fields(*hex_fields: str) -> bytes:
@@ -344,3 +347,20 @@ def test_index_file_written_by_store(tmp_path: Path) -> None:
     new_header = (tmp_path / "s" / "data_00000001.idx").read_bytes()
     assert new_header[:16] == fields("464644422d494458", "0100", "00", "00", "01000000")
     assert len(new_header) == HEADER_BYTES
+
+
+def test_a_frame_record_decodes_to_the_sizes_it_was_written_with() -> None:
+    """FRAME b packs the compressed size above the uncompressed one (32 bits each)."""
+    raw = encode_frame(0, 10, 2**32 - 1, 5, 7) + encode_blob(10, 5, 0) + encode_frame(0, 15, 1, 2**32 - 1, 2**32 + 6)
+    records = decode_records(raw).records
+    assert frame_sizes(records) == [(2**32 - 1, 5), (1, 2**32 - 1)]
+    assert (records[0].a, records[0].c, records[2].c) == (10, 7, 2**32 + 6)
+
+
+def test_blobs_are_contiguous_from_zero_up_to_a_seal_of_their_size() -> None:
+    """One rule for every walk: each BLOB starts where the blobs before it end, a SEAL gives that end."""
+    blobs = [encode_blob(0, 4, 0), encode_frame(0, 0, 9, 9, 0), encode_blob(4, 6, 0)]
+    assert contiguous(decode_records(b"".join(blobs + [encode_seal(10, 2, 99)])).records)
+    assert not contiguous(decode_records(b"".join(blobs + [encode_seal(11, 2, 99)])).records)
+    assert not contiguous(decode_records(encode_blob(1, 4, 0)).records)
+    assert not contiguous(decode_records(encode_blob(0, 4, 0) + encode_blob(5, 1, 0)).records)

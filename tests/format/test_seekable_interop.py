@@ -361,7 +361,7 @@ def test_original_engine_datadir_torn_by_a_crash_mid_append_opens(make_store: St
     it opens the file and writes a new one only on close: a crash during any put_many left its
     newest segment as bare frames without a seek table. Such a datadir must still open, every
     blob of the older segments must read, and so must the blobs of the torn segment's complete
-    frames (frames can be found by walking their headers, SEEKABLE_FORMAT.md)."""
+    frames (frames can be found by walking their headers, FORMAT.md "Compressed segment")."""
     locations = write_original_datadir(tmp_path / "torn", 3, seed=8)
     newest = tmp_path / "torn" / "data_00000002.dat.zst"
     with SeekableZstdFile(newest, "ab", level_or_option=ORIGINAL_OPTIONS,

@@ -37,8 +37,9 @@ import xxhash
 from conduit_flat_file_db import DataLocation, FlatFileDb, InvalidLocationError, Slice
 from conduit_flat_file_db.fileio import pread_at
 from conduit_flat_file_db.index import blob_checksum
-from conduit_flat_file_db.seekable import SKIPPABLE_HEADER_BYTES, SeekableWriter, parse_seek_table
-from conduit_flat_file_db.segment import RESERVE_MIN_BYTES, padding_header, reserve_for, write_reserve_and_table
+from conduit_flat_file_db.frames import SKIPPABLE_HEADER_BYTES
+from conduit_flat_file_db.seekable import SeekableWriter, padding_header, parse_seek_table, write_padding_and_table
+from conduit_flat_file_db.segment import PADDING_MIN_BYTES, padding_for
 
 pytestmark = pytest.mark.large
 
@@ -488,12 +489,12 @@ def test_padding_after_frames_past_64_gib_fits_its_u32_size_field(scratch: Path)
     at 1 GiB, so the padding frame's u32 size field holds it however large the segment grows.
     (The frames are a hole here: a sparse file ending past 64 GiB costs no disk.)"""
     frames_end = 2**37
-    padding = reserve_for(frames_end, 0)
-    assert RESERVE_MIN_BYTES <= padding < 2**32 - SKIPPABLE_HEADER_BYTES
+    padding = padding_for(frames_end, 0)
+    assert PADDING_MIN_BYTES <= padding < 2**32 - SKIPPABLE_HEADER_BYTES
     fd = os.open(scratch / "sparse.dat.zst", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         frames = [(2**31, 2**31)] * (frames_end // 2**31)
-        write_reserve_and_table(fd, frames_end, frames, padding)
+        write_padding_and_table(fd, frames_end, frames, padding)
         table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size)
         assert table.sizes() == frames + [(SKIPPABLE_HEADER_BYTES + padding, 0)]
         assert os.pread(fd, SKIPPABLE_HEADER_BYTES, frames_end) == padding_header(padding)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from conduit_flat_file_db.blocks import allocate_for_map
@@ -53,3 +55,27 @@ def test_a_page_with_all_its_blocks_is_left_alone(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == b"x" * 10_000
+
+
+_SHORT_WRITE_CHILD = """
+import errno, os, resource, signal, sys
+from conduit_flat_file_db.blocks import allocate_for_map
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+try:
+    allocate_for_map(fd, 4096, "page")
+except OSError as exc:
+    print("refused", errno.errorcode[exc.errno], os.fstat(fd).st_size)
+else:
+    print("allocated", os.fstat(fd).st_size)
+"""
+
+
+def test_a_page_cut_short_by_a_file_size_limit_is_refused_not_mapped(tmp_path: Path) -> None:
+    """Under a file size limit inside the page, posix_fallocate fails (EFBIG) and the page is
+    written as zeros, where the write comes back short: that is an error, never a page shorter
+    than its map (whose stores past the end would reach no file)."""
+    result = subprocess.run([sys.executable, "-c", _SHORT_WRITE_CHILD, str(tmp_path / "page")],
+                            capture_output=True, text=True, check=True, timeout=60)
+    assert result.stdout.split() == ["refused", "EFBIG", "100"], result.stdout + result.stderr

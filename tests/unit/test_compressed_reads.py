@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import random
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from conduit_flat_file_db import DataLocation, FlatFileDb, Slice
+from conduit_flat_file_db import CorruptionError, DataLocation, FlatFileDb, Slice
+from conduit_flat_file_db.seekable import SeekableReader
 
 StoreFactory = Callable[..., FlatFileDb]
 FRAME = 4096
@@ -194,3 +196,30 @@ def test_min_frame_saving_wrong_type_is_refused(make_store: StoreFactory) -> Non
     """A non-number: TypeError."""
     with pytest.raises(TypeError, match="min_frame_saving"):
         make_store("bad", use_compression=True, min_frame_saving="0.1")
+
+
+def test_a_frame_cut_short_is_corruption_for_every_reader(tmp_path: Path) -> None:
+    """A compressed segment cut after a reader opened it: a compressed frame, a stored frame read
+    in place, and the standalone SeekableReader all raise CorruptionError naming the file: one
+    reader of frames, one error for the same short read."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True, frame_bytes=FRAME,
+                    frame_cache_bytes=0)
+    try:
+        noise = random.Random(9).randbytes(16 * FRAME)
+        text = blob(16 * FRAME, 10)
+        locations = [db.put(noise), db.put(text)]
+        db.rotate()
+        path = locations[0].file_path
+        assert db.get(locations[0], Slice(0, 10)) == noise[:10]  # the segment is open now
+        standalone = SeekableReader(path)
+        os.truncate(path, 100)
+        for location in locations:
+            with pytest.raises(CorruptionError) as caught:
+                db.get(location, Slice(8 * FRAME, 8 * FRAME + 10))
+            assert caught.value.path == path
+        with pytest.raises(CorruptionError) as caught:
+            standalone.frame(len(standalone.table) - 2)
+        assert caught.value.path == path
+        standalone.close()
+    finally:
+        db.close()

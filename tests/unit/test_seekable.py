@@ -17,17 +17,13 @@ import xxhash
 import zstandard
 
 from conduit_flat_file_db.errors import CorruptionError, FormatError
+from conduit_flat_file_db.frames import STORED_PROBE_BYTES, FrameCache, compress_frames, stored_frame, stored_payload
 from conduit_flat_file_db.seekable import (
-    STORED_PROBE_BYTES,
-    FrameCache,
     FrameTable,
     SeekableReader,
     SeekableWriter,
-    compress_frames,
     encode_seek_table,
     parse_seek_table,
-    stored_frame,
-    stored_payload,
 )
 
 SKIPPABLE_MAGIC = 0x184D2A53  # any of 0x184D2A50..0x184D2A5F; not the seek table's own 0x184D2A5E

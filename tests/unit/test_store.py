@@ -23,7 +23,8 @@ from conduit_flat_file_db import (
     Slice,
 )
 import conduit_flat_file_db.writer as writer_module
-from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported, preallocate
+from conduit_flat_file_db.blocks import maps_supported, preallocate
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 from conduit_flat_file_db.writer import MAPPED_PUT_MAX_BYTES
 

@@ -16,11 +16,12 @@ from typing import Any, Callable
 
 import pytest
 
-import conduit_flat_file_db.segment as segment_module
+import conduit_flat_file_db.blocks as blocks_module
 import conduit_flat_file_db.writer as writer_module
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
-from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES, maps_supported
+from conduit_flat_file_db.blocks import maps_supported
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_END, W_INDEX_BYTES
 from conduit_flat_file_db.writer import MAPPED_PUT_MAX_BYTES
 
@@ -314,7 +315,7 @@ def test_an_empty_put_at_a_page_boundary_keeps_the_maps(store: FlatFileDb, monke
 def test_copy_on_write_filesystems_get_no_maps(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """On btrfs, bcachefs or ZFS an overwrite needs new blocks, so allocating room cannot keep a
     full disk from killing a writer that stores through a map: puts use pwrite there."""
-    monkeypatch.setattr(segment_module, "filesystem_type", lambda _fd: 0x9123683E)  # btrfs
+    monkeypatch.setattr(blocks_module, "filesystem_type", lambda _fd: 0x9123683E)  # btrfs
     db = make_store()
     assert db._writer.map_limit == -1  # pylint: disable=protected-access
     items = blobs_of(5)

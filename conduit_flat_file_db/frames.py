@@ -1,0 +1,294 @@
+"""One Zstandard frame at a time: compress, decompress within bounds, stored frames, a frame cache.
+
+What every reader and writer of compressed segments needs of single frames, with
+no knowledge of the seek table (that is seekable.py's): this thread's compressor
+and decompressor contexts, :func:`decompress_frame` (which checks every claimed
+size before allocating for it), :func:`stored_frame` and :func:`stored_payload`
+(frames that hold their bytes verbatim, so a slice is one ``pread``),
+:func:`compress_frames`, and :class:`FrameCache` of decompressed frames.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+import xxhash
+import zstandard
+
+from .errors import CorruptionError
+
+ZSTD_FRAME_MAGIC = 0xFD2FB528
+SKIPPABLE_MAGIC_MASK = 0xFFFFFFF0  # skippable frames have magic 0x184D2A5? (any last digit)
+SKIPPABLE_MAGIC = 0x184D2A50
+SKIPPABLE_HEADER_BYTES = 8
+MAX_FRAME_DECOMPRESSED_BYTES = 2**30
+DEFAULT_LEVEL = 3
+WINDOW_LOG_MAX = 27  # plain ``zstd -d`` refuses larger windows by default
+_U32 = struct.Struct("<I")
+
+
+class FrameCache:
+    """A thread-safe LRU of decompressed frames, bounded in bytes (0 disables it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"cache size must be >= 0 bytes, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> bytes | None:
+        """The cached frame, or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: Any, value: bytes) -> None:
+        """Cache a frame, evicting the least recently used ones beyond the limit."""
+        if not value or len(value) > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old)
+            self._items[key] = value
+            self._bytes += len(value)
+            while self._bytes > self.max_bytes:
+                _key, evicted = self._items.popitem(last=False)
+                self._bytes -= len(evicted)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes held now."""
+        return self._bytes
+
+def scan_frames(read_at: Callable[[int, int], bytes], size: int) -> list[tuple[int, int]]:
+    """(compressed, decompressed) sizes of the complete frames at the start of a file, found
+    by walking frame and block headers: no seek table needed. Stops at the first frame
+    that is cut short or is not a frame; skippable frames count with decompressed size 0.
+    """
+    sizes: list[tuple[int, int]] = []
+    pos = 0
+    while pos + SKIPPABLE_HEADER_BYTES <= size:
+        head = read_at(pos, 18)  # the longest frame header
+        magic = _U32.unpack_from(head, 0)[0]
+        if magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC:
+            end = pos + SKIPPABLE_HEADER_BYTES + _U32.unpack_from(head, 4)[0]
+            if end > size:
+                break
+            sizes.append((end - pos, 0))
+            pos = end
+            continue
+        if magic != ZSTD_FRAME_MAGIC:
+            break
+        try:
+            at = pos + zstandard.frame_header_size(head)
+            params = zstandard.get_frame_parameters(head)
+        except zstandard.ZstdError:
+            break
+        complete = False
+        while at + 3 <= size:
+            block = int.from_bytes(read_at(at, 3), "little")
+            kind, block_size = (block >> 1) & 3, block >> 3
+            if kind == 3:
+                break
+            at += 3 + (1 if kind == 1 else block_size)
+            if block & 1:
+                complete = True
+                break
+        at += 4 if params.has_checksum else 0
+        if not complete or at > size:
+            break
+        if params.content_size != zstandard.CONTENTSIZE_UNKNOWN:
+            dsize = params.content_size
+        else:
+            try:
+                dsize = len(decompressor().decompressobj().decompress(read_at(pos, at - pos)))
+            except zstandard.ZstdError:
+                break
+        sizes.append((at - pos, dsize))
+        pos = at
+    return sizes
+
+
+_local = threading.local()
+
+
+def decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor (zstandard objects are not thread-safe)."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's compressor for ``level`` (content size and checksum in every frame)."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "cctx", None)
+    if cache is None:
+        cache = _local.cctx = {}
+    cctx = cache.get(level)
+    if cctx is None:
+        params = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=True, write_content_size=True)
+        if params.window_log > WINDOW_LOG_MAX:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level, write_checksum=True, write_content_size=True, window_log=WINDOW_LOG_MAX)
+        cctx = cache[level] = zstandard.ZstdCompressor(compression_params=params)
+    return cctx
+
+
+# A Zstandard block of 4 bytes (3-byte header, 1-byte RLE payload) can stand for 128 KiB:
+# no frame decompresses to more than this many times its compressed size.
+MAX_EXPANSION = 2**15
+
+
+def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum: int | None = None) -> bytes:
+    """Decompress one whole frame that must yield exactly ``dsize`` bytes.
+
+    Sizes claimed by the seek table or the frame header are checked before any
+    memory is allocated for them, so a forged file cannot make us allocate more
+    than its own size allows.
+    """
+    if dsize > MAX_FRAME_DECOMPRESSED_BYTES or dsize > (len(frame) + 1) * MAX_EXPANSION:
+        raise CorruptionError(f"{path} at offset {offset}: a {len(frame)}-byte frame cannot hold {dsize} bytes",
+                              path, offset)
+    try:
+        claimed = zstandard.frame_content_size(frame)
+        if claimed not in (-1, dsize):
+            raise CorruptionError(f"{path} at offset {offset}: frame header says {claimed} bytes, "
+                                  f"the seek table says {dsize}", path, offset)
+        if claimed == -1:  # no size in the header: stream, so memory follows real output only
+            dobj = decompressor().decompressobj()
+            out = dobj.decompress(frame)
+        else:
+            out = decompressor().decompress(frame, max_output_size=dsize)
+    except zstandard.ZstdError as exc:
+        raise CorruptionError(f"{path} at offset {offset}: bad Zstandard frame ({exc})", path, offset) from None
+    if len(out) != dsize:
+        raise CorruptionError(f"{path} at offset {offset}: frame decompressed to {len(out)} bytes, "
+                              f"the seek table says {dsize}", path, offset)
+    if checksum is not None and xxhash.xxh64_intdigest(out) & 0xFFFFFFFF != checksum:
+        raise CorruptionError(f"{path} at offset {offset}: frame fails its seek-table checksum", path, offset)
+    return out
+
+
+_MAX_BLOCK_BYTES = 128 * 2**10
+
+
+def stored_frame(data: bytes | bytearray | memoryview) -> bytes:
+    """A Zstandard frame that stores ``data`` uncompressed (raw blocks), with its content size
+    and checksum: any decoder reads it, and making it costs a copy and an XXH64.
+
+    Small puts are written this way: compressing a few KiB alone costs far more CPU than
+    writing it and gains little; the segment is compressed for real when it is sealed.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    if size < 256:
+        header = struct.pack("<IBB", ZSTD_FRAME_MAGIC, 0x24, size)  # single segment, checksum, 1-byte size
+    elif size < 65536 + 256:
+        header = struct.pack("<IBH", ZSTD_FRAME_MAGIC, 0x64, size - 256)
+    elif size < 2**32:
+        header = struct.pack("<IBI", ZSTD_FRAME_MAGIC, 0xA4, size)
+    else:
+        header = struct.pack("<IBQ", ZSTD_FRAME_MAGIC, 0xE4, size)
+    parts: list[bytes | memoryview] = [header]
+    for start in range(0, max(size, 1), _MAX_BLOCK_BYTES):
+        chunk = view[start : start + _MAX_BLOCK_BYTES]
+        last = 1 if start + _MAX_BLOCK_BYTES >= size else 0
+        parts.append((len(chunk) << 3 | last).to_bytes(3, "little"))
+        parts.append(chunk)
+    parts.append(_U32.pack(xxhash.xxh64_intdigest(view) & 0xFFFFFFFF))
+    return b"".join(parts)
+
+
+# By default a frame that compression shrinks by less than 1/8 is written stored instead
+# (raw blocks): reading it back costs a copy, not a decompression, and a slice of it is one
+# pread. LevelDB and RocksDB apply the same rule to their blocks. It costs at most 1/7 more
+# disk on data that compresses by just under 1/8; 0 stores only what compression enlarges.
+DEFAULT_MIN_SAVING = 0.125
+
+
+def check_min_saving(min_saving: float) -> float:
+    """``min_saving`` as a float in [0, 1), or ValueError/TypeError."""
+    if isinstance(min_saving, bool) or not isinstance(min_saving, (int, float)):
+        raise TypeError(f"min_frame_saving must be a number, got {type(min_saving).__name__}")
+    if not 0 <= min_saving < 1:
+        raise ValueError(f"min_frame_saving must be in [0, 1), got {min_saving}")
+    return float(min_saving)
+
+
+def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, threads: int = 1,
+                    min_saving: float = DEFAULT_MIN_SAVING) -> list[bytes]:
+    """Cut ``data`` into frames of at most ``frame_bytes`` and compress them.
+
+    With ``threads > 1`` and more than one frame, frames are compressed in parallel
+    (zstandard's C workers, the GIL released), and returned in order. A frame that
+    compression shrinks by less than the fraction ``min_saving`` is returned stored.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) <= frame_bytes:
+        frames = [compressor(level).compress(view)]
+    elif threads > 1:
+        # One buffer with segment offsets: zstandard's C workers read it in place.
+        segments = struct.pack(f"<{2 * ((len(view) + frame_bytes - 1) // frame_bytes)}Q",
+                               *(v for i in range(0, len(view), frame_bytes)
+                                 for v in (i, min(frame_bytes, len(view) - i))))
+        # The workers read any contiguous buffer in place: no copy of a bytearray or a view.
+        result = compressor(level).multi_compress_to_buffer(zstandard.BufferWithSegments(view, segments),
+                                                            threads=threads)
+        frames = [result[i].tobytes() for i in range(len(result))]
+    else:
+        cctx = compressor(level)
+        frames = [cctx.compress(view[i : i + frame_bytes]) for i in range(0, len(view), frame_bytes)]
+    for number, frame in enumerate(frames):
+        size = min(frame_bytes, len(view) - number * frame_bytes)
+        if len(frame) > size * (1 - min_saving):
+            frames[number] = stored_frame(view[number * frame_bytes : number * frame_bytes + size])
+    return frames
+
+
+_FCS_BYTES = (0, 2, 4, 8)
+_DICT_ID_BYTES = (0, 1, 2, 4)
+STORED_PROBE_BYTES = 4 + 1 + 1 + 4 + 8 + 3  # the longest frame header, then one block header
+
+
+def stored_payload(head: bytes, csize: int, dsize: int) -> int:
+    """Where the bytes of a one-block stored frame start within it, or -1 if it is not one.
+
+    ``head``: the frame's first bytes (up to STORED_PROBE_BYTES); ``csize``/``dsize``: its
+    sizes from the frame table. A frame of one raw block holds its content verbatim, so a
+    slice of it can be read from the file with no decompression, whoever wrote it.
+    """
+    if len(head) < 5 or _U32.unpack_from(head)[0] != ZSTD_FRAME_MAGIC or not 0 < dsize <= _MAX_BLOCK_BYTES:
+        return -1
+    descriptor = head[4]
+    if descriptor & 0x08:  # reserved bit
+        return -1
+    single = descriptor >> 5 & 1
+    fcs = _FCS_BYTES[descriptor >> 6] or single
+    at = 5 + (0 if single else 1) + _DICT_ID_BYTES[descriptor & 3] + fcs
+    if at + 3 > len(head):
+        return -1
+    block = int.from_bytes(head[at : at + 3], "little")
+    checksum = 4 if descriptor & 0x04 else 0
+    if block != (dsize << 3 | 1) or csize != at + 3 + dsize + checksum:  # last block, raw, all of it
+        return -1
+    return at + 3

@@ -1,0 +1,109 @@
+"""Finding and opening a segment's files in the datadir, and making them durable.
+
+Every segment file is opened relative to the datadir's descriptor with ``O_NOFOLLOW``
+and must be a regular file, so a name never leads outside the datadir and a
+directory, FIFO or device in a segment's place is refused with a typed error
+instead of failing later. Also here: reading a segment's record index whole (it
+is small), and the fsyncs of a segment's files and of the directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .errors import FlatFileDbNotFoundError, FormatError, InvalidLocationError
+from .fileio import pread_full
+from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, Record, decode_header, decode_records
+from .naming import index_name, segment_name
+
+OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs us
+
+
+OPEN_WRITE = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def open_regular(dir_fd: int, name: str, flags: int = OPEN_READ) -> int:
+    """Open ``name`` in the datadir, refusing anything but a regular file of that name.
+
+    Raises FileNotFoundError when it is missing and InvalidLocationError (a ValueError)
+    for a symlink, directory, FIFO, socket or device: none of these is a file the store
+    wrote, and reading one would fail later with an untyped error (EISDIR, ESPIPE).
+    """
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidLocationError(f"{name} is a symlink; refused") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory, or a FIFO without a reader, opened to write
+            raise InvalidLocationError(f"{name} is not a regular file (a directory or FIFO?); refused: "
+                                       "move it out of the datadir") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidLocationError(f"{name} is not a regular file; refused: move it out of the datadir")
+    return fd
+
+
+def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[int, int]:
+    """Open segment ``number``'s data file, whichever suffix it has: (fd, kind).
+
+    Raises FlatFileDbNotFoundError (a FileNotFoundError) when neither exists and
+    InvalidLocationError when the name is a symlink or not a regular file.
+    """
+    # A rewrite that changes the kind renames the new file in, then unlinks the old one: a
+    # look-up that missed the new name before the rename and the old one after the unlink
+    # finds the new name on a second pass.
+    for kind in (KIND_RAW, KIND_ZSTD, KIND_RAW, KIND_ZSTD):
+        try:
+            return open_regular(dir_fd, segment_name(number, kind == KIND_ZSTD), flags), kind
+        except FileNotFoundError:
+            continue
+    # Both names: a segment may have had either suffix (a deleted data_N.dat.zst is not "data_N.dat missing").
+    raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} does not exist (deleted, or never written)",
+                                  f"{segment_name(number, False)} or {segment_name(number, True)}")
+
+
+def fsync_dir(dir_fd: int) -> None:
+    """Make created, renamed or removed directory entries durable."""
+    os.fsync(dir_fd)
+
+
+def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
+    """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing."""
+    try:
+        fd = open_regular(dir_fd, index_name(number))
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size if limit is None else limit
+        return pread_full(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Record]:
+    """The records of a segment's index that decode (the valid prefix); [] without an index."""
+    raw = read_index(dir_fd, number, limit)
+    if raw is None:
+        return []
+    decode_header(raw, index_name(number))
+    return decode_records(memoryview(raw)[HEADER_BYTES:]).records
+
+
+def written_kind(dir_fd: int, number: int) -> int | None:
+    """The kind a segment was first written as (its index header), None without a readable index.
+
+    Locations handed out by put name the segment with this kind's suffix, so the store
+    names it that way too when it lists locations, even after a rewrite changed the suffix.
+    """
+    raw = read_index(dir_fd, number, HEADER_BYTES)
+    if raw is None:
+        return None
+    try:
+        return decode_header(raw, index_name(number)).kind
+    except FormatError:
+        return None
