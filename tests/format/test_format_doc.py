@@ -23,14 +23,13 @@ from conduit_flat_file_db.index import (
     encode_header,
     encode_seal,
 )
+from conduit_flat_file_db.frames import stored_frame, stored_payload
 from conduit_flat_file_db.seekable import (
     PADDING_MAGIC,
     SEEK_TABLE_MAGIC,
     SEEKABLE_MAGIC,
     encode_seek_table,
     parse_seek_table,
-    stored_frame,
-    stored_payload,
 )
 from conduit_flat_file_db.types import pack_location_parts, unpack_location_parts
 
