@@ -38,7 +38,7 @@ from .index import (
     blob_checksum,
     encode_blob,
 )
-from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_stream_item
+from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_stream_item, default_lock_path
 from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .naming import index_name, parse_segment_name, segment_name
 from .readonly import ReadOnlyState, open_datadir
@@ -56,7 +56,7 @@ from .seekable import (
 )
 from .segment import fsync_dir, index_records, written_kind
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
-from .types import BlobRecord, DataLocation, Slice, pack_location_parts, unpack_location_parts
+from .types import BlobRecord, Buffer, DataLocation, Slice, pack_location_parts, unpack_location_parts
 from .streams import LazyOpener, examine_for_adoption, read_head, write_aside
 from .verify import VerifyReport, verify_store
 from .writer import SealSyncer, SegmentWriter
@@ -77,6 +77,11 @@ _PATH = operator.itemgetter(0)
 _START = operator.itemgetter(1)
 _END = operator.itemgetter(2)
 _S = TypeVar("_S", bound="Store")
+SealHook = Callable[[Any, list[int]], None]
+"""Called as ``hook(store, numbers)`` after segments are sealed, outside the write lock, so a
+policy above the engine (compress when it pays) decides what becomes of them. A plain function
+taking the store, rather than a bound method: a bound method held by the store is a reference
+cycle that would keep a dropped store's descriptors open until the cyclic collector runs."""
 
 
 def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
@@ -105,34 +110,11 @@ def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
 
 
 class Store:  # pylint: disable=too-many-instance-attributes  # configuration + two caches
-    """An append-only store of blobs in rotating segment files.
+    """The engine: an append-only store of blobs in rotating segment files.
 
-    Args:
-        datadir: directory of the store (created if missing). A relative path is
-            resolved once, against the working directory at construction.
-        mutable_file_lock_path: the lock file shared by every process using the store.
-        fsync: when True, ``put`` returns only after the blob and its index record
-            are on stable storage (GUARANTEES.md).
-        use_compression: new segments are seekable Zstandard files.
-        lock_timeout: seconds to wait for the write lock before raising
-            FlatFileDbLockTimeoutError; None waits for ever.
-        compression_level: Zstandard level of new frames.
-        frame_bytes: largest uncompressed size of one frame; a slice read
-            decompresses whole frames, so smaller frames make small reads cheaper.
-        frame_cache_bytes: bound of the LRU cache of decompressed frames (0: off).
-        compression_threads: frames of one large batch are compressed in parallel.
-        reframe_on_seal: rewrite a compressed segment with ``frame_bytes`` frames when
-            it is sealed (small puts make small frames, which compress poorly).
-        min_frame_saving: a frame that compression shrinks by less than this fraction
-            is stored uncompressed, so reads of it cost a copy, not a decompression
-            (LevelDB's rule; default 1/8; 0 stores only what compression enlarges).
-        readonly: open an existing store for reading only: no lock, no recovery, no file
-            created or written (the lock file is not touched); works on a read-only mount
-            and without write permission; sees what writers in other processes commit.
-            Every write raises FlatFileDbReadOnlyError (GUARANTEES.md "Read-only opens").
-
-    Thread and process safety: every method may be called from any thread; many
-    processes may open the same datadir with the same lock path (GUARANTEES.md).
+    Its arguments are documented on the public class, :class:`~conduit_flat_file_db.FlatFileDb`
+    (flat_file_db.py), which adds the maintenance operations and the AUTO compression policy;
+    ``seal_hook`` (see SealHook) is how that policy is handed down here.
     """
 
     _lock: ProcessLock | ReadOnlyLock  # ReadOnlyLock on a read-only instance
@@ -141,11 +123,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def __init__(  # pylint: disable=too-many-arguments
         self,
         datadir: Path | str,
-        mutable_file_lock_path: Path | str,
+        mutable_file_lock_path: Path | str | None = None,
         fsync: bool = False,
         use_compression: bool = False,
         *,
         lock_timeout: float | None = None,
+        max_file_size: int = DEFAULT_MAX_DAT_FILE_SIZE,
         compression_level: int = DEFAULT_LEVEL,
         frame_bytes: int = DEFAULT_FRAME_BYTES,
         frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
@@ -153,9 +136,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         reframe_on_seal: bool = True,
         min_frame_saving: float = DEFAULT_MIN_SAVING,
         readonly: bool = False,
+        seal_hook: SealHook | None = None,
     ) -> None:
-        if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path, (str, os.PathLike)):
+        if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path,
+                                                                          (str, os.PathLike, type(None))):
             raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
+        if mutable_file_lock_path is None:
+            mutable_file_lock_path = default_lock_path(datadir)
         if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
             raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
         if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
@@ -176,7 +163,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.compression_threads = compression_threads
         self.reframe_on_seal = reframe_on_seal
         self.min_frame_saving = check_min_saving(min_frame_saving)
-        self.MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE  # pylint: disable=invalid-name  # reference API
+        self.MAX_DAT_FILE_SIZE = max_file_size  # pylint: disable=invalid-name  # reference API (checked on set)
+        self._seal_hook: SealHook = seal_hook if seal_hook is not None else Store.reframe_sealed
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
@@ -196,9 +184,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         # checked here, on the rare set, instead.
         if name == "MAX_DAT_FILE_SIZE" and (type(value) is not int or value < 1):  # pylint: disable=unidiomatic-typecheck
             if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"MAX_DAT_FILE_SIZE must be an int, not {type(value).__name__}")
+                raise TypeError(f"MAX_DAT_FILE_SIZE (max_file_size) must be an int, not {type(value).__name__}")
             if value < 1:
-                raise ValueError(f"MAX_DAT_FILE_SIZE must be at least 1 byte, got {value}")
+                raise ValueError(f"MAX_DAT_FILE_SIZE (max_file_size) must be at least 1 byte, got {value}")
             value = int(value)  # an int subclass: stored as a plain int
         object.__setattr__(self, name, value)
 
@@ -347,10 +335,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return
         self._syncer.request(max(sealed) + 1)
         self._syncer.wait(min(sealed))
-        self._rework_sealed(sealed)
+        self._seal_hook(self, sealed)
 
-    def _rework_sealed(self, sealed: list[int]) -> None:
-        """Re-frame compressed segments just sealed when they hold small or stored frames."""
+    def reframe_sealed(self, sealed: list[int]) -> None:
+        """The default seal hook: re-frame compressed segments just sealed when they hold small
+        or stored frames (and ``reframe_on_seal``); raw ones stay as they are."""
         if not self.reframe_on_seal:
             return
         for number in sealed:
@@ -378,10 +367,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def _write_lock(self) -> ContextManager[None]:
         return self._lock.write(self.lock_timeout)
 
-    def put(self, data: bytes | bytearray | memoryview) -> DataLocation:
+    def put(self, data: Buffer) -> DataLocation:
         """Append one blob and return its location.
 
-        Raises TypeError for anything but bytes-like data; FlatFileDbLockTimeoutError
+        ``data``: bytes, bytearray, or any C-contiguous buffer (memoryview, numpy array,
+        ``array.array``, ``mmap``), stored as its bytes in memory order.
+        Raises UnsupportedBufferError (a TypeError) for anything else, NonContiguousBufferError
+        (a TypeError and ValueError) for a buffer not in C order; FlatFileDbLockTimeoutError
         when ``lock_timeout`` passes first. Nothing is written on either error.
         """
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
@@ -420,7 +412,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._after_seal(sealed)
         return location
 
-    def put_many(self, datas: Iterable[bytes | bytearray | memoryview]) -> list[DataLocation]:
+    def put_many(self, datas: Iterable[Buffer]) -> list[DataLocation]:
         """Append many blobs under one lock acquisition; returns their locations in order.
 
         The data of each run of blobs that lands in one segment is written with one
