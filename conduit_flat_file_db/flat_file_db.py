@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlatFileDbUnsafeAccessError
-from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays
+from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .seekable import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
 from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
 from .types import DataLocation, Slice
@@ -102,7 +102,7 @@ class FlatFileDb(MaintainedStore):
                          frame_bytes=frame_bytes, frame_cache_bytes=frame_cache_bytes,
                          compression_threads=compression_threads, reframe_on_seal=reframe_on_seal,
                          min_frame_saving=min_frame_saving, readonly=readonly,
-                         seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else None)
+                         seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed)
 
     @property
     def min_savings(self) -> float:

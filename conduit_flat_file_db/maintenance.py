@@ -1,6 +1,7 @@
 """Maintenance while the store is live: recompress, retention, compaction, statistics.
 
-``MaintainedStore`` is the engine (``store.Store``) plus these operations; the public
+``MaintainedStore`` is the engine (``store.Store``) with its bulk reads (bulk.py) and
+ingest (ingest.py), plus these operations; the public
 class ``FlatFileDb`` (flat_file_db.py) is it with its constructor spelled out. The AUTO
 compression policy is :func:`compress_sealed_if_it_pays`, a seal hook the engine calls
 after each seal (the engine never calls up into this module). Each operation works
@@ -21,12 +22,14 @@ from typing import Callable, Iterable
 import zstandard
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import KIND_ZSTD, REC_BLOB
+from .index import FLAG_STORED, KIND_ZSTD, REC_BLOB, REC_FRAME
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
 from .segment import index_records, open_data_file, written_kind
-from .store import Store
+from .bulk import BulkReads
+from .catalog import Catalog
+from .ingest import Ingest
 from .types import DataLocation
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -130,6 +133,32 @@ class Compaction:
     store_id: tuple[int, int] = (0, 0)  # (device, inode) of the datadir that compact() ran on
 
 
+def reframe_sealed(store: MaintainedStore, sealed: list[int]) -> None:
+    """The seal hook of CompressMode.NO and YES: re-frame compressed segments just sealed when
+    they hold small or stored frames (and ``reframe_on_seal``); raw ones stay as they are."""
+    if not store.reframe_on_seal:
+        return
+    # pylint: disable=protected-access  # the hook is this module's policy for this module's class
+    for number in sealed:
+        try:
+            if store._segment_kind(number) == KIND_ZSTD and _small_frames(store, number):
+                framing = Framing(True, store.compression_level, store.frame_bytes, store.compression_threads,
+                                  store.min_frame_saving)
+                rewrite_segment(store._dir_fd, store._abs_dir, number, framing, write_lock=store._write_lock,
+                                state=store._state)
+        except (OSError, ValueError) as exc:
+            logger.warning("%s: re-framing sealed segment %d failed (it stays as written): %s",
+                           store.datadir, number, exc)
+
+
+def _small_frames(store: MaintainedStore, number: int) -> bool:
+    """Whether a sealed compressed segment holds stored (uncompressed) frames, or many more
+    frames than ``frame_bytes`` frames would make: only then does re-framing pay for itself."""
+    frames = [r for r in index_records(store._dir_fd, number) if r.rtype == REC_FRAME]  # pylint: disable=protected-access
+    size = sum(r.b & 0xFFFFFFFF for r in frames)
+    return any(r.flags & FLAG_STORED for r in frames) or len(frames) > 1.25 * -(-size // store.frame_bytes)
+
+
 def compress_sealed_if_it_pays(store: MaintainedStore, sealed: list[int]) -> None:
     """The seal hook of CompressMode.AUTO: a raw segment just sealed is compressed when a sample
     shows it pays (``min_segment_saving``); a compressed one (written by an instance opened with
@@ -139,7 +168,7 @@ def compress_sealed_if_it_pays(store: MaintainedStore, sealed: list[int]) -> Non
     for number in sealed:
         try:
             if store._segment_kind(number) == KIND_ZSTD:
-                store.reframe_sealed([number])
+                reframe_sealed(store, [number])
             else:
                 store._recompress_one(number, CompressMode.AUTO, None, None)
         except (OSError, ValueError) as exc:
@@ -161,7 +190,7 @@ def estimate_savings(read: Callable[[int, int], bytes], size: int, level: int) -
     return 1.0 - packed / plain if plain else 0.0
 
 
-class MaintainedStore(Store):
+class MaintainedStore(BulkReads, Ingest, Catalog):
     """The engine plus statistics, recompression, retention and compaction.
 
     Set up by :class:`~conduit_flat_file_db.FlatFileDb`, whose constructor sets the two
@@ -331,7 +360,7 @@ class MaintainedStore(Store):
 
     def _locations_of(self, number: int) -> list[DataLocation]:
         """The blob locations of a segment, named as put() named them."""
-        path = self.issued_path(number)
+        path = self.segment_path(number, as_issued=True)
         return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number)
                 if r.rtype == REC_BLOB]
 
@@ -404,4 +433,4 @@ class MaintainedStore(Store):
 
 
 __all__ = ["CompressMode", "Compaction", "MaintainedStore", "RecompressResult", "SegmentStats", "StoreStats",
-           "compress_sealed_if_it_pays"]
+           "compress_sealed_if_it_pays", "reframe_sealed"]
