@@ -41,7 +41,8 @@ from .seekable import (
 )
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
 from .types import Buffer, DataLocation, Slice
-from .writer import SealSyncer, SegmentWriter
+from .syncer import SealSyncer
+from .writer import SegmentWriter
 
 logger = logging.getLogger("conduit_flat_file_db")
 

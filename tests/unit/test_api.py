@@ -22,7 +22,7 @@ PACKAGE = "conduit_flat_file_db"
 LAYERS = ["errors", "arguments", "fileio", "types", "naming", "blocks", "index", "state", "locking", "seekable",
           "segment", "readonly", "verify",
           "streams", "reader",
-          "writer", "rewrite", "store", "bulk", "ingest", "catalog", "maintenance", "flat_file_db", "__init__", "cli", "__main__"]
+          "syncer", "write_maps", "writer_recovery", "writer", "rewrite", "store", "bulk", "ingest", "catalog", "maintenance", "flat_file_db", "__init__", "cli", "__main__"]
 OPTIONAL_MODULES = {"cli", "__main__"}
 
 
