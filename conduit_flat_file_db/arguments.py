@@ -55,6 +55,29 @@ def default_lock_path(datadir: str | os.PathLike[str]) -> str:
     return os.path.join(os.path.dirname(absolute), os.path.basename(absolute) + ".lock")
 
 
+MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0  # longer, and the lock's deadline arithmetic overflows: use None
+
+
+def check_paths(datadir: Any, lock_path: Any) -> None:
+    """TypeError unless ``datadir`` is a path and ``lock_path`` a path or None (the default)."""
+    if not isinstance(datadir, (str, os.PathLike)) or not isinstance(lock_path, (str, os.PathLike, type(None))):
+        raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
+
+
+def check_options(lock_timeout: Any, frame_bytes: int, max_frame_bytes: int, frame_cache_bytes: int,
+                  compression_threads: int) -> None:
+    """The TypeError or ValueError of a bad store option (of those not checked where they are used)."""
+    if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
+        raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
+    if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
+        raise ValueError(f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
+                         f"ever; got {lock_timeout}")
+    if not 1 <= frame_bytes <= max_frame_bytes:
+        raise ValueError(f"frame_bytes must be in 1..{max_frame_bytes}, got {frame_bytes}")
+    if frame_cache_bytes < 0 or compression_threads < 1:
+        raise ValueError("frame_cache_bytes must be >= 0 and compression_threads >= 1")
+
+
 def check_lock_path(datadir: str, lock: str) -> None:
     """Refuse a lock path that is the datadir or inside it, before anything is created.
 
@@ -95,4 +118,5 @@ def check_stream_item(item: Any, position: int, open_streams: bool) -> None:
                         "(readinto or read), nor a path")
 
 
-__all__ = ["as_bytes_like", "bytes_like_ok", "check_lock_path", "check_stream_item", "default_lock_path"]
+__all__ = ["MAX_LOCK_TIMEOUT_SECONDS", "as_bytes_like", "bytes_like_ok", "check_lock_path", "check_options",
+           "check_paths", "check_stream_item", "default_lock_path"]

@@ -1,5 +1,6 @@
 """The store's segments as a catalogue: list, name, delete, walk their records, verify, and
-locations in a packed form independent of the datadir's path.
+locations in a packed form independent of the datadir's path; the read lock and the frame
+cache's counters for callers that inspect the store.
 
 ``Catalog`` adds these to the engine (store.Store) as a subclass: none is on a hot path, and
 each needs the engine's descriptors, lock and reader cache, which a separate object would
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL
@@ -142,7 +143,7 @@ class Catalog(Store):
     # -- compact locations ----------------------------------------------------------
 
     def pack_location(self, location: DataLocation) -> bytes:
-        """A 20-byte form of a location, independent of the datadir's path (FORMAT.md section 7)."""
+        """A 20-byte form of a location, independent of the datadir's path (FORMAT.md "Packed location")."""
         if not isinstance(location, tuple) or len(location) != 3:
             raise TypeError(f"expected a DataLocation, got {location!r}")
         self._reopen_if_closed()
@@ -160,6 +161,22 @@ class Catalog(Store):
         except ValueError as exc:
             raise InvalidLocationError(str(exc)) from None
         return DataLocation(self.segment_path(number), start, end)
+
+
+    def read_lock(self) -> ContextManager[None]:
+        """Context manager: hold the store's read lock (excludes writers and maintenance).
+
+        Not on a read-only instance (FlatFileDbReadOnlyError): taking the lock needs the lock
+        file, which a read-only open neither creates nor writes.
+        """
+        self._refuse_write("read_lock")
+        self._reopen_if_closed()
+        return self._lock.read(self.lock_timeout)
+
+    def frame_cache_info(self) -> dict[str, int]:
+        """Counters of the decompressed-frame cache: hits, misses (= frames decompressed), bytes held."""
+        cache = self._frame_cache
+        return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.size_bytes, "max_bytes": cache.max_bytes}
 
 
 __all__ = ["Catalog"]

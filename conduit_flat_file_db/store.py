@@ -1,11 +1,17 @@
 """The store engine: puts append to the one mutable segment; gets read any committed slice.
 
-``Store`` is the engine; ``FlatFileDb`` (maintenance.py) adds the maintenance operations.
+``Store`` is the engine: open and close, put and put_many, get, rotate, sync. Subclasses add
+bulk reads (bulk.py), ingest of streams and files (ingest.py), the catalogue of segments
+(catalog.py) and maintenance (maintenance.py); ``FlatFileDb`` (flat_file_db.py) is the
+public class.
 
 This module decides *when* (locking, rotation, compression, caching); writer.py,
-reader.py and segment.py decide *how*. Hot paths are written for few syscalls and
-few Python calls: a raw put is lockf, pwrite(data), pwrite(index), lockf; a get of
-an open raw segment is one pread.
+write_maps.py, reader.py and segment.py decide *how*. Hot paths are written for few
+syscalls and few Python calls. A small put into a raw segment (no fsync) copies the blob
+and its index record into shared maps of the two files (write_maps.py): no syscall but the
+lock's ``lockf`` pair, and none at all while this process holds a lease on the lock
+(locking.py); a larger or compressed put writes with ``pwrite``. A get of a mapped raw
+segment copies from the map; otherwise it is one ``pread``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
-from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, default_lock_path
+from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_options, check_paths, default_lock_path
 from .errors import FlatFileDbReadOnlyError
 from .index import KIND_RAW, KIND_ZSTD, blob_checksum, encode_blob
 from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
@@ -49,7 +55,6 @@ logger = logging.getLogger("conduit_flat_file_db")
 DEFAULT_MAX_DAT_FILE_SIZE = 128 * 2**20
 DEFAULT_FRAME_BYTES = 16 * 2**10  # README "Frame size": ratio vs slice latency, measured
 DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
-MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0  # longer, and the lock's deadline arithmetic overflows: use None
 # Puts and batches smaller than this go into the mutable segment as stored frames:
 # compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
 STORED_BELOW_BYTES = 8 * 2**10
@@ -92,20 +97,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         readonly: bool = False,
         seal_hook: SealHook | None = None,
     ) -> None:
-        if not isinstance(datadir, (str, os.PathLike)) or not isinstance(mutable_file_lock_path,
-                                                                          (str, os.PathLike, type(None))):
-            raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
+        check_paths(datadir, mutable_file_lock_path)
+        check_options(lock_timeout, frame_bytes, MAX_FRAME_DECOMPRESSED_BYTES, frame_cache_bytes, compression_threads)
         if mutable_file_lock_path is None:
             mutable_file_lock_path = default_lock_path(datadir)
-        if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
-            raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
-        if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
-            raise ValueError(f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
-                             f"ever; got {lock_timeout}")
-        if not 1 <= frame_bytes <= MAX_FRAME_DECOMPRESSED_BYTES:
-            raise ValueError(f"frame_bytes must be in 1..{MAX_FRAME_DECOMPRESSED_BYTES}, got {frame_bytes}")
-        if frame_cache_bytes < 0 or compression_threads < 1:
-            raise ValueError("frame_cache_bytes must be >= 0 and compression_threads >= 1")
         self.datadir = Path(datadir)
         self.mutable_file_lock_path = Path(mutable_file_lock_path)
         self.fsync = bool(fsync)
@@ -482,22 +477,6 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         resolved = self._readers.resolve(location)
         self._epoch = self._readers.epoch
         return resolved
-
-    def read_lock(self) -> ContextManager[None]:
-        """Context manager: hold the store's read lock (excludes writers and maintenance).
-
-        Not on a read-only instance (FlatFileDbReadOnlyError): taking the lock needs the lock
-        file, which a read-only open neither creates nor writes.
-        """
-        self._refuse_write("read_lock")
-        self._reopen_if_closed()
-        return self._lock.read(self.lock_timeout)
-
-    def frame_cache_info(self) -> dict[str, int]:
-        """Counters of the decompressed-frame cache: hits, misses (= frames decompressed), bytes held."""
-        cache = self._frame_cache
-        return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.size_bytes, "max_bytes": cache.max_bytes}
-
 
 
 def map_read(reader: SegmentReader, start: Any, end: Any) -> bytes | None:

@@ -176,15 +176,14 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
     """Make room in ``fd`` from ``start`` (its committed end) to past ``need``, and map the file
     from ``start`` (rounded down to the map granularity) up to the room's end. Returns the map
     and the file offsets of its first byte and of its end. A map this short is cheap to drop
-    (a map from offset 0 of a large file cost each writer up to 0.4 ms per new room).
+    (a map from offset 0 of a large file made every new room costly to map for each writer).
 
     Bytes of the file past its committed end are room made by an earlier call (maybe in
     another process): they are mapped as they are, after a ``fallocate`` over them if they
     hold a hole (a sparse copy of the datadir makes one). New room's blocks are allocated first
     (``fallocate``: a full disk is an error here, never a SIGBUS later), then it is written
-    with zeros: stores through the map then land in pages already in the page cache, about
-    four times as fast as stores that fault each page in (0.3 us per KiB here against 1.3 us,
-    both including the preparation).
+    with zeros: stores through the map then land in pages already in the page cache,
+    several times as fast as stores that fault each page in, preparation included.
     """
     need = max(need, start + 1)  # a map is never empty (an empty put at a page boundary)
     size = os.fstat(fd).st_size

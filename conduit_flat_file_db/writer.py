@@ -1,7 +1,7 @@
 """The write side of a store: the mutable segment's descriptors and the commit protocol.
 
 Every method of :class:`SegmentWriter` but ``close`` runs with the store's write
-lock held; the store takes it. The protocol is FORMAT.md section 6: dirty flag up,
+lock held; the store takes it. The protocol is FORMAT.md "Protocols", "Commit": dirty flag up,
 data (frames), [fdatasync], index records, [fdatasync], publish, dirty flag down.
 The state page is the source of "where does the mutable segment end" for every
 process; this object only caches descriptors for it.
@@ -198,7 +198,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         The mutable segment n is sealed first (one without any record is removed at the end), the
         file becomes n+1 by rename, with its index (one BLOB and a SEAL record) written
         before the rename, and n+2 becomes the mutable segment. A crash at any step
-        leaves either the file where it was or a whole sealed segment (FORMAT.md 6).
+        leaves either the file where it was or a whole sealed segment (FORMAT.md "Commit of a whole file").
         """
         words = self.words
         old = self.segment
