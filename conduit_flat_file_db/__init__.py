@@ -11,8 +11,11 @@ from .errors import (
     FlatFileDbUnsafeAccessError,
     FormatError,
     InvalidLocationError,
+    NonContiguousBufferError,
+    UnsupportedBufferError,
 )
-from .maintenance import CompressMode, Compaction, FlatFileDb, RecompressResult, SegmentStats, StoreStats
+from .flat_file_db import FlatFileDb
+from .maintenance import CompressMode, Compaction, RecompressResult, SegmentStats, StoreStats
 from .streams import LazyOpener
 from .types import PACKED_LOCATION_BYTES, BlobRecord, DataLocation, Slice
 from .verify import Problem, VerifyReport
@@ -34,12 +37,14 @@ __all__ = [
     "FormatError",
     "InvalidLocationError",
     "LazyOpener",
+    "NonContiguousBufferError",
     "PACKED_LOCATION_BYTES",
     "Problem",
     "RecompressResult",
     "SegmentStats",
     "Slice",
     "StoreStats",
+    "UnsupportedBufferError",
     "VerifyReport",
     "__version__",
 ]

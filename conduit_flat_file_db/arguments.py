@@ -10,22 +10,30 @@ import contextlib
 import os
 from typing import Any
 
-from .errors import InvalidLocationError
+from .errors import InvalidLocationError, NonContiguousBufferError, UnsupportedBufferError
 
 
 def as_bytes_like(data: Any, method: str = "put()") -> Any:
-    """``data`` as a flat bytes-like object for ``method``, or the TypeError/ValueError saying why not."""
+    """``data`` as a flat bytes-like object for ``method``, or the typed error saying why not.
+
+    bytes and bytearray pass as they are; any other object with the buffer protocol (memoryview,
+    numpy array, ``array.array``, ``mmap``) as a byte-wide view of its memory, without a copy.
+    """
     if isinstance(data, (bytearray, bytes)):
         return data
-    if isinstance(data, memoryview):
-        # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
-        # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
-        # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
-        if not data.c_contiguous:
-            raise ValueError(f"{method} needs a C-contiguous memoryview (got a strided or Fortran-order one: "
-                             "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
-        return data.cast("B") if data.format != "B" or data.ndim != 1 else data
-    raise TypeError(f"{method} takes bytes, bytearray or memoryview, not {type(data).__name__}")
+    try:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+    except TypeError:
+        raise UnsupportedBufferError(f"{method} takes bytes, bytearray, memoryview or another C-contiguous buffer "
+                                     f"(numpy array, array.array, mmap), not {type(data).__name__}") from None
+    # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
+    # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
+    # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
+    if not view.c_contiguous:
+        raise NonContiguousBufferError(
+            f"{method} needs a C-contiguous buffer (got a strided or Fortran-order {type(data).__name__}: "
+            "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
 def bytes_like_ok(data: Any) -> bool:
@@ -35,6 +43,39 @@ def bytes_like_ok(data: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def default_lock_path(datadir: str | os.PathLike[str]) -> str:
+    """The lock path of a store opened without one: ``<datadir>.lock`` beside the datadir.
+
+    Trailing slashes and ``.`` are resolved first (``db/`` and ``db/.`` give ``db.lock``), so
+    every spelling of one datadir names one lock file; the command line uses the same rule.
+    """
+    absolute = os.path.abspath(datadir)
+    return os.path.join(os.path.dirname(absolute), os.path.basename(absolute) + ".lock")
+
+
+MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0  # longer, and the lock's deadline arithmetic overflows: use None
+
+
+def check_paths(datadir: Any, lock_path: Any) -> None:
+    """TypeError unless ``datadir`` is a path and ``lock_path`` a path or None (the default)."""
+    if not isinstance(datadir, (str, os.PathLike)) or not isinstance(lock_path, (str, os.PathLike, type(None))):
+        raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
+
+
+def check_options(lock_timeout: Any, frame_bytes: int, max_frame_bytes: int, frame_cache_bytes: int,
+                  compression_threads: int) -> None:
+    """The TypeError or ValueError of a bad store option (of those not checked where they are used)."""
+    if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
+        raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
+    if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
+        raise ValueError(f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
+                         f"ever; got {lock_timeout}")
+    if not 1 <= frame_bytes <= max_frame_bytes:
+        raise ValueError(f"frame_bytes must be in 1..{max_frame_bytes}, got {frame_bytes}")
+    if frame_cache_bytes < 0 or compression_threads < 1:
+        raise ValueError("frame_cache_bytes must be >= 0 and compression_threads >= 1")
 
 
 def check_lock_path(datadir: str, lock: str) -> None:
@@ -77,4 +118,5 @@ def check_stream_item(item: Any, position: int, open_streams: bool) -> None:
                         "(readinto or read), nor a path")
 
 
-__all__ = ["as_bytes_like", "bytes_like_ok", "check_lock_path", "check_stream_item"]
+__all__ = ["MAX_LOCK_TIMEOUT_SECONDS", "as_bytes_like", "bytes_like_ok", "check_lock_path", "check_options",
+           "check_paths", "check_stream_item", "default_lock_path"]

@@ -45,6 +45,17 @@ class InvalidLocationError(FlatFileDbError, ValueError):
     """
 
 
+class UnsupportedBufferError(FlatFileDbError, TypeError):
+    """Data to store that is not a bytes-like object (no buffer protocol: str, int, list ...)."""
+
+
+class NonContiguousBufferError(UnsupportedBufferError, ValueError):
+    """A buffer whose bytes are not in C order (strided, Fortran-order): nothing is stored.
+
+    Also a ValueError, the type this error had before it was a TypeError as well.
+    """
+
+
 class FormatError(FlatFileDbError, ValueError):
     """A file does not have the layout FORMAT.md describes (bad magic, version, size)."""
 

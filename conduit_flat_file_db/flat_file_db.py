@@ -1,11 +1,135 @@
-"""The compatibility face: the names the original engine's README imports from here."""
+"""The public class ``FlatFileDb``, and the names the original engine's README imports from here.
+
+``FlatFileDb`` is the engine (store.py) with its maintenance operations (maintenance.py);
+this module spells out its constructor, documents every option, and makes it picklable.
+"""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+from typing import Any
+
 from .errors import FlatFileDbUnsafeAccessError
-from .maintenance import FlatFileDb
+from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
+from .frames import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
+from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
 from .types import DataLocation, Slice
 
-MAX_DAT_FILE_SIZE = 128 * 2**20
+MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE
+DEFAULT_MIN_SEGMENT_SAVING = 0.1
+
+
+class FlatFileDb(MaintainedStore):
+    """An append-only store of blobs in rotating segment files, with its maintenance operations.
+
+    Args:
+        datadir: directory of the store (created if missing). A relative path is
+            resolved once, against the working directory at construction.
+        mutable_file_lock_path: the lock file shared by every process using the store.
+            Default (None): ``<datadir>.lock`` beside the datadir, the command line's
+            default too (trailing slashes and ``.`` resolved first). Every process must use
+            the same lock file for a store.
+        fsync: when True, ``put`` returns only after the blob and its index record
+            are on stable storage (GUARANTEES.md).
+        use_compression: False/``CompressMode.NO``: raw segments. True/``CompressMode.YES``:
+            new segments are seekable Zstandard files. ``CompressMode.AUTO``: new segments are
+            written raw and compressed when sealed if a sample shows it saves at least
+            ``min_segment_saving``.
+        lock_timeout: seconds to wait for the write lock before raising
+            FlatFileDbLockTimeoutError; None waits for ever.
+        max_file_size: a segment is sealed and a new one started once it holds this many
+            bytes (uncompressed; a blob is never split). Also the attribute
+            ``MAX_DAT_FILE_SIZE``, which may be changed at any time.
+        compression_level: Zstandard level of new frames.
+        frame_bytes: largest uncompressed size of one frame; a slice read
+            decompresses whole frames, so smaller frames make small reads cheaper.
+        frame_cache_bytes: bound of the LRU cache of decompressed frames (0: off).
+        compression_threads: frames of one large batch are compressed in parallel.
+        reframe_on_seal: rewrite a compressed segment with ``frame_bytes`` frames when
+            it is sealed (small puts make small frames, which compress poorly).
+        min_frame_saving: per frame: a frame that compression shrinks by less than this
+            fraction is stored uncompressed, so reads of it cost a copy, not a decompression
+            (LevelDB's rule; default 1/8; 0 stores only what compression enlarges).
+        min_segment_saving: per segment, for ``CompressMode.AUTO`` and ``recompress(mode=AUTO)``:
+            a sealed segment is compressed only when a sample of it shrinks by at least this
+            fraction (default 0.1).
+        readonly: open an existing store for reading only: no lock, no recovery, no file
+            created or written (the lock file is not touched); works on a read-only mount
+            and without write permission; sees what writers in other processes commit.
+            Every write raises FlatFileDbReadOnlyError (GUARANTEES.md "Read-only opens").
+        min_savings: deprecated name of ``min_segment_saving`` (a DeprecationWarning).
+
+    Thread and process safety: every method may be called from any thread; many
+    processes may open the same datadir with the same lock path (GUARANTEES.md).
+    A ``FlatFileDb`` pickles as its constructor arguments (with the current
+    ``MAX_DAT_FILE_SIZE`` and ``min_segment_saving``): unpickling opens the store
+    again, so an instance can be handed to ``spawn`` or ``forkserver`` worker processes.
+    """
+
+    def __init__(  # pylint: disable=too-many-arguments,too-many-locals
+        self,
+        datadir: Path | str,
+        mutable_file_lock_path: Path | str | None = None,
+        fsync: bool = False,
+        use_compression: bool | CompressMode = False,
+        *,
+        lock_timeout: float | None = None,
+        max_file_size: int = DEFAULT_MAX_DAT_FILE_SIZE,
+        compression_level: int = DEFAULT_LEVEL,
+        frame_bytes: int = DEFAULT_FRAME_BYTES,
+        frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+        compression_threads: int = 2,
+        reframe_on_seal: bool = True,
+        min_frame_saving: float = DEFAULT_MIN_SAVING,
+        min_segment_saving: float = DEFAULT_MIN_SEGMENT_SAVING,
+        readonly: bool = False,
+        min_savings: float | None = None,
+    ) -> None:
+        mode = as_compress_mode(use_compression)
+        if min_savings is not None:
+            warnings.warn("FlatFileDb(min_savings=...) is deprecated; use min_segment_saving=",
+                          DeprecationWarning, stacklevel=2)
+            min_segment_saving = min_savings
+        if isinstance(min_segment_saving, bool) or not isinstance(min_segment_saving, (int, float)):
+            raise TypeError(f"min_segment_saving must be a number, not {type(min_segment_saving).__name__}")
+        if not 0.0 <= min_segment_saving < 1.0:
+            raise ValueError(f"min_segment_saving (min_savings) must be in [0, 1), got {min_segment_saving}")
+        self.compress_mode = mode
+        self.min_segment_saving = float(min_segment_saving)
+        super().__init__(datadir, mutable_file_lock_path, fsync, mode is CompressMode.YES,
+                         lock_timeout=lock_timeout, max_file_size=max_file_size, compression_level=compression_level,
+                         frame_bytes=frame_bytes, frame_cache_bytes=frame_cache_bytes,
+                         compression_threads=compression_threads, reframe_on_seal=reframe_on_seal,
+                         min_frame_saving=min_frame_saving, readonly=readonly,
+                         seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed)
+
+    @property
+    def min_savings(self) -> float:
+        """Deprecated name of :attr:`min_segment_saving`."""
+        return self.min_segment_saving
+
+    @min_savings.setter
+    def min_savings(self, value: float) -> None:
+        self.min_segment_saving = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the constructor arguments: the copy opens the store afresh (in another
+        process, its own descriptors, lock handle and state page: none of these can be sent)."""
+        options = {
+            "fsync": self.fsync, "use_compression": self.compress_mode, "lock_timeout": self.lock_timeout,
+            "max_file_size": self.MAX_DAT_FILE_SIZE, "compression_level": self.compression_level,
+            "frame_bytes": self.frame_bytes, "frame_cache_bytes": self._frame_cache.max_bytes,
+            "compression_threads": self.compression_threads, "reframe_on_seal": self.reframe_on_seal,
+            "min_frame_saving": self.min_frame_saving, "min_segment_saving": self.min_segment_saving,
+            "readonly": self.readonly,
+        }
+        return _reopen, (type(self), self.datadir, self.mutable_file_lock_path, options)
+
+
+def _reopen(cls: type[FlatFileDb], datadir: Path, lock_path: Path, options: dict[str, Any]) -> FlatFileDb:
+    """Unpickle a FlatFileDb: open it again with the arguments it was opened with."""
+    return cls(datadir, lock_path, **options)
+
 
 __all__ = ["FlatFileDb", "FlatFileDbUnsafeAccessError", "DataLocation", "Slice", "MAX_DAT_FILE_SIZE"]

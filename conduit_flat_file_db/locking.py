@@ -66,8 +66,10 @@ _WANT_BYTES = 4096
 LEASE_SECONDS = float(os.environ.get("FFDB_LEASE_SECONDS", "0.001"))
 """How long a process may keep the inter-process write lock after its writer thread is done.
 
-A put is lockf, two pwrites, lockf; keeping the lock between back-to-back puts of one
-process saves half of those syscalls. Another process waits at most about this long
+A put takes the lock (``lockf``), writes (a small raw put copies into shared maps, no
+syscall; others ``pwrite`` the data and the index record) and releases it (``lockf``);
+keeping the lock between back-to-back puts of one process saves the two ``lockf`` calls,
+all the syscalls of a small mapped put. Another process waits at most about this long
 for a lease to end (and a process that stops writing hands the lock back after at most
 about twice this long): GUARANTEES.md "Locks". 0 turns leases off.
 """

@@ -1,9 +1,13 @@
 """Maintenance while the store is live: recompress, retention, compaction, statistics.
 
-``FlatFileDb`` is the public class: the engine (``store.Store``) plus these
-operations. Each one works on sealed segments only, copies without the write lock
-and takes it only to switch files (GUARANTEES.md "Maintenance"), so readers and
-writers in other processes go on meanwhile.
+``MaintainedStore`` is the engine (``store.Store``) with its bulk reads (bulk.py) and
+ingest (ingest.py), plus these operations; the public
+class ``FlatFileDb`` (flat_file_db.py) is it with its constructor spelled out. The AUTO
+compression policy is :func:`compress_sealed_if_it_pays`, a seal hook the engine calls
+after each seal (the engine never calls up into this module). Each operation works
+on sealed segments only, copies without the write lock and takes it only to switch
+files (GUARANTEES.md "Maintenance"), so readers and writers in other processes go on
+meanwhile.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import zstandard
 
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import KIND_ZSTD, REC_BLOB
+from .index import FLAG_STORED, KIND_ZSTD, REC_BLOB, REC_FRAME
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
 from .segment_files import index_records, open_data_file, written_kind
-from .store import Store
+from .bulk import BulkReads
+from .catalog import Catalog
+from .ingest import Ingest
 from .types import DataLocation
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -40,7 +45,7 @@ class CompressMode(enum.Enum):
 
     NO: raw. YES: seekable Zstandard. KEEP: as they are (recompress: only a new
     level or frame size). AUTO: compress when a sample shows it saves at least
-    ``min_savings`` of the bytes, else raw (new segments: decided when sealed).
+    ``min_segment_saving`` of the bytes, else raw (new segments: decided when sealed).
     """
 
     NO = "no"
@@ -128,6 +133,49 @@ class Compaction:
     store_id: tuple[int, int] = (0, 0)  # (device, inode) of the datadir that compact() ran on
 
 
+def reframe_sealed(store: MaintainedStore, sealed: list[int]) -> None:
+    """The seal hook of CompressMode.NO and YES: re-frame compressed segments just sealed when
+    they hold small or stored frames (and ``reframe_on_seal``); raw ones stay as they are."""
+    if not store.reframe_on_seal:
+        return
+    # pylint: disable=protected-access  # the hook is this module's policy for this module's class
+    for number in sealed:
+        try:
+            if store._segment_kind(number) == KIND_ZSTD and _small_frames(store, number):
+                framing = Framing(True, store.compression_level, store.frame_bytes, store.compression_threads,
+                                  store.min_frame_saving)
+                rewrite_segment(store._dir_fd, store._abs_dir, number, framing, write_lock=store._write_lock,
+                                state=store._state)
+        except (OSError, ValueError) as exc:
+            logger.warning("%s: re-framing sealed segment %d failed (it stays as written): %s",
+                           store.datadir, number, exc)
+
+
+def _small_frames(store: MaintainedStore, number: int) -> bool:
+    """Whether a sealed compressed segment holds stored (uncompressed) frames, or many more
+    frames than ``frame_bytes`` frames would make: only then does re-framing pay for itself."""
+    frames = [r for r in index_records(store._dir_fd, number) if r.rtype == REC_FRAME]  # pylint: disable=protected-access
+    size = sum(r.b & 0xFFFFFFFF for r in frames)
+    return any(r.flags & FLAG_STORED for r in frames) or len(frames) > 1.25 * -(-size // store.frame_bytes)
+
+
+def compress_sealed_if_it_pays(store: MaintainedStore, sealed: list[int]) -> None:
+    """The seal hook of CompressMode.AUTO: a raw segment just sealed is compressed when a sample
+    shows it pays (``min_segment_saving``); a compressed one (written by an instance opened with
+    compression) is re-framed as the engine's default hook does. A failure only logs: the
+    segment stays as it was written, every blob readable."""
+    # pylint: disable=protected-access  # the hook is this module's policy for this module's class
+    for number in sealed:
+        try:
+            if store._segment_kind(number) == KIND_ZSTD:
+                reframe_sealed(store, [number])
+            else:
+                store._recompress_one(number, CompressMode.AUTO, None, None)
+        except (OSError, ValueError) as exc:
+            logger.warning("%s: compressing sealed segment %d failed (it stays raw): %s",
+                           store.datadir, number, exc)
+
+
 def estimate_savings(read: Callable[[int, int], bytes], size: int, level: int) -> float:
     """Fraction of bytes Zstandard at ``level`` saves on up to SAMPLES samples of SAMPLE_BYTES."""
     if size == 0:
@@ -142,23 +190,15 @@ def estimate_savings(read: Callable[[int, int], bytes], size: int, level: int) -
     return 1.0 - packed / plain if plain else 0.0
 
 
-class FlatFileDb(Store):
-    """An append-only store of blobs in rotating segment files, with its maintenance operations.
+class MaintainedStore(BulkReads, Ingest, Catalog):
+    """The engine plus statistics, recompression, retention and compaction.
 
-    Constructor arguments are those of :class:`~conduit_flat_file_db.store.Store`;
-    ``use_compression`` may also be a :class:`CompressMode` (AUTO: new segments are
-    written raw and compressed when sealed if a sample shows it pays;
-    ``min_savings`` sets the bar). Thread and process safety: GUARANTEES.md.
+    Set up by :class:`~conduit_flat_file_db.FlatFileDb`, whose constructor sets the two
+    attributes below.
     """
 
-    def __init__(self, datadir: Path | str, mutable_file_lock_path: Path | str, fsync: bool = False,
-                 use_compression: bool | CompressMode = False, *, min_savings: float = 0.1, **options: Any) -> None:
-        mode = as_compress_mode(use_compression)
-        if not 0.0 <= min_savings < 1.0:
-            raise ValueError(f"min_savings must be in [0, 1), got {min_savings}")
-        self.compress_mode = mode
-        self.min_savings = min_savings
-        super().__init__(datadir, mutable_file_lock_path, fsync, mode is CompressMode.YES, **options)
+    compress_mode: CompressMode  # the use_compression the store was opened with
+    min_segment_saving: float  # CompressMode.AUTO's bar
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -255,8 +295,8 @@ class FlatFileDb(Store):
         if mode is CompressMode.AUTO:
             reader = self._readers.open(number)
             savings = estimate_savings(reader.read, reader.limit, level or self.compression_level)
-            target = savings >= self.min_savings
-            reason = f"a sample compresses by {savings:.1%} (bar {self.min_savings:.0%})"
+            target = savings >= self.min_segment_saving
+            reason = f"a sample compresses by {savings:.1%} (bar {self.min_segment_saving:.0%})"
         elif mode is CompressMode.KEEP:
             target = kind == KIND_ZSTD
         else:
@@ -272,17 +312,6 @@ class FlatFileDb(Store):
         after = os.stat(segment_name(number, target), dir_fd=self._dir_fd).st_size
         action = "reframed" if target == (kind == KIND_ZSTD) else ("compressed" if target else "decompressed")
         return RecompressResult(number, action, before, after, reason)
-
-    def _rework_sealed(self, sealed: list[int]) -> None:
-        if self.compress_mode is CompressMode.AUTO:
-            for number in sealed:
-                try:
-                    self._recompress_one(number, CompressMode.AUTO, None, None)
-                except (OSError, ValueError) as exc:
-                    logger.warning("%s: compressing sealed segment %d failed (it stays raw): %s",
-                                   self._dir_str, number, exc)
-            return
-        super()._rework_sealed(sealed)
 
     # -- retention --------------------------------------------------------------------------
 
@@ -331,7 +360,7 @@ class FlatFileDb(Store):
 
     def _locations_of(self, number: int) -> list[DataLocation]:
         """The blob locations of a segment, named as put() named them."""
-        path = self.issued_path(number)
+        path = self.segment_path(number, as_issued=True)
         return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number)
                 if r.rtype == REC_BLOB]
 
@@ -403,4 +432,5 @@ class FlatFileDb(Store):
         return deleted
 
 
-__all__ = ["CompressMode", "Compaction", "FlatFileDb", "RecompressResult", "SegmentStats", "StoreStats"]
+__all__ = ["CompressMode", "Compaction", "MaintainedStore", "RecompressResult", "SegmentStats", "StoreStats",
+           "compress_sealed_if_it_pays", "reframe_sealed"]

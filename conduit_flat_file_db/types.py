@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+Buffer = Any
+"""Data a put takes: bytes, bytearray, or any C-contiguous object of the buffer protocol
+(memoryview, numpy array, ``array.array``, ``mmap``). Checked at run time, not by the type
+checker: typing has no name for "has the buffer protocol" before Python 3.12's Buffer."""
 
 
 class DataLocation(NamedTuple):

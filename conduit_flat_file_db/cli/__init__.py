@@ -22,7 +22,8 @@ from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
 from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
 from .commands import cmd_delete, cmd_get, cmd_info, cmd_ls, cmd_recompress, cmd_retention, cmd_rotate, \
     cmd_stats, cmd_verify
-from .parser import build_parser, default_lock_path
+from ..arguments import default_lock_path
+from .parser import build_parser
 from .put import check_sources, cmd_put
 
 _READ_COMMANDS = ("get", "info", "verify", "stats", "ls")

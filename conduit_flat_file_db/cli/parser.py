@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Any
 
 from .. import CompressMode, __version__
@@ -177,9 +176,3 @@ def build_parser() -> argparse.ArgumentParser:
             + _add_maintenance_commands(commands):
         _add_store_options(command, argparse.SUPPRESS)
     return parser
-
-
-def default_lock_path(datadir: str) -> str:
-    """``<datadir>.lock`` beside the datadir (trailing slashes and ``.`` resolved first)."""
-    absolute = os.path.abspath(datadir)
-    return os.path.join(os.path.dirname(absolute), os.path.basename(absolute) + ".lock")

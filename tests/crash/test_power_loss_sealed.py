@@ -27,7 +27,7 @@ import pytest
 from crash_support import cut_file, index_records_of, set_state_word, state_word, zero_bytes
 
 import conduit_flat_file_db.seal as seal_module
-import conduit_flat_file_db.writer as writer_module
+import conduit_flat_file_db.syncer as syncer_module
 from conduit_flat_file_db import CompressMode, FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
@@ -239,7 +239,7 @@ def test_segments_confirmed_durable_are_not_read_again(tmp_path: Path, monkeypat
         checked.append(number)
         return real(dir_fd, number, full=full)
 
-    monkeypatch.setattr("conduit_flat_file_db.writer.seal_problem", spy)
+    monkeypatch.setattr("conduit_flat_file_db.writer_recovery.seal_problem", spy)
     open_store(datadir, False).close()
     assert checked == [3]
 
@@ -420,7 +420,7 @@ def test_a_failed_fsync_is_reported_by_every_sync_and_confirms_nothing(
             raise failures.pop()
         return real(dir_fd, number)
 
-    monkeypatch.setattr(writer_module, "sync_segment", failing)
+    monkeypatch.setattr(syncer_module, "sync_segment", failing)
     try:
         db.put(b"a" * 100)
         with caplog.at_level(logging.ERROR, logger="conduit_flat_file_db"):
@@ -465,7 +465,7 @@ def test_seals_are_confirmed_when_no_thread_can_start(tmp_path: Path, monkeypatc
 
 def test_the_sync_thread_ends_when_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store that stopped sealing holds no thread (so an unclosed store leaks none)."""
-    monkeypatch.setattr(writer_module, "_IDLE_SECONDS", 0.05)
+    monkeypatch.setattr(syncer_module, "_IDLE_SECONDS", 0.05)
     db = open_store(tmp_path / "store", False)
     try:
         db.put(b"d" * 100)
@@ -567,7 +567,7 @@ def test_put_stream_does_not_wait_for_its_own_segments_fsync(tmp_path: Path, mon
             gate.wait(30)
         return real(dir_fd, number)
 
-    monkeypatch.setattr(writer_module, "sync_segment", gated)
+    monkeypatch.setattr(syncer_module, "sync_segment", gated)
     datadir = tmp_path / "store"
     db = open_store(datadir, False)
     try:

@@ -54,7 +54,7 @@ class Runner:
 
     def _forget_segments(self, numbers: list[int]) -> None:
         db = self.store()
-        gone = {db.segment_path(n) for n in numbers} | {db.issued_path(n) for n in numbers}
+        gone = {db.segment_path(n) for n in numbers} | {db.segment_path(n, as_issued=True) for n in numbers}
         gone_numbers = set(numbers)
         for key in list(self.acked):
             name = os.path.basename(key[0])

@@ -21,7 +21,9 @@ from conduit_flat_file_db import (
     FlatFileDbNotFoundError,
     FlatFileDbUnsafeAccessError,
     InvalidLocationError,
+    NonContiguousBufferError,
     Slice,
+    UnsupportedBufferError,
 )
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -106,15 +108,16 @@ def relocated(location: DataLocation, file_path: str | Path) -> DataLocation:
 
 @pytest.mark.parametrize("value", ["text", 42, None, [1, 2], {"a": 1}, 1.5, bytearray], ids=repr)
 def test_put_non_bytes_is_type_error(env: Env, value: Any) -> None:
-    """Only bytes-like data can be put."""
-    refused(env, TypeError, lambda: env.store.put(value))
+    """Only bytes-like data can be put: the typed error is a TypeError."""
+    assert issubclass(UnsupportedBufferError, TypeError)
+    refused(env, UnsupportedBufferError, lambda: env.store.put(value))
 
 
 @pytest.mark.parametrize("batch", [[b"ok", "text"], [b"ok", None], [b"ok", 7], "abc", [[b"nested"]]],
                          ids=repr)
 def test_put_many_with_a_bad_item_writes_nothing(env: Env, batch: Any) -> None:
     """A batch is checked whole before the first byte is written."""
-    refused(env, TypeError, lambda: env.store.put_many(batch))
+    refused(env, UnsupportedBufferError, lambda: env.store.put_many(batch))
 
 
 def test_put_many_of_none_is_type_error(env: Env) -> None:
@@ -126,7 +129,8 @@ def test_put_many_of_none_is_type_error(env: Env) -> None:
 def test_put_non_contiguous_memoryview_is_value_error(env: Env) -> None:
     """A strided view has no single byte run to append."""
     view: Any = memoryview(b"abcdefgh")[::2]
-    refused(env, ValueError, lambda: env.store.put(view))
+    assert issubclass(NonContiguousBufferError, ValueError) and issubclass(NonContiguousBufferError, TypeError)
+    refused(env, NonContiguousBufferError, lambda: env.store.put(view))
 
 
 # -- get: offsets ----------------------------------------------------------------------------
@@ -462,7 +466,7 @@ def test_delete_already_deleted_sealed_segment_logs(env: Env, caplog: pytest.Log
 # -- constructor and other entry points -----------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [(123, "x.lock"), (None, "x.lock"), (b"store", "x.lock"), ("store", None),
+@pytest.mark.parametrize("args", [(123, "x.lock"), (None, "x.lock"), (b"store", "x.lock"), ("store", b"x.lock"),
                                   ("store", 5), (["store"], "x.lock")], ids=repr)
 def test_constructor_non_path_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         args: tuple[Any, Any]) -> None:

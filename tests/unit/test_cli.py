@@ -21,7 +21,8 @@ import pytest
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.cli import main, progress, put
 from conduit_flat_file_db.cli.base import READ_CHUNK_BYTES, SMALL_BLOB_BYTES
-from conduit_flat_file_db.cli.parser import build_parser, default_lock_path
+from conduit_flat_file_db.arguments import default_lock_path
+from conduit_flat_file_db.cli.parser import build_parser
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
 TEXT = b"hello, flat file\n"

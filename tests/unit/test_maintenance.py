@@ -91,19 +91,19 @@ def test_recompress_auto_keeps_random_raw_and_compresses_text(store: FlatFileDb)
         assert store.get(loc) == blob
 
 
-def test_min_savings_decides_auto(make_store: StoreFactory) -> None:
+def test_min_segment_saving_decides_auto(make_store: StoreFactory) -> None:
     """A segment that compresses by about 50 % is left raw under a bar of 70 % and compressed under 30 %."""
     rng = random.Random(2)
     with pytest.raises(ValueError):
-        make_store("bad", min_savings=1.0)
-    db = make_store(min_savings=0.7)
+        make_store("bad", min_segment_saving=1.0)
+    db = make_store(min_segment_saving=0.7)
     blobs = [half_random(rng, 64 * 1024) for _ in range(8)]
     locs = fill_segment(db, blobs)
     number = number_of(locs[0])
     [result] = db.recompress([number], mode=CompressMode.AUTO)
     assert result.action == "skipped", result  # saves about 50 %, below the bar of 70 %
     assert data_files(db.datadir)[number] == segment_name(number, False)
-    db.min_savings = 0.3
+    db.min_segment_saving = 0.3
     [result] = db.recompress([locs[0].file_path], mode=CompressMode.AUTO)
     assert result.action == "compressed", result
     assert data_files(db.datadir)[number] == segment_name(number, True)

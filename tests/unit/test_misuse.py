@@ -399,9 +399,9 @@ def test_fortran_order_memoryview_is_refused_before_anything_is_written(store: F
 def test_put_many_errors_name_put_many_and_the_item(store: FlatFileDb) -> None:
     """The error of a bad item names put_many() (not put()) and where the item is."""
     with pytest.raises(TypeError, match=r"put_many\(\) takes bytes.*not int \(item 2\)"):
-        store.put_many([b"a", b"b", 7])  # type: ignore[list-item]
+        store.put_many([b"a", b"b", 7])
     with pytest.raises(TypeError, match=r"put_many\(\) takes bytes"):
-        store.put_many(x for x in [b"a", "text"])  # type: ignore[misc]
+        store.put_many(x for x in [b"a", "text"])
     assert not list(store.iter_records())
 
 

@@ -22,11 +22,11 @@ from conduit_flat_file_db import (
     FlatFileDbError,
     Slice,
 )
-import conduit_flat_file_db.writer as writer_module
+import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db.blocks import maps_supported, preallocate
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
-from conduit_flat_file_db.writer import MAPPED_PUT_MAX_BYTES
+from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
 MIB = 2**20
@@ -708,7 +708,7 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
         calls.append((offset, length))
         return real(fd, offset, length)
 
-    monkeypatch.setattr(writer_module, "preallocate", counting)
+    monkeypatch.setattr(write_maps_module, "preallocate", counting)
     first, second = make_store(), make_store()
     first.MAX_DAT_FILE_SIZE = second.MAX_DAT_FILE_SIZE = 64 * size
     for i in range(50):  # past a quarter of the segment, in one segment: one reservation
@@ -720,7 +720,7 @@ def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypa
         calls.append((offset, length))
         return False
 
-    monkeypatch.setattr(writer_module, "preallocate", unsupported)
+    monkeypatch.setattr(write_maps_module, "preallocate", unsupported)
     calls.clear()
     first.rotate()
     locations = [first.put(b"u" * size) for _ in range(20)]  # past a quarter of segment 1

@@ -17,13 +17,13 @@ from typing import Any, Callable
 import pytest
 
 import conduit_flat_file_db.blocks as blocks_module
-import conduit_flat_file_db.writer as writer_module
+import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_END, W_INDEX_BYTES
-from conduit_flat_file_db.writer import MAPPED_PUT_MAX_BYTES
+from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
 
@@ -227,7 +227,7 @@ def test_room_that_cannot_be_allocated_falls_back_to_pwrite(make_store: StoreFac
         tries.append(length)
         return failure
 
-    monkeypatch.setattr(writer_module, "allocate", refuse)
+    monkeypatch.setattr(write_maps_module, "allocate", refuse)
     db = make_store()
     items = blobs_of(20)
     locations = [db.put(item) for item in items]

@@ -1,0 +1,146 @@
+"""The seal syncer: sealed segments made durable in a background thread (FORMAT.md "Commit",
+GUARANTEES.md "Durability").
+
+A seal writes the SEAL record and nothing more; the fsync of the sealed segment runs here,
+outside the write lock, and its end is recorded in the state page (word W_SYNCED_BELOW),
+from which recovery after a power loss knows which sealed segments to check.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from typing import Any
+
+from .seal import sync_segment
+from .segment_files import fsync_dir
+from .state import W_SYNCED_BELOW
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+_IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
+
+
+class SealSyncer:
+    """Makes sealed segments durable in a background thread, then records that in the state page.
+
+    A seal writes the SEAL record and nothing more; fsyncing the segment (a large
+    write to the disk) would stall every writer if done
+    under the write lock, and the sealing writer if done in its thread. This thread
+    fsyncs each sealed segment, then raises word W_SYNCED_BELOW; after a power loss,
+    recovery checks the segments at or above it (GUARANTEES.md, "Durability").
+
+    One per store instance. The thread starts on a request and ends after a second
+    with nothing to do; ``close()`` (and interpreter exit) waits for pending work.
+    A failed fsync is sticky: the word is never raised again by this instance and
+    every ``wait`` returns the error. A forked child starts its own thread.
+    """
+
+    def __init__(self, dir_fd: int, words: Any) -> None:
+        self._dir_fd = dir_fd
+        self._words = words
+        self._reset()
+        _LIVE_SYNCERS.add(self)
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._target = self._words[W_SYNCED_BELOW]  # sync every segment below this
+        self._done = self._target  # requests up to here are finished
+        self._failed: OSError | None = None
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def request(self, below: int) -> None:
+        """Make every segment numbered below ``below`` (all sealed) durable soon."""
+        if self._pid != os.getpid():
+            self._reset()
+        with self._cond:
+            if below <= self._target or self._closing:
+                return
+            self._target = below
+            if self._thread is not None:
+                self._cond.notify_all()
+                return
+            thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no new thread now (interpreter exiting, thread limit): sync here
+                pass
+            else:
+                self._thread = thread
+                return
+        self._finish(below, self._sync(below))
+
+    def wait(self, below: int) -> OSError | None:
+        """Wait until what was requested below ``below`` is done; returns the error of a failed fsync, if any."""
+        if self._pid != os.getpid():
+            return None
+        with self._cond:
+            while self._done < min(below, self._target) and self._thread is not None:
+                self._cond.wait()
+            return self._failed
+
+    def close(self) -> None:
+        """Finish every request, then stop the thread."""
+        if self._pid != os.getpid():
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._done >= self._target and not self._closing:
+                    self._cond.wait(_IDLE_SECONDS)
+                if self._done >= self._target:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                target = self._target
+            self._finish(target, self._sync(target))
+
+    def _finish(self, target: int, error: OSError | None) -> None:
+        with self._cond:
+            self._done = max(self._done, target)
+            self._failed = self._failed or error
+            self._cond.notify_all()
+
+    def _sync(self, below: int) -> OSError | None:
+        """fsync segments from the confirmed mark up to ``below``, confirming each as it goes, so a
+        writer waiting for an early one is not held up by a large one after it."""
+        words = self._words
+        try:
+            for number in range(words[W_SYNCED_BELOW], below):
+                if sync_segment(self._dir_fd, number) < 2:
+                    fsync_dir(self._dir_fd)  # a deleted segment must stay deleted before it counts as done
+                with self._cond:
+                    if self._failed is None and words[W_SYNCED_BELOW] < number + 1:
+                        words[W_SYNCED_BELOW] = number + 1  # no lock: a racing lower value only means more checks
+                    self._done = max(self._done, number + 1)
+                    self._cond.notify_all()
+        except OSError as exc:
+            logger.error("fsync of a sealed segment failed; this store no longer confirms sealed segments as "
+                         "durable (they are checked after a power loss): %s", exc)
+            return exc
+        return None
+
+
+_LIVE_SYNCERS: "weakref.WeakSet[SealSyncer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """A process that exits with stores open still gets their sealed segments fsynced."""
+    for syncer in list(_LIVE_SYNCERS):
+        syncer.close()
+
+
+__all__ = ["SealSyncer"]

@@ -1,0 +1,211 @@
+"""Write room and maps: small puts into a raw mutable segment copied through shared maps.
+
+A put of at most MAPPED_PUT_MAX_BYTES into a raw mutable segment without fsync is copied
+into shared writable maps of its data and index files, over room allocated past their
+committed ends (FORMAT.md "Commit" and "Raw segment"), instead of two ``pwrite`` calls.
+This module owns that room: reserving disk blocks for large segments (``_reserve``),
+allocating, zeroing and mapping room (``_make_room``, ``_grow``), and the whole commit of a
+small blob through the maps (``put_mapped``, the hot path of ``put``).
+
+``MappedWrites`` is a base class of ``writer.SegmentWriter``, not a helper object: the hot
+path reads the writer's descriptors, state words and maps as attributes of one object,
+and a second object would add an attribute hop to every put.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+from .index import KIND_RAW, RECORD_BYTES, encode_blob
+from .blocks import allocate, maps_supported, preallocate
+from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
+from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
+
+logger = logging.getLogger("conduit_flat_file_db")
+_NO_MAP = mmap.mmap(-1, mmap.PAGESIZE)  # stands in for a write map not made yet (its length counts as 0)
+
+RESERVE_STEP_BYTES = 2**30  # segments larger than this reserve their disk blocks in steps this large
+MAPPED_PUT_MAX_BYTES = 64 * 2**10
+"""A put of at most this many bytes into a raw mutable segment, without fsync, is copied into
+shared maps of its data and index files instead of being written with two ``pwrite`` calls
+(FORMAT.md "Commit"). Larger blobs go through ``pwrite``: room for them would be written
+twice (zeros, then the blob), and the two syscalls are a small part of their cost."""
+
+
+class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps, their bounds, the reservation
+    """The write room and maps of one writer's raw mutable segment (write lock held by the caller)."""
+
+    # Set by SegmentWriter: the mutable segment this writer appends to.
+    datadir: Path
+    words: memoryview  # the state page, as words
+    segment: int
+    kind: int
+    data_fd: int
+    index_fd: int
+    max_size: int  # the store's MAX_DAT_FILE_SIZE at the last prepare()
+    _rotated_full: bool  # the writer created the mutable segment because the last one was full
+
+    def __init__(self, dir_fd: int, fsync: bool) -> None:
+        self.reserved = 0  # the raw mutable data file needs no reservation below this (see _reserve)
+        # Shared writable maps of the raw mutable segment's data and index files, over their
+        # allocated room (see append_mapped); valid while the state page's seq word equals ``_seq``:
+        # every publish (rotation, recovery) and every cut of a file (mark_cut) changes it.
+        self.map_limit = -1 if fsync or not maps_supported(dir_fd) else MAPPED_PUT_MAX_BYTES
+        self._data_map = self._index_map = _NO_MAP
+        self._data_base = self._index_base = 0  # file offset of each map's first byte
+        self._data_mapped = self._index_mapped = 0  # file offset of each map's end
+        self._seq = -1
+
+    def put_mapped(self, data: Any, checksum: int, max_size: int) -> int:
+        """The whole commit of a small blob when nothing needs preparing and the maps have room:
+        returns where it starts, or -1 (nothing written) for the general path to take over."""
+        words = self.words
+        start = words[W_END]
+        end = start + len(data)
+        index_bytes = words[W_INDEX_BYTES]
+        index_end = index_bytes + RECORD_BYTES
+        data_base, index_base = self._data_base, self._index_base
+        # One test for everything that sends a put to the general path (this is the hot path).
+        # pylint: disable-next=too-many-boolean-expressions
+        if end > self._data_mapped or index_end > self._index_mapped or start >= max_size or start < data_base \
+                or index_bytes < index_base or words[W_DIRTY] or words[W_SEGMENT] != self.segment \
+                or words[W_SEQ] != self._seq:
+            return -1
+        words[W_DIRTY] = 1
+        self._data_map[start - data_base:end - data_base] = data
+        self._index_map[index_bytes - index_base:index_end - index_base] = encode_blob(start, end - start, checksum)
+        words[W_INDEX_BYTES] = index_end
+        words[W_DISK_BYTES] = end
+        words[W_END] = end  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+        return start
+
+    def append_mapped(self, data: Any, checksum: int, start: int, end: int) -> bool:
+        """Commit one small blob at ``start`` (the committed end) of a raw mutable segment through
+        the maps, making room first when needed. False (nothing written) when maps cannot be
+        used here: the caller then appends with ``append_raw``, which reports a full disk."""
+        if self.words[W_END] != start:  # not the committed end: put_mapped would commit elsewhere
+            return False
+        index_bytes = self.words[W_INDEX_BYTES]
+        if end > self._data_mapped or index_bytes + RECORD_BYTES > self._index_mapped or start < self._data_base \
+                or index_bytes < self._index_base or self.words[W_SEQ] != self._seq:
+            if not self._make_room(start, end, index_bytes, index_bytes + RECORD_BYTES):
+                return False
+        return self.put_mapped(data, checksum, 1 << 62) >= 0
+
+    def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
+        """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").
+
+        The room is allocated with ``fallocate`` before any store: a store through a map
+        into a hole would meet a full disk as SIGBUS. It grows when a put needs it, by the
+        bytes already used (at least ROOM_MIN_BYTES, at most ROOM_MAX_BYTES, never past
+        MAX_DAT_FILE_SIZE).
+        """
+        if self.kind != KIND_RAW or self.data_fd < 0:
+            return False
+        seq = self.words[W_SEQ]
+        if seq != self._seq:  # a file may have shrunk under the maps: map afresh
+            self._drop_maps()
+            self._seq = seq
+        try:
+            if end > self._data_mapped or start < self._data_base:
+                if end > self.reserved:  # as append_raw does: then the room is carved from reserved blocks
+                    self._reserve(start, end)
+                self._data_map, self._data_base, self._data_mapped = _grow(
+                    self.data_fd, self._data_map, start, end, max(self.max_size, end))
+            if index_end > self._index_mapped or index_bytes < self._index_base:
+                self._index_map, self._index_base, self._index_mapped = _grow(
+                    self.index_fd, self._index_map, index_bytes, index_end, 1 << 62)
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
+                logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
+                self.map_limit = -1
+            self._drop_maps()
+            return False
+        return True
+
+    def _drop_maps(self) -> None:
+        for mapped in (self._data_map, self._index_map):
+            if mapped is not _NO_MAP:
+                mapped.close()
+        self._data_map = self._index_map = _NO_MAP
+        self._data_base = self._index_base = self._data_mapped = self._index_mapped = 0
+
+    def _reserve(self, start: int, end: int) -> None:
+        """Reserve disk blocks for the raw mutable segment with ``fallocate`` keeping the file's
+        size, so large puts skip block allocation (sealing cuts the file at its end, which frees
+        what was not used).
+
+        A segment this writer rotated into because the previous one filled up is reserved
+        whole (up to MAX_DAT_FILE_SIZE, per RESERVE_STEP_BYTES) by its first put: before the
+        sealed segment's background fsync starts, since an ``fallocate`` issued while that
+        fsync commits the filesystem's journal waits for it (tens of ms on ext4), where plain
+        writes into reserved blocks do not. Any other segment is reserved only once it holds
+        a quarter of MAX_DAT_FILE_SIZE, so a small store never holds disk it does not use.
+        """
+        limit = max(self.max_size, end)
+        if not self._rotated_full and end < limit // 4:
+            self.reserved = limit // 4  # nothing to do before this
+            return
+        want = max(end, min(limit, start + RESERVE_STEP_BYTES))
+        if os.fstat(self.data_fd).st_blocks * 512 >= want or preallocate(self.data_fd, start, want - start):
+            self.reserved = want  # (a first test: another process may have reserved it already)
+        else:
+            self.reserved = 1 << 62  # not supported here: stop trying for this segment
+
+
+def _has_hole(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of ``fd`` may hold a hole (room found on disk is one after a
+    sparse copy of the datadir). One ``lseek``: cheaper than a ``fallocate``, which on ext4
+    writes the inode through the journal even when every block is there already."""
+    try:
+        return os.lseek(fd, start, os.SEEK_HOLE) < end
+    except (OSError, AttributeError):
+        return True
+
+
+_ZEROS = bytes(256 * 2**10)  # written (repeated) into new room
+_PASSING_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.EAGAIN})  # the next put tries again
+
+
+def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[mmap.mmap, int, int]:
+    """Make room in ``fd`` from ``start`` (its committed end) to past ``need``, and map the file
+    from ``start`` (rounded down to the map granularity) up to the room's end. Returns the map
+    and the file offsets of its first byte and of its end. A map this short is cheap to drop
+    (a map from offset 0 of a large file made every new room costly to map for each writer).
+
+    Bytes of the file past its committed end are room made by an earlier call (maybe in
+    another process): they are mapped as they are, after a ``fallocate`` over them if they
+    hold a hole (a sparse copy of the datadir makes one). New room's blocks are allocated first
+    (``fallocate``: a full disk is an error here, never a SIGBUS later), then it is written
+    with zeros: stores through the map then land in pages already in the page cache,
+    several times as fast as stores that fault each page in, preparation included.
+    """
+    need = max(need, start + 1)  # a map is never empty (an empty put at a page boundary)
+    size = os.fstat(fd).st_size
+    if size >= need:  # another writer made room already: map it
+        at = size
+        failed = allocate(fd, start, size - start) if _has_hole(fd, start, size) else 0
+    else:
+        at = max(start, size)
+        size = max(need, min(need + min(max(need, ROOM_MIN_BYTES), ROOM_MAX_BYTES), limit))
+        failed = allocate(fd, start, size - start)
+    if failed:
+        raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+    while at < size:
+        chunk = min(size - at, len(_ZEROS) * 16)
+        whole, part = divmod(chunk, len(_ZEROS))
+        at += os.pwritev(fd, [_ZEROS] * whole + [memoryview(_ZEROS)[:part]], at)
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    new = mmap.mmap(fd, size - base, offset=base)
+    if old is not _NO_MAP:
+        old.close()
+    return new, base, size
+
+
+__all__ = ["MAPPED_PUT_MAX_BYTES", "RESERVE_STEP_BYTES", "MappedWrites"]

@@ -1,0 +1,178 @@
+"""Recovery of the store as a writer opens it (FORMAT.md "Recovery"): scratch files of dead
+processes and indexes of interrupted deletes removed, the newest segment recovered (and, after
+a power loss, sealed and continued in a new one), sealed segments not yet known durable
+checked and fsynced, and the state page published.
+
+``WriterRecovery`` is a base class of ``writer.SegmentWriter`` (recovery runs with the
+writer's descriptors and state, under its write lock); the per-segment work it calls is in
+segment.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+
+from .errors import FlatFileDbUnsafeAccessError
+from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_owner
+from .recovery import recover_segment
+from .seal import reseal_segment, seal_problem, seal_recovered, sync_segment
+from .segment import Tail, create_segment
+from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+
+def last_segment_error(number: int, whole_file: bool = False) -> FlatFileDbUnsafeAccessError:
+    """The error of a store that has reached the last segment number the format can name."""
+    why = " (committing a whole file takes two more)" if whole_file else ""
+    return FlatFileDbUnsafeAccessError(
+        f"the store is at segment {number} and {MAX_SEGMENT_NUMBER} is the last segment number the format can "
+        f"name (FORMAT.md \"Files\": n < 2**32): it cannot start another segment{why}. Every committed blob "
+        "stays readable; copy the live ones into a new store to go on writing")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WriterRecovery:
+    """Recovery steps of a writer (write lock held by the caller)."""
+
+    # Set by SegmentWriter.
+    dir_fd: int
+    datadir: Path
+    state: SharedState
+    words: memoryview  # the state page, as words
+    new_kind: int  # kind of segments this instance creates
+
+    def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
+        """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
+
+        ``may_defer`` (on open): when the newest segment is sealed and the disk has no room for
+        the next one, publish the sealed one and leave the dirty flag up instead of failing, so
+        that a store on a full disk still opens to be read and to have segments deleted; the
+        next writer creates the segment (or gets the ENOSPC).
+        """
+        state = self.state
+        words = self.words
+        data_numbers, index_numbers = self._list_segments()
+        numbers = data_numbers | index_numbers
+        created = not numbers
+        if created:
+            create_segment(self.dir_fd, 0, self.new_kind)
+            numbers.add(0)
+        newest = max(numbers)
+        for orphan in sorted(index_numbers - data_numbers - {newest}):
+            # A delete removes the data file first: an index alone is the rest of it.
+            self._remove_regular(index_name(orphan), "record index", "left by an interrupted delete")
+        check_from: int | None = None
+        if power_loss_check and (state.fresh or not state.same_boot()):
+            same_segment = not state.fresh and words[W_SEGMENT] == newest
+            check_from = words[W_DURABLE_END] if same_segment else 0
+        tail = recover_segment(self.dir_fd, newest, self.new_kind, check_from)
+        if check_from is not None and not tail.sealed and not created and newest in index_numbers:
+            # After a power loss (or with the state page lost) nothing tells how far puts got
+            # before it: continue in a new segment, so a lost blob's offsets are never reused.
+            # (A segment without an index never had a record: recovery gave it one just now.)
+            tail = seal_recovered(self.dir_fd, newest)  # its SEAL counted: a last segment stays sealed
+            data_numbers.discard(newest)  # just checked, sealed and fsynced
+        deferred = False
+        if tail.sealed and newest < MAX_SEGMENT_NUMBER:
+            try:
+                newest, tail = self._create_next(newest)
+            except OSError as exc:
+                if not may_defer or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                logger.warning("%s: no room to create the segment after sealed segment %d (%s); the next writer "
+                               "creates it", self.datadir, newest, exc)
+                deferred = True
+        elif tail.sealed:  # nothing can follow it: published as it is, readable, refused to writers (resync)
+            logger.warning("%s: %s", self.datadir, last_segment_error(newest))
+        if power_loss_check:
+            self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
+        if check_from is not None or state.fresh:
+            words[W_DURABLE_END] = tail.end if check_from is not None else 0
+        was_fresh = state.fresh
+        state.initialise()
+        if was_fresh:
+            state.persist(self.dir_fd)
+        state.publish(tail.view(newest))
+        words[W_DIRTY] = int(deferred)  # deferred: every segment below the sealed one is sealed too
+
+    def _list_segments(self) -> tuple[set[int], set[int]]:
+        """Numbers of the segments with a data file, and with an index; removes the scratch files
+        of processes that are gone (recovery step 1)."""
+        data_numbers: set[int] = set()
+        index_numbers: set[int] = set()
+        for name in os.listdir(self.dir_fd):
+            owner = temp_owner(name)
+            if owner is not None:
+                if owner != os.getpid() and not _pid_alive(owner):
+                    self._remove_regular(name, "scratch file", "left by an interrupted operation")
+                continue
+            parsed = parse_name(name)
+            if parsed is not None:
+                (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
+        return data_numbers, index_numbers
+
+    def _remove_regular(self, name: str, what: str, why: str) -> None:
+        """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of
+        that name is not something the store wrote, so it is left alone (and verify notes it)
+        rather than failing the open with an IsADirectoryError."""
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                logger.warning("%s: %s is named like a %s but is not a regular file; left alone",
+                               self.datadir, name, what)
+                return
+            logger.warning("%s: removing %s %s %s", self.datadir, what, name, why)
+            os.unlink(name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            pass  # removed meanwhile (another opener of the store)
+
+    def _settle_sealed(self, sealed: list[int], mutable: int) -> None:
+        """On open: make whole and durable every sealed segment not known to be fsynced.
+
+        Those are the segments from word W_SYNCED_BELOW on (all of them when the state
+        page is new): their fsync runs in the background after the seal, and a process
+        may have died before it. After a power loss they are checked (in full, or by
+        size only when the page is new) and a damaged one is cut back to its last good
+        blob and sealed again; then each is fsynced (cheap when already on disk).
+        """
+        state = self.state
+        after_power_loss = state.fresh or not state.same_boot()
+        below = 0 if state.fresh else self.words[W_SYNCED_BELOW]
+        for number in sealed:
+            if number < below:
+                continue
+            if after_power_loss:
+                why = seal_problem(self.dir_fd, number, full=not state.fresh)
+                if why is not None:
+                    reseal_segment(self.dir_fd, number, why)
+            sync_segment(self.dir_fd, number)
+        self.words[W_SYNCED_BELOW] = mutable
+
+    def _create_next(self, sealed: int) -> tuple[int, Tail]:
+        """Create segment sealed+1, removing leftovers of a rotation that died half-way."""
+        new = sealed + 1
+        for name in (index_name(new), segment_name(new, False), segment_name(new, True)):
+            try:
+                os.unlink(name, dir_fd=self.dir_fd)  # nothing committed can be in them: no SEAL
+            except FileNotFoundError:
+                pass
+        return new, create_segment(self.dir_fd, new, self.new_kind)
+
+
+__all__ = ["WriterRecovery", "last_segment_error"]
