@@ -39,8 +39,11 @@ def _fresh(workdir: str, name: str) -> str:
 
 
 def _disk_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.startswith("data_")
-               and not n.endswith(".idx"))
+    return sum(
+        os.path.getsize(os.path.join(path, n))
+        for n in os.listdir(path)
+        if n.startswith("data_") and not n.endswith(".idx")
+    )
 
 
 def bench_big_puts(args: argparse.Namespace, workdir: str, data: list[bytes]) -> Result:
@@ -67,12 +70,14 @@ def bench_big_puts(args: argparse.Namespace, workdir: str, data: list[bytes]) ->
         db.close()
         return len(data) / elapsed
 
-    return rounds(Result("put 1 MiB compressed", "MiB/s", "zstandard 1 thread", goal=1.5), args.rounds,
-                  baseline, engine)
+    return rounds(
+        Result("put 1 MiB compressed", "MiB/s", "zstandard 1 thread", goal=1.5), args.rounds, baseline, engine
+    )
 
 
 def _slice_latencies(db: FlatFileDb, locations: list[DataLocation], rng: random.Random, count: int) -> list[float]:
     from conduit_flat_file_db import Slice  # pylint: disable=import-outside-toplevel
+
     picks = []
     for _ in range(count):
         loc = rng.choice(locations)
@@ -88,12 +93,17 @@ def _slice_latencies(db: FlatFileDb, locations: list[DataLocation], rng: random.
     return out
 
 
-def bench_slices(args: argparse.Namespace, workdir: str, data: list[bytes], frame_bytes: int,  # pylint: disable=too-many-arguments
-                 label: str, min_saving: float = DEFAULT_MIN_SAVING) -> tuple[Result, float, float]:
+def bench_slices(
+    args: argparse.Namespace,
+    workdir: str,
+    data: list[bytes],
+    frame_bytes: int,  # pylint: disable=too-many-arguments
+    label: str,
+    min_saving: float = DEFAULT_MIN_SAVING,
+) -> tuple[Result, float, float]:
     """Random 256 B slices of compressed 1 MiB blobs, cache a quarter of the data."""
     path = _fresh(workdir, "slices")
-    db = FlatFileDb(path, path + ".lock", use_compression=True, frame_bytes=frame_bytes,
-                    min_frame_saving=min_saving)
+    db = FlatFileDb(path, path + ".lock", use_compression=True, frame_bytes=frame_bytes, min_frame_saving=min_saving)
     db.MAX_DAT_FILE_SIZE = 64 * MIB
     locations = db.put_many(data)
     db.rotate()  # seal (and re-frame) the last segment: every segment measured as it stays
@@ -175,10 +185,12 @@ def bench_small_puts(args: argparse.Namespace, workdir: str, make: Callable[[int
     ref.close()
     shutil.rmtree(path)
     shutil.rmtree(reference_dir)
-    return (f"1 KiB compressed put: {min(rates):,.0f}..{max(rates):,.0f} ops/s over the tenths of a "
-            f"{segment // MIB} MiB segment (first {rates[0]:,.0f}, last {rates[-1]:,.0f}; goal >= 20,000/s, flat); "
-            f"sealed segment {sealed:,} bytes vs the same bytes in default frames {reference:,} "
-            f"({sealed / reference:.3f}x; goal within 1.10x)")
+    return (
+        f"1 KiB compressed put: {min(rates):,.0f}..{max(rates):,.0f} ops/s over the tenths of a "
+        f"{segment // MIB} MiB segment (first {rates[0]:,.0f}, last {rates[-1]:,.0f}; goal >= 20,000/s, flat); "
+        f"sealed segment {sealed:,} bytes vs the same bytes in default frames {reference:,} "
+        f"({sealed / reference:.3f}x; goal within 1.10x)"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
@@ -196,8 +208,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         results.append(slices)
         print(table(results))
         ceiling = one_frame_bytes(chain, 64 * MIB)
-        print(f"\non-disk size at the default frame size ({DEFAULT_FRAME_BYTES // KIB} KiB) vs each 64 MiB segment "
-              f"as one frame: {on_disk:,} vs {ceiling:,} bytes = {on_disk / ceiling:.3f}x (goal within 1.10x)")
+        print(
+            f"\non-disk size at the default frame size ({DEFAULT_FRAME_BYTES // KIB} KiB) vs each 64 MiB segment "
+            f"as one frame: {on_disk:,} vs {ceiling:,} bytes = {on_disk / ceiling:.3f}x (goal within 1.10x)"
+        )
         print(bench_small_puts(args, workdir, blockchain_like))
         print("\nframe size trade-off (slices: 256 B, frame cache a quarter of the data):")
         print("| frame | data | size vs one frame per segment | slices/s | p99 |\n|---|---|---|---|---|")
@@ -206,12 +220,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
         for frame in (16 * KIB, 32 * KIB, 64 * KIB, 128 * KIB, 256 * KIB, MIB):
             for label, data in (("blockchain-like", chain[: total_mib // 4]), ("text-like", text)):
                 res, disk, p99 = bench_slices(args, workdir, data, frame, label)
-                print(f"| {frame // KIB} KiB | {label} | {disk / one_frame_bytes(data, 64 * MIB):.3f}x | "
-                      f"{res.engine[0]:,.0f} | {p99:.0f} us |")
+                print(
+                    f"| {frame // KIB} KiB | {label} | {disk / one_frame_bytes(data, 64 * MIB):.3f}x | "
+                    f"{res.engine[0]:,.0f} | {p99:.0f} us |"
+                )
         res, disk, p99 = bench_slices(args, workdir, chain[: total_mib // 4], 16 * KIB, "blockchain-like", 0.0)
         ratio = disk / one_frame_bytes(chain[: total_mib // 4], 64 * MIB)
-        print(f"| 16 KiB, min_frame_saving=0 (every frame compressed) | blockchain-like | {ratio:.3f}x | "
-              f"{res.engine[0]:,.0f} | {p99:.0f} us |")
+        print(
+            f"| 16 KiB, min_frame_saving=0 (every frame compressed) | blockchain-like | {ratio:.3f}x | "
+            f"{res.engine[0]:,.0f} | {p99:.0f} us |"
+        )
         return results
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -78,15 +78,24 @@ def bench_puts(args: argparse.Namespace, workdir: str) -> list[Result]:
     big_count = 64 if args.quick else 256
     small_count = 20_000 if args.quick else 100_000
     out = [
-        rounds(Result("put 1 MiB", "MiB/s", "raw append", goal=0.9), args.rounds,
-               lambda: _raw_append_rate(workdir, big, big_count, False),
-               lambda: _engine_put_rate(workdir, big, big_count, False, args.fsync)),
-        rounds(Result("put 1 KiB", "ops/s", "raw append", goal=0.25), args.rounds,
-               lambda: _raw_append_rate(workdir, small, small_count, True),
-               lambda: _engine_put_rate(workdir, small, small_count, True, args.fsync)),
-        rounds(Result("put_many(1000) 1 KiB", "ops/s", "raw append", goal=0.5), args.rounds,
-               lambda: _raw_append_rate(workdir, small, small_count, True),
-               lambda: _engine_put_many_rate(workdir, small, small_count, 1000, args.fsync)),
+        rounds(
+            Result("put 1 MiB", "MiB/s", "raw append", goal=0.9),
+            args.rounds,
+            lambda: _raw_append_rate(workdir, big, big_count, False),
+            lambda: _engine_put_rate(workdir, big, big_count, False, args.fsync),
+        ),
+        rounds(
+            Result("put 1 KiB", "ops/s", "raw append", goal=0.25),
+            args.rounds,
+            lambda: _raw_append_rate(workdir, small, small_count, True),
+            lambda: _engine_put_rate(workdir, small, small_count, True, args.fsync),
+        ),
+        rounds(
+            Result("put_many(1000) 1 KiB", "ops/s", "raw append", goal=0.5),
+            args.rounds,
+            lambda: _raw_append_rate(workdir, small, small_count, True),
+            lambda: _engine_put_many_rate(workdir, small, small_count, 1000, args.fsync),
+        ),
     ]
     return out
 
@@ -168,8 +177,9 @@ def _multi_rate(kind: str, workdir: str, processes: int, seconds: float) -> tupl
         FlatFileDb(target, target + ".lock").close()  # create before the clock starts
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()
-    workers = [ctx.Process(target=_writer_process, args=(kind, target, seconds, barrier, out))
-               for _ in range(processes)]
+    workers = [
+        ctx.Process(target=_writer_process, args=(kind, target, seconds, barrier, out)) for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     stats = [out.get() for _ in workers]
@@ -197,15 +207,20 @@ def bench_multiprocess(args: argparse.Namespace, workdir: str) -> list[Result]:
         fewest.append(min(s[0] for s in stats))
         last = stats
     per_writer = ", ".join(f"{s[0]} puts p99 {s[2] / 1e3:.0f} us max {s[3] / 1e6:.1f} ms" for s in last)
-    result.extra = (f"worst single put over all rounds {max(worst_wait_ms):.1f} ms; fewest puts by one writer "
-                    f"{min(fewest)}; last round per writer: {per_writer}")
+    result.extra = (
+        f"worst single put over all rounds {max(worst_wait_ms):.1f} ms; fewest puts by one writer "
+        f"{min(fewest)}; last round per writer: {per_writer}"
+    )
     return [result]
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
     """Run these benchmarks and print the table."""
-    return run_benchmark(__doc__ or "", argv, lambda args, workdir: (
-        bench_puts(args, workdir) + bench_gets(args, workdir) + bench_multiprocess(args, workdir)))
+    return run_benchmark(
+        __doc__ or "",
+        argv,
+        lambda args, workdir: bench_puts(args, workdir) + bench_gets(args, workdir) + bench_multiprocess(args, workdir),
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,12 @@ def bench_recompress(args: argparse.Namespace, workdir: str, data: list[bytes]) 
         db.close()
         return total / elapsed
 
-    result = rounds(Result(f"recompress {total} MiB raw -> zstd", "MiB/s", "zstandard 1 thread", goal=1.5),
-                    args.rounds, baseline, engine)
+    result = rounds(
+        Result(f"recompress {total} MiB raw -> zstd", "MiB/s", "zstandard 1 thread", goal=1.5),
+        args.rounds,
+        baseline,
+        engine,
+    )
     shutil.rmtree(path, ignore_errors=True)
     return result
 
@@ -84,8 +88,9 @@ def bench_verify(args: argparse.Namespace, workdir: str, data: list[bytes]) -> R
         assert report.ok, str(report)
         return total / elapsed
 
-    result = rounds(Result(f"verify {total:.0f} MiB raw", "MiB/s", "sequential read", goal=0.7), args.rounds,
-                    baseline, engine)
+    result = rounds(
+        Result(f"verify {total:.0f} MiB raw", "MiB/s", "sequential read", goal=0.7), args.rounds, baseline, engine
+    )
     result.extra = "page cache warm: the baseline is memory speed, the hardest case for the checksum"
     shutil.rmtree(path, ignore_errors=True)
     return result

@@ -109,13 +109,16 @@ def bench_put_stream(args: argparse.Namespace, workdir: str) -> list[Result]:
         peaks.append(out["peak_mib"])
         return out["mib_s"]
 
-    result = rounds(Result(f"put_stream {size // MIB} MiB", "MiB/s", "raw sequential write", goal=0.8),
-                    args.rounds, raw, engine)
+    result = rounds(
+        Result(f"put_stream {size // MIB} MiB", "MiB/s", "raw sequential write", goal=0.8), args.rounds, raw, engine
+    )
     result.extra = f"peak RSS {max(peaks):.0f} MiB (goal < 64 MiB)"
     zsize = size // 4
     zstd = _run_child("zstd", workdir, zsize, args.seed)
-    result.extra += (f"; compressed put_stream of {zsize // MIB} MiB: {zstd['mib_s']:,.0f} MiB/s, "
-                     f"peak RSS {zstd['peak_mib']:.0f} MiB")
+    result.extra += (
+        f"; compressed put_stream of {zsize // MIB} MiB: {zstd['mib_s']:,.0f} MiB/s, "
+        f"peak RSS {zstd['peak_mib']:.0f} MiB"
+    )
     return [result]
 
 
@@ -135,8 +138,9 @@ def _bulk_fixture(workdir: str, rng: random.Random, count: int) -> tuple[str, li
     return path, locations, raw_path
 
 
-def bench_get_many(args: argparse.Namespace, path: str, locations: list[DataLocation], raw_path: str,
-                   rng: random.Random) -> Result:
+def bench_get_many(
+    args: argparse.Namespace, path: str, locations: list[DataLocation], raw_path: str, rng: random.Random
+) -> Result:
     """get_many of 1,000 random 1 KiB blobs vs a loop of os.pread on one open file."""
     count = len(locations)
     batches = [rng.sample(range(count), 1000) for _ in range(20)]
@@ -172,17 +176,21 @@ def bench_get_many(args: argparse.Namespace, path: str, locations: list[DataLoca
         first_pass.append(timed_get_many(others))
         return timed_get_many(picked)
 
-    result = rounds(Result("get_many(1000) random 1 KiB", "blobs/s", "os.pread loop", goal=1.2), args.rounds,
-                    pread_loop, get_many)
+    result = rounds(
+        Result("get_many(1000) random 1 KiB", "blobs/s", "os.pread loop", goal=1.2), args.rounds, pread_loop, get_many
+    )
     store.close()
-    result.extra = (f"store kept open; first pass after opening {statistics.median(first_pass):,.0f} blobs/s "
-                    f"({statistics.median(first_pass) / statistics.median(result.baseline):.2f}x), "
-                    "page tables included")
+    result.extra = (
+        f"store kept open; first pass after opening {statistics.median(first_pass):,.0f} blobs/s "
+        f"({statistics.median(first_pass) / statistics.median(result.baseline):.2f}x), "
+        "page tables included"
+    )
     return result
 
 
-def bench_views(args: argparse.Namespace, path: str, locations: list[DataLocation], raw_path: str,
-                rng: random.Random) -> Result:
+def bench_views(
+    args: argparse.Namespace, path: str, locations: list[DataLocation], raw_path: str, rng: random.Random
+) -> Result:
     """get_view + a 256-byte slice of it vs os.pread of the same 256 bytes."""
     count = len(locations)
     slices = [(rng.randrange(count), rng.randrange(KIB - 256)) for _ in range(50_000)]
@@ -206,8 +214,9 @@ def bench_views(args: argparse.Namespace, path: str, locations: list[DataLocatio
         store.close()
         return len(slices) / elapsed
 
-    return rounds(Result("get_view + 256 B slice", "ops/s", "os.pread 256 B", goal=0.9), args.rounds,
-                  pread_slices, view_slices)
+    return rounds(
+        Result("get_view + 256 B slice", "ops/s", "os.pread 256 B", goal=0.9), args.rounds, pread_slices, view_slices
+    )
 
 
 def bench_bulk_and_views(args: argparse.Namespace, workdir: str) -> list[Result]:
@@ -222,8 +231,9 @@ def bench_bulk_and_views(args: argparse.Namespace, workdir: str) -> list[Result]
 
 def main(argv: list[str] | None = None) -> list[Result]:
     """Run these benchmarks and print the table."""
-    return run_benchmark(__doc__ or "", argv, lambda args, workdir: (
-        bench_put_stream(args, workdir) + bench_bulk_and_views(args, workdir)))
+    return run_benchmark(
+        __doc__ or "", argv, lambda args, workdir: bench_put_stream(args, workdir) + bench_bulk_and_views(args, workdir)
+    )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
 import shutil
-import struct
-import tempfile
-import platform
 import statistics
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +40,10 @@ class Result:
     def row(self) -> str:
         """One line of the table."""
         goal = "" if self.goal is None else f">= {self.goal:.2f} {'met' if self.ratio >= self.goal else 'MISSED'}"
-        return (f"| {self.name} | {self.baseline_name} {_fmt(statistics.median(self.baseline))} {self.unit} | "
-                f"{_fmt(statistics.median(self.engine))} {self.unit} | {self.ratio:.2f} | {goal} | {self.extra} |")
+        return (
+            f"| {self.name} | {self.baseline_name} {_fmt(statistics.median(self.baseline))} {self.unit} | "
+            f"{_fmt(statistics.median(self.engine))} {self.unit} | {self.ratio:.2f} | {goal} | {self.extra} |"
+        )
 
 
 def _fmt(value: float) -> str:
@@ -74,8 +76,9 @@ def conditions(args: argparse.Namespace, workdir: str) -> str:
     except OSError:
         pass
     try:
-        fstype = subprocess.run(["stat", "-f", "-c", "%T", workdir], capture_output=True, text=True,
-                                check=False).stdout.strip()
+        fstype = subprocess.run(
+            ["stat", "-f", "-c", "%T", workdir], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         fstype = "?"
     lines = [
@@ -89,8 +92,9 @@ def conditions(args: argparse.Namespace, workdir: str) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(description: str, argv: list[str] | None,
-                  body: Callable[[argparse.Namespace, str], list[Result]]) -> list[Result]:
+def run_benchmark(
+    description: str, argv: list[str] | None, body: Callable[[argparse.Namespace, str], list[Result]]
+) -> list[Result]:
     """Parse the common options, print the conditions, run ``body`` in a scratch directory, print
     the table, remove the directory."""
     args = base_parser(description).parse_args(argv)

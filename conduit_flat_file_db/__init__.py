@@ -15,7 +15,7 @@ from .errors import (
     UnsupportedBufferError,
 )
 from .flat_file_db import FlatFileDb
-from .maintenance import CompressMode, Compaction, RecompressResult, SegmentStats, StoreStats
+from .maintenance import Compaction, CompressMode, RecompressResult, SegmentStats, StoreStats
 from .streams import LazyOpener
 from .types import PACKED_LOCATION_BYTES, BlobRecord, DataLocation, Slice
 from .verify import Problem, VerifyReport
@@ -23,6 +23,7 @@ from .verify import Problem, VerifyReport
 __version__ = "0.1.0"
 
 __all__ = [
+    "PACKED_LOCATION_BYTES",
     "BlobRecord",
     "Compaction",
     "CompressMode",
@@ -38,7 +39,6 @@ __all__ = [
     "InvalidLocationError",
     "LazyOpener",
     "NonContiguousBufferError",
-    "PACKED_LOCATION_BYTES",
     "Problem",
     "RecompressResult",
     "SegmentStats",

@@ -24,15 +24,18 @@ def as_bytes_like(data: Any, method: str = "put()") -> Any:
     try:
         view = data if isinstance(data, memoryview) else memoryview(data)
     except TypeError:
-        raise UnsupportedBufferError(f"{method} takes bytes, bytearray, memoryview or another C-contiguous buffer "
-                                     f"(numpy array, array.array, mmap), not {type(data).__name__}") from None
+        raise UnsupportedBufferError(
+            f"{method} takes bytes, bytearray, memoryview or another C-contiguous buffer "
+            f"(numpy array, array.array, mmap), not {type(data).__name__}"
+        ) from None
     # C order only: a Fortran-order view is "contiguous" too, but its bytes in memory are not
     # in the order its elements are indexed, and cast("B") refuses it. Copying it to C order
     # was rejected: which order the caller meant is a guess, and a silent copy hides the cost.
     if not view.c_contiguous:
         raise NonContiguousBufferError(
             f"{method} needs a C-contiguous buffer (got a strided or Fortran-order {type(data).__name__}: "
-            "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)")
+            "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)"
+        )
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
@@ -64,14 +67,17 @@ def check_paths(datadir: Any, lock_path: Any) -> None:
         raise TypeError("datadir and mutable_file_lock_path must be paths (str or os.PathLike)")
 
 
-def check_options(lock_timeout: Any, frame_bytes: int, max_frame_bytes: int, frame_cache_bytes: int,
-                  compression_threads: int) -> None:
+def check_options(
+    lock_timeout: Any, frame_bytes: int, max_frame_bytes: int, frame_cache_bytes: int, compression_threads: int
+) -> None:
     """The TypeError or ValueError of a bad store option (of those not checked where they are used)."""
     if lock_timeout is not None and (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))):
         raise TypeError(f"lock_timeout must be a number of seconds or None, not {type(lock_timeout).__name__}")
     if lock_timeout is not None and not 0 <= lock_timeout <= MAX_LOCK_TIMEOUT_SECONDS:
-        raise ValueError(f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
-                         f"ever; got {lock_timeout}")
+        raise ValueError(
+            f"lock_timeout must be in 0..{MAX_LOCK_TIMEOUT_SECONDS} seconds, or None to wait for "
+            f"ever; got {lock_timeout}"
+        )
     if not 1 <= frame_bytes <= max_frame_bytes:
         raise ValueError(f"frame_bytes must be in 1..{max_frame_bytes}, got {frame_bytes}")
     if frame_cache_bytes < 0 or compression_threads < 1:
@@ -94,15 +100,18 @@ def check_lock_path(datadir: str, lock: str) -> None:
     if inside:
         raise InvalidLocationError(
             f"mutable_file_lock_path {lock!r} is the datadir {datadir!r} or inside it, where the lock's writes "
-            f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})")
+            f"would corrupt or remove the store's files; put it beside the datadir (e.g. {datadir + '.lock'!r})"
+        )
     if os.path.isdir(real_lock):
         raise InvalidLocationError(f"mutable_file_lock_path {lock!r} is a directory; it must name a file")
     with contextlib.suppress(OSError):
         if os.stat(real_lock).st_nlink > 1:
             # A second name of the file may be inside the datadir (ffdb.state, a segment), where
             # the lock's writes corrupt it; the path checks above cannot see hard links.
-            raise InvalidLocationError(f"mutable_file_lock_path {lock!r} has other hard links; a lock file "
-                                       "must be a file of its own (remove it, and it is created afresh)")
+            raise InvalidLocationError(
+                f"mutable_file_lock_path {lock!r} has other hard links; a lock file "
+                "must be a file of its own (remove it, and it is created afresh)"
+            )
 
 
 def check_stream_item(item: Any, position: int, open_streams: bool) -> None:
@@ -111,12 +120,24 @@ def check_stream_item(item: Any, position: int, open_streams: bool) -> None:
         return
     if open_streams:
         if not (hasattr(item, "__enter__") and hasattr(item, "__exit__")):
-            raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a context manager "
-                            "giving a stream, nor a path (open_streams=True)")
+            raise TypeError(
+                f"put_streams: item {position} ({type(item).__name__}) is not a context manager "
+                "giving a stream, nor a path (open_streams=True)"
+            )
     elif not (hasattr(item, "readinto") or hasattr(item, "read")):
-        raise TypeError(f"put_streams: item {position} ({type(item).__name__}) is not a readable stream "
-                        "(readinto or read), nor a path")
+        raise TypeError(
+            f"put_streams: item {position} ({type(item).__name__}) is not a readable stream "
+            "(readinto or read), nor a path"
+        )
 
 
-__all__ = ["MAX_LOCK_TIMEOUT_SECONDS", "as_bytes_like", "bytes_like_ok", "check_lock_path", "check_options",
-           "check_paths", "check_stream_item", "default_lock_path"]
+__all__ = [
+    "MAX_LOCK_TIMEOUT_SECONDS",
+    "as_bytes_like",
+    "bytes_like_ok",
+    "check_lock_path",
+    "check_options",
+    "check_paths",
+    "check_stream_item",
+    "default_lock_path",
+]

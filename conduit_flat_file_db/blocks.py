@@ -60,8 +60,11 @@ def allocate_for_map(fd: int, size: int, name: str) -> None:
         write_zeros(fd, current, size)  # a short write is finished or fails: never a page cut short
     except OSError as exc:
         code = exc.errno or errno.EIO
-        raise OSError(code, f"{os.strerror(code)}: cannot allocate the {size} bytes of {name} "
-                      "that are mapped shared; free some space and try again") from None
+        raise OSError(
+            code,
+            f"{os.strerror(code)}: cannot allocate the {size} bytes of {name} "
+            "that are mapped shared; free some space and try again",
+        ) from None
 
 
 def _posix_fallocate(fd: int, offset: int, length: int) -> None:
@@ -84,11 +87,13 @@ def _libc_function(name: str, argtypes: list[Any]) -> Any:
 
 
 _FALLOCATE: Callable[[int, int, int, int], int] | None = _libc_function(
-    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+)
 
 
 _FSTATFS: Callable[[int, ctypes.Array[ctypes.c_char]], int] | None = _libc_function(
-    "fstatfs", [ctypes.c_int, ctypes.c_char_p])
+    "fstatfs", [ctypes.c_int, ctypes.c_char_p]
+)
 
 
 _FALLOC_FL_KEEP_SIZE = 1

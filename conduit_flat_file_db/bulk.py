@@ -22,8 +22,7 @@ from .types import DataLocation, Slice
 _DISK_ORDER = operator.itemgetter(0, 1)
 
 
-def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
-                by_path: dict[Any, SegmentReader]) -> list[int] | None:
+def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...], by_path: dict[Any, SegmentReader]) -> list[int] | None:
     """Indexes sorted by (segment, offset), or None when the keys do not compare (bad input).
 
     Segment names are zero-padded, so path order is segment order. When the segments'
@@ -36,7 +35,7 @@ def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
         ranks = sorted(set(paths))
         limits = [reader.limit if (reader := by_path.get(path)) is not None else -1 for path in ranks]
         span = (max(limits) if min(limits) >= 0 else max(starts)) + 1
-        if 0 < span and len(ranks) * span < 1 << 30:
+        if span > 0 and len(ranks) * span < 1 << 30:
             base = {path: rank * span for rank, path in enumerate(ranks)}
             keys = list(map(operator.add, map(base.__getitem__, paths), starts))
             return sorted(range(count), key=keys.__getitem__)
@@ -45,7 +44,6 @@ def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...],
         return order
     except TypeError:  # paths of mixed types, offsets that are not numbers
         return None
-
 
 
 class BulkReads(Store):
@@ -110,8 +108,7 @@ class BulkReads(Store):
             data = map_read(reader, start, end)
             yield index, data if data is not None else read(reader, file_path, start, end)
 
-    def get_many(self, locations: Iterable[DataLocation],
-                 slices: Iterable[Slice | None] | None = None) -> list[bytes]:
+    def get_many(self, locations: Iterable[DataLocation], slices: Iterable[Slice | None] | None = None) -> list[bytes]:
         """Read many blobs (or slices of them) in one call; returns them in the caller's order.
 
         Underneath, the reads go in disk order (segment, then offset), one segment at a
@@ -140,8 +137,15 @@ class BulkReads(Store):
             out[index] = self.get(location)
         return out
 
-    def _read_mapped(self, locations: list[DataLocation], order: list[int], paths: tuple[Any, ...],
-                     starts: tuple[int, ...], ends: tuple[int, ...], out: list[bytes]) -> None:
+    def _read_mapped(
+        self,
+        locations: list[DataLocation],
+        order: list[int],
+        paths: tuple[Any, ...],
+        starts: tuple[int, ...],
+        ends: tuple[int, ...],
+        out: list[bytes],
+    ) -> None:
         """get_many's loop: ``out[i]`` = blob ``i``, read in ``order``, from the mappings where possible."""
         by_path = self._by_path if self._words[W_EPOCH] == self._epoch else {}
         for file_path, group in itertools.groupby(order, paths.__getitem__):

@@ -56,7 +56,8 @@ class Catalog(Store):
             # writer's rotation is half done (the page then still names the segment it sealed).
             if number >= self._words[W_SEGMENT]:
                 raise FlatFileDbUnsafeAccessError(
-                    f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())")
+                    f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())"
+                )
             removed = 0
             # Data first, index last: an index left alone by a crash is removed by recovery.
             for name in (segment_name(number, False), segment_name(number, True), index_name(number)):
@@ -161,7 +162,6 @@ class Catalog(Store):
         except ValueError as exc:
             raise InvalidLocationError(str(exc)) from None
         return DataLocation(self.segment_path(number), start, end)
-
 
     def read_lock(self) -> ContextManager[None]:
         """Context manager: hold the store's read lock (excludes writers and maintenance).

@@ -52,8 +52,12 @@ def pread_exact(fd: int, size: int, offset: int, path: str) -> bytes:
     """Bytes [offset, offset + size) of ``fd``, or CorruptionError naming ``path`` when the file ends first."""
     data = pread_full(fd, size, offset)
     if len(data) != size:
-        raise CorruptionError(f"{path}: file ends at offset {offset + len(data)}, {size - len(data)} bytes "
-                              f"short of the {size} bytes wanted at offset {offset}", path, offset + len(data))
+        raise CorruptionError(
+            f"{path}: file ends at offset {offset + len(data)}, {size - len(data)} bytes "
+            f"short of the {size} bytes wanted at offset {offset}",
+            path,
+            offset + len(data),
+        )
     return data
 
 

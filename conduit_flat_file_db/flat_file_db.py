@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlatFileDbUnsafeAccessError
-from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .frames import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
+from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
 from .types import DataLocation, Slice
 
@@ -88,8 +88,9 @@ class FlatFileDb(MaintainedStore):
     ) -> None:
         mode = as_compress_mode(use_compression)
         if min_savings is not None:
-            warnings.warn("FlatFileDb(min_savings=...) is deprecated; use min_segment_saving=",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "FlatFileDb(min_savings=...) is deprecated; use min_segment_saving=", DeprecationWarning, stacklevel=2
+            )
             min_segment_saving = min_savings
         if isinstance(min_segment_saving, bool) or not isinstance(min_segment_saving, (int, float)):
             raise TypeError(f"min_segment_saving must be a number, not {type(min_segment_saving).__name__}")
@@ -97,12 +98,22 @@ class FlatFileDb(MaintainedStore):
             raise ValueError(f"min_segment_saving (min_savings) must be in [0, 1), got {min_segment_saving}")
         self.compress_mode = mode
         self.min_segment_saving = float(min_segment_saving)
-        super().__init__(datadir, mutable_file_lock_path, fsync, mode is CompressMode.YES,
-                         lock_timeout=lock_timeout, max_file_size=max_file_size, compression_level=compression_level,
-                         frame_bytes=frame_bytes, frame_cache_bytes=frame_cache_bytes,
-                         compression_threads=compression_threads, reframe_on_seal=reframe_on_seal,
-                         min_frame_saving=min_frame_saving, readonly=readonly,
-                         seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed)
+        super().__init__(
+            datadir,
+            mutable_file_lock_path,
+            fsync,
+            mode is CompressMode.YES,
+            lock_timeout=lock_timeout,
+            max_file_size=max_file_size,
+            compression_level=compression_level,
+            frame_bytes=frame_bytes,
+            frame_cache_bytes=frame_cache_bytes,
+            compression_threads=compression_threads,
+            reframe_on_seal=reframe_on_seal,
+            min_frame_saving=min_frame_saving,
+            readonly=readonly,
+            seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed,
+        )
 
     @property
     def min_savings(self) -> float:
@@ -117,11 +128,17 @@ class FlatFileDb(MaintainedStore):
         """Pickle as the constructor arguments: the copy opens the store afresh (in another
         process, its own descriptors, lock handle and state page: none of these can be sent)."""
         options = {
-            "fsync": self.fsync, "use_compression": self.compress_mode, "lock_timeout": self.lock_timeout,
-            "max_file_size": self.MAX_DAT_FILE_SIZE, "compression_level": self.compression_level,
-            "frame_bytes": self.frame_bytes, "frame_cache_bytes": self._frame_cache.max_bytes,
-            "compression_threads": self.compression_threads, "reframe_on_seal": self.reframe_on_seal,
-            "min_frame_saving": self.min_frame_saving, "min_segment_saving": self.min_segment_saving,
+            "fsync": self.fsync,
+            "use_compression": self.compress_mode,
+            "lock_timeout": self.lock_timeout,
+            "max_file_size": self.MAX_DAT_FILE_SIZE,
+            "compression_level": self.compression_level,
+            "frame_bytes": self.frame_bytes,
+            "frame_cache_bytes": self._frame_cache.max_bytes,
+            "compression_threads": self.compression_threads,
+            "reframe_on_seal": self.reframe_on_seal,
+            "min_frame_saving": self.min_frame_saving,
+            "min_segment_saving": self.min_segment_saving,
             "readonly": self.readonly,
         }
         return _reopen, (type(self), self.datadir, self.mutable_file_lock_path, options)
@@ -132,4 +149,4 @@ def _reopen(cls: type[FlatFileDb], datadir: Path, lock_path: Path, options: dict
     return cls(datadir, lock_path, **options)
 
 
-__all__ = ["FlatFileDb", "FlatFileDbUnsafeAccessError", "DataLocation", "Slice", "MAX_DAT_FILE_SIZE"]
+__all__ = ["MAX_DAT_FILE_SIZE", "DataLocation", "FlatFileDb", "FlatFileDbUnsafeAccessError", "Slice"]

@@ -79,6 +79,7 @@ class FrameCache:
         """Bytes held now."""
         return self._bytes
 
+
 def scan_frames(read_at: Callable[[int, int], bytes], size: int) -> list[tuple[int, int]]:
     """(compressed, decompressed) sizes of the complete frames at the start of a file, found
     by walking frame and block headers: no seek table needed. Stops at the first frame
@@ -149,7 +150,8 @@ def compressor(level: int) -> zstandard.ZstdCompressor:
         params = zstandard.ZstdCompressionParameters.from_level(level, write_checksum=True, write_content_size=True)
         if params.window_log > WINDOW_LOG_MAX:
             params = zstandard.ZstdCompressionParameters.from_level(
-                level, write_checksum=True, write_content_size=True, window_log=WINDOW_LOG_MAX)
+                level, write_checksum=True, write_content_size=True, window_log=WINDOW_LOG_MAX
+            )
         cctx = cache[level] = zstandard.ZstdCompressor(compression_params=params)
     return cctx
 
@@ -167,13 +169,17 @@ def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum:
     than its own size allows.
     """
     if dsize > MAX_FRAME_DECOMPRESSED_BYTES or dsize > (len(frame) + 1) * MAX_EXPANSION:
-        raise CorruptionError(f"{path} at offset {offset}: a {len(frame)}-byte frame cannot hold {dsize} bytes",
-                              path, offset)
+        raise CorruptionError(
+            f"{path} at offset {offset}: a {len(frame)}-byte frame cannot hold {dsize} bytes", path, offset
+        )
     try:
         claimed = zstandard.frame_content_size(frame)
         if claimed not in (-1, dsize):
-            raise CorruptionError(f"{path} at offset {offset}: frame header says {claimed} bytes, "
-                                  f"the seek table says {dsize}", path, offset)
+            raise CorruptionError(
+                f"{path} at offset {offset}: frame header says {claimed} bytes, the seek table says {dsize}",
+                path,
+                offset,
+            )
         if claimed == -1:  # no size in the header: stream, so memory follows real output only
             dobj = decompressor().decompressobj()
             out = dobj.decompress(frame)
@@ -182,8 +188,11 @@ def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum:
     except zstandard.ZstdError as exc:
         raise CorruptionError(f"{path} at offset {offset}: bad Zstandard frame ({exc})", path, offset) from None
     if len(out) != dsize:
-        raise CorruptionError(f"{path} at offset {offset}: frame decompressed to {len(out)} bytes, "
-                              f"the seek table says {dsize}", path, offset)
+        raise CorruptionError(
+            f"{path} at offset {offset}: frame decompressed to {len(out)} bytes, the seek table says {dsize}",
+            path,
+            offset,
+        )
     if checksum is not None and xxhash.xxh64_intdigest(out) & 0xFFFFFFFF != checksum:
         raise CorruptionError(f"{path} at offset {offset}: frame fails its seek-table checksum", path, offset)
     return out
@@ -235,8 +244,9 @@ def check_min_saving(min_saving: float) -> float:
     return float(min_saving)
 
 
-def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, threads: int = 1,
-                    min_saving: float = DEFAULT_MIN_SAVING) -> list[bytes]:
+def compress_frames(
+    data: bytes | memoryview, frame_bytes: int, level: int, threads: int = 1, min_saving: float = DEFAULT_MIN_SAVING
+) -> list[bytes]:
     """Cut ``data`` into frames of at most ``frame_bytes`` and compress them.
 
     With ``threads > 1`` and more than one frame, frames are compressed in parallel
@@ -248,12 +258,14 @@ def compress_frames(data: bytes | memoryview, frame_bytes: int, level: int, thre
         frames = [compressor(level).compress(view)]
     elif threads > 1:
         # One buffer with segment offsets: zstandard's C workers read it in place.
-        segments = struct.pack(f"<{2 * ((len(view) + frame_bytes - 1) // frame_bytes)}Q",
-                               *(v for i in range(0, len(view), frame_bytes)
-                                 for v in (i, min(frame_bytes, len(view) - i))))
+        segments = struct.pack(
+            f"<{2 * ((len(view) + frame_bytes - 1) // frame_bytes)}Q",
+            *(v for i in range(0, len(view), frame_bytes) for v in (i, min(frame_bytes, len(view) - i))),
+        )
         # The workers read any contiguous buffer in place: no copy of a bytearray or a view.
-        result = compressor(level).multi_compress_to_buffer(zstandard.BufferWithSegments(view, segments),
-                                                            threads=threads)
+        result = compressor(level).multi_compress_to_buffer(
+            zstandard.BufferWithSegments(view, segments), threads=threads
+        )
         frames = [result[i].tobytes() for i in range(len(result))]
     else:
         cctx = compressor(level)

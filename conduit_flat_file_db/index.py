@@ -109,8 +109,9 @@ def decode_header(buf: bytes, path: str) -> IndexHeader:
 
 def encode_blob(start: int, length: int, checksum: int) -> bytes:
     """A BLOB record: the commit of ``length`` bytes at ``start``."""
-    return _BLOB_RECORD.pack(_BLOB_PREFIX, zlib.crc32(_BODY.pack(start, length, checksum), _BLOB_PREFIX_CRC),
-                             start, length, checksum)
+    return _BLOB_RECORD.pack(
+        _BLOB_PREFIX, zlib.crc32(_BODY.pack(start, length, checksum), _BLOB_PREFIX_CRC), start, length, checksum
+    )
 
 
 def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:

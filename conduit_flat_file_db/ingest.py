@@ -41,14 +41,26 @@ class Ingest(Store):
         return self._put_stream(stream, b"")
 
     def _put_stream(self, stream: Any, prefix: bytes) -> DataLocation:
-        framing = Framing(self.use_compression, self.compression_level, self.frame_bytes, self.compression_threads,
-                          self.min_frame_saving)
+        framing = Framing(
+            self.use_compression,
+            self.compression_level,
+            self.frame_bytes,
+            self.compression_threads,
+            self.min_frame_saving,
+        )
         written = write_aside(self._dir_fd, self._abs_dir, stream, prefix, framing=framing, fsync=self.fsync)
         kind = KIND_ZSTD if self.use_compression else KIND_RAW
         return self._commit_file(written.name, kind, written.size, written.checksum, 0, written.disk_size)
 
-    def _commit_file(self, source: str, kind: int, size: int, checksum: int, flags: int,  # pylint: disable=too-many-arguments
-                     disk_size: int) -> DataLocation:
+    def _commit_file(
+        self,
+        source: str,
+        kind: int,
+        size: int,
+        checksum: int,
+        flags: int,  # pylint: disable=too-many-arguments
+        disk_size: int,
+    ) -> DataLocation:
         try:
             with self._lock.write(self.lock_timeout):
                 self._writer.resync()
@@ -62,8 +74,13 @@ class Ingest(Store):
         self._after_seal(sealed)
         return DataLocation(str(self.datadir / segment_name(number, kind == KIND_ZSTD)), 0, size)
 
-    def put_streams(self, streams: Iterable[Any], open_streams: bool = False,
-                    small_bytes: int = 2**20, batch_bytes: int = 64 * 2**20) -> list[DataLocation]:
+    def put_streams(
+        self,
+        streams: Iterable[Any],
+        open_streams: bool = False,
+        small_bytes: int = 2**20,
+        batch_bytes: int = 64 * 2**20,
+    ) -> list[DataLocation]:
         """Store many streams; returns their locations in input order.
 
         Each item is a readable, or (``open_streams=True``) a context manager giving
@@ -86,7 +103,7 @@ class Ingest(Store):
                 item, opened = LazyOpener(item), True
             else:
                 opened = open_streams
-            with (item if opened else contextlib.nullcontext(item)) as stream:
+            with item if opened else contextlib.nullcontext(item) as stream:
                 head, ended = read_head(stream, small_bytes)
                 if ended:
                     pending.append(head)
@@ -123,8 +140,10 @@ class Ingest(Store):
         if not stat.S_ISREG(st.st_mode):
             raise InvalidLocationError(f"{source!r}: only a regular file can be adopted (not a symlink, device or dir)")
         if st.st_dev != os.fstat(self._dir_fd).st_dev:
-            raise InvalidLocationError(f"{source!r} is on another filesystem than {self._dir_str!r}; "
-                                       "a rename cannot move it (use put_stream to copy it)")
+            raise InvalidLocationError(
+                f"{source!r} is on another filesystem than {self._dir_str!r}; "
+                "a rename cannot move it (use put_stream to copy it)"
+            )
         if os.path.samefile(os.path.dirname(source), self._abs_dir):
             raise InvalidLocationError(f"{source!r} is inside the datadir already")
         with contextlib.suppress(FileNotFoundError):
@@ -134,7 +153,8 @@ class Ingest(Store):
         if st.st_nlink > 1:
             raise InvalidLocationError(
                 f"{source!r} has {st.st_nlink} hard links: through another name the committed bytes could "
-                "change; remove the other links, or copy it with put_stream")
+                "change; remove the other links, or copy it with put_stream"
+            )
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)

@@ -167,7 +167,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FlatFileDbLockTimeoutError(
-                    f"lock {self.path} not acquired within {timeout} s; another process holds it")
+                    f"lock {self.path} not acquired within {timeout} s; another process holds it"
+                )
             self._want[0] = 1
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.01)
@@ -207,7 +208,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         room = self._room
         if not (room.acquire() if timeout is None else room.acquire(True, timeout)):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(
-                f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it")
+                f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it"
+            )
         if self._leased:
             return  # the lease kept the POSIX lock: no syscall
         try:
@@ -270,7 +272,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                 # Released by the last release_read, possibly on another thread.
                 if not self._room.acquire(True, -1 if timeout is None else timeout):  # pylint: disable=consider-using-with
                     raise FlatFileDbLockTimeoutError(
-                        f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it")
+                        f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it"
+                    )
                 try:
                     self._leased = False  # a shared lock request converts a leased exclusive one
                     self._ipc_acquire(False, timeout)
@@ -313,7 +316,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 _registry_guard = threading.Lock()
 _registry: dict[tuple[int, int], ProcessLock] = {}
 _users: dict[int, int] = {}
-_all_locks: "weakref.WeakSet[ProcessLock]" = weakref.WeakSet()
+_all_locks: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
 
 
 class ReadOnlyLock:

@@ -21,15 +21,15 @@ from typing import Callable, Iterable
 
 import zstandard
 
+from .bulk import BulkReads
+from .catalog import Catalog
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import FLAG_STORED, KIND_ZSTD, REC_BLOB, REC_FRAME
+from .ingest import Ingest
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
 from .segment_files import index_records, open_data_file, written_kind
-from .bulk import BulkReads
-from .catalog import Catalog
-from .ingest import Ingest
 from .types import DataLocation
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -142,13 +142,16 @@ def reframe_sealed(store: MaintainedStore, sealed: list[int]) -> None:
     for number in sealed:
         try:
             if store._segment_kind(number) == KIND_ZSTD and _small_frames(store, number):
-                framing = Framing(True, store.compression_level, store.frame_bytes, store.compression_threads,
-                                  store.min_frame_saving)
-                rewrite_segment(store._dir_fd, store._abs_dir, number, framing, write_lock=store._write_lock,
-                                state=store._state)
+                framing = Framing(
+                    True, store.compression_level, store.frame_bytes, store.compression_threads, store.min_frame_saving
+                )
+                rewrite_segment(
+                    store._dir_fd, store._abs_dir, number, framing, write_lock=store._write_lock, state=store._state
+                )
         except (OSError, ValueError) as exc:
-            logger.warning("%s: re-framing sealed segment %d failed (it stays as written): %s",
-                           store.datadir, number, exc)
+            logger.warning(
+                "%s: re-framing sealed segment %d failed (it stays as written): %s", store.datadir, number, exc
+            )
 
 
 def _small_frames(store: MaintainedStore, number: int) -> bool:
@@ -172,8 +175,7 @@ def compress_sealed_if_it_pays(store: MaintainedStore, sealed: list[int]) -> Non
             else:
                 store._recompress_one(number, CompressMode.AUTO, None, None)
         except (OSError, ValueError) as exc:
-            logger.warning("%s: compressing sealed segment %d failed (it stays raw): %s",
-                           store.datadir, number, exc)
+            logger.warning("%s: compressing sealed segment %d failed (it stays raw): %s", store.datadir, number, exc)
 
 
 def estimate_savings(read: Callable[[int, int], bytes], size: int, level: int) -> float:
@@ -251,19 +253,25 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         # and Path("…/data_00000003.dat.zst") alike) would be rewritten or copied twice.
         numbers: dict[int, None] = {}
         for item in segments:
-            number = item if isinstance(item, int) and not isinstance(item, bool) else \
-                self._readers.segment_number_of(item)
+            number = (
+                item if isinstance(item, int) and not isinstance(item, bool) else self._readers.segment_number_of(item)
+            )
             if number < 0:
                 raise InvalidLocationError(f"segment numbers are >= 0, got {number}")
             if number >= mutable:
-                raise FlatFileDbUnsafeAccessError(f"segment {number} is the mutable segment (or newer): "
-                                                  "only sealed segments are maintained")
+                raise FlatFileDbUnsafeAccessError(
+                    f"segment {number} is the mutable segment (or newer): only sealed segments are maintained"
+                )
             numbers[number] = None
         return list(numbers)
 
-    def recompress(self, segments: Iterable[int | str | os.PathLike[str]] | None = None,
-                   mode: bool | CompressMode = CompressMode.AUTO, level: int | None = None,
-                   frame_bytes: int | None = None) -> list[RecompressResult]:
+    def recompress(
+        self,
+        segments: Iterable[int | str | os.PathLike[str]] | None = None,
+        mode: bool | CompressMode = CompressMode.AUTO,
+        level: int | None = None,
+        frame_bytes: int | None = None,
+    ) -> list[RecompressResult]:
         """Rewrite sealed segments raw -> compressed, compressed -> raw, or with another level/frame size.
 
         Every location stays valid (offsets are uncompressed; a segment is found by its
@@ -279,15 +287,17 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
             results.append(self._recompress_one(number, target_mode, level, frame_bytes))
         return results
 
-    def _recompress_one(self, number: int, mode: CompressMode, level: int | None,
-                        frame_bytes: int | None) -> RecompressResult:
+    def _recompress_one(
+        self, number: int, mode: CompressMode, level: int | None, frame_bytes: int | None
+    ) -> RecompressResult:
         try:
             return self._rewrite_one(number, mode, level, frame_bytes)
         except FileNotFoundError:  # deleted between two of its steps (they take no lock but the rename's)
             return RecompressResult(number, "vanished", 0, 0, "deleted or rewritten meanwhile")
 
-    def _rewrite_one(self, number: int, mode: CompressMode, level: int | None,
-                     frame_bytes: int | None) -> RecompressResult:
+    def _rewrite_one(
+        self, number: int, mode: CompressMode, level: int | None, frame_bytes: int | None
+    ) -> RecompressResult:
         kind = self._segment_kind(number)
         name = segment_name(number, kind == KIND_ZSTD)
         before = os.stat(name, dir_fd=self._dir_fd).st_size
@@ -304,10 +314,16 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         new_framing = level is not None or frame_bytes is not None
         if target == (kind == KIND_ZSTD) and not (target and new_framing):
             return RecompressResult(number, "skipped", before, before, reason or "already in that form")
-        framing = Framing(target, level or self.compression_level, frame_bytes or self.frame_bytes,
-                          self.compression_threads, self.min_frame_saving)
-        if not rewrite_segment(self._dir_fd, self._abs_dir, number, framing, write_lock=self._write_lock,
-                               state=self._state, fsync=True):
+        framing = Framing(
+            target,
+            level or self.compression_level,
+            frame_bytes or self.frame_bytes,
+            self.compression_threads,
+            self.min_frame_saving,
+        )
+        if not rewrite_segment(
+            self._dir_fd, self._abs_dir, number, framing, write_lock=self._write_lock, state=self._state, fsync=True
+        ):
             return RecompressResult(number, "vanished", before, before, "deleted or rewritten meanwhile")
         after = os.stat(segment_name(number, target), dir_fd=self._dir_fd).st_size
         action = "reframed" if target == (kind == KIND_ZSTD) else ("compressed" if target else "decompressed")
@@ -315,9 +331,14 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
 
     # -- retention --------------------------------------------------------------------------
 
-    def enforce_retention(self, max_bytes: int | None = None, max_age: float | None = None, keep_min: int = 0,
-                          on_delete: Callable[[str, list[DataLocation]], None] | None = None,
-                          clock: Callable[[], float] = time.time) -> list[int]:
+    def enforce_retention(
+        self,
+        max_bytes: int | None = None,
+        max_age: float | None = None,
+        keep_min: int = 0,
+        on_delete: Callable[[str, list[DataLocation]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> list[int]:
         """Delete the oldest sealed segments until the store holds at most ``max_bytes`` on disk
         and no sealed segment is older than ``max_age`` seconds (its seal time); never the
         mutable segment, and never fewer than ``keep_min`` sealed segments.
@@ -327,7 +348,7 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         more is deleted and the error propagates. Returns the deleted segment numbers.
         """
         self._refuse_write("enforce_retention")
-        if max_bytes is not None and max_bytes < 0 or max_age is not None and max_age < 0 or keep_min < 0:
+        if (max_bytes is not None and max_bytes < 0) or (max_age is not None and max_age < 0) or keep_min < 0:
             raise ValueError("max_bytes, max_age and keep_min must be >= 0")
         stats = self.stats()
         total = stats.disk_bytes
@@ -361,13 +382,13 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
     def _locations_of(self, number: int) -> list[DataLocation]:
         """The blob locations of a segment, named as put() named them."""
         path = self.segment_path(number, as_issued=True)
-        return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number)
-                if r.rtype == REC_BLOB]
+        return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number) if r.rtype == REC_BLOB]
 
     # -- compaction ---------------------------------------------------------------------------
 
-    def compact(self, segments: Iterable[int | str | os.PathLike[str]],
-                is_live: Callable[[DataLocation], bool]) -> Compaction:
+    def compact(
+        self, segments: Iterable[int | str | os.PathLike[str]], is_live: Callable[[DataLocation], bool]
+    ) -> Compaction:
         """Copy the live blobs of sealed segments into new sealed segments (phase one of two).
 
         Returns the mapping old location -> new location. The old segments stay until
@@ -419,8 +440,9 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         if compaction.store_id != self._store_id():
             # Its segment numbers name another store's segments: deleting ours of the same
             # numbers would drop blobs that were never copied.
-            raise InvalidLocationError(f"this Compaction was not made by compact() of {self._dir_str}; "
-                                       "finish it on the store that made it")
+            raise InvalidLocationError(
+                f"this Compaction was not made by compact() of {self._dir_str}; finish it on the store that made it"
+            )
         deleted = []
         for number in compaction.old_segments:
             path = self.segment_path(number)
@@ -432,5 +454,13 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         return deleted
 
 
-__all__ = ["CompressMode", "Compaction", "MaintainedStore", "RecompressResult", "SegmentStats", "StoreStats",
-           "compress_sealed_if_it_pays", "reframe_sealed"]
+__all__ = [
+    "Compaction",
+    "CompressMode",
+    "MaintainedStore",
+    "RecompressResult",
+    "SegmentStats",
+    "StoreStats",
+    "compress_sealed_if_it_pays",
+    "reframe_sealed",
+]

@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
 from .fileio import finish_pread, pread_at, pread_exact, pread_full
+from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
 from .naming import index_name, parse_segment_name, segment_name
-from .segment_files import OPEN_READ, open_data_file
-from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
 from .seekable import FrameTable, parse_seek_table, read_frame, read_frames
+from .segment_files import OPEN_READ, open_data_file
 from .state import W_EPOCH, MutableView, StateSource
 from .types import Slice
 
@@ -42,8 +42,24 @@ MAP_READ_BYTES = 256 * 2**10
 class SegmentReader:
     """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
 
-    __slots__ = ("number", "fd", "limit", "mutable", "raw", "name", "table", "index_fd", "index_loaded",
-                 "cache", "cache_key", "mm", "view", "mapped", "stored", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "cache",
+        "cache_key",
+        "fd",
+        "index_fd",
+        "index_loaded",
+        "limit",
+        "mapped",
+        "mm",
+        "mutable",
+        "name",
+        "number",
+        "raw",
+        "stored",
+        "table",
+        "view",
+    )
 
     def __init__(self, number: int, fd: int, name: str, limit: int, mutable: bool) -> None:
         self.number = number
@@ -144,8 +160,15 @@ class SegmentReader:
 class ReaderCache:
     """Resolves locations to SegmentReaders for one FlatFileDb instance. Thread-safe."""
 
-    def __init__(self, dir_fd: int, dir_str: str, base_dir: str, state: StateSource, frame_cache: FrameCache | None,
-                 repair: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        dir_fd: int,
+        dir_str: str,
+        base_dir: str,
+        state: StateSource,
+        frame_cache: FrameCache | None,
+        repair: Callable[[], None],
+    ) -> None:
         self.dir_fd = dir_fd
         self.dir_str = dir_str
         self.base_dir = base_dir  # relative location paths are taken relative to this
@@ -162,8 +185,9 @@ class ReaderCache:
         # A raw segment holds two descriptors (the file and its map's duplicate): stay well
         # inside the process's limit, whatever it is.
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self.max_open = MAX_OPEN_SEGMENTS if soft == resource.RLIM_INFINITY else \
-            max(4, min(MAX_OPEN_SEGMENTS, soft // 8))
+        self.max_open = (
+            MAX_OPEN_SEGMENTS if soft == resource.RLIM_INFINITY else max(4, min(MAX_OPEN_SEGMENTS, soft // 8))
+        )
 
     def reset(self) -> None:
         """Forget every open segment (their descriptors close as their users finish)."""
@@ -209,7 +233,8 @@ class ReaderCache:
         number = parse_segment_name(base)
         if number is None:
             raise InvalidLocationError(
-                f"{path!r} is not a segment file (names are data_NNNNNNNN.dat or data_NNNNNNNN.dat.zst)")
+                f"{path!r} is not a segment file (names are data_NNNNNNNN.dat or data_NNNNNNNN.dat.zst)"
+            )
         if dirname not in self.known_dirs:
             try:
                 st = os.stat(os.path.join(self.base_dir, dirname))
@@ -229,9 +254,12 @@ class ReaderCache:
             mutable = number >= view.segment
             check = None if mutable else getattr(self.state, "sealed_problem", None)  # read-only opens only
             if check is not None and (why := check(number)) is not None:
-                raise CorruptionError(f"segment {number} may have been damaged by a power loss ({why}); a read-write "
-                                      "open repairs it (read-only opens serve no segment they cannot vouch for)",
-                                      os.path.join(self.dir_str, segment_name(number, kind != KIND_RAW)), 0)
+                raise CorruptionError(
+                    f"segment {number} may have been damaged by a power loss ({why}); a read-write "
+                    "open repairs it (read-only opens serve no segment they cannot vouch for)",
+                    os.path.join(self.dir_str, segment_name(number, kind != KIND_RAW)),
+                    0,
+                )
             name = os.path.join(self.dir_str, "data_%08d" % number)  # pylint: disable=consider-using-f-string
             if kind == KIND_RAW:
                 reader = SegmentReader(number, fd, name + ".dat", 0 if mutable else os.fstat(fd).st_size, mutable)
@@ -244,8 +272,7 @@ class ReaderCache:
                     reader.table = FrameTable([0], [0])
                     reader.index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
                 else:
-                    reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size,
-                                                    reader.name)
+                    reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size, reader.name)
                     reader.limit = reader.table.decompressed_size
         except BaseException:
             os.close(fd)
@@ -308,7 +335,8 @@ class ReaderCache:
         if end > reader.limit:
             raise InvalidLocationError(
                 f"{file_path}: end_offset {end} is past the committed end of segment {reader.number} "
-                f"({reader.limit} bytes)")
+                f"({reader.limit} bytes)"
+            )
         return start, end
 
     def read(self, reader: SegmentReader, file_path: Any, start: Any, end: Any) -> bytes:
@@ -336,9 +364,12 @@ class ReaderCache:
             raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {reader.number} was deleted", file_path) from None
         data = fresh.read(start, end)
         if len(data) != end - start:
-            raise CorruptionError(f"{file_path} at offset {start + len(data)}: segment is shorter than its "
-                                  f"committed size ({len(data)} of {end - start} bytes read)", str(file_path),
-                                  start + len(data))
+            raise CorruptionError(
+                f"{file_path} at offset {start + len(data)}: segment is shorter than its "
+                f"committed size ({len(data)} of {end - start} bytes read)",
+                str(file_path),
+                start + len(data),
+            )
         return data
 
 
@@ -447,7 +478,7 @@ def fast_slice(start: Any, end: Any, slice_: Any) -> tuple[int, int] | None:
     """apply_slice for the plain case (a Slice of ints inside the blob), else None: cheap."""
     if slice_.__class__ is Slice and type(start) is int and type(end) is int:  # pylint: disable=unidiomatic-typecheck
         s_start, s_end = slice_
-        if type(s_start) is int and type(s_end) is int and 0 <= s_start:  # pylint: disable=unidiomatic-typecheck
+        if type(s_start) is int and type(s_end) is int and s_start >= 0:  # pylint: disable=unidiomatic-typecheck
             if s_end == 0:
                 s_end = end - start
             if s_start <= s_end <= end - start:
@@ -467,5 +498,6 @@ def apply_slice(file_path: Any, start: Any, end: Any, slice_: Any) -> tuple[int,
         s_end = length
     if s_start > s_end or s_end > length:
         raise InvalidLocationError(
-            f"{file_path}: slice {s_start}..{s_end} is not inside the blob at {start}..{end} ({length} bytes)")
+            f"{file_path}: slice {s_start}..{s_end} is not inside the blob at {start}..{end} ({length} bytes)"
+        )
     return start + s_start, start + s_end

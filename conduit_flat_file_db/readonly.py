@@ -63,14 +63,18 @@ def open_datadir(abs_dir: str, dir_str: str) -> int:
     try:
         dir_fd = os.open(abs_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise FlatFileDbNotFoundError(errno.ENOENT, "the datadir does not exist (a read-only open creates nothing)",
-                                      dir_str) from None
+        raise FlatFileDbNotFoundError(
+            errno.ENOENT, "the datadir does not exist (a read-only open creates nothing)", dir_str
+        ) from None
     except NotADirectoryError:
         raise FlatFileDbNotFoundError(errno.ENOENT, "not a directory, so not a datadir", dir_str) from None
     try:
         if not any(parse_name(name) is not None for name in os.listdir(dir_fd)):
-            raise FlatFileDbNotFoundError(errno.ENOENT, "not a store: the directory holds no segment file "
-                                                        "(a read-only open creates nothing)", dir_str)
+            raise FlatFileDbNotFoundError(
+                errno.ENOENT,
+                "not a store: the directory holds no segment file (a read-only open creates nothing)",
+                dir_str,
+            )
     except BaseException:
         os.close(dir_fd)
         raise
@@ -153,7 +157,7 @@ class ReadOnlyState:
         except FileNotFoundError:
             index_fd = -1
         try:
-            if index_fd < 0 or walk is None and not self._header_fits(index_fd, number, kind):
+            if index_fd < 0 or (walk is None and not self._header_fits(index_fd, number, kind)):
                 # Written without an index (or it lost it): a writer's open indexes and seals it.
                 return _sealed_view(number, kind, data_size)
             if walk is None:
@@ -211,8 +215,12 @@ class ReadOnlyState:
         page = self._page
         if page is not None and page_is_current(page):
             return None
-        if page is not None and page[W_MAGIC] == STATE_MAGIC and page[W_VERSION] == STATE_VERSION \
-                and page[W_SEGMENT] == number:
+        if (
+            page is not None
+            and page[W_MAGIC] == STATE_MAGIC
+            and page[W_VERSION] == STATE_VERSION
+            and page[W_SEGMENT] == number
+        ):
             return int(page[W_DURABLE_END])
         return 0
 

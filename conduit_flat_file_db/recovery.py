@@ -15,6 +15,7 @@ import time
 from .checksums import checksum_frames, checksum_range
 from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError
 from .fileio import pread_at, pwrite_all
+from .frames import scan_frames
 from .index import (
     FLAG_LEGACY_EXTENT,
     FLAG_UNCHECKED,
@@ -34,13 +35,19 @@ from .index import (
     frame_sizes,
 )
 from .naming import index_name, segment_name, temp_name
-from .frames import scan_frames
-from .seekable import FrameTable, SeekableReader, encode_seek_table, padding_after, parse_seek_table, \
-    write_padding_and_table
+from .seekable import (
+    FrameTable,
+    SeekableReader,
+    encode_seek_table,
+    padding_after,
+    parse_seek_table,
+    write_padding_and_table,
+)
 from .segment import PADDING_MIN_BYTES, Tail, is_room, is_zero_room, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular, read_index
 
 logger = logging.getLogger("conduit_flat_file_db")
+
 
 def recover_segment(dir_fd: int, number: int, default_kind: int, check_from: int | None) -> Tail:
     """Bring the newest segment to its last committed record; call under the write lock.
@@ -122,8 +129,7 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
             if problem is not None:
                 return problem
             if self.kind == KIND_RAW or self.end == self.frames_end_u:
-                self._commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs,
-                               self.sealed)
+                self._commit = (position + 1, self.end, self.frames_end_c, len(self.frames), self.blobs, self.sealed)
         return None if self._commit[0] == first + len(records) else "frames written without the blobs that commit them"
 
     def _seal(self, record: Record) -> str | None:
@@ -146,8 +152,11 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
         limit = self.data_size if self.kind == KIND_RAW else self.frames_end_u
         if record.a != self.end or blob_end > limit:
             return f"blob record at offset {record.a}..{blob_end} does not fit the data ({limit} bytes)"
-        if self.check_from is not None and blob_end > self.check_from \
-                and not record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED):
+        if (
+            self.check_from is not None
+            and blob_end > self.check_from
+            and not record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED)
+        ):
             if self._digest(record.a, blob_end) != record.c:
                 return f"blob at offset {record.a} fails its checksum after a power loss"
         self.end = blob_end
@@ -203,19 +212,29 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
     return tail._replace(padding=padding)
 
 
-def _cut_index_tail(dir_fd: int, number: int, raw_index: bytes, index_bytes: int, sealed: bool,  # pylint: disable=too-many-arguments
-                    problem: str | None) -> None:
+def _cut_index_tail(
+    dir_fd: int,
+    number: int,
+    raw_index: bytes,
+    index_bytes: int,
+    sealed: bool,  # pylint: disable=too-many-arguments
+    problem: str | None,
+) -> None:
     """Cut the index after its last commit. Zero bytes there are a writer's room, kept while the
     segment is mutable; anything else is a torn tail, cut and logged."""
     if index_bytes >= len(raw_index):
         return
     room = is_room(raw_index[index_bytes:])
     if not room:
-        logger.warning("%s: recovery cut the record index from %d to %d bytes (%s)",
-                       index_name(number), len(raw_index), index_bytes, problem)
+        logger.warning(
+            "%s: recovery cut the record index from %d to %d bytes (%s)",
+            index_name(number),
+            len(raw_index),
+            index_bytes,
+            problem,
+        )
     if sealed or not room:
         _truncate(dir_fd, index_name(number), index_bytes)
-
 
 
 def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail | None:
@@ -230,7 +249,6 @@ def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail
         return None
     blobs = sum(1 for record in records if record.rtype == REC_BLOB)
     return Tail(KIND_ZSTD, records[-1].a, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
-
 
 
 def _truncate(dir_fd: int, name: str, size: int) -> None:
@@ -254,9 +272,15 @@ def _legacy_frame_table(data_fd: int, number: int, data_size: int) -> tuple[Fram
     except FormatError as exc:
         sizes = scan_frames(pread_at(data_fd), data_size)
         frames_end = sum(c for c, _ in sizes)
-        logger.warning("%s: %s; found %d complete frames (%d bytes) by walking them, cut %d bytes after them "
-                       "and wrote their seek table", segment_name(number, True), exc, len(sizes), frames_end,
-                       data_size - frames_end)
+        logger.warning(
+            "%s: %s; found %d complete frames (%d bytes) by walking them, cut %d bytes after them "
+            "and wrote their seek table",
+            segment_name(number, True),
+            exc,
+            len(sizes),
+            frames_end,
+            data_size - frames_end,
+        )
         table_bytes = encode_seek_table(sizes)
         os.ftruncate(data_fd, frames_end)
         pwrite_all(data_fd, table_bytes, frames_end)

@@ -14,14 +14,14 @@ import logging
 import os
 from typing import Callable, ContextManager
 
+from .checksums import CHECK_CHUNK_BYTES
 from .errors import FlatFileDbUnsafeAccessError
 from .fileio import pread_at, pread_exact, pwrite_all
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
-from .checksums import CHECK_CHUNK_BYTES
 from .seal import sync_segment
-from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file
 from .state import SharedState
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -38,11 +38,18 @@ def _source(fd: int, kind: int, number: int) -> tuple[int, Callable[[int, int], 
     return size, lambda start, end: pread_exact(fd, end - start, start, name)
 
 
-def _write_copy(dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[[int, int], bytes], *,
-                framing: Framing, fsync: bool) -> None:
+def _write_copy(
+    dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[[int, int], bytes], *, framing: Framing, fsync: bool
+) -> None:
     if framing.compressed:
-        with SeekableWriter(os.path.join(datadir, tmp), "w", level=framing.level, frame_bytes=framing.frame_bytes,
-                            threads=framing.threads, min_saving=framing.min_saving) as out:
+        with SeekableWriter(
+            os.path.join(datadir, tmp),
+            "w",
+            level=framing.level,
+            frame_bytes=framing.frame_bytes,
+            threads=framing.threads,
+            min_saving=framing.min_saving,
+        ) as out:
             for pos in range(0, total, CHECK_CHUNK_BYTES):
                 out.write(read(pos, min(total, pos + CHECK_CHUNK_BYTES)))
     else:
@@ -60,8 +67,16 @@ def _write_copy(dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[
             os.close(check_fd)
 
 
-def rewrite_segment(dir_fd: int, datadir: str, number: int, framing: Framing, *,
-                    write_lock: Callable[[], ContextManager[None]], state: SharedState, fsync: bool = True) -> bool:
+def rewrite_segment(
+    dir_fd: int,
+    datadir: str,
+    number: int,
+    framing: Framing,
+    *,
+    write_lock: Callable[[], ContextManager[None]],
+    state: SharedState,
+    fsync: bool = True,
+) -> bool:
     """Rewrite sealed segment ``number`` with ``framing``; returns False when it changed or vanished meanwhile.
 
     Memory is bounded by CHECK_CHUNK_BYTES plus the compressor's frames in flight.
@@ -93,8 +108,13 @@ def rewrite_segment(dir_fd: int, datadir: str, number: int, framing: Framing, *,
                 state.bump_epoch()
                 if fsync:
                     fsync_dir(dir_fd)
-            logger.debug("%s: rewrote segment %d (%d bytes) as %s", datadir, number, total,
-                         "compressed" if framing.compressed else "raw")
+            logger.debug(
+                "%s: rewrote segment %d (%d bytes) as %s",
+                datadir,
+                number,
+                total,
+                "compressed" if framing.compressed else "raw",
+            )
             return True
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -38,6 +38,7 @@ from .segment_files import OPEN_READ, OPEN_WRITE, open_data_file, open_regular, 
 
 logger = logging.getLogger("conduit_flat_file_db")
 
+
 def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequence[tuple[int, int]]) -> int:
     """Seal a segment whose committed extent is ``tail``: end its data file (a compressed one
     with a plain seek table of the frame ``sizes``) and append the SEAL record. No fsync:
@@ -120,8 +121,7 @@ def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], by
             return f"the SEAL record says {end} bytes but the data file has {data_size}"
         return lambda start, stop: pread_full(data_fd, stop - start, start)
     try:
-        reader = SeekableReader(data_fd, table=parse_seek_table(pread_at(data_fd), data_size),
-                                verify_checksums=False)
+        reader = SeekableReader(data_fd, table=parse_seek_table(pread_at(data_fd), data_size), verify_checksums=False)
     except FormatError as exc:
         return f"the data file does not end in a seek table ({exc})"
     if reader.size != end:
@@ -144,15 +144,17 @@ def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | 
             return None  # the header was fsynced when the segment was created: not a power-loss tail
         if index_size < HEADER_BYTES + RECORD_BYTES or (index_size - HEADER_BYTES) % RECORD_BYTES:
             return f"its record index is {index_size} bytes, not whole records ending in a SEAL"
-        body = pread_full(index_fd, index_size - HEADER_BYTES if full else RECORD_BYTES,
-                        HEADER_BYTES if full else index_size - RECORD_BYTES)
+        body = pread_full(
+            index_fd,
+            index_size - HEADER_BYTES if full else RECORD_BYTES,
+            HEADER_BYTES if full else index_size - RECORD_BYTES,
+        )
     finally:
         os.close(index_fd)
     scan = decode_records(body)
     if scan.problem is not None or not scan.records or scan.records[-1].rtype != REC_SEAL:
         return scan.problem or "its record index does not end in a SEAL record"
     return scan.records
-
 
 
 def reseal_segment(dir_fd: int, number: int, why: str) -> None:
@@ -174,15 +176,23 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
             return  # seal_problem reports no problem for these
         records = decode_records(memoryview(raw_index)[HEADER_BYTES:]).records
         if header.kind != kind or (kind == KIND_ZSTD and _rewritten(data_fd, records)):
-            logger.error("%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; "
-                         "run verify()", segment_name(number, kind == KIND_ZSTD), why)
+            logger.error(
+                "%s: sealed segment is damaged (%s) but was rewritten, so it is not cut; run verify()",
+                segment_name(number, kind == KIND_ZSTD),
+                why,
+            )
             return
         tail, found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=True)
     finally:
         os.close(data_fd)
-    logger.warning("%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs "
-                   "(%d bytes) and sealed it again", segment_name(number, kind == KIND_ZSTD), why, tail.blobs,
-                   found, tail.end)
+    logger.warning(
+        "%s: sealed segment damaged by a power loss (%s); kept its first %d of %d blobs (%d bytes) and sealed it again",
+        segment_name(number, kind == KIND_ZSTD),
+        why,
+        tail.blobs,
+        found,
+        tail.end,
+    )
 
 
 def _rewritten(data_fd: int, records: Sequence[Record]) -> bool:
@@ -227,14 +237,25 @@ def seal_recovered(dir_fd: int, number: int) -> Tail:
         tail, _found = _cut_and_seal(dir_fd, number, data_fd, kind, records, check=False)
     finally:
         os.close(data_fd)
-    logger.warning("%s: sealed after a power loss with %d blobs (%d bytes); blobs written after them, "
-                   "if any, were lost and their locations now fail", segment_name(number, kind == KIND_ZSTD),
-                   tail.blobs, tail.end)
+    logger.warning(
+        "%s: sealed after a power loss with %d blobs (%d bytes); blobs written after them, "
+        "if any, were lost and their locations now fail",
+        segment_name(number, kind == KIND_ZSTD),
+        tail.blobs,
+        tail.end,
+    )
     return tail
 
 
-def _cut_and_seal(dir_fd: int, number: int, data_fd: int, kind: int,  # pylint: disable=too-many-arguments
-                  records: list[Record], *, check: bool) -> tuple[Tail, int]:
+def _cut_and_seal(
+    dir_fd: int,
+    number: int,
+    data_fd: int,
+    kind: int,  # pylint: disable=too-many-arguments
+    records: list[Record],
+    *,
+    check: bool,
+) -> tuple[Tail, int]:
     """Cut a segment after the last commit its records reach (checking each blob's XXH3-64 when
     ``check``), seal it, fsync both files; returns its sealed extent (SEAL record included) and
     how many blob records the index held before the cut."""

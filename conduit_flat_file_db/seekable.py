@@ -77,7 +77,7 @@ class FrameTable:
     compressed offsets stay right; lookups never land on them.
     """
 
-    __slots__ = ("c_offsets", "d_offsets", "checksums")
+    __slots__ = ("c_offsets", "checksums", "d_offsets")
 
     def __init__(self, c_offsets: list[int], d_offsets: list[int], checksums: list[int] | None = None) -> None:
         self.c_offsets = c_offsets
@@ -149,8 +149,9 @@ def parse_seek_table(read_at: ReadAt, file_size: int, path: str = "<seekable>") 
     footer_at = file_size - FOOTER_BYTES
     count, descriptor, magic = _FOOTER.unpack(_exact(read_at, footer_at, FOOTER_BYTES, path))
     if magic != SEEKABLE_MAGIC:
-        raise FormatError(f"{path}: no seekable footer at offset {footer_at + 5} (magic {magic:#010x}); "
-                          "not a seekable Zstandard file")
+        raise FormatError(
+            f"{path}: no seekable footer at offset {footer_at + 5} (magic {magic:#010x}); not a seekable Zstandard file"
+        )
     if descriptor & DESCRIPTOR_RESERVED_MASK:
         raise FormatError(f"{path}: reserved descriptor bits set ({descriptor:#04x}) at offset {footer_at + 4}")
     if count > MAX_FRAMES:
@@ -158,16 +159,18 @@ def parse_seek_table(read_at: ReadAt, file_size: int, path: str = "<seekable>") 
     entry = 12 if descriptor & DESCRIPTOR_CHECKSUM_FLAG else 8
     table_bytes = SKIPPABLE_HEADER_BYTES + count * entry + FOOTER_BYTES
     if table_bytes > file_size:
-        raise FormatError(f"{path}: seek table of {count} frames ({table_bytes} bytes) "
-                          f"does not fit the {file_size}-byte file")
+        raise FormatError(
+            f"{path}: seek table of {count} frames ({table_bytes} bytes) does not fit the {file_size}-byte file"
+        )
     table_at = file_size - table_bytes
     raw = _exact(read_at, table_at, table_bytes - FOOTER_BYTES, path)
     skip_magic, frame_size = _SKIP_HEADER.unpack_from(raw, 0)
     if skip_magic != SEEK_TABLE_MAGIC:
         raise FormatError(f"{path}: seek table frame magic {skip_magic:#010x} at offset {table_at}")
     if frame_size != table_bytes - SKIPPABLE_HEADER_BYTES:
-        raise FormatError(f"{path}: seek table frame size {frame_size} at offset {table_at + 4} "
-                          f"does not match {count} entries")
+        raise FormatError(
+            f"{path}: seek table frame size {frame_size} at offset {table_at + 4} does not match {count} entries"
+        )
     c_offsets = [0]
     d_offsets = [0]
     checksums: list[int] | None = [] if entry == 12 else None
@@ -190,7 +193,6 @@ def _exact(read_at: ReadAt, offset: int, size: int, path: str) -> bytes:
     if len(data) != size:
         raise FormatError(f"{path}: short read of {len(data)}/{size} bytes at offset {offset}")
     return data
-
 
 
 # -- the padding frame of a growing file --------------------------------------------------
@@ -217,8 +219,9 @@ def write_padding_and_table(fd: int, frames_end: int, sizes: Sequence[tuple[int,
     os.ftruncate(fd, table_at + len(table))
 
 
-def append_table_entries(fd: int, frames_end: int, padding: int, frames: int,
-                         new_sizes: Sequence[tuple[int, int]]) -> int:
+def append_table_entries(
+    fd: int, frames_end: int, padding: int, frames: int, new_sizes: Sequence[tuple[int, int]]
+) -> int:
     """Rewrite the seek table's tail after ``new_sizes`` frames took the padding's place.
 
     The table itself does not move: the new frames were written where the padding
@@ -283,9 +286,15 @@ class SeekableReader(io.RawIOBase):
     Not thread-safe for ``read``/``seek`` (a file position); ``read_range`` is.
     """
 
-    def __init__(self, file: str | os.PathLike[str] | int | BinaryIO, *, cache: FrameCache | None = None,
-                 table: FrameTable | None = None, verify_checksums: bool = True,
-                 cache_key: Hashable | None = None) -> None:
+    def __init__(
+        self,
+        file: str | os.PathLike[str] | int | BinaryIO,
+        *,
+        cache: FrameCache | None = None,
+        table: FrameTable | None = None,
+        verify_checksums: bool = True,
+        cache_key: Hashable | None = None,
+    ) -> None:
         super().__init__()
         self._owns_fd = False
         if isinstance(file, int):
@@ -416,8 +425,16 @@ class SeekableWriter:
     writes the seek table, so the file is valid after every flush. Not thread-safe.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "w", *, level: int = DEFAULT_LEVEL,
-                 frame_bytes: int = 2**20, threads: int = 1, min_saving: float = DEFAULT_MIN_SAVING) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "w",
+        *,
+        level: int = DEFAULT_LEVEL,
+        frame_bytes: int = 2**20,
+        threads: int = 1,
+        min_saving: float = DEFAULT_MIN_SAVING,
+    ) -> None:
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' or 'a', not {mode!r}")
         if not 1 <= frame_bytes <= MAX_FRAME_DECOMPRESSED_BYTES:

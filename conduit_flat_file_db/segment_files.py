@@ -39,8 +39,9 @@ def open_regular(dir_fd: int, name: str, flags: int = OPEN_READ) -> int:
         if exc.errno == errno.ELOOP:
             raise InvalidLocationError(f"{name} is a symlink; refused") from None
         if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory, or a FIFO without a reader, opened to write
-            raise InvalidLocationError(f"{name} is not a regular file (a directory or FIFO?); refused: "
-                                       "move it out of the datadir") from None
+            raise InvalidLocationError(
+                f"{name} is not a regular file (a directory or FIFO?); refused: move it out of the datadir"
+            ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -63,8 +64,11 @@ def open_data_file(dir_fd: int, number: int, flags: int = OPEN_READ) -> tuple[in
         except FileNotFoundError:
             continue
     # Both names: a segment may have had either suffix (a deleted data_N.dat.zst is not "data_N.dat missing").
-    raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} does not exist (deleted, or never written)",
-                                  f"{segment_name(number, False)} or {segment_name(number, True)}")
+    raise FlatFileDbNotFoundError(
+        errno.ENOENT,
+        f"segment {number} does not exist (deleted, or never written)",
+        f"{segment_name(number, False)} or {segment_name(number, True)}",
+    )
 
 
 def fsync_dir(dir_fd: int) -> None:

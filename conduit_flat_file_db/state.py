@@ -79,8 +79,15 @@ def read_view(words: Any) -> MutableView | None:
     consistent MutableView, or None when a publish never finished (its writer died mid-way)."""
     for _ in range(_SPINS_BEFORE_STUCK):
         seq = words[W_SEQ]
-        view = MutableView(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES], words[W_DISK_BYTES],
-                           words[W_KIND], words[W_PADDING], words[W_FRAMES])
+        view = MutableView(
+            words[W_SEGMENT],
+            words[W_END],
+            words[W_INDEX_BYTES],
+            words[W_DISK_BYTES],
+            words[W_KIND],
+            words[W_PADDING],
+            words[W_FRAMES],
+        )
         if not seq & 1 and words[W_SEQ] == seq:
             return view
         os.sched_yield()
@@ -90,8 +97,12 @@ def read_view(words: Any) -> MutableView | None:
 def page_is_current(words: Any) -> bool:
     """True when the words are an initialised state page of this version whose last publish
     happened since this machine booted: its view is then the committed extent on disk."""
-    return words[W_MAGIC] == STATE_MAGIC and words[W_VERSION] == STATE_VERSION and BOOT_ID != (0, 0) \
+    return (
+        words[W_MAGIC] == STATE_MAGIC
+        and words[W_VERSION] == STATE_VERSION
+        and BOOT_ID != (0, 0)
         and (words[W_BOOT_LO], words[W_BOOT_HI]) == BOOT_ID
+    )
 
 
 class StateSource(Protocol):  # pylint: disable=too-few-public-methods  # a structural type
@@ -108,8 +119,7 @@ class SharedState:
 
     def __init__(self, dir_fd: int) -> None:
         """Open (creating if needed) and map the state page. Call under the write lock."""
-        fd = os.open(STATE_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644,
-                     dir_fd=dir_fd)
+        fd = os.open(STATE_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
         try:
             size = os.fstat(fd).st_size
             # Blocks first: every publish stores into this page, and a store into a hole of a full

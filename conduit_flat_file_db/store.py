@@ -32,10 +32,6 @@ from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
 from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_options, check_paths, default_lock_path
 from .errors import FlatFileDbReadOnlyError
-from .index import KIND_RAW, KIND_ZSTD, blob_checksum, encode_blob
-from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
-from .readonly import ReadOnlyState, open_datadir
-from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
@@ -45,9 +41,13 @@ from .frames import (
     compress_frames,
     stored_frame,
 )
+from .index import KIND_RAW, KIND_ZSTD, blob_checksum, encode_blob
+from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
+from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
+from .readonly import ReadOnlyState, open_datadir
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
-from .types import Buffer, DataLocation, Slice
 from .syncer import SealSyncer
+from .types import Buffer, DataLocation, Slice
 from .writer import SegmentWriter
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -156,8 +156,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 lock = process_lock_for(self._abs_lock)
                 with lock.write(self.lock_timeout):
                     state = SharedState(dir_fd)
-                    writer = SegmentWriter(dir_fd, self.datadir, state, fsync=self.fsync,
-                                           new_kind=KIND_ZSTD if self.use_compression else KIND_RAW)
+                    writer = SegmentWriter(
+                        dir_fd,
+                        self.datadir,
+                        state,
+                        fsync=self.fsync,
+                        new_kind=KIND_ZSTD if self.use_compression else KIND_RAW,
+                    )
                     writer.recover(power_loss_check=True, may_defer=True)
             except BaseException:
                 if state is not None:
@@ -173,8 +178,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._syncer = SealSyncer(dir_fd, state.words)
             # The repair callback must not hold the instance: that cycle would keep a dropped
             # instance (and its descriptors) alive until the cyclic collector ran.
-            self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache,
-                                        functools.partial(_repair_if_alive, weakref.ref(self)))
+            self._readers = ReaderCache(
+                dir_fd,
+                self._dir_str,
+                self._base_dir,
+                state,
+                self._frame_cache,
+                functools.partial(_repair_if_alive, weakref.ref(self)),
+            )
             self._opened(state.words)
 
     def _open_readonly(self) -> None:
@@ -237,7 +248,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """Raise FlatFileDbReadOnlyError on a read-only instance, before anything is touched."""
         if self.readonly:
             raise FlatFileDbReadOnlyError(
-                f"{operation}(): {self._dir_str} was opened with readonly=True (no writes, no lock)")
+                f"{operation}(): {self._dir_str} was opened with readonly=True (no writes, no lock)"
+            )
 
     def _reopen_if_closed(self) -> None:
         if self._closed:
@@ -253,15 +265,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._reopen_if_closed()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
         if self.readonly:
             return f"{type(self).__name__}({self._dir_str!r}, readonly=True)"
-        return (f"{type(self).__name__}({self._dir_str!r}, use_compression={self.use_compression}, "
-                f"fsync={self.fsync})")
+        return f"{type(self).__name__}({self._dir_str!r}, use_compression={self.use_compression}, fsync={self.fsync})"
 
     # -- writing ----------------------------------------------------------------------
 
@@ -273,8 +285,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return [stored_frame(data)], [size], True
         frame = self.frame_bytes
         dsizes = [min(frame, size - i) for i in range(0, size, frame)]
-        return (compress_frames(data, frame, self.compression_level, self.compression_threads, self.min_frame_saving),
-                dsizes, False)
+        return (
+            compress_frames(data, frame, self.compression_level, self.compression_threads, self.min_frame_saving),
+            dsizes,
+            False,
+        )
 
     def _after_seal(self, sealed: list[int]) -> None:
         """After segments this thread just sealed (outside the write lock): have them fsynced in
@@ -325,8 +340,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             else:
                 if frames is None:  # the mutable segment is compressed though this instance is not
                     frames = self._frames(data)
-                writer.append_zstd(frames[0], frames[1], start, end, encode_blob(start, end - start, checksum),
-                                   stored=frames[2])
+                writer.append_zstd(
+                    frames[0], frames[1], start, end, encode_blob(start, end - start, checksum), stored=frames[2]
+                )
             location = new_location((writer.path, start, end))
             sealed = writer.take_sealed() if writer.sealed else None
         finally:
@@ -368,8 +384,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._after_seal(sealed)
         return locations
 
-    def _put_run_locked(self, items: list[Any], checksums: list[int], index: int, locations: list[DataLocation],
-                        frames: tuple[list[bytes], list[int], bool] | None) -> int:
+    def _put_run_locked(
+        self,
+        items: list[Any],
+        checksums: list[int],
+        index: int,
+        locations: list[DataLocation],
+        frames: tuple[list[bytes], list[int], bool] | None,
+    ) -> int:
         """Write items[index:] up to the rotation point as one run; returns the next index."""
         writer = self._writer
         start = writer.prepare(self.MAX_DAT_FILE_SIZE)
@@ -433,8 +455,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
     # -- reading ----------------------------------------------------------------------
 
-    def get(self, data_location: DataLocation, slice: Slice | None = None,  # pylint: disable=redefined-builtin
-            lock_free_access: bool = False) -> bytes:  # pylint: disable=unused-argument  # reference API
+    def get(
+        self,
+        data_location: DataLocation,
+        slice: Slice | None = None,  # pylint: disable=redefined-builtin
+        lock_free_access: bool = False,  # pylint: disable=unused-argument  # reference API
+    ) -> bytes:
         """Read a blob, or a slice of it, from any committed location.
 
         Reads take no lock (committed bytes never change); ``lock_free_access`` is
@@ -458,8 +484,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
             start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
-        if type(start) is int and type(end) is int \
-                and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
+        if (
+            type(start) is int  # pylint: disable=unidiomatic-typecheck
+            and type(end) is int  # pylint: disable=unidiomatic-typecheck
+            and 0 <= start < end <= reader.mapped
+            and end - start <= MAP_READ_BYTES
+        ):
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
         return self._readers.read(reader, file_path, start, end)
 
@@ -483,8 +513,7 @@ def map_read(reader: SegmentReader, start: Any, end: Any) -> bytes | None:
     """Bytes [start, end) copied from the segment's read map when the map-read test passes (int
     offsets, a non-empty range within the mapped part, at most MAP_READ_BYTES: past that one pread
     is cheaper than faulting the pages in); else None, and the caller reads them with a pread."""
-    if type(start) is int and type(end) is int \
-            and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
+    if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
         return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
     return None
 
@@ -496,4 +525,4 @@ def _repair_if_alive(store: weakref.ref[Store]) -> None:
         instance._repair_state()  # pylint: disable=protected-access  # this module's class
 
 
-__all__ = ["Store", "SealHook", "DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE", "map_read", "new_location"]
+__all__ = ["DEFAULT_FRAME_BYTES", "DEFAULT_MAX_DAT_FILE_SIZE", "SealHook", "Store", "map_read", "new_location"]

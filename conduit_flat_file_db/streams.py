@@ -15,13 +15,13 @@ from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
-from .fileio import pread_at, pwrite_all
-from .naming import temp_name
-from .index import KIND_RAW, KIND_ZSTD
 from .checksums import CHECK_CHUNK_BYTES, checksum_range
-from .segment_files import OPEN_WRITE
+from .fileio import pread_at, pwrite_all
 from .frames import ZSTD_FRAME_MAGIC
+from .index import KIND_RAW, KIND_ZSTD
+from .naming import temp_name
 from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .segment_files import OPEN_WRITE
 
 STREAM_CHUNK_BYTES = 4 * 2**20
 
@@ -41,8 +41,9 @@ class LazyOpener:
         self._handle = open(self.path, "rb")  # pylint: disable=consider-using-with  # closed in __exit__
         return self._handle
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
@@ -67,8 +68,10 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     if readinto is not None:
         count = readinto(view)
         if count is None:
-            raise ValueError("the stream has no data ready (non-blocking?); a blob must come from a blocking "
-                             "stream, or it would be stored cut short")
+            raise ValueError(
+                "the stream has no data ready (non-blocking?); a blob must come from a blocking "
+                "stream, or it would be stored cut short"
+            )
         if type(count) is not int or not 0 <= count <= len(view):  # pylint: disable=unidiomatic-typecheck
             # Taken as it is, a negative count would store the buffer's stale bytes (view[:-1]),
             # and a stream that keeps returning one would be copied until the disk is full.
@@ -76,8 +79,10 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
         return view[:count]
     data = source.read(len(buffer))
     if data is None:
-        raise ValueError("the stream has no data ready (non-blocking?); a blob must come from a blocking "
-                         "stream, or it would be stored cut short")
+        raise ValueError(
+            "the stream has no data ready (non-blocking?); a blob must come from a blocking "
+            "stream, or it would be stored cut short"
+        )
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"read() of the stream returned {type(data).__name__}, not bytes")
     if len(data) > len(view):
@@ -86,8 +91,15 @@ def read_chunk(source: Any, buffer: bytearray | memoryview) -> memoryview:
     return view[: len(data)]
 
 
-def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framing: Framing,  # pylint: disable=too-many-arguments
-                fsync: bool) -> Written:
+def write_aside(
+    dir_fd: int,
+    datadir: str,
+    source: Any,
+    prefix: bytes,
+    *,
+    framing: Framing,  # pylint: disable=too-many-arguments
+    fsync: bool,
+) -> Written:
     """Copy ``prefix`` then everything ``source`` yields into a scratch file, in constant memory.
 
     ``fsync``: make the file durable before returning (``fsync=True`` stores). Otherwise
@@ -102,9 +114,14 @@ def write_aside(dir_fd: int, datadir: str, source: Any, prefix: bytes, *, framin
     buffer = bytearray(STREAM_CHUNK_BYTES)
     try:
         if framing.compressed:
-            with SeekableWriter(os.path.join(datadir, name), "w", level=framing.level,
-                                frame_bytes=framing.frame_bytes, threads=framing.threads,
-                                min_saving=framing.min_saving) as out:
+            with SeekableWriter(
+                os.path.join(datadir, name),
+                "w",
+                level=framing.level,
+                frame_bytes=framing.frame_bytes,
+                threads=framing.threads,
+                min_saving=framing.min_saving,
+            ) as out:
                 chunk: memoryview | bytes = prefix or read_chunk(source, buffer)
                 while chunk:
                     hasher.update(chunk)

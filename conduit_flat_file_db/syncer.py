@@ -127,13 +127,16 @@ class SealSyncer:
                     self._done = max(self._done, number + 1)
                     self._cond.notify_all()
         except OSError as exc:
-            logger.error("fsync of a sealed segment failed; this store no longer confirms sealed segments as "
-                         "durable (they are checked after a power loss): %s", exc)
+            logger.error(
+                "fsync of a sealed segment failed; this store no longer confirms sealed segments as "
+                "durable (they are checked after a power loss): %s",
+                exc,
+            )
             return exc
         return None
 
 
-_LIVE_SYNCERS: "weakref.WeakSet[SealSyncer]" = weakref.WeakSet()
+_LIVE_SYNCERS: weakref.WeakSet[SealSyncer] = weakref.WeakSet()
 
 
 @atexit.register

@@ -50,9 +50,7 @@ PACKED_LOCATION_BYTES = _PACKED_LOCATION.size  # 20
 def pack_location_parts(segment: int, start_offset: int, end_offset: int) -> bytes:
     """Pack a location's segment number and offsets into PACKED_LOCATION_BYTES bytes."""
     if not 0 <= segment <= 0xFFFFFFFF or not 0 <= start_offset <= end_offset < 2**64:
-        raise ValueError(
-            f"cannot pack location (segment={segment}, start={start_offset}, end={end_offset})"
-        )
+        raise ValueError(f"cannot pack location (segment={segment}, start={start_offset}, end={end_offset})")
     return _PACKED_LOCATION.pack(segment, start_offset, end_offset)
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 import xxhash
 
+from .checksums import CHECK_CHUNK_BYTES
 from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_at
 from .index import (
@@ -27,10 +28,9 @@ from .index import (
     decode_records,
 )
 from .naming import STATE_FILE_NAME, index_name, parse_name, segment_name, temp_owner
-from .checksums import CHECK_CHUNK_BYTES
+from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .segment import frame_table_of
 from .segment_files import open_data_file, read_index
-from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .state import MutableView
 
 Progress = Callable[[int, int], None]  # (segments done, segments in all)
@@ -75,10 +75,14 @@ class VerifyReport:
         if self.full:
             checked = f"{self.blobs} blobs, {self.bytes_checked} bytes checked"
         else:  # "0 blobs, 0 bytes checked" would read as "nothing was checked"
-            checked = (f"{self.records} index records ({self.index_bytes} bytes of indexes) checked, "
-                       "structure only (no checksums)")
-        lines = [f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.segments} segments, {checked}, "
-                 f"{len(self.problems)} problems"]
+            checked = (
+                f"{self.records} index records ({self.index_bytes} bytes of indexes) checked, "
+                "structure only (no checksums)"
+            )
+        lines = [
+            f"{'OK' if self.ok else 'PROBLEMS FOUND'}: {self.segments} segments, {checked}, "
+            f"{len(self.problems)} problems"
+        ]
         lines += [f"  problem: {p}" for p in self.problems]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -96,8 +100,9 @@ which is not reentrant, so a verify inside ``read_lock()`` could deadlock)."""
 Identity = tuple[int, int, bool]  # (inode, device, mutable?) of a segment's data file; inode 0: no data file
 
 
-def verify_store(dir_fd: int, dir_str: str, current: Callable[[], MutableView], progress: Progress | None = None,
-                 full: bool = True) -> VerifyReport:
+def verify_store(
+    dir_fd: int, dir_str: str, current: Callable[[], MutableView], progress: Progress | None = None, full: bool = True
+) -> VerifyReport:
     """Check every segment in the directory; ``current()`` gives the mutable segment's committed
     extent as it is now (read anew for each segment: the store may be in use meanwhile)."""
     report = VerifyReport(full=full)
@@ -120,8 +125,9 @@ def verify_store(dir_fd: int, dir_str: str, current: Callable[[], MutableView], 
     return report
 
 
-def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
-                    current: Callable[[], MutableView], full: bool) -> None:
+def _verify_segment(
+    report: VerifyReport, dir_fd: int, dir_str: str, number: int, current: Callable[[], MutableView], full: bool
+) -> None:
     """Check one segment; report what the check found only if the segment is still what was checked.
 
     A live store seals, rewrites (new frames, other suffix: a new file renamed in) and deletes
@@ -157,8 +163,10 @@ def _verify_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int
             report.problems += found.problems
             report.notes += found.notes
             return
-    report.notes.append(f"segment {number} changed during each of {RECHECKS} checks (sealed, rewritten or "
-                        "deleted meanwhile); not checked this time")
+    report.notes.append(
+        f"segment {number} changed during each of {RECHECKS} checks (sealed, rewritten or "
+        "deleted meanwhile); not checked this time"
+    )
 
 
 def _safe_identity(dir_fd: int, number: int, current: Callable[[], MutableView]) -> Identity | None:
@@ -184,8 +192,9 @@ def _identity(dir_fd: int, number: int, current: Callable[[], MutableView]) -> I
     return None if read_index(dir_fd, number, HEADER_BYTES) is None else (0, 0, mutable)
 
 
-def _check_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
-                   current: Callable[[], MutableView], full: bool) -> Identity | None:
+def _check_segment(
+    report: VerifyReport, dir_fd: int, dir_str: str, number: int, current: Callable[[], MutableView], full: bool
+) -> Identity | None:
     """One pass over one segment; returns the identity of what it checked, None when it is gone.
 
     The data file is opened before the state page is read: a segment the page calls mutable
@@ -200,9 +209,13 @@ def _check_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
     except FlatFileDbNotFoundError:
         if read_index(dir_fd, number, HEADER_BYTES) is None:
             return None
-        report.add(os.path.join(dir_str, segment_name(number, False)), 0, "missing-data",
-                   f"segment {number} has an index but no data file (its data was lost, or this is what an "
-                   "interrupted delete leaves)")
+        report.add(
+            os.path.join(dir_str, segment_name(number, False)),
+            0,
+            "missing-data",
+            f"segment {number} has an index but no data file (its data was lost, or this is what an "
+            "interrupted delete leaves)",
+        )
         return 0, 0, number == current().segment
     try:
         mutable = current()
@@ -214,8 +227,17 @@ def _check_segment(report: VerifyReport, dir_fd: int, dir_str: str, number: int,
         os.close(fd)
 
 
-def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str: str, number: int,  # pylint: disable=too-many-arguments
-                 *, mutable: MutableView | None, full: bool) -> None:
+def _check_files(
+    report: VerifyReport,
+    fd: int,
+    kind: int,
+    dir_fd: int,
+    dir_str: str,
+    number: int,  # pylint: disable=too-many-arguments
+    *,
+    mutable: MutableView | None,
+    full: bool,
+) -> None:
     """Check a segment's index against its open data file ``fd``; ``mutable``: its committed
     extent when it is the mutable segment, None when sealed."""
     idx_path = os.path.join(dir_str, index_name(number))
@@ -223,8 +245,9 @@ def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str:
     raw = read_index(dir_fd, number, mutable.index_bytes if mutable is not None else None)
     records: list[Record] = []
     if raw is None:
-        report.notes.append(f"segment {number} has no record index (written by an engine without one); "
-                            "only its framing can be checked")
+        report.notes.append(
+            f"segment {number} has no record index (written by an engine without one); only its framing can be checked"
+        )
     else:
         try:
             header = decode_header(raw, idx_path)
@@ -233,8 +256,7 @@ def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str:
             return
         # A sealed segment may have been rewritten to the other kind since: its suffix decides.
         if header.segment != number or (mutable is not None and header.kind != kind):
-            report.add(idx_path, 10, "bad-index-header",
-                       f"header names segment {header.segment} of kind {header.kind}")
+            report.add(idx_path, 10, "bad-index-header", f"header names segment {header.segment} of kind {header.kind}")
         scan = decode_records(memoryview(raw)[HEADER_BYTES:])
         if scan.problem is not None:
             report.add(idx_path, HEADER_BYTES + scan.valid_bytes, "bad-index-record", scan.problem)
@@ -257,8 +279,7 @@ def _check_files(report: VerifyReport, fd: int, kind: int, dir_fd: int, dir_str:
     elif kind == KIND_ZSTD and (sealed or raw is None):
         _check_seek_table(report, fd, data_path, size)
     if mutable is not None and raw is not None and end != mutable.end:
-        report.add(idx_path, 0, "index-mismatch",
-                   f"index commits {end} bytes but the state page says {mutable.end}")
+        report.add(idx_path, 0, "index-mismatch", f"index commits {end} bytes but the state page says {mutable.end}")
     if mutable is None and raw is not None and not sealed:
         report.add(idx_path, len(raw), "not-sealed", "sealed segment has no SEAL record")
 
@@ -315,8 +336,9 @@ def _raw_chunks(fd: int, size: int, mapped: bool) -> Iterator[tuple[int, bytes |
         yield pos, view[:count]
 
 
-def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Record], size: int,
-                 use_seek_table: bool) -> Iterator[tuple[int, bytes | memoryview]]:
+def _zstd_chunks(
+    report: VerifyReport, fd: int, data_path: str, records: list[Record], size: int, use_seek_table: bool
+) -> Iterator[tuple[int, bytes | memoryview]]:
     """Decompressed frames in order (each checked by Zstandard's own checksum on the way)."""
     table: FrameTable
     if use_seek_table:
@@ -341,8 +363,9 @@ def _zstd_chunks(report: VerifyReport, fd: int, data_path: str, records: list[Re
             return
 
 
-def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[int, bytes | memoryview]],
-                 blobs: list[Record]) -> None:
+def _check_blobs(
+    report: VerifyReport, data_path: str, chunks: Iterable[tuple[int, bytes | memoryview]], blobs: list[Record]
+) -> None:
     """Feed contiguous chunks of the segment's uncompressed bytes to each blob's checksum."""
     position = 0
     hasher = xxhash.xxh3_64()
@@ -367,16 +390,22 @@ def _check_blobs(report: VerifyReport, data_path: str, chunks: Iterable[tuple[in
         if blob.b == 0 and blob.a <= covered:
             _finish(report, data_path, blob, xxhash.xxh3_64_intdigest(b""))
         else:
-            report.add(data_path, blob.a, "truncated",
-                       f"blob {blob.a}..{blob.a + blob.b} is past the readable data ({covered} bytes)")
+            report.add(
+                data_path,
+                blob.a,
+                "truncated",
+                f"blob {blob.a}..{blob.a + blob.b} is past the readable data ({covered} bytes)",
+            )
 
 
 def _finish(report: VerifyReport, data_path: str, blob: Record, digest: int) -> None:
     report.blobs += 1
     report.bytes_checked += blob.b
     if blob.flags & FLAG_UNCHECKED:
-        report.notes.append(f"{data_path}: blob {blob.a}..{blob.a + blob.b} was adopted without a checksum; "
-                            "only its framing was checked")
+        report.notes.append(
+            f"{data_path}: blob {blob.a}..{blob.a + blob.b} was adopted without a checksum; "
+            "only its framing was checked"
+        )
     elif digest != blob.c:
         what = "legacy extent" if blob.flags & FLAG_LEGACY_EXTENT else "blob"
         report.add(data_path, blob.a, "checksum", f"{what} {blob.a}..{blob.a + blob.b} fails its XXH3-64 checksum")

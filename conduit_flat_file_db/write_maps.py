@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .index import KIND_RAW, RECORD_BYTES, encode_blob
 from .blocks import allocate, maps_supported, preallocate
+from .index import KIND_RAW, RECORD_BYTES, encode_blob
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
 from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
 
@@ -71,14 +71,20 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         index_end = index_bytes + RECORD_BYTES
         data_base, index_base = self._data_base, self._index_base
         # One test for everything that sends a put to the general path (this is the hot path).
-        # pylint: disable-next=too-many-boolean-expressions
-        if end > self._data_mapped or index_end > self._index_mapped or start >= max_size or start < data_base \
-                or index_bytes < index_base or words[W_DIRTY] or words[W_SEGMENT] != self.segment \
-                or words[W_SEQ] != self._seq:
+        if (  # pylint: disable=too-many-boolean-expressions
+            end > self._data_mapped
+            or index_end > self._index_mapped
+            or start >= max_size
+            or start < data_base
+            or index_bytes < index_base
+            or words[W_DIRTY]
+            or words[W_SEGMENT] != self.segment
+            or words[W_SEQ] != self._seq
+        ):
             return -1
         words[W_DIRTY] = 1
-        self._data_map[start - data_base:end - data_base] = data
-        self._index_map[index_bytes - index_base:index_end - index_base] = encode_blob(start, end - start, checksum)
+        self._data_map[start - data_base : end - data_base] = data
+        self._index_map[index_bytes - index_base : index_end - index_base] = encode_blob(start, end - start, checksum)
         words[W_INDEX_BYTES] = index_end
         words[W_DISK_BYTES] = end
         words[W_END] = end  # last: readers take W_END as "committed"
@@ -92,8 +98,13 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         if self.words[W_END] != start:  # not the committed end: put_mapped would commit elsewhere
             return False
         index_bytes = self.words[W_INDEX_BYTES]
-        if end > self._data_mapped or index_bytes + RECORD_BYTES > self._index_mapped or start < self._data_base \
-                or index_bytes < self._index_base or self.words[W_SEQ] != self._seq:
+        if (
+            end > self._data_mapped
+            or index_bytes + RECORD_BYTES > self._index_mapped
+            or start < self._data_base
+            or index_bytes < self._index_base
+            or self.words[W_SEQ] != self._seq
+        ):
             if not self._make_room(start, end, index_bytes, index_bytes + RECORD_BYTES):
                 return False
         return self.put_mapped(data, checksum, 1 << 62) >= 0
@@ -117,10 +128,12 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
                 if end > self.reserved:  # as append_raw does: then the room is carved from reserved blocks
                     self._reserve(start, end)
                 self._data_map, self._data_base, self._data_mapped = _grow(
-                    self.data_fd, self._data_map, start, end, max(self.max_size, end))
+                    self.data_fd, self._data_map, start, end, max(self.max_size, end)
+                )
             if index_end > self._index_mapped or index_bytes < self._index_base:
                 self._index_map, self._index_base, self._index_mapped = _grow(
-                    self.index_fd, self._index_map, index_bytes, index_end, 1 << 62)
+                    self.index_fd, self._index_map, index_bytes, index_end, 1 << 62
+                )
         except (OSError, ValueError) as exc:
             if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
                 logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)

@@ -21,10 +21,10 @@ from .index import (
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
-    RECORD_BYTES,
     REC_BLOB,
     REC_FRAME,
     REC_SEAL,
+    RECORD_BYTES,
     decode_records,
     encode_header,
     encode_record,
@@ -35,8 +35,6 @@ from .seal import write_seal
 from .seekable import append_table_entries, padding_header, write_padding_and_table
 from .segment import Tail, frame_table_of, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
-from .write_maps import MappedWrites
-from .writer_recovery import WriterRecovery, last_segment_error
 from .state import (
     W_DIRTY,
     W_DISK_BYTES,
@@ -48,10 +46,10 @@ from .state import (
     W_SEGMENT,
     SharedState,
 )
+from .write_maps import MappedWrites
+from .writer_recovery import WriterRecovery, last_segment_error
 
 logger = logging.getLogger("conduit_flat_file_db")
-
-
 
 
 def _ends_in_seal(dir_fd: int, number: int, index_bytes: int) -> bool:
@@ -64,8 +62,6 @@ def _ends_in_seal(dir_fd: int, number: int, index_bytes: int) -> bool:
     finally:
         os.close(fd)
     return bool(records) and records[-1].rtype == REC_SEAL
-
-
 
 
 class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-instance-attributes  # descriptors, frame-size cache
@@ -177,11 +173,23 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         # count them from sizes, not by decoding the whole index under the lock.
         blobs = (index_bytes - HEADER_BYTES) // RECORD_BYTES - frames
         tail = Tail(self.kind, words[W_END], index_bytes, words[W_DISK_BYTES], blobs, False, 0, frames)
-        write_seal(self.data_fd, self.index_fd, self.kind, tail,
-                   self._frame_sizes(index_bytes) if self.kind == KIND_ZSTD else [])
+        write_seal(
+            self.data_fd,
+            self.index_fd,
+            self.kind,
+            tail,
+            self._frame_sizes(index_bytes) if self.kind == KIND_ZSTD else [],
+        )
 
-    def commit_sealed_file(self, source: str, kind: int, size: int, checksum: int,  # pylint: disable=too-many-arguments
-                           flags: int, disk_size: int) -> int:
+    def commit_sealed_file(
+        self,
+        source: str,
+        kind: int,
+        size: int,
+        checksum: int,  # pylint: disable=too-many-arguments
+        flags: int,
+        disk_size: int,
+    ) -> int:
         """Make the file ``source`` (a name in the datadir, or an absolute path on its
         filesystem) a new sealed segment holding one blob of ``size`` uncompressed bytes;
         returns its number. Write lock held.
@@ -201,10 +209,14 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         words[W_DIRTY] = 1
         self._seal_locked()
         new = old + 1
-        index = encode_header(new, kind, time.time_ns()) + encode_record(REC_BLOB, flags, 0, size, checksum) \
+        index = (
+            encode_header(new, kind, time.time_ns())
+            + encode_record(REC_BLOB, flags, 0, size, checksum)
             + encode_seal(size, 1, disk_size)
-        os.rename(self._write_aside(index_name(new), index), index_name(new), src_dir_fd=self.dir_fd,
-                  dst_dir_fd=self.dir_fd)
+        )
+        os.rename(
+            self._write_aside(index_name(new), index), index_name(new), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd
+        )
         # Segment n+2 before the rename, not after: creating it is the step a full disk refuses, and
         # an error must leave the caller's file where it was. Once renamed, the blob is committed and
         # the call must not fail. (A crash in between leaves a lone index of n+1: recovery removes it.)
@@ -269,8 +281,9 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
                 os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
         except OSError:
-            logger.exception("%s: could not undo a failed append; the next writer will recover the segment",
-                             self.datadir)
+            logger.exception(
+                "%s: could not undo a failed append; the next writer will recover the segment", self.datadir
+            )
             return
         self.state.mark_cut()  # the files shrank: every writer maps them afresh
         self.words[W_DIRTY] = 0
@@ -301,8 +314,16 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         words[W_END] = end  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
 
-    def append_zstd(self, frames: Sequence[bytes], dsizes: Sequence[int], start: int, end: int,  # pylint: disable=too-many-arguments
-                    blob_records: bytes, *, stored: bool = False) -> None:
+    def append_zstd(
+        self,
+        frames: Sequence[bytes],
+        dsizes: Sequence[int],
+        start: int,
+        end: int,  # pylint: disable=too-many-arguments
+        blob_records: bytes,
+        *,
+        stored: bool = False,
+    ) -> None:
         """Commit frames holding uncompressed bytes [start, end) and their blob records."""
         words = self.words
         index_bytes = words[W_INDEX_BYTES]

@@ -31,8 +31,9 @@ def last_segment_error(number: int, whole_file: bool = False) -> FlatFileDbUnsaf
     why = " (committing a whole file takes two more)" if whole_file else ""
     return FlatFileDbUnsafeAccessError(
         f"the store is at segment {number} and {MAX_SEGMENT_NUMBER} is the last segment number the format can "
-        f"name (FORMAT.md \"Files\": n < 2**32): it cannot start another segment{why}. Every committed blob "
-        "stays readable; copy the live ones into a new store to go on writing")
+        f'name (FORMAT.md "Files": n < 2**32): it cannot start another segment{why}. Every committed blob '
+        "stays readable; copy the live ones into a new store to go on writing"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,8 +96,12 @@ class WriterRecovery:
             except OSError as exc:
                 if not may_defer or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                logger.warning("%s: no room to create the segment after sealed segment %d (%s); the next writer "
-                               "creates it", self.datadir, newest, exc)
+                logger.warning(
+                    "%s: no room to create the segment after sealed segment %d (%s); the next writer creates it",
+                    self.datadir,
+                    newest,
+                    exc,
+                )
                 deferred = True
         elif tail.sealed:  # nothing can follow it: published as it is, readable, refused to writers (resync)
             logger.warning("%s: %s", self.datadir, last_segment_error(newest))
@@ -134,8 +139,9 @@ class WriterRecovery:
         try:
             st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
-                logger.warning("%s: %s is named like a %s but is not a regular file; left alone",
-                               self.datadir, name, what)
+                logger.warning(
+                    "%s: %s is named like a %s but is not a regular file; left alone", self.datadir, name, what
+                )
                 return
             logger.warning("%s: removing %s %s %s", self.datadir, what, name, why)
             os.unlink(name, dir_fd=self.dir_fd)

@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 known_steps="ruff format mypy pylint blinter pytest"
-default_steps="mypy pylint blinter pytest"
+default_steps="ruff format mypy pylint blinter pytest"
 steps=" ${CHECK_STEPS:-$default_steps} "
 for step in $steps; do
     case " $known_steps " in

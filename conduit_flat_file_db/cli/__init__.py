@@ -18,11 +18,20 @@ import sys
 from typing import Callable
 
 from .. import FlatFileDb
+from ..arguments import default_lock_path
 from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
 from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
-from .commands import cmd_delete, cmd_get, cmd_info, cmd_ls, cmd_recompress, cmd_retention, cmd_rotate, \
-    cmd_stats, cmd_verify
-from ..arguments import default_lock_path
+from .commands import (
+    cmd_delete,
+    cmd_get,
+    cmd_info,
+    cmd_ls,
+    cmd_recompress,
+    cmd_retention,
+    cmd_rotate,
+    cmd_stats,
+    cmd_verify,
+)
 from .parser import build_parser
 from .put import check_sources, cmd_put
 
@@ -32,16 +41,27 @@ _READ_COMMANDS = ("get", "info", "verify", "stats", "ls")
 def _describe(exc: BaseException) -> str:
     """A one-line message for an expected error; paths as text (some libraries name files in bytes)."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        names = [os.fsdecode(name) if isinstance(name, bytes) else str(name)
-                 for name in (exc.filename, exc.filename2) if name is not None]
+        names = [
+            os.fsdecode(name) if isinstance(name, bytes) else str(name)
+            for name in (exc.filename, exc.filename2)
+            if name is not None
+        ]
         return f"{' -> '.join(names)}: {exc.strerror}"
     return str(exc) or type(exc).__name__
 
 
-
 _COMMANDS: dict[str, Callable[[FlatFileDb, argparse.Namespace], int]] = {
-    "put": cmd_put, "get": cmd_get, "ls": cmd_ls, "info": cmd_info, "verify": cmd_verify, "stats": cmd_stats,
-    "rotate": cmd_rotate, "delete": cmd_delete, "retention": cmd_retention, "recompress": cmd_recompress}
+    "put": cmd_put,
+    "get": cmd_get,
+    "ls": cmd_ls,
+    "info": cmd_info,
+    "verify": cmd_verify,
+    "stats": cmd_stats,
+    "rotate": cmd_rotate,
+    "delete": cmd_delete,
+    "retention": cmd_retention,
+    "recompress": cmd_recompress,
+}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -56,8 +76,14 @@ def _run(args: argparse.Namespace) -> int:
         check_sources(args.files)  # before the store is opened (and its datadir created)
     elif not os.path.isdir(datadir):  # maintenance of a store that is not there: never create one
         raise FileNotFoundError(errno.ENOENT, "the store's directory does not exist", datadir)
-    with FlatFileDb(datadir, lock, fsync=args.fsync, use_compression=args.command == "put" and args.compress,
-                    lock_timeout=args.lock_timeout, frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
+    with FlatFileDb(
+        datadir,
+        lock,
+        fsync=args.fsync,
+        use_compression=args.command == "put" and args.compress,
+        lock_timeout=args.lock_timeout,
+        frame_cache_bytes=CLI_FRAME_CACHE_BYTES,
+    ) as db:
         return _COMMANDS[args.command](db, args)
 
 

@@ -39,8 +39,10 @@ def parse_location(db: FlatFileDb, text: str) -> DataLocation:
         return db.unpack_location(bytes.fromhex(text))
     parts = text.rsplit(":", 2)
     if len(parts) != 3 or not parts[0] or not all(p.isdecimal() for p in parts[1:]):
-        raise CliError(f"bad location {text!r}: expected {HEX_LOCATION_CHARS} hex digits "
-                       "or FILE_PATH:START:END with decimal offsets")
+        raise CliError(
+            f"bad location {text!r}: expected {HEX_LOCATION_CHARS} hex digits "
+            "or FILE_PATH:START:END with decimal offsets"
+        )
     path, start, end = parts
     if not os.path.dirname(path):
         path = os.path.join(str(db.datadir), path)

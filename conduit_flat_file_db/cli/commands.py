@@ -17,8 +17,19 @@ from typing import BinaryIO, Sequence
 
 from .. import CompressMode, DataLocation, FlatFileDb, Slice
 from ..reader import apply_slice
-from .base import BATCH_BYTES, EXIT_OK, EXIT_PROBLEMS, READ_CHUNK_BYTES, SMALL_BLOB_BYTES, CliError, \
-    parse_location, print_json, print_line, segment_arg, write_all
+from .base import (
+    BATCH_BYTES,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    READ_CHUNK_BYTES,
+    SMALL_BLOB_BYTES,
+    CliError,
+    parse_location,
+    print_json,
+    print_line,
+    segment_arg,
+    write_all,
+)
 from .progress import Bar, NoBar, make_bar, progress_stream
 
 
@@ -27,8 +38,10 @@ def _sliced(locations: list[DataLocation], slice_: Sequence[int] | None) -> list
     if slice_ is None:
         return locations
     part = Slice(*slice_)
-    return [DataLocation(location.file_path, *apply_slice(location.file_path, *location[1:], part))
-            for location in locations]
+    return [
+        DataLocation(location.file_path, *apply_slice(location.file_path, *location[1:], part))
+        for location in locations
+    ]
 
 
 def _stream_blob(db: FlatFileDb, location: DataLocation, out: BinaryIO, progress: Bar) -> None:
@@ -84,8 +97,15 @@ def cmd_ls(db: FlatFileDb, args: argparse.Namespace) -> int:
         file_path, start, end = location
         packed = db.pack_location(location).hex()
         if args.json:
-            print_json({"file_path": file_path, "start_offset": start, "end_offset": end, "size": end - start,
-                         "packed": packed})
+            print_json(
+                {
+                    "file_path": file_path,
+                    "start_offset": start,
+                    "end_offset": end,
+                    "size": end - start,
+                    "packed": packed,
+                }
+            )
         else:
             print_line(f"{file_path}\t{start}\t{end}\t{end - start}\t{packed}")
     return EXIT_OK
@@ -96,25 +116,38 @@ def cmd_ls(db: FlatFileDb, args: argparse.Namespace) -> int:
 
 def cmd_info(db: FlatFileDb, args: argparse.Namespace) -> int:
     """``ffdb info``: one row per segment from :meth:`FlatFileDb.stats` (so it agrees with ``stats``)."""
-    rows = [{"segment": s.number, "file": s.file_name, "state": "sealed" if s.sealed else "mutable",
-             "disk_bytes": s.disk_bytes, "blobs": s.blobs, "blob_bytes": s.logical_bytes}
-            for s in db.stats().segments]
+    rows = [
+        {
+            "segment": s.number,
+            "file": s.file_name,
+            "state": "sealed" if s.sealed else "mutable",
+            "disk_bytes": s.disk_bytes,
+            "blobs": s.blobs,
+            "blob_bytes": s.logical_bytes,
+        }
+        for s in db.stats().segments
+    ]
     totals = {"segments": len(rows), "sealed": sum(1 for r in rows if r["state"] == "sealed")}
     totals.update({key: sum(int(r[key]) for r in rows) for key in ("blobs", "blob_bytes", "disk_bytes")})
     if args.json:
-        print_json({"datadir": str(db.datadir), "mutable_segment": db.mutable_segment(), "segments": rows,
-                     "totals": totals})
+        print_json(
+            {"datadir": str(db.datadir), "mutable_segment": db.mutable_segment(), "segments": rows, "totals": totals}
+        )
         return EXIT_OK
     header = ("SEGMENT", "FILE", "STATE", "DISK_BYTES", "BLOBS", "BLOB_BYTES")
     table = [header] + [tuple(str(value) for value in r.values()) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     print_line(f"datadir: {db.datadir}")
     for row in table:
-        cells = [cell.ljust(width) if column in (1, 2) else cell.rjust(width)
-                 for column, (cell, width) in enumerate(zip(row, widths))]
+        cells = [
+            cell.ljust(width) if column in (1, 2) else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
         print_line("  ".join(cells).rstrip())
-    print_line(f"total: {totals['segments']} segments ({totals['sealed']} sealed), {totals['blobs']} blobs, "
-           f"{totals['blob_bytes']} blob bytes, {totals['disk_bytes']} bytes on disk")
+    print_line(
+        f"total: {totals['segments']} segments ({totals['sealed']} sealed), {totals['blobs']} blobs, "
+        f"{totals['blob_bytes']} blob bytes, {totals['disk_bytes']} bytes on disk"
+    )
     return EXIT_OK
 
 
@@ -144,19 +177,41 @@ def cmd_stats(db: FlatFileDb, args: argparse.Namespace) -> int:
     """``ffdb stats``: per segment and total logical bytes, bytes on disk, ratio, blobs."""
     stats = db.stats()
     if args.json:
-        print_json({
-            "segments": [{"number": s.number, "file": s.file_name, "sealed": s.sealed, "compressed": s.compressed,
-                          "blobs": s.blobs, "logical_bytes": s.logical_bytes, "disk_bytes": s.disk_bytes,
-                          "ratio": round(s.ratio, 4)} for s in stats.segments],
-            "totals": {"segments": len(stats.segments), "blobs": stats.blobs, "logical_bytes": stats.logical_bytes,
-                       "disk_bytes": stats.disk_bytes, "ratio": round(stats.ratio, 4)}})
+        print_json(
+            {
+                "segments": [
+                    {
+                        "number": s.number,
+                        "file": s.file_name,
+                        "sealed": s.sealed,
+                        "compressed": s.compressed,
+                        "blobs": s.blobs,
+                        "logical_bytes": s.logical_bytes,
+                        "disk_bytes": s.disk_bytes,
+                        "ratio": round(s.ratio, 4),
+                    }
+                    for s in stats.segments
+                ],
+                "totals": {
+                    "segments": len(stats.segments),
+                    "blobs": stats.blobs,
+                    "logical_bytes": stats.logical_bytes,
+                    "disk_bytes": stats.disk_bytes,
+                    "ratio": round(stats.ratio, 4),
+                },
+            }
+        )
         return EXIT_OK
     print_line(f"{'SEGMENT':>8}  {'FILE':<20} {'STATE':<7} {'BLOBS':>9} {'LOGICAL':>14} {'ON_DISK':>14} {'RATIO':>6}")
     for s in stats.segments:
-        print_line(f"{s.number:>8}  {s.file_name:<20} {'sealed' if s.sealed else 'mutable':<7} {s.blobs:>9} "
-               f"{s.logical_bytes:>14} {s.disk_bytes:>14} {s.ratio:>6.2f}")
-    print_line(f"total: {len(stats.segments)} segments, {stats.blobs} blobs, {stats.logical_bytes} logical bytes, "
-           f"{stats.disk_bytes} bytes on disk, ratio {stats.ratio:.2f}")
+        print_line(
+            f"{s.number:>8}  {s.file_name:<20} {'sealed' if s.sealed else 'mutable':<7} {s.blobs:>9} "
+            f"{s.logical_bytes:>14} {s.disk_bytes:>14} {s.ratio:>6.2f}"
+        )
+    print_line(
+        f"total: {len(stats.segments)} segments, {stats.blobs} blobs, {stats.logical_bytes} logical bytes, "
+        f"{stats.disk_bytes} bytes on disk, ratio {stats.ratio:.2f}"
+    )
     return EXIT_OK
 
 
@@ -200,8 +255,9 @@ def cmd_retention(db: FlatFileDb, args: argparse.Namespace) -> int:
             print_line(f"deleted {path}\t{len(locations)} blobs")
         sys.stdout.flush()
 
-    deleted = db.enforce_retention(max_bytes=args.max_bytes, max_age=args.max_age, keep_min=args.keep_min,
-                                   on_delete=deleting)
+    deleted = db.enforce_retention(
+        max_bytes=args.max_bytes, max_age=args.max_age, keep_min=args.keep_min, on_delete=deleting
+    )
     if not args.json:
         print_line(f"total: {len(deleted)} segments deleted, {db.stats().disk_bytes} bytes on disk")
     return EXIT_OK
@@ -213,8 +269,15 @@ def cmd_recompress(db: FlatFileDb, args: argparse.Namespace) -> int:
     results = db.recompress(segments, mode=CompressMode(args.mode), level=args.level, frame_bytes=args.frame_bytes)
     for result in results:
         if args.json:
-            print_json({"segment": result.number, "action": result.action, "disk_before": result.disk_before,
-                         "disk_after": result.disk_after, "reason": result.reason})
+            print_json(
+                {
+                    "segment": result.number,
+                    "action": result.action,
+                    "disk_before": result.disk_before,
+                    "disk_after": result.disk_after,
+                    "reason": result.reason,
+                }
+            )
         else:
             print_line(f"{result.number}\t{result.action}\t{result.disk_before}\t{result.disk_after}\t{result.reason}")
     return EXIT_OK

@@ -7,8 +7,15 @@ import math
 from typing import Any
 
 from .. import CompressMode, __version__
-from .base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, EXIT_REFUSED, HEX_LOCATION_CHARS, \
-    SMALL_BLOB_BYTES
+from .base import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_REFUSED,
+    HEX_LOCATION_CHARS,
+    SMALL_BLOB_BYTES,
+)
 from .progress import PROGRESS_MIN_BYTES
 
 LOCATION_HELP = f"""\
@@ -50,8 +57,9 @@ def _count(text: str) -> int:
 
 
 def _add_no_progress(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--no-progress", action="store_true", default=default,
-                        help="never draw a progress bar on standard error")
+    parser.add_argument(
+        "--no-progress", action="store_true", default=default, help="never draw a progress bar on standard error"
+    )
 
 
 def _add_store_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -59,44 +67,73 @@ def _add_store_options(parser: argparse.ArgumentParser, default: Any) -> None:
     their defaults) and on each subcommand (``argparse.SUPPRESS``: a value given before the
     subcommand is kept), so ``ffdb --datadir D info`` and ``ffdb info --datadir D`` both work."""
     parser.add_argument("--datadir", metavar="DIR", default=default, help="directory of the store (required)")
-    parser.add_argument("--lock", metavar="PATH", default=default,
-                        help="inter-process lock file shared by every user of the store (default: DIR.lock)")
-    parser.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS", default=default,
-                        help="give up (exit 2) when the store's lock is not acquired within SECONDS "
-                             "(default: wait for ever)")
-    parser.add_argument("--fsync", action="store_true", default=False if default is None else default,
-                        help="make every stored blob durable before reporting its location")
+    parser.add_argument(
+        "--lock",
+        metavar="PATH",
+        default=default,
+        help="inter-process lock file shared by every user of the store (default: DIR.lock)",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        default=default,
+        help="give up (exit 2) when the store's lock is not acquired within SECONDS (default: wait for ever)",
+    )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        default=False if default is None else default,
+        help="make every stored blob durable before reporting its location",
+    )
 
 
 def _add_data_commands(commands: Any) -> list[argparse.ArgumentParser]:
     """put, get and ls: blobs in and out."""
-    put = commands.add_parser("put", help="store each FILE as one blob and print its location",
-                              description="Store each FILE as one blob; print one line per file: FILE, "
-                                          "file_path, start, end, packed location (hex), tab-separated. "
-                                          f"Files larger than {SMALL_BLOB_BYTES >> 20} MiB are streamed "
-                                          "(constant memory) into a segment of their own; smaller ones "
-                                          "are stored in groups.")
+    put = commands.add_parser(
+        "put",
+        help="store each FILE as one blob and print its location",
+        description="Store each FILE as one blob; print one line per file: FILE, "
+        "file_path, start, end, packed location (hex), tab-separated. "
+        f"Files larger than {SMALL_BLOB_BYTES >> 20} MiB are streamed "
+        "(constant memory) into a segment of their own; smaller ones "
+        "are stored in groups.",
+    )
     put.add_argument("files", nargs="+", metavar="FILE", help="file to store ('-' reads standard input)")
     put.add_argument("--json", action="store_true", help="print one JSON object per line instead")
-    put.add_argument("--compress", action="store_true",
-                     help="open the store with compression: new segments and streamed files are "
-                          "seekable Zstandard")
+    put.add_argument(
+        "--compress",
+        action="store_true",
+        help="open the store with compression: new segments and streamed files are seekable Zstandard",
+    )
     # On the subcommands too (``ffdb ... put --no-progress``); SUPPRESS keeps a global one.
     _add_no_progress(put, argparse.SUPPRESS)
 
-    get = commands.add_parser("get", help="write blobs (or slices of them) to standard output",
-                              description="Write the bytes of the blob at each LOCATION (or a slice of "
-                                          "each) to standard output, one after the other in the order "
-                                          "given; they are read in disk order.",
-                              epilog=LOCATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    get = commands.add_parser(
+        "get",
+        help="write blobs (or slices of them) to standard output",
+        description="Write the bytes of the blob at each LOCATION (or a slice of "
+        "each) to standard output, one after the other in the order "
+        "given; they are read in disk order.",
+        epilog=LOCATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     get.add_argument("location", nargs="+", metavar="LOCATION", help="packed hex location or FILE_PATH:START:END")
-    get.add_argument("--slice", nargs=2, type=int, metavar=("START", "END"),
-                     help="byte range relative to each blob; END 0 means to the end of the blob")
+    get.add_argument(
+        "--slice",
+        nargs=2,
+        type=int,
+        metavar=("START", "END"),
+        help="byte range relative to each blob; END 0 means to the end of the blob",
+    )
     _add_no_progress(get, argparse.SUPPRESS)
 
-    ls = commands.add_parser("ls", help="list every blob: file_path, start, end, size, packed location",
-                             description="List every committed blob in disk order, one tab-separated "
-                                         "line each: file_path, start, end, size, packed location (hex).")
+    ls = commands.add_parser(
+        "ls",
+        help="list every blob: file_path, start, end, size, packed location",
+        description="List every committed blob in disk order, one tab-separated "
+        "line each: file_path, start, end, size, packed location (hex).",
+    )
     ls.add_argument("--json", action="store_true", help="print one JSON object per line instead")
     return [put, get, ls]
 
@@ -107,8 +144,11 @@ def _add_inspect_commands(commands: Any) -> list[argparse.ArgumentParser]:
     info.add_argument("--json", action="store_true", help="print one JSON document instead")
 
     verify = commands.add_parser("verify", help="check every blob against its checksum (exit 1 on problems)")
-    verify.add_argument("--quick", action="store_true",
-                        help="structure only (indexes, sizes, seek tables); no checksums, no decompression")
+    verify.add_argument(
+        "--quick",
+        action="store_true",
+        help="structure only (indexes, sizes, seek tables); no checksums, no decompression",
+    )
     _add_no_progress(verify, argparse.SUPPRESS)
 
     stats = commands.add_parser("stats", help="logical and on-disk bytes, ratio and blobs per segment")
@@ -118,40 +158,61 @@ def _add_inspect_commands(commands: Any) -> list[argparse.ArgumentParser]:
 
 def _add_maintenance_commands(commands: Any) -> list[argparse.ArgumentParser]:
     """rotate, delete, retention and recompress: they change an existing store (never create one)."""
-    rotate = commands.add_parser("rotate", help="seal the mutable segment and start a new one",
-                                 description="Seal the mutable segment now (a no-op when it is empty) and "
-                                             "print the new mutable segment's file and number.")
+    rotate = commands.add_parser(
+        "rotate",
+        help="seal the mutable segment and start a new one",
+        description="Seal the mutable segment now (a no-op when it is empty) and "
+        "print the new mutable segment's file and number.",
+    )
     rotate.add_argument("--json", action="store_true", help="print one JSON object instead")
 
-    delete = commands.add_parser("delete", help="delete sealed segments and every blob in them",
-                                 description="Delete each SEGMENT (sealed only; the mutable one is refused "
-                                             f"with exit {EXIT_REFUSED}) and print its file.",
-                                 epilog=LOCATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    delete = commands.add_parser(
+        "delete",
+        help="delete sealed segments and every blob in them",
+        description="Delete each SEGMENT (sealed only; the mutable one is refused "
+        f"with exit {EXIT_REFUSED}) and print its file.",
+        epilog=LOCATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     delete.add_argument("segments", nargs="+", metavar="SEGMENT", help="segment number or data file")
 
-    retention = commands.add_parser("retention", help="delete the oldest sealed segments past a size or age",
-                                    description="Delete the oldest sealed segments until the store holds at "
-                                                "most --max-bytes on disk and none is older than --max-age "
-                                                "seconds, keeping at least --keep-min; prints each deleted one.")
+    retention = commands.add_parser(
+        "retention",
+        help="delete the oldest sealed segments past a size or age",
+        description="Delete the oldest sealed segments until the store holds at "
+        "most --max-bytes on disk and none is older than --max-age "
+        "seconds, keeping at least --keep-min; prints each deleted one.",
+    )
     retention.add_argument("--max-bytes", type=_count, metavar="BYTES", help="bound on the bytes on disk")
-    retention.add_argument("--max-age", type=_seconds, metavar="SECONDS",
-                           help="bound on the age of a sealed segment (since its seal)")
-    retention.add_argument("--keep-min", type=_count, default=0, metavar="N",
-                           help="never keep fewer than N sealed segments (default 0)")
+    retention.add_argument(
+        "--max-age", type=_seconds, metavar="SECONDS", help="bound on the age of a sealed segment (since its seal)"
+    )
+    retention.add_argument(
+        "--keep-min", type=_count, default=0, metavar="N", help="never keep fewer than N sealed segments (default 0)"
+    )
     retention.add_argument("--json", action="store_true", help="print one JSON object per deleted segment")
 
-    recompress = commands.add_parser("recompress", help="rewrite sealed segments compressed, raw, or reframed",
-                                     description="Rewrite each SEGMENT (default: every sealed one); every "
-                                                 "location stays valid. Prints one line per segment: number, "
-                                                 "action, bytes on disk before and after, reason.",
-                                     epilog=LOCATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    recompress = commands.add_parser(
+        "recompress",
+        help="rewrite sealed segments compressed, raw, or reframed",
+        description="Rewrite each SEGMENT (default: every sealed one); every "
+        "location stays valid. Prints one line per segment: number, "
+        "action, bytes on disk before and after, reason.",
+        epilog=LOCATION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     recompress.add_argument("segments", nargs="*", metavar="SEGMENT", help="segment number or data file")
-    recompress.add_argument("--mode", choices=[mode.value for mode in CompressMode], default="auto",
-                            help="yes: compress; no: raw; keep: as they are (with --level or --frame-bytes: "
-                                 "reframe); auto (default): compress where a sample shows it pays")
+    recompress.add_argument(
+        "--mode",
+        choices=[mode.value for mode in CompressMode],
+        default="auto",
+        help="yes: compress; no: raw; keep: as they are (with --level or --frame-bytes: "
+        "reframe); auto (default): compress where a sample shows it pays",
+    )
     recompress.add_argument("--level", type=int, metavar="N", help="Zstandard level (default: the store's)")
-    recompress.add_argument("--frame-bytes", type=_count, metavar="BYTES",
-                            help="uncompressed bytes per frame (default: the store's)")
+    recompress.add_argument(
+        "--frame-bytes", type=_count, metavar="BYTES", help="uncompressed bytes per frame (default: the store's)"
+    )
     recompress.add_argument("--json", action="store_true", help="print one JSON object per line instead")
     return [rotate, delete, retention, recompress]
 
@@ -162,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ffdb",
         # Written out: --datadir is required but not required=True, which would refuse it after the subcommand.
         usage="%(prog)s [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
-              "[--version] COMMAND ...",
+        "[--version] COMMAND ...",
         description="Append-only flat-file BLOB store: store files as blobs, read them back, "
-                    "inspect, verify, maintain.",
+        "inspect, verify, maintain.",
         epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -172,7 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_no_progress(parser, False)
     parser.add_argument("--version", action="version", version=f"ffdb {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="ffdb")
-    for command in _add_data_commands(commands) + _add_inspect_commands(commands) \
-            + _add_maintenance_commands(commands):
+    for command in _add_data_commands(commands) + _add_inspect_commands(commands) + _add_maintenance_commands(commands):
         _add_store_options(command, argparse.SUPPRESS)
     return parser

@@ -67,13 +67,22 @@ def make_bar(label: str, total: int | None, no_progress: bool) -> Bar:
     stream = progress_stream(no_progress)
     if stream is None or (total is not None and total <= PROGRESS_MIN_BYTES) or tqdm_class() is None:
         return NoBar()
-    progress: Bar = tqdm_class()(total=total, desc=label, file=stream, unit="B", unit_scale=True, unit_divisor=1024,
-                           ascii=True, mininterval=PROGRESS_INTERVAL_SECONDS,
-                           delay=0 if total is not None else PROGRESS_DELAY_SECONDS, **_shape(stream))
+    progress: Bar = tqdm_class()(
+        total=total,
+        desc=label,
+        file=stream,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        ascii=True,
+        mininterval=PROGRESS_INTERVAL_SECONDS,
+        delay=0 if total is not None else PROGRESS_DELAY_SECONDS,
+        **_shape(stream),
+    )
     return progress
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tqdm_class() -> Any:
     """``tqdm.tqdm``, or None without the extra "progress". Imported when a bar is about to be
     drawn, not with the command line: the import costs about 60 ms, a tenth of a small get."""

@@ -87,8 +87,9 @@ class _Input:
         self.counted = _Counted(self._source.__enter__(), self._bar)
         return self.counted
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._source is not None:
             self._source.__exit__(exc_type, exc, tb)
         self.done = exc_type is None
@@ -138,8 +139,12 @@ class _Puts:
         try:
             # small_bytes + 1: an input of exactly SMALL_BLOB_BYTES is small; batch_bytes above a
             # group's size: put_streams stores a group of small inputs in one put_many, at its end.
-            locations = self._db.put_streams(inputs, open_streams=True, small_bytes=SMALL_BLOB_BYTES + 1,
-                                             batch_bytes=BATCH_BYTES + 2 * SMALL_BLOB_BYTES)
+            locations = self._db.put_streams(
+                inputs,
+                open_streams=True,
+                small_bytes=SMALL_BLOB_BYTES + 1,
+                batch_bytes=BATCH_BYTES + 2 * SMALL_BLOB_BYTES,
+            )
         except Exception as exc:
             if len(inputs) > 1 and not isinstance(exc, BrokenPipeError):
                 self._store_before_failure(indexes, inputs)
@@ -158,8 +163,7 @@ class _Puts:
         already: storing them again would make copies).
         """
         failed = next((position for position, item in enumerate(inputs) if not item.done), None)
-        if not failed or any(item.counted is None or item.counted.count > SMALL_BLOB_BYTES
-                             for item in inputs[:failed]):
+        if not failed or any(item.counted is None or item.counted.count > SMALL_BLOB_BYTES for item in inputs[:failed]):
             return
         with contextlib.suppress(Exception):  # the error being raised is the one to report
             self._store(indexes[:failed])
@@ -171,7 +175,7 @@ class _Puts:
 
     def print_stored(self) -> None:
         """After a failure: print every stored line not printed yet (in order, gaps skipped)."""
-        for name, location in self._lines[self._printed:]:
+        for name, location in self._lines[self._printed :]:
             if location is not None:
                 self._print(name, location)
         self._printed = len(self._lines)
@@ -181,8 +185,15 @@ class _Puts:
         if self._clear:
             self._bar.clear()
         if self._json:
-            print_json({"file": name, "file_path": location.file_path, "start_offset": location.start_offset,
-                         "end_offset": location.end_offset, "packed": packed})
+            print_json(
+                {
+                    "file": name,
+                    "file_path": location.file_path,
+                    "start_offset": location.start_offset,
+                    "end_offset": location.end_offset,
+                    "packed": packed,
+                }
+            )
         else:
             print_line(f"{name}\t{location.file_path}\t{location.start_offset}\t{location.end_offset}\t{packed}")
         sys.stdout.flush()  # a later failure must not hide locations already stored

@@ -42,8 +42,13 @@ class DeleteBeforeOpen:
         self.armed = False  # audit hooks cannot be removed: this one must not fire in a later test
 
     def _hook(self, event: str, args: tuple[object, ...]) -> None:
-        if self.armed and event == "open" and args and args[0] == self.name \
-                and threading.current_thread() is self.thread:
+        if (
+            self.armed
+            and event == "open"
+            and args
+            and args[0] == self.name
+            and threading.current_thread() is self.thread
+        ):
             self.armed = False  # first: the delete opens files too
             self.deleter.delete_file(self.deleter.segment_path(self.number))
             self.fired = True
@@ -62,8 +67,7 @@ def sealed_store(make_store: StoreFactory, **options: object) -> tuple[FlatFileD
 
 
 @pytest.mark.parametrize("call", ["stats", "enforce_retention"])
-def test_stats_and_retention_skip_a_segment_deleted_while_they_read_it(make_store: StoreFactory,
-                                                                        call: str) -> None:
+def test_stats_and_retention_skip_a_segment_deleted_while_they_read_it(make_store: StoreFactory, call: str) -> None:
     """Segment 1's data file was opened and sized; it is deleted before its index is read. It was
     taken for a segment written without an index and reopened: FileNotFoundError out of stats()."""
     db, other = sealed_store(make_store)
@@ -77,8 +81,7 @@ def test_stats_and_retention_skip_a_segment_deleted_while_they_read_it(make_stor
 
 
 @pytest.mark.parametrize("mode", [CompressMode.AUTO, CompressMode.YES])
-def test_recompress_of_a_segment_deleted_meanwhile_says_vanished(make_store: StoreFactory,
-                                                                  mode: CompressMode) -> None:
+def test_recompress_of_a_segment_deleted_meanwhile_says_vanished(make_store: StoreFactory, mode: CompressMode) -> None:
     """Segment 1 is deleted after recompress found its file and before it opened it: the result
     says "vanished", as for a segment deleted before; nothing is raised."""
     db, other = sealed_store(make_store)

@@ -64,8 +64,9 @@ class Job(NamedTuple):
     online_verify: bool = False
 
 
-def read_batch(db: FlatFileDb, rng: random.Random,
-               batch: list[tuple[DataLocation, bytes]]) -> list[tuple[bytes, bytes]]:
+def read_batch(
+    db: FlatFileDb, rng: random.Random, batch: list[tuple[DataLocation, bytes]]
+) -> list[tuple[bytes, bytes]]:
     """Read ``batch`` one of four ways (get, slice, get_many, open_blob); returns (read, expected) pairs."""
     how = rng.randrange(4)
     if how == 0:
@@ -152,7 +153,8 @@ class Workers:
         """Start ``target(job, ready, stop, results, *extra)``."""
         ready = self.ctx.Event()
         proc = self.ctx.Process(  # type: ignore[attr-defined]  # BaseContext's stub lacks Process
-            target=target, args=(job, ready, self.stop, self.results, *extra))
+            target=target, args=(job, ready, self.stop, self.results, *extra)
+        )
         proc.start()
         self.procs.append(proc)
         self.readies.append(ready)
@@ -275,11 +277,13 @@ def test_recompress_under_readers_and_a_writer(make_store: StoreFactory, tmp_pat
     assert verified.ok, str(verified)
     assert verified.blobs == len(entries) + len(writer["entries"])
 
+
 RACE_SECONDS = 4.0
 
 
-def race_reader(job: Job, ready: Event, stop: Event, results: Queue[dict[str, Any]],
-                failures: Synchronized[int]) -> None:
+def race_reader(
+    job: Job, ready: Event, stop: Event, results: Queue[dict[str, Any]], failures: Synchronized[int]
+) -> None:
     """Read (or verify without checksums) in a tight loop; count every failure in ``failures``."""
     out: dict[str, Any] = {"role": "verify(full=False)" if job.online_verify else "get", "calls": 0, "errors": []}
     try:

@@ -92,15 +92,22 @@ def stream_hash(db: FlatFileDb, location: DataLocation) -> str:
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
-def test_small_puts_continue_during_a_long_put_stream(make_store: StoreFactory, tmp_path: Path,
-                                                      compressed: bool) -> None:
+def test_small_puts_continue_during_a_long_put_stream(
+    make_store: StoreFactory, tmp_path: Path, compressed: bool
+) -> None:
     """Max latency of small puts stays < 1 s while another process streams for seconds."""
     db = make_store(use_compression=compressed)
     db.put(b"parent is up")
-    config = {"datadir": str(tmp_path / "store"), "lock": str(tmp_path / "store.lock"), "compressed": compressed,
-              "total": STREAM_BYTES, "sleep": 0.012}
-    with subprocess.Popen([sys.executable, "-c", _STREAMER, json.dumps(config)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as child:
+    config = {
+        "datadir": str(tmp_path / "store"),
+        "lock": str(tmp_path / "store.lock"),
+        "compressed": compressed,
+        "total": STREAM_BYTES,
+        "sleep": 0.012,
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", _STREAMER, json.dumps(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
         assert child.stdout is not None
         start = json.loads(child.stdout.readline())
         assert start["event"] == "start", start
@@ -113,9 +120,11 @@ def test_small_puts_continue_during_a_long_put_stream(make_store: StoreFactory, 
     latencies = [returned - started for started, returned, _, _ in puts]
     completions = [start["t"]] + during + [end["t"]]
     gaps = [later - earlier for earlier, later in zip(completions, completions[1:])]
-    print(f"{'zstd' if compressed else 'raw'}: stream {STREAM_BYTES / MB:.0f} MB in {stream_seconds:.2f} s; "
-          f"{len(during)} small puts during it; max put latency {max(latencies) * 1000:.1f} ms; "
-          f"longest stretch without a completed put {max(gaps) * 1000:.1f} ms")
+    print(
+        f"{'zstd' if compressed else 'raw'}: stream {STREAM_BYTES / MB:.0f} MB in {stream_seconds:.2f} s; "
+        f"{len(during)} small puts during it; max put latency {max(latencies) * 1000:.1f} ms; "
+        f"longest stretch without a completed put {max(gaps) * 1000:.1f} ms"
+    )
     assert stream_seconds > 2 * MAX_PUT_SECONDS, "the stream must last long enough for the check to mean something"
     assert max(latencies) < MAX_PUT_SECONDS
     assert max(gaps) < MAX_PUT_SECONDS, "small puts stopped completing for a while during the stream"

@@ -103,8 +103,9 @@ _MEMORY_CHILD = textwrap.dedent(
 
 def run_child(script: str, config: dict[str, Any], timeout: float = CHILD_SECONDS) -> dict[str, Any]:
     """Run ``script`` with the JSON config; its last stdout line is its JSON result."""
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -114,22 +115,31 @@ def run_child(script: str, config: dict[str, Any], timeout: float = CHILD_SECOND
 def test_put_stream_and_open_blob_in_constant_memory(tmp_path: Path, compressed: bool) -> None:
     """300 MB through put_stream and back through open_blob: peak RSS of each child < 150 MB
     (the default 64 MiB frame cache included), and the bytes read hash like the bytes put."""
-    base = {"datadir": str(tmp_path / "store"), "lock": str(tmp_path / "store.lock"), "compressed": compressed,
-            "seed": 17}
+    base = {
+        "datadir": str(tmp_path / "store"),
+        "lock": str(tmp_path / "store.lock"),
+        "compressed": compressed,
+        "seed": 17,
+    }
     written = run_child(_MEMORY_CHILD, {**base, "mode": "write", "total": STREAM_BYTES})
-    print(f"write ({'zstd' if compressed else 'raw'}): peak RSS {written['peak_rss'] / MB:.0f} MB "
-          f"(ru_maxrss {written['ru_maxrss'] / MB:.0f} MB), {written['seconds']:.1f} s")
+    print(
+        f"write ({'zstd' if compressed else 'raw'}): peak RSS {written['peak_rss'] / MB:.0f} MB "
+        f"(ru_maxrss {written['ru_maxrss'] / MB:.0f} MB), {written['seconds']:.1f} s"
+    )
     location = written["location"]
     assert location[1:] == [0, STREAM_BYTES]
     read = run_child(_MEMORY_CHILD, {**base, "mode": "read", "location": location})
-    print(f"read ({'zstd' if compressed else 'raw'}): peak RSS {read['peak_rss'] / MB:.0f} MB "
-          f"(ru_maxrss {read['ru_maxrss'] / MB:.0f} MB), {read['seconds']:.1f} s")
+    print(
+        f"read ({'zstd' if compressed else 'raw'}): peak RSS {read['peak_rss'] / MB:.0f} MB "
+        f"(ru_maxrss {read['ru_maxrss'] / MB:.0f} MB), {read['seconds']:.1f} s"
+    )
     assert read["size"] == STREAM_BYTES
     assert read["hash"] == written["hash"]
     assert written["peak_rss"] < RSS_LIMIT_BYTES, f"put_stream peaked at {written['peak_rss'] / MB:.0f} MB RSS"
     assert read["peak_rss"] < RSS_LIMIT_BYTES, (
         f"reading a {STREAM_BYTES / MB:.0f} MB blob through open_blob in 1 MiB reads peaked at "
-        f"{read['peak_rss'] / MB:.0f} MB RSS")
+        f"{read['peak_rss'] / MB:.0f} MB RSS"
+    )
 
 
 _FILES_CHILD = textwrap.dedent(
@@ -236,9 +246,18 @@ def test_put_streams_5000_files_with_64_descriptors(tmp_path: Path, five_thousan
     """put_streams of 5,000 files (6 above small_bytes, so they go through put_stream) with
     RLIMIT_NOFILE=64, as LazyOpener items (open_streams=True) and as str/Path items: at most one
     input open at a time; every location reads back its file's bytes, in input order."""
-    results = run_child(_FILES_CHILD, {"root": str(tmp_path), "compressed": compressed, "list": str(five_thousand),
-                                       "phases": ["openers", "paths"], "nofile": 64, "small_bytes": 4096,
-                                       "batch_bytes": 256 * 1024})
+    results = run_child(
+        _FILES_CHILD,
+        {
+            "root": str(tmp_path),
+            "compressed": compressed,
+            "list": str(five_thousand),
+            "phases": ["openers", "paths"],
+            "nofile": 64,
+            "small_bytes": 4096,
+            "batch_bytes": 256 * 1024,
+        },
+    )
     print(results)
     for phase in ("openers", "paths"):
         result = results[phase]
@@ -254,9 +273,18 @@ def test_reads_after_put_streams_of_many_large_files_with_64_descriptors(tmp_pat
     limit that writing them did: a reader must not keep a descriptor (and a map) open for
     every segment it has read, beyond what the process may open."""
     listing = make_files(scratch / "large", 100, 100, 4096, seed=3)
-    results = run_child(_FILES_CHILD, {"root": str(tmp_path), "compressed": False, "list": str(listing),
-                                       "phases": ["paths"], "nofile": 64, "small_bytes": 4096,
-                                       "batch_bytes": 256 * 1024})
+    results = run_child(
+        _FILES_CHILD,
+        {
+            "root": str(tmp_path),
+            "compressed": False,
+            "list": str(listing),
+            "phases": ["paths"],
+            "nofile": 64,
+            "small_bytes": 4096,
+            "batch_bytes": 256 * 1024,
+        },
+    )
     result = results["paths"]
     print(result)
     assert result.get("count") == 100, result

@@ -80,6 +80,7 @@ def assert_no_overlaps(locations: Iterable[DataLocation]) -> None:
 
 def assert_same_locations(returned: Iterable[DataLocation], stored: Iterable[DataLocation]) -> None:
     """The store lists exactly the returned locations: as a multiset, compared by segment number."""
+
     def key(loc: DataLocation) -> tuple[int, int, int]:
         return (segment_number(loc), loc.start_offset, loc.end_offset)
 
@@ -89,7 +90,8 @@ def assert_same_locations(returned: Iterable[DataLocation], stored: Iterable[Dat
     extra = stored_set - returned_set
     assert not lost and not extra, (
         f"{sum(lost.values())} returned locations missing from iter_locations() (e.g. {list(lost)[:5]}), "
-        f"{sum(extra.values())} listed but never returned (e.g. {list(extra)[:5]})")
+        f"{sum(extra.values())} listed but never returned (e.g. {list(extra)[:5]})"
+    )
 
 
 def format_entry(key: str, loc: DataLocation) -> str:
@@ -135,8 +137,7 @@ def read_report(path: Path) -> tuple[list[Entry], int | None]:
     return ReportTail(path).poll(), total
 
 
-def put_some(db: FlatFileDb, rng: random.Random, prefix: str, counter: int,
-             batch_fraction: float) -> list[Entry]:
+def put_some(db: FlatFileDb, rng: random.Random, prefix: str, counter: int, batch_fraction: float) -> list[Entry]:
     """One put, or (``batch_fraction`` of the time) one put_many of 0..5 blobs, keyed
     ``prefix-counter``, ``prefix-counter+1``...; returns (key, location) pairs in order."""
     if rng.random() < batch_fraction:
@@ -178,8 +179,9 @@ def run_guarded(err_path: str, body: Callable[[], None]) -> None:
         raise
 
 
-def start_processes(ctx: BaseContext, target: Callable[..., None],
-                    args_list: list[tuple[Any, ...]]) -> list[BaseProcess]:
+def start_processes(
+    ctx: BaseContext, target: Callable[..., None], args_list: list[tuple[Any, ...]]
+) -> list[BaseProcess]:
     """Start one process per argument tuple."""
     procs = [ctx.Process(target=target, args=args) for args in args_list]  # type: ignore[attr-defined]
     for proc in procs:
@@ -371,18 +373,34 @@ def _process_writer(args: WriterArgs, barrier: Barrier) -> None:
     db.close()
 
 
-def run_writers(db: FlatFileDb, tmp_path: Path, start_method: str, compression: list[bool],
-                entries: list[Entry]) -> list[Entry]:
+def run_writers(
+    db: FlatFileDb, tmp_path: Path, start_method: str, compression: list[bool], entries: list[Entry]
+) -> list[Entry]:
     """Run one writer process per entry of ``compression`` (its use_compression) on ``db``'s
     datadir; check every entry they reported and ``entries`` (written before); return theirs."""
     ctx = multiprocessing.get_context(start_method)
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
     barrier = ctx.Barrier(len(compression))
-    procs = start_processes(ctx, process_writer, [
-        (WriterArgs(worker, str(db.datadir), str(db.mutable_file_lock_path), str(report_dir), compressed,
-                    len(compression), len(set(compression)) > 1), barrier)
-        for worker, compressed in enumerate(compression)])
+    procs = start_processes(
+        ctx,
+        process_writer,
+        [
+            (
+                WriterArgs(
+                    worker,
+                    str(db.datadir),
+                    str(db.mutable_file_lock_path),
+                    str(report_dir),
+                    compressed,
+                    len(compression),
+                    len(set(compression)) > 1,
+                ),
+                barrier,
+            )
+            for worker, compressed in enumerate(compression)
+        ],
+    )
     join_all(procs, report_dir)
 
     theirs: list[Entry] = []
@@ -403,8 +421,9 @@ def run_writers(db: FlatFileDb, tmp_path: Path, start_method: str, compression: 
 
 @COMPRESSION
 @pytest.mark.parametrize("start_method", ["spawn", "fork"])
-def test_processes_each_with_own_instance(make_store: StoreFactory, tmp_path: Path,
-                                          start_method: str, use_compression: bool) -> None:
+def test_processes_each_with_own_instance(
+    make_store: StoreFactory, tmp_path: Path, start_method: str, use_compression: bool
+) -> None:
     """4 processes write to one datadir at once, each through its own FlatFileDb."""
     # Opened before the fork: children inherit its lock registry, mapping and (compressed) its
     # thread-local compressor, used here once before the fork.
@@ -434,7 +453,8 @@ def test_processes_mixed_compression(make_store: StoreFactory, tmp_path: Path) -
     for worker, counts in enumerate(kinds):
         assert set(counts) == {"raw", "zstd"}, (
             f"process {worker} (use_compression={worker % 2 == 0}) appended only to {set(counts)} segments "
-            f"in {MIXED_MAX_OPS} operations: {kinds}")
+            f"in {MIXED_MAX_OPS} operations: {kinds}"
+        )
     suffixes = {name.partition(".")[2] for name in os.listdir(db.datadir) if name.startswith("data_")}
     assert suffixes == {"dat", "dat.zst", "idx"}, suffixes
     in_kinds = Counter("zstd" if loc.file_path.endswith(".zst") else "raw" for _key, loc in entries)
@@ -459,9 +479,16 @@ class Paths(NamedTuple):
     use_compression: bool
 
 
-def _reporting_writer(paths: Paths, barrier: Barrier, segment_bytes: int, prefix: str, report_name: str,  # pylint: disable=too-many-arguments
-                      pause: float) -> None:
+def _reporting_writer(
+    paths: Paths,
+    barrier: Barrier,
+    segment_bytes: int,
+    prefix: str,
+    report_name: str,  # pylint: disable=too-many-arguments
+    pause: float,
+) -> None:
     """Put for READ_SECONDS, appending each location to ``report_name`` at once."""
+
     def body() -> None:
         db = open_store(paths.datadir, paths.lock_path, paths.use_compression)
         db.MAX_DAT_FILE_SIZE = segment_bytes
@@ -477,6 +504,7 @@ def _reporting_writer(paths: Paths, barrier: Barrier, segment_bytes: int, prefix
                 if pause:
                     time.sleep(pause)
         db.close()
+
     run_guarded(os.path.join(paths.report_dir, f"{report_name}.err"), body)
 
 
@@ -494,6 +522,7 @@ def tiny_rotator(paths: Paths, barrier: Barrier) -> None:
 def sealed_deleter(paths: Paths, barrier: Barrier) -> None:
     """Deletes the oldest sealed segments, keeping KEEP_SEALED; logs "start N" before each
     delete_file and "done N" after it returned."""
+
     def body() -> None:
         db = FlatFileDb(paths.datadir, paths.lock_path)
         barrier.wait()
@@ -510,6 +539,7 @@ def sealed_deleter(paths: Paths, barrier: Barrier) -> None:
                     log.flush()
                 time.sleep(0.005)
         db.close()
+
     run_guarded(os.path.join(paths.report_dir, "deleter.err"), body)
 
 
@@ -519,8 +549,9 @@ def deletions(deleted_log: Path, stage: str) -> set[int]:
     return {int(number) for what, number in zip(words[::2], words[1::2]) if what == stage}
 
 
-def read_or_deleted(db: FlatFileDb, rng: random.Random, key: str, loc: DataLocation, deleted_log: Path,
-                    who: str) -> bool:
+def read_or_deleted(
+    db: FlatFileDb, rng: random.Random, key: str, loc: DataLocation, deleted_log: Path, who: str
+) -> bool:
     """Read one location (or a slice of it): True for the right bytes, False for FileNotFoundError
     of a deleted segment.
 
@@ -533,7 +564,8 @@ def read_or_deleted(db: FlatFileDb, rng: random.Random, key: str, loc: DataLocat
         read_and_check(db, rng, key, loc, who)
     except FileNotFoundError:
         assert number in deletions(deleted_log, "start"), (
-            f"{who}: {loc} not found, but segment {number} was never deleted")
+            f"{who}: {loc} not found, but segment {number} was never deleted"
+        )
         return False
     assert not gone_before, f"{who}: {loc} read after segment {number}'s delete_file had returned"
     return True
@@ -542,6 +574,7 @@ def read_or_deleted(db: FlatFileDb, rng: random.Random, key: str, loc: DataLocat
 def lock_free_reader(reader: int, paths: Paths, barrier: Barrier) -> None:
     """Reads the newest and recent locations of both writers without a lock; right bytes or
     FileNotFoundError only. Counts reads of the newest blob and of segments sealed before the read."""
+
     def body() -> None:
         db = FlatFileDb(paths.datadir, paths.lock_path)
         rng = random.Random(reader)
@@ -568,6 +601,7 @@ def lock_free_reader(reader: int, paths: Paths, barrier: Barrier) -> None:
                 stats["not_found"] += 1
         Path(paths.report_dir, f"reader{reader}.json").write_text(json.dumps(stats), encoding="utf-8")
         db.close()
+
     run_guarded(os.path.join(paths.report_dir, f"reader{reader}.err"), body)
 
 
@@ -580,14 +614,16 @@ def reframed(datadir: Path, number: int) -> bool:
     table = len(data) - 9 - count * entry
     in_file = [struct.unpack_from("<II", data, table + i * entry) for i in range(count)]
     index = (datadir / f"data_{number:08d}.idx").read_bytes()
-    in_index = [struct.unpack_from("<II", index, at + 16)[::-1] for at in range(32, len(index) - 31, 32)
-                if index[at] == 2]  # FRAME records: b = csize << 32 | dsize
+    in_index = [
+        struct.unpack_from("<II", index, at + 16)[::-1] for at in range(32, len(index) - 31, 32) if index[at] == 2
+    ]  # FRAME records: b = csize << 32 | dsize
     return [e for e in in_file if e[1]] != [e for e in in_index if e[1]]
 
 
 @COMPRESSION
-def test_lock_free_readers_against_growth_and_deletion(make_store: StoreFactory, tmp_path: Path,
-                                                       use_compression: bool) -> None:
+def test_lock_free_readers_against_growth_and_deletion(
+    make_store: StoreFactory, tmp_path: Path, use_compression: bool
+) -> None:
     """Readers in 2 processes read while a writer grows the mutable segment, a second writer
     with a tiny MAX_DAT_FILE_SIZE seals it every few ms (compressed: and re-frames each sealed
     segment under the readers) and a deleter removes sealed segments: each read gives the right
@@ -655,12 +691,15 @@ def fair_writer(worker: int, paths: Paths, barrier: Barrier) -> None:
             now = time.perf_counter()
             latencies.append(now - before)
         latencies.sort()
-        stats = {"puts": len(latencies),
-                 "p50_ms": 1000 * latencies[len(latencies) // 2],
-                 "p99_ms": 1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
-                 "max_ms": 1000 * latencies[-1]}
+        stats = {
+            "puts": len(latencies),
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)],
+            "max_ms": 1000 * latencies[-1],
+        }
         Path(report_dir, f"fair{worker}.json").write_text(json.dumps(stats), encoding="utf-8")
         db.close()
+
     run_guarded(os.path.join(report_dir, f"fair{worker}.err"), body)
 
 
@@ -677,8 +716,10 @@ def test_writer_fairness(make_store: StoreFactory, tmp_path: Path, use_compressi
     join_all(procs, report_dir)
     stats = [load_json(report_dir / f"fair{worker}.json") for worker in range(PROCESSES)]
     for worker, stat in enumerate(stats):
-        print(f"writer {worker}: {stat['puts']} puts, p50 {stat['p50_ms']:.3f} ms, "
-              f"p99 {stat['p99_ms']:.3f} ms, max {stat['max_ms']:.1f} ms")
+        print(
+            f"writer {worker}: {stat['puts']} puts, p50 {stat['p50_ms']:.3f} ms, "
+            f"p99 {stat['p99_ms']:.3f} ms, max {stat['max_ms']:.1f} ms"
+        )
     counts = [stat["puts"] for stat in stats]
     assert min(counts) >= FAIR_MIN_PUTS, f"a writer was starved: puts per process {counts}"
     assert min(counts) * 50 >= max(counts), f"a writer got under 2% of the busiest one's puts: {counts}"

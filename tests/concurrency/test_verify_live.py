@@ -50,14 +50,15 @@ def fill(db: FlatFileDb, rng: random.Random, puts: int, seal: bool) -> None:
 
 def rotate_after_first_segment(db: FlatFileDb) -> Callable[[int, int], None]:
     """A progress callback that seals the mutable segment once verify has checked segment 0."""
+
     def progress(done: int, _total: int) -> None:
         if done == 1:
             db.rotate()
+
     return progress
 
 
-def test_verify_of_a_mutable_segment_sealed_and_reframed_meanwhile_reports_nothing(
-        make_store: StoreFactory) -> None:
+def test_verify_of_a_mutable_segment_sealed_and_reframed_meanwhile_reports_nothing(make_store: StoreFactory) -> None:
     """Segment 1 is mutable when verify starts; it is sealed and re-framed (a new file with other
     frames renamed over it) before verify reaches it. Its index was read for the mutable view's
     frames against the new file's bytes: 'truncated' and 'bad-frame' that were not there."""
@@ -73,7 +74,8 @@ def test_verify_of_a_mutable_segment_sealed_and_reframed_meanwhile_reports_nothi
 
 
 def test_verify_of_a_raw_mutable_segment_sealed_and_compressed_meanwhile_reports_nothing(
-        make_store: StoreFactory) -> None:
+    make_store: StoreFactory,
+) -> None:
     """With use_compression=AUTO a raw mutable segment is compressed when sealed: a '.dat.zst'
     file under an index that says raw must not be taken for a mutable segment's bad header."""
     db = make_store(use_compression=CompressMode.AUTO)
@@ -100,8 +102,13 @@ class SlowDelete:
         sys.addaudithook(self._hook)
 
     def _hook(self, event: str, args: tuple[object, ...]) -> None:
-        if event == "os.remove" and args and args[0] == self.index and not self.data_gone.is_set() \
-                and threading.current_thread() is self.thread:
+        if (
+            event == "os.remove"
+            and args
+            and args[0] == self.index
+            and not self.data_gone.is_set()
+            and threading.current_thread() is self.thread
+        ):
             self.data_gone.set()
             time.sleep(self.PAUSE_SECONDS)
 
@@ -123,6 +130,7 @@ def test_verify_of_a_segment_deleted_meanwhile_reports_nothing(make_store: Store
     def progress(done: int, _total: int) -> None:
         if done == 1:
             delete.start()
+
     report = db.verify(progress=progress)
     delete.thread.join()
     assert report.ok, str(report)
@@ -151,9 +159,18 @@ def test_live_verify_against_a_rotating_compressed_writer_reports_nothing(tmp_pa
     and re-frames a segment every few puts, while this process verifies in a loop."""
     datadir = tmp_path / "store"
     stop = tmp_path / "stop"
-    config = {"datadir": str(datadir), "lock_path": str(datadir) + ".lock", "report": str(tmp_path / "acks"),
-              "seed": 5, "big_fraction": 0.0, "fsync": False, "use_compression": True, "frame_bytes": 1024,
-              "max_size": 8192, "stop_file": str(stop)}
+    config = {
+        "datadir": str(datadir),
+        "lock_path": str(datadir) + ".lock",
+        "report": str(tmp_path / "acks"),
+        "seed": 5,
+        "big_fraction": 0.0,
+        "fsync": False,
+        "use_compression": True,
+        "frame_bytes": 1024,
+        "max_size": 8192,
+        "stop_file": str(stop),
+    }
     db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=True, frame_bytes=1024)
     with open(tmp_path / "writer.stderr", "wb") as stderr:
         command = [sys.executable, str(WRITER_SCRIPT), json.dumps(config)]
@@ -163,8 +180,11 @@ def test_live_verify_against_a_rotating_compressed_writer_reports_nothing(tmp_pa
         started = time.monotonic()
         # Verify for RACE_SECONDS and until the writer has rotated MIN_RACE_ROTATIONS times: a writer
         # that starts late on a loaded machine still gets raced, however long its start took.
-        while time.monotonic() - started < RACE_SECONDS or verifies < MIN_RACE_VERIFIES \
-                or db.mutable_segment() < MIN_RACE_ROTATIONS:
+        while (
+            time.monotonic() - started < RACE_SECONDS
+            or verifies < MIN_RACE_VERIFIES
+            or db.mutable_segment() < MIN_RACE_ROTATIONS
+        ):
             assert writer.poll() is None, (tmp_path / "writer.stderr").read_text()
             assert time.monotonic() - started < RACE_MAX_SECONDS, "the writer hardly rotated: the race was not run"
             report = db.verify(full=True)

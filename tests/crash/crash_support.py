@@ -26,9 +26,9 @@ import pytest
 import pyzstd
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_FRAME, REC_SEAL, RECORD_BYTES, Record, decode_records
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, segment_name
-from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_SEQ
 
@@ -104,8 +104,7 @@ def state_word(datadir: Path, word: int) -> int:
 
 def set_state_word(datadir: Path, word: int, value: int) -> None:
     """Write one word of the state page through a shared mapping, as a writer process does."""
-    with open(datadir / STATE_FILE_NAME, "r+b") as handle, \
-            mmap.mmap(handle.fileno(), 4096, mmap.MAP_SHARED) as page:
+    with open(datadir / STATE_FILE_NAME, "r+b") as handle, mmap.mmap(handle.fileno(), 4096, mmap.MAP_SHARED) as page:
         struct.pack_into("<Q", page, 8 * word, value)
 
 
@@ -137,8 +136,10 @@ def with_deadline(seconds: float, what: str, datadir: Path, func: Callable[[], T
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
-        pytest.fail(f"{what} did not finish within {seconds} s: the store hangs "
-                    f"(state page sequence word = {state_word(datadir, W_SEQ)})")
+        pytest.fail(
+            f"{what} did not finish within {seconds} s: the store hangs "
+            f"(state page sequence word = {state_word(datadir, W_SEQ)})"
+        )
     if errors:
         raise errors[0]
     return results[0]
@@ -150,11 +151,11 @@ class Writer:
     def __init__(self, tmp_path: Path, name: str, datadir: Path, config: dict[str, object]) -> None:
         self.report = tmp_path / f"{name}.report"
         self.stderr_path = tmp_path / f"{name}.stderr"
-        full = {"datadir": str(datadir), "lock_path": str(datadir) + ".lock", "report": str(self.report),
-                **config}
+        full = {"datadir": str(datadir), "lock_path": str(datadir) + ".lock", "report": str(self.report), **config}
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # killed by the test
-                [sys.executable, str(WRITER_SCRIPT), json.dumps(full)], stderr=stderr)
+                [sys.executable, str(WRITER_SCRIPT), json.dumps(full)], stderr=stderr
+            )
 
     def stderr(self) -> str:
         """What the child wrote to stderr (its traceback, if it failed)."""
@@ -164,8 +165,7 @@ class Writer:
         """Wait until the child has opened the store."""
         deadline = time.monotonic() + READY_SECONDS
         while not is_ready(self.report):
-            assert self.proc.poll() is None, (
-                f"{where}: writer exited ({self.proc.returncode}):\n{self.stderr()}")
+            assert self.proc.poll() is None, f"{where}: writer exited ({self.proc.returncode}):\n{self.stderr()}"
             assert time.monotonic() < deadline, f"{where}: writer not ready within {READY_SECONDS} s"
             time.sleep(0.002)
 
@@ -186,7 +186,8 @@ class Writer:
             self.proc.wait()
             pytest.fail(f"{where}: the writer did not reach its kill point within {READY_SECONDS} s")
         assert self.proc.returncode == -signal.SIGKILL, (
-            f"{where}: the writer did not die at its kill point (exit {self.proc.returncode}):\n{self.stderr()}")
+            f"{where}: the writer did not die at its kill point (exit {self.proc.returncode}):\n{self.stderr()}"
+        )
 
 
 # -- inspecting the files of a store ---------------------------------------------------------
@@ -229,7 +230,7 @@ def scratch_files(datadir: Path) -> dict[str, int]:
     found = {}
     for name in os.listdir(datadir):
         if name.startswith(".tmp-"):
-            pid = name[len(".tmp-"):].partition("-")[0]
+            pid = name[len(".tmp-") :].partition("-")[0]
             found[name] = int(pid) if pid.isdecimal() else 0
     return found
 
@@ -244,7 +245,8 @@ def seek_table(data: bytes, where: str) -> tuple[int, list[tuple[int, int]]]:
     assert table_at >= 0, f"{where}: a seek table of {count} entries does not fit the file"
     skip_magic, frame_size = struct.unpack_from("<II", data, table_at)
     assert (skip_magic, frame_size) == (SEEK_TABLE_MAGIC, count * entry + FOOTER_BYTES), (
-        f"{where}: bad seek-table frame header at offset {table_at}")
+        f"{where}: bad seek-table frame header at offset {table_at}"
+    )
     entries = [struct.unpack_from("<II", data, table_at + 8 + i * entry) for i in range(count)]
     assert sum(c for c, _ in entries) == table_at, f"{where}: seek table entries do not add up to its offset"
     return table_at, [(int(c), int(d)) for c, d in entries]
@@ -295,19 +297,23 @@ def _check_zstd_segment(db: FlatFileDb, number: int, path: Path, sealed: bool, e
     else:
         assert REC_SEAL not in kinds, f"{where}: mutable segment {number} has a SEAL record"
         assert not kinds or kinds[-1] == REC_BLOB, (
-            f"{where}: segment {number}: index ends in FRAME records no BLOB record commits")
+            f"{where}: segment {number}: index ends in FRAME records no BLOB record commits"
+        )
     assert sum(d for _c, d in frames) == end, (
-        f"{where}: segment {number}: FRAME records cover {sum(d for _c, d in frames)} bytes, blobs end at {end}")
+        f"{where}: segment {number}: FRAME records cover {sum(d for _c, d in frames)} bytes, blobs end at {end}"
+    )
     data = path.read_bytes()
     _table_at, entries = seek_table(data, f"{where}: {path.name}")
     if not sealed:
         frames_end = sum(c for c, _d in frames)
         assert entries[: len(frames)] == frames and len(entries) == len(frames) + 1 and entries[-1][1] == 0, (
             f"{where}: {path.name}: seek table {entries[-4:]} ({len(entries)} entries) is not the "
-            f"{len(frames)} committed frames and one padding frame")
+            f"{len(frames)} committed frames and one padding frame"
+        )
         magic = struct.unpack_from("<I", data, frames_end)[0]
         assert magic & SKIPPABLE_MAGIC_MASK == SKIPPABLE_MAGIC_BASE, (
-            f"{where}: {path.name}: no skippable padding frame after the committed frames (offset {frames_end})")
+            f"{where}: {path.name}: no skippable padding frame after the committed frames (offset {frames_end})"
+        )
     contents = seekable_contents(path, where)
     assert len(contents) == end, f"{where}: {path.name} decompresses to {len(contents)} bytes, committed {end}"
     if end:
@@ -355,9 +361,12 @@ def assert_tails_clean(db: FlatFileDb, where: str, checked: Checked | None = Non
         room = 0 if number < mutable else RAW_ROOM_BYTES
         _check_raw_file(path, ends.get(number, 0), room, f"{where}: segment {number}: data file")
         expected = HEADER_BYTES + RECORD_BYTES * (blobs[number] + (number < mutable))
-        _check_raw_file(db.datadir / index_name(number), expected, room,
-                        f"{where}: segment {number} ({blobs[number]} blobs{', sealed' if number < mutable else ''}): "
-                        "index")
+        _check_raw_file(
+            db.datadir / index_name(number),
+            expected,
+            room,
+            f"{where}: segment {number} ({blobs[number]} blobs{', sealed' if number < mutable else ''}): index",
+        )
     assert_zstd_cli_accepts(compressed, where)
 
 
@@ -365,8 +374,9 @@ def _check_raw_file(path: Path, committed: int, room: int, what: str) -> None:
     """The file holds ``committed`` bytes, then at most ``room`` bytes, all zeros (a sealed
     segment, ``room`` 0: exactly its committed bytes)."""
     size = os.path.getsize(path)
-    assert committed <= size <= committed + room, (
-        f"{what} is {size} bytes, committed {committed}" + (f", room at most {room}" if room else ""))
+    assert committed <= size <= committed + room, f"{what} is {size} bytes, committed {committed}" + (
+        f", room at most {room}" if room else ""
+    )
     if size > committed:
         with open(path, "rb") as handle:
             handle.seek(committed)
@@ -374,7 +384,8 @@ def _check_raw_file(path: Path, committed: int, room: int, what: str) -> None:
         first = committed + len(tail) - len(tail.lstrip(b"\0"))
         assert first == size, (
             f"{what}: {size - committed} bytes past the committed {committed} are not all zeros (a torn tail "
-            f"was kept; first non-zero byte at offset {first})")
+            f"was kept; first non-zero byte at offset {first})"
+        )
 
 
 def assert_no_dead_scratch(datadir: Path, where: str) -> None:
@@ -396,8 +407,9 @@ class Reopened(NamedTuple):
     scratch: int  # scratch files of dead processes the reopen had to remove
 
 
-def check_reopened(datadir: Path, acks: list[Ack], where: str, use_compression: bool = False,
-                   checked: Checked | None = None) -> Reopened:
+def check_reopened(
+    datadir: Path, acks: list[Ack], where: str, use_compression: bool = False, checked: Checked | None = None
+) -> Reopened:
     """Reopen the store in this process and check everything, then put one blob (``checked``:
     see assert_tails_clean)."""
     before = store_file_sizes(datadir) if datadir.exists() else {}
@@ -472,8 +484,9 @@ def write_at(path: Path, offset: int, data: bytes) -> None:
         handle.write(data)
 
 
-def assert_whole(db: FlatFileDb, written: list[Written], where: str, reopened: bool = True,
-                 acks: Sequence[Ack] = ()) -> None:
+def assert_whole(
+    db: FlatFileDb, written: list[Written], where: str, reopened: bool = True, acks: Sequence[Ack] = ()
+) -> None:
     """Every written blob reads back, files end at their commits, verify is clean, puts work.
 
     ``reopened``: ``db`` was opened after the crash, so recovery has run and the files must
@@ -496,8 +509,9 @@ def assert_whole(db: FlatFileDb, written: list[Written], where: str, reopened: b
     assert report.ok, f"{where}: after new puts: {report}"
 
 
-def reopen_whole(datadir: Path, written: list[Written], where: str, use_compression: bool = False,
-                 acks: Sequence[Ack] = ()) -> None:
+def reopen_whole(
+    datadir: Path, written: list[Written], where: str, use_compression: bool = False, acks: Sequence[Ack] = ()
+) -> None:
     """Open the store anew (recovery runs) and run assert_whole on it."""
     db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=use_compression)
     try:

@@ -90,6 +90,7 @@ def die_at(event: str, suffix: str, nth: int) -> None:
             seen += 1
             if seen == nth:
                 os.kill(os.getpid(), signal.SIGKILL)
+
     sys.addaudithook(hook)
 
 
@@ -100,11 +101,11 @@ def die_in_reframe(nth: int) -> None:
 
     def hook(name: str, args: tuple[object, ...]) -> None:
         nonlocal seen
-        if name == "os.rename" and args and isinstance(args[0], str) \
-                and os.path.basename(args[0]).startswith(".tmp-"):
+        if name == "os.rename" and args and isinstance(args[0], str) and os.path.basename(args[0]).startswith(".tmp-"):
             seen += 1
             if seen == nth:
                 os.kill(os.getpid(), signal.SIGKILL)
+
     sys.addaudithook(hook)
 
 
@@ -117,9 +118,13 @@ def main(argv: list[str]) -> int:
     read_back = bool(config.get("read_back", False))
     pause = float(config.get("pause", 0.0))
     report = os.open(config["report"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    db = FlatFileDb(config["datadir"], config["lock_path"], fsync=bool(config["fsync"]),
-                    use_compression=bool(config.get("use_compression", False)),
-                    frame_bytes=int(config.get("frame_bytes") or DEFAULT_FRAME_BYTES))
+    db = FlatFileDb(
+        config["datadir"],
+        config["lock_path"],
+        fsync=bool(config["fsync"]),
+        use_compression=bool(config.get("use_compression", False)),
+        frame_bytes=int(config.get("frame_bytes") or DEFAULT_FRAME_BYTES),
+    )
     db.MAX_DAT_FILE_SIZE = int(config["max_size"])
     os.write(report, f"# ready {os.getpid()}\n".encode())
     if config.get("die_before_creating"):

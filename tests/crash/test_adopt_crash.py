@@ -105,7 +105,8 @@ class Driver:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # closed in close()
-            [sys.executable, "-c", _DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-c", _DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def run(self, config: dict[str, object]) -> dict[str, object]:
         """One worker, one crash point."""
@@ -226,11 +227,21 @@ SCENARIOS = [
 ]
 
 
-@pytest.mark.parametrize(("what", "seekable", "compressed"), SCENARIOS,
-                         ids=["raw-file-raw-store", "zst-file-raw-store", "raw-file-zstd-store",
-                              "zst-file-zstd-store", "stream-raw-store", "stream-zstd-store"])
-def test_crash_at_every_step_of_a_whole_file_commit(driver: Driver, tmp_path: Path, what: str, seekable: bool,
-                                                    compressed: bool) -> None:
+@pytest.mark.parametrize(
+    ("what", "seekable", "compressed"),
+    SCENARIOS,
+    ids=[
+        "raw-file-raw-store",
+        "zst-file-raw-store",
+        "raw-file-zstd-store",
+        "zst-file-zstd-store",
+        "stream-raw-store",
+        "stream-zstd-store",
+    ],
+)
+def test_crash_at_every_step_of_a_whole_file_commit(
+    driver: Driver, tmp_path: Path, what: str, seekable: bool, compressed: bool
+) -> None:
     """SIGKILL at each file-system step of adopt_file / put_stream, then reopen and check."""
     base = tmp_path / "base"
     acked = build_base(base, compressed)
@@ -245,8 +256,15 @@ def test_crash_at_every_step_of_a_whole_file_commit(driver: Driver, tmp_path: Pa
         write_source(source, data, seekable)
         original = source.read_bytes()
         result_file = tmp_path / f"{name}.json"
-        config = {"datadir": str(datadir), "lock": str(tmp_path / f"{name}.lock"), "compressed": compressed,
-                  "what": what, "source": str(source), "kill_at": kill_at, "result": str(result_file)}
+        config = {
+            "datadir": str(datadir),
+            "lock": str(tmp_path / f"{name}.lock"),
+            "compressed": compressed,
+            "what": what,
+            "source": str(source),
+            "kill_at": kill_at,
+            "result": str(result_file),
+        }
         answer = driver.run(config)
         killed = bool(answer["killed"])
         assert killed or answer["status"] == 0, f"round {kill_at}: the worker failed ({answer})"

@@ -48,8 +48,14 @@ def open_store(datadir: str, lock_path: str, use_compression: bool) -> FlatFileD
     return FlatFileDb(datadir, lock_path, use_compression=use_compression, frame_bytes=FRAME_BYTES)
 
 
-def compact_forever(datadir: str, lock_path: str, use_compression: bool, old_segments: list[int],
-                    live: list[tuple[str, int, int]], progress: str) -> None:
+def compact_forever(
+    datadir: str,
+    lock_path: str,
+    use_compression: bool,
+    old_segments: list[int],
+    live: list[tuple[str, int, int]],
+    progress: str,
+) -> None:
     """Compact ``old_segments`` over and over (never finishing) until killed."""
     db = open_store(datadir, lock_path, use_compression)
     live_set = {DataLocation(*loc) for loc in live}
@@ -79,8 +85,7 @@ def wait_for_line(path: Path, line: str, seconds: float) -> None:
     raise AssertionError(f"{path} never got the line {line!r}")
 
 
-def check_old_locations(datadir: Path, lock_path: Path, use_compression: bool,
-                        blobs: dict[DataLocation, bytes]) -> int:
+def check_old_locations(datadir: Path, lock_path: Path, use_compression: bool, blobs: dict[DataLocation, bytes]) -> int:
     """Reopen the store: every old location reads its bytes and verify() is clean. Returns blobs verified."""
     db = open_store(str(datadir), str(lock_path), use_compression)
     try:
@@ -114,8 +119,16 @@ def kill_one_compaction(tmp_path: Path, use_compression: bool, old: OldStore, de
     """Fork a child that compacts ``old`` in a loop, SIGKILL it after ``delay`` s; returns its finished loops."""
     progress = tmp_path / f"progress-{round_no}"
     child = multiprocessing.get_context("fork").Process(
-        target=compact_forever, args=(str(tmp_path / "store"), str(tmp_path / "store.lock"), use_compression,
-                                      old.segments, [tuple(loc) for loc in old.live], str(progress)))
+        target=compact_forever,
+        args=(
+            str(tmp_path / "store"),
+            str(tmp_path / "store.lock"),
+            use_compression,
+            old.segments,
+            [tuple(loc) for loc in old.live],
+            str(progress),
+        ),
+    )
     child.start()
     try:
         wait_for_line(progress, "open", START_SECONDS)
@@ -134,8 +147,7 @@ def kill_one_compaction(tmp_path: Path, use_compression: bool, old: OldStore, de
 
 
 @pytest.mark.parametrize("use_compression", [False, True], ids=["raw", "zstd"])
-def test_compaction_killed_at_random_points(make_store: StoreFactory, tmp_path: Path,
-                                            use_compression: bool) -> None:
+def test_compaction_killed_at_random_points(make_store: StoreFactory, tmp_path: Path, use_compression: bool) -> None:
     """After each kill every old location reads and verify() is clean; then a compaction and
     finish_compaction in the parent map every live blob to a copy that reads its bytes."""
     seed = int(os.environ.get("FFDB_CRASH_SEED") or random.SystemRandom().randrange(2**32))

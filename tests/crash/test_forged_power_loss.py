@@ -42,8 +42,9 @@ class Held(NamedTuple):
 
 def open_store(datadir: Path, compressed: bool) -> FlatFileDb:
     """The store under test: no re-framing, so a compressed segment keeps its put frames."""
-    return FlatFileDb(datadir, str(datadir) + ".lock", use_compression=compressed, reframe_on_seal=False,
-                      frame_bytes=4096)
+    return FlatFileDb(
+        datadir, str(datadir) + ".lock", use_compression=compressed, reframe_on_seal=False, frame_bytes=4096
+    )
 
 
 def forge_reboot(datadir: Path, state: str) -> None:
@@ -67,7 +68,7 @@ def check_held(db: FlatFileDb, held: list[Held], durable: int) -> int:
             continue
         assert got == data, f"{location} returned other bytes"
         if data:
-            assert db.get(location, Slice(len(data) // 2, 0)) == data[len(data) // 2:]
+            assert db.get(location, Slice(len(data) // 2, 0)) == data[len(data) // 2 :]
             assert db.get_many([location]) == [data]
         reading += 1
     return reading
@@ -127,8 +128,9 @@ def reopen_and_use(datadir: Path, compressed: bool, held: list[Held], durable: i
     try:
         check_held(db, held, durable)
         fresh = [rng.randbytes(size) for size in (200, 0, 7000, 3)]
-        after = [Held(db.put(d), d) for d in fresh[:2]] + [Held(loc, d) for loc, d in
-                                                            zip(db.put_many(fresh[2:]), fresh[2:])]
+        after = [Held(db.put(d), d) for d in fresh[:2]] + [
+            Held(loc, d) for loc, d in zip(db.put_many(fresh[2:]), fresh[2:])
+        ]
         assert check_held(db, after, len(after)) == len(after)
         check_held(db, held, durable)
         report = db.verify()
@@ -172,8 +174,7 @@ def test_lost_blob_location_fails_instead_of_reading_a_later_blob(tmp_path: Path
 
 @pytest.mark.parametrize("state", ["boot", "lost"])
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
-def test_every_cut_of_the_mutable_segment_keeps_locations_true(tmp_path: Path, compressed: bool,
-                                                                state: str) -> None:
+def test_every_cut_of_the_mutable_segment_keeps_locations_true(tmp_path: Path, compressed: bool, state: str) -> None:
     """Data and index cut at every commit boundary and inside records and blobs."""
     pristine = tmp_path / "pristine"
     held, durable, synced = write_history(pristine, compressed, seed=7)
@@ -182,8 +183,11 @@ def test_every_cut_of_the_mutable_segment_keeps_locations_true(tmp_path: Path, c
     data_size = (pristine / data_name).stat().st_size
     idx_size = (pristine / idx_name).stat().st_size
     committed = HEADER_BYTES + RECORD_BYTES * len(index_records_of(pristine, mutable))
-    cases = [(d, i) for d in data_cuts(synced[0], data_size, held, compressed)
-             for i in index_cuts(synced[1], committed, idx_size)]
+    cases = [
+        (d, i)
+        for d in data_cuts(synced[0], data_size, held, compressed)
+        for i in index_cuts(synced[1], committed, idx_size)
+    ]
     for number, (data_at, index_at) in enumerate(cases):
         datadir = tmp_path / f"case{number}"
         shutil.copytree(pristine, datadir)

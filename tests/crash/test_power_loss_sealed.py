@@ -30,10 +30,10 @@ import conduit_flat_file_db.seal as seal_module
 import conduit_flat_file_db.syncer as syncer_module
 from conduit_flat_file_db import CompressMode, FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
-from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_FRAME, REC_SEAL
+from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_FRAME, REC_SEAL, RECORD_BYTES
 from conduit_flat_file_db.naming import STATE_FILE_NAME, index_name, parse_segment_name, segment_name
-from conduit_flat_file_db.seekable import SeekableReader, write_padding_and_table
 from conduit_flat_file_db.seal import seal_problem
+from conduit_flat_file_db.seekable import SeekableReader, write_padding_and_table
 from conduit_flat_file_db.segment import PADDING_MIN_BYTES
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
 from conduit_flat_file_db.types import DataLocation
@@ -61,8 +61,7 @@ class Blob(NamedTuple):
 def open_store(datadir: Path, compressed: bool, **options: object) -> FlatFileDb:
     """The store under test (compressed stores keep their put frames: no re-framing)."""
     options.setdefault("reframe_on_seal", False)
-    db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=compressed, frame_bytes=1024,
-                    **options)  # type: ignore[arg-type]
+    db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=compressed, frame_bytes=1024, **options)  # type: ignore[arg-type]
     db.MAX_DAT_FILE_SIZE = SEGMENT_BYTES
     return db
 
@@ -181,7 +180,8 @@ def assert_resealed(db: FlatFileDb, datadir: Path, blobs: list[Blob], kept: int)
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_unsynced_sealed_segment_is_cut_and_sealed_again(
-        tmp_path: Path, damage: str, compressed: bool, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, damage: str, compressed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """Each kind of damage costs the blobs from the damage on, and only those."""
     datadir = tmp_path / "store"
     blobs = fill(datadir, compressed)
@@ -198,8 +198,9 @@ def test_damaged_unsynced_sealed_segment_is_cut_and_sealed_again(
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
-def test_intact_unsynced_sealed_segments_lose_nothing(tmp_path: Path, compressed: bool,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_intact_unsynced_sealed_segments_lose_nothing(
+    tmp_path: Path, compressed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """Unconfirmed but whole: checked, nothing cut, nothing rewritten (the mutable segment, 4,
     is sealed as after every power loss, and segment 5 takes the puts)."""
     datadir = tmp_path / "store"
@@ -223,7 +224,7 @@ def test_intact_unsynced_sealed_segments_lose_nothing(tmp_path: Path, compressed
 
 def _number(name: str) -> int:
     """The segment number in a data or index file name."""
-    return int(name[len("data_"):len("data_") + 8])
+    return int(name[len("data_") : len("data_") + 8])
 
 
 def test_segments_confirmed_durable_are_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,7 +260,8 @@ def test_lost_state_page_checks_every_sealed_segment_by_size(tmp_path: Path) -> 
 
 
 def test_same_boot_reopen_fsyncs_segments_a_dead_writer_left_unconfirmed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Same boot, so no power loss: the unconfirmed segments are fsynced, the older ones are not."""
     datadir = tmp_path / "store"
     fill(datadir, False)
@@ -286,8 +288,9 @@ def fsync_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
-def test_a_seal_is_fsynced_by_the_background_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   compressed: bool) -> None:
+def test_a_seal_is_fsynced_by_the_background_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
     """The writer that seals does not fsync the sealed segment (neither under the write lock nor
     after it); the store's sync thread does, then confirms it in the state page."""
     db = open_store(tmp_path / "store", compressed)
@@ -379,8 +382,9 @@ def test_seal_whose_seek_table_never_landed(tmp_path: Path, seal_record: str) ->
         mine = [b for b in blobs if b.segment == DAMAGED]
         for blob in blobs:
             assert db.get(blob.location) == blob.data
-        assert [(a, b) for a, b, _ in records(datadir, DAMAGED, REC_SEAL)] == [(mine[-1].location.end_offset,
-                                                                                 len(mine))]
+        assert [(a, b) for a, b, _ in records(datadir, DAMAGED, REC_SEAL)] == [
+            (mine[-1].location.end_offset, len(mine))
+        ]
         with SeekableReader(str(data_file(datadir, DAMAGED))) as reader:
             assert reader.size == mine[-1].location.end_offset
             if seal_record == "lost":  # sealed again: a plain table, the padding entry is gone
@@ -407,7 +411,8 @@ def test_auto_compression_mode_confirms_its_seals(tmp_path: Path) -> None:
 
 
 def test_a_failed_fsync_is_reported_by_every_sync_and_confirms_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """After an fsync error the kernel may have dropped the dirty pages: this store never again
     confirms a sealed segment as durable, and sync() keeps raising the error."""
     datadir = tmp_path / "store"
@@ -486,11 +491,13 @@ def test_the_sync_thread_ends_when_idle(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_process_exiting_without_close_confirms_its_seals(tmp_path: Path) -> None:
     """Interpreter exit waits for the sync thread (it is a daemon thread, killed otherwise)."""
     datadir = tmp_path / "store"
-    script = (f"from conduit_flat_file_db import FlatFileDb\n"
-              f"db = FlatFileDb({str(datadir)!r}, {str(datadir) + '.lock'!r})\n"
-              f"db.MAX_DAT_FILE_SIZE = 4096\n"
-              f"for _ in range(20):\n"
-              f"    db.put(b'f' * 3000)\n")
+    script = (
+        f"from conduit_flat_file_db import FlatFileDb\n"
+        f"db = FlatFileDb({str(datadir)!r}, {str(datadir) + '.lock'!r})\n"
+        f"db.MAX_DAT_FILE_SIZE = 4096\n"
+        f"for _ in range(20):\n"
+        f"    db.put(b'f' * 3000)\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     mutable = max(n for n in map(parse_segment_name, os.listdir(datadir)) if n is not None)
     assert mutable >= 5
@@ -508,8 +515,9 @@ def test_a_new_state_page_is_made_durable(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
 @pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
-def test_put_stream_fsyncs_like_a_put(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool,
-                                      fsync: bool) -> None:
+def test_put_stream_fsyncs_like_a_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool, fsync: bool
+) -> None:
     """With fsync=True the stream is durable before put_stream returns; by default its segment
     is fsynced by the sync thread after the commit, as every sealed segment is."""
     db = open_store(tmp_path / "store", compressed, fsync=fsync)
@@ -517,8 +525,9 @@ def test_put_stream_fsyncs_like_a_put(tmp_path: Path, monkeypatch: pytest.Monkey
         db.put(b"before")
         calls = fsync_spy(monkeypatch)
         location = db.put_stream(io.BytesIO(b"streamed " * 10_000))
-        in_caller = [name for name, thread in calls
-                     if thread == "MainThread" and name.startswith(".tmp-") and "stream" in name]
+        in_caller = [
+            name for name, thread in calls if thread == "MainThread" and name.startswith(".tmp-") and "stream" in name
+        ]
         assert bool(in_caller) == fsync
         db.sync()
         name = os.path.basename(location.file_path)
@@ -541,8 +550,11 @@ def test_unconfirmed_stream_segment_damaged_by_a_power_loss_loses_its_blob(tmp_p
         after = db.put(b"after")
     finally:
         db.close()
-    path = Path(stream.file_path) if not compressed else data_file(datadir, parse_segment_name(
-        os.path.basename(stream.file_path)) or 0)
+    path = (
+        Path(stream.file_path)
+        if not compressed
+        else data_file(datadir, parse_segment_name(os.path.basename(stream.file_path)) or 0)
+    )
     size = path.stat().st_size
     zero_bytes(path, size // 3, 4096)
     forge_power_loss(datadir, synced_below=0)

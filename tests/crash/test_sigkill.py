@@ -149,16 +149,22 @@ def test_sigkill_single_writer(tmp_path: Path, use_compression: bool) -> None:
                 writer.sigkill(where)
         acks += read_acks(writer.report)
         began = time.monotonic()
-        reopened = with_deadline(CHECK_SECONDS, f"{where}: reopen and check", datadir,
-                                 functools.partial(check_reopened, datadir, acks, where, use_compression, checked))
+        reopened = with_deadline(
+            CHECK_SECONDS,
+            f"{where}: reopen and check",
+            datadir,
+            functools.partial(check_reopened, datadir, acks, where, use_compression, checked),
+        )
         check_times.append(time.monotonic() - began)
         acks.append(reopened.ack)
         repairs += reopened.repaired
         scratch += reopened.scratch
-    print(f"{rounds} kills ({len(reframe_rounds)} injected just before a re-frame's rename; {repairs} left a "
-          f"torn tail or half-done rotation for the reopen to repair; {scratch} scratch files of killed "
-          f"re-frames removed), {len(acks)} acknowledged blobs checked; reopen+check took "
-          f"{sum(check_times):.1f} s in all, {max(check_times):.2f} s at most")
+    print(
+        f"{rounds} kills ({len(reframe_rounds)} injected just before a re-frame's rename; {repairs} left a "
+        f"torn tail or half-done rotation for the reopen to repair; {scratch} scratch files of killed "
+        f"re-frames removed), {len(acks)} acknowledged blobs checked; reopen+check took "
+        f"{sum(check_times):.1f} s in all, {max(check_times):.2f} s at most"
+    )
 
 
 @COMPRESSION
@@ -175,16 +181,33 @@ def test_sigkill_one_of_two_writers(tmp_path: Path, use_compression: bool) -> No
     max_size = rng.choice([4096, 8192])
     kills = ZSTD_SURVIVOR_KILLS if use_compression else SURVIVOR_KILLS
     base: dict[str, object] = {"use_compression": True} if use_compression else {}
-    survivor = Writer(tmp_path, "survivor", datadir, {
-        "seed": rng.randrange(2**32), "fsync": False, "max_size": max_size, "big_fraction": 0.01,
-        "read_back": True, "stop_file": str(stop_file), "pause": 0.001, **base})
+    survivor = Writer(
+        tmp_path,
+        "survivor",
+        datadir,
+        {
+            "seed": rng.randrange(2**32),
+            "fsync": False,
+            "max_size": max_size,
+            "big_fraction": 0.01,
+            "read_back": True,
+            "stop_file": str(stop_file),
+            "pause": 0.001,
+            **base,
+        },
+    )
     acks: list[Ack] = []
     scratch_seen = 0
     try:
         survivor.wait_ready(f"FFDB_CRASH_SEED={seed} survivor")
         for round_ in range(kills):
-            config: dict[str, object] = {"seed": rng.randrange(2**32), "fsync": rng.random() < 0.3,
-                                         "max_size": max_size, "big_fraction": rng.choice([0.0, 0.02]), **base}
+            config: dict[str, object] = {
+                "seed": rng.randrange(2**32),
+                "fsync": rng.random() < 0.3,
+                "max_size": max_size,
+                "big_fraction": rng.choice([0.0, 0.02]),
+                **base,
+            }
             reframe = use_compression and round_ % 5 == 2
             if reframe:
                 config["die_in_reframe"] = rng.randint(1, 2)
@@ -206,11 +229,12 @@ def test_sigkill_one_of_two_writers(tmp_path: Path, use_compression: bool) -> No
             deadline = time.monotonic() + PROGRESS_SECONDS
             while len(read_acks(survivor.report)) < before + 5:
                 assert survivor.proc.poll() is None, (
-                    f"{where}: the surviving writer failed (exit {survivor.proc.returncode}):\n"
-                    f"{survivor.stderr()}")
+                    f"{where}: the surviving writer failed (exit {survivor.proc.returncode}):\n{survivor.stderr()}"
+                )
                 assert time.monotonic() < deadline, (
                     f"{where}: the surviving writer made no progress in {PROGRESS_SECONDS} s "
-                    f"(state page sequence word = {state_word(datadir, W_SEQ)})")
+                    f"(state page sequence word = {state_word(datadir, W_SEQ)})"
+                )
                 time.sleep(0.005)
         stop_file.touch()
         try:
@@ -218,7 +242,8 @@ def test_sigkill_one_of_two_writers(tmp_path: Path, use_compression: bool) -> No
         except subprocess.TimeoutExpired:
             pytest.fail(f"FFDB_CRASH_SEED={seed}: the surviving writer did not stop")
         assert survivor.proc.returncode == 0, (
-            f"FFDB_CRASH_SEED={seed}: surviving writer exit {survivor.proc.returncode}:\n{survivor.stderr()}")
+            f"FFDB_CRASH_SEED={seed}: surviving writer exit {survivor.proc.returncode}:\n{survivor.stderr()}"
+        )
     finally:
         if survivor.proc.poll() is None:
             survivor.proc.kill()
@@ -227,10 +252,16 @@ def test_sigkill_one_of_two_writers(tmp_path: Path, use_compression: bool) -> No
     where = f"FFDB_CRASH_SEED={seed} after {kills} kills"
     if use_compression:
         assert scratch_seen, f"{where}: no victim killed mid re-frame left its scratch file"
-    reopened = with_deadline(CHECK_SECONDS, f"{where}: reopen and check", datadir,
-                             functools.partial(check_reopened, datadir, acks, where, use_compression))
-    print(f"{kills} kills ({scratch_seen} left a re-frame's scratch file, {reopened.scratch} "
-          f"removed by the final reopen), {len(acks)} acknowledged blobs checked")
+    reopened = with_deadline(
+        CHECK_SECONDS,
+        f"{where}: reopen and check",
+        datadir,
+        functools.partial(check_reopened, datadir, acks, where, use_compression),
+    )
+    print(
+        f"{kills} kills ({scratch_seen} left a re-frame's scratch file, {reopened.scratch} "
+        f"removed by the final reopen), {len(acks)} acknowledged blobs checked"
+    )
 
 
 # -- fault injection: each crash point by hand ------------------------------------------
@@ -348,12 +379,24 @@ def test_reopen_after_interrupted_delete(tmp_path: Path, nth_unlink: int, use_co
     FileNotFoundError, every other blob reads, verify() is clean and puts work."""
     datadir = tmp_path / "store"
     written = populate(datadir, use_compression=use_compression)
-    victim = Writer(tmp_path, "deleter", datadir, {
-        "seed": 0, "fsync": False, "max_size": INJECT_SEGMENT, "big_fraction": 0.0,
-        "use_compression": use_compression, "die_at_segment_remove": nth_unlink, "delete_segment": 0})
+    victim = Writer(
+        tmp_path,
+        "deleter",
+        datadir,
+        {
+            "seed": 0,
+            "fsync": False,
+            "max_size": INJECT_SEGMENT,
+            "big_fraction": 0.0,
+            "use_compression": use_compression,
+            "die_at_segment_remove": nth_unlink,
+            "delete_segment": 0,
+        },
+    )
     victim.proc.wait(READY_SECONDS)
     assert victim.proc.returncode == -signal.SIGKILL, (
-        f"delete_file did not reach unlink {nth_unlink} (exit {victim.proc.returncode}):\n{victim.stderr()}")
+        f"delete_file did not reach unlink {nth_unlink} (exit {victim.proc.returncode}):\n{victim.stderr()}"
+    )
     in_deleted = [item for item in written if parse_segment_name(os.path.basename(item.location.file_path)) == 0]
     assert in_deleted, "segment 0 held no blob"
     where = f"delete_file killed before unlink {nth_unlink}"
@@ -386,8 +429,9 @@ def test_survivor_recovers_dead_writers_torn_tail(tmp_path: Path, use_compressio
 @COMPRESSION
 @pytest.mark.parametrize("larger_max", [False, True], ids=["same_max", "survivor_larger_max"])
 @pytest.mark.parametrize("killed_before", ["index", "data"], ids=["before_next_index", "before_next_data_file"])
-def test_survivor_after_writer_killed_mid_rotation(tmp_path: Path, killed_before: str, larger_max: bool,
-                                                 use_compression: bool) -> None:
+def test_survivor_after_writer_killed_mid_rotation(
+    tmp_path: Path, killed_before: str, larger_max: bool, use_compression: bool
+) -> None:
     """Another process is SIGKILLed in the middle of a rotation (just before it creates the next
     segment's index, or its data file) while this instance stays open. This instance's next
     puts must work and leave a clean store, whether its MAX_DAT_FILE_SIZE is the dead writer's
@@ -396,19 +440,31 @@ def test_survivor_after_writer_killed_mid_rotation(tmp_path: Path, killed_before
     datadir = tmp_path / "store"
     db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=use_compression, frame_bytes=1024)
     where = f"survivor of a rotation killed before creating the next {suffix}" + (
-        " (survivor has a larger MAX_DAT_FILE_SIZE)" if larger_max else "")
+        " (survivor has a larger MAX_DAT_FILE_SIZE)" if larger_max else ""
+    )
     try:
         written = populate(datadir, db)
-        victim = Writer(tmp_path, "victim", datadir, {
-            "seed": 11, "fsync": False, "max_size": INJECT_SEGMENT, "big_fraction": 0.0,
-            "use_compression": use_compression, "die_before_creating": suffix})
+        victim = Writer(
+            tmp_path,
+            "victim",
+            datadir,
+            {
+                "seed": 11,
+                "fsync": False,
+                "max_size": INJECT_SEGMENT,
+                "big_fraction": 0.0,
+                "use_compression": use_compression,
+                "die_before_creating": suffix,
+            },
+        )
         try:
             victim.proc.wait(READY_SECONDS)
         except subprocess.TimeoutExpired:
             victim.proc.kill()
             victim.proc.wait()
         assert victim.proc.returncode == -signal.SIGKILL, (
-            f"the victim did not die in its rotation (exit {victim.proc.returncode}):\n{victim.stderr()}")
+            f"the victim did not die in its rotation (exit {victim.proc.returncode}):\n{victim.stderr()}"
+        )
         acks = read_acks(victim.report)
         if larger_max:
             db.MAX_DAT_FILE_SIZE = 2**20
@@ -444,12 +500,21 @@ def test_writer_killed_mid_publish(tmp_path: Path, use_compression: bool) -> Non
     seq = state_word(datadir, W_SEQ)
     assert seq % 2 == 0
     set_state_word(datadir, W_SEQ, seq + 1)  # killed between the two sequence stores of a publish
-    arg = json.dumps([[w.location.file_path, w.location.start_offset, w.location.end_offset, w.data.hex()]
-                      for w in written])
+    arg = json.dumps(
+        [[w.location.file_path, w.location.start_offset, w.location.end_offset, w.data.hex()] for w in written]
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", _REOPEN_AND_READ, str(datadir), str(int(use_compression))],
-                              input=arg, capture_output=True, text=True, timeout=15, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", _REOPEN_AND_READ, str(datadir), str(int(use_compression))],
+            input=arg,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        pytest.fail("after a writer was killed mid-publish (state page sequence counter left odd), "
-                    "reopening and reading the store hangs for ever")
+        pytest.fail(
+            "after a writer was killed mid-publish (state page sequence counter left odd), "
+            "reopening and reading the store hangs for ever"
+        )
     assert proc.returncode == 0, proc.stderr

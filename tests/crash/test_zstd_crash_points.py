@@ -92,8 +92,11 @@ def zstd_frame(data: bytes) -> bytes:
 def encode_table(entries: list[tuple[int, int]]) -> bytes:
     """A seek-table skippable frame without checksums (FORMAT.md "Compressed segment")."""
     body = b"".join(struct.pack("<II", c, d) for c, d in entries)
-    return (struct.pack("<II", SEEK_TABLE_MAGIC, len(body) + 9) + body
-            + struct.pack("<IBI", len(entries), 0, SEEKABLE_MAGIC))
+    return (
+        struct.pack("<II", SEEK_TABLE_MAGIC, len(body) + 9)
+        + body
+        + struct.pack("<IBI", len(entries), 0, SEEKABLE_MAGIC)
+    )
 
 
 def write_at(path: Path, offset: int, data: bytes) -> None:
@@ -123,8 +126,13 @@ def frames_over_padding(datadir: Path, count: int = 2) -> tuple[Mutable, list[tu
     padding = 4096
     entries = seg.frames + [(len(frame), len(data)) for data, frame in new] + [(8 + padding, 0)]
     truncate(seg.path, seg.frames_end)
-    append(seg.path, b"".join(frame for _data, frame in new) + struct.pack("<II", PADDING_MAGIC, padding)
-           + bytes(padding) + encode_table(entries))
+    append(
+        seg.path,
+        b"".join(frame for _data, frame in new)
+        + struct.pack("<II", PADDING_MAGIC, padding)
+        + bytes(padding)
+        + encode_table(entries),
+    )
     assert len(seekable_contents(seg.path, "injected frames")) == seg.end + sum(len(d) for d, _f in new)
     return seg, new
 
@@ -282,8 +290,9 @@ def test_power_loss_zeroed_last_frame(tmp_path: Path) -> None:
 
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     pid = int(proc.stdout)
     assert not pid_alive(pid)
     return pid
@@ -349,9 +358,19 @@ def test_writer_killed_mid_reframe(tmp_path: Path) -> None:
     db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=True, frame_bytes=1024)
     try:
         written = populate(datadir, db)
-        victim = Writer(tmp_path, "victim", datadir, {
-            "seed": 3, "fsync": False, "max_size": 4096, "big_fraction": 0.0, "use_compression": True,
-            "die_in_reframe": 2})
+        victim = Writer(
+            tmp_path,
+            "victim",
+            datadir,
+            {
+                "seed": 3,
+                "fsync": False,
+                "max_size": 4096,
+                "big_fraction": 0.0,
+                "use_compression": True,
+                "die_in_reframe": 2,
+            },
+        )
         victim.wait_self_kill("writer killed mid re-frame")
         acks = read_acks(victim.report)
         left = [name for name, pid in scratch_files(datadir).items() if pid == victim.proc.pid]
@@ -381,5 +400,5 @@ def test_untouched_store_passes_the_checks(tmp_path: Path) -> None:
     datadir = tmp_path / "store"
     written = populate(datadir, use_compression=True)
     seg = mutable_segment(datadir)
-    assert seekable_contents(seg.path, "untouched")[-len(written[-1].data):] == written[-1].data
+    assert seekable_contents(seg.path, "untouched")[-len(written[-1].data) :] == written[-1].data
     reopen_whole(datadir, written, "untouched store", use_compression=True)

@@ -12,6 +12,7 @@ import xxhash
 import zstandard
 
 from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db.frames import stored_frame, stored_payload
 from conduit_flat_file_db.index import (
     HEADER_BYTES,
     REC_BLOB,
@@ -23,7 +24,6 @@ from conduit_flat_file_db.index import (
     encode_header,
     encode_seal,
 )
-from conduit_flat_file_db.frames import stored_frame, stored_payload
 from conduit_flat_file_db.seekable import (
     PADDING_MAGIC,
     SEEK_TABLE_MAGIC,
@@ -46,8 +46,10 @@ def _section(title: str) -> str:
 def _hex_blocks(title: str) -> list[list[tuple[str, bytes]]]:
     """Each code block of a worked example as (label, bytes) lines: a label, then hex groups."""
     blocks = _section(title).split("```")[1::2]
-    return [[(line.split()[0], bytes.fromhex("".join(line.split()[1:]))) for line in block.strip().splitlines()]
-            for block in blocks]
+    return [
+        [(line.split()[0], bytes.fromhex("".join(line.split()[1:]))) for line in block.strip().splitlines()]
+        for block in blocks
+    ]
 
 
 def _example_index_bytes() -> bytes:
@@ -72,8 +74,12 @@ def test_worked_example_decodes() -> None:
 def test_code_writes_the_worked_example() -> None:
     """The encoders produce exactly the documented bytes."""
     expected = _example_index_bytes()
-    written = (encode_header(0, 0, 1_700_000_000_000_000_000) + encode_blob(0, 5, blob_checksum(b"hello"))
-               + encode_blob(5, 6, blob_checksum(b"world!")) + encode_seal(11, 2, 11))
+    written = (
+        encode_header(0, 0, 1_700_000_000_000_000_000)
+        + encode_blob(0, 5, blob_checksum(b"hello"))
+        + encode_blob(5, 6, blob_checksum(b"world!"))
+        + encode_seal(11, 2, 11)
+    )
     assert written == expected
 
 
@@ -156,7 +162,10 @@ def test_code_writes_the_compressed_example() -> None:
     """The frame and table encoders produce exactly the documented bytes."""
     mutable, sealed = _compressed_example()
     assert [data for _label, data in sealed] == [
-        stored_frame(b"hello"), stored_frame(b"world!"), encode_seek_table([(18, 5), (19, 6)])]
+        stored_frame(b"hello"),
+        stored_frame(b"world!"),
+        encode_seek_table([(18, 5), (19, 6)]),
+    ]
     assert mutable[3][1] == encode_seek_table([(18, 5), (19, 6), (8 + PADDING_PAYLOAD, 0)])
 
 
@@ -196,8 +205,7 @@ def test_reading_a_blob_without_this_library_works_as_printed(tmp_path: Path) ->
     """The shell lines of FORMAT.md read the worked examples' blob ``world!`` (bytes 5..11) back."""
     raw_block, _whole_file_block, frame_block = _reading_blocks()
     for datadir, compression in ((tmp_path / "raw", False), (tmp_path / "zst", True)):
-        db = FlatFileDb(datadir, tmp_path / f"{datadir.name}.lock", use_compression=compression,
-                        reframe_on_seal=False)
+        db = FlatFileDb(datadir, tmp_path / f"{datadir.name}.lock", use_compression=compression, reframe_on_seal=False)
         db.put(b"hello")
         db.put(b"world!")
         db.rotate()

@@ -41,10 +41,10 @@ from conduit_flat_file_db.index import (
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
-    RECORD_BYTES,
     REC_BLOB,
     REC_FRAME,
     REC_SEAL,
+    RECORD_BYTES,
     IndexHeader,
     Record,
     blob_checksum,
@@ -58,6 +58,7 @@ from conduit_flat_file_db.index import (
     encode_seal,
     frame_sizes,
 )
+
 
 def fields(*hex_fields: str) -> bytes:
     """Bytes from hex fields written one after the other."""
@@ -94,7 +95,9 @@ GOLDEN_BLOB = fields(
 
 # SEAL record: 21 uncompressed bytes, 3 blobs, 21 bytes on disk.
 GOLDEN_SEAL = fields(
-    "03", "00", "0000",
+    "03",
+    "00",
+    "0000",
     "367f7508",  # crc32 = 0x08757f36
     "1500000000000000",  # a = 21
     "0300000000000000",  # b = 3
@@ -103,7 +106,9 @@ GOLDEN_SEAL = fields(
 
 # FRAME record: uncompressed start 0x1000, (compressed 0x30 << 32) | uncompressed 0x1000, at 0x40.
 GOLDEN_FRAME = fields(
-    "02", "00", "0000",
+    "02",
+    "00",
+    "0000",
     "3960bffb",  # crc32 = 0xfbbf6039
     "0010000000000000",
     "0010000030000000",
@@ -112,7 +117,9 @@ GOLDEN_FRAME = fields(
 
 # BLOB with LEGACY_EXTENT: 100 bytes at 0, checksum 0xdeadbeef.
 GOLDEN_LEGACY = fields(
-    "01", "01", "0000",
+    "01",
+    "01",
+    "0000",
     "8d90c4bb",  # crc32 = 0xbbc4908d
     "0000000000000000",
     "6400000000000000",
@@ -226,9 +233,13 @@ def test_decode_records_flipped_covered_byte(position: int) -> None:
 def test_decode_records_unknown_record_type() -> None:
     """A well-formed record of an unknown type stops decoding."""
     unknown = fields(
-        "09", "00", "0000",
+        "09",
+        "00",
+        "0000",
         "bb256004",  # a valid crc32 for this record
-        "0100000000000000", "0200000000000000", "0300000000000000",
+        "0100000000000000",
+        "0200000000000000",
+        "0300000000000000",
     )
     assert _record_crc(unknown) == int.from_bytes(unknown[4:8], "little")
     scan = decode_records(GOLDEN_BLOB + unknown)
@@ -267,8 +278,7 @@ def test_decode_header_bad_magic() -> None:
 
 def test_decode_header_bad_version() -> None:
     """A header of version 2 with a valid crc is refused for its version."""
-    v2 = fields("464644422d494458", "0200", "00", "00", "00000000", "0000000000000000", "00000000",
-                       "329d62af")
+    v2 = fields("464644422d494458", "0200", "00", "00", "00000000", "0000000000000000", "00000000", "329d62af")
     assert zlib.crc32(v2[:28]) == int.from_bytes(v2[28:], "little")
     with pytest.raises(FormatError, match="version 2") as info:
         decode_header(v2, "/d/data_00000000.idx")
@@ -277,8 +287,7 @@ def test_decode_header_bad_version() -> None:
 
 def test_decode_header_unknown_kind() -> None:
     """Kind 2 with a valid crc is refused."""
-    kind2 = fields("464644422d494458", "0100", "02", "00", "00000000", "0000000000000000", "00000000",
-                          "7bbb1f05")
+    kind2 = fields("464644422d494458", "0100", "02", "00", "00000000", "0000000000000000", "00000000", "7bbb1f05")
     assert zlib.crc32(kind2[:28]) == int.from_bytes(kind2[28:], "little")
     with pytest.raises(FormatError, match="kind 2"):
         decode_header(kind2, "x.idx")
@@ -286,8 +295,7 @@ def test_decode_header_unknown_kind() -> None:
 
 def test_decode_header_zstd_kind() -> None:
     """Kind 1 (zstd) with a valid crc decodes."""
-    kind1 = fields("464644422d494458", "0100", "01", "00", "00000000", "0000000000000000", "00000000",
-                          "196699ef")
+    kind1 = fields("464644422d494458", "0100", "01", "00", "00000000", "0000000000000000", "00000000", "196699ef")
     assert decode_header(kind1, "x.idx") == IndexHeader(1, KIND_ZSTD, 0, 0, 0)
 
 
@@ -335,13 +343,29 @@ def test_index_file_written_by_store(tmp_path: Path) -> None:
     assert zlib.crc32(header[:28]) == int.from_bytes(header[28:], "little")
     assert records == fields(
         # BLOB start 0, length 5, XXH3(b"hello")
-        "01000000", "8103c557", "0000000000000000", "0500000000000000", "fddc625c55e85595",
+        "01000000",
+        "8103c557",
+        "0000000000000000",
+        "0500000000000000",
+        "fddc625c55e85595",
         # BLOB start 5, length 0, XXH3(b"")
-        "01000000", "6eee778a", "0500000000000000", "0000000000000000", "c294d3380580062d",
+        "01000000",
+        "6eee778a",
+        "0500000000000000",
+        "0000000000000000",
+        "c294d3380580062d",
         # BLOB start 5, length 7, XXH3(b"world!!")
-        "01000000", "85ae5bd1", "0500000000000000", "0700000000000000", "a1b0f5c947605fa4",
+        "01000000",
+        "85ae5bd1",
+        "0500000000000000",
+        "0700000000000000",
+        "a1b0f5c947605fa4",
         # SEAL 12 bytes, 3 blobs, 12 bytes on disk
-        "03000000", "9273c247", "0c00000000000000", "0300000000000000", "0c00000000000000",
+        "03000000",
+        "9273c247",
+        "0c00000000000000",
+        "0300000000000000",
+        "0c00000000000000",
     )
     assert (tmp_path / "s" / "data_00000000.dat").read_bytes() == b"helloworld!!"
     new_header = (tmp_path / "s" / "data_00000001.idx").read_bytes()

@@ -96,9 +96,15 @@ def small_file(scratch: Path) -> tuple[bytes, Original]:
 
 def small_file_with_checksums_and_skippable() -> tuple[bytes, Original]:
     """A hand-made file: per-frame checksums in the table, a skippable frame, a frame without content size."""
-    return build([(frame_of(text(100, 2)), text(100, 2)), (skippable(b"meta"), b""),
-                  (frame_of(text(120, 3), content_size=False), text(120, 3)),
-                  (frame_of(text(60, 4), checksum=False), text(60, 4))], checksums=True)
+    return build(
+        [
+            (frame_of(text(100, 2)), text(100, 2)),
+            (skippable(b"meta"), b""),
+            (frame_of(text(120, 3), content_size=False), text(120, 3)),
+            (frame_of(text(60, 4), checksum=False), text(60, 4)),
+        ],
+        checksums=True,
+    )
 
 
 def ranges_to_read(table: FrameTable) -> Iterator[tuple[int, int]]:
@@ -431,8 +437,9 @@ def test_frame_header_content_size_claim_does_not_allocate_the_claim(scratch: Pa
 
 # -- hypothesis: random files -----------------------------------------------------------------------
 
-FUZZ_SETTINGS = settings(max_examples=150, deadline=None,
-                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @pytest.mark.timeout(60)
@@ -445,16 +452,25 @@ def test_random_bytes(scratch: Path, raw: bytes) -> None:
 
 @pytest.mark.timeout(60)
 @FUZZ_SETTINGS
-@given(body=st.binary(max_size=200), count=st.integers(0, 2**32 - 1), descriptor=st.integers(0, 255),
-       size_field=st.one_of(st.none(), st.integers(0, 2**32 - 1)))
-def test_random_bytes_with_a_plausible_footer(scratch: Path, body: bytes, count: int, descriptor: int,
-                                              size_field: int | None) -> None:
+@given(
+    body=st.binary(max_size=200),
+    count=st.integers(0, 2**32 - 1),
+    descriptor=st.integers(0, 255),
+    size_field=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+)
+def test_random_bytes_with_a_plausible_footer(
+    scratch: Path, body: bytes, count: int, descriptor: int, size_field: int | None
+) -> None:
     """Random bytes before a footer with the right magic and often a right-looking table header."""
     entry = 12 if descriptor & 0x80 else 8
     entries = body[: count * entry] if count * entry <= len(body) else body
     field = size_field if size_field is not None else len(entries) + 9
-    raw = (body + struct.pack("<II", SEEK_TABLE_MAGIC, field) + entries
-           + struct.pack("<IBI", count, descriptor, SEEKABLE_MAGIC))
+    raw = (
+        body
+        + struct.pack("<II", SEEK_TABLE_MAGIC, field)
+        + entries
+        + struct.pack("<IBI", count, descriptor, SEEKABLE_MAGIC)
+    )
     exercise(scratch / "footer.zst", raw, None)
 
 
@@ -468,8 +484,9 @@ PART = st.one_of(
 @pytest.mark.timeout(60)
 @FUZZ_SETTINGS
 @given(parts=st.lists(PART, max_size=6), checksums=st.booleans(), data=st.data())
-def test_random_tables_over_real_frames(scratch: Path, parts: list[tuple[str, int, bool, bool]],
-                                        checksums: bool, data: st.DataObject) -> None:
+def test_random_tables_over_real_frames(
+    scratch: Path, parts: list[tuple[str, int, bool, bool]], checksums: bool, data: st.DataObject
+) -> None:
     """Real frames, skippable frames and junk under a table that may lie a little."""
     built: list[tuple[bytes, bytes]] = []
     honest = True

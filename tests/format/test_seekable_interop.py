@@ -111,8 +111,9 @@ def test_zstd_cli_is_installed() -> None:
     assert b"Zstandard" in version.stdout
 
 
-@pytest.mark.parametrize("size,frame_bytes", [(0, 1000), (1, 1000), (5000, 1000), (300_000, 4096),
-                                              (1_000_000, 2**20), (2_500_000, 2**20)])
+@pytest.mark.parametrize(
+    "size,frame_bytes", [(0, 1000), (1, 1000), (5000, 1000), (300_000, 4096), (1_000_000, 2**20), (2_500_000, 2**20)]
+)
 def test_our_writer_files_are_read_by_zstd_and_pyzstd(tmp_path: Path, size: int, frame_bytes: int) -> None:
     """SeekableWriter files of one or many frames decode everywhere."""
     path = tmp_path / "ours.zst"
@@ -141,8 +142,19 @@ def test_our_appended_file_is_read_by_zstd_and_pyzstd(tmp_path: Path) -> None:
 def _store_ops() -> list[list[int]]:
     """Batches of blob sizes: a one-element list is a put, longer ones a put_many. Some batches
     overflow the 64 KiB padding after the frames (the seek table is then rewritten whole)."""
-    return [[100], [0], [5000], [1, 2, 3], [200 * KIB], [70_000, 10, 70_000], [4096], [0, 0], [300 * KIB],
-            [123], [8191, 8193]]
+    return [
+        [100],
+        [0],
+        [5000],
+        [1, 2, 3],
+        [200 * KIB],
+        [70_000, 10, 70_000],
+        [4096],
+        [0, 0],
+        [300 * KIB],
+        [123],
+        [8191, 8193],
+    ]
 
 
 @pytest.mark.parametrize("reframe", [True, False])
@@ -154,8 +166,10 @@ def test_store_segments_are_valid_seekable_files_after_every_put(make_store: Sto
     segment_bytes: dict[str, bytes] = {}
     locations: list[tuple[DataLocation, bytes]] = []
     for number, batch in enumerate(_store_ops()):
-        blobs = [content(size, 1000 + number * 10 + i, compressible=None if i % 2 else (number % 3 != 0))
-                 for i, size in enumerate(batch)]
+        blobs = [
+            content(size, 1000 + number * 10 + i, compressible=None if i % 2 else (number % 3 != 0))
+            for i, size in enumerate(batch)
+        ]
         got = [db.put(blobs[0])] if len(blobs) == 1 else db.put_many(blobs)
         for location, blob in zip(got, blobs):
             assert location.file_path.endswith(".dat.zst")
@@ -205,8 +219,9 @@ def test_store_segments_after_automatic_rotations(make_store: StoreFactory) -> N
 # -- pyzstd's files, read by ours ----------------------------------------------------------------------
 
 
-def write_with_pyzstd(path: Path, data: bytes, frame_bytes: int, checksum: bool, mode: WriteMode = "w",
-                      rng: random.Random | None = None) -> None:
+def write_with_pyzstd(
+    path: Path, data: bytes, frame_bytes: int, checksum: bool, mode: WriteMode = "w", rng: random.Random | None = None
+) -> None:
     """Write ``data`` with pyzstd's SeekableZstdFile in writes of random sizes, sometimes ending a frame early."""
     rng = rng or random.Random(len(data))
     options: dict[int, int] = {CParameter.compressionLevel: 3, CParameter.checksumFlag: int(checksum)}
@@ -243,8 +258,13 @@ def test_pyzstd_file_with_10_mib_frames_is_read_by_ours(tmp_path: Path) -> None:
     with SeekableReader(path) as reader:
         assert [d for _, d in reader.table.sizes()] == [10 * MIB, 10 * MIB, 4 * MIB]
         rng = random.Random(3)
-        for start, end in [(0, 1), (10 * MIB - 1, 10 * MIB + 1), (20 * MIB - 10, 20 * MIB + 10),
-                           (len(data) - 1, len(data)), (5 * MIB, 15 * MIB)]:
+        for start, end in [
+            (0, 1),
+            (10 * MIB - 1, 10 * MIB + 1),
+            (20 * MIB - 10, 20 * MIB + 10),
+            (len(data) - 1, len(data)),
+            (5 * MIB, 15 * MIB),
+        ]:
             assert reader.read_range(start, end) == data[start:end]
         for _ in range(8):
             start = rng.randrange(len(data))
@@ -260,8 +280,9 @@ def test_pyzstd_file_appended_several_times_is_read_by_ours(tmp_path: Path) -> N
     rng = random.Random(9)
     for step in range(6):
         part = content(rng.randrange(0, 80_000), 50 + step, compressible=None if step % 2 else True)
-        write_with_pyzstd(path, part, rng.choice([777, 8192, 30_000]), checksum=step % 3 == 0,
-                          mode="w" if step == 0 else "a", rng=rng)
+        write_with_pyzstd(
+            path, part, rng.choice([777, 8192, 30_000]), checksum=step % 3 == 0, mode="w" if step == 0 else "a", rng=rng
+        )
         expected += part
         check_with_ours(path, expected, rng, reads=30)
     assert len(table_of(path)) > 6
@@ -280,8 +301,9 @@ def test_pyzstd_empty_file_is_read_by_ours(tmp_path: Path) -> None:
 # -- a datadir of the original engine, compressed mode ---------------------------------------------------
 
 
-def write_original_datadir(datadir: Path, files: int, seed: int, empty_last: bool = False
-                           ) -> list[tuple[DataLocation, bytes]]:
+def write_original_datadir(
+    datadir: Path, files: int, seed: int, empty_last: bool = False
+) -> list[tuple[DataLocation, bytes]]:
     """Segments written the way the original engine did: each put_many batch appended with
     pyzstd's SeekableZstdFile in 'ab' mode (level 3, content checksums, 10 MiB frames), the
     batch ended by a frame flush; locations counted in uncompressed bytes; no index files.
@@ -293,18 +315,26 @@ def write_original_datadir(datadir: Path, files: int, seed: int, empty_last: boo
         path = datadir / f"data_{number:08d}.dat.zst"
         position = 0
         for _batch in range(rng.randrange(1, 5)):
-            with SeekableZstdFile(path, "ab", level_or_option=ORIGINAL_OPTIONS,
-                                  max_frame_content_size=ORIGINAL_FRAME_BYTES) as file:
+            with SeekableZstdFile(
+                path, "ab", level_or_option=ORIGINAL_OPTIONS, max_frame_content_size=ORIGINAL_FRAME_BYTES
+            ) as file:
                 for _blob in range(rng.randrange(1, 5)):
-                    blob = content(rng.choice([0, 10, 1000, 30_000, 150_000]), rng.randrange(10**6),
-                                   compressible=rng.choice([None, True, False]))
+                    blob = content(
+                        rng.choice([0, 10, 1000, 30_000, 150_000]),
+                        rng.randrange(10**6),
+                        compressible=rng.choice([None, True, False]),
+                    )
                     file.write(blob)
                     locations.append((DataLocation(str(path), position, position + len(blob)), blob))
                     position += len(blob)
                 file.flush(SeekableZstdFile.FLUSH_FRAME)
     if empty_last:
-        SeekableZstdFile(datadir / f"data_{files:08d}.dat.zst", "wb", level_or_option=ORIGINAL_OPTIONS,
-                         max_frame_content_size=ORIGINAL_FRAME_BYTES).close()
+        SeekableZstdFile(
+            datadir / f"data_{files:08d}.dat.zst",
+            "wb",
+            level_or_option=ORIGINAL_OPTIONS,
+            max_frame_content_size=ORIGINAL_FRAME_BYTES,
+        ).close()
     assert not list(datadir.glob("*.idx"))
     return locations
 
@@ -322,8 +352,7 @@ def check_old_locations(db: FlatFileDb, locations: list[tuple[DataLocation, byte
 
 
 @pytest.mark.parametrize("empty_last", [False, True])
-def test_original_engine_compressed_datadir_opens(make_store: StoreFactory, tmp_path: Path,
-                                                  empty_last: bool) -> None:
+def test_original_engine_compressed_datadir_opens(make_store: StoreFactory, tmp_path: Path, empty_last: bool) -> None:
     """FlatFileDb(datadir, lock, use_compression=True) on the original engine's datadir."""
     files = 4
     locations = write_original_datadir(tmp_path / "legacy", files, seed=21, empty_last=empty_last)
@@ -364,8 +393,9 @@ def test_original_engine_datadir_torn_by_a_crash_mid_append_opens(make_store: St
     frames (frames can be found by walking their headers, FORMAT.md "Compressed segment")."""
     locations = write_original_datadir(tmp_path / "torn", 3, seed=8)
     newest = tmp_path / "torn" / "data_00000002.dat.zst"
-    with SeekableZstdFile(newest, "ab", level_or_option=ORIGINAL_OPTIONS,
-                          max_frame_content_size=ORIGINAL_FRAME_BYTES) as file:
+    with SeekableZstdFile(
+        newest, "ab", level_or_option=ORIGINAL_OPTIONS, max_frame_content_size=ORIGINAL_FRAME_BYTES
+    ) as file:
         file.write(content(5000, 77))
         file.flush(SeekableZstdFile.FLUSH_FRAME)
         torn = newest.read_bytes()  # what the disk held when the process died
@@ -379,13 +409,14 @@ def test_original_engine_datadir_torn_by_a_crash_mid_append_opens(make_store: St
     assert db.get(location) == b"after the crash"
 
 
-def test_original_engine_datadir_locations_use_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                               ) -> None:
+def test_original_engine_datadir_locations_use_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The original engine stored whatever path it was given; relative datadirs keep working."""
     locations = write_original_datadir(tmp_path / "rel", 2, seed=5)
     monkeypatch.chdir(tmp_path)
-    relative = [(DataLocation(str(Path("rel") / Path(loc.file_path).name), loc.start_offset, loc.end_offset), blob)
-                for loc, blob in locations]
+    relative = [
+        (DataLocation(str(Path("rel") / Path(loc.file_path).name), loc.start_offset, loc.end_offset), blob)
+        for loc, blob in locations
+    ]
     db = FlatFileDb(Path("rel"), Path("rel.lock"), use_compression=True)
     try:
         check_old_locations(db, relative, random.Random(1))

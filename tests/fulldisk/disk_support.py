@@ -96,10 +96,12 @@ def mounted_ext4(workdir: str | os.PathLike[str], size_mib: int = 24) -> Iterato
     mount.mkdir()
     with open(image, "wb") as handle:
         handle.truncate(size_mib * 2**20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-b", str(BLOCK_BYTES), str(image)], check=True,
-                   capture_output=True)
-    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
-                            text=True).stdout.strip()
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-b", str(BLOCK_BYTES), str(image)], check=True, capture_output=True
+    )
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
     try:
         subprocess.run(["mount", "-t", "ext4", device, str(mount)], check=True, capture_output=True)
         try:

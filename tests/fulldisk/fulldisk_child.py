@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from disk_support import Filler, blob  # noqa: E402  # pylint: disable=wrong-import-position,import-error
+from disk_support import Filler, blob  # pylint: disable=wrong-import-position,import-error
 
-from conduit_flat_file_db import DataLocation, FlatFileDb  # noqa: E402  # pylint: disable=wrong-import-position
-from conduit_flat_file_db.state import W_DIRTY  # noqa: E402  # pylint: disable=wrong-import-position
+from conduit_flat_file_db import DataLocation, FlatFileDb  # pylint: disable=wrong-import-position
+from conduit_flat_file_db.state import W_DIRTY  # pylint: disable=wrong-import-position
 
 
 class Runner:
@@ -83,7 +83,7 @@ class Runner:
         """Put blobs of ``size`` until the disk refuses one (that OSError is the step's outcome)."""
         db = self.store()
         for _ in range(100_000):
-            (tag, size), = self._tags([step["size"]])
+            ((tag, size),) = self._tags([step["size"]])
             self._ack(db.put(blob(tag, size)), tag, size)
         raise AssertionError("the disk never filled up")
 
@@ -95,7 +95,7 @@ class Runner:
 
     def op_put_stream(self, step: dict[str, Any]) -> Any:
         """Store a blob of ``size`` bytes with put_stream."""
-        (tag, size), = self._tags([step["size"]])
+        ((tag, size),) = self._tags([step["size"]])
         self._ack(self.store().put_stream(io.BytesIO(blob(tag, size))), tag, size)
 
     def op_write_file(self, step: dict[str, Any]) -> Any:
@@ -195,19 +195,34 @@ class Runner:
             try:
                 detail = method(step)
             except OSError as exc:
-                outcomes.append({"op": step["op"], "ok": False, "errno": exc.errno, "error": repr(exc),
-                                 "type": type(exc).__name__})
+                outcomes.append(
+                    {"op": step["op"], "ok": False, "errno": exc.errno, "error": repr(exc), "type": type(exc).__name__}
+                )
             except Exception as exc:  # pylint: disable=broad-exception-caught  # the test judges it
-                outcomes.append({"op": step["op"], "ok": False, "errno": None, "error": traceback.format_exc(),
-                                 "type": type(exc).__name__})
+                outcomes.append(
+                    {
+                        "op": step["op"],
+                        "ok": False,
+                        "errno": None,
+                        "error": traceback.format_exc(),
+                        "type": type(exc).__name__,
+                    }
+                )
             else:
                 outcomes.append({"op": step["op"], "ok": True, "detail": detail})
         if self.db is not None:
             try:
                 self.db.close()
             except OSError as exc:
-                outcomes.append({"op": "final close", "ok": False, "errno": exc.errno, "error": repr(exc),
-                                 "type": type(exc).__name__})
+                outcomes.append(
+                    {
+                        "op": "final close",
+                        "ok": False,
+                        "errno": exc.errno,
+                        "error": repr(exc),
+                        "type": type(exc).__name__,
+                    }
+                )
         return {"outcomes": outcomes, "acked": [[*key, *value] for key, value in self.acked.items()]}
 
 

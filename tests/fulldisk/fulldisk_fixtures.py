@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from disk_support import Filler, blob, free_bytes, mounted_ext4  # pylint: disable=import-error  # pytest's import
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
@@ -65,12 +64,24 @@ class FullDisk:
         """Start a child process running ``steps`` on the store; :meth:`join` it."""
         self._runs += 1
         max_size = options.pop("max_size", None)
-        spec = {"mount": str(self.mount), "datadir": str(self.datadir), "lock": str(self.lock), "options": options,
-                "max_size": max_size, "steps": steps, "first_tag": 1_000_000 * self._runs}
+        spec = {
+            "mount": str(self.mount),
+            "datadir": str(self.datadir),
+            "lock": str(self.lock),
+            "options": options,
+            "max_size": max_size,
+            "steps": steps,
+            "first_tag": 1_000_000 * self._runs,
+        }
         spec_path = self.tmp_path / f"spec-{self._runs}.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        return subprocess.Popen([sys.executable, str(CHILD), str(spec_path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=REPO)
+        return subprocess.Popen(
+            [sys.executable, str(CHILD), str(spec_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
 
     def join(self, child: subprocess.Popen[str]) -> list[dict[str, Any]]:
         """The outcomes of a child's steps. The child must exit 0 (a SIGBUS is a negative return

@@ -24,8 +24,11 @@ from conduit_flat_file_db.seekable import parse_seek_table
 
 pytestmark = pytest.mark.fulldisk
 
-MODES = [pytest.param({}, id="raw"), pytest.param({"use_compression": True}, id="compressed"),
-         pytest.param({"fsync": True}, id="raw-fsync")]
+MODES = [
+    pytest.param({}, id="raw"),
+    pytest.param({"use_compression": True}, id="compressed"),
+    pytest.param({"fsync": True}, id="raw-fsync"),
+]
 """Raw and compressed segments; and raw ones written only with pwrite (fsync=True: no maps, so no
 room past the committed ends, whose blocks a seal frees: steps meet a full disk at other points)."""
 FREE_STEPS = [0, 4096, 16384, 69632]
@@ -49,8 +52,13 @@ def _then_works_again(op: dict[str, Any]) -> list[dict[str, Any]]:
     in the same process (the store recovers from the failure without a reopen)."""
     steps: list[dict[str, Any]] = []
     for free in FREE_STEPS:
-        steps += [{"op": "fill", "free": free}, op, {"op": "read_back"}, {"op": "release"},
-                  {"op": "put", "sizes": [700, 90_000]}]
+        steps += [
+            {"op": "fill", "free": free},
+            op,
+            {"op": "read_back"},
+            {"op": "release"},
+            {"op": "put", "sizes": [700, 90_000]},
+        ]
     return steps
 
 
@@ -92,7 +100,8 @@ def test_the_filler_leaves_exactly_the_free_bytes_asked_for(disk: FullDisk) -> N
 
 @pytest.mark.parametrize("options", MODES)
 def test_opening_a_new_store_on_a_full_disk_is_an_error_and_it_opens_once_space_is_freed(
-        disk: FullDisk, options: dict[str, Any]) -> None:
+    disk: FullDisk, options: dict[str, Any]
+) -> None:
     """Creating the datadir, the lock file, the state page and the first segment each need space."""
     for free in FREE_STEPS:
         shutil.rmtree(disk.datadir, ignore_errors=True)
@@ -119,7 +128,8 @@ def test_opening_an_existing_store_on_a_full_disk_works(disk: FullDisk, options:
 @pytest.mark.parametrize("options", MODES)
 @pytest.mark.parametrize("left", ["missing", "sparse"])
 def test_state_page_that_cannot_get_its_block_is_an_error_not_a_sigbus(
-        disk: FullDisk, options: dict[str, Any], left: str) -> None:
+    disk: FullDisk, options: dict[str, Any], left: str
+) -> None:
     """``ffdb.state`` is derivable: an opener that finds it missing (or as a hole, which is what an
     opener killed by a full disk used to leave) rebuilds it. On a full disk the page cannot get a
     block: the open fails with ENOSPC, where a store into the mapped hole killed the process, and
@@ -168,14 +178,18 @@ def test_lock_file_made_on_a_full_disk_does_not_kill_a_waiting_writer(disk: Full
 
 
 @pytest.mark.parametrize("options", MODES)
-@pytest.mark.parametrize("op", [
-    pytest.param({"op": "put_until_full", "size": 100}, id="small-mapped-puts"),
-    pytest.param({"op": "put_until_full", "size": 70_000}, id="large-pwrite-puts"),
-    pytest.param({"op": "put_many", "sizes": [5000] * 30}, id="put_many"),
-    pytest.param({"op": "put_stream", "size": 300_000}, id="put_stream"),
-])
+@pytest.mark.parametrize(
+    "op",
+    [
+        pytest.param({"op": "put_until_full", "size": 100}, id="small-mapped-puts"),
+        pytest.param({"op": "put_until_full", "size": 70_000}, id="large-pwrite-puts"),
+        pytest.param({"op": "put_many", "sizes": [5000] * 30}, id="put_many"),
+        pytest.param({"op": "put_stream", "size": 300_000}, id="put_stream"),
+    ],
+)
 def test_writing_on_a_full_disk_is_an_error_and_the_store_recovers(
-        disk: FullDisk, options: dict[str, Any], op: dict[str, Any]) -> None:
+    disk: FullDisk, options: dict[str, Any], op: dict[str, Any]
+) -> None:
     """Each write on a disk with no, one, a few and some more free blocks: it works or raises
     ENOSPC with nothing half-committed; once the space is back the same process puts again, and a
     reopened store verifies clean with every acknowledged blob intact."""
@@ -213,8 +227,14 @@ def test_rotating_on_a_full_disk_is_an_error_and_the_store_recovers(disk: FullDi
     _seal_some(disk, options)
     steps: list[dict[str, Any]] = []
     for free in FREE_STEPS:
-        steps += [{"op": "put", "sizes": [3000]}, {"op": "fill", "free": free}, {"op": "rotate"}, {"op": "read_back"},
-                  {"op": "release"}, {"op": "put", "sizes": [700, 90_000]}]
+        steps += [
+            {"op": "put", "sizes": [3000]},
+            {"op": "fill", "free": free},
+            {"op": "rotate"},
+            {"op": "read_back"},
+            {"op": "release"},
+            {"op": "put", "sizes": [700, 90_000]},
+        ]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
     _assert_recovered_in_place(outcomes)
     disk.check_recovered(**options)
@@ -233,20 +253,30 @@ FAILED_WRITES: dict[str, list[dict[str, Any]]] = {
 
 @pytest.mark.parametrize("options", MODES)
 @pytest.mark.parametrize("after", sorted(FAILED_WRITES))
-@pytest.mark.parametrize("free_with", [
-    pytest.param({"op": "delete_oldest"}, id="delete_file"),
-    pytest.param({"op": "retention", "max_bytes": 0, "keep_min": 1}, id="enforce_retention"),
-])
+@pytest.mark.parametrize(
+    "free_with",
+    [
+        pytest.param({"op": "delete_oldest"}, id="delete_file"),
+        pytest.param({"op": "retention", "max_bytes": 0, "keep_min": 1}, id="enforce_retention"),
+    ],
+)
 def test_a_store_frees_its_own_space_after_a_write_failed_on_a_full_disk(
-        disk: FullDisk, options: dict[str, Any], after: str, free_with: dict[str, Any]) -> None:
+    disk: FullDisk, options: dict[str, Any], after: str, free_with: dict[str, Any]
+) -> None:
     """The way out of a full disk is deleting sealed segments: it must work right after a put
     failed (compressed: that put's frames had taken the padding before the disk refused them),
     and while the mutable segment awaits recovery (an adoption whose next segment could not be
     created), without first repairing the mutable segment with blocks the disk does not have.
     Then puts work again in the same process."""
     _seal_some(disk, options)
-    steps: list[dict[str, Any]] = [*FAILED_WRITES[after], {"op": "dirty"}, {"op": "fill", "free": 0}, free_with,
-                                   {"op": "read_back"}, {"op": "put", "sizes": [700, 90_000]}]
+    steps: list[dict[str, Any]] = [
+        *FAILED_WRITES[after],
+        {"op": "dirty"},
+        {"op": "fill", "free": 0},
+        free_with,
+        {"op": "read_back"},
+        {"op": "put", "sizes": [700, 90_000]},
+    ]
     outcomes = disk.run(steps, max_size=SEGMENT_BYTES, **options)
     failed = [o for o in outcomes[:-5] if not o["ok"]]
     assert failed and failed[-1]["errno"] == errno.ENOSPC, outcomes
@@ -257,19 +287,39 @@ def test_a_store_frees_its_own_space_after_a_write_failed_on_a_full_disk(
 
 
 @pytest.mark.parametrize("options", MODES)
-def test_a_store_whose_put_failed_on_a_full_disk_opens_on_that_full_disk(disk: FullDisk,
-                                                                         options: dict[str, Any]) -> None:
+def test_a_store_whose_put_failed_on_a_full_disk_opens_on_that_full_disk(
+    disk: FullDisk, options: dict[str, Any]
+) -> None:
     """A put that failed on a full disk leaves nothing to repair (compressed: the padding frame and
     seek table it had taken are written back where they were), so another process opens the store
     on the still full disk, reads it, and frees space; a writer there gets ENOSPC, not a repair."""
     _seal_some(disk, options)
-    failed = disk.run([{"op": "fill", "free": 0}, {"op": "put_until_full", "size": 70_000}, {"op": "dirty"},
-                       {"op": "put_until_full", "size": 100}, {"op": "dirty"}], max_size=SEGMENT_BYTES, **options)
+    failed = disk.run(
+        [
+            {"op": "fill", "free": 0},
+            {"op": "put_until_full", "size": 70_000},
+            {"op": "dirty"},
+            {"op": "put_until_full", "size": 100},
+            {"op": "dirty"},
+        ],
+        max_size=SEGMENT_BYTES,
+        **options,
+    )
     assert [o["ok"] for o in failed] == [True, False, True, False, True] and not failed[2]["detail"], failed
     assert not failed[4]["detail"], failed
     disk.filler.fill_to(0)
-    outcomes = disk.run([{"op": "open"}, {"op": "verify"}, {"op": "put", "sizes": [70_000]}, {"op": "delete_oldest"},
-                         {"op": "release"}, {"op": "put", "sizes": [700, 90_000]}], max_size=SEGMENT_BYTES, **options)
+    outcomes = disk.run(
+        [
+            {"op": "open"},
+            {"op": "verify"},
+            {"op": "put", "sizes": [70_000]},
+            {"op": "delete_oldest"},
+            {"op": "release"},
+            {"op": "put", "sizes": [700, 90_000]},
+        ],
+        max_size=SEGMENT_BYTES,
+        **options,
+    )
     assert [o["ok"] for o in outcomes] == [True, True, False, True, True, True], outcomes
     disk.check_recovered(**options)
 
@@ -278,9 +328,9 @@ def _without_padding(path: Path) -> tuple[int, bytes, bytes]:
     """(size, bytes up to the padding frame's payload, bytes after it) of a mutable compressed segment:
     what a failed put must leave as it found it (the payload is skipped by every reader)."""
     data = path.read_bytes()
-    table = parse_seek_table(lambda offset, size: data[offset:offset + size], len(data))
+    table = parse_seek_table(lambda offset, size: data[offset : offset + size], len(data))
     padding_at, table_at = table.c_offsets[-2], table.c_offsets[-1]
-    return len(data), data[:padding_at + 8], data[table_at:]
+    return len(data), data[: padding_at + 8], data[table_at:]
 
 
 @pytest.mark.parametrize("size", [pytest.param(20_000, id="fits-the-padding"), pytest.param(300_000, id="past-it")])
@@ -303,7 +353,8 @@ def test_a_compressed_put_that_failed_leaves_its_segment_as_it_was(disk: FullDis
 
 @pytest.mark.parametrize("options", MODES)
 def test_a_store_whose_next_segment_could_not_be_created_opens_on_the_full_disk(
-        disk: FullDisk, options: dict[str, Any]) -> None:
+    disk: FullDisk, options: dict[str, Any]
+) -> None:
     """An adoption refused on a full disk has sealed the mutable segment already: the next segment
     is still to be made. Another process opens the store on the still full disk all the same (the
     sealed segment stays published, the next writer makes the segment), reads it and verifies it; a
@@ -311,9 +362,20 @@ def test_a_store_whose_next_segment_could_not_be_created_opens_on_the_full_disk(
     _seal_some(disk, options)
     failed = disk.run(FAILED_WRITES["adoption"] + [{"op": "dirty"}], max_size=SEGMENT_BYTES, **options)
     assert _failed(failed, "adopt") and failed[-1]["detail"], failed
-    outcomes = disk.run([{"op": "open"}, {"op": "dirty"}, {"op": "verify"}, {"op": "put", "sizes": [70_000]},
-                         {"op": "delete_oldest"}, {"op": "put", "sizes": [700, 90_000]}, {"op": "dirty"},
-                         {"op": "read_back"}], max_size=SEGMENT_BYTES, **options)
+    outcomes = disk.run(
+        [
+            {"op": "open"},
+            {"op": "dirty"},
+            {"op": "verify"},
+            {"op": "put", "sizes": [70_000]},
+            {"op": "delete_oldest"},
+            {"op": "put", "sizes": [700, 90_000]},
+            {"op": "dirty"},
+            {"op": "read_back"},
+        ],
+        max_size=SEGMENT_BYTES,
+        **options,
+    )
     assert [o["ok"] for o in outcomes] == [True, True, True, False, True, True, True, True], outcomes
     assert outcomes[1]["detail"] and not outcomes[6]["detail"], outcomes
     disk.check_recovered(**options)
@@ -325,12 +387,14 @@ def test_a_store_whose_next_segment_could_not_be_created_opens_on_the_full_disk(
 @pytest.mark.parametrize("options", MODES)
 @pytest.mark.parametrize("compress", [True, False])
 def test_recompressing_on_a_full_disk_is_an_error_and_leaves_no_scratch_file(
-        disk: FullDisk, options: dict[str, Any], compress: bool) -> None:
+    disk: FullDisk, options: dict[str, Any], compress: bool
+) -> None:
     """A rewrite writes the new file aside first: on a full disk that copy fails, is removed, and
     the segment stays as it was."""
     _seal_some(disk, options)
-    outcomes = disk.run(_then_works_again({"op": "recompress", "compress": compress}), max_size=SEGMENT_BYTES,
-                        **options)
+    outcomes = disk.run(
+        _then_works_again({"op": "recompress", "compress": compress}), max_size=SEGMENT_BYTES, **options
+    )
     if compress != bool(options.get("use_compression")):
         assert _failed(outcomes, "recompress"), outcomes
     _assert_recovered_in_place(outcomes)
@@ -340,7 +404,8 @@ def test_recompressing_on_a_full_disk_is_an_error_and_leaves_no_scratch_file(
 
 @pytest.mark.parametrize("options", MODES)
 def test_compacting_on_a_full_disk_is_an_error_and_every_old_location_still_reads(
-        disk: FullDisk, options: dict[str, Any]) -> None:
+    disk: FullDisk, options: dict[str, Any]
+) -> None:
     """Compaction copies live blobs with ordinary puts: on a full disk the copy fails, and the
     old segments stay (they are deleted only by finish_compaction, after every copy)."""
     _seal_some(disk, options)

@@ -36,8 +36,8 @@ import xxhash
 
 from conduit_flat_file_db import DataLocation, FlatFileDb, InvalidLocationError, Slice
 from conduit_flat_file_db.fileio import pread_at
-from conduit_flat_file_db.index import blob_checksum
 from conduit_flat_file_db.frames import SKIPPABLE_HEADER_BYTES
+from conduit_flat_file_db.index import blob_checksum
 from conduit_flat_file_db.seekable import SeekableWriter, padding_header, parse_seek_table, write_padding_and_table
 from conduit_flat_file_db.segment import PADDING_MIN_BYTES, padding_for
 
@@ -192,8 +192,9 @@ def open_store(where: Path, mode: str) -> FlatFileDb:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, source: bytearray,
-           digests: dict[int, int]) -> Iterator[Filled]:
+def filled(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, source: bytearray, digests: dict[int, int]
+) -> Iterator[Filled]:
     """A store of each mode: small, 2 GiB+, small, 4 GiB+, small, put one by one, then sealed:
     the 4 GiB blob lies at segment offsets from past 2 GiB to past 6 GiB."""
     mode: str = request.param
@@ -230,8 +231,9 @@ def check_blob(db: FlatFileDb, location: DataLocation, size: int, digest: int) -
     """What every write test checks: the length, the checksum the index recorded (computed
     over the whole buffer at once) against the streamed one, and bytes at every boundary."""
     assert location.end_offset - location.start_offset == size
-    records = [r for r in db.iter_records() if r.end_offset == location.end_offset
-               and r.start_offset == location.start_offset]
+    records = [
+        r for r in db.iter_records() if r.end_offset == location.end_offset and r.start_offset == location.start_offset
+    ]
     assert len(records) == 1
     assert records[0].checksum == digest
     for start, end in boundary_slices(size):
@@ -242,8 +244,7 @@ def check_blob(db: FlatFileDb, location: DataLocation, size: int, digest: int) -
 
 
 @pytest.mark.parametrize("which", SIZES)
-def test_get_returns_every_byte_of_a_blob_past_the_syscall_limit(filled: Filled, source: bytearray,
-                                                                 which: str) -> None:
+def test_get_returns_every_byte_of_a_blob_past_the_syscall_limit(filled: Filled, source: bytearray, which: str) -> None:
     """One pread moves at most 0x7ffff000 bytes: get() reads on instead of taking the rest for a cut segment."""
     blob = filled.blobs[which]
     got = filled.db.get(blob.location)
@@ -284,9 +285,14 @@ def test_get_many_reads_big_blobs_and_slices_in_the_callers_order(filled: Filled
     """A whole 2 GiB+ blob, tails and slices across 2**31 and 2**32, a small blob: in input order."""
     two, four = filled.blobs["2gib"], filled.blobs["4gib"]
     small_location, small_data = filled.small[0]
-    wanted = [(four.location, Slice(four.size - 5, 0)), (two.location, Slice(2**31 - 7, 2**31 + 7)),
-              (small_location, None), (four.location, Slice(2**32 - 7, 2**32 + 7)), (two.location, None),
-              (two.location, Slice(two.size - 1, 0))]
+    wanted = [
+        (four.location, Slice(four.size - 5, 0)),
+        (two.location, Slice(2**31 - 7, 2**31 + 7)),
+        (small_location, None),
+        (four.location, Slice(2**32 - 7, 2**32 + 7)),
+        (two.location, None),
+        (two.location, Slice(two.size - 1, 0)),
+    ]
     got = filled.db.get_many([location for location, _ in wanted], [part for _, part in wanted])
     assert got[2] == small_data
     assert_same(got[0], pattern_bytes(four.size - 5, four.size), "tail of 4 GiB+")
@@ -296,8 +302,7 @@ def test_get_many_reads_big_blobs_and_slices_in_the_callers_order(filled: Filled
     assert_same(got[4], memoryview(source)[: two.size], f"{filled.mode} get_many: whole 2 GiB+ blob")
 
 
-def test_get_view_maps_a_raw_blob_past_4_gib_and_refuses_a_compressed_one(filled: Filled,
-                                                                          source: bytearray) -> None:
+def test_get_view_maps_a_raw_blob_past_4_gib_and_refuses_a_compressed_one(filled: Filled, source: bytearray) -> None:
     """A zero-copy view of every byte (raw); compressed segments have no bytes to map."""
     for which, blob in filled.blobs.items():
         if filled.mode == "zstd":
@@ -344,8 +349,17 @@ def test_verify_checks_every_byte_of_segments_past_4_gib(filled: Filled) -> None
 
 
 def _ffdb(filled: Filled, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "conduit_flat_file_db", "--datadir", str(filled.db.datadir),
-               "--lock", str(filled.lock), "--no-progress", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "conduit_flat_file_db",
+        "--datadir",
+        str(filled.db.datadir),
+        "--lock",
+        str(filled.lock),
+        "--no-progress",
+        *args,
+    ]
     return subprocess.Popen(command, **kwargs)  # pylint: disable=consider-using-with  # callers wait
 
 
@@ -382,8 +396,10 @@ def test_cli_get_slice_to_a_file(filled: Filled, scratch: Path) -> None:
         for low, high in [(2**31 - 100, 2**31 + 100), (2**32 - 100, 2**32 + 100), (blob.size - 4099, 0)]:
             if high > blob.size:
                 continue
-            with open(target, "wb") as out, _ffdb(filled, "get", f"{path}:{start}:{end}", "--slice", str(low),
-                                                  str(high), stdout=out) as process:
+            with (
+                open(target, "wb") as out,
+                _ffdb(filled, "get", f"{path}:{start}:{end}", "--slice", str(low), str(high), stdout=out) as process,
+            ):
                 pass
             assert process.returncode == 0
             assert_same(target.read_bytes(), pattern_bytes(low, high or blob.size), f"--slice {low} {high}")
@@ -393,13 +409,20 @@ def test_cli_get_slice_to_a_file(filled: Filled, scratch: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_put_many_commits_blobs_past_2_and_4_gib_in_one_batch(scratch: Path, source: bytearray,
-                                                              digests: dict[int, int], mode: str) -> None:
+def test_put_many_commits_blobs_past_2_and_4_gib_in_one_batch(
+    scratch: Path, source: bytearray, digests: dict[int, int], mode: str
+) -> None:
     """One run of 6 GiB+ (raw: one pwritev that Linux cuts short; compressed: one set of frames)."""
     db = open_store(scratch, mode)
     try:
-        items: list[bytes | bytearray | memoryview] = [b"a", memoryview(source)[:JUST_PAST_2_GIB], b"", bytes(7),
-                                                       source, b"z"]
+        items: list[bytes | bytearray | memoryview] = [
+            b"a",
+            memoryview(source)[:JUST_PAST_2_GIB],
+            b"",
+            bytes(7),
+            source,
+            b"z",
+        ]
         tracemalloc.start()
         try:
             locations = db.put_many(items)
@@ -422,8 +445,9 @@ def test_put_many_commits_blobs_past_2_and_4_gib_in_one_batch(scratch: Path, sou
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_put_stream_stores_a_stream_past_4_gib(scratch: Path, source: bytearray, digests: dict[int, int],
-                                               mode: str) -> None:
+def test_put_stream_stores_a_stream_past_4_gib(
+    scratch: Path, source: bytearray, digests: dict[int, int], mode: str
+) -> None:
     """A stream written aside (raw, or seekable Zstandard) and committed as a segment of its own.
 
     The stream arrives in 4 MiB pieces, so only its total size is large: one past 4 GiB also
@@ -441,8 +465,9 @@ def test_put_stream_stores_a_stream_past_4_gib(scratch: Path, source: bytearray,
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_adopt_file_takes_a_file_past_4_gib(scratch: Path, source: bytearray, source_file: Path,
-                                            digests: dict[int, int], mode: str) -> None:
+def test_adopt_file_takes_a_file_past_4_gib(
+    scratch: Path, source: bytearray, source_file: Path, digests: dict[int, int], mode: str
+) -> None:
     """A raw file or a seekable Zstandard file past 4 GiB becomes a segment; its checksum covers all of it."""
     if mode == "raw":
         path = scratch / "adopt.bin"
@@ -464,12 +489,23 @@ def test_adopt_file_takes_a_file_past_4_gib(scratch: Path, source: bytearray, so
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_cli_put_streams_a_file_past_4_gib(scratch: Path, source_file: Path, digests: dict[int, int],
-                                           mode: str) -> None:
+def test_cli_put_streams_a_file_past_4_gib(
+    scratch: Path, source_file: Path, digests: dict[int, int], mode: str
+) -> None:
     """``ffdb put`` (and ``put --compress``) of a file past 4 GiB prints a location that reads back."""
     datadir = scratch / "store"
-    command = [sys.executable, "-m", "conduit_flat_file_db", "--datadir", str(datadir), "--lock",
-               str(scratch / "store.lock"), "--no-progress", "put", str(source_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "conduit_flat_file_db",
+        "--datadir",
+        str(datadir),
+        "--lock",
+        str(scratch / "store.lock"),
+        "--no-progress",
+        "put",
+        str(source_file),
+    ]
     done = subprocess.run(command + (["--compress"] if mode == "zstd" else []), capture_output=True, check=False)
     assert done.returncode == 0, done.stderr.decode()
     name, file_path, start, end, packed = done.stdout.decode().rstrip("\n").split("\t")

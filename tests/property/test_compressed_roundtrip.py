@@ -36,7 +36,8 @@ OPS: st.SearchStrategy[list[Op]] = st.lists(
         st.tuples(st.just("many"), st.lists(BLOBS, max_size=5)),
         st.tuples(st.just("rotate"), st.just([])),
     ),
-    min_size=1, max_size=8,
+    min_size=1,
+    max_size=8,
 )
 FRAME_BYTES = st.one_of(st.sampled_from([1 * KIB, 4 * KIB, 64 * KIB]), st.integers(1 * KIB, 64 * KIB))
 MAX_SIZES = st.integers(16 * KIB, 512 * KIB)
@@ -98,8 +99,9 @@ def draw_slices(data: st.DataObject, datas: list[bytes]) -> list[tuple[int, int]
     return slices
 
 
-def check(stores: list[FlatFileDb], locations: list[list[DataLocation]], datas: list[bytes],
-          slices: list[tuple[int, int]]) -> None:
+def check(
+    stores: list[FlatFileDb], locations: list[list[DataLocation]], datas: list[bytes], slices: list[tuple[int, int]]
+) -> None:
     """Every store returns every blob whole and through its slices; the stores agree."""
     for number, blob in enumerate(datas):
         for store, locs in zip(stores, locations):
@@ -110,12 +112,20 @@ def check(stores: list[FlatFileDb], locations: list[list[DataLocation]], datas: 
                 assert store.get(location, Slice(start, end)) == want, (location, start, end)
 
 
-def open_pair(workdir: Path, tmp: Path, *, frame_bytes: int, cache: int, threads: int, reframe: bool,
-              max_size: int) -> tuple[FlatFileDb, FlatFileDb]:
+def open_pair(
+    workdir: Path, tmp: Path, *, frame_bytes: int, cache: int, threads: int, reframe: bool, max_size: int
+) -> tuple[FlatFileDb, FlatFileDb]:
     """A raw store and a compressed store in ``tmp``."""
     raw = FlatFileDb(tmp / "raw", workdir / "raw.lock")
-    zst = FlatFileDb(tmp / "zst", workdir / "zst.lock", use_compression=True, frame_bytes=frame_bytes,
-                     frame_cache_bytes=cache, compression_threads=threads, reframe_on_seal=reframe)
+    zst = FlatFileDb(
+        tmp / "zst",
+        workdir / "zst.lock",
+        use_compression=True,
+        frame_bytes=frame_bytes,
+        frame_cache_bytes=cache,
+        compression_threads=threads,
+        reframe_on_seal=reframe,
+    )
     raw.MAX_DAT_FILE_SIZE = zst.MAX_DAT_FILE_SIZE = max_size
     return raw, zst
 
@@ -133,23 +143,39 @@ def verified_close(*stores: FlatFileDb) -> None:
 
 @pytest.mark.timeout(120)
 @ROUND_TRIP_SETTINGS
-@given(ops=OPS, frame_bytes=FRAME_BYTES, max_size=MAX_SIZES, cache=st.sampled_from([0, 256 * KIB, 8 * 2**20]),
-       threads=st.integers(1, 2), reframe=st.booleans(), data=st.data())
+@given(
+    ops=OPS,
+    frame_bytes=FRAME_BYTES,
+    max_size=MAX_SIZES,
+    cache=st.sampled_from([0, 256 * KIB, 8 * 2**20]),
+    threads=st.integers(1, 2),
+    reframe=st.booleans(),
+    data=st.data(),
+)
 def test_compressed_store_serves_what_a_raw_store_serves(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-        workdir: Path, ops: list[Op], frame_bytes: int, max_size: int, cache: int, threads: int, reframe: bool,
-        data: st.DataObject) -> None:
+    workdir: Path,
+    ops: list[Op],
+    frame_bytes: int,
+    max_size: int,
+    cache: int,
+    threads: int,
+    reframe: bool,
+    data: st.DataObject,
+) -> None:
     """Same operations, same locations (offsets in uncompressed bytes), same bytes, before and
     after reopening both stores."""
     with tempfile.TemporaryDirectory(dir=workdir) as name:
         tmp = Path(name)
-        raw, zst = open_pair(workdir, tmp, frame_bytes=frame_bytes, cache=cache, threads=threads, reframe=reframe,
-                             max_size=max_size)
+        raw, zst = open_pair(
+            workdir, tmp, frame_bytes=frame_bytes, cache=cache, threads=threads, reframe=reframe, max_size=max_size
+        )
         try:
             raw_locations, datas = apply(raw, ops, 0)
             zst_locations, zst_datas = apply(zst, ops, 0)
             assert zst_datas == datas
-            assert [(segment_number(loc), loc.start_offset, loc.end_offset) for loc in zst_locations] == \
-                   [(segment_number(loc), loc.start_offset, loc.end_offset) for loc in raw_locations]
+            assert [(segment_number(loc), loc.start_offset, loc.end_offset) for loc in zst_locations] == [
+                (segment_number(loc), loc.start_offset, loc.end_offset) for loc in raw_locations
+            ]
             assert all(loc.file_path.endswith(".dat.zst") for loc in zst_locations)
             segments = len({segment_number(loc) for loc in zst_locations})
             target(float(segments), label="segments written")
@@ -161,14 +187,17 @@ def test_compressed_store_serves_what_a_raw_store_serves(  # pylint: disable=too
         finally:
             verified_close(raw, zst)
 
-        raw, zst = open_pair(workdir, tmp, frame_bytes=frame_bytes, cache=cache, threads=threads, reframe=reframe,
-                             max_size=max_size)
+        raw, zst = open_pair(
+            workdir, tmp, frame_bytes=frame_bytes, cache=cache, threads=threads, reframe=reframe, max_size=max_size
+        )
         try:
             check([raw, zst], [raw_locations, zst_locations], datas, slices)
             extra = blob_bytes(10**6, 5000, True)
             raw_more, zst_more = raw.put(extra), zst.put(extra)
-            assert (segment_number(raw_more), raw_more.start_offset) == (segment_number(zst_more),
-                                                                         zst_more.start_offset)
+            assert (segment_number(raw_more), raw_more.start_offset) == (
+                segment_number(zst_more),
+                zst_more.start_offset,
+            )
             assert raw.get(raw_more) == zst.get(zst_more) == extra
             check([raw, zst], [raw_locations, zst_locations], datas, slices)
             assert list(zst.iter_locations()) == zst_locations + [zst_more]
@@ -178,10 +207,10 @@ def test_compressed_store_serves_what_a_raw_store_serves(  # pylint: disable=too
 
 @pytest.mark.timeout(120)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(phases=st.lists(OPS, min_size=3, max_size=3), frame_bytes=FRAME_BYTES, max_size=MAX_SIZES,
-       data=st.data())
-def test_switching_use_compression_between_reopenings(workdir: Path, phases: list[list[Op]], frame_bytes: int,
-                                                      max_size: int, data: st.DataObject) -> None:
+@given(phases=st.lists(OPS, min_size=3, max_size=3), frame_bytes=FRAME_BYTES, max_size=MAX_SIZES, data=st.data())
+def test_switching_use_compression_between_reopenings(
+    workdir: Path, phases: list[list[Op]], frame_bytes: int, max_size: int, data: st.DataObject
+) -> None:
     """raw -> compressed -> raw on one datadir: every blob of every phase reads back after each
     reopening, whole and in slices; the store verifies clean throughout."""
     with tempfile.TemporaryDirectory(dir=workdir) as name:
@@ -208,6 +237,7 @@ def test_switching_use_compression_between_reopenings(workdir: Path, phases: lis
             check([final], [locations], datas, slices)
             assert list(final.iter_locations()) == [
                 DataLocation(final.segment_path(segment_number(loc)), loc.start_offset, loc.end_offset)
-                for loc in locations]
+                for loc in locations
+            ]
         finally:
             verified_close(final)

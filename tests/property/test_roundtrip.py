@@ -7,7 +7,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator
 
 import pytest
 from hypothesis import given
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conduit_flat_file_db import DataLocation, FlatFileDb, Slice
 
-Op = tuple[str, Union[int, list[int], None]]
+Op = tuple[str, int | list[int] | None]
 
 SIZES = st.integers(min_value=0, max_value=64)
 OPS = st.lists(
@@ -24,7 +24,8 @@ OPS = st.lists(
         st.tuples(st.just("many"), st.lists(SIZES, max_size=8)),
         st.tuples(st.just("rotate"), st.none()),
     ),
-    min_size=1, max_size=20,
+    min_size=1,
+    max_size=20,
 )
 # Small enough that most examples rotate, large enough that they do not rotate on every blob.
 MAX_SIZES = st.integers(min_value=1, max_value=256)
@@ -87,8 +88,9 @@ def check_layout(locations: list[DataLocation], datas: list[bytes], max_size: in
         previous = loc
 
 
-def check_reads(store: FlatFileDb, locations: list[DataLocation], datas: list[bytes],
-                slices: list[tuple[int, int]]) -> None:
+def check_reads(
+    store: FlatFileDb, locations: list[DataLocation], datas: list[bytes], slices: list[tuple[int, int]]
+) -> None:
     """Every blob reads back whole and through its slice."""
     for loc, data, (start, end) in zip(locations, datas, slices):
         assert store.get(loc) == data
@@ -153,8 +155,9 @@ def test_put_many_matches_single_puts(lock_path: Path, sizes: list[int], max_siz
             datas = [content(i, n) for i, n in enumerate(sizes)]
             singles = [one.put(d) for d in datas]
             batch = many.put_many(datas)
-            assert [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in singles] == \
-                [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in batch]
+            assert [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in singles] == [
+                (Path(l.file_path).name, l.start_offset, l.end_offset) for l in batch
+            ]
             assert [many.get(loc) for loc in batch] == datas
             assert one.segments() == many.segments()
             assert one.verify().ok and many.verify().ok

@@ -101,8 +101,11 @@ def stores_fixture(make_store: StoreFactory) -> Iterator[Stores]:
 
 
 sizes = st.one_of(st.integers(0, 3 * FRAME), st.integers(0, 2 * MIB), st.sampled_from([0, 1, FRAME, 2 * MIB]))
-chunk_sizes = st.lists(st.one_of(st.integers(1, 9), st.integers(1, 70_000),
-                                 st.sampled_from([FRAME - 1, FRAME, FRAME + 1, 4 * MIB])), min_size=1, max_size=6)
+chunk_sizes = st.lists(
+    st.one_of(st.integers(1, 9), st.integers(1, 70_000), st.sampled_from([FRAME - 1, FRAME, FRAME + 1, 4 * MIB])),
+    min_size=1,
+    max_size=6,
+)
 whences = st.sampled_from([io.SEEK_SET, io.SEEK_CUR, io.SEEK_END])
 
 
@@ -138,8 +141,10 @@ def check_operations(db: FlatFileDb, location: DataLocation, data: bytes, ops: l
         assert blob.tell() == 0
         for op, arg, whence in ops:
             if op == "seek-inside":
-                op, arg = "seek", len(data) * arg // 1000 - {io.SEEK_SET: 0, io.SEEK_CUR: pos,
-                                                             io.SEEK_END: len(data)}[whence]
+                op, arg = (
+                    "seek",
+                    len(data) * arg // 1000 - {io.SEEK_SET: 0, io.SEEK_CUR: pos, io.SEEK_END: len(data)}[whence],
+                )
             if op == "seek":
                 base = {io.SEEK_SET: 0, io.SEEK_CUR: pos, io.SEEK_END: len(data)}[whence]
                 if base + arg < 0:
@@ -165,12 +170,11 @@ def check_operations(db: FlatFileDb, location: DataLocation, data: bytes, ops: l
         assert blob.read() == b""
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
-@given(compressed=st.booleans(), size=sizes, chunks=chunk_sizes, shape=st.sampled_from(sorted(SOURCES)),
-       data=st.data())
-def test_put_stream_then_random_seeks_and_reads(stores: Stores, compressed: bool, size: int, chunks: list[int],
-                                                shape: str, data: st.DataObject) -> None:
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(compressed=st.booleans(), size=sizes, chunks=chunk_sizes, shape=st.sampled_from(sorted(SOURCES)), data=st.data())
+def test_put_stream_then_random_seeks_and_reads(
+    stores: Stores, compressed: bool, size: int, chunks: list[int], shape: str, data: st.DataObject
+) -> None:
     """put_stream from any chunking; then any seek/read sequence reads the bytes put."""
     db = stores.pick(compressed)
     seed = data.draw(st.integers(0, 2**32), label="seed")
@@ -184,12 +188,13 @@ def test_put_stream_then_random_seeks_and_reads(stores: Stores, compressed: bool
     assert db.get(location) == blob
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
-@given(compressed=st.booleans(), size=sizes, how=st.sampled_from(["put", "put_many"]), seal=st.booleans(),
-       data=st.data())
-def test_open_blob_of_put_and_put_many(stores: Stores, compressed: bool, size: int, how: str, seal: bool,
-                                       data: st.DataObject) -> None:
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    compressed=st.booleans(), size=sizes, how=st.sampled_from(["put", "put_many"]), seal=st.booleans(), data=st.data()
+)
+def test_open_blob_of_put_and_put_many(
+    stores: Stores, compressed: bool, size: int, how: str, seal: bool, data: st.DataObject
+) -> None:
     """open_blob serves blobs of put / put_many too, in the mutable segment or sealed (and, when
     compressed, re-framed); a slice taken with seek/tell is the slice of the blob."""
     db = stores.pick(compressed)

@@ -51,8 +51,20 @@ REFRESH_SECONDS = 0.2  # how stale a worker's view of the other workers' reports
 KEEP_SEALED = 3  # deletes spare the newest sealed segments, so readers have something to read
 READ_BATCH = 8
 
-OPS = ("put", "put_many", "put_stream", "put_streams", "adopt", "read", "rotate", "recompress", "verify",
-       "delete", "retention", "compact")
+OPS = (
+    "put",
+    "put_many",
+    "put_stream",
+    "put_streams",
+    "adopt",
+    "read",
+    "rotate",
+    "recompress",
+    "verify",
+    "delete",
+    "retention",
+    "compact",
+)
 COMPLETED = (*OPS, "finish_compaction")  # what "# op" lines name
 
 
@@ -182,10 +194,13 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
         of them with fsync=True now and then (the background fsync of sealed segments)."""
         datadir, lock = config["datadir"], config["datadir"] + ".lock"
         fsync = self.rng.random() < 0.2
-        dbs = [FlatFileDb(datadir, lock),
-               FlatFileDb(datadir, lock, fsync=fsync, use_compression=True,
-                          frame_bytes=self.rng.choice([1024, 4096, 16384])),
-               FlatFileDb(datadir, lock, fsync=fsync, use_compression=CompressMode.AUTO)]
+        dbs = [
+            FlatFileDb(datadir, lock),
+            FlatFileDb(
+                datadir, lock, fsync=fsync, use_compression=True, frame_bytes=self.rng.choice([1024, 4096, 16384])
+            ),
+            FlatFileDb(datadir, lock, fsync=fsync, use_compression=CompressMode.AUTO),
+        ]
         for db in dbs:
             db.MAX_DAT_FILE_SIZE = int(config["segment_bytes"])
         self.write(f"# ready {os.getpid()}\n")
@@ -199,8 +214,9 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
 
     def acknowledge(self, op: str, locations: list[DataLocation], pools: list[int]) -> None:
         """Report blobs whose call returned, and the operation."""
-        lines = [f"A\t{loc.file_path}\t{loc.start_offset}\t{loc.end_offset}\t{pool}\n"
-                 for loc, pool in zip(locations, pools)]
+        lines = [
+            f"A\t{loc.file_path}\t{loc.start_offset}\t{loc.end_offset}\t{pool}\n" for loc, pool in zip(locations, pools)
+        ]
         self.write("".join(lines) + f"# op {op}\n")
 
     def fail(self, message: str) -> None:
@@ -287,8 +303,10 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
         try:
             for ack, got, want in self._read(db, how, batch):
                 if got != want:
-                    self.fail(f"{how} of {ack.location} read {len(got)} bytes that differ from the "
-                              f"{len(want)} acknowledged (pool offset {ack.pool})")
+                    self.fail(
+                        f"{how} of {ack.location} read {len(got)} bytes that differ from the "
+                        f"{len(want)} acknowledged (pool offset {ack.pool})"
+                    )
         except FlatFileDbNotFoundError:
             self.reports.refresh()
             for ack in batch:  # which one: each read alone
@@ -301,9 +319,11 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
 
     def _read(self, db: FlatFileDb, how: str, batch: list[Ack]) -> Iterable[tuple[Ack, bytes, bytes]]:
         """(ack, bytes read, bytes expected) of each blob of ``batch``, read ``how``."""
+
         def want(ack: Ack, lo: int = 0, hi: int | None = None) -> bytes:
             size = ack.location.end_offset - ack.location.start_offset
             return self.pool[ack.pool : ack.pool + size][lo:hi]
+
         if how == "get_many":
             return self._many(db, batch, want)
         out = []
@@ -370,16 +390,20 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
         level = self.rng.choice([None, 1, 3])
         frame_bytes = self.rng.choice([None, 2048, 32768])
         for result in self.db().recompress(picked, mode=mode, level=level, frame_bytes=frame_bytes):
-            if result.action == "vanished" and result.number not in self.dbs[0].segments() \
-                    and not self.reports.gone([result.number]):  # "vanished" also means rewritten by another
+            if (
+                result.action == "vanished"
+                and result.number not in self.dbs[0].segments()
+                and not self.reports.gone([result.number])
+            ):  # "vanished" also means rewritten by another
                 self.fail(f"recompress of {result.number}: vanished, nobody deleted it ({result.reason})")
         self.write("# op recompress\n")
 
     def op_verify(self) -> None:
         """A live verify: whatever it reports is a problem of the store (judged by the test)."""
         report = self.db().verify(full=self.rng.random() < 0.7)
-        lines = [f"P\t{p.kind}\t{p.path}\t{p.offset}\t{p.message}\n".replace("\n", " ")[:-1] + "\n"
-                 for p in report.problems]
+        lines = [
+            f"P\t{p.kind}\t{p.path}\t{p.offset}\t{p.message}\n".replace("\n", " ")[:-1] + "\n" for p in report.problems
+        ]
         self.write("".join(lines) + "# op verify\n")
 
     def op_delete(self) -> None:
@@ -394,8 +418,10 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
 
     def op_retention(self) -> None:
         """enforce_retention by size; each segment is reported before it goes."""
+
         def on_delete(path: str, _locations: list[DataLocation]) -> None:
             self.write(f"D\t{segment_of(DataLocation(path, 0, 0))}\tenforce_retention\n")
+
         self.db().enforce_retention(max_bytes=self.retention_bytes, keep_min=KEEP_SEALED, on_delete=on_delete)
         self.write("# op retention\n")
 

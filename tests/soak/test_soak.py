@@ -93,7 +93,8 @@ class Worker:
             stderr.write(f"--- start {self.starts} (seed {seed})\n".encode())
             stderr.flush()
             self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # killed or stopped by the test
-                [sys.executable, str(WORKER_SCRIPT), json.dumps(config)], stderr=stderr)
+                [sys.executable, str(WORKER_SCRIPT), json.dumps(config)], stderr=stderr
+            )
 
     def kill(self) -> None:
         """SIGKILL the running incarnation; an incarnation that ended by itself is a failure."""
@@ -138,10 +139,17 @@ def run_workers(tmp_path: Path, seed: int, seconds: float) -> tuple[list[Worker]
     rng = random.Random(seed)
     workers = []
     for name, weights in ROLES.items():
-        config = {"datadir": str(datadir), "run_seed": seed, "threads": 2 if name == "chaos" else 1,
-                  "report_dir": str(tmp_path / "reports"),
-                  "incoming": str(tmp_path / "incoming"), "stop_file": str(stop_file), "weights": weights,
-                  "segment_bytes": SEGMENT_BYTES, "retention_bytes": RETENTION_BYTES}
+        config = {
+            "datadir": str(datadir),
+            "run_seed": seed,
+            "threads": 2 if name == "chaos" else 1,
+            "report_dir": str(tmp_path / "reports"),
+            "incoming": str(tmp_path / "incoming"),
+            "stop_file": str(stop_file),
+            "weights": weights,
+            "segment_bytes": SEGMENT_BYTES,
+            "retention_bytes": RETENTION_BYTES,
+        }
         workers.append(Worker(tmp_path, name, config))
     FlatFileDb(datadir, str(datadir) + ".lock").close()  # created once, before the workers race to open it
     kills = 0
@@ -180,8 +188,10 @@ def check_store(datadir: Path, reports: Reports, pool: bytes) -> tuple[int, list
             try:
                 got = db.get(ack.location)
             except (OSError, ValueError) as exc:
-                failures.append(f"acknowledged {'empty blob' if size == 0 else 'blob'} {ack.location} does not read: "
-                                f"{type(exc).__name__}: {exc}")
+                failures.append(
+                    f"acknowledged {'empty blob' if size == 0 else 'blob'} {ack.location} does not read: "
+                    f"{type(exc).__name__}: {exc}"
+                )
                 continue
             if got != pool[ack.pool : ack.pool + size]:
                 failures.append(f"acknowledged {ack.location} reads back different bytes")
@@ -212,21 +222,37 @@ def test_soak_many_processes_killed_at_random_lose_nothing(tmp_path: Path) -> No
     reports = Reports(tmp_path / "reports")
     reports.refresh()
     pool = make_pool(seed)
-    checked, failures = with_deadline(CHECK_SECONDS, "the final check", tmp_path / "store",
-                                      lambda: check_store(tmp_path / "store", reports, pool))
-    failures = [f for w in workers for f in w.failures] + reports.failures + \
-        [f"live verify: {p}" for p in reports.problems if not excused(p, reports)] + failures
+    checked, failures = with_deadline(
+        CHECK_SECONDS, "the final check", tmp_path / "store", lambda: check_store(tmp_path / "store", reports, pool)
+    )
+    failures = (
+        [f for w in workers for f in w.failures]
+        + reports.failures
+        + [f"live verify: {p}" for p in reports.problems if not excused(p, reports)]
+        + failures
+    )
     deleted = Counter(reports.deleted.values())
-    print(f"soak: {seconds:.0f} s, {kills} kills, {len(reports.acks)} acknowledged blobs ({checked} checked at "
-          f"the end), segments deleted by {dict(deleted)}, operations {reports.ops}")
+    print(
+        f"soak: {seconds:.0f} s, {kills} kills, {len(reports.acks)} acknowledged blobs ({checked} checked at "
+        f"the end), segments deleted by {dict(deleted)}, operations {reports.ops}"
+    )
     if failures:
         (tmp_path / "failures.txt").write_text("\n".join(failures) + "\n")
-        stderr = "\n".join(f"--- {w.name} stderr:\n{w.stderr_tail()}" for w in workers
-                           if w.failures or any(f.startswith(f"{w.name}.report:") for f in reports.failures))
-        pytest.fail(f"FFDB_SOAK_SEED={seed}: {len(failures)} failures:\n" + "\n".join(failures[:SHOWN])
-                    + (f"\n... and {len(failures) - SHOWN} more (all in {tmp_path / 'failures.txt'})"
-                       if len(failures) > SHOWN else "")
-                    + f"\n{stderr}")
+        stderr = "\n".join(
+            f"--- {w.name} stderr:\n{w.stderr_tail()}"
+            for w in workers
+            if w.failures or any(f.startswith(f"{w.name}.report:") for f in reports.failures)
+        )
+        pytest.fail(
+            f"FFDB_SOAK_SEED={seed}: {len(failures)} failures:\n"
+            + "\n".join(failures[:SHOWN])
+            + (
+                f"\n... and {len(failures) - SHOWN} more (all in {tmp_path / 'failures.txt'})"
+                if len(failures) > SHOWN
+                else ""
+            )
+            + f"\n{stderr}"
+        )
     assert kills > 0 and checked > 0, "the soak did not run"
     idle = [op for op in COMPLETED if reports.ops[op] == 0]
     assert not idle, f"operations never completed in {seconds} s: {idle} (FFDB_SOAK_SECONDS too short?)"

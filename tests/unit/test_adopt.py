@@ -147,8 +147,7 @@ def test_adopt_empty_file(db: FlatFileDb, incoming: Path) -> None:
     assert db.get(location) == b"" and location.end_offset == 0
 
 
-def test_adopt_seals_or_removes_the_mutable_segment(make_store: StoreFactory, incoming: Path,
-                                                    tmp_path: Path) -> None:
+def test_adopt_seals_or_removes_the_mutable_segment(make_store: StoreFactory, incoming: Path, tmp_path: Path) -> None:
     """Like put_stream: a non-empty mutable segment is sealed, an empty one removed."""
     store = make_store()
     first = store.put(b"first")
@@ -164,8 +163,9 @@ def test_adopt_seals_or_removes_the_mutable_segment(make_store: StoreFactory, in
     assert store.get_many([first, a, b]) == [b"first", b"adopted a", b"adopted b"]
 
 
-def test_adopt_relative_path_and_pathlike(make_store: StoreFactory, incoming: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adopt_relative_path_and_pathlike(
+    make_store: StoreFactory, incoming: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """str relative to the working directory, and os.PathLike, both work."""
     store = make_store()
     (incoming / "rel").write_bytes(b"relative")
@@ -215,9 +215,18 @@ def corrupt_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
     yield "cut to its first frame's header", data[:20]
 
 
-@pytest.mark.parametrize("variant", ["footer magic", "descriptor reserved bits", "frame count too large",
-                                     "frame count too small", "table cut off", "trailing garbage",
-                                     "cut to its first frame's header"])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "footer magic",
+        "descriptor reserved bits",
+        "frame count too large",
+        "frame count too small",
+        "table cut off",
+        "trailing garbage",
+        "cut to its first frame's header",
+    ],
+)
 def test_adopt_refuses_corrupt_seek_table(db: FlatFileDb, incoming: Path, tmp_path: Path, variant: str) -> None:
     """A seekable file with a bad footer or table: FormatError, untouched."""
     good = incoming / "good.zst"
@@ -406,8 +415,9 @@ def fsynced_fixture(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
 
 @pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw-store", "zstd-store"])
-def test_put_stream_segment_is_fsynced(make_store: StoreFactory, compressed: bool, fsync: bool,
-                                       fsynced: set[tuple[int, int]]) -> None:
+def test_put_stream_segment_is_fsynced(
+    make_store: StoreFactory, compressed: bool, fsync: bool, fsynced: set[tuple[int, int]]
+) -> None:
     """GUARANTEES.md "Durability": with fsync=True a streamed blob is durable when put_stream
     returns; by default its segment, a sealed segment, is fsynced by the store's sync thread
     after the commit, and sync() waits for that."""
@@ -423,8 +433,9 @@ def test_put_stream_segment_is_fsynced(make_store: StoreFactory, compressed: boo
 
 @pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
 @pytest.mark.parametrize("seekable", [False, True], ids=["raw-file", "zst-file"])
-def test_adopted_segment_is_fsynced_before_it_is_sealed(make_store: StoreFactory, incoming: Path, fsync: bool,
-                                                         seekable: bool, fsynced: set[tuple[int, int]]) -> None:
+def test_adopted_segment_is_fsynced_before_it_is_sealed(
+    make_store: StoreFactory, incoming: Path, fsync: bool, seekable: bool, fsynced: set[tuple[int, int]]
+) -> None:
     """The adopted file is a sealed segment once adopt_file returns. The caller may have just
     written it (page cache only) and may delete its own copy at once, so adopt_file fsyncs it
     before the commit, in both modes."""

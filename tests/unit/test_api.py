@@ -20,11 +20,40 @@ PACKAGE = "conduit_flat_file_db"
 # Lowest first: a module may import only modules strictly below it. The package facade
 # (__init__) sits above the compatibility module and below the command line.
 LAYERS = [
-    "errors", "arguments", "fileio", "types", "naming", "blocks", "index", "state", "locking",
-    "frames", "seekable", "checksums", "segment_files", "segment", "recovery", "seal", "readonly", "verify",
-    "streams", "reader",
-    "syncer", "write_maps", "writer_recovery", "writer", "rewrite",
-    "store", "bulk", "ingest", "catalog", "maintenance", "flat_file_db", "__init__", "cli", "__main__",
+    "errors",
+    "arguments",
+    "fileio",
+    "types",
+    "naming",
+    "blocks",
+    "index",
+    "state",
+    "locking",
+    "frames",
+    "seekable",
+    "checksums",
+    "segment_files",
+    "segment",
+    "recovery",
+    "seal",
+    "readonly",
+    "verify",
+    "streams",
+    "reader",
+    "syncer",
+    "write_maps",
+    "writer_recovery",
+    "writer",
+    "rewrite",
+    "store",
+    "bulk",
+    "ingest",
+    "catalog",
+    "maintenance",
+    "flat_file_db",
+    "__init__",
+    "cli",
+    "__main__",
 ]
 OPTIONAL_MODULES = {"cli", "__main__"}
 
@@ -76,8 +105,14 @@ def test_compatibility_module_exposes_reference_names() -> None:
 def test_exception_hierarchy() -> None:
     """One base class; compatibility errors keep the built-in type the original raised."""
     base = conduit_flat_file_db.FlatFileDbError
-    for name in ("CorruptionError", "FlatFileDbLockTimeoutError", "FlatFileDbNotFoundError",
-                 "FlatFileDbUnsafeAccessError", "FormatError", "InvalidLocationError"):
+    for name in (
+        "CorruptionError",
+        "FlatFileDbLockTimeoutError",
+        "FlatFileDbNotFoundError",
+        "FlatFileDbUnsafeAccessError",
+        "FormatError",
+        "InvalidLocationError",
+    ):
         assert issubclass(getattr(conduit_flat_file_db, name), base), name
     assert issubclass(conduit_flat_file_db.FlatFileDbNotFoundError, FileNotFoundError)
     assert issubclass(conduit_flat_file_db.InvalidLocationError, ValueError)
@@ -132,7 +167,7 @@ def _imports_of(source: str, module: str, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
-                    add_internal(alias.name[len(PACKAGE) + 1:])
+                    add_internal(alias.name[len(PACKAGE) + 1 :])
                 else:
                     found.add("ext:" + alias.name.split(".")[0])
         elif isinstance(node, ast.ImportFrom):
@@ -141,7 +176,7 @@ def _imports_of(source: str, module: str, known: set[str]) -> set[str]:
                 if name != PACKAGE and not name.startswith(PACKAGE + "."):
                     found.add("ext:" + name.split(".")[0])
                     continue
-                base = name[len(PACKAGE) + 1:]
+                base = name[len(PACKAGE) + 1 :]
             else:
                 up = package_parts[: len(package_parts) - (node.level - 1)]
                 base = ".".join(up + ([node.module] if node.module else []))
@@ -177,8 +212,7 @@ def _layering_violations(sources: dict[str, str]) -> list[str]:
 
 
 def _package_sources() -> dict[str, str]:
-    return {_module_name(p, PACKAGE_DIR): p.read_text(encoding="utf-8")
-            for p in sorted(PACKAGE_DIR.rglob("*.py"))}
+    return {_module_name(p, PACKAGE_DIR): p.read_text(encoding="utf-8") for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 
 def test_layer_checker_catches_an_upward_import() -> None:
@@ -226,8 +260,7 @@ def test_no_module_imports_a_module_above_it() -> None:
 def test_locking_is_the_only_importer_of_fasteners() -> None:
     """fasteners' process-wide lock semantics are confined to one module."""
     sources = _package_sources()
-    importers = sorted(m for m, src in sources.items()
-                       if "ext:fasteners" in _imports_of(src, m, set(sources)))
+    importers = sorted(m for m, src in sources.items() if "ext:fasteners" in _imports_of(src, m, set(sources)))
     assert importers == ["locking"]
 
 

@@ -85,8 +85,7 @@ def fixture_env(make_store: StoreFactory, tmp_path: Path) -> Env:
     return Env(tmp_path, store, store.datadir, sealed, sealed_last, mutable, copy, secret)
 
 
-def refused(env: Env, exc_type: type[BaseException], action: Callable[[], object],
-            *in_message: str) -> BaseException:
+def refused(env: Env, exc_type: type[BaseException], action: Callable[[], object], *in_message: str) -> BaseException:
     """Run ``action``; it must raise exactly ``exc_type``, name ``in_message``, and change no file."""
     before = snapshot(env.root)
     with pytest.raises(exc_type) as info:
@@ -113,8 +112,7 @@ def test_put_non_bytes_is_type_error(env: Env, value: Any) -> None:
     refused(env, UnsupportedBufferError, lambda: env.store.put(value))
 
 
-@pytest.mark.parametrize("batch", [[b"ok", "text"], [b"ok", None], [b"ok", 7], "abc", [[b"nested"]]],
-                         ids=repr)
+@pytest.mark.parametrize("batch", [[b"ok", "text"], [b"ok", None], [b"ok", 7], "abc", [[b"nested"]]], ids=repr)
 def test_put_many_with_a_bad_item_writes_nothing(env: Env, batch: Any) -> None:
     """A batch is checked whole before the first byte is written."""
     refused(env, UnsupportedBufferError, lambda: env.store.put_many(batch))
@@ -186,8 +184,7 @@ def test_get_past_end_of_sealed_segment(env: Env) -> None:
     refused(env, InvalidLocationError, lambda: env.store.get(loc), loc.file_path, str(loc.end_offset))
 
 
-@pytest.mark.parametrize("offsets", [("0", 5), (0, 5.0), (None, 5), (0, None), (True, 5), (0, b"5")],
-                         ids=repr)
+@pytest.mark.parametrize("offsets", [("0", 5), (0, 5.0), (None, 5), (0, None), (True, 5), (0, b"5")], ids=repr)
 def test_get_offsets_of_wrong_type(env: Env, offsets: tuple[Any, Any]) -> None:
     """Offsets are ints (not bool, float, str, bytes or None)."""
     loc = DataLocation(env.sealed.file_path, *offsets)
@@ -206,8 +203,7 @@ def test_get_negative_slice(env: Env, bad: Slice) -> None:
 
 def test_get_inverted_slice(env: Env) -> None:
     """Slice start after slice end is refused, naming the file and the slice."""
-    refused(env, InvalidLocationError, lambda: env.store.get(env.sealed, Slice(5, 3)),
-            env.sealed.file_path, "5", "3")
+    refused(env, InvalidLocationError, lambda: env.store.get(env.sealed, Slice(5, 3)), env.sealed.file_path, "5", "3")
 
 
 @pytest.mark.parametrize("which", ["sealed", "mutable"])
@@ -219,8 +215,11 @@ def test_get_slice_past_the_blob(env: Env, which: str) -> None:
         refused(env, InvalidLocationError, functools.partial(env.store.get, loc, bad), loc.file_path)
 
 
-@pytest.mark.parametrize("bad", [Slice._make(("1", 0)), Slice._make((0, 1.5)), Slice._make((None, 0)),
-                                 [0, 1], (0,), (0, 1, 2), "01", 5], ids=repr)
+@pytest.mark.parametrize(
+    "bad",
+    [Slice._make(("1", 0)), Slice._make((0, 1.5)), Slice._make((None, 0)), [0, 1], (0,), (0, 1, 2), "01", 5],
+    ids=repr,
+)
 def test_get_slice_of_wrong_type(env: Env, bad: Any) -> None:
     """A slice is a Slice (or a pair) of ints."""
     refused(env, TypeError, lambda: env.store.get(env.sealed, bad))
@@ -231,15 +230,21 @@ def test_get_slice_of_wrong_type(env: Env, bad: Any) -> None:
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 @pytest.mark.parametrize("shape", ["list", "dict", "str", "none", "int", "pair", "four"])
-def test_get_of_non_location_is_type_error(make_store: StoreFactory, tmp_path: Path, warm: bool,
-                                           shape: str) -> None:
+def test_get_of_non_location_is_type_error(make_store: StoreFactory, tmp_path: Path, warm: bool, shape: str) -> None:
     """Anything but a DataLocation-shaped tuple is a TypeError, whether or not the segment is cached."""
     store = make_store("store")
     loc = store.put(b"payload")
     if warm:
         assert store.get(loc) == b"payload"
-    bad: Any = {"list": list(loc), "dict": loc._asdict(), "str": loc.file_path, "none": None, "int": 3,
-           "pair": (loc.file_path, 0), "four": (*loc, 0)}[shape]
+    bad: Any = {
+        "list": list(loc),
+        "dict": loc._asdict(),
+        "str": loc.file_path,
+        "none": None,
+        "int": 3,
+        "pair": (loc.file_path, 0),
+        "four": (*loc, 0),
+    }[shape]
     env = Env(tmp_path, store, store.datadir, loc, loc, loc, tmp_path, tmp_path)
     refused(env, TypeError, lambda: store.get(bad))
 
@@ -298,8 +303,7 @@ def test_get_nul_byte_in_directory(env: Env) -> None:
     refused(env, InvalidLocationError, lambda: env.store.get(loc))
 
 
-def test_relative_paths_are_pinned_to_the_directory_at_open(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_are_pinned_to_the_directory_at_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A relative file_path is taken relative to the working directory at construction (documented):
     a later chdir never makes a location name another directory, and the copy is still refused."""
     monkeypatch.chdir(tmp_path)
@@ -359,9 +363,20 @@ def test_get_fifo_in_datadir_does_not_hang(env: Env) -> None:
     assert len(outcome) == 1 and outcome[0].__class__ is InvalidLocationError, outcome
 
 
-@pytest.mark.parametrize("name", ["ffdb.state", "data_00000000.idx", "x.dat", "data_0000000.dat",
-                                  "data_00000000.DAT", "data_00000000.dat.bak", "data_00000000.dat\x00",
-                                  "store.lock", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ffdb.state",
+        "data_00000000.idx",
+        "x.dat",
+        "data_0000000.dat",
+        "data_00000000.DAT",
+        "data_00000000.dat.bak",
+        "data_00000000.dat\x00",
+        "store.lock",
+        "",
+    ],
+)
 def test_get_non_segment_file_name(env: Env, name: str) -> None:
     """Only data_NNNNNNNN.dat[.zst] names a segment."""
     loc = relocated(env.sealed, os.path.join(str(env.datadir), name))
@@ -399,10 +414,15 @@ def test_get_of_never_written_segment_number(env: Env) -> None:
 
 def test_delete_mutable_segment_is_unsafe(env: Env) -> None:
     """The mutable segment is never deleted; the message names it."""
-    refused(env, FlatFileDbUnsafeAccessError, lambda: env.store.delete_file(env.mutable.file_path),
-            env.mutable.file_path)
-    refused(env, FlatFileDbUnsafeAccessError, lambda: env.store.delete_file(Path(env.mutable.file_path)),
-            env.mutable.file_path)
+    refused(
+        env, FlatFileDbUnsafeAccessError, lambda: env.store.delete_file(env.mutable.file_path), env.mutable.file_path
+    )
+    refused(
+        env,
+        FlatFileDbUnsafeAccessError,
+        lambda: env.store.delete_file(Path(env.mutable.file_path)),
+        env.mutable.file_path,
+    )
     assert Path(env.mutable.file_path).exists()
     assert env.store.get(env.mutable) == b"mutable two"
 
@@ -444,8 +464,7 @@ def test_delete_symlink_in_datadir(env: Env, number: int) -> None:
     assert env.secret.read_bytes().startswith(b"root:")
 
 
-@pytest.mark.parametrize("name", ["ffdb.state", "data_00000000.idx", "data_00000002.idx", "x.dat",
-                                  "store.lock"])
+@pytest.mark.parametrize("name", ["ffdb.state", "data_00000000.idx", "data_00000002.idx", "x.dat", "store.lock"])
 def test_delete_non_segment_file(env: Env, name: str) -> None:
     """Index, state and other files are not segments and are never deleted by delete_file."""
     target = (env.root if name == "store.lock" else env.datadir) / name
@@ -466,10 +485,19 @@ def test_delete_already_deleted_sealed_segment_logs(env: Env, caplog: pytest.Log
 # -- constructor and other entry points -----------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [(123, "x.lock"), (None, "x.lock"), (b"store", "x.lock"), ("store", b"x.lock"),
-                                  ("store", 5), (["store"], "x.lock")], ids=repr)
-def test_constructor_non_path_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        args: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        (123, "x.lock"),
+        (None, "x.lock"),
+        (b"store", "x.lock"),
+        ("store", b"x.lock"),
+        ("store", 5),
+        (["store"], "x.lock"),
+    ],
+    ids=repr,
+)
+def test_constructor_non_path_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[Any, Any]) -> None:
     """datadir and mutable_file_lock_path are str or os.PathLike; nothing is created otherwise."""
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path)

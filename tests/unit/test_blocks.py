@@ -76,6 +76,11 @@ def test_a_page_cut_short_by_a_file_size_limit_is_refused_not_mapped(tmp_path: P
     """Under a file size limit inside the page, posix_fallocate fails (EFBIG) and the page is
     written as zeros, where the write comes back short: that is an error, never a page shorter
     than its map (whose stores past the end would reach no file)."""
-    result = subprocess.run([sys.executable, "-c", _SHORT_WRITE_CHILD, str(tmp_path / "page")],
-                            capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITE_CHILD, str(tmp_path / "page")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert result.stdout.split() == ["refused", "EFBIG", "100"], result.stdout + result.stderr

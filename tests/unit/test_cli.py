@@ -17,11 +17,10 @@ import pytest
 
 # pytest fixtures are parameters named like the fixture functions.
 # pylint: disable=redefined-outer-name
-
 from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db.arguments import default_lock_path
 from conduit_flat_file_db.cli import main, progress, put
 from conduit_flat_file_db.cli.base import READ_CHUNK_BYTES, SMALL_BLOB_BYTES
-from conduit_flat_file_db.arguments import default_lock_path
 from conduit_flat_file_db.cli.parser import build_parser
 
 BINARY = bytes(range(256)) * 7 + b"\x00\r\n\xff"
@@ -133,19 +132,25 @@ def test_info_text_and_json(run: Run, files: dict[str, Path], datadir: Path, tmp
     assert code == 0
     info = json.loads(out)
     assert [(s["segment"], s["file"], s["state"], s["blobs"]) for s in info["segments"]] == [
-        (0, "data_00000000.dat", "sealed", 2), (1, "data_00000001.dat", "mutable", 1)]
+        (0, "data_00000000.dat", "sealed", 2),
+        (1, "data_00000001.dat", "mutable", 1),
+    ]
     # Bytes on disk: the data file and its index (header, 2 BLOB records, SEAL), as stats counts them.
     assert info["segments"][0]["disk_bytes"] == len(TEXT) + len(BINARY) + 4 * 32
     disk = json.loads(run("stats", "--json")[1])["totals"]["disk_bytes"]
-    assert info["totals"] == {"segments": 2, "sealed": 1, "blobs": 3,
-                              "blob_bytes": len(TEXT) + len(BINARY), "disk_bytes": disk}
+    assert info["totals"] == {
+        "segments": 2,
+        "sealed": 1,
+        "blobs": 3,
+        "blob_bytes": len(TEXT) + len(BINARY),
+        "disk_bytes": disk,
+    }
     code, out, _ = run("info")
     text = out.decode()
     assert code == 0
     assert "data_00000000.dat  sealed" in text and "data_00000001.dat  mutable" in text
     size = len(TEXT) + len(BINARY)
-    assert text.splitlines()[-1] == \
-        f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {disk} bytes on disk"
+    assert text.splitlines()[-1] == f"total: 2 segments (1 sealed), 3 blobs, {size} blob bytes, {disk} bytes on disk"
 
 
 def test_verify_clean_then_corrupted(run: Run, files: dict[str, Path], datadir: Path, tmp_path: Path) -> None:
@@ -166,16 +171,18 @@ def test_verify_clean_then_corrupted(run: Run, files: dict[str, Path], datadir: 
     assert "[checksum]" in out.decode()
 
 
-@pytest.mark.parametrize("location, message", [
-    ("nonsense", "bad location 'nonsense'"),
-    ("data_00000000.dat:0:x", "bad location"),
-    ("/etc/passwd:0:1", "is not a segment file"),
-    ("data_00000000.dat:0:999", "past the committed end"),
-    ("00000007" + "0" * 32, "segment 7 does not exist"),
-    ("0" * 39, "bad location"),
-])
-def test_bad_location_exits_2_with_message(run: Run, files: dict[str, Path], location: str,
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "location, message",
+    [
+        ("nonsense", "bad location 'nonsense'"),
+        ("data_00000000.dat:0:x", "bad location"),
+        ("/etc/passwd:0:1", "is not a segment file"),
+        ("data_00000000.dat:0:999", "past the committed end"),
+        ("00000007" + "0" * 32, "segment 7 does not exist"),
+        ("0" * 39, "bad location"),
+    ],
+)
+def test_bad_location_exits_2_with_message(run: Run, files: dict[str, Path], location: str, message: str) -> None:
     """A bad LOCATION is exit 2 with one clear line on stderr, never a traceback."""
     run.put(files["text.txt"])
     code, out, err = run("get", location)
@@ -208,7 +215,8 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert " ".join(out.split()).startswith(
         "usage: ffdb [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
-        "[--version] COMMAND ...")
+        "[--version] COMMAND ..."
+    )
     assert "exit codes:" in out and "verify found problems" in out
 
 
@@ -230,22 +238,46 @@ def _console_script() -> str:
 def test_subprocess_module_put_and_console_script_get(tmp_path: Path, files: dict[str, Path]) -> None:
     """Real processes: python -m put, the installed ffdb script get, error and verify."""
     datadir = str(tmp_path / "store")
-    put = subprocess.run([sys.executable, "-m", "conduit_flat_file_db", "--datadir", datadir, "put",
-                          str(files["binary.bin"]), str(files["empty"])],
-                         capture_output=True, check=False, timeout=60, cwd=tmp_path)
+    put = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conduit_flat_file_db",
+            "--datadir",
+            datadir,
+            "put",
+            str(files["binary.bin"]),
+            str(files["empty"]),
+        ],
+        capture_output=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert put.returncode == 0, put.stderr
     packed = [line.split(b"\t")[4].decode() for line in put.stdout.splitlines()]
     ffdb = _console_script()
     for hex_location, expected in zip(packed, (BINARY, b"")):
-        got = subprocess.run([ffdb, "--datadir", datadir, "get", hex_location],
-                             capture_output=True, check=False, timeout=60, cwd=tmp_path)
+        got = subprocess.run(
+            [ffdb, "--datadir", datadir, "get", hex_location],
+            capture_output=True,
+            check=False,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert (got.returncode, got.stdout, got.stderr) == (0, expected, b"")
-    bad = subprocess.run([ffdb, "--datadir", datadir, "get", "nope"],
-                         capture_output=True, check=False, timeout=60, cwd=tmp_path)
+    bad = subprocess.run(
+        [ffdb, "--datadir", datadir, "get", "nope"], capture_output=True, check=False, timeout=60, cwd=tmp_path
+    )
     assert bad.returncode == 2
     assert bad.stderr.startswith(b"ffdb: error: bad location") and b"Traceback" not in bad.stderr
-    verify = subprocess.run([sys.executable, "-m", "conduit_flat_file_db", "--datadir", datadir, "verify"],
-                            capture_output=True, check=False, timeout=60, cwd=tmp_path)
+    verify = subprocess.run(
+        [sys.executable, "-m", "conduit_flat_file_db", "--datadir", datadir, "verify"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert verify.returncode == 0 and verify.stdout.startswith(b"OK: ")
 
 
@@ -268,8 +300,14 @@ def _pattern(size: int, seed: int) -> bytes:
 def test_put_mixed_sizes_streams_large_batches_small_in_argument_order(run: Run, tmp_path: Path) -> None:
     """Inputs over 1 MiB get a segment of their own (put_stream); the rest share the mutable
     segment; lines come out in argument order and every blob reads back intact."""
-    sizes = {"a": 10, "big": 3 * SMALL_BLOB_BYTES + 5, "b": 0, "exact": SMALL_BLOB_BYTES,
-             "over": SMALL_BLOB_BYTES + 1, "c": 7}
+    sizes = {
+        "a": 10,
+        "big": 3 * SMALL_BLOB_BYTES + 5,
+        "b": 0,
+        "exact": SMALL_BLOB_BYTES,
+        "over": SMALL_BLOB_BYTES + 1,
+        "c": 7,
+    }
     paths = []
     for seed, (name, size) in enumerate(sizes.items()):
         path = tmp_path / name
@@ -294,11 +332,18 @@ def test_get_streams_slices_across_chunk_boundaries(run: Run, tmp_path: Path) ->
     data = _pattern(2 * READ_CHUNK_BYTES + 17, 3)
     (tmp_path / "blob").write_bytes(data)
     [(_, _, _, _, packed)] = run.put(tmp_path / "blob")
-    for start, end in ((0, 0), (5, 6), (READ_CHUNK_BYTES - 3, READ_CHUNK_BYTES + 7), (1, len(data) - 1),
-                       (READ_CHUNK_BYTES + 1, 0), (len(data), len(data)), (len(data), 0)):
+    for start, end in (
+        (0, 0),
+        (5, 6),
+        (READ_CHUNK_BYTES - 3, READ_CHUNK_BYTES + 7),
+        (1, len(data) - 1),
+        (READ_CHUNK_BYTES + 1, 0),
+        (len(data), len(data)),
+        (len(data), 0),
+    ):
         code, out, err = run("get", packed, "--slice", str(start), str(end))
         assert (code, err) == (0, "")
-        assert out == data[start:end or len(data)]
+        assert out == data[start : end or len(data)]
     for bad_start, bad_end in (("-1", "5"), ("3", "2"), ("0", str(len(data) + 1))):
         code, out, err = run("get", packed, "--slice", bad_start, bad_end)
         assert (code, out) == (2, b"")
@@ -329,18 +374,24 @@ def test_lock_timeout_must_be_seconds(capsys: pytest.CaptureFixture[str], value:
     assert "--lock-timeout" in capsys.readouterr().err
 
 
-def test_lock_timeout_gives_up_while_another_process_holds_the_lock(run: Run, files: dict[str, Path],
-                                                                    datadir: Path) -> None:
+def test_lock_timeout_gives_up_while_another_process_holds_the_lock(
+    run: Run, files: dict[str, Path], datadir: Path
+) -> None:
     """A reader in another process holds the lock: put --lock-timeout 0.2 exits 2 quickly."""
     run.put(files["text.txt"])
-    holder_code = ("import sys\n"
-                   "from conduit_flat_file_db import FlatFileDb\n"
-                   "db = FlatFileDb(sys.argv[1], sys.argv[2])\n"
-                   "with db.read_lock():\n"
-                   "    print('held', flush=True)\n"
-                   "    sys.stdin.read()\n")
-    with subprocess.Popen([sys.executable, "-c", holder_code, str(datadir), default_lock_path(str(datadir))],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as holder:
+    holder_code = (
+        "import sys\n"
+        "from conduit_flat_file_db import FlatFileDb\n"
+        "db = FlatFileDb(sys.argv[1], sys.argv[2])\n"
+        "with db.read_lock():\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(datadir), default_lock_path(str(datadir))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as holder:
         assert holder.stdout is not None and holder.stdin is not None
         try:
             assert holder.stdout.readline() == b"held\n"
@@ -432,8 +483,9 @@ def test_progress_of_put_get_verify_on_a_terminal(run: Run, tmp_path: Path, monk
     assert terminal.getvalue() == ""
 
 
-def test_put_failure_still_stores_and_prints_what_came_before(run: Run, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_put_failure_still_stores_and_prints_what_came_before(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An input that cannot be read: the inputs before it are stored and printed in order
     (the batched small ones too), then exit 2; nothing after it is stored."""
     paths = [tmp_path / name for name in ("small1", "big", "small2", "bad", "small3")]

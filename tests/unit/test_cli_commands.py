@@ -61,10 +61,12 @@ def _store(datadir: Path, segments: list[list[bytes]]) -> list[list[str]]:
     """Blobs put through the library, one inner list per sealed segment (rotated after each), so
     ``segments`` sealed segments and an empty mutable one; returns their packed locations."""
     with FlatFileDb(datadir, str(datadir) + ".lock") as db:
+
         def segment(blobs: list[bytes]) -> list[str]:
             packed = [db.pack_location(db.put(blob)).hex() for blob in blobs]
             db.rotate()
             return packed
+
         return [segment(blobs) for blobs in segments]
 
 
@@ -75,8 +77,14 @@ def _segment_numbers(datadir: Path) -> list[int]:
 
 def _module(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
     """A real ``python -m conduit_flat_file_db ARGS`` process (stdin empty, stdout and stderr pipes)."""
-    return subprocess.run([sys.executable, "-m", "conduit_flat_file_db", *args], stdin=subprocess.DEVNULL,
-                          capture_output=True, check=False, timeout=TIMEOUT, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "conduit_flat_file_db", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+        timeout=TIMEOUT,
+        cwd=cwd,
+    )
 
 
 # -- ls --------------------------------------------------------------------------------------
@@ -93,8 +101,9 @@ def test_ls_lists_every_blob_in_disk_order_with_size_and_packed_location(ffdb: F
     assert lines[0][:4] == [first_segment, "0", "5", "5"] and lines[1][:4] == [first_segment, "5", "5", "0"]
     assert lines[2][:4] == [str(datadir / "data_00000001.dat"), "0", "6", "6"]
     documents = [json.loads(line) for line in ffdb.ok("ls", "--json").splitlines()]
-    assert [(d["file_path"], d["start_offset"], d["end_offset"], d["size"], d["packed"]) for d in documents] \
-        == [(f[0], int(f[1]), int(f[2]), int(f[3]), f[4]) for f in lines]
+    assert [(d["file_path"], d["start_offset"], d["end_offset"], d["size"], d["packed"]) for d in documents] == [
+        (f[0], int(f[1]), int(f[2]), int(f[3]), f[4]) for f in lines
+    ]
     for fields, blob in zip(lines, blobs[0] + blobs[1]):
         assert ffdb("--datadir", str(datadir), "get", fields[4])[:2] == (0, blob)
 
@@ -135,9 +144,11 @@ def test_get_several_locations_slices_each(ffdb: Ffdb, datadir: Path) -> None:
 def test_get_with_one_bad_location_among_several_writes_nothing(ffdb: Ffdb, datadir: Path) -> None:
     """Every location is parsed and checked before a byte is written: exit 2, stdout empty."""
     [[a]] = _store(datadir, [[b"good"]])
-    for bad, message in (("nonsense", "bad location 'nonsense'"),
-                         ("00000009" + "0" * 32, "segment 9 does not exist"),
-                         ("data_00000000.dat:0:999", "past the committed end")):
+    for bad, message in (
+        ("nonsense", "bad location 'nonsense'"),
+        ("00000009" + "0" * 32, "segment 9 does not exist"),
+        ("data_00000000.dat:0:999", "past the committed end"),
+    ):
         code, out, err = ffdb("--datadir", str(datadir), "get", a, bad)
         assert (code, out) == (2, b""), bad
         assert err.startswith("ffdb: error: ") and message in err and "Traceback" not in err
@@ -152,11 +163,9 @@ def test_rotate_seals_the_mutable_segment_and_prints_the_new_one(ffdb: Ffdb, dat
     (tmp_path / "in").write_bytes(b"payload")
     ffdb.ok("put", str(tmp_path / "in"))
     assert ffdb.ok("rotate") == f"{datadir / 'data_00000001.dat'}\t1\n"
-    assert json.loads(ffdb.ok("rotate", "--json")) == {"file_path": str(datadir / "data_00000001.dat"),
-                                                       "segment": 1}
+    assert json.loads(ffdb.ok("rotate", "--json")) == {"file_path": str(datadir / "data_00000001.dat"), "segment": 1}
     info = json.loads(ffdb.ok("info", "--json"))
-    assert [(s["segment"], s["state"], s["blobs"]) for s in info["segments"]] == [(0, "sealed", 1),
-                                                                                 (1, "mutable", 0)]
+    assert [(s["segment"], s["state"], s["blobs"]) for s in info["segments"]] == [(0, "sealed", 1), (1, "mutable", 0)]
 
 
 def test_rotate_of_a_missing_store_exits_2_and_creates_nothing(ffdb: Ffdb, datadir: Path) -> None:
@@ -173,11 +182,18 @@ def test_rotate_of_a_missing_store_exits_2_and_creates_nothing(ffdb: Ffdb, datad
 def test_delete_sealed_segments_by_number_and_by_file_name(ffdb: Ffdb, datadir: Path) -> None:
     """Both forms delete the segment (data and index); its blobs are gone (get exits 2)."""
     [[a], [b], [c]] = _store(datadir, [[b"zero"], [b"one"], [b"two"]])
-    assert ffdb.ok("delete", "0", "data_00000002.dat") == \
-        f"deleted {datadir / 'data_00000000.dat'}\ndeleted {datadir / 'data_00000002.dat'}\n"
+    assert (
+        ffdb.ok("delete", "0", "data_00000002.dat")
+        == f"deleted {datadir / 'data_00000000.dat'}\ndeleted {datadir / 'data_00000002.dat'}\n"
+    )
     assert _segment_numbers(datadir) == [1, 3]
-    assert sorted(os.listdir(datadir)) == ["data_00000001.dat", "data_00000001.idx", "data_00000003.dat",
-                                           "data_00000003.idx", "ffdb.state"]
+    assert sorted(os.listdir(datadir)) == [
+        "data_00000001.dat",
+        "data_00000001.idx",
+        "data_00000003.dat",
+        "data_00000003.idx",
+        "ffdb.state",
+    ]
     for gone in (a, c):
         code, out, err = ffdb("--datadir", str(datadir), "get", gone)
         assert (code, out) == (2, b"") and "does not exist" in err
@@ -215,12 +231,15 @@ def test_retention_deletes_the_oldest_sealed_segments_down_to_keep_min(ffdb: Ffd
     _store(datadir, [[b"a", b"b"], [b"c"], [b"d"]])
     out = ffdb.ok("retention", "--max-bytes", "0", "--keep-min", "1")
     lines = out.splitlines()
-    assert lines[:2] == [f"deleted {datadir / 'data_00000000.dat'}\t2 blobs",
-                         f"deleted {datadir / 'data_00000001.dat'}\t1 blobs"]
+    assert lines[:2] == [
+        f"deleted {datadir / 'data_00000000.dat'}\t2 blobs",
+        f"deleted {datadir / 'data_00000001.dat'}\t1 blobs",
+    ]
     assert lines[2].startswith("total: 2 segments deleted, ") and len(lines) == 3
     assert _segment_numbers(datadir) == [2, 3]
-    assert ffdb.ok("retention", "--max-age", "3600") == "total: 0 segments deleted, " + lines[2].split(", ")[1] \
-        + "\n"  # nothing is an hour old
+    assert (
+        ffdb.ok("retention", "--max-age", "3600") == "total: 0 segments deleted, " + lines[2].split(", ")[1] + "\n"
+    )  # nothing is an hour old
 
 
 def test_retention_json_and_misuse(ffdb: Ffdb, datadir: Path) -> None:
@@ -267,16 +286,30 @@ def test_recompress_refuses_the_mutable_segment_and_bad_modes(ffdb: Ffdb, datadi
 # -- --datadir anywhere --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [["ls"], ["rotate"], ["delete", "0"], ["retention", "--max-bytes", "0"],
-                                     ["recompress", "--mode", "no"], ["get", "x", "y"], ["info"], ["stats"],
-                                     ["verify"], ["put", "f"]])
-def test_datadir_before_or_after_the_command(capsysbinary: pytest.CaptureFixture[bytes],
-                                             command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls"],
+        ["rotate"],
+        ["delete", "0"],
+        ["retention", "--max-bytes", "0"],
+        ["recompress", "--mode", "no"],
+        ["get", "x", "y"],
+        ["info"],
+        ["stats"],
+        ["verify"],
+        ["put", "f"],
+    ],
+)
+def test_datadir_before_or_after_the_command(capsysbinary: pytest.CaptureFixture[bytes], command: list[str]) -> None:
     """Every command takes --datadir (and --lock) before or after its name and its arguments;
     without it, exit 2 naming the option."""
     parser = build_parser()
-    for argv in (["--datadir", "D", *command], [command[0], "--datadir", "D", *command[1:]],
-                 [*command, "--datadir", "D"]):
+    for argv in (
+        ["--datadir", "D", *command],
+        [command[0], "--datadir", "D", *command[1:]],
+        [*command, "--datadir", "D"],
+    ):
         args = parser.parse_args(argv)
         assert (args.command, args.datadir) == (command[0], "D"), argv
     assert main(command) == 2
@@ -307,8 +340,11 @@ def test_every_new_command_in_a_real_process(tmp_path: Path) -> None:
     assert (refused.returncode, refused.stdout) == (3, b"")
     assert refused.stderr.startswith(b"ffdb: refused: Deleting the mutable file is not allowed.")
     rotated = _module("--datadir", datadir, "rotate", cwd=tmp_path)
-    assert (rotated.returncode, rotated.stdout, rotated.stderr) == (0, f"{datadir}/data_00000001.dat\t1\n".encode(),
-                                                                    b"")
+    assert (rotated.returncode, rotated.stdout, rotated.stderr) == (
+        0,
+        f"{datadir}/data_00000001.dat\t1\n".encode(),
+        b"",
+    )
     recompressed = _module("--datadir", datadir, "recompress", "--mode", "yes", cwd=tmp_path)
     assert (recompressed.returncode, recompressed.stderr) == (0, b"")
     assert recompressed.stdout.split(b"\t")[:2] == [b"0", b"compressed"]
@@ -316,8 +352,11 @@ def test_every_new_command_in_a_real_process(tmp_path: Path) -> None:
     kept = _module("--datadir", datadir, "retention", "--max-bytes", "0", "--keep-min", "1", cwd=tmp_path)
     assert (kept.returncode, kept.stdout.startswith(b"total: 0 segments deleted"), kept.stderr) == (0, True, b"")
     deleted = _module("delete", "0", "--datadir", datadir, cwd=tmp_path)
-    assert (deleted.returncode, deleted.stdout, deleted.stderr) == (0, f"deleted {datadir}/data_00000000.dat.zst\n"
-                                                                    .encode(), b"")
+    assert (deleted.returncode, deleted.stdout, deleted.stderr) == (
+        0,
+        f"deleted {datadir}/data_00000000.dat.zst\n".encode(),
+        b"",
+    )
     assert _module("--datadir", datadir, "ls", cwd=tmp_path).stdout == b""
     missing = _module("--datadir", str(tmp_path / "nowhere"), "rotate", cwd=tmp_path)
     assert (missing.returncode, missing.stdout) == (2, b"") and b"does not exist" in missing.stderr
@@ -337,8 +376,13 @@ sys.exit(main(sys.argv[2:]))
 def _in_pty(args: list[str], cwd: Path) -> tuple[int, str]:
     """Run ``python -c PROGRESS_PROBE ARGS`` with stderr on a pseudo-terminal; (exit code, screen)."""
     master, slave = pty.openpty()
-    with subprocess.Popen([sys.executable, "-c", PROGRESS_PROBE, *args], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=slave, cwd=cwd) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-c", PROGRESS_PROBE, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        cwd=cwd,
+    ) as proc:
         os.close(slave)
         chunks = []
         while True:

@@ -111,16 +111,22 @@ def big(work: Path) -> Big:
     return Big(path, digest.hexdigest())
 
 
-def run_wrapper(work: Path, *args: str, mode: str = "cli", stdin: IO[bytes] | int | None = subprocess.DEVNULL,
-                stdout_path: Path | None = None) -> Result:
+def run_wrapper(
+    work: Path,
+    *args: str,
+    mode: str = "cli",
+    stdin: IO[bytes] | int | None = subprocess.DEVNULL,
+    stdout_path: Path | None = None,
+) -> Result:
     """Run the wrapper in a new process (stderr a pipe, so never a terminal)."""
     report = work / "report.json"
     report.unlink(missing_ok=True)
     command = [sys.executable, "-c", WRAPPER, str(report), str(LIMIT_BYTES), mode, *args]
     with contextlib.ExitStack() as stack:
         stdout = stack.enter_context(open(stdout_path, "wb")) if stdout_path is not None else subprocess.PIPE
-        done = subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, check=False,
-                              timeout=TIMEOUT, cwd=work)
+        done = subprocess.run(
+            command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, check=False, timeout=TIMEOUT, cwd=work
+        )
     assert done.returncode == 0 and report.exists(), done.stderr.decode(errors="replace")
     measured = json.loads(report.read_text())
     return Result(measured["code"], measured["maxrss"], done.stdout or b"", done.stderr)
@@ -137,8 +143,13 @@ def run_in_pty(work: Path, *args: str) -> tuple[int, str]:
     /dev/null); returns the exit code and everything written to the terminal."""
     master, slave = pty.openpty()
     with open(os.devnull, "wb") as devnull:
-        with subprocess.Popen([sys.executable, "-m", "conduit_flat_file_db", *args], stdin=subprocess.DEVNULL,
-                              stdout=devnull, stderr=slave, cwd=work) as proc:
+        with subprocess.Popen(
+            [sys.executable, "-m", "conduit_flat_file_db", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=devnull,
+            stderr=slave,
+            cwd=work,
+        ) as proc:
             os.close(slave)
             chunks = []
             try:
@@ -249,10 +260,28 @@ def test_progress_bar_on_a_terminal_only(work: Path, big: Big) -> None:
     assert screen.count("\n") == 1 and "Traceback" not in screen
 
     with open(os.devnull, "wb") as devnull:
-        packed = [line.split("\t")[4] for line in subprocess.run(
-            [sys.executable, "-m", "conduit_flat_file_db", "--datadir", datadir, "put", "--no-progress",
-             str(big.path)], stdout=subprocess.PIPE, stderr=devnull, check=True, timeout=TIMEOUT,
-            cwd=work).stdout.decode().splitlines()][0]
+        packed = [
+            line.split("\t")[4]
+            for line in subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "conduit_flat_file_db",
+                    "--datadir",
+                    datadir,
+                    "put",
+                    "--no-progress",
+                    str(big.path),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=devnull,
+                check=True,
+                timeout=TIMEOUT,
+                cwd=work,
+            )
+            .stdout.decode()
+            .splitlines()
+        ][0]
     code, screen = run_in_pty(work, "--datadir", datadir, "get", packed)
     assert code == 0
     assert screen.startswith("\rget: ") and "100%" in screen and RATE.search(screen)
@@ -261,8 +290,12 @@ def test_progress_bar_on_a_terminal_only(work: Path, big: Big) -> None:
     assert code == 0
     assert screen.startswith("\rverify 0/") and "100%" in screen and " segments: " in screen
 
-    for args in (("--no-progress", "get", packed), ("get", packed, "--no-progress"),
-                 ("--no-progress", "verify"), ("get", packed, "--slice", "0", str(2**20))):
+    for args in (
+        ("--no-progress", "get", packed),
+        ("get", packed, "--no-progress"),
+        ("--no-progress", "verify"),
+        ("get", packed, "--slice", "0", str(2**20)),
+    ):
         code, screen = run_in_pty(work, "--datadir", datadir, *args)
         assert (code, screen) == (0, ""), args
 

@@ -133,7 +133,8 @@ def test_cached_frames_never_outlive_their_segment(make_store: StoreFactory) -> 
         right = db.get(location) == data  # not in the assert: pytest's diff of bytes is slow
         assert right, (
             f"round {round_}: segment {location.file_path} (inode {inode}) served the cached frames of "
-            f"round {seen.get(inode)}, whose segment was deleted")
+            f"round {seen.get(inode)}, whose segment was deleted"
+        )
         seen[inode] = round_
         db.delete_file(location.file_path)
         if reused >= 3:
@@ -202,8 +203,9 @@ def test_a_frame_cut_short_is_corruption_for_every_reader(tmp_path: Path) -> Non
     """A compressed segment cut after a reader opened it: a compressed frame, a stored frame read
     in place, and the standalone SeekableReader all raise CorruptionError naming the file: one
     reader of frames, one error for the same short read."""
-    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True, frame_bytes=FRAME,
-                    frame_cache_bytes=0)
+    db = FlatFileDb(
+        tmp_path / "store", tmp_path / "store.lock", use_compression=True, frame_bytes=FRAME, frame_cache_bytes=0
+    )
     try:
         noise = random.Random(9).randbytes(16 * FRAME)
         text = blob(16 * FRAME, 10)

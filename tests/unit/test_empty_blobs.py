@@ -46,8 +46,9 @@ COMMITS_BY_FILE = {
 @pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
 @pytest.mark.parametrize("commit", sorted(COMMITS_BY_FILE))
 @pytest.mark.parametrize("write", sorted(WRITES_OF_EMPTY))
-def test_empty_blob_survives_a_whole_file_commit_after_it(make_store: StoreFactory, tmp_path: Path,
-                                                          compressed: bool, commit: str, write: str) -> None:
+def test_empty_blob_survives_a_whole_file_commit_after_it(
+    make_store: StoreFactory, tmp_path: Path, compressed: bool, commit: str, write: str
+) -> None:
     """put_stream, put_streams and adopt_file seal the mutable segment first; its empty blobs stay."""
     db = make_store(use_compression=compressed)
     empties = WRITES_OF_EMPTY[write](db)

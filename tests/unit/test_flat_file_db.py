@@ -15,8 +15,13 @@ from pathlib import Path
 import numpy
 import pytest
 
-from conduit_flat_file_db import (CompressMode, DataLocation, FlatFileDb, NonContiguousBufferError,
-                                  UnsupportedBufferError)
+from conduit_flat_file_db import (
+    CompressMode,
+    DataLocation,
+    FlatFileDb,
+    NonContiguousBufferError,
+    UnsupportedBufferError,
+)
 from conduit_flat_file_db.arguments import default_lock_path as cli_default_lock_path
 from conduit_flat_file_db.naming import segment_name
 from conduit_flat_file_db.seekable import parse_seek_table
@@ -34,8 +39,7 @@ def test_help_documents_every_constructor_option() -> None:
 
 
 @pytest.mark.parametrize("spelling", ["db", "db/", "db/.", "./db"])
-def test_default_lock_path_is_the_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                spelling: str) -> None:
+def test_default_lock_path_is_the_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str) -> None:
     """Opened without a lock path, the store locks ``<datadir>.lock`` beside it, as ``ffdb`` does."""
     monkeypatch.chdir(tmp_path)
     with FlatFileDb(spelling) as db:
@@ -63,10 +67,12 @@ def test_max_file_size_option_rotates_like_the_attribute(tmp_path: Path) -> None
         assert db.MAX_DAT_FILE_SIZE == 1000
 
 
-@pytest.mark.parametrize("bad, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError), (True, TypeError),
-                                        ("10", TypeError)])
-def test_max_file_size_out_of_range_is_refused_before_anything_is_created(tmp_path: Path, bad: object,
-                                                                          error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    "bad, error", [(0, ValueError), (-5, ValueError), (1.5, TypeError), (True, TypeError), ("10", TypeError)]
+)
+def test_max_file_size_out_of_range_is_refused_before_anything_is_created(
+    tmp_path: Path, bad: object, error: type[Exception]
+) -> None:
     """The option is checked as the attribute is, before the datadir exists."""
     with pytest.raises(error, match="max_file_size"):
         FlatFileDb(tmp_path / "db", max_file_size=bad)  # type: ignore[arg-type]
@@ -87,8 +93,7 @@ def _frame_sizes(datadir: Path, number: int) -> list[tuple[int, int]]:
     """(compressed, uncompressed) size of each frame of a compressed segment, from its seek table."""
     path = datadir / segment_name(number, True)
     with open(path, "rb") as file:
-        return parse_seek_table(lambda offset, size: os.pread(file.fileno(), size, offset),
-                                path.stat().st_size).sizes()
+        return parse_seek_table(lambda offset, size: os.pread(file.fileno(), size, offset), path.stat().st_size).sizes()
 
 
 def test_compressed_segment_sealed_under_auto_is_reframed(tmp_path: Path) -> None:
@@ -121,8 +126,13 @@ def test_pickled_store_puts_and_gets_in_a_spawn_pool(tmp_path: Path) -> None:
         db.MAX_DAT_FILE_SIZE = 10_000
         copy = pickle.loads(pickle.dumps(db))
         with copy:
-            assert (copy.datadir, copy.mutable_file_lock_path, copy.lock_timeout, copy.frame_bytes,
-                    copy.MAX_DAT_FILE_SIZE) == (db.datadir, db.mutable_file_lock_path, 30, 4096, 10_000)
+            assert (
+                copy.datadir,
+                copy.mutable_file_lock_path,
+                copy.lock_timeout,
+                copy.frame_bytes,
+                copy.MAX_DAT_FILE_SIZE,
+            ) == (db.datadir, db.mutable_file_lock_path, 30, 4096, 10_000)
         payloads = [bytes([i]) * (100 + i) for i in range(8)]
         with multiprocessing.get_context("spawn").Pool(2) as pool:
             results = pool.starmap(_put_and_get, [(db, p) for p in payloads])
@@ -132,12 +142,16 @@ def test_pickled_store_puts_and_gets_in_a_spawn_pool(tmp_path: Path) -> None:
         assert len({loc for loc, _read, _max in results}) == len(payloads)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: numpy.arange(100, dtype=numpy.int32),
-    lambda: numpy.arange(12, dtype=numpy.float64).reshape(3, 4),
-    lambda: array.array("d", [1.5, 2.5, 3.5]),
-    lambda: memoryview(array.array("H", [1, 2, 3])),
-], ids=["numpy-int32", "numpy-2d", "array.array", "memoryview-of-array"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: numpy.arange(100, dtype=numpy.int32),
+        lambda: numpy.arange(12, dtype=numpy.float64).reshape(3, 4),
+        lambda: array.array("d", [1.5, 2.5, 3.5]),
+        lambda: memoryview(array.array("H", [1, 2, 3])),
+    ],
+    ids=["numpy-int32", "numpy-2d", "array.array", "memoryview-of-array"],
+)
 def test_put_takes_any_c_contiguous_buffer(store: FlatFileDb, make: object) -> None:
     """put and put_many store the buffer's bytes in memory order, without asking for bytes()."""
     data = make()  # type: ignore[operator]
@@ -156,11 +170,15 @@ def test_put_takes_an_mmap(store: FlatFileDb, tmp_path: Path) -> None:
     assert store.get(location) == store.get(batched) == source.read_bytes()
 
 
-@pytest.mark.parametrize("make", [
-    lambda: numpy.arange(16, dtype=numpy.int8)[::2],
-    lambda: numpy.asfortranarray(numpy.arange(12, dtype=numpy.int8).reshape(3, 4)),
-    lambda: memoryview(bytearray(16))[::4],
-], ids=["numpy-strided", "numpy-fortran", "memoryview-strided"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: numpy.arange(16, dtype=numpy.int8)[::2],
+        lambda: numpy.asfortranarray(numpy.arange(12, dtype=numpy.int8).reshape(3, 4)),
+        lambda: memoryview(bytearray(16))[::4],
+    ],
+    ids=["numpy-strided", "numpy-fortran", "memoryview-strided"],
+)
 def test_put_of_a_non_contiguous_buffer_is_a_typed_type_error(store: FlatFileDb, make: object) -> None:
     """Not in C order: NonContiguousBufferError (a TypeError, and a ValueError as before); nothing stored."""
     before = store.stats().blobs

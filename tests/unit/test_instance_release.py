@@ -35,8 +35,13 @@ DROP_MANY = """
 
 def test_two_thousand_dropped_instances_do_not_run_out_of_descriptors(tmp_path: Path) -> None:
     """Raw, compressed and read-only instances, never closed, under a limit of 256 descriptors."""
-    done = subprocess.run([sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(DROP_MANY),
-                           str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(DROP_MANY), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr[-3000:]
 
 
@@ -62,15 +67,25 @@ DROP_ONE = """
 
 
 @pytest.mark.parametrize("readonly", [False, True])
-def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(
-        tmp_path: Path, readonly: bool) -> None:
+def test_dropping_an_open_instance_warns_resource_warning_and_frees_it_at_once(tmp_path: Path, readonly: bool) -> None:
     """The warning names the instance; a weak reference dies with ``del``, with the collector off.
 
     In a child process: a ResourceWarning emitted in pytest's own process makes it report, at
     its exit, the lock-file handles other tests keep open on purpose."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(DROP_ONE), str(tmp_path / "store"),
-                           str(tmp_path / "store.lock"), "1" if readonly else "0"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(DROP_ONE),
+            str(tmp_path / "store"),
+            str(tmp_path / "store.lock"),
+            "1" if readonly else "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     freed, shown = json.loads(done.stdout)
     assert freed, "the descriptors and the instance outlived the last reference"

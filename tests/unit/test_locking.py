@@ -48,8 +48,8 @@ class Child:
 
     def __init__(self, mode: str, path: Path) -> None:
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # closed in release()
-            [sys.executable, "-c", CHILD, mode, str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-c", CHILD, mode, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "locked"
 
@@ -62,8 +62,9 @@ class Child:
 
 def try_in_child(mode: str, path: Path) -> str:
     """A plain fasteners non-blocking attempt from another process: "acquired" or "refused"."""
-    done = subprocess.run([sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True,
-                          timeout=30, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True, timeout=30, check=True
+    )
     return done.stdout.strip()
 
 
@@ -267,12 +268,12 @@ def test_stores_sharing_a_lock_file_share_the_lock(make_store: StoreFactory, tmp
 
 
 def _sizes(store: FlatFileDb) -> list[tuple[str, int]]:
-    return sorted((name, os.path.getsize(os.path.join(store.datadir, name)))
-                  for name in os.listdir(store.datadir))
+    return sorted((name, os.path.getsize(os.path.join(store.datadir, name))) for name in os.listdir(store.datadir))
 
 
 def test_lock_timeout_when_another_process_holds_write_lock(
-        make_store: StoreFactory, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    make_store: StoreFactory, tmp_path: Path, holding_child: Callable[[str, Path], Child]
+) -> None:
     """A plain fasteners writer in another process makes every write time out; reads still work."""
     store = make_store(lock_timeout=0.2)
     loc = store.put(b"committed before")
@@ -296,7 +297,8 @@ def test_lock_timeout_when_another_process_holds_write_lock(
 
 
 def test_process_lock_times_out_against_other_process(
-        lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]
+) -> None:
     """The ProcessLock itself: write and read both time out against another process's writer."""
     child = holding_child("write", tmp_path / "x.lock")
     with pytest.raises(FlatFileDbLockTimeoutError):
@@ -311,7 +313,8 @@ def test_process_lock_times_out_against_other_process(
 
 
 def test_other_process_reader_blocks_our_writer_not_our_reader(
-        lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]) -> None:
+    lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]
+) -> None:
     """Read locks are shared across processes too."""
     child = holding_child("read", tmp_path / "x.lock")
     with lock.read(timeout=WAIT):

@@ -145,8 +145,13 @@ def test_recompress_both_ways_and_reframe(store: FlatFileDb) -> None:
     assert [r.action for r in store.recompress(mode=CompressMode.KEEP, level=5)] == ["skipped"]  # raw stays raw
     assert [r.action for r in store.recompress(mode=True)] == ["compressed"]
     assert data_files(store.datadir)[number] == segment_name(number, True)
-    frames_before = len(parse_seek_table(_preader(store.datadir / segment_name(number, True)),
-                                         (store.datadir / segment_name(number, True)).stat().st_size, "seg"))
+    frames_before = len(
+        parse_seek_table(
+            _preader(store.datadir / segment_name(number, True)),
+            (store.datadir / segment_name(number, True)).stat().st_size,
+            "seg",
+        )
+    )
     [result] = store.recompress(mode=CompressMode.KEEP, level=1, frame_bytes=4096)
     assert result.action == "reframed", result
     path = store.datadir / segment_name(number, True)
@@ -164,6 +169,7 @@ def _preader(path: Path) -> Callable[[int, int], bytes]:
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(size)
+
     return read
 
 

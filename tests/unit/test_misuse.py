@@ -23,7 +23,8 @@ from conduit_flat_file_db import (
     FlatFileDbUnsafeAccessError,
     InvalidLocationError,
 )
-from conduit_flat_file_db.cli import main, progress as cli_progress
+from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.cli import progress as cli_progress
 from conduit_flat_file_db.maintenance import Compaction, CompressMode
 from conduit_flat_file_db.naming import temp_owner
 
@@ -58,8 +59,7 @@ def sealed_store(make_store: StoreFactory, blobs: int = 60, **kwargs: Any) -> tu
 # -- compact and recompress: each segment once ------------------------------------------------
 
 
-def test_compact_of_one_segment_named_in_four_spellings_copies_each_live_blob_once(
-        make_store: StoreFactory) -> None:
+def test_compact_of_one_segment_named_in_four_spellings_copies_each_live_blob_once(make_store: StoreFactory) -> None:
     """0, the .dat path as str, the .dat.zst name as Path and 0 again are one segment: 60 copies, not 240."""
     db, locations = sealed_store(make_store)
     dat = str(db.datadir / "data_00000000.dat")
@@ -74,8 +74,9 @@ def test_compact_of_one_segment_named_in_four_spellings_copies_each_live_blob_on
 def test_recompress_of_one_segment_named_twice_rewrites_it_once(make_store: StoreFactory) -> None:
     """A segment given as a number and as a path is compressed once, with one result."""
     db, locations = sealed_store(make_store)
-    results = db.recompress([0, db.datadir / "data_00000000.dat", str(db.datadir / "data_00000000.dat")],
-                            mode=CompressMode.YES)
+    results = db.recompress(
+        [0, db.datadir / "data_00000000.dat", str(db.datadir / "data_00000000.dat")], mode=CompressMode.YES
+    )
     assert [(r.number, r.action) for r in results] == [(0, "compressed")]
     assert db.get_many(locations)[5] == b"blob 5 " * 6
 
@@ -92,8 +93,9 @@ def test_compact_and_recompress_refuse_a_negative_segment_number(make_store: Sto
 # -- the lock file: never adopted, never inside the datadir -------------------------------------
 
 
-def test_adopting_the_stores_own_lock_file_is_refused_and_the_lock_stays(make_store: StoreFactory,
-                                                                         tmp_path: Path) -> None:
+def test_adopting_the_stores_own_lock_file_is_refused_and_the_lock_stays(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
     """Adopted, the lock file would be renamed into the datadir and the next process would lock a new
     file of the same name: two processes would both hold the write lock. Refused; the lock file stays."""
     db = make_store()
@@ -107,11 +109,14 @@ def test_adopting_the_stores_own_lock_file_is_refused_and_the_lock_stays(make_st
     assert db.segments() == [0]
 
 
-@pytest.mark.parametrize("lock_name", ["ffdb.state", "data_00000000.dat", "data_00000000.idx", ".", "my.lock",
-                                       ".tmp-1-lock", "sub/deeper.lock"])
+@pytest.mark.parametrize(
+    "lock_name",
+    ["ffdb.state", "data_00000000.dat", "data_00000000.idx", ".", "my.lock", ".tmp-1-lock", "sub/deeper.lock"],
+)
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-store", "new-store"])
-def test_lock_path_inside_the_datadir_is_refused_before_anything_is_written(tmp_path: Path, lock_name: str,
-                                                                              existing: bool) -> None:
+def test_lock_path_inside_the_datadir_is_refused_before_anything_is_written(
+    tmp_path: Path, lock_name: str, existing: bool
+) -> None:
     """The lock file is grown to 4 KiB and its first word written: as the state page (or a segment) that
     corrupts the store, as a scratch name recovery would remove it. Refused at construction."""
     datadir = tmp_path / "store"
@@ -182,10 +187,18 @@ def test_open_still_removes_a_dead_processes_scratch_file(tmp_path: Path) -> Non
     assert temp_owner(".tmp-999999999-data_00000003.dat") == 999999999
 
 
-@pytest.mark.parametrize("name,kind", [("data_00000003.dat", "directory"), ("data_00000003.idx", "directory"),
-                                       ("data_00000003.idx", "fifo"), ("data_00000003.idx", "symlink")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("data_00000003.dat", "directory"),
+        ("data_00000003.idx", "directory"),
+        ("data_00000003.idx", "fifo"),
+        ("data_00000003.idx", "symlink"),
+    ],
+)
 def test_newest_segments_file_name_taken_by_a_non_file_fails_open_with_a_typed_error(
-        make_store: StoreFactory, tmp_path: Path, name: str, kind: str) -> None:
+    make_store: StoreFactory, tmp_path: Path, name: str, kind: str
+) -> None:
     """A directory, FIFO or symlink named like the newest segment's data file or index:
     InvalidLocationError naming it, nothing created or removed; once it is moved away the store
     opens as before."""
@@ -230,7 +243,8 @@ def _restore_index(path: Path, saved: bytes) -> None:
 
 @pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
 def test_verify_reports_a_sealed_index_that_is_not_a_regular_file_and_stats_raises_typed(
-        make_store: StoreFactory, kind: str) -> None:
+    make_store: StoreFactory, kind: str
+) -> None:
     """verify never raises: the index is a problem of its segment; stats names it in a typed error."""
     db, _ = sealed_store(make_store, blobs=3)
     db.put(b"mutable")
@@ -283,7 +297,8 @@ def _store_at(make_store: StoreFactory, tmp_path: Path, number: int, content: by
 
 
 def test_rotation_past_the_last_segment_number_is_refused_and_the_store_stays_readable(
-        make_store: StoreFactory, tmp_path: Path) -> None:
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
     """Segment 4294967295 cannot be followed: rotate() (and a put that fills the segment) raise
     FlatFileDbUnsafeAccessError before sealing; the store reopens and serves every blob."""
     db = _store_at(make_store, tmp_path, LAST)
@@ -307,7 +322,8 @@ def test_rotation_past_the_last_segment_number_is_refused_and_the_store_stays_re
 
 
 def test_whole_file_commit_needing_numbers_past_the_last_is_refused_and_the_file_stays(
-        make_store: StoreFactory, tmp_path: Path) -> None:
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
     """put_stream and adopt_file at segment 4294967294 need two more numbers: refused, nothing moved."""
     db = _store_at(make_store, tmp_path, LAST - 1)
     kept = db.put(b"kept")
@@ -322,15 +338,20 @@ def test_whole_file_commit_needing_numbers_past_the_last_is_refused_and_the_file
     assert db.get(kept) == b"kept" and db.mutable_segment() == LAST - 1
 
 
-def test_legacy_segment_at_the_last_number_opens_readable_and_refuses_writes(make_store: StoreFactory,
-                                                                              tmp_path: Path) -> None:
+def test_legacy_segment_at_the_last_number_opens_readable_and_refuses_writes(
+    make_store: StoreFactory, tmp_path: Path
+) -> None:
     """A data file without an index at 4294967295 is sealed by recovery as a legacy extent and nothing
     can follow it: the store opens, reads it and verifies, and every write is refused, typed."""
     db = _store_at(make_store, tmp_path, LAST, b"legacy bytes")
     location = DataLocation(str(db.datadir / f"data_{LAST}.dat"), 0, 12)
     assert db.get(location) == b"legacy bytes"
-    for write in (lambda: db.put(b"x"), lambda: db.put_many([b"y"]), db.rotate,
-                  lambda: db.put_stream(io.BytesIO(b"z"))):
+    for write in (
+        lambda: db.put(b"x"),
+        lambda: db.put_many([b"y"]),
+        db.rotate,
+        lambda: db.put_stream(io.BytesIO(b"z")),
+    ):
         with pytest.raises(FlatFileDbUnsafeAccessError, match="last segment number"):
             write()
     assert db.get(location) == b"legacy bytes" and db.verify().ok
@@ -370,8 +391,7 @@ def test_unpack_location_of_a_non_contiguous_view_reads_its_bytes_in_order(store
 
 
 @pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
-def test_put_streams_with_an_item_that_is_no_stream_is_type_error_naming_it(store: FlatFileDb,
-                                                                             as_list: bool) -> None:
+def test_put_streams_with_an_item_that_is_no_stream_is_type_error_naming_it(store: FlatFileDb, as_list: bool) -> None:
     """``put_streams([stream, 5])``: TypeError naming item 1 and its type; from a list nothing is stored."""
     items: list[Any] = [io.BytesIO(b"first"), 5]
     with pytest.raises(TypeError, match=r"item 1 \(int\)"):
@@ -478,7 +498,8 @@ def test_cli_info_and_stats_agree_on_bytes_on_disk(tmp_path: Path, capsys: pytes
 
 @pytest.mark.parametrize("command", [["info"], ["verify"], ["stats"], ["get", "data_00000000.dat:0:1"]])
 def test_cli_read_commands_on_a_directory_that_is_not_a_store_exit_2_and_create_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     """A directory without segment files is not a store: a clear error, and no store file is created."""
     plain = tmp_path / "photos"
     plain.mkdir()
@@ -491,7 +512,8 @@ def test_cli_read_commands_on_a_directory_that_is_not_a_store_exit_2_and_create_
 
 @pytest.mark.parametrize("command", [["info"], ["verify"], ["stats"], ["get", "data_00000000.dat:0:1"]])
 def test_cli_read_commands_on_a_missing_datadir_exit_2_and_create_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     """A datadir that does not exist: a clear error naming it; it is not created."""
     missing = tmp_path / "nowhere"
     assert main(["--datadir", str(missing), *command]) == 2
@@ -543,8 +565,9 @@ def screen(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("compress", [False, True])
-def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     compress: bool) -> None:
+def test_put_lines_on_a_terminal_are_not_glued_to_the_progress_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
     """Each location line starts its own clean line, and the finished bar is shown once."""
     monkeypatch.setattr(cli_progress, "PROGRESS_MIN_BYTES", 2**20)
     monkeypatch.setattr(cli_progress, "PROGRESS_INTERVAL_SECONDS", 0.0)
@@ -583,7 +606,8 @@ def test_progress_bar_clear_erases_its_line_and_refresh_draws_it_again(monkeypat
 
 
 def test_finish_compaction_of_another_stores_compaction_is_refused_and_deletes_nothing(
-        make_store: StoreFactory) -> None:
+    make_store: StoreFactory,
+) -> None:
     """A Compaction names segments by number: another store's must not delete ours."""
     first, second = make_store("first"), make_store("second")
     first.put(b"old")
@@ -665,8 +689,9 @@ def test_cli_with_standard_output_closed_exits_2_with_one_line(tmp_path: Path, c
     source.write_bytes(b"data")
     args = [sys.executable, "-m", "conduit_flat_file_db", "--datadir", str(datadir), command]
     args += [str(source)] if command == "put" else []
-    done = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False,
-                          preexec_fn=lambda: os.close(1))
+    done = subprocess.run(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, preexec_fn=lambda: os.close(1)
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.decode().count("\n") == 1 and "standard output is closed" in done.stderr.decode()
     db = FlatFileDb(datadir, str(datadir) + ".lock", readonly=True)

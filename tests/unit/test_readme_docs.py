@@ -19,8 +19,9 @@ def _python_blocks() -> list[str]:
     return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
 
 
-def test_readme_basic_usage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_basic_usage_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every ```python block of README.md executes without error and deletes what it says it deletes."""
     blocks = _python_blocks()
     assert blocks, "README.md has no python example"
@@ -41,8 +42,10 @@ def _section(title: str) -> str:
 
 def test_readme_examples_use_only_the_public_api() -> None:
     """The README's examples import only public modules and names, and touch no private attribute."""
-    public_modules = {"conduit_flat_file_db": set(conduit_flat_file_db.__all__),
-                      "conduit_flat_file_db.flat_file_db": set(dir(flat_file_db))}
+    public_modules = {
+        "conduit_flat_file_db": set(conduit_flat_file_db.__all__),
+        "conduit_flat_file_db.flat_file_db": set(dir(flat_file_db)),
+    }
     for block in _python_blocks():
         tree = ast.parse(block)
         for node in ast.walk(tree):
@@ -90,4 +93,4 @@ def test_readme_names_every_constructor_option() -> None:
     options = _constructor_options()
     assert {"datadir", "fsync", "use_compression", "min_frame_saving"} <= options
     missing = sorted(name for name in options if f"`{name}`" not in usage and f"{name}=" not in usage)
-    assert not missing, f"README.md \"Basic usage\" does not name the options {missing}"
+    assert not missing, f'README.md "Basic usage" does not name the options {missing}'

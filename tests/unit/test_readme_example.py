@@ -15,7 +15,7 @@ import pytest
 
 from conduit_flat_file_db.flat_file_db import FlatFileDb
 
-README_BASIC_USAGE = '''
+README_BASIC_USAGE = """
 import logging
 from pathlib import Path
 
@@ -53,14 +53,16 @@ with ffdb:
     # immutable file so can be deleted without `FlatFileDbUnsafeAccessError` being raised
     ffdb.delete_file(Path(data_location_aa.file_path))  # OK to delete now
     ffdb.delete_file(Path(data_location_bb.file_path))  # OK to delete now
-'''
+"""
 
 BLOB_SIZE = 128 * 1024 * 1024 // 16
 
 
 @pytest.fixture(name="readme_run")
 def fixture_readme_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> tuple[dict[str, Any], str, list[logging.LogRecord]]:
     """Run the example in tmp_path; return its namespace, its stdout and its log records."""
@@ -93,7 +95,8 @@ def test_readme_assertions_hold(readme_run: tuple[dict[str, Any], str, list[logg
 
 
 def test_readme_first_delete_raised_unsafe_access(
-        readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]]) -> None:
+    readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]],
+) -> None:
     """Deleting the mutable segment raised FlatFileDbUnsafeAccessError (the example prints it)."""
     _namespace, out, _records = readme_run
     lines = out.splitlines()
@@ -102,7 +105,8 @@ def test_readme_first_delete_raised_unsafe_access(
 
 
 def test_readme_second_delete_of_same_file_only_logs(
-        readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]]) -> None:
+    readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]],
+) -> None:
     """The second delete of the already deleted segment logs an error and does not raise."""
     namespace, _out, records = readme_run
     errors = [r for r in records if r.levelno >= logging.ERROR]
@@ -112,7 +116,8 @@ def test_readme_second_delete_of_same_file_only_logs(
 
 
 def test_readme_deleted_segment_files_are_gone(
-        tmp_path: Path, readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]]) -> None:
+    tmp_path: Path, readme_run: tuple[dict[str, Any], str, list[logging.LogRecord]]
+) -> None:
     """The sealed segment's data and index files are gone; its locations no longer read."""
     namespace, _out, _records = readme_run
     deleted = Path(namespace["data_location_aa"].file_path)

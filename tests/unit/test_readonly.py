@@ -19,7 +19,6 @@ import pytest
 
 # pytest fixtures are parameters named like the fixture functions.
 # pylint: disable=redefined-outer-name
-
 from conduit_flat_file_db import (
     CorruptionError,
     DataLocation,
@@ -90,7 +89,8 @@ WRITES: dict[str, Callable[[FlatFileDb, DataLocation], object]] = {
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_every_write_of_a_read_only_instance_raises_a_typed_error_and_touches_nothing(
-        tmp_path: Path, use_compression: bool) -> None:
+    tmp_path: Path, use_compression: bool
+) -> None:
     """Each write method raises FlatFileDbReadOnlyError (an io.UnsupportedOperation); no file changes."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     before = snapshot(tmp_path)
@@ -109,7 +109,8 @@ def test_every_write_of_a_read_only_instance_raises_a_typed_error_and_touches_no
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_serves_every_committed_blob_and_reports_like_a_writer(
-        tmp_path: Path, use_compression: bool) -> None:
+    tmp_path: Path, use_compression: bool
+) -> None:
     """Every read API works; stats, segments, records and verify agree with a writer's instance."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     with FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=use_compression) as writer:
@@ -136,8 +137,12 @@ def test_missing_datadir_non_store_directory_and_file_raise_typed_errors_and_cre
     (tmp_path / "other" / "notes.txt").write_text("not a store")
     (tmp_path / "file").write_text("a file")
     before = snapshot(tmp_path)
-    for name, says in (("missing", "does not exist"), ("empty", "not a store"), ("other", "not a store"),
-                       ("file", "not a directory")):
+    for name, says in (
+        ("missing", "does not exist"),
+        ("empty", "not a store"),
+        ("other", "not a store"),
+        ("file", "not a directory"),
+    ):
         with pytest.raises(FlatFileDbNotFoundError, match=says) as caught:
             FlatFileDb(tmp_path / name, tmp_path / f"{name}.lock", readonly=True)
         assert isinstance(caught.value, FileNotFoundError)
@@ -146,7 +151,8 @@ def test_missing_datadir_non_store_directory_and_file_raise_typed_errors_and_cre
 
 
 def test_cli_read_commands_on_a_non_store_report_clearly_and_create_nothing(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """info, verify, stats and get exit 2 naming the directory as text, and create nothing."""
     (tmp_path / "plain").mkdir()
     before = snapshot(tmp_path)
@@ -161,8 +167,14 @@ def test_cli_read_commands_on_a_non_store_report_clearly_and_create_nothing(
 
 
 def _child(code: str, *args: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
 
 
 READER = """
@@ -178,13 +190,15 @@ READER = """
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_in_another_process_does_not_wait_for_a_held_read_lock(
-        tmp_path: Path, use_compression: bool) -> None:
+    tmp_path: Path, use_compression: bool
+) -> None:
     """A writer's open in the child would wait for the held read lock; a read-only one does not."""
     locations = fill(tmp_path / "store", tmp_path / "store.lock", use_compression)
     with FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=use_compression) as holder:
         with holder.read_lock():  # a writer's open would wait for this (it takes the write lock)
-            done = _child(READER, str(tmp_path / "store"), str(tmp_path / "store.lock"), json.dumps(locations),
-                          timeout=60)
+            done = _child(
+                READER, str(tmp_path / "store"), str(tmp_path / "store.lock"), json.dumps(locations), timeout=60
+            )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["ok"] and result["seconds"] < 30
@@ -214,7 +228,10 @@ class LiveWriter:
     def __init__(self, datadir: Path, lock: Path, use_compression: bool) -> None:
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with  # closed in close()
             [sys.executable, "-c", textwrap.dedent(WRITER), str(datadir), str(lock), "1" if use_compression else "0"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline() == "open\n"
 
     def put(self, first: int, count: int, rotate: bool = False) -> list[DataLocation]:
@@ -236,7 +253,8 @@ class LiveWriter:
 @pytest.mark.parametrize("use_compression", [False, True])
 @pytest.mark.parametrize("state_page", [True, False], ids=["state-page", "no-state-page"])
 def test_read_only_open_sees_puts_a_writer_in_another_process_makes_after_the_open(
-        tmp_path: Path, use_compression: bool, state_page: bool) -> None:
+    tmp_path: Path, use_compression: bool, state_page: bool
+) -> None:
     """Through the state page, or by walking the index on when there is none; across a rotation."""
     datadir, lock = tmp_path / "store", tmp_path / "store.lock"
     writer = LiveWriter(datadir, lock, use_compression)
@@ -308,7 +326,8 @@ def _tear(datadir: Path, number: int) -> tuple[int, int]:
 @pytest.mark.parametrize("use_compression", [False, True])
 @pytest.mark.parametrize("state_page", [True, False], ids=["state-page", "no-state-page"])
 def test_read_only_open_never_serves_a_torn_tail_and_reports_no_false_corruption(
-        tmp_path: Path, use_compression: bool, state_page: bool) -> None:
+    tmp_path: Path, use_compression: bool, state_page: bool
+) -> None:
     """A crashed writer's half index record and trailing bytes: refused, not reported, not cut."""
     datadir = tmp_path / "store"
     locations = fill(datadir, tmp_path / "store.lock", use_compression)
@@ -320,8 +339,10 @@ def test_read_only_open_never_serves_a_torn_tail_and_reports_no_false_corruption
     before = snapshot(tmp_path)
     with FlatFileDb(datadir, tmp_path / "store.lock", readonly=True) as db:
         assert db.get_many(locations) == [blob(i) for i in range(len(locations))]
-        for torn in (DataLocation(locations[-1].file_path, end, end + 10),
-                     DataLocation(locations[-1].file_path, end - 5, end + 1)):
+        for torn in (
+            DataLocation(locations[-1].file_path, end, end + 10),
+            DataLocation(locations[-1].file_path, end - 5, end + 1),
+        ):
             with pytest.raises(InvalidLocationError, match="past the committed end"):
                 db.get(torn)
             with pytest.raises(InvalidLocationError, match="past the committed end"):
@@ -391,15 +412,18 @@ def read_only_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
 
 @pytest.mark.parametrize("use_compression", [False, True])
 def test_read_only_open_works_on_a_read_only_mount_while_a_writer_goes_on_underneath(
-        read_only_mount: tuple[Path, Path], use_compression: bool) -> None:
+    read_only_mount: tuple[Path, Path], use_compression: bool
+) -> None:
     """A read-only bind mount of a live store: every blob, and the writer's new puts."""
     source, mount = read_only_mount
     with pytest.raises(OSError):  # the mount really is read-only
         (mount / "probe").write_bytes(b"")
     locations = fill(source / "store", source / "store.lock", use_compression)
     as_mounted = [loc._replace(file_path=str(mount / "store" / Path(loc.file_path).name)) for loc in locations]
-    with FlatFileDb(source / "store", source / "store.lock", use_compression=use_compression) as writer, \
-            FlatFileDb(mount / "store", mount / "store.lock", readonly=True) as db:
+    with (
+        FlatFileDb(source / "store", source / "store.lock", use_compression=use_compression) as writer,
+        FlatFileDb(mount / "store", mount / "store.lock", readonly=True) as db,
+    ):
         assert db.get_many(as_mounted) == [blob(i) for i in range(len(locations))]
         for index in range(40, 46):  # puts through the writable path show through the mount
             loc = writer.put(blob(index))
@@ -414,7 +438,8 @@ def test_read_only_open_works_on_a_read_only_mount_while_a_writer_goes_on_undern
 
 
 def test_cli_read_commands_work_on_a_read_only_mount_and_errors_name_paths_as_text(
-        read_only_mount: tuple[Path, Path], capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    read_only_mount: tuple[Path, Path], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     """The read commands succeed on the mount; put fails naming the lock file as text, not bytes."""
     source, mount = read_only_mount
     locations = fill(source / "store", source / "store.lock", True)
@@ -429,8 +454,9 @@ def test_cli_read_commands_work_on_a_read_only_mount_and_errors_name_paths_as_te
     for command in ("info", "verify", "stats"):
         code, out, err = run(command)
         assert code == 0 and out and not err, err
-    code, out, err = run("get", f"{Path(locations[7].file_path).name}:{locations[7].start_offset}:"
-                                f"{locations[7].end_offset}")
+    code, out, err = run(
+        "get", f"{Path(locations[7].file_path).name}:{locations[7].start_offset}:{locations[7].end_offset}"
+    )
     assert code == 0 and out == blob(7), err
     code, out, err = run("put", __file__)  # a write: fails, naming the lock file as text
     assert code == 2 and err == f"ffdb: error: {mount / 'store.lock'}: Read-only file system\n"
@@ -503,7 +529,8 @@ def _forge_reboot(datadir: Path, synced_below: int) -> None:
 
 
 def test_read_only_open_after_a_power_loss_refuses_an_unconfirmed_sealed_segment_it_cannot_vouch_for(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Zeros where a sealed blob's data never reached the disk: refused (typed), never served, until a
     writer's open cuts the segment; a segment that checks is served as it is."""
     datadir, lock = tmp_path / "store", tmp_path / "store.lock"

@@ -72,8 +72,9 @@ def one_frame(data: bytes, content_size: bool = True) -> bytes:
 # -- writer ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size,frame_bytes", [(0, 100), (1, 100), (100, 100), (101, 100), (10_000, 1000),
-                                              (123_457, 4096), (50_000, 2**20)])
+@pytest.mark.parametrize(
+    "size,frame_bytes", [(0, 100), (1, 100), (100, 100), (101, 100), (10_000, 1000), (123_457, 4096), (50_000, 2**20)]
+)
 def test_writer_new_file_round_trip(tmp_path: Path, size: int, frame_bytes: int) -> None:
     """A new file: frames of at most frame_bytes (all full but the last), readable back whole."""
     path = tmp_path / "new.zst"
@@ -508,16 +509,32 @@ def test_reader_steps_over_skippable_frames(tmp_path: Path) -> None:
     """Skippable frames (decompressed size 0 in the table) at the start, middle and end."""
     chunks = [source(800, 70), source(1200, 71), source(500, 72)]
     data = b"".join(chunks)
-    parts = [skippable_frame(b"head"), one_frame(chunks[0]), skippable_frame(b"x" * 100),
-             skippable_frame(b""), one_frame(chunks[1]), one_frame(chunks[2]), skippable_frame(b"tail" * 9)]
+    parts = [
+        skippable_frame(b"head"),
+        one_frame(chunks[0]),
+        skippable_frame(b"x" * 100),
+        skippable_frame(b""),
+        one_frame(chunks[1]),
+        one_frame(chunks[2]),
+        skippable_frame(b"tail" * 9),
+    ]
     dsizes = [0, 800, 0, 0, 1200, 500, 0]
     path = tmp_path / "skip.zst"
     path.write_bytes(b"".join(parts) + encode_seek_table([(len(p), d) for p, d in zip(parts, dsizes)]))
     with SeekableReader(path) as reader:
         assert reader.size == len(data)
         assert reader.read() == data
-        for start, end in ((0, 800), (799, 801), (800, 801), (800, 2000), (1999, 2001), (2000, 2500), (0, 2500),
-                           (2499, 2500), (0, 1)):
+        for start, end in (
+            (0, 800),
+            (799, 801),
+            (800, 801),
+            (800, 2000),
+            (1999, 2001),
+            (2000, 2500),
+            (0, 2500),
+            (2499, 2500),
+            (0, 1),
+        ):
             before = reader.frames_decompressed
             assert reader.read_range(start, end) == data[start:end], (start, end)
             touched = len({0 if p < 800 else 1 if p < 2000 else 2 for p in range(start, end)})
@@ -636,8 +653,11 @@ def test_stored_payload_finds_the_bytes_of_one_block_stored_frames() -> None:
     rng = random.Random(21)
     for size in (1, 255, 256, 4096, 65791, 65792, 128 * 1024):
         content = rng.randbytes(size)
-        for frame in (stored_frame(content), zstandard.ZstdCompressor(write_checksum=True).compress(content),
-                      zstandard.ZstdCompressor(write_content_size=False).compress(content)):
+        for frame in (
+            stored_frame(content),
+            zstandard.ZstdCompressor(write_checksum=True).compress(content),
+            zstandard.ZstdCompressor(write_content_size=False).compress(content),
+        ):
             at = stored_payload(frame[:STORED_PROBE_BYTES], len(frame), size)
             assert at > 0 and frame[at : at + size] == content, (size, frame[:8].hex())
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import xxhash
 
+import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db import (
     PACKED_LOCATION_BYTES,
     BlobRecord,
@@ -22,10 +23,9 @@ from conduit_flat_file_db import (
     FlatFileDbError,
     Slice,
 )
-import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db.blocks import maps_supported, preallocate
-from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
+from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -118,10 +118,12 @@ def test_put_accepts_bytearray_and_memoryview(store: FlatFileDb) -> None:
     """bytes-like inputs are stored as their bytes."""
     words = array("I", [1, 2, 0xFFFFFFFF])
     inputs: list[Any] = [
-        bytearray(b"from a bytearray"), memoryview(b"from a memoryview"), memoryview(words),
+        bytearray(b"from a bytearray"),
+        memoryview(b"from a memoryview"),
+        memoryview(words),
         memoryview(b"0123456789")[2:6],
     ]
-    expected = [bytes(b"from a bytearray"), b"from a memoryview", words.tobytes(), b"2345"]
+    expected = [b"from a bytearray", b"from a memoryview", words.tobytes(), b"2345"]
     for data, want in zip(inputs, expected):
         assert store.get(store.put(data)) == want
 
@@ -177,11 +179,13 @@ def test_put_many_keeps_order(store: FlatFileDb) -> None:
 
 def test_put_many_accepts_any_iterable_and_bytes_likes(store: FlatFileDb) -> None:
     """A generator of bytes, bytearray and memoryview works like a list of bytes."""
+
     def gen() -> Iterator[Any]:
         yield b"one"
         yield bytearray(b"two")
         yield memoryview(b"three")
         yield memoryview(array("H", [1, 2]))
+
     locations = store.put_many(gen())
     assert [store.get(loc) for loc in locations] == [b"one", b"two", b"three", array("H", [1, 2]).tobytes()]
 
@@ -203,8 +207,7 @@ def test_put_many_rotates_inside_a_batch(store: FlatFileDb) -> None:
     segments = [Path(loc.file_path).name for loc in locations]
     # 0..4, 4..8, 8..12 (8 < 10 so it still fits), then a new segment.
     assert segments == ["data_00000000.dat"] * 3 + ["data_00000001.dat"] * 2
-    assert [(loc.start_offset, loc.end_offset) for loc in locations] == \
-        [(0, 4), (4, 8), (8, 12), (0, 4), (4, 8)]
+    assert [(loc.start_offset, loc.end_offset) for loc in locations] == [(0, 4), (4, 8), (8, 12), (0, 4), (4, 8)]
     assert [store.get(loc) for loc in locations] == datas
     assert store.segments() == [0, 1]
     assert store.mutable_segment() == 1
@@ -219,14 +222,16 @@ def test_put_many_lays_out_like_single_puts(make_store: StoreFactory) -> None:
     one.MAX_DAT_FILE_SIZE = many.MAX_DAT_FILE_SIZE = 16
     singles = [one.put(blob(n, i)) for i, n in enumerate(sizes)]
     batch = many.put_many([blob(n, i) for i, n in enumerate(sizes)])
-    assert [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in singles] == \
-        [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in batch]
+    assert [(Path(l.file_path).name, l.start_offset, l.end_offset) for l in singles] == [
+        (Path(l.file_path).name, l.start_offset, l.end_offset) for l in batch
+    ]
     ends = {Path(l.file_path).name: l.end_offset for l in singles}
     assert one.segments() == many.segments()
     for number in one.segments():
         end, sealed = ends[data_file(one, number).name], number < one.mutable_segment()
-        assert committed_bytes(data_file(one, number), end, sealed=sealed) == \
-            committed_bytes(data_file(many, number), end, sealed=sealed)
+        assert committed_bytes(data_file(one, number), end, sealed=sealed) == committed_bytes(
+            data_file(many, number), end, sealed=sealed
+        )
 
 
 # -- rotation ----------------------------------------------------------------------------
@@ -367,8 +372,10 @@ def test_use_compression_then_raw_reopen(make_store: StoreFactory, tmp_path: Pat
 def test_relative_and_absolute_datadir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Locations from a relatively opened store read through an absolutely opened one, and back."""
     monkeypatch.chdir(tmp_path)
-    with opened("rel_store", "rel_store.lock") as rel, \
-            opened(tmp_path / "rel_store", tmp_path / "rel_store.lock") as absolute:
+    with (
+        opened("rel_store", "rel_store.lock") as rel,
+        opened(tmp_path / "rel_store", tmp_path / "rel_store.lock") as absolute,
+    ):
         from_rel = rel.put(b"written via a relative path")
         from_abs = absolute.put(b"written via an absolute path")
         assert from_rel.file_path == os.path.join("rel_store", "data_00000000.dat")
@@ -381,8 +388,7 @@ def test_relative_and_absolute_datadir(tmp_path: Path, monkeypatch: pytest.Monke
         assert absolute.get(dotted) == b"written via a relative path"
 
 
-def test_relative_datadir_stays_put_across_chdir_and_reopen(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_datadir_stays_put_across_chdir_and_reopen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store opened by a relative path keeps using that directory after a chdir and a reopen.
 
     It must not silently start (and serve) a second datadir under the new working directory.
@@ -454,8 +460,7 @@ def test_iter_locations_and_records_complete_in_disk_order(store: FlatFileDb) ->
     assert list(store.iter_locations()) == locations
     records = list(store.iter_records())
     assert records == [
-        BlobRecord(int(Path(loc.file_path).name[5:13]), loc.start_offset, loc.end_offset,
-                   xxhash.xxh3_64_intdigest(d))
+        BlobRecord(int(Path(loc.file_path).name[5:13]), loc.start_offset, loc.end_offset, xxhash.xxh3_64_intdigest(d))
         for loc, d in zip(locations, datas)
     ]
 
@@ -582,8 +587,7 @@ def test_verify_reports_flipped_byte_in_sealed_segment(store: FlatFileDb) -> Non
     path.write_bytes(raw)
     report = store.verify()
     assert not report.ok
-    assert [(p.kind, p.path, p.offset) for p in report.problems] == \
-        [("checksum", str(path), target.start_offset)]
+    assert [(p.kind, p.path, p.offset) for p in report.problems] == [("checksum", str(path), target.start_offset)]
     raw[target.start_offset + 3] ^= 0x01  # restore, so the fixture's final verify is clean
     path.write_bytes(raw)
     assert store.verify().ok
@@ -595,8 +599,10 @@ def test_verify_reports_flipped_byte_in_sealed_segment(store: FlatFileDb) -> Non
 def _legacy_datadir(datadir: Path) -> dict[str, list[tuple[int, int, bytes]]]:
     """Write two plain .dat files as the original engine did: no index, no state page."""
     datadir.mkdir()
-    layout = {"data_00000000.dat": [b"old blob A", b"", b"old blob B" * 7],
-              "data_00000001.dat": [b"old blob C", b"old blob D!"]}
+    layout = {
+        "data_00000000.dat": [b"old blob A", b"", b"old blob B" * 7],
+        "data_00000001.dat": [b"old blob C", b"old blob D!"],
+    }
     result: dict[str, list[tuple[int, int, bytes]]] = {}
     for name, parts in layout.items():
         (datadir / name).write_bytes(b"".join(parts))
@@ -667,8 +673,7 @@ def fallocate_works(directory: Path) -> bool:
         probe.unlink()
 
 
-def test_reservation_only_where_segments_fill_and_sealing_frees_it(make_store: StoreFactory,
-                                                                   tmp_path: Path) -> None:
+def test_reservation_only_where_segments_fill_and_sealing_frees_it(make_store: StoreFactory, tmp_path: Path) -> None:
     """A store that fills its segments reserves the next one whole at its first put, without
     changing the file's size; the seal cuts the file at its end, freeing what was not used.
     A small store (mutable segment under a quarter full) reserves nothing. Every put here is
@@ -694,8 +699,9 @@ def test_reservation_only_where_segments_fill_and_sealing_frees_it(make_store: S
     assert db.get(location) == b"y" * 100_000
 
 
-def test_reservation_is_made_once_per_segment(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
+def test_reservation_is_made_once_per_segment(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """One fallocate per segment, by the first writer past a quarter of it; another instance
     (as another process would) sees the reserved blocks and makes none; a filesystem without
     fallocate gets one try per segment and writer, and plain writes. The blobs are larger than

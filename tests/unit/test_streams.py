@@ -95,7 +95,7 @@ def letters(size: int, seed: int) -> bytes:
 
 def number_of(location: DataLocation) -> int:
     """Segment number named by a location's file name (FORMAT.md section 2)."""
-    return int(os.path.basename(location.file_path).split(".")[0][len("data_"):])
+    return int(os.path.basename(location.file_path).split(".")[0][len("data_") :])
 
 
 def records_of(datadir: Path, number: int) -> list[tuple[int, int, int, int]]:
@@ -145,8 +145,9 @@ READERS: list[tuple[str, Callable[[bytes], Any]]] = [
 
 @pytest.mark.parametrize("maker", [m for _, m in READERS], ids=[n for n, _ in READERS])
 @pytest.mark.parametrize("size", [0, 1, FRAME - 1, 3 * FRAME + 5, 300_000])
-def test_put_stream_round_trip(make_store: StoreFactory, compressed: bool, maker: Callable[[bytes], Any],
-                               size: int) -> None:
+def test_put_stream_round_trip(
+    make_store: StoreFactory, compressed: bool, maker: Callable[[bytes], Any], size: int
+) -> None:
     """Every readable shape, short reads included, stores exactly its bytes; reopen keeps them."""
     if size > 20_000 and maker in (READERS[4][1], READERS[5][1]):
         size = 20_000  # one Python call per byte: keep it quick
@@ -172,10 +173,10 @@ def test_put_stream_single_byte_reads_are_all_consumed(store: FlatFileDb) -> Non
     assert source.calls >= len(data)
 
 
-@pytest.mark.parametrize("bad", [42, b"bytes are not a stream", None, [b"a list"], "a str"],
-                         ids=["int", "bytes", "None", "list", "str"])
-def test_put_stream_refuses_non_readables(make_store: StoreFactory, compressed: bool, bad: Any,
-                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "bad", [42, b"bytes are not a stream", None, [b"a list"], "a str"], ids=["int", "bytes", "None", "list", "str"]
+)
+def test_put_stream_refuses_non_readables(make_store: StoreFactory, compressed: bool, bad: Any, tmp_path: Path) -> None:
     """TypeError, and not a single file changes in the datadir."""
     db = make_store(use_compression=compressed)
     first = db.put(b"before")
@@ -197,8 +198,9 @@ class StrReader:
         return "text" if size else ""
 
 
-def test_put_stream_refuses_text_and_leaves_no_scratch(make_store: StoreFactory, compressed: bool,
-                                                       tmp_path: Path) -> None:
+def test_put_stream_refuses_text_and_leaves_no_scratch(
+    make_store: StoreFactory, compressed: bool, tmp_path: Path
+) -> None:
     """A read() returning str is a TypeError; the scratch file is removed, no segment appears."""
     db = make_store(use_compression=compressed)
     db.put(b"x")
@@ -241,8 +243,9 @@ def test_put_stream_does_not_silently_truncate_on_readinto_none(store: FlatFileD
     assert store.get(location) == b"first part second part", "put_stream stored a truncated blob without error"
 
 
-def test_put_stream_seals_a_non_empty_mutable_segment(make_store: StoreFactory, compressed: bool,
-                                                      tmp_path: Path) -> None:
+def test_put_stream_seals_a_non_empty_mutable_segment(
+    make_store: StoreFactory, compressed: bool, tmp_path: Path
+) -> None:
     """Segment n (non-empty) is sealed, the stream is n+1 (one blob, sealed), n+2 is mutable."""
     datadir = tmp_path / "store"
     db = make_store(use_compression=compressed, frame_bytes=FRAME)
@@ -264,11 +267,13 @@ def test_put_stream_seals_a_non_empty_mutable_segment(make_store: StoreFactory, 
     later = [db.put(b"later %d" % i) for i in range(3)]
     assert all(number_of(loc) == n + 2 for loc in later)
     assert db.get_many(small + [location] + later) == [payload(100 + i, i) for i in range(3)] + [data] + [
-        b"later %d" % i for i in range(3)]
+        b"later %d" % i for i in range(3)
+    ]
 
 
-def test_put_stream_removes_an_empty_mutable_segment(make_store: StoreFactory, compressed: bool,
-                                                     tmp_path: Path) -> None:
+def test_put_stream_removes_an_empty_mutable_segment(
+    make_store: StoreFactory, compressed: bool, tmp_path: Path
+) -> None:
     """An empty mutable segment n is not kept as an empty sealed segment: it is removed."""
     datadir = tmp_path / "store"
     db = make_store(use_compression=compressed)
@@ -290,8 +295,7 @@ def test_put_stream_removes_an_empty_mutable_segment(make_store: StoreFactory, c
     assert reopened.get(reopened.put(b"after reopen")) == b"after reopen"
 
 
-def test_put_stream_location_survives_reopen_with_other_compression(make_store: StoreFactory,
-                                                                    compressed: bool) -> None:
+def test_put_stream_location_survives_reopen_with_other_compression(make_store: StoreFactory, compressed: bool) -> None:
     """A reopen (even with the other use_compression) serves streamed locations; puts go on."""
     db = make_store(use_compression=compressed, frame_bytes=FRAME)
     data = payload(123_456, 3)
@@ -375,9 +379,8 @@ def test_open_blob_seek_back_decompresses_only_the_landing_frame(make_store: Sto
         assert misses() - before == 2, "a read across one boundary costs two frames"
         before = misses()
         blob.seek(-FRAME // 2, io.SEEK_END)
-        assert blob.read() == data[-FRAME // 2:]
+        assert blob.read() == data[-FRAME // 2 :]
         assert misses() - before == 1
-
 
 
 def test_open_blob_keeps_reading_through_seal_reframe_and_delete(make_store: StoreFactory, compressed: bool) -> None:
@@ -484,8 +487,13 @@ def test_get_many_bad_slices_raise_typed_errors(make_store: StoreFactory) -> Non
     db = make_store()
     good = [db.put(b"blob %d" % i) for i in range(10)]
     fine: list[Any] = [None] * len(good)
-    for bad, error in ((Slice(0, 100), InvalidLocationError), (Slice(4, 2), InvalidLocationError),
-                       (Slice(-1, 2), InvalidLocationError), ("0:2", TypeError), (Slice(True, 2), TypeError)):
+    for bad, error in (
+        (Slice(0, 100), InvalidLocationError),
+        (Slice(4, 2), InvalidLocationError),
+        (Slice(-1, 2), InvalidLocationError),
+        ("0:2", TypeError),
+        (Slice(True, 2), TypeError),
+    ):
         with pytest.raises(error):
             db.get_many(good, fine[:5] + [bad] + fine[6:])
     with pytest.raises(ValueError, match="10 locations but 9 slices"):

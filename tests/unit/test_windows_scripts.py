@@ -180,7 +180,7 @@ def test_build_script_called_by_its_absolute_path_from_another_directory(wine: W
 
 
 @pytest.mark.parametrize("docker_exit", [0, 1])
-def test_static_checks_script_runs_mypy_and_pylint_on_the_mounted_tree(wine: Wine, docker_exit: int) -> None:
+def test_static_checks_script_runs_ruff_mypy_and_pylint_on_the_mounted_tree(wine: Wine, docker_exit: int) -> None:
     """1_win_run_static_checks.bat: the tree mounted at /app, CHECK_STEPS as one argument, the exit code."""
     status, calls = wine.run([r"scripts\1_win_run_static_checks.bat"], docker_exit)
     assert [call["argv"] for call in calls] == [
@@ -192,7 +192,7 @@ def test_static_checks_script_runs_mypy_and_pylint_on_the_mounted_tree(wine: Win
             "--workdir",
             "/app",
             "--env",
-            "CHECK_STEPS=mypy pylint",
+            "CHECK_STEPS=ruff format mypy pylint",
             IMAGE,
             "bash",
             "scripts/check.sh",

@@ -19,13 +19,14 @@ import pytest
 import conduit_flat_file_db.blocks as blocks_module
 import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db.index import HEADER_BYTES, RECORD_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 from conduit_flat_file_db.blocks import maps_supported
+from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, RECORD_BYTES, decode_records, encode_seal
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
 from conduit_flat_file_db.state import W_END, W_INDEX_BYTES
 from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
+
 
 def _maps_in_temp_dir() -> bool:
     fd = os.open(tempfile.gettempdir(), os.O_RDONLY)
@@ -35,8 +36,9 @@ def _maps_in_temp_dir() -> bool:
         os.close(fd)
 
 
-needs_maps = pytest.mark.skipif(not _maps_in_temp_dir(),
-                                reason="write maps need Linux on x86 and a filesystem that overwrites in place")
+needs_maps = pytest.mark.skipif(
+    not _maps_in_temp_dir(), reason="write maps need Linux on x86 and a filesystem that overwrites in place"
+)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -64,8 +66,9 @@ def count_pwrites(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @needs_maps
-def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(store: FlatFileDb,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(
+    store: FlatFileDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After the first put made room, a small put writes nothing with pwrite: its bytes and its
     record are stored through the maps. The files hold the committed bytes, then zeros."""
     items = blobs_of(200)
@@ -88,8 +91,9 @@ def test_small_puts_make_no_write_syscalls_and_leave_a_zero_room(store: FlatFile
 
 
 @needs_maps
-def test_seal_cuts_the_room_and_reopen_keeps_it_quietly(make_store: StoreFactory,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_seal_cuts_the_room_and_reopen_keeps_it_quietly(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     """Sealing leaves each file exactly its committed size; reopening a store whose mutable
     segment has room logs nothing and keeps the room (it is not a torn tail)."""
     db = make_store()
@@ -112,8 +116,9 @@ def test_seal_cuts_the_room_and_reopen_keeps_it_quietly(make_store: StoreFactory
 
 
 @needs_maps
-def test_reopen_cuts_a_room_holding_anything_but_zeros(make_store: StoreFactory,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_reopen_cuts_a_room_holding_anything_but_zeros(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     """Bytes a dead writer stored past the committed end are a torn tail: cut and logged."""
     db = make_store()
     location = db.put(b"kept" * 10)
@@ -206,9 +211,20 @@ def test_writer_maps_afresh_after_another_writer_cut_the_file(tmp_path: Path) ->
     or of an earlier one, which publishes the state page and nothing more) must not store
     through them (a store past the end of a file kills the process with SIGBUS): the state
     page's seq word tells it to map afresh. Run in a child so that a SIGBUS fails only this test."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_CUT_UNDER_A_MAP),
-                             str(tmp_path / "store"), str(tmp_path / "store.lock")],
-                            capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_CUT_UNDER_A_MAP),
+            str(tmp_path / "store"),
+            str(tmp_path / "store.lock"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     _, committed, size = result.stdout.split()
     assert int(size) == int(committed)  # the recovery really cut the room under the first writer's map
@@ -216,8 +232,9 @@ def test_writer_maps_afresh_after_another_writer_cut_the_file(tmp_path: Path) ->
 
 @needs_maps
 @pytest.mark.parametrize("failure", [errno.ENOSPC, errno.EOPNOTSUPP])
-def test_room_that_cannot_be_allocated_falls_back_to_pwrite(make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch,
-                                                            failure: int) -> None:
+def test_room_that_cannot_be_allocated_falls_back_to_pwrite(
+    make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch, failure: int
+) -> None:
     """No room, no maps: puts are written with pwrite, whole and readable. A full disk is
     retried at the next put (it may have space again); a filesystem that cannot allocate
     turns maps off for that writer."""
