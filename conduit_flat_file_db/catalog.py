@@ -99,7 +99,7 @@ class Catalog(Store):
                 continue  # deleted meanwhile
             for record in records:
                 if record.rtype == REC_BLOB:
-                    yield BlobRecord(number, record.a, record.a + record.b, record.c)
+                    yield BlobRecord(number, record.offset, record.end, record.checksum)
                 elif record.rtype == REC_SEAL:
                     break
 

@@ -50,8 +50,8 @@ def first_bad_blob(read: Callable[[int, int], bytes], blobs: Sequence[Record], l
     for record in blobs:
         if record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED):
             continue
-        start, stop = record.a, record.a + record.b
-        if record.b > CHECK_CHUNK_BYTES:
+        start, stop = record.offset, record.end
+        if record.size > CHECK_CHUNK_BYTES:
             hasher = xxhash.xxh3_64()
             for pos in range(start, stop, CHECK_CHUNK_BYTES):
                 hasher.update(read(pos, min(stop, pos + CHECK_CHUNK_BYTES)))
@@ -60,6 +60,6 @@ def first_bad_blob(read: Callable[[int, int], bytes], blobs: Sequence[Record], l
             if start < window_at or stop > window_at + len(window):
                 window_at, window = start, read(start, min(limit, max(stop, start + CHECK_CHUNK_BYTES)))
             digest = xxhash.xxh3_64_intdigest(memoryview(window)[start - window_at : stop - window_at])
-        if digest != record.c:
+        if digest != record.checksum:
             return record
     return None

@@ -31,7 +31,7 @@ REC_BLOB = 1
 REC_FRAME = 2
 REC_SEAL = 3
 FLAG_LEGACY_EXTENT = 0x01  # bytes written by an engine without an index: blob bounds unknown
-FLAG_UNCHECKED = 0x02  # adopted without reading it: c holds no checksum, verify computes none
+FLAG_UNCHECKED = 0x02  # adopted without reading it: extra holds no checksum, verify computes none
 FLAG_STORED = 0x04  # FRAME record of a stored (uncompressed) frame: sealing re-frames the segment
 _PREFIX = struct.Struct("<BBHI")  # type, flags, reserved, crc32
 _BODY = struct.Struct("<QQQ")
@@ -60,27 +60,68 @@ class IndexHeader(NamedTuple):
     created_ns: int
 
 
+_FRAME_SIZE_SPLIT = 2**32  # a FRAME record's size word: compressed size above, uncompressed size below
+
+
 class Record(NamedTuple):
-    """One decoded index record; the meaning of a, b, c depends on ``rtype``.
+    """One decoded index record: its type, its flags and three 64-bit words.
 
-    ====== ===================== ============================================ ===========================
-    rtype  a                     b                                            c
-    ====== ===================== ============================================ ===========================
-    BLOB   start offset          length                                       XXH3-64 of the blob
-    FRAME  uncompressed start    compressed size << 32 | uncompressed size    compressed start
-    SEAL   final uncompressed    blob count                                   final size of the data
-           size                                                               file on disk
-    ====== ===================== ============================================ ===========================
+    The words are named by what they hold in every record type; read them through the
+    properties named for one type where that reads better (FORMAT.md "Record index: records"):
 
-    In every BLOB and SEAL record ``a`` is where the blobs before it end (see
-    :func:`blob_starts`). Decode a FRAME record's ``b`` with :func:`frame_sizes`.
+    ====== ======================== ============================================ ===========================
+    rtype  ``offset``               ``size``                                     ``extra``
+    ====== ======================== ============================================ ===========================
+    BLOB   start of the blob        length of the blob                           XXH3-64 of the blob
+    FRAME  uncompressed start       compressed size << 32 | uncompressed size    compressed start
+    SEAL   final uncompressed size  blob count                                   final size of the data
+                                                                                 file on disk
+    ====== ======================== ============================================ ===========================
+
+    ``offset`` is always an uncompressed offset; in every BLOB and SEAL record it is where the
+    blobs before it end (see :func:`blob_starts`).
     """
 
     rtype: int
     flags: int
-    a: int
-    b: int
-    c: int
+    offset: int
+    size: int
+    extra: int
+
+    @property
+    def end(self) -> int:
+        """BLOB: the offset just past the blob."""
+        return self.offset + self.size
+
+    @property
+    def checksum(self) -> int:
+        """BLOB: the XXH3-64 of the blob (0 with FLAG_UNCHECKED)."""
+        return self.extra
+
+    @property
+    def compressed_start(self) -> int:
+        """FRAME: where the frame starts in the data file."""
+        return self.extra
+
+    @property
+    def compressed_size(self) -> int:
+        """FRAME: the frame's size in the data file."""
+        return self.size // _FRAME_SIZE_SPLIT
+
+    @property
+    def uncompressed_size(self) -> int:
+        """FRAME: how many bytes the frame decompresses to."""
+        return self.size % _FRAME_SIZE_SPLIT
+
+    @property
+    def blob_count(self) -> int:
+        """SEAL: how many BLOB records the sealed segment has."""
+        return self.size
+
+    @property
+    def disk_size(self) -> int:
+        """SEAL: the final size of the data file on disk."""
+        return self.extra
 
 
 def encode_header(segment: int, kind: int, created_ns: int) -> bytes:
@@ -126,9 +167,6 @@ def encode_seal(uncompressed_size: int, blob_count: int, disk_size: int) -> byte
     return encode_record(REC_SEAL, 0, uncompressed_size, blob_count, disk_size)
 
 
-_FRAME_SIZE_SPLIT = 2**32  # a FRAME record's b: compressed size above, uncompressed size below
-
-
 def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int) -> bytes:
     """A FRAME record: a frame of ``csize`` bytes at ``c_start`` in the file holding uncompressed
     bytes [u_start, u_start + dsize)."""
@@ -137,18 +175,18 @@ def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int)
 
 def frame_sizes(records: Iterable[Record]) -> list[tuple[int, int]]:
     """(compressed size, uncompressed size) of each FRAME record among ``records``, in order."""
-    return [divmod(r.b, _FRAME_SIZE_SPLIT) for r in records if r.rtype == REC_FRAME]
+    return [divmod(r.size, _FRAME_SIZE_SPLIT) for r in records if r.rtype == REC_FRAME]
 
 
 def blob_starts(records: Iterable[Record]) -> Iterator[tuple[int, Record, int]]:
     """Each BLOB and SEAL record with its position in ``records`` and where the BLOB records
     before it end: the one walk of blob contiguity. The blobs of a segment are contiguous from
-    offset 0 when every record's ``a`` equals that end (a BLOB starts there, a SEAL ends there)."""
+    offset 0 when every record's ``offset`` equals that end (a BLOB starts there, a SEAL ends there)."""
     end = 0
     for position, record in enumerate(records):
         if record.rtype == REC_BLOB:
             yield position, record, end
-            end = record.a + record.b
+            end = record.offset + record.size
         elif record.rtype == REC_SEAL:
             yield position, record, end
 
@@ -156,7 +194,7 @@ def blob_starts(records: Iterable[Record]) -> Iterator[tuple[int, Record, int]]:
 def contiguous(records: Iterable[Record]) -> bool:
     """Whether the BLOB records among ``records`` follow each other from offset 0, and each SEAL
     record among them gives the size they end at."""
-    return all(record.a == end for _, record, end in blob_starts(records))
+    return all(record.offset == end for _, record, end in blob_starts(records))
 
 
 class RecordScan(NamedTuple):

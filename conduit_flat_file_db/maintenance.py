@@ -158,7 +158,7 @@ def _small_frames(store: MaintainedStore, number: int) -> bool:
     """Whether a sealed compressed segment holds stored (uncompressed) frames, or many more
     frames than ``frame_bytes`` frames would make: only then does re-framing pay for itself."""
     frames = [r for r in index_records(store._dir_fd, number) if r.rtype == REC_FRAME]  # pylint: disable=protected-access
-    size = sum(r.b & 0xFFFFFFFF for r in frames)
+    size = sum(r.uncompressed_size for r in frames)
     return any(r.flags & FLAG_STORED for r in frames) or len(frames) > 1.25 * -(-size // store.frame_bytes)
 
 
@@ -234,7 +234,7 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
                 pass
             blobs = [r for r in records if r.rtype == REC_BLOB]
             if indexed:
-                count, logical = len(blobs), sum(r.b for r in blobs)
+                count, logical = len(blobs), sum(r.size for r in blobs)
             else:  # written without an index: one extent of unknown blobs
                 try:
                     count, logical = 1, self._readers.open(number).limit
@@ -382,7 +382,7 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
     def _locations_of(self, number: int) -> list[DataLocation]:
         """The blob locations of a segment, named as put() named them."""
         path = self.segment_path(number, as_issued=True)
-        return [DataLocation(path, r.a, r.a + r.b) for r in index_records(self._dir_fd, number) if r.rtype == REC_BLOB]
+        return [DataLocation(path, r.offset, r.end) for r in index_records(self._dir_fd, number) if r.rtype == REC_BLOB]
 
     # -- compaction ---------------------------------------------------------------------------
 

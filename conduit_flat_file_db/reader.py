@@ -317,9 +317,9 @@ class ReaderCache:
             if record.rtype == REC_FRAME:
                 # index.frame_sizes inlined: this runs on every get of a blob just put in a compressed
                 # segment, and a call per refresh there is a tenth of the get's own calls.
-                table.append(record.b >> 32, record.b & 0xFFFFFFFF)
+                table.append(record.size >> 32, record.size & 0xFFFFFFFF)
             elif record.rtype == REC_SEAL:
-                reader.limit = max(reader.limit, record.a)
+                reader.limit = max(reader.limit, record.offset)
                 reader.mutable = False
         reader.index_loaded += scan.valid_bytes
         if not sealed:

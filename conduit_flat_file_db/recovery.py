@@ -32,7 +32,6 @@ from .index import (
     decode_records,
     encode_header,
     encode_record,
-    frame_sizes,
 )
 from .naming import index_name, segment_name, temp_name
 from .seekable import (
@@ -133,32 +132,33 @@ class Walk:  # pylint: disable=too-many-instance-attributes  # running totals of
         return None if self._commit[0] == first + len(records) else "frames written without the blobs that commit them"
 
     def _seal(self, record: Record) -> str | None:
-        if record.a != self.end:
-            return f"SEAL says {record.a} bytes but the blobs end at {self.end}"
+        if record.offset != self.end:
+            return f"SEAL says {record.offset} bytes but the blobs end at {self.end}"
         self.sealed = True
         return None
 
     def _frame(self, record: Record) -> str | None:
-        ((csize, dsize),) = frame_sizes((record,))
-        if record.a != self.frames_end_u or record.c != self.frames_end_c or record.c + csize > self.data_size:
-            return f"frame record at {record.c} does not continue the frames or is past the data"
+        csize, dsize = record.compressed_size, record.uncompressed_size
+        start = record.compressed_start
+        if record.offset != self.frames_end_u or start != self.frames_end_c or start + csize > self.data_size:
+            return f"frame record at {start} does not continue the frames or is past the data"
         self.frames.append((csize, dsize))
         self.frames_end_u += dsize
         self.frames_end_c += csize
         return None
 
     def _blob(self, record: Record) -> str | None:
-        blob_end = record.a + record.b
+        blob_end = record.end
         limit = self.data_size if self.kind == KIND_RAW else self.frames_end_u
-        if record.a != self.end or blob_end > limit:
-            return f"blob record at offset {record.a}..{blob_end} does not fit the data ({limit} bytes)"
+        if record.offset != self.end or blob_end > limit:
+            return f"blob record at offset {record.offset}..{blob_end} does not fit the data ({limit} bytes)"
         if (
             self.check_from is not None
             and blob_end > self.check_from
             and not record.flags & (FLAG_LEGACY_EXTENT | FLAG_UNCHECKED)
         ):
-            if self._digest(record.a, blob_end) != record.c:
-                return f"blob at offset {record.a} fails its checksum after a power loss"
+            if self._digest(record.offset, blob_end) != record.checksum:
+                return f"blob at offset {record.offset} fails its checksum after a power loss"
         self.end = blob_end
         self.blobs += 1
         return None
@@ -243,12 +243,12 @@ def _sealed_compressed(kind: int, records: list[Record], data_size: int) -> Tail
     sealed-segment check on open (seal_problem) covers it until its fsync was confirmed."""
     if kind != KIND_ZSTD or not records or records[-1].rtype != REC_SEAL:
         return None
-    if data_size == 0 and records[-1].a > 0:
+    if data_size == 0 and records[-1].offset > 0:
         return None  # the index of a whole-file commit whose rename never happened: cut it
     if not contiguous(records):
         return None
     blobs = sum(1 for record in records if record.rtype == REC_BLOB)
-    return Tail(KIND_ZSTD, records[-1].a, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
+    return Tail(KIND_ZSTD, records[-1].offset, HEADER_BYTES + len(records) * RECORD_BYTES, data_size, blobs, True)
 
 
 def _truncate(dir_fd: int, name: str, size: int) -> None:

@@ -97,7 +97,7 @@ def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool)
     scan = _sealed_index(dir_fd, number, full)
     if scan is None or isinstance(scan, str):
         return scan
-    end = scan[-1].a
+    end = scan[-1].offset
     read = _sealed_reader(data_fd, kind, end)
     if isinstance(read, str):
         return read
@@ -109,7 +109,7 @@ def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool)
         bad = first_bad_blob(read, [r for r in scan if r.rtype == REC_BLOB], end)
     except CorruptionError as exc:
         return f"a frame does not decode ({exc})"
-    return None if bad is None else f"the blob at offset {bad.a} fails its checksum"
+    return None if bad is None else f"the blob at offset {bad.offset} fails its checksum"
 
 
 def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], bytes] | str:

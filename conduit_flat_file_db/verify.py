@@ -299,16 +299,16 @@ def _blob_records(report: VerifyReport, idx_path: str, records: list[Record]) ->
     for position, record, end in blob_starts(records):
         at = HEADER_BYTES + position * RECORD_BYTES
         if record.rtype == REC_SEAL:
-            if record.a != end:
-                report.add(idx_path, at, "bad-seal", f"SEAL says {record.a} bytes, blobs end at {end}")
-            if record.b != len(blobs):
-                report.add(idx_path, at, "bad-seal", f"SEAL says {record.b} blobs, the index has {len(blobs)}")
+            if record.offset != end:
+                report.add(idx_path, at, "bad-seal", f"SEAL says {record.offset} bytes, blobs end at {end}")
+            if record.blob_count != len(blobs):
+                report.add(idx_path, at, "bad-seal", f"SEAL says {record.blob_count} blobs, the index has {len(blobs)}")
             sealed = True
         else:
-            if record.a != end:
-                report.add(idx_path, at, "gap", f"blob starts at {record.a}, previous ended at {end}")
+            if record.offset != end:
+                report.add(idx_path, at, "gap", f"blob starts at {record.offset}, previous ended at {end}")
             blobs.append(record)
-    return blobs, blobs[-1].a + blobs[-1].b if blobs else 0, sealed
+    return blobs, blobs[-1].end if blobs else 0, sealed
 
 
 def _raw_chunks(fd: int, size: int, mapped: bool) -> Iterator[tuple[int, bytes | memoryview]]:
@@ -375,7 +375,7 @@ def _check_blobs(
         covered = chunk_end
         while position < len(blobs):
             blob = blobs[position]
-            start, stop = blob.a, blob.a + blob.b
+            start, stop = blob.offset, blob.end
             if start >= chunk_end:
                 break
             lo, hi = max(start, offset), min(stop, chunk_end)
@@ -387,25 +387,24 @@ def _check_blobs(
             hasher.reset()
             position += 1
     for blob in blobs[position:]:
-        if blob.b == 0 and blob.a <= covered:
+        if blob.size == 0 and blob.offset <= covered:
             _finish(report, data_path, blob, xxhash.xxh3_64_intdigest(b""))
         else:
             report.add(
                 data_path,
-                blob.a,
+                blob.offset,
                 "truncated",
-                f"blob {blob.a}..{blob.a + blob.b} is past the readable data ({covered} bytes)",
+                f"blob {blob.offset}..{blob.end} is past the readable data ({covered} bytes)",
             )
 
 
 def _finish(report: VerifyReport, data_path: str, blob: Record, digest: int) -> None:
     report.blobs += 1
-    report.bytes_checked += blob.b
+    report.bytes_checked += blob.size
     if blob.flags & FLAG_UNCHECKED:
         report.notes.append(
-            f"{data_path}: blob {blob.a}..{blob.a + blob.b} was adopted without a checksum; "
-            "only its framing was checked"
+            f"{data_path}: blob {blob.offset}..{blob.end} was adopted without a checksum; only its framing was checked"
         )
-    elif digest != blob.c:
+    elif digest != blob.checksum:
         what = "legacy extent" if blob.flags & FLAG_LEGACY_EXTENT else "blob"
-        report.add(data_path, blob.a, "checksum", f"{what} {blob.a}..{blob.a + blob.b} fails its XXH3-64 checksum")
+        report.add(data_path, blob.offset, "checksum", f"{what} {blob.offset}..{blob.end} fails its XXH3-64 checksum")

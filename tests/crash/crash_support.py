@@ -211,7 +211,7 @@ def index_records_of(datadir: Path, number: int) -> list[Record]:
 
 def frame_sizes(records: Sequence[Record]) -> list[tuple[int, int]]:
     """(compressed, uncompressed) size of each FRAME record."""
-    return [(r.b >> 32, r.b & 0xFFFFFFFF) for r in records if r.rtype == REC_FRAME]
+    return [(r.size >> 32, r.size & 0xFFFFFFFF) for r in records if r.rtype == REC_FRAME]
 
 
 def pid_alive(pid: int) -> bool:

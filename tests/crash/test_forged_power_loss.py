@@ -85,7 +85,7 @@ def write_history(datadir: Path, compressed: bool, seed: int) -> tuple[list[Held
     durable = len(held)
     mutable = db.mutable_segment()
     records = index_records_of(datadir, mutable)
-    frames_end = max((r.c + (r.b >> 32) for r in records if r.rtype == REC_FRAME), default=0)
+    frames_end = max((r.extra + (r.size >> 32) for r in records if r.rtype == REC_FRAME), default=0)
     synced = (frames_end if compressed else held[-1].location.end_offset, HEADER_BYTES + RECORD_BYTES * len(records))
     for size in (100, 0, 5000, 1, 20000):
         data = bytes([rng.randrange(256)]) * size if size % 2 else rng.randbytes(size)

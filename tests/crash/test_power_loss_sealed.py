@@ -90,7 +90,7 @@ def forge_power_loss(datadir: Path, synced_below: int) -> None:
 
 def records(datadir: Path, number: int, rtype: int) -> list[tuple[int, int, int]]:
     """(a, b, c) of the records of one type in a segment's index."""
-    return [(r.a, r.b, r.c) for r in index_records_of(datadir, number) if r.rtype == rtype]
+    return [(r.offset, r.size, r.extra) for r in index_records_of(datadir, number) if r.rtype == rtype]
 
 
 def data_file(datadir: Path, number: int) -> Path:

@@ -270,7 +270,7 @@ def test_sigkill_one_of_two_writers(tmp_path: Path, use_compression: bool) -> No
 def committed_extent(datadir: Path, number: int) -> tuple[int, int]:
     """(committed uncompressed end, blob records) of a clean segment, from its index."""
     blobs = [r for r in index_records_of(datadir, number) if r.rtype == REC_BLOB]
-    return (blobs[-1].a + blobs[-1].b if blobs else 0), len(blobs)
+    return (blobs[-1].offset + blobs[-1].size if blobs else 0), len(blobs)
 
 
 def committed_index_bytes(datadir: Path, number: int) -> int:

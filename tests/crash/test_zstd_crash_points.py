@@ -81,7 +81,7 @@ def mutable_segment(datadir: Path) -> Mutable:
     records = index_records_of(datadir, number)
     blobs = [r for r in records if r.rtype == REC_BLOB]
     frames = frame_sizes(records)
-    return Mutable(number, path, blobs[-1].a + blobs[-1].b if blobs else 0, frames, sum(c for c, _ in frames))
+    return Mutable(number, path, blobs[-1].offset + blobs[-1].size if blobs else 0, frames, sum(c for c, _ in frames))
 
 
 def zstd_frame(data: bytes) -> bytes:

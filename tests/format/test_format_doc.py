@@ -66,9 +66,9 @@ def test_worked_example_decodes() -> None:
     scan = decode_records(raw[HEADER_BYTES:])
     assert scan.problem is None
     blob1, blob2, seal = scan.records
-    assert (blob1.rtype, blob1.a, blob1.b, blob1.c) == (REC_BLOB, 0, 5, blob_checksum(b"hello"))
-    assert (blob2.rtype, blob2.a, blob2.b, blob2.c) == (REC_BLOB, 5, 6, blob_checksum(b"world!"))
-    assert (seal.rtype, seal.a, seal.b, seal.c) == (REC_SEAL, 11, 2, 11)
+    assert (blob1.rtype, blob1.offset, blob1.size, blob1.extra) == (REC_BLOB, 0, 5, blob_checksum(b"hello"))
+    assert (blob2.rtype, blob2.offset, blob2.size, blob2.extra) == (REC_BLOB, 5, 6, blob_checksum(b"world!"))
+    assert (seal.rtype, seal.offset, seal.size, seal.extra) == (REC_SEAL, 11, 2, 11)
 
 
 def test_code_writes_the_worked_example() -> None:

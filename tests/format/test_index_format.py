@@ -378,7 +378,7 @@ def test_a_frame_record_decodes_to_the_sizes_it_was_written_with() -> None:
     raw = encode_frame(0, 10, 2**32 - 1, 5, 7) + encode_blob(10, 5, 0) + encode_frame(0, 15, 1, 2**32 - 1, 2**32 + 6)
     records = decode_records(raw).records
     assert frame_sizes(records) == [(2**32 - 1, 5), (1, 2**32 - 1)]
-    assert (records[0].a, records[0].c, records[2].c) == (10, 7, 2**32 + 6)
+    assert (records[0].offset, records[0].extra, records[2].extra) == (10, 7, 2**32 + 6)
 
 
 def test_blobs_are_contiguous_from_zero_up_to_a_seal_of_their_size() -> None:

@@ -564,11 +564,11 @@ def test_seal_record_counts_the_blobs(make_store: StoreFactory, tmp_path: Path, 
         index = (tmp_path / "store" / f"data_{number:08d}.idx").read_bytes()
         records = decode_records(index[HEADER_BYTES:]).records
         assert sum(1 for r in records if r.rtype == REC_BLOB) == count
-        assert [r.b for r in records if r.rtype == REC_SEAL] == [count], number
+        assert [r.size for r in records if r.rtype == REC_SEAL] == [count], number
     assert db.verify().ok
     seal_at = len(index) - 32  # forge a wrong count in the last sealed segment: verify names it
     forged = bytearray(index)
-    forged[seal_at:] = encode_seal(records[-1].a, count + 1, records[-1].c)
+    forged[seal_at:] = encode_seal(records[-1].offset, count + 1, records[-1].extra)
     last = tmp_path / "store" / f"data_{len(expected) - 1:08d}.idx"
     last.write_bytes(forged)
     report = db.verify()
