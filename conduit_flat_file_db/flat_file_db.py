@@ -92,12 +92,8 @@ class FlatFileDb(MaintainedStore):
                 "FlatFileDb(min_savings=...) is deprecated; use min_segment_saving=", DeprecationWarning, stacklevel=2
             )
             min_segment_saving = min_savings
-        if isinstance(min_segment_saving, bool) or not isinstance(min_segment_saving, (int, float)):
-            raise TypeError(f"min_segment_saving must be a number, not {type(min_segment_saving).__name__}")
-        if not 0.0 <= min_segment_saving < 1.0:
-            raise ValueError(f"min_segment_saving (min_savings) must be in [0, 1), got {min_segment_saving}")
         self.compress_mode = mode
-        self.min_segment_saving = float(min_segment_saving)
+        self.min_segment_saving = min_segment_saving  # checked by the property
         super().__init__(
             datadir,
             mutable_file_lock_path,
@@ -116,12 +112,29 @@ class FlatFileDb(MaintainedStore):
         )
 
     @property
+    def min_segment_saving(self) -> float:
+        """Under ``CompressMode.AUTO``, the share a sample of a sealed segment must shrink by
+        for the segment to be compressed; checked when set, like the constructor's argument
+        (so a pickled copy always opens)."""
+        return self._min_segment_saving
+
+    @min_segment_saving.setter
+    def min_segment_saving(self, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"min_segment_saving must be a number, not {type(value).__name__}")
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"min_segment_saving (min_savings) must be in [0, 1), got {value}")
+        self._min_segment_saving = float(value)
+
+    @property
     def min_savings(self) -> float:
         """Deprecated name of :attr:`min_segment_saving`."""
+        warnings.warn("FlatFileDb.min_savings is deprecated; use min_segment_saving", DeprecationWarning, stacklevel=2)
         return self.min_segment_saving
 
     @min_savings.setter
     def min_savings(self, value: float) -> None:
+        warnings.warn("FlatFileDb.min_savings is deprecated; use min_segment_saving", DeprecationWarning, stacklevel=2)
         self.min_segment_saving = value
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -300,7 +300,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._syncer.request(max(sealed) + 1)
         self._syncer.wait(min(sealed))
         if self._seal_hook is not None:
-            self._seal_hook(self, sealed)
+            # The hook's work (re-framing, compressing) is an optimisation of segments already
+            # sealed and durable: its failure must not turn an acknowledged put into an error,
+            # which would lose the location of a stored blob to a caller who retries.
+            try:
+                self._seal_hook(self, sealed)
+            except Exception:  # pylint: disable=broad-exception-caught
+                logger.exception("%s: after sealing segments %s the seal hook failed", self.datadir, sealed)
 
     def _write_lock(self) -> ContextManager[None]:
         return self._lock.write(self.lock_timeout)

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 
 import numpy
@@ -80,13 +81,36 @@ def test_max_file_size_out_of_range_is_refused_before_anything_is_created(
 
 
 def test_min_savings_is_a_deprecated_alias_of_min_segment_saving(tmp_path: Path) -> None:
-    """The old keyword and attribute keep working; the keyword warns."""
+    """The old keyword and attribute keep working, and each use warns."""
     with pytest.warns(DeprecationWarning, match="min_segment_saving"):
         db = FlatFileDb(tmp_path / "db", min_savings=0.4)
     with db:
-        assert db.min_segment_saving == 0.4 and db.min_savings == 0.4
-        db.min_savings = 0.2
+        with pytest.warns(DeprecationWarning, match="min_segment_saving"):
+            assert db.min_segment_saving == 0.4 and db.min_savings == 0.4
+        with pytest.warns(DeprecationWarning, match="min_segment_saving"):
+            db.min_savings = 0.2
         assert db.min_segment_saving == 0.2
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(5, ValueError), (-0.1, ValueError), (1.0, ValueError), ("0.2", TypeError), (True, TypeError), (None, TypeError)],
+)
+def test_min_segment_saving_is_checked_when_set_so_a_pickled_copy_still_opens(
+    tmp_path: Path, value: object, error: type[Exception]
+) -> None:
+    """Setting the attribute checks it as the constructor does; the old value stays, and a
+    pickled copy of the store opens with it."""
+    with FlatFileDb(tmp_path / "db", min_segment_saving=0.3) as db:
+        with pytest.raises(error, match="min_segment_saving"):
+            db.min_segment_saving = value  # type: ignore[assignment]
+        with pytest.raises(error, match="min_segment_saving"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            db.min_savings = value  # type: ignore[assignment]
+        assert db.min_segment_saving == 0.3
+        copy = pickle.loads(pickle.dumps(db))
+        with copy:
+            assert copy.min_segment_saving == 0.3
 
 
 def _frame_sizes(datadir: Path, number: int) -> list[tuple[int, int]]:

@@ -26,6 +26,7 @@ from conduit_flat_file_db import (
 from conduit_flat_file_db.blocks import maps_supported, preallocate
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, decode_records, encode_seal
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
+from conduit_flat_file_db.store import Store
 from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -733,3 +734,27 @@ def test_reservation_is_made_once_per_segment(
     assert first.segments() == [0, 1]
     assert len(calls) == 1
     assert first.get_many(locations) == [b"u" * size] * 20
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_failing_seal_hook_is_logged_and_every_put_still_returns_its_location(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, compressed: bool
+) -> None:
+    """The seal hook runs after blobs are committed and their segment sealed: whatever it raises
+    is logged, and the put or rotate that sealed the segment still returns normally, so no
+    caller loses the location of a blob that was stored."""
+    calls: list[list[int]] = []
+
+    def failing_hook(_store: Store, sealed: list[int]) -> None:
+        calls.append(sealed)
+        raise RuntimeError("hook failed on purpose")
+
+    blobs = [bytes([i]) * 8 for i in range(12)]
+    with Store(tmp_path / "db", use_compression=compressed, max_file_size=10, seal_hook=failing_hook) as store:
+        locations = [store.put(blob) for blob in blobs]
+        store.rotate()
+        assert [store.get(location) for location in locations] == blobs
+        assert len({location.file_path for location in locations}) > 1
+    assert calls, "the hook never ran: no segment was sealed"
+    failures = [r for r in caplog.records if "seal hook failed" in r.getMessage()]
+    assert len(failures) == len(calls) and all(r.exc_info for r in failures)
