@@ -36,7 +36,10 @@ def as_bytes_like(data: Any, method: str = "put()") -> Any:
             f"{method} needs a C-contiguous buffer (got a strided or Fortran-order {type(data).__name__}: "
             "copy it first, e.g. with bytes(view) or numpy.ascontiguousarray)"
         )
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.format == "B" and view.ndim == 1:
+        return view
+    # cast() refuses a shape with a zero in it (an empty 2-d array): an empty buffer is no bytes.
+    return view.cast("B") if view.nbytes else memoryview(b"")
 
 
 def bytes_like_ok(data: Any) -> bool:

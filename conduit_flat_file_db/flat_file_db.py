@@ -88,6 +88,8 @@ class FlatFileDb(MaintainedStore):
     ) -> None:
         mode = as_compress_mode(use_compression)
         if min_savings is not None:
+            if min_segment_saving != DEFAULT_MIN_SEGMENT_SAVING:
+                raise TypeError("give min_segment_saving or its deprecated name min_savings, not both")
             warnings.warn(
                 "FlatFileDb(min_savings=...) is deprecated; use min_segment_saving=", DeprecationWarning, stacklevel=2
             )
@@ -154,7 +156,9 @@ class FlatFileDb(MaintainedStore):
             "min_segment_saving": self.min_segment_saving,
             "readonly": self.readonly,
         }
-        return _reopen, (type(self), self.datadir, self.mutable_file_lock_path, options)
+        # The absolute paths resolved at construction: a worker in another working directory must
+        # open this store, not a new one beside it.
+        return _reopen, (type(self), Path(self._abs_dir), Path(self._abs_lock), options)
 
 
 def _reopen(cls: type[FlatFileDb], datadir: Path, lock_path: Path, options: dict[str, Any]) -> FlatFileDb:

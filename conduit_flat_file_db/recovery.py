@@ -3,7 +3,8 @@
 A writer's open calls :func:`recover_segment` under the write lock. It walks the
 record index (:class:`Walk`, also used by read-only opens to follow a writer and by
 the reseal of a sealed segment), cuts a torn tail of the index and the data file,
-and rebuilds an index that is missing or unreadable.
+and rebuilds an index that is missing or unreadable. The recovery of the whole datadir
+(scratch files, interrupted deletes, which segment is newest) is writer_recovery.py's.
 """
 
 from __future__ import annotations

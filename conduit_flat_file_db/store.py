@@ -315,7 +315,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """Append one blob and return its location.
 
         ``data``: bytes, bytearray, or any C-contiguous buffer (memoryview, numpy array,
-        ``array.array``, ``mmap``), stored as its bytes in memory order.
+        ``array.array``, ``mmap``), stored as its bytes in memory order. A writable buffer is
+        read in place, without a copy: it must not change until put returns (bytes changed
+        meanwhile are stored with a checksum of other bytes, which verify() reports).
         Raises UnsupportedBufferError (a TypeError) for anything else, NonContiguousBufferError
         (a TypeError and ValueError) for a buffer not in C order; FlatFileDbLockTimeoutError
         when ``lock_timeout`` passes first. Nothing is written on either error.

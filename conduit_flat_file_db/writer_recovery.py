@@ -5,7 +5,7 @@ checked and fsynced, and the state page published.
 
 ``WriterRecovery`` is a base class of ``writer.SegmentWriter`` (recovery runs with the
 writer's descriptors and state, under its write lock); the per-segment work it calls is in
-segment.py.
+recovery.py (a segment's torn tail cut, its index rebuilt) and seal.py (sealing and fsync).
 """
 
 from __future__ import annotations

@@ -221,3 +221,37 @@ def test_put_of_a_non_buffer_is_a_typed_type_error(store: FlatFileDb, value: obj
     assert isinstance(info.value, TypeError)
     with pytest.raises(UnsupportedBufferError, match=r"item 1"):
         store.put_many([b"ok", value])
+
+
+def test_pickled_store_with_relative_paths_opens_the_same_store_from_another_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy opens the store the original opened, whatever its working directory is then
+    (the locations it issued name files relative to the old one: the copy lists its own)."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with FlatFileDb("db", "db.lock") as db:
+        db.put(b"before pickling")
+        pickled = pickle.dumps(db)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pickle.loads(pickled) as copy:
+        assert [copy.get(location) for location in copy.iter_locations()] == [b"before pickling"]
+        assert copy.mutable_file_lock_path == tmp_path / "db.lock"
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_both_names_of_min_segment_saving_are_refused(tmp_path: Path) -> None:
+    """min_savings is only the old name: giving both is a mistake, not a choice between them."""
+    with pytest.raises(TypeError, match="not both"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        FlatFileDb(tmp_path / "db", min_segment_saving=0.2, min_savings=0.5)
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 3), (0,)])
+def test_put_of_an_empty_array_of_any_shape_stores_an_empty_blob(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """An empty numpy array is an empty blob, whatever its shape."""
+    with FlatFileDb(tmp_path / "db") as db:
+        location = db.put(numpy.zeros(shape))
+        assert db.get(location) == b""
+        assert db.put_many([numpy.zeros(shape), b"x"])[0].end_offset == location.end_offset
