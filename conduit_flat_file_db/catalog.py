@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
+from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import as_offset
@@ -22,9 +22,11 @@ from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_SEGMENT
 from .store import Store
 from .types import BlobRecord, DataLocation, pack_location_parts, unpack_location_parts
-from .verify import VerifyReport, verify_store
+from .verify import VerifyReport, verify_store, wait_a_grace_period
 
 logger = logging.getLogger("conduit_flat_file_db")
+
+DELETE_SETTLE_SECONDS = 5.0  # verify waits this long at most for a delete in progress to finish
 
 
 class Catalog(Store):
@@ -139,7 +141,19 @@ class Catalog(Store):
         gone), so each problem reported was seen in one unchanging file.
         """
         self._reopen_if_closed()
-        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view, progress, full)
+        settle = wait_a_grace_period if self.readonly else self._wait_for_a_delete_in_progress
+        return verify_store(self._dir_fd, self._dir_str, self._readers.mutable_view, progress, full, settle)
+
+    def _wait_for_a_delete_in_progress(self) -> None:
+        """Return once no writer holds the write lock taken before this call: delete_file
+        removes a segment's data file and index under one hold of it, so a delete in progress has
+        then finished. Bounded (a lock held for long, or held by this thread's own read_lock()
+        with a writer waiting, is waited for at most DELETE_SETTLE_SECONDS, then a grace period)."""
+        try:
+            with self._lock.read(DELETE_SETTLE_SECONDS):
+                return
+        except FlatFileDbLockTimeoutError:
+            wait_a_grace_period()
 
     # -- compact locations ----------------------------------------------------------
 

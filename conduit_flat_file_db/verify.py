@@ -100,11 +100,24 @@ which is not reentrant, so a verify inside ``read_lock()`` could deadlock)."""
 Identity = tuple[int, int, bool]  # (inode, device, mutable?) of a segment's data file; inode 0: no data file
 
 
-def verify_store(
-    dir_fd: int, dir_str: str, current: Callable[[], MutableView], progress: Progress | None = None, full: bool = True
+def wait_a_grace_period() -> None:
+    """The default wait for a delete in progress: a delete removes the index just after the data
+    file, so a moment later an index left alone by a delete is gone."""
+    time.sleep(DELETE_GRACE_SECONDS)
+
+
+def verify_store(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    dir_fd: int,
+    dir_str: str,
+    current: Callable[[], MutableView],
+    progress: Progress | None = None,
+    full: bool = True,
+    settle: Callable[[], None] = wait_a_grace_period,
 ) -> VerifyReport:
     """Check every segment in the directory; ``current()`` gives the mutable segment's committed
-    extent as it is now (read anew for each segment: the store may be in use meanwhile)."""
+    extent as it is now (read anew for each segment: the store may be in use meanwhile).
+    ``settle()`` returns once a delete in progress when it was called has finished: an index
+    found without its data file is reported only if it is still there afterwards."""
     report = VerifyReport(full=full)
     newest = current().segment  # before the listing: a segment listed above it is a rotation not yet published
     numbers: set[int] = set()
@@ -119,14 +132,20 @@ def verify_store(
     todo = sorted(n for n in numbers if n <= newest)
     for done, number in enumerate(todo):
         report.segments += 1
-        _verify_segment(report, dir_fd, dir_str, number, current, full)
+        _verify_segment(report, dir_fd, dir_str, number, current, full, settle)
         if progress is not None:
             progress(done + 1, len(todo))
     return report
 
 
-def _verify_segment(
-    report: VerifyReport, dir_fd: int, dir_str: str, number: int, current: Callable[[], MutableView], full: bool
+def _verify_segment(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    report: VerifyReport,
+    dir_fd: int,
+    dir_str: str,
+    number: int,
+    current: Callable[[], MutableView],
+    full: bool,
+    settle: Callable[[], None],
 ) -> None:
     """Check one segment; report what the check found only if the segment is still what was checked.
 
@@ -150,7 +169,7 @@ def _verify_segment(
         now = checked
         if checked is not None and not (found.ok and not found.notes):
             if checked[0] == 0:  # an index without data: a delete in progress removes the index next
-                time.sleep(DELETE_GRACE_SECONDS)
+                settle()
             now = _safe_identity(dir_fd, number, current)
         if now is None:
             report.segments -= 1  # deleted while we looked

@@ -92,7 +92,9 @@ class SlowDelete:
     """delete_file run in a thread that pauses between removing the data file and the index
     (an audit hook, so the engine's own delete runs): verify meets the index alone."""
 
-    PAUSE_SECONDS = 0.01
+    # Ten times verify's grace period for a delete: verify must wait for the delete itself (it
+    # holds the write lock through both unlinks), not for a time a loaded machine may overrun.
+    PAUSE_SECONDS = 0.5
 
     def __init__(self, db: FlatFileDb, number: int) -> None:
         self.db = db
