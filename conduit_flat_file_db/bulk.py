@@ -49,13 +49,16 @@ def _disk_order(paths: tuple[Any, ...], starts: tuple[Any, ...], by_path: dict[A
 class BulkReads(Store):
     """The engine plus reads of many blobs and reads that copy nothing."""
 
-    def open_blob(self, location: DataLocation) -> BlobFile:
-        """A read-only, seekable binary file object over one blob (raw or compressed).
+    def open_blob(self, location: DataLocation, slice: Slice | None = None) -> BlobFile:  # pylint: disable=redefined-builtin
+        """A read-only, seekable binary file object over one blob (raw or compressed), or over
+        ``slice`` of it (checked as ``get(location, slice)`` checks it: InvalidLocationError).
 
         Seeking in a compressed blob costs nothing; reading decompresses only the frames
         read. Use it as a context manager. Not thread-safe: open one per thread.
         """
         file_path, start, end, reader = self._resolve(location)
+        if slice is not None:
+            start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
         start, end = self._readers.check_range(reader, file_path, start, end)
         return BlobFile(reader, start, end, str(file_path))
 

@@ -311,6 +311,26 @@ def test_put_stream_location_survives_reopen_with_other_compression(make_store: 
 # -- BlobFile -----------------------------------------------------------------------------
 
 
+def test_open_blob_of_a_slice_reads_only_that_slice(make_store: StoreFactory, compressed: bool) -> None:
+    """open_blob(location, slice) is a file over the slice alone, checked as get() checks slices."""
+    db = make_store(use_compression=compressed, frame_bytes=FRAME)
+    data = random.Random(7).randbytes(5 * FRAME + 123)
+    location = db.put(data)
+    for part in (Slice(0, len(data)), Slice(FRAME - 3, 3 * FRAME + 5), Slice(len(data) - 1, len(data)), Slice(7, 7)):
+        with db.open_blob(location, part) as blob:
+            assert blob.size == part.end_offset - part.start_offset
+            assert blob.read() == data[part.start_offset : part.end_offset] == db.get(location, part)
+            blob.seek(0)
+            assert blob.read(2) == data[part.start_offset : min(part.start_offset + 2, part.end_offset)]
+    for bad in (Slice(0, len(data) + 1), Slice(5, 4), Slice(-1, 3)):
+        with pytest.raises(InvalidLocationError):
+            db.get(location, bad)
+        with pytest.raises(InvalidLocationError):
+            db.open_blob(location, bad)
+    with pytest.raises(TypeError):
+        db.open_blob(location, (1, 2, 3))  # type: ignore[arg-type]
+
+
 def test_open_blob_is_a_regular_raw_file(make_store: StoreFactory, compressed: bool) -> None:
     """io.BufferedReader and readline work on it; closed files refuse reads; size is the blob's."""
     db = make_store(use_compression=compressed, frame_bytes=FRAME)
