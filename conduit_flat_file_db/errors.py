@@ -5,6 +5,11 @@ Exceptions that the original engine raised as built-in types keep that type as a
 second base, so existing ``except FileNotFoundError`` / ``except ValueError``
 handlers keep working.
 
+Naming rule: errors about the store as a whole keep the ``FlatFileDb`` prefix of the
+original engine (``FlatFileDbNotFoundError``, ``FlatFileDbReadOnlyError``, ...); every
+other error is named by what is wrong, without the prefix, and ends in ``Error``
+(``FormatError``, ``CorruptionError``, ``InvalidLocationError``, ``UnsupportedBufferError``).
+
 This module imports nothing of ours.
 """
 

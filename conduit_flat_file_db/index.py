@@ -169,8 +169,13 @@ def encode_seal(uncompressed_size: int, blob_count: int, disk_size: int) -> byte
 
 def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int) -> bytes:
     """A FRAME record: a frame of ``csize`` bytes at ``c_start`` in the file holding uncompressed
-    bytes [u_start, u_start + dsize)."""
-    return encode_record(REC_FRAME, flags, u_start, csize * _FRAME_SIZE_SPLIT + dsize, c_start)
+    bytes [u_start, u_start + dsize).
+
+    Does encode_record's work itself rather than calling it: it runs for each frame of a put
+    into a compressed segment, whose Python call count is pinned."""
+    body = _BODY.pack(u_start, csize * _FRAME_SIZE_SPLIT + dsize, c_start)
+    crc = _record_crc(bytes((REC_FRAME, flags, 0, 0)), body)
+    return _PREFIX.pack(REC_FRAME, flags, 0, crc) + body
 
 
 def frame_sizes(records: Iterable[Record]) -> list[tuple[int, int]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .blocks import allocate, maps_supported, preallocate
+from .fileio import write_zeros
 from .index import KIND_RAW, RECORD_BYTES, encode_blob
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
 from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
@@ -182,7 +183,6 @@ def _has_hole(fd: int, start: int, end: int) -> bool:
         return True
 
 
-_ZEROS = bytes(256 * 2**10)  # written (repeated) into new room
 _PASSING_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EINTR, errno.EAGAIN})  # the next put tries again
 
 
@@ -210,10 +210,7 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
         failed = allocate(fd, start, size - start)
     if failed:
         raise OSError(failed, f"fallocate: {os.strerror(failed)}")
-    while at < size:
-        chunk = min(size - at, len(_ZEROS) * 16)
-        whole, part = divmod(chunk, len(_ZEROS))
-        at += os.pwritev(fd, [_ZEROS] * whole + [memoryview(_ZEROS)[:part]], at)
+    write_zeros(fd, at, size)
     base = start - start % mmap.ALLOCATIONGRANULARITY
     new = mmap.mmap(fd, size - base, offset=base)
     if old is not _NO_MAP:

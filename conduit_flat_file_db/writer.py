@@ -22,10 +22,10 @@ from .index import (
     KIND_RAW,
     KIND_ZSTD,
     REC_BLOB,
-    REC_FRAME,
     REC_SEAL,
     RECORD_BYTES,
     decode_records,
+    encode_frame,
     encode_header,
     encode_record,
     encode_seal,
@@ -335,7 +335,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         records = []
         u_at, c_at = start, disk
         for csize, dsize in sizes:
-            records.append(encode_record(REC_FRAME, FLAG_STORED if stored else 0, u_at, (csize << 32) | dsize, c_at))
+            records.append(encode_frame(FLAG_STORED if stored else 0, u_at, csize, dsize, c_at))
             u_at += dsize
             c_at += csize
         records.append(blob_records)
@@ -346,7 +346,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
                 pwritev_all(self.data_fd, list(frames) + [padding_header(padding - used)], disk)
                 new_padding = append_table_entries(self.data_fd, disk, padding, count, sizes)
             else:
-                # Out of reserved room: the seek table moves; rewrite it whole, with more room.
+                # Out of padding: the seek table moves; rewrite it whole, with a new padding frame.
                 all_sizes = self._frame_sizes(index_bytes) + sizes
                 new_padding = padding_for(disk + used, 0)
                 pwritev_all(self.data_fd, frames, disk)
