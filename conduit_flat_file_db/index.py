@@ -8,6 +8,7 @@ no I/O of its own.
 
 from __future__ import annotations
 
+import enum
 import struct
 import zlib
 from typing import Iterable, Iterator, NamedTuple
@@ -19,17 +20,39 @@ from .errors import FormatError
 # FORMAT.md "Record index: header".
 INDEX_MAGIC = b"FFDB-IDX"
 INDEX_VERSION = 1
-KIND_RAW = 0
-KIND_ZSTD = 1
+
+
+class SegmentKind(enum.IntEnum):
+    """What a segment's data file holds (the index header's kind byte)."""
+
+    RAW = 0  # the blobs, concatenated: data_{n:08d}.dat
+    ZSTD = 1  # Zstandard frames in the seekable format: data_{n:08d}.dat.zst
+
+
+# The members under module names: the code compares kinds on hot paths, where a module global
+# is one lookup and SegmentKind.ZSTD two. They are the enum members, so they print as such.
+KIND_RAW = SegmentKind.RAW
+KIND_ZSTD = SegmentKind.ZSTD
 HEADER_BYTES = 32
 _HEADER = struct.Struct("<8sHBBIQI")  # 28 bytes, then the crc32 of those 28 bytes
 _U32 = struct.Struct("<I")
 
 # FORMAT.md "Record index: records".
 RECORD_BYTES = 32
-REC_BLOB = 1
-REC_FRAME = 2
-REC_SEAL = 3
+
+
+class RecordType(enum.IntEnum):
+    """The type byte of an index record."""
+
+    BLOB = 1  # a blob committed: its offset, length and checksum
+    FRAME = 2  # a frame of a compressed segment written (committed by the BLOB records after it)
+    SEAL = 3  # the segment is sealed: nothing follows
+
+
+# The members under module names, for the same reason as KIND_RAW and KIND_ZSTD.
+REC_BLOB = RecordType.BLOB
+REC_FRAME = RecordType.FRAME
+REC_SEAL = RecordType.SEAL
 FLAG_LEGACY_EXTENT = 0x01  # bytes written by an engine without an index: blob bounds unknown
 FLAG_UNCHECKED = 0x02  # adopted without reading it: extra holds no checksum, verify computes none
 FLAG_STORED = 0x04  # FRAME record of a stored (uncompressed) frame: sealing re-frames the segment
@@ -54,7 +77,7 @@ class IndexHeader(NamedTuple):
     """Decoded index header."""
 
     version: int
-    kind: int
+    kind: SegmentKind
     flags: int
     segment: int
     created_ns: int
@@ -145,7 +168,7 @@ def decode_header(buf: bytes, path: str) -> IndexHeader:
         raise FormatError(f"{path}: index version {version} is not supported (expected {INDEX_VERSION})")
     if kind not in (KIND_RAW, KIND_ZSTD):
         raise FormatError(f"{path}: unknown segment kind {kind} in index header")
-    return IndexHeader(version, kind, flags, segment, created_ns)
+    return IndexHeader(version, SegmentKind(kind), flags, segment, created_ns)
 
 
 def encode_blob(start: int, length: int, checksum: int) -> bytes:
