@@ -20,7 +20,7 @@ from .fileio import pread_at, pread_exact, pwrite_all
 from .index import KIND_ZSTD, REC_SEAL
 from .naming import segment_name, temp_name
 from .seal import sync_segment
-from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .seekable import Framing, SeekableReader, parse_seek_table
 from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file
 from .state import SharedState
 
@@ -42,14 +42,7 @@ def _write_copy(
     dir_fd: int, datadir: str, tmp: str, total: int, read: Callable[[int, int], bytes], *, framing: Framing, fsync: bool
 ) -> None:
     if framing.compressed:
-        with SeekableWriter(
-            os.path.join(datadir, tmp),
-            "w",
-            level=framing.level,
-            frame_bytes=framing.frame_bytes,
-            threads=framing.threads,
-            min_saving=framing.min_saving,
-        ) as out:
+        with framing.writer(os.path.join(datadir, tmp)) as out:
             for pos in range(0, total, CHECK_CHUNK_BYTES):
                 out.write(read(pos, min(total, pos + CHECK_CHUNK_BYTES)))
     else:

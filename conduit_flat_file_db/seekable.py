@@ -68,6 +68,17 @@ class Framing(NamedTuple):
     threads: int = 1
     min_saving: float = 0.125
 
+    def writer(self, path: str) -> SeekableWriter:
+        """A new seekable file at ``path`` written with this framing (only when ``compressed``)."""
+        return SeekableWriter(
+            path,
+            "w",
+            level=self.level,
+            frame_bytes=self.frame_bytes,
+            threads=self.threads,
+            min_saving=self.min_saving,
+        )
+
 
 class FrameTable:
     """Cumulative compressed and decompressed offsets of a seekable file's frames.

@@ -20,7 +20,7 @@ from .fileio import pread_at, pwrite_all
 from .frames import ZSTD_FRAME_MAGIC
 from .index import KIND_RAW, KIND_ZSTD
 from .naming import temp_name
-from .seekable import Framing, SeekableReader, SeekableWriter, parse_seek_table
+from .seekable import Framing, SeekableReader, parse_seek_table
 from .segment_files import OPEN_WRITE
 
 STREAM_CHUNK_BYTES = 4 * 2**20
@@ -114,14 +114,7 @@ def write_aside(
     buffer = bytearray(STREAM_CHUNK_BYTES)
     try:
         if framing.compressed:
-            with SeekableWriter(
-                os.path.join(datadir, name),
-                "w",
-                level=framing.level,
-                frame_bytes=framing.frame_bytes,
-                threads=framing.threads,
-                min_saving=framing.min_saving,
-            ) as out:
+            with framing.writer(os.path.join(datadir, name)) as out:
                 chunk: memoryview | bytes = prefix or read_chunk(source, buffer)
                 while chunk:
                     hasher.update(chunk)
