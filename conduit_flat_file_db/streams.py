@@ -145,15 +145,25 @@ def write_aside(
     return Written(name, size, disk_size, hasher.intdigest())
 
 
+HEAD_FIRST_BYTES = 64 * 2**10  # read_head's first buffer; it doubles up to the limit as the stream goes on
+
+
 def read_head(source: Any, limit: int) -> tuple[bytes, bool]:
-    """Up to ``limit`` bytes from the start of a stream, and whether the stream ended within them."""
-    buffer = bytearray(limit)
-    view = memoryview(buffer)
+    """Up to ``limit`` bytes from the start of a stream, and whether the stream ended within them.
+
+    The buffer starts at HEAD_FIRST_BYTES and doubles while the stream goes on (rejected: one
+    buffer of ``limit`` bytes, zeroed for every input, which made a put_streams of many small
+    files several times slower than their reads)."""
+    buffer = bytearray(min(limit, HEAD_FIRST_BYTES))
     got = 0
     while got < limit:
-        count = len(read_chunk(source, view[got:]))
+        if got == len(buffer):
+            buffer.extend(bytes(min(len(buffer), limit - len(buffer))))
+        with memoryview(buffer) as view:
+            count = len(read_chunk(source, view[got:]))
         if not count:
-            return bytes(view[:got]), True
+            del buffer[got:]
+            return bytes(buffer), True
         got += count
     return bytes(buffer), False
 
