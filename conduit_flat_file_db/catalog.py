@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL
+from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import as_offset
 from .segment_files import fsync_dir, index_records, written_kind
@@ -93,17 +93,37 @@ class Catalog(Store):
         """
         self._reopen_if_closed()
         for number in self.segments():
-            view = self._readers.mutable_view()
-            limit = view.index_bytes if number == view.segment else None
-            try:
-                records = index_records(self._dir_fd, number, limit)
-            except OSError:
-                continue  # deleted meanwhile
-            for record in records:
+            for record in self._segment_records(number):
                 if record.rtype == REC_BLOB:
                     yield BlobRecord(number, record.offset, record.end, record.checksum)
                 elif record.rtype == REC_SEAL:
                     break
+
+    def iter_log(self, after: tuple[int, int] = (0, 0)) -> Iterator[BlobRecord]:
+        """The log records (:meth:`put_log`) committed at or after position ``after``, a pair
+        (segment, offset), in commit order: those of segment ``after[0]`` that start at or
+        after ``after[1]``, then those of every later segment. Reads the record indexes only."""
+        segment, offset = after
+        self._reopen_if_closed()
+        for number in self.segments():
+            if number < segment:
+                continue
+            for record in self._segment_records(number):
+                if (
+                    record.rtype == REC_BLOB
+                    and record.flags & FLAG_LOG
+                    and (number > segment or record.offset >= offset)
+                ):
+                    yield BlobRecord(number, record.offset, record.end, record.checksum)
+
+    def _segment_records(self, number: int) -> list[Record]:
+        """The committed records of segment ``number`` ([] when it was deleted meanwhile)."""
+        view = self._readers.mutable_view()
+        limit = view.index_bytes if number == view.segment else None
+        try:
+            return index_records(self._dir_fd, number, limit)
+        except OSError:
+            return []
 
     def iter_locations(self) -> Iterator[DataLocation]:
         """Every committed blob's location, in disk order: rebuilds a lost key-value store."""

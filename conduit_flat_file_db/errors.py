@@ -65,6 +65,15 @@ class FormatError(FlatFileDbError, ValueError):
     """A file does not have the layout FORMAT.md describes (bad magic, version, size)."""
 
 
+class IndexVersionError(FormatError):
+    """A record index written by a newer release: a format version this one does not know.
+
+    Never taken for a damaged or missing index (recovery would index the segment again as
+    legacy data and destroy what the newer release recorded): opening or reading such a
+    segment is refused, and its files are left as they are.
+    """
+
+
 class CorruptionError(FlatFileDbError):
     """Stored bytes fail a checksum or structural check.
 

@@ -58,6 +58,10 @@ class FlatFileDb(MaintainedStore):
             created or written (the lock file is not touched); works on a read-only mount
             and without write permission; sees what writers in other processes commit.
             Every write raises FlatFileDbReadOnlyError (GUARANTEES.md "Read-only opens").
+        log_records: new segments get index version 2, whose records may mark a blob as a log
+            record (:meth:`put_log`, :meth:`iter_log`): what the keyed store writes its keys with.
+            Releases before version 2 existed cannot open such segments; leave it False
+            unless a layer above the engine needs it.
         min_savings: deprecated name of ``min_segment_saving`` (a DeprecationWarning).
 
     Thread and process safety: every method may be called from any thread; many
@@ -85,6 +89,7 @@ class FlatFileDb(MaintainedStore):
         min_segment_saving: float = DEFAULT_MIN_SEGMENT_SAVING,
         readonly: bool = False,
         min_savings: float | None = None,
+        log_records: bool = False,
     ) -> None:
         mode = as_compress_mode(use_compression)
         if min_savings is not None:
@@ -111,6 +116,7 @@ class FlatFileDb(MaintainedStore):
             min_frame_saving=min_frame_saving,
             readonly=readonly,
             seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed,
+            log_records=log_records,
         )
 
     @property
@@ -155,6 +161,7 @@ class FlatFileDb(MaintainedStore):
             "min_frame_saving": self.min_frame_saving,
             "min_segment_saving": self.min_segment_saving,
             "readonly": self.readonly,
+            "log_records": self.log_records,
         }
         # The absolute paths resolved at construction: a worker in another working directory must
         # open this store, not a new one beside it.

@@ -15,11 +15,12 @@ from typing import Iterable, Iterator, NamedTuple
 
 import xxhash
 
-from .errors import FormatError
+from .errors import FormatError, IndexVersionError
 
 # FORMAT.md "Record index: header".
 INDEX_MAGIC = b"FFDB-IDX"
-INDEX_VERSION = 1
+INDEX_VERSION = 1  # what a store writes unless it is opened with log_records=True
+INDEX_VERSION_LOG = 2  # BLOB records may carry FLAG_LOG; the newest version this release reads
 
 
 class SegmentKind(enum.IntEnum):
@@ -56,6 +57,7 @@ REC_SEAL = RecordType.SEAL
 FLAG_LEGACY_EXTENT = 0x01  # bytes written by an engine without an index: blob bounds unknown
 FLAG_UNCHECKED = 0x02  # adopted without reading it: extra holds no checksum, verify computes none
 FLAG_STORED = 0x04  # FRAME record of a stored (uncompressed) frame: sealing re-frames the segment
+FLAG_LOG = 0x08  # BLOB record of a log record of a layer above the engine (index version 2 only)
 _PREFIX = struct.Struct("<BBHI")  # type, flags, reserved, crc32
 _BODY = struct.Struct("<QQQ")
 _RECORD = struct.Struct("<BBHIQQQ")
@@ -147,9 +149,9 @@ class Record(NamedTuple):
         return self.extra
 
 
-def encode_header(segment: int, kind: int, created_ns: int) -> bytes:
+def encode_header(segment: int, kind: int, created_ns: int, version: int = INDEX_VERSION) -> bytes:
     """The 32 header bytes of a new index file."""
-    head = _HEADER.pack(INDEX_MAGIC, INDEX_VERSION, kind, 0, segment, created_ns, 0)
+    head = _HEADER.pack(INDEX_MAGIC, version, kind, 0, segment, created_ns, 0)
     return head + _U32.pack(zlib.crc32(head))
 
 
@@ -164,8 +166,13 @@ def decode_header(buf: bytes, path: str) -> IndexHeader:
         raise FormatError(f"{path}: not a record index (magic {magic!r} at offset 0)")
     if zlib.crc32(head) != crc:
         raise FormatError(f"{path}: index header checksum mismatch at offset 0")
-    if version != INDEX_VERSION:
-        raise FormatError(f"{path}: index version {version} is not supported (expected {INDEX_VERSION})")
+    if version > INDEX_VERSION_LOG:
+        raise IndexVersionError(
+            f"{path}: index version {version} was written by a newer release of conduit_flat_file_db"
+            f" (this one reads versions 1 to {INDEX_VERSION_LOG}); upgrade to open this store"
+        )
+    if version < INDEX_VERSION:
+        raise FormatError(f"{path}: index version {version} is not a version of this format")
     if kind not in (KIND_RAW, KIND_ZSTD):
         raise FormatError(f"{path}: unknown segment kind {kind} in index header")
     return IndexHeader(version, SegmentKind(kind), flags, segment, created_ns)

@@ -29,7 +29,7 @@ import os
 import threading
 from typing import Any
 
-from .errors import FlatFileDbNotFoundError, FormatError
+from .errors import FlatFileDbNotFoundError, FormatError, IndexVersionError
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
 from .recovery import Walk
@@ -180,6 +180,8 @@ class ReadOnlyState:
     def _header_fits(index_fd: int, number: int, kind: int) -> bool:
         try:
             header = decode_header(os.pread(index_fd, HEADER_BYTES, 0), index_name(number))
+        except IndexVersionError:
+            raise  # a newer release's index: not served as a segment without one
         except FormatError:
             return False
         return bool(header.segment == number and header.kind == kind)

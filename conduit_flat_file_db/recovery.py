@@ -14,7 +14,7 @@ import os
 import time
 
 from .checksums import checksum_frames, checksum_range
-from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError
+from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, IndexVersionError
 from .fileio import pread_at, pwrite_all
 from .frames import scan_frames
 from .index import (
@@ -184,6 +184,8 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
         header = decode_header(raw_index, index_name(number))
         if header.segment != number or header.kind != kind:
             raise FormatError(f"{index_name(number)} belongs to segment {header.segment} of kind {header.kind}")
+    except IndexVersionError:
+        raise  # a newer release's index: never rebuilt as legacy data
     except FormatError as exc:
         return _rebuild_index(dir_fd, number, data_fd, kind, data_size, str(exc))
 

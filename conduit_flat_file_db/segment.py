@@ -30,7 +30,7 @@ import time
 from typing import NamedTuple, Sequence
 
 from .fileio import pwrite_all
-from .index import HEADER_BYTES, KIND_ZSTD, Record, encode_header, frame_sizes
+from .index import HEADER_BYTES, INDEX_VERSION, KIND_ZSTD, Record, encode_header, frame_sizes
 from .naming import index_name, segment_name
 from .seekable import FrameTable, write_padding_and_table
 from .segment_files import OPEN_WRITE, fsync_dir
@@ -74,7 +74,7 @@ class Tail(NamedTuple):
         return MutableView(segment, self.end, self.index_bytes, self.disk_bytes, self.kind, self.padding, self.frames)
 
 
-def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
+def create_segment(dir_fd: int, number: int, kind: int, version: int = INDEX_VERSION) -> Tail:
     """Create an empty segment (index header, then data file) and make it durable.
 
     On failure (a full disk, mostly) the files it made are removed: an index without its
@@ -84,7 +84,7 @@ def create_segment(dir_fd: int, number: int, kind: int) -> Tail:
     try:
         fd = _create(dir_fd, index_name(number), made)
         try:
-            pwrite_all(fd, encode_header(number, kind, time.time_ns()), 0)
+            pwrite_all(fd, encode_header(number, kind, time.time_ns(), version), 0)
             os.fsync(fd)
         finally:
             os.close(fd)

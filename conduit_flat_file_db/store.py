@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
 from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_options, check_paths, default_lock_path
-from .errors import FlatFileDbReadOnlyError
+from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
@@ -41,7 +41,18 @@ from .frames import (
     compress_frames,
     stored_frame,
 )
-from .index import KIND_RAW, KIND_ZSTD, blob_checksum, encode_blob
+from .index import (
+    FLAG_LOG,
+    INDEX_VERSION,
+    INDEX_VERSION_LOG,
+    KIND_RAW,
+    KIND_ZSTD,
+    REC_BLOB,
+    RECORD_BYTES,
+    blob_checksum,
+    encode_blob,
+    encode_record,
+)
 from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
@@ -96,6 +107,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         min_frame_saving: float = DEFAULT_MIN_SAVING,
         readonly: bool = False,
         seal_hook: SealHook | None = None,
+        log_records: bool = False,
     ) -> None:
         check_paths(datadir, mutable_file_lock_path)
         check_options(lock_timeout, frame_bytes, MAX_FRAME_DECOMPRESSED_BYTES, frame_cache_bytes, compression_threads)
@@ -114,6 +126,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.min_frame_saving = check_min_saving(min_frame_saving)
         self.MAX_DAT_FILE_SIZE = max_file_size  # pylint: disable=invalid-name  # reference API (checked on set)
         self._seal_hook = seal_hook
+        self.log_records = bool(log_records)
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
@@ -162,6 +175,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                         state,
                         fsync=self.fsync,
                         new_kind=KIND_ZSTD if self.use_compression else KIND_RAW,
+                        new_version=INDEX_VERSION_LOG if self.log_records else INDEX_VERSION,
                     )
                     writer.recover(power_loss_check=True, may_defer=True)
             except BaseException:
@@ -392,13 +406,37 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._after_seal(sealed)
         return locations
 
-    def _put_run_locked(
+    def put_log(self, data: Buffer) -> DataLocation:
+        """Append a log record and return its location: a blob whose BLOB record carries the LOG
+        flag (FORMAT.md "Record index"), for a layer above the engine to find again with
+        :meth:`iter_log` (the keyed store's key log). Committed as put() commits, after every
+        blob acknowledged before it. Needs a store opened with ``log_records=True``, whose new
+        segments have index version 2; a mutable segment of version 1 is sealed first.
+        """
+        self._refuse_write("put_log")
+        if not self.log_records:
+            raise FlatFileDbUnsafeAccessError(f"{self.datadir}: put_log() needs a store opened with log_records=True")
+        item = as_bytes_like(data, "put_log()")
+        checksums = [blob_checksum(item)]
+        self._reopen_if_closed()
+        locations: list[DataLocation] = []
+        with self._lock.write(self.lock_timeout):
+            writer = self._writer
+            writer.prepare(self.MAX_DAT_FILE_SIZE)
+            writer.ensure_version(INDEX_VERSION_LOG)
+            self._put_run_locked([item], checksums, 0, locations, None, log=True)
+            sealed = writer.take_sealed()
+        self._after_seal(sealed)
+        return locations[0]
+
+    def _put_run_locked(  # pylint: disable=too-many-arguments
         self,
         items: list[Any],
         checksums: list[int],
         index: int,
         locations: list[DataLocation],
         frames: tuple[list[bytes], list[int], bool] | None,
+        log: bool = False,
     ) -> int:
         """Write items[index:] up to the rotation point as one run; returns the next index."""
         writer = self._writer
@@ -410,6 +448,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         count = stop - index
         starts, ends = ends[:count], ends[1 : count + 1]
         records = b"".join(map(encode_blob, starts, sizes[:count], checksums[index:stop]))
+        if log and stop == len(items):  # the last item is a log record
+            last = encode_record(REC_BLOB, FLAG_LOG, starts[-1], sizes[count - 1], checksums[stop - 1])
+            records = records[:-RECORD_BYTES] + last
         run = items[index:stop]
         if writer.kind == KIND_RAW:
             writer.append_raw(None, run, start, ends[-1], records)

@@ -19,11 +19,13 @@ from .fileio import pread_full, pwrite_all, pwritev_all
 from .index import (
     FLAG_STORED,
     HEADER_BYTES,
+    INDEX_VERSION,
     KIND_RAW,
     KIND_ZSTD,
     REC_BLOB,
     REC_SEAL,
     RECORD_BYTES,
+    decode_header,
     decode_records,
     encode_frame,
     encode_header,
@@ -67,13 +69,24 @@ def _ends_in_seal(dir_fd: int, number: int, index_bytes: int) -> bool:
 class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-instance-attributes  # descriptors, frame-size cache
     """Appends to the mutable segment for one FlatFileDb instance (write lock held by the caller)."""
 
-    def __init__(self, dir_fd: int, datadir: Path, state: SharedState, *, fsync: bool, new_kind: int) -> None:
+    def __init__(
+        self,
+        dir_fd: int,
+        datadir: Path,
+        state: SharedState,
+        *,
+        fsync: bool,
+        new_kind: int,
+        new_version: int = INDEX_VERSION,
+    ) -> None:
         self.dir_fd = dir_fd
         self.datadir = datadir
         self.state = state
         self.words = state.words
         self.fsync = fsync
         self.new_kind = new_kind  # kind of segments this instance creates
+        self.new_version = new_version  # index version of the segments this instance creates
+        self.version = INDEX_VERSION  # index version of the mutable segment
         self.segment = -1
         self.kind = KIND_RAW
         self.path = ""
@@ -131,6 +144,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
                 raise last_segment_error(number)  # segment stays -1: every write comes back here
             self.data_fd, self.kind = open_data_file(self.dir_fd, number, OPEN_WRITE)
             self.index_fd = os.open(index_name(number), OPEN_WRITE, dir_fd=self.dir_fd)
+            self.version = decode_header(pread_full(self.index_fd, HEADER_BYTES, 0), index_name(number)).version
             self.segment = number
             self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
             self._sizes, self._sizes_upto = [], 0
@@ -159,6 +173,19 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         self.sealed.append(old)
         logger.debug("%s: sealed segment %d, mutable segment is now %d", self.datadir, old, new)
         return old
+
+    def ensure_version(self, version: int) -> None:
+        """Make the mutable segment's index at least ``version`` (after prepare): the header of an
+        empty segment is written again; a segment with records is sealed and the next one, made
+        with ``new_version``, takes its place. Records are never written under an older header."""
+        if self.version >= version:
+            return
+        if self.words[W_INDEX_BYTES] <= HEADER_BYTES:
+            pwrite_all(self.index_fd, encode_header(self.segment, self.kind, time.time_ns(), version), 0)
+            os.fsync(self.index_fd)
+            self.version = version
+        else:
+            self.rotate()
 
     def _seal_locked(self) -> None:
         """Append the SEAL record to the mutable segment (dirty flag already up).

@@ -57,6 +57,7 @@ class WriterRecovery:
     state: SharedState
     words: memoryview  # the state page, as words
     new_kind: int  # kind of segments this instance creates
+    new_version: int  # index version of the segments this instance creates
 
     def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
         """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
@@ -72,7 +73,7 @@ class WriterRecovery:
         numbers = data_numbers | index_numbers
         created = not numbers
         if created:
-            create_segment(self.dir_fd, 0, self.new_kind)
+            create_segment(self.dir_fd, 0, self.new_kind, self.new_version)
             numbers.add(0)
         newest = max(numbers)
         for orphan in sorted(index_numbers - data_numbers - {newest}):
@@ -178,7 +179,7 @@ class WriterRecovery:
                 os.unlink(name, dir_fd=self.dir_fd)  # nothing committed can be in them: no SEAL
             except FileNotFoundError:
                 pass
-        return new, create_segment(self.dir_fd, new, self.new_kind)
+        return new, create_segment(self.dir_fd, new, self.new_kind, self.new_version)
 
 
 __all__ = ["WriterRecovery", "last_segment_error"]
