@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from conduit_flat_file_db import FlatFileDb, FormatError
+from conduit_flat_file_db import FlatFileDb, FormatError, IndexVersionError
 from conduit_flat_file_db.index import (
     FLAG_LEGACY_EXTENT,
     HEADER_BYTES,
@@ -276,13 +276,53 @@ def test_decode_header_bad_magic() -> None:
     assert "/d/data_00000007.idx" in str(info.value)
 
 
-def test_decode_header_bad_version() -> None:
-    """A header of version 2 with a valid crc is refused for its version."""
-    v2 = fields("464644422d494458", "0200", "00", "00", "00000000", "0000000000000000", "00000000", "329d62af")
-    assert zlib.crc32(v2[:28]) == int.from_bytes(v2[28:], "little")
-    with pytest.raises(FormatError, match="version 2") as info:
-        decode_header(v2, "/d/data_00000000.idx")
+def test_decode_header_of_a_newer_version_is_refused_as_such() -> None:
+    """A header of version 3 with a valid crc is refused as a newer release's, not as damage."""
+    v3 = fields("464644422d494458", "0300", "00", "00", "00000000", "0000000000000000", "00000000", "74a605ca")
+    assert zlib.crc32(v3[:28]) == int.from_bytes(v3[28:], "little")
+    with pytest.raises(IndexVersionError, match="version 3 was written by a newer release") as info:
+        decode_header(v3, "/d/data_00000000.idx")
     assert "/d/data_00000000.idx" in str(info.value)
+
+
+def test_decode_header_of_version_0_is_refused() -> None:
+    """Version 0 was never written: a FormatError, not an IndexVersionError."""
+    v0 = fields("464644422d494458", "0000", "00", "00", "00000000", "0000000000000000", "00000000", "beebac65")
+    with pytest.raises(FormatError, match="version 0") as info:
+        decode_header(v0, "/d/data_00000000.idx")
+    assert not isinstance(info.value, IndexVersionError)
+
+
+def test_version_2_header_is_read_and_its_log_records_found(tmp_path: Path) -> None:
+    """A store opened with log_records writes version 2 and finds its LOG records again."""
+    db = FlatFileDb(tmp_path / "d", log_records=True)
+    db.put(b"value")
+    log = db.put_log(b"log")
+    assert decode_header((tmp_path / "d" / "data_00000000.idx").read_bytes(), "x").version == 2
+    assert [(r.segment, r.start_offset, r.end_offset) for r in db.iter_log()] == [(0, 5, 8)]
+    assert db.get(log) == b"log"
+    db.close()
+
+
+def test_open_refuses_a_newer_index_version_and_leaves_the_files_alone(tmp_path: Path) -> None:
+    """Recovery used to take an unknown version for a missing index and rebuild the segment as one
+    legacy extent, destroying the records a newer release wrote; now the open is refused."""
+    db = FlatFileDb(tmp_path / "d")
+    db.put(b"abc")
+    db.close()
+    index = tmp_path / "d" / "data_00000000.idx"
+    raw = bytearray(index.read_bytes())
+    raw[8:10] = (3).to_bytes(2, "little")
+    raw[28:32] = zlib.crc32(bytes(raw[:28])).to_bytes(4, "little")
+    index.write_bytes(bytes(raw))
+    with pytest.raises(IndexVersionError, match="newer release"):
+        FlatFileDb(tmp_path / "d")
+    assert index.read_bytes() == bytes(raw)
+    reader = FlatFileDb(tmp_path / "d", readonly=True)  # writes nothing, so it may open
+    with pytest.raises(IndexVersionError, match="newer release"):
+        list(reader.iter_records())
+    reader.close()
+    assert index.read_bytes() == bytes(raw)
 
 
 def test_decode_header_unknown_kind() -> None:
