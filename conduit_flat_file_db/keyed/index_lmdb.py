@@ -19,7 +19,7 @@ from .keylog import Entry, Row
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
 _CHECKPOINT = struct.Struct("<qQQ")
 _MAP_SIZE = 2**40  # address space reserved, not disk: the file grows as rows are written
-_envs: dict[tuple[str, bool], tuple[Any, int, int]] = {}  # (path, readonly) -> (env, users, pid)
+_envs: dict[str, tuple[Any, int, int, bool]] = {}  # real path -> (env, users, pid, opened read-only)
 _envs_guard = threading.Lock()
 
 
@@ -52,11 +52,15 @@ class LmdbIndex(IndexBase):
         lmdb = _import_lmdb()
         self.path = path
         self.readonly = readonly
-        self._key = (os.path.realpath(path), readonly)
+        self._key = os.path.realpath(path)
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             raise IndexDamagedError(f"{path} does not exist")
         with _envs_guard:
-            env, users, pid = _envs.get(self._key, (None, 0, 0))
+            env, users, pid, env_readonly = _envs.get(self._key, (None, 0, 0, True))
+            if env is not None and pid == os.getpid() and env_readonly and not readonly:
+                raise IndexDamagedError(
+                    f"{path} is open read-only in this process; close its read-only stores before opening it to write"
+                )
             if env is None or pid != os.getpid():
                 try:
                     env = lmdb.open(
@@ -72,8 +76,8 @@ class LmdbIndex(IndexBase):
                     )
                 except lmdb.Error as exc:
                     raise IndexDamagedError(f"{path}: {exc}") from exc
-                users = 0
-            _envs[self._key] = (env, users + 1, os.getpid())
+                users, env_readonly = 0, readonly
+            _envs[self._key] = (env, users + 1, os.getpid(), env_readonly)
         self.env = env
         try:
             self._keys = env.open_db(b"keys", create=not readonly)
@@ -84,7 +88,7 @@ class LmdbIndex(IndexBase):
 
     def close(self) -> None:
         with _envs_guard:
-            env, users, pid = _envs.get(self._key, (None, 0, 0))
+            env, users, pid, env_readonly = _envs.get(self._key, (None, 0, 0, True))
             if env is not self.env:
                 return
             if users <= 1:
@@ -92,7 +96,7 @@ class LmdbIndex(IndexBase):
                 if pid == os.getpid():
                     env.close()
             else:
-                _envs[self._key] = (env, users - 1, pid)
+                _envs[self._key] = (env, users - 1, pid, env_readonly)
 
     def check(self) -> None:
         self.checkpoint()

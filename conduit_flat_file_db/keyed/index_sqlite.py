@@ -66,8 +66,8 @@ class SqliteIndex(IndexBase):
             if not os.path.exists(path):
                 raise IndexDamagedError(f"{path} does not exist")
         else:
-            conn = self._conn()
             try:
+                conn = self._conn()
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
                 self.check()
