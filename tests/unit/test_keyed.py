@@ -47,6 +47,14 @@ def _index_files(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name.startswith("index.") and p.name != "index.lock"]
 
 
+def _remove_index(path: Path) -> None:
+    for index in _index_files(path):
+        if index.is_dir():
+            shutil.rmtree(index)
+        else:
+            index.unlink()
+
+
 def _contents(store: KeyedStore) -> dict[object, tuple[bytes, object]]:
     return {key: (store[key], store.meta(key)[1:]) for key in store}
 
@@ -131,7 +139,7 @@ def test_read_only_store_refuses_every_write_as_unsupported_operation(tmp_path: 
         lambda: reader.__delitem__("k"),
         lambda: reader.put_many([("a", b"b")]),
         lambda: reader.add(b"x"),
-        lambda: reader.vacuum(),
+        reader.vacuum,
         lambda: reader.put_array("a", np.zeros(3)),
         reader.clear,
         reader.sync,
@@ -208,8 +216,7 @@ def test_a_lost_index_is_rebuilt_equal_to_itself(tmp_path: Path, index: str) -> 
         store.put_array("arr", np.arange(7, dtype=np.int16))
         store.vacuum()
         before = _contents(store)
-    for path in _index_files(tmp_path / "kv"):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_index(tmp_path / "kv")
     with KeyedStore(tmp_path / "kv", index=index) as store:
         assert _contents(store) == before
         assert len(store) == len(before) and store.verify().ok
@@ -307,8 +314,7 @@ def test_vacuum_carries_a_deletion_forward_so_a_rebuild_does_not_bring_the_key_b
         store["filler"] = b"g"  # segment 1 now has a dead value and the deletion, and no live value
         store.vacuum(0.5)  # segment 0 is almost all live: it stays, with the old PUT of "deleted"
         assert 1 not in store.db.segments() and 0 in store.db.segments()
-    for path in _index_files(tmp_path / "kv"):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_index(tmp_path / "kv")
     with KeyedStore(tmp_path / "kv", index=index) as store:
         assert dict(store.items()) == {"keep": bytes(10000), "filler": b"g"}
 
@@ -322,8 +328,7 @@ def test_vacuum_rewrites_rows_whose_key_log_is_in_the_segment_it_deletes(tmp_pat
         store["x"] = b"2"
         store.vacuum(0.0)
         assert store["stream"] == b"streamed value"
-    for path in _index_files(tmp_path / "kv"):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _remove_index(tmp_path / "kv")
     with KeyedStore(tmp_path / "kv", index=index) as store:
         assert dict(store.items()) == {"stream": b"streamed value", "x": b"2"}
 
