@@ -275,8 +275,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 # Something was committed between the last record applied and this commit: the key
                 # log of a writer that died before its index transaction, or values no key names.
                 self._catch_up(index, checkpoint, (logseg, log[1]))
-        rows = [Entry(key, None if row is None else row._replace(logseg=logseg)) for key, row in entries]
-        index.apply(rows, Checkpoint(logseg, log[2], _checksum(blob)))
+        index.apply(entries, Checkpoint(logseg, log[2], _checksum(blob)), logseg)
         self._last_log = (logseg, log[2])
 
     def _catch_up(self, index: IndexBase, checkpoint: Checkpoint, until: tuple[int, int] | None) -> int:

@@ -71,8 +71,9 @@ class IndexBase(abc.ABC):
         """Every row whose value or whose key-log record is in one of ``segments``."""
 
     @abc.abstractmethod
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
-        """Apply entries in order and set the checkpoint, in one transaction."""
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+        """Apply entries in order and set the checkpoint, in one transaction; ``logseg``, when
+        given, is the log segment of every row (their own field is not read)."""
 
     @abc.abstractmethod
     def clear(self) -> None:

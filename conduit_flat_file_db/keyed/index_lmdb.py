@@ -161,13 +161,17 @@ class LmdbIndex(IndexBase):
             if row.segment in wanted or row.logseg in wanted:
                 yield key, row
 
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+        pack = _ROW.pack
         with self.env.begin(write=True) as txn:
+            put = txn.put
             for key, row in entries:
                 if row is None:
                     txn.delete(key, db=self._keys)
                 else:
-                    txn.put(key, _pack(row), db=self._keys)
+                    seg, start, end, checksum, created, row_logseg, meta = row
+                    head = pack(seg, start, end, checksum, created, row_logseg if logseg is None else logseg)
+                    put(key, head + meta, db=self._keys)
             txn.put(b"checkpoint", _CHECKPOINT.pack(*checkpoint), db=self._state)
 
     def clear(self) -> None:
