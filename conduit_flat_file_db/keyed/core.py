@@ -147,6 +147,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     def _recover_locked(self, index: IndexBase) -> None:
         """Bring ``index`` up to the key logs: rebuild it when it is ahead of them (a power loss
         cut the segments' tail after the index recorded it), then replay what it lacks."""
+        if not index.trusted():
+            logger.error("%s: the index was not closed cleanly before a reboot; rebuilding it", self._dir)
+            index.clear()
         checkpoint = index.checkpoint()
         if checkpoint.segment >= 0 and not self._record_present(checkpoint):
             logger.error(

@@ -42,6 +42,10 @@ class IndexBase(abc.ABC):
     def check(self) -> None:
         """Raise IndexDamagedError when the index cannot be used."""
 
+    def trusted(self) -> bool:
+        """False when a power loss may have damaged the index (a writer's open rebuilds it)."""
+        return True
+
     @abc.abstractmethod
     def lookup(self, key: bytes) -> Row | None:
         """The row of ``key``, None when absent."""

@@ -13,6 +13,7 @@ import struct
 import threading
 from typing import Any, Iterable, Iterator
 
+from ..state import BOOT_ID
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
 from .keylog import Entry, Row
 
@@ -21,6 +22,11 @@ _CHECKPOINT = struct.Struct("<qQQ")
 _MAP_SIZE = 2**40  # address space reserved, not disk: the file grows as rows are written
 _envs: dict[str, tuple[Any, int, int, bool]] = {}  # real path -> (env, users, pid, opened read-only)
 _envs_guard = threading.Lock()
+# Written with every commit: the environment is opened without a sync per commit, so after a
+# power loss (a new boot) the file may hold pages of a tree whose other pages never reached the
+# disk. An index last written in another boot, and not closed cleanly then, is rebuilt.
+_BOOT = struct.pack("<QQ", *BOOT_ID)
+_CLEAN = b"closed cleanly"
 
 
 def _import_lmdb() -> Any:
@@ -86,7 +92,26 @@ class LmdbIndex(IndexBase):
             self.close()
             raise IndexDamagedError(f"{path}: {exc}") from exc
 
+    def trusted(self) -> bool:
+        """False when the index was written in another boot and not closed cleanly then."""
+        with self.env.begin(db=self._state) as txn:
+            boot = txn.get(b"boot")
+        return boot is None or (boot in (_BOOT, _CLEAN) and BOOT_ID != (0, 0))
+
     def close(self) -> None:
+        if (
+            not self.readonly
+            and getattr(self, "_state", None) is not None
+            and os.getpid() == _envs.get(self._key, (0, 0, 0))[2]
+        ):
+            try:
+                self.env.sync(True)
+                with self.env.begin(write=True) as txn:
+                    if txn.get(b"boot", db=self._state) == _BOOT:
+                        txn.put(b"boot", _CLEAN, db=self._state)
+                self.env.sync(True)
+            except Exception:  # pylint: disable=broad-exception-caught  # the next open checks it anyway
+                pass
         with _envs_guard:
             env, users, pid, env_readonly = _envs.get(self._key, (None, 0, 0, True))
             if env is not self.env:
@@ -173,6 +198,7 @@ class LmdbIndex(IndexBase):
                     head = pack(seg, start, end, checksum, created, row_logseg if logseg is None else logseg)
                     put(key, head + meta, db=self._keys)
             txn.put(b"checkpoint", _CHECKPOINT.pack(*checkpoint), db=self._state)
+            txn.put(b"boot", _BOOT, db=self._state)
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
