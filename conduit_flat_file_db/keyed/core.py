@@ -77,6 +77,14 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     ) -> None:
         if index not in ("sqlite", "lmdb"):
             raise ValueError(f"index is 'sqlite' or 'lmdb', not {index!r}")
+        self._options = {
+            "readonly": readonly,
+            "use_compression": use_compression,
+            "fsync": fsync,
+            "index": index,
+            "max_file_size": max_file_size,
+            "lock_timeout": lock_timeout,
+        }
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.readonly = bool(readonly)
         self.fsync = bool(fsync)
@@ -198,6 +206,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 self.close()
             except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
                 pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the constructor's arguments: the copy opens the store afresh (in a worker
+        process, its own descriptors, locks and index connections)."""
+        return _reopen, (type(self), self._dir, self._options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._dir!r}, index={self.index_kind!r}, readonly={self.readonly})"

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -134,7 +134,7 @@ def test_read_only_store_refuses_every_write_as_unsupported_operation(tmp_path: 
         writer["k"] = b"v"
     reader = KeyedStore(tmp_path / "kv", index=index, readonly=True)
     assert reader["k"] == b"v"
-    writes = [
+    writes: list[Callable[[], object]] = [
         lambda: reader.__setitem__("k", b"w"),
         lambda: reader.__delitem__("k"),
         lambda: reader.put_many([("a", b"b")]),
@@ -435,8 +435,20 @@ def test_an_lmdb_index_not_closed_cleanly_before_a_reboot_is_rebuilt(tmp_path: P
     env = lmdb.open(str(tmp_path / "kv" / "index.lmdb"), max_dbs=2)
     with env.begin(write=True) as txn:
         keys, state = env.open_db(b"keys", txn=txn), env.open_db(b"state", txn=txn)
-        txn.put(encode_key("a"), txn.get(encode_key("b"), db=keys), db=keys)  # a torn tree's wrong row
+        row_of_b = txn.get(encode_key("b"), db=keys)
+        assert row_of_b is not None
+        txn.put(encode_key("a"), row_of_b, db=keys)  # a torn tree's wrong row
         txn.put(b"boot", bytes(16), db=state)  # written in another boot, never closed
     env.close()
     with KeyedStore(tmp_path / "kv", index="lmdb") as store:
         assert dict(store.items()) == {"a": b"1", "b": b"2"}
+
+
+def test_a_store_pickles_as_its_arguments_and_opens_again(tmp_path: Path, index: str) -> None:
+    """A KeyedStore can be handed to a worker process: the copy opens the same directory."""
+    import pickle  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index=index, max_file_size=4096) as store:
+        store["k"] = b"v"
+        with pickle.loads(pickle.dumps(store)) as copy:
+            assert copy["k"] == b"v" and copy.index_kind == index and copy.db.MAX_DAT_FILE_SIZE == 4096
