@@ -388,4 +388,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _reopen(cls: type[_K], path: str, options: dict[str, Any]) -> _K:
+    return cls(path, **options)
+
+
 __all__ = ["LOCK_NAME", "SEGMENTS_DIR", "STAGING_DIR", "KeyedCore"]
