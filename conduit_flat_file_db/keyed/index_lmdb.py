@@ -40,6 +40,22 @@ def _import_lmdb() -> Any:
         ) from exc
 
 
+def _open_env(lmdb: Any, path: str, readonly: bool) -> Any:
+    """Open the environment. A reader takes LMDB's reader lock like a writer (without it, a
+    writer may reuse the pages it is reading); only where the lock file cannot be written (a
+    read-only medium, where no writer can be either) does it read without."""
+    options = {"map_size": _MAP_SIZE, "max_dbs": 2, "readonly": readonly, "sync": False, "metasync": False}
+    try:
+        return lmdb.open(path, lock=True, readahead=False, max_readers=1024, **options)
+    except lmdb.Error as exc:
+        if readonly and not os.access(path, os.W_OK):
+            try:
+                return lmdb.open(path, lock=False, readahead=False, **options)
+            except lmdb.Error as again:
+                raise IndexDamagedError(f"{path}: {again}") from again
+        raise IndexDamagedError(f"{path}: {exc}") from exc
+
+
 def _pack(row: Row) -> bytes:
     return _ROW.pack(row.segment, row.start, row.end, row.checksum, row.created_ns, row.logseg) + row.meta
 
@@ -68,20 +84,7 @@ class LmdbIndex(IndexBase):
                     f"{path} is open read-only in this process; close its read-only stores before opening it to write"
                 )
             if env is None or pid != os.getpid():
-                try:
-                    env = lmdb.open(
-                        path,
-                        map_size=_MAP_SIZE,
-                        max_dbs=2,
-                        readonly=readonly,
-                        lock=not readonly,
-                        sync=False,
-                        metasync=False,
-                        readahead=False,
-                        max_readers=1024,
-                    )
-                except lmdb.Error as exc:
-                    raise IndexDamagedError(f"{path}: {exc}") from exc
+                env = _open_env(lmdb, path, readonly)
                 users, env_readonly = 0, readonly
             _envs[self._key] = (env, users + 1, os.getpid(), env_readonly)
         self.env = env
