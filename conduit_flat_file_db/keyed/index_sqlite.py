@@ -85,6 +85,8 @@ class SqliteIndex(IndexBase):
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600)
                 conn.execute("SELECT value FROM state WHERE name = 'count'").fetchone()
             except sqlite3.OperationalError:
+                if os.access(os.path.dirname(self.path), os.W_OK):
+                    raise  # immutable=1 would ignore a writer's WAL: only for media nothing writes
                 conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
