@@ -372,6 +372,10 @@ def test_arrays_come_back_aligned_read_only_and_without_a_copy(store: KeyedStore
     assert np.array_equal(got, data) and got.dtype == data.dtype and not got.flags.writeable
     assert got.ctypes.data % 64 == 0
     assert store.meta("a").array == ("<f8", (10, 100)) and store.meta("a").user == {"units": "m"}
+    store.put_array("scalar", np.float64(7.25))
+    store.put_array("fortran", np.asfortranarray(data))
+    assert store.get_array("scalar").shape == () and float(store.get_array("scalar")) == 7.25
+    assert np.array_equal(store.get_array("fortran"), data)
     structured = np.zeros(3, dtype=[("x", "<i4"), ("y", "<f2", (2,))])
     store.put_array("s", structured)
     assert store.get_array("s").dtype == structured.dtype
