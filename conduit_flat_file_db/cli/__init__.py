@@ -2,11 +2,11 @@
 
 A thin layer: every command is one or two calls of :class:`FlatFileDb` (``put_streams``,
 ``get_many``, ``open_blob``, ``iter_locations``, ``stats``, ``verify``, ``rotate``,
-``delete_file``, ``enforce_retention``, ``recompress``) plus argument parsing and
-printing; nothing below imports it. This module opens the store and maps errors to exit
-codes; ``parser`` says what the command line accepts (and its exit codes, shown by
-``ffdb --help``), ``put`` and ``commands`` run the commands, ``progress`` draws the bar,
-``base`` holds what they share.
+``delete_file``, ``enforce_retention``, ``recompress``; ``ffdb kv``: of :class:`KeyedStore`)
+plus argument parsing and printing; nothing below imports it. This module opens the store
+and maps errors to exit codes; ``parser`` (and ``kv_parser``) say what the command line
+accepts (and its exit codes, shown by ``ffdb --help``), ``put``, ``commands`` and ``kv`` run
+the commands, ``progress`` draws the bar, ``base`` holds what they share.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from typing import Callable
 from .. import FlatFileDb
 from ..arguments import default_lock_path
 from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
-from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
+from .base import (
+    CLI_FRAME_CACHE_BYTES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    EXIT_REFUSED,
+    CliError,
+    CliNotFound,
+)
 from .commands import (
     cmd_delete,
     cmd_get,
@@ -32,6 +41,7 @@ from .commands import (
     cmd_stats,
     cmd_verify,
 )
+from .kv import run_kv
 from .parser import build_parser
 from .put import check_sources, cmd_put
 
@@ -65,6 +75,8 @@ _COMMANDS: dict[str, Callable[[FlatFileDb, argparse.Namespace], int]] = {
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "kv":
+        return run_kv(args)
     datadir: str = args.datadir
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
     if args.command in _READ_COMMANDS:
@@ -115,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlatFileDbUnsafeAccessError as exc:
         sys.stderr.write(f"ffdb: refused: {_describe(exc)}\n")
         return EXIT_REFUSED
+    except CliNotFound as exc:
+        sys.stderr.write(f"ffdb: not found: {exc}\n")
+        return EXIT_PROBLEMS
     except (CliError, FlatFileDbError, OSError, ValueError, TypeError) as exc:
         if sys.stderr is not None:
             sys.stderr.write(f"ffdb: error: {_describe(exc)}\n")
