@@ -20,16 +20,7 @@ from typing import Callable
 from .. import FlatFileDb
 from ..arguments import default_lock_path
 from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
-from .base import (
-    CLI_FRAME_CACHE_BYTES,
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_PROBLEMS,
-    EXIT_REFUSED,
-    CliError,
-    CliNotFound,
-)
+from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
 from .commands import (
     cmd_delete,
     cmd_get,
@@ -127,9 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     except FlatFileDbUnsafeAccessError as exc:
         sys.stderr.write(f"ffdb: refused: {_describe(exc)}\n")
         return EXIT_REFUSED
-    except CliNotFound as exc:
-        sys.stderr.write(f"ffdb: not found: {exc}\n")
-        return EXIT_PROBLEMS
     except (CliError, FlatFileDbError, OSError, ValueError, TypeError) as exc:
         if sys.stderr is not None:
             sys.stderr.write(f"ffdb: error: {_describe(exc)}\n")

@@ -33,10 +33,6 @@ class CliError(Exception):
     """A user error detected by the command line itself (printed, exit code 2)."""
 
 
-class CliNotFound(Exception):
-    """What the user asked for is absent, e.g. a key of ``ffdb kv get`` (printed, exit code 1)."""
-
-
 def parse_location(db: FlatFileDb, text: str) -> DataLocation:
     """A LOCATION argument: packed hex, or FILE_PATH:START:END (bare file names are in the datadir)."""
     if len(text) == HEX_LOCATION_CHARS and all(c in string.hexdigits for c in text):

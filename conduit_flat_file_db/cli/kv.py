@@ -31,7 +31,6 @@ from .base import (
     READ_CHUNK_BYTES,
     SMALL_BLOB_BYTES,
     CliError,
-    CliNotFound,
     print_json,
     print_line,
     write_all,
@@ -40,6 +39,11 @@ from .progress import Bar, make_bar
 from .put import check_sources, open_source
 
 Key = str | bytes
+
+
+class CliNotFound(Exception):
+    """A key the command needs is absent (printed as "not found", exit code 1)."""
+
 
 # The commands that only read: opened read-only, they never create or write anything.
 _READ_COMMANDS = ("get", "ls", "stat", "verify")
@@ -124,20 +128,20 @@ def _index_kind(args: argparse.Namespace) -> str:
 class _Counted:
     """A readable over ``source`` that counts what is read into the progress bar."""
 
-    def __init__(self, source: BinaryIO, progress: Bar) -> None:
+    def __init__(self, source: Any, progress: Bar) -> None:
         self._source = source
         self._bar = progress
 
     def readinto(self, buffer: Any) -> int | None:
         """As ``source.readinto``."""
-        count = self._source.readinto(buffer)
+        count: int | None = self._source.readinto(buffer)
         if count:
             self._bar.update(count)
         return count
 
     def read(self, size: int = -1) -> bytes:
         """As ``source.read``."""
-        data = self._source.read(size)
+        data: bytes = self._source.read(size)
         self._bar.update(len(data))
         return data
 
@@ -145,14 +149,15 @@ class _Counted:
 class _HeadThen:
     """The bytes ``head`` (already read from ``rest``), then the rest of ``rest``."""
 
-    def __init__(self, head: bytes, rest: BinaryIO | _Counted) -> None:
+    def __init__(self, head: bytes, rest: Any) -> None:
         self._head = memoryview(head)
         self._rest = rest
 
     def readinto(self, buffer: Any) -> int | None:
         """Fill ``buffer`` from the head while it lasts, then from the rest."""
         if not self._head:
-            return self._rest.readinto(buffer)
+            count: int | None = self._rest.readinto(buffer)
+            return count
         view = memoryview(buffer).cast("B")
         count = min(len(view), len(self._head))
         view[:count] = self._head[:count]
@@ -367,14 +372,14 @@ def cmd_kv_stat(store: KeyedStore, args: argparse.Namespace) -> int:
     """``ffdb kv stat [KEY] [--json]``: ``stats()``, or ``meta(KEY)``."""
     if args.key is None:
         stats = store.stats()
-        document = {
+        totals = {
             "keys": stats.keys,
             "live_bytes": stats.live_bytes,
             "dead_bytes": stats.dead_bytes,
             "disk_bytes": stats.disk_bytes,
             "segments": stats.segments,
         }
-        _print_fields(document, args.json)
+        _print_fields(totals, args.json)
         return EXIT_OK
     key = parse_key(args.key, args.bytes_key)
     try:
@@ -389,8 +394,8 @@ def cmd_kv_stat(store: KeyedStore, args: argparse.Namespace) -> int:
 
 
 def cmd_kv_vacuum(store: KeyedStore, args: argparse.Namespace) -> int:
-    """``ffdb kv vacuum [--json]``: one line saying what was reclaimed."""
-    result = store.vacuum()
+    """``ffdb kv vacuum [--min-dead-fraction F] [--json]``: one line saying what was reclaimed."""
+    result = store.vacuum() if args.min_dead_fraction is None else store.vacuum(args.min_dead_fraction)
     if args.json:
         print_json(
             {
@@ -408,14 +413,16 @@ def cmd_kv_vacuum(store: KeyedStore, args: argparse.Namespace) -> int:
 
 
 def cmd_kv_verify(store: KeyedStore, args: argparse.Namespace) -> int:  # pylint: disable=unused-argument
-    """``ffdb kv verify``: each problem on a line of its own, then a summary line."""
+    """``ffdb kv verify``: each problem and each note on a line of its own, then a summary line."""
     report = store.verify()
     for problem in report.problems:
         print_line(problem)
+    for note in report.notes:  # worth knowing, not wrong (e.g. space vacuum would reclaim)
+        print_line(f"note: {note}")
     if report.ok:
-        print_line("OK: no problems found")
+        print_line(f"OK: {report.keys_checked} keys checked, no problems found")
         return EXIT_OK
-    print_line(f"PROBLEMS: {len(report.problems)} found")
+    print_line(f"PROBLEMS: {len(report.problems)} found, {report.keys_checked} keys checked")
     return EXIT_PROBLEMS
 
 
@@ -431,16 +438,21 @@ _KV_COMMANDS: dict[str, Callable[[KeyedStore, argparse.Namespace], int]] = {
 
 
 def run_kv(args: argparse.Namespace) -> int:
-    """Check the arguments, open the keyed store (read-only for the read commands), run the command."""
+    """Check the arguments, open the keyed store (read-only for the read commands), run the
+    command; an absent key is reported here (exit 1), every other error by ``main``."""
     check_kv_args(args)
     command = args.kv_command
     readonly = command in _READ_COMMANDS
-    with KeyedStore(
-        args.datadir,
-        readonly=readonly,
-        use_compression=command == "put" and args.compress,
-        fsync=args.fsync and not readonly,
-        index=_index_kind(args),
-        lock_timeout=args.lock_timeout,
-    ) as store:
-        return _KV_COMMANDS[command](store, args)
+    try:
+        with KeyedStore(
+            args.datadir,
+            readonly=readonly,
+            use_compression=command == "put" and args.compress,
+            fsync=args.fsync and not readonly,
+            index=_index_kind(args),
+            lock_timeout=args.lock_timeout,
+        ) as store:
+            return _KV_COMMANDS[command](store, args)
+    except CliNotFound as exc:
+        sys.stderr.write(f"ffdb: not found: {exc}\n")
+        return EXIT_PROBLEMS

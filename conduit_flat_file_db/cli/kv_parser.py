@@ -17,8 +17,8 @@ INDEX_KINDS = ("sqlite", "lmdb")
 KV_EPILOG = f"""\
 KEY is a text key; with --bytes-key it is a bytes key written in hex (two digits per byte).
 A text key and a bytes key of the same bytes are different keys. ls shows bytes keys in hex.
-get, ls, stat and verify open the store read-only (they never create or write anything);
-put creates the store; rm and vacuum refuse a store directory that does not exist.
+get, ls, stat and verify open the store read-only: they never create a store nor change
+one. Only put creates a store; rm and vacuum refuse a store directory that does not exist.
 The store keeps its locks inside DIR: --lock does not apply.
 
 exit codes:
@@ -38,14 +38,25 @@ def slice_range(text: str) -> tuple[int, int | None]:
     return int(start or 0), int(end) if end else None
 
 
+def fraction(text: str) -> float:
+    """argparse type of ``--min-dead-fraction``: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
+    return value
+
+
 def _add_key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bytes-key", action="store_true", help="KEY is a bytes key given in hex (default: a text key)"
     )
 
 
-def _add_write_commands(commands: Any) -> list[argparse.ArgumentParser]:
-    """put, rm and vacuum: they change the store."""
+def _add_put(commands: Any) -> list[argparse.ArgumentParser]:
+    """put: a value under a key, or by its content."""
     put = commands.add_parser(
         "put",
         help="store a file (or standard input) under KEY",
@@ -67,32 +78,11 @@ def _add_write_commands(commands: Any) -> list[argparse.ArgumentParser]:
     )
     _add_key_options(put)
     _add_no_progress_suppressed(put)
-
-    rm = commands.add_parser(
-        "rm",
-        help="delete keys and their values",
-        description="Delete every KEY in one batch and print how many were deleted. An absent KEY "
-        f"deletes nothing at all (exit {EXIT_PROBLEMS}) unless --force is given. The space is "
-        "reclaimed by vacuum.",
-        epilog=KV_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    rm.add_argument("keys", nargs="+", metavar="KEY", help="key to delete")
-    rm.add_argument("-f", "--force", action="store_true", help="ignore absent keys")
-    _add_key_options(rm)
-
-    vacuum = commands.add_parser(
-        "vacuum",
-        help="reclaim the space of deleted and replaced values",
-        description="Move the live values out of segments that hold mostly dead ones and delete "
-        "those segments (other processes may use the store meanwhile); print what was reclaimed.",
-    )
-    vacuum.add_argument("--json", action="store_true", help="print one JSON object instead")
-    return [put, rm, vacuum]
+    return [put]
 
 
-def _add_read_commands(commands: Any) -> list[argparse.ArgumentParser]:
-    """get, ls, stat and verify: read-only."""
+def _add_get(commands: Any) -> list[argparse.ArgumentParser]:
+    """get: a value (or a slice of it) out."""
     get = commands.add_parser(
         "get",
         help="write the value of KEY (or a slice of it) to standard output or a file",
@@ -111,7 +101,11 @@ def _add_read_commands(commands: Any) -> list[argparse.ArgumentParser]:
     )
     _add_key_options(get)
     _add_no_progress_suppressed(get)
+    return [get]
 
+
+def _add_ls_rm(commands: Any) -> list[argparse.ArgumentParser]:
+    """ls and rm: the keys."""
     ls = commands.add_parser(
         "ls",
         help="list the keys, one per line",
@@ -126,6 +120,23 @@ def _add_read_commands(commands: Any) -> list[argparse.ArgumentParser]:
     ls.add_argument("--json", action="store_true", help="print one JSON object per key instead")
     _add_key_options(ls)
 
+    rm = commands.add_parser(
+        "rm",
+        help="delete keys and their values",
+        description="Delete every KEY in one batch and print how many were deleted. An absent KEY "
+        f"deletes nothing at all (exit {EXIT_PROBLEMS}) unless --force is given. The space is "
+        "reclaimed by vacuum.",
+        epilog=KV_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rm.add_argument("keys", nargs="+", metavar="KEY", help="key to delete")
+    rm.add_argument("-f", "--force", action="store_true", help="ignore absent keys")
+    _add_key_options(rm)
+    return [ls, rm]
+
+
+def _add_stat_vacuum_verify(commands: Any) -> list[argparse.ArgumentParser]:
+    """stat, vacuum and verify: the whole store."""
     stat = commands.add_parser(
         "stat",
         help="totals of the store, or the metadata of one KEY",
@@ -138,14 +149,28 @@ def _add_read_commands(commands: Any) -> list[argparse.ArgumentParser]:
     stat.add_argument("--json", action="store_true", help="print one JSON object instead")
     _add_key_options(stat)
 
+    vacuum = commands.add_parser(
+        "vacuum",
+        help="reclaim the space of deleted and replaced values",
+        description="Move the live values out of segments that hold mostly dead ones and delete "
+        "those segments (other processes may use the store meanwhile); print what was reclaimed.",
+    )
+    vacuum.add_argument(
+        "--min-dead-fraction",
+        type=fraction,
+        metavar="F",
+        help="rewrite a segment when at least F (0 to 1) of it is dead (0: any dead byte; default: the library's)",
+    )
+    vacuum.add_argument("--json", action="store_true", help="print one JSON object instead")
+
     verify = commands.add_parser(
         "verify",
         help=f"check keys, values and checksums (exit {EXIT_PROBLEMS} on problems)",
         description="Check that every key points at a value, that no value is orphaned and that "
-        f"every value matches its checksum; print each problem and a summary (exit {EXIT_PROBLEMS} "
-        "when there is a problem).",
+        f"every value matches its checksum; print each problem, each note (lines starting "
+        f"'note: ') and a summary (exit {EXIT_PROBLEMS} when there is a problem).",
     )
-    return [get, ls, stat, verify]
+    return [stat, vacuum, verify]
 
 
 def _add_no_progress_suppressed(parser: argparse.ArgumentParser) -> None:
@@ -165,8 +190,15 @@ def add_kv_parser(commands: Any) -> list[argparse.ArgumentParser]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kv_commands = kv.add_subparsers(dest="kv_command", metavar="KV_COMMAND", required=True, prog="ffdb kv")
-    subcommands = _add_write_commands(kv_commands) + _add_read_commands(kv_commands)
+    subcommands = [
+        subcommand
+        for add in (_add_put, _add_get, _add_ls_rm, _add_stat_vacuum_verify)
+        for subcommand in add(kv_commands)
+    ]
     for parser in [kv, *subcommands]:
+        # Accepted (unlisted) only to be refused with a reason: unknown, it would be taken
+        # for an abbreviation of --lock-timeout.
+        parser.add_argument("--lock", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument(
             "--index",
             choices=INDEX_KINDS,
