@@ -109,8 +109,12 @@ def check_kv_args(args: argparse.Namespace) -> None:
     for text in args.keys if command == "rm" else [getattr(args, "key", None), getattr(args, "prefix", None)]:
         if text is not None:
             parse_key(text, args.bytes_key)
-    if not os.path.isdir(args.datadir):  # read or maintain a store that is not there: never create one
+    # Read or maintain a store that is not there: never create one (rm and vacuum open it for
+    # writing, which would). segments/ is what makes a directory a keyed store.
+    if not os.path.isdir(args.datadir):
         raise FileNotFoundError(errno.ENOENT, "the store's directory does not exist", args.datadir)
+    if not os.path.isdir(os.path.join(args.datadir, "segments")):
+        raise FileNotFoundError(errno.ENOENT, "not a keyed store (no segments/ in it)", args.datadir)
 
 
 def _index_kind(args: argparse.Namespace) -> str:

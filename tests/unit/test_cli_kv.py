@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conduit_flat_file_db import KeyedStore
+from conduit_flat_file_db import FlatFileDb, KeyedStore
 from conduit_flat_file_db.cli import main
 from conduit_flat_file_db.cli.base import SMALL_BLOB_BYTES
 from conduit_flat_file_db.cli.parser import build_parser
@@ -381,12 +381,20 @@ def test_kv_verify_exits_0_when_ok_and_1_listing_each_problem(ffdb: Ffdb, tmp_pa
     "command",
     [["get", "k"], ["ls"], ["stat"], ["stat", "k"], ["verify"], ["rm", "k"], ["vacuum"]],
 )
-def test_kv_commands_other_than_put_on_a_missing_store_exit_2_and_create_nothing(
+def test_kv_commands_other_than_put_on_a_missing_or_other_store_exit_2_and_create_nothing(
     ffdb: Ffdb, datadir: Path, command: list[str]
 ) -> None:
-    """Only put creates a store: every other command names the missing directory."""
+    """Only put creates a store: every other command names the missing directory, or the
+    directory that is not a keyed store (empty, or a blob store's), and leaves it as it was."""
     assert ffdb.kv(*command) == (2, b"", f"ffdb: error: {datadir}: the store's directory does not exist\n")
     assert not datadir.exists()
+    datadir.mkdir()
+    assert ffdb.kv(*command) == (2, b"", f"ffdb: error: {datadir}: not a keyed store (no segments/ in it)\n")
+    with FlatFileDb(datadir, str(datadir) + ".lock") as db:
+        db.put(b"a blob")
+    before = _snapshot(datadir)
+    assert ffdb.kv(*command) == (2, b"", f"ffdb: error: {datadir}: not a keyed store (no segments/ in it)\n")
+    assert _snapshot(datadir) == before
 
 
 def test_kv_read_commands_change_no_file_of_the_store(ffdb: Ffdb, tmp_path: Path, datadir: Path) -> None:
