@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conduit_flat_file_db import FlatFileDb, KeyedStore
-from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.cli import main, progress
 from conduit_flat_file_db.cli.base import SMALL_BLOB_BYTES
 from conduit_flat_file_db.cli.parser import build_parser
 
@@ -26,6 +26,13 @@ from conduit_flat_file_db.cli.parser import build_parser
 
 TIMEOUT = 60
 BINARY = bytes(range(256)) * 5 + b"\x00\r\n\xff\x1a"  # every byte value, NUL, CR LF, ^Z
+
+
+class FakeTerminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
 
 
 class Ffdb:
@@ -372,6 +379,28 @@ def test_kv_verify_exits_0_when_ok_and_1_listing_each_problem(ffdb: Ffdb, tmp_pa
     problems = [line for line in lines[:-1] if not line.startswith("note: ")]
     assert (code, err) == (1, "") and lines[-1] == f"PROBLEMS: {len(problems)} found, 2 keys checked"
     assert any("key 'bad'" in line for line in problems) and not any("'good'" in line for line in problems), problems
+
+
+def test_kv_put_and_get_draw_a_progress_bar_on_a_terminal_unless_told_not_to(
+    ffdb: Ffdb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stderr a terminal and a low threshold, put and get of a large value draw a bar that
+    reaches 100% on stderr; stdout carries only the value; --no-progress (before kv or after
+    the subcommand): no bar."""
+    data = bytes(range(251)) * (3 * SMALL_BLOB_BYTES // 251)
+    source = _file(tmp_path, "in", data)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", SMALL_BLOB_BYTES)
+    for args, label in ((["put", "big", source], "kv put: "), (["get", "big"], "kv get: ")):
+        terminal = FakeTerminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        code, out, _ = ffdb.kv(*args)
+        assert (code, out) == (0, data if args[0] == "get" else b"")
+        assert terminal.getvalue().startswith("\r" + label) and "100%" in terminal.getvalue(), terminal.getvalue()
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert ffdb("--no-progress", "--datadir", ffdb.datadir, "kv", "get", "big")[:2] == (0, data)
+    assert ffdb.kv("put", "big", source, "--no-progress")[:2] == (0, b"")
+    assert terminal.getvalue() == ""
 
 
 # -- options, misuse -------------------------------------------------------------------------------
