@@ -45,7 +45,7 @@ class CliNotFound(Exception):
     """A key the command needs is absent (printed as "not found", exit code 1)."""
 
 
-# The commands that only read: opened read-only, they never create or write anything.
+# The commands that only read: opened read-only, they never create a store nor change one.
 _READ_COMMANDS = ("get", "ls", "stat", "verify")
 
 
