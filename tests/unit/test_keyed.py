@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -372,6 +374,10 @@ def test_arrays_come_back_aligned_read_only_and_without_a_copy(store: KeyedStore
     assert np.array_equal(got, data) and got.dtype == data.dtype and not got.flags.writeable
     assert got.ctypes.data % 64 == 0
     assert store.meta("a").array == ("<f8", (10, 100)) and store.meta("a").user == {"units": "m"}
+    store.put_array("scalar", np.float64(7.25))
+    store.put_array("fortran", np.asfortranarray(data))
+    assert store.get_array("scalar").shape == () and float(store.get_array("scalar")) == 7.25
+    assert np.array_equal(store.get_array("fortran"), data)
     structured = np.zeros(3, dtype=[("x", "<i4"), ("y", "<f2", (2,))])
     store.put_array("s", structured)
     assert store.get_array("s").dtype == structured.dtype
@@ -452,3 +458,24 @@ def test_a_store_pickles_as_its_arguments_and_opens_again(tmp_path: Path, index:
         store["k"] = b"v"
         with pickle.loads(pickle.dumps(store)) as copy:
             assert copy["k"] == b"v" and copy.index_kind == index and copy.db.MAX_DAT_FILE_SIZE == 4096
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.9])
+def test_an_index_file_cut_short_is_rebuilt_not_mapped(tmp_path: Path, index: str, keep: float) -> None:
+    """A cut LMDB file would be a SIGBUS on its first read of a missing page, a cut SQLite file a
+    "malformed" error long after the open: both are found at the open and rebuilt."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many((f"k{i}", bytes([i % 256]) * 100) for i in range(3000))
+        before = dict(store.items())
+    data = tmp_path / "kv" / ("index.lmdb/data.mdb" if index == "lmdb" else "index.sqlite3")
+    os.truncate(data, int(data.stat().st_size * keep))
+    code = (
+        "import sys; from conduit_flat_file_db import KeyedStore\n"
+        "with KeyedStore(sys.argv[1], index=sys.argv[2]) as s: print(len(s), s['k7'][:1].hex())"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "kv"), index], capture_output=True, text=True, check=False
+    )
+    assert child.returncode == 0 and child.stdout.split() == ["3000", "07"], child.stderr[-2000:]
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        assert dict(store.items()) == before
