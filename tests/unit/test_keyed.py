@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+import xxhash
 
 from conduit_flat_file_db import (
     FlatFileDbNotFoundError,
@@ -479,3 +480,62 @@ def test_an_index_file_cut_short_is_rebuilt_not_mapped(tmp_path: Path, index: st
     assert child.returncode == 0 and child.stdout.split() == ["3000", "07"], child.stderr[-2000:]
     with KeyedStore(tmp_path / "kv", index=index) as store:
         assert dict(store.items()) == before
+
+
+def test_vacuum_waits_for_a_write_whose_values_its_rotation_sealed(tmp_path: Path, index: str) -> None:
+    """A write's values can land in the segment a vacuum's rotation then seals, with the key log
+    written after it: the vacuum must see that row before it decides what the segment holds."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index=index) as writer, KeyedStore(tmp_path / "kv", index=index) as vacuumer:
+        writer["old"] = b"dead soon"
+        writer["old"] = b"alive"
+        lock = writer._lock  # pylint: disable=protected-access  # a write stopped between its two commits
+        assert lock is not None
+        lock.acquire_write()
+        try:
+            value = b"value in the segment the vacuum seals"
+            location = writer.db.put(value)
+            result: list[object] = []
+            worker = threading.Thread(target=lambda: result.append(vacuumer.vacuum(0.0)))
+            worker.start()
+            worker.join(0.5)
+            segment = int(Path(location.file_path).name[5:13])
+            row = Row(segment, location.start_offset, location.end_offset, xxhash.xxh3_64_intdigest(value), 1, 0, b"")
+            first = (row.segment, row.start)
+            writer._log_and_apply([Entry(encode_key("new"), row)], first, 1)  # pylint: disable=protected-access
+        finally:
+            lock.release_write()
+        worker.join(30)
+        assert result and vacuumer["new"] == b"value in the segment the vacuum seals"
+        assert vacuumer.verify().ok and dict(vacuumer.items())["old"] == b"alive"
+
+
+def test_vacuum_leaves_alone_a_stream_segment_not_yet_named_by_its_key(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put_stream's value becomes a segment of its own before its key log names it: a vacuum in
+    between would take it for an orphan and delete it, leaving the key pointing at nothing."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index=index) as writer, KeyedStore(tmp_path / "kv", index=index) as vacuumer:
+        writer["x"] = b"1"
+        between, go_on = threading.Event(), threading.Event()
+        real_sync = writer.db.sync
+
+        def slow_sync() -> None:  # runs between the stream's segment and its key log
+            between.set()
+            go_on.wait(10)
+            real_sync()
+
+        monkeypatch.setattr(writer.db, "sync", slow_sync)
+        streamer = threading.Thread(target=lambda: writer.put_stream("s", io.BytesIO(b"streamed")))
+        streamer.start()
+        assert between.wait(10)
+        vacuum = threading.Thread(target=lambda: vacuumer.vacuum(0.0))
+        vacuum.start()
+        vacuum.join(0.5)
+        go_on.set()
+        streamer.join(30)
+        vacuum.join(30)
+        assert vacuumer["s"] == b"streamed" and vacuumer.verify().ok
