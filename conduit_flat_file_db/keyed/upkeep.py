@@ -89,19 +89,24 @@ class MaintainedStore(ArrayStore):
 
     def _vacuum_locked(self, min_dead_fraction: float) -> VacuumResult:
         self.db.rotate()
+        mutable = self.db.mutable_segment()  # only segments sealed before the barrier are candidates
         with self._write_lock():
-            # A barrier: a write whose values went to the segment just sealed commits its key log
-            # after them, under this lock; once it is ours, every row naming a sealed segment is
-            # in the index (records of writers that died are applied here too), so the rows read
-            # below are all the rows each sealed segment holds.
+            # A barrier: a write whose values went to a segment sealed just now commits its key log
+            # after them, under this lock; once it is ours, every row naming a segment below
+            # ``mutable`` is in the index (records of writers that died are applied here too), so
+            # the rows read below are all the rows each of those segments holds.
             self._catch_up(self.index, self.index.checkpoint(), None)
-        mutable = self.db.mutable_segment()
+            # The segment holding the index's checkpoint record stays: an open checks that record
+            # is in the segments, and would rebuild the whole index if a vacuum had deleted it.
+            keep = self.index.checkpoint().segment
         usage = self.index.segment_usage()
         sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
         removed = reclaimed = moved = 0
         for number in sorted(sizes):
             if number >= mutable:
                 break
+            if number == keep:
+                continue
             logical, disk = sizes[number]
             live, keys = usage.get(number, (0, 0))
             dead = logical - live

@@ -539,3 +539,20 @@ def test_vacuum_leaves_alone_a_stream_segment_not_yet_named_by_its_key(
         streamer.join(30)
         vacuum.join(30)
         assert vacuumer["s"] == b"streamed" and vacuumer.verify().ok
+
+
+def test_vacuum_keeps_the_segment_of_the_indexs_checkpoint(
+    tmp_path: Path, index: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last key log applied names the index's checkpoint; an open finding it gone would take the
+    index for one ahead of the segments and rebuild it all. Vacuum leaves that segment for later."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many((f"k{i}", bytes(100)) for i in range(10))
+        store.delete_many(f"k{i}" for i in range(10))  # the last key log: its segment is all dead
+        store.delete_many(f"k{i}" for i in range(10))  # the last key log: its segment is all dead
+        store.vacuum(0.0)
+        assert store.index.checkpoint().segment in store.db.segments()
+    with caplog.at_level("ERROR", logger="conduit_flat_file_db"):
+        with KeyedStore(tmp_path / "kv", index=index) as store:
+            assert not dict(store.items())
+    assert "rebuilding" not in caplog.text
