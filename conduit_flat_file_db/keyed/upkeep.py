@@ -96,17 +96,17 @@ class MaintainedStore(ArrayStore):
             # ``mutable`` is in the index (records of writers that died are applied here too), so
             # the rows read below are all the rows each of those segments holds.
             self._catch_up(self.index, self.index.checkpoint(), None)
-            # The segment holding the index's checkpoint record stays: an open checks that record
-            # is in the segments, and would rebuild the whole index if a vacuum had deleted it.
-            keep = self.index.checkpoint().segment
+            if self.index.checkpoint().segment < mutable:
+                # An empty key log moves the checkpoint out of the segments this vacuum may delete:
+                # an open checks the checkpoint's record is in the segments, and would take the
+                # index for one ahead of them (and rebuild it all) if a vacuum had deleted it.
+                self._log_and_apply([], None, time.time_ns())
         usage = self.index.segment_usage()
         sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
         removed = reclaimed = moved = 0
         for number in sorted(sizes):
             if number >= mutable:
                 break
-            if number == keep:
-                continue
             logical, disk = sizes[number]
             live, keys = usage.get(number, (0, 0))
             dead = logical - live
