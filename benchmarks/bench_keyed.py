@@ -53,7 +53,20 @@ KIB = 1024
 MIB = 2**20
 GIB = 2**30
 BATCH = 1000
-CHUNK = 1000  # single-call loops look at the clock once per this many calls
+CHUNK = 1000  # single-call loops look at the clock once per chunk of calls: 16, 32, ... then this many
+
+
+def chunks(count: int) -> list[tuple[int, int]]:
+    """(start, end) of the chunks of ``count`` calls: small first, so a store that takes a second for
+    a thousand calls still stops near the round's time limit, then CHUNK (a clock read per CHUNK calls)."""
+    out = []
+    start, size = 0, 16
+    while start < count:
+        out.append((start, min(count, start + size)))
+        start, size = start + size, min(CHUNK, size * 2)
+    return out
+
+
 KEY_MULTIPLIER = 0x9E3779B97F4A7C15  # odd: i -> i * M mod 2**64 is a permutation, keys look random
 MASK64 = 2**64 - 1
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -217,14 +230,14 @@ def _timed_puts(kind: StoreKind, path: str, keys: list[bytes], values: list[byte
     opened = time.perf_counter()
     stop = opened + limit
     done = 0
-    for start in range(0, len(values), CHUNK):
+    for start, end in chunks(len(values)):
         if store.takes_key:
-            for key, value in zip(keys[start : start + CHUNK], values[start : start + CHUNK]):
+            for key, value in zip(keys[start:end], values[start:end]):
                 put(key, value)
         else:
-            for value in values[start : start + CHUNK]:
+            for value in values[start:end]:
                 put(value)
-        done = min(len(values), start + CHUNK)
+        done = end
         if time.perf_counter() > stop:
             break
     called = time.perf_counter()
@@ -346,10 +359,10 @@ def _get_rounds(ctx: Context, filled: Filled, row: Row) -> None:
         stop = opened + limit
         done = 0
         got = b""
-        for start in range(0, len(picked), CHUNK):
-            for handle in picked[start : start + CHUNK]:
+        for start, end in chunks(len(picked)):
+            for handle in picked[start:end]:
                 got = get(handle)
-            done = min(len(picked), start + CHUNK)
+            done = end
             if time.perf_counter() > stop:
                 break
         called = time.perf_counter()
@@ -841,25 +854,25 @@ def summary(workloads: list[Workload]) -> str:
 def add_keyed_options(parser: argparse.ArgumentParser) -> None:
     """The options of this benchmark (beside common.base_parser's); run.py strips them for the others."""
     group = parser.add_argument_group("keyed-store benchmark (bench_keyed; defaults, with --quick in brackets)")
-    group.add_argument("--keyed-values", type=int, default=None, help="1 KiB values of workloads 1-3 (100,000 [1,000])")
+    group.add_argument("--keyed-values", type=int, default=None, help="1 KiB values of workloads 1-3 (100,000 [500])")
     group.add_argument("--keyed-rounds", type=int, default=None, help="rounds of workloads 1-3; medians (3 [1])")
-    group.add_argument("--keyed-round-limit", type=float, default=None, help="seconds per store per round (20 [1])")
-    group.add_argument("--keyed-seconds", type=float, default=None, help="seconds of the 4 writers (10 [0.5])")
-    group.add_argument("--keyed-vacuum-values", type=int, default=None, help="1 KiB values vacuumed (200,000 [1,000])")
-    group.add_argument("--keyed-array-bytes", type=int, default=None, help="create_array size (2 GiB [16 MiB])")
-    group.add_argument("--keyed-growth-keys", type=int, default=None, help="keys of the growth curve (10M [4,000])")
+    group.add_argument("--keyed-round-limit", type=float, default=None, help="seconds per store per round (20 [0.5])")
+    group.add_argument("--keyed-seconds", type=float, default=None, help="seconds of the 4 writers (10 [0.3])")
+    group.add_argument("--keyed-vacuum-values", type=int, default=None, help="1 KiB values vacuumed (200,000 [500])")
+    group.add_argument("--keyed-array-bytes", type=int, default=None, help="create_array size (2 GiB [8 MiB])")
+    group.add_argument("--keyed-growth-keys", type=int, default=None, help="keys of the growth curve (10M [2,000])")
     group.add_argument("--keyed-json", default=None, help="also write every figure to this JSON file")
 
 
 def _resolve(args: argparse.Namespace) -> None:
     defaults = {
-        "keyed_values": (100_000, 1_000),
+        "keyed_values": (100_000, 500),
         "keyed_rounds": (3, 1),
-        "keyed_round_limit": (20.0, 1.0),
-        "keyed_seconds": (10.0, 0.5),
-        "keyed_vacuum_values": (200_000, 1_000),
-        "keyed_array_bytes": (2 * GIB, 16 * MIB),
-        "keyed_growth_keys": (10_000_000, 4_000),
+        "keyed_round_limit": (20.0, 0.5),
+        "keyed_seconds": (10.0, 0.3),
+        "keyed_vacuum_values": (200_000, 500),
+        "keyed_array_bytes": (2 * GIB, 8 * MIB),
+        "keyed_growth_keys": (10_000_000, 2_000),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -894,9 +907,12 @@ def main(argv: list[str] | None = None) -> list[Workload]:
             lambda: [bench_growth(ctx)],
         ]
         for step in steps:
-            for workload in step():
+            began = time.perf_counter()
+            done = step()
+            for workload in done:
                 print(render(workload), flush=True)
                 workloads.append(workload)
+            print(f"({time.perf_counter() - began:.1f} s)", flush=True)
             ctx.clean()
         print(summary(workloads))
         if args.keyed_json:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,9 +42,10 @@ def _imports(module: str) -> bool:
 
 
 def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_workload(tmp_path: Path) -> None:
-    """``benchmarks.run --peers --quick``: a figure per store that imports, "missing" for the others, < 30 s."""
+    """``benchmarks.run --peers --quick``: a figure per store that imports, "missing" for the others.
+
+    About 15 s on a quiet 2-core machine; the timeout only stops a hung run."""
     out = tmp_path / "keyed.json"
-    started = time.monotonic()
     done = subprocess.run(
         [
             sys.executable,
@@ -64,7 +64,6 @@ def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_wo
         check=False,
         timeout=120,
     )
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     assert "### targets:" in done.stdout
     workloads = json.loads(out.read_text(encoding="utf-8"))["workloads"]
@@ -81,4 +80,3 @@ def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_wo
             else:
                 assert row["missing"].startswith("missing:"), (workload["title"], row)
         assert f"### {workload['title']}" in done.stdout
-    assert elapsed < 30, f"the quick mode took {elapsed:.1f} s"
