@@ -219,7 +219,7 @@ def _missing_rows(ctx: Context, workload: Workload, wanted: tuple[str, ...] | No
 
 
 def _limit_note(done: int, wanted: int, limit: float) -> str:
-    return "" if done == wanted else f"stopped at the {limit:.0f} s limit after {done:,} of {wanted:,} values"
+    return "" if done == wanted else f"stopped at the {limit:g} s limit after {done:,} of {wanted:,} values"
 
 
 def _timed_puts(kind: StoreKind, path: str, keys: list[bytes], values: list[bytes], limit: float) -> tuple[float, ...]:
@@ -769,8 +769,8 @@ def bench_array(ctx: Context) -> Workload:
 GROWTH_STORES = (KEYED, KEYED_LMDB, SQLITE, LMDB, ROCKSDB)
 
 
-def _growth_run(kind: StoreKind, path: str, total: int, step: int) -> tuple[list[float], float, float]:
-    """put_many of 32-byte values up to ``total`` keys.
+def _growth_run(kind: StoreKind, path: str, total: int, step: int, limit: float) -> tuple[list[float], float, float]:
+    """put_many of 32-byte values up to ``total`` keys, or until ``limit`` seconds have passed at a step's end.
 
     Returns the per-call rate of each ``step`` keys, the per-call rate of all, and the whole-job rate:
     open + the put_many calls + close(), leaving out the time this loop spends making the keys.
@@ -780,6 +780,7 @@ def _growth_run(kind: StoreKind, path: str, total: int, step: int) -> tuple[list
     opening = time.perf_counter() - began
     curve: list[float] = []
     spent = calls = 0.0
+    stored = 0
     for start in range(0, total, BATCH):
         pairs = []
         for number in range(start, min(total, start + BATCH)):
@@ -788,13 +789,16 @@ def _growth_run(kind: StoreKind, path: str, total: int, step: int) -> tuple[list
         called = time.perf_counter()
         store.put_many(pairs)
         spent += time.perf_counter() - called
-        if (start + BATCH) % step == 0 or start + BATCH >= total:
-            curve.append((start + len(pairs) - len(curve) * step) / spent)
+        stored = start + len(pairs)
+        if stored % step == 0 or stored >= total:
+            curve.append((stored - len(curve) * step) / spent)
             calls += spent
             spent = 0.0
+            if time.perf_counter() - began > limit:
+                break
     closing = time.perf_counter()
     store.close()
-    return curve, total / calls, total / (opening + calls + time.perf_counter() - closing)
+    return curve, stored / calls, stored / (opening + calls + time.perf_counter() - closing)
 
 
 def bench_growth(ctx: Context) -> Workload:
@@ -811,12 +815,15 @@ def bench_growth(ctx: Context) -> Workload:
 
         def body(row: Row, kind: StoreKind = kind) -> None:
             path = ctx.fresh(kind.name)
-            curve, per_call, whole = _growth_run(kind, path, total, step)
+            limit = ctx.args.keyed_growth_limit
+            curve, per_call, whole = _growth_run(kind, path, total, step, limit)
             shutil.rmtree(path, ignore_errors=True)
             curves[kind.name] = curve
             row.per_call.append(per_call)
             row.whole_job.append(whole)
             row.note = f"first step {curve[0]:,.0f}/s, last {curve[-1]:,.0f}/s ({curve[-1] / curve[0]:.2f}x)"
+            if len(curve) * step < total:
+                row.note += f"; stopped at the {limit:g} s limit after {len(curve) * step:,} keys"
 
         _guarded(workload, kind.name, body)
     _missing_rows(ctx, workload, GROWTH_STORES)
@@ -834,7 +841,8 @@ def bench_growth(ctx: Context) -> Workload:
             name,
             "last step within 2x of the first",
             curve[-1] * 2 >= curve[0],
-            f"{curve[-1] / curve[0]:.2f}x",
+            f"{curve[-1] / curve[0]:.2f}x"
+            + (f"; reached {len(curve) * step:,} keys" if len(curve) * step < total else ""),
         )
     return workload
 
@@ -861,6 +869,7 @@ def add_keyed_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keyed-vacuum-values", type=int, default=None, help="1 KiB values vacuumed (200,000 [500])")
     group.add_argument("--keyed-array-bytes", type=int, default=None, help="create_array size (2 GiB [8 MiB])")
     group.add_argument("--keyed-growth-keys", type=int, default=None, help="keys of the growth curve (10M [2,000])")
+    group.add_argument("--keyed-growth-limit", type=float, default=None, help="seconds per growth store (1800 [10])")
     group.add_argument("--keyed-json", default=None, help="also write every figure to this JSON file")
 
 
@@ -873,6 +882,7 @@ def _resolve(args: argparse.Namespace) -> None:
         "keyed_vacuum_values": (200_000, 500),
         "keyed_array_bytes": (2 * GIB, 8 * MIB),
         "keyed_growth_keys": (10_000_000, 2_000),
+        "keyed_growth_limit": (1800.0, 10.0),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
