@@ -31,15 +31,18 @@ pytestmark = pytest.mark.crash
 KILLS = int(os.environ.get("FFDB_CRASH_KILLS", "30"))
 
 
-def reopen_and_read(path: Path, index: str, where: str) -> State:
-    """Open the store anew, read it all back (keyed_support.read_state), verify it."""
+def reopen_and_read(path: Path, index: str, where: str) -> tuple[State, State]:
+    """Open the store read-only (nothing repaired yet), then for writing (its open recovers), read
+    it all back each time (keyed_support.read_state), verify it; returns both states."""
+    with open_keyed(path, index, readonly=True) as store:
+        seen_readonly = read_state(store, f"{where}: read-only open before any writer")
     with open_keyed(path, index) as store:
         state = read_state(store, where)
         report = store.verify()
         assert report.ok, f"{where}: verify() after the kill: {report.problems[:10]}"
         stats = store.stats()
         assert stats.keys == len(state), f"{where}: stats().keys is {stats.keys}, the store has {len(state)} keys"
-    return state
+    return seen_readonly, state
 
 
 def kill_one(tmp_path: Path, round_: int, cfg: dict[str, object], pause: float, where: str) -> Path:
@@ -89,7 +92,7 @@ def test_sigkilled_writer_loses_no_acknowledged_op_and_leaves_no_dangling_or_wro
         committed = state
         for op in acked:
             committed = apply_op(committed, op)
-        observed = with_deadline(
+        seen_readonly, observed = with_deadline(
             CHECK_SECONDS, f"{where}: reopen", path / "segments", functools.partial(reopen_and_read, path, index, where)
         )
         candidates = [committed] + ([apply_op(committed, pending)] if pending else [])
@@ -101,6 +104,10 @@ def test_sigkilled_writer_loses_no_acknowledged_op_and_leaves_no_dangling_or_wro
                 if pending
                 else ""
             )
+        )
+        assert seen_readonly in candidates, (
+            f"{where}: a read-only open right after the kill sees neither the acknowledged state nor it with the op "
+            f"in flight: {describe_difference(seen_readonly, committed)}"
         )
         state = observed
         ops += len(acked)
