@@ -11,11 +11,15 @@ from .errors import (
     FlatFileDbUnsafeAccessError,
     FormatError,
     IndexVersionError,
+    InvalidKeyError,
     InvalidLocationError,
+    KeyTooLongError,
     NonContiguousBufferError,
+    NotAnArrayError,
     UnsupportedBufferError,
 )
 from .flat_file_db import FlatFileDb
+from .keyed import KeyedStats, KeyedStore, KeyedVerifyReport, KeyMeta, VacuumResult
 from .maintenance import Compaction, CompressMode, RecompressResult, SegmentStats, StoreStats
 from .streams import LazyOpener
 from .types import PACKED_LOCATION_BYTES, BlobRecord, DataLocation, Slice
@@ -38,15 +42,23 @@ __all__ = [
     "FlatFileDbUnsafeAccessError",
     "FormatError",
     "IndexVersionError",
+    "InvalidKeyError",
     "InvalidLocationError",
+    "KeyMeta",
+    "KeyTooLongError",
+    "KeyedStats",
+    "KeyedStore",
+    "KeyedVerifyReport",
     "LazyOpener",
     "NonContiguousBufferError",
+    "NotAnArrayError",
     "Problem",
     "RecompressResult",
     "SegmentStats",
     "Slice",
     "StoreStats",
     "UnsupportedBufferError",
+    "VacuumResult",
     "VerifyReport",
     "__version__",
 ]

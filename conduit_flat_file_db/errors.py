@@ -61,6 +61,19 @@ class NonContiguousBufferError(UnsupportedBufferError, ValueError):
     """
 
 
+class InvalidKeyError(FlatFileDbError, TypeError):
+    """A keyed store's key that is neither a str nor bytes (or a str that is not valid UTF-8)."""
+
+
+class KeyTooLongError(InvalidKeyError, ValueError):
+    """A keyed store's key longer than its index allows (510 bytes, UTF-8 for a str)."""
+
+
+class NotAnArrayError(FlatFileDbError, ValueError):
+    """``get_array`` of a key stored as plain bytes, or an array that cannot be stored as one
+    (object dtype: it would need pickle, which the keyed store never uses)."""
+
+
 class FormatError(FlatFileDbError, ValueError):
     """A file does not have the layout FORMAT.md describes (bad magic, version, size)."""
 

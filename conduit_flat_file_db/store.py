@@ -416,12 +416,16 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._refuse_write("put_log")
         if not self.log_records:
             raise FlatFileDbUnsafeAccessError(f"{self.datadir}: put_log() needs a store opened with log_records=True")
-        item = as_bytes_like(data, "put_log()")
+        item = data if type(data) is bytes else as_bytes_like(data, "put_log()")  # pylint: disable=unidiomatic-typecheck
         checksums = [blob_checksum(item)]
         self._reopen_if_closed()
         locations: list[DataLocation] = []
         with self._lock.write(self.lock_timeout):
             writer = self._writer
+            if writer.version >= INDEX_VERSION_LOG and not self.use_compression and len(item) <= writer.map_limit:
+                start = writer.put_mapped(item, checksums[0], self.MAX_DAT_FILE_SIZE, FLAG_LOG)
+                if start >= 0:  # as in put(): the common case
+                    return new_location((writer.path, start, start + len(item)))
             writer.prepare(self.MAX_DAT_FILE_SIZE)
             writer.ensure_version(INDEX_VERSION_LOG)
             self._put_run_locked([item], checksums, 0, locations, None, log=True)

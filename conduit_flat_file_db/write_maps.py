@@ -23,7 +23,7 @@ from typing import Any
 
 from .blocks import allocate, maps_supported, preallocate
 from .fileio import write_zeros
-from .index import KIND_RAW, RECORD_BYTES, encode_blob
+from .index import KIND_RAW, REC_BLOB, RECORD_BYTES, encode_blob, encode_record
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
 from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
 
@@ -62,9 +62,10 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         self._data_mapped = self._index_mapped = 0  # file offset of each map's end
         self._seq = -1
 
-    def put_mapped(self, data: Any, checksum: int, max_size: int) -> int:
+    def put_mapped(self, data: Any, checksum: int, max_size: int, flags: int = 0) -> int:
         """The whole commit of a small blob when nothing needs preparing and the maps have room:
-        returns where it starts, or -1 (nothing written) for the general path to take over."""
+        returns where it starts, or -1 (nothing written) for the general path to take over.
+        ``flags``: of its BLOB record (FLAG_LOG for a log record)."""
         words = self.words
         start = words[W_END]
         end = start + len(data)
@@ -85,7 +86,11 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
             return -1
         words[W_DIRTY] = 1
         self._data_map[start - data_base : end - data_base] = data
-        self._index_map[index_bytes - index_base : index_end - index_base] = encode_blob(start, end - start, checksum)
+        self._index_map[index_bytes - index_base : index_end - index_base] = (
+            encode_record(REC_BLOB, flags, start, end - start, checksum)
+            if flags
+            else encode_blob(start, end - start, checksum)
+        )
         words[W_INDEX_BYTES] = index_end
         words[W_DISK_BYTES] = end
         words[W_END] = end  # last: readers take W_END as "committed"

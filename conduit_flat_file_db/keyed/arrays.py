@@ -1,0 +1,165 @@
+"""Arrays in the keyed store (numpy, imported only when an array method is called; never pickle).
+
+``put_array`` stores an array's bytes in memory order, aligned to ALIGN bytes in raw segments,
+with its dtype and shape in the key's metadata; ``get_array`` maps them back without a copy.
+``create_array`` gives a writable memory map of a new file in ``staging/`` that becomes a sealed
+segment by rename when the with-block ends: an array larger than memory is filled in place
+and committed in O(1), and is never visible half-filled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import time
+import uuid
+from typing import Any, Iterator, Mapping
+
+import xxhash
+
+from ..errors import FlatFileDbNotFoundError, FlatFileDbReadOnlyError, InvalidLocationError, NotAnArrayError
+from .core import fcntl  # type: ignore[attr-defined]  # one import of fcntl for the package
+from .keylog import Entry, Row, encode_key
+from .mapping import Key, MappingStore, decode_meta, encode_meta
+
+ALIGN = 64  # bytes: every dtype's alignment, and a cache line
+
+
+def _numpy() -> Any:
+    try:
+        import numpy  # pylint: disable=import-outside-toplevel  # an optional extra
+
+        return numpy
+    except ImportError as exc:
+        raise ImportError("arrays need numpy: pip install 'conduit_flat_file_db[numpy]'") from exc
+
+
+def _descr(np: Any, dtype: Any) -> Any:
+    if dtype.hasobject:
+        raise NotAnArrayError(f"an array of dtype {dtype} holds Python objects; it would need pickle")
+    return np.lib.format.dtype_to_descr(dtype)
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not all(isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 for dim in dims):
+        raise ValueError(f"an array's shape is non-negative ints, not {shape!r}")
+    return dims
+
+
+class ArrayStore(MappingStore):
+    """Array operations (see KeyedStore for the whole class)."""
+
+    def put_array(self, key: Key, array: Any, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Store ``array`` (any numpy array but of object dtype) under ``key``."""
+        self._check_writable("put_array")
+        np = _numpy()
+        arr = np.ascontiguousarray(np.asarray(array))
+        encoded = encode_key(key)
+        row_meta = encode_meta(meta, (_descr(np, arr.dtype), tuple(arr.shape)))
+        data = arr.reshape(-1).view(np.uint8)
+        checksum = xxhash.xxh3_64_intdigest(data)
+        lock = self._lock
+        if lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        created = time.time_ns()
+        lock.acquire_write(self.lock_timeout)
+        try:
+            # Where the next blob starts: an empty blob says it. Only this lock's holder writes,
+            # so the padding blob ends where the array starts (or a rotation starts it at 0).
+            probe = self.db.put(b"")
+            padding = -probe[1] % ALIGN
+            values = [bytes(padding), data] if padding else [data]
+            location = self.db.put_many(values)[-1]
+            row = Row(self._segment_of(location), location[1], location[2], checksum, created, 0, row_meta)
+            self._log_and_apply([Entry(encoded, row)], (self._segment_of(probe), probe[1]), created)
+        finally:
+            lock.release_write()
+
+    def get_array(self, key: Key) -> Any:
+        """The array stored under ``key``, read-only: a zero-copy map of a raw segment (it stays
+        valid after the key is deleted or vacuumed), a copy from a compressed one. KeyError when
+        absent; NotAnArrayError for a value not stored as an array."""
+        np = _numpy()
+        encoded = encode_key(key)
+        for _ in range(8):
+            row = self.index.lookup(encoded)
+            if row is None:
+                raise KeyError(key)
+            _, described = decode_meta(row.meta)
+            if described is None:
+                raise NotAnArrayError(f"key {key!r} holds bytes, not an array (use get)")
+            dtype = np.lib.format.descr_to_dtype(_plain(described[0]))
+            location = self._location(row)
+            try:
+                try:
+                    buffer: Any = self.db.get_view(location)
+                except InvalidLocationError:
+                    buffer = self.db.get(location)  # a compressed segment: no bytes to map
+            except FlatFileDbNotFoundError:
+                continue  # moved by a vacuum: look it up again
+            array = np.frombuffer(buffer, dtype=dtype).reshape(described[1])
+            array.flags.writeable = False
+            return array
+        raise FlatFileDbNotFoundError(f"{self._dir}: key {key!r} kept moving while it was read")
+
+    @contextlib.contextmanager
+    def create_array(self, key: Key, shape: Any, dtype: Any, *, meta: Mapping[str, Any] | None = None) -> Iterator[Any]:
+        """A writable ``numpy.memmap`` of a new array, zero-filled, never held in memory; stored
+        under ``key`` when the with-block ends without an exception (an O(1) commit: the file
+        becomes a segment by rename), discarded otherwise. Until then no reader sees it; a crash
+        leaves nothing visible. With ``fsync=True`` the commit first makes the file durable;
+        with ``fsync=False`` a power loss soon after the commit may cost pages not yet written
+        back (GUARANTEES.md "Keyed store")."""
+        self._check_writable("create_array")
+        np = _numpy()
+        encoded = encode_key(key)
+        dims = _shape(shape)
+        dt = np.dtype(dtype)
+        row_meta = encode_meta(meta, (_descr(np, dt), dims), unchecked=True)
+        nbytes = math.prod(dims) * dt.itemsize
+        if nbytes == 0:
+            empty = np.zeros(dims, dt)
+            yield empty
+            self.put_array(key, empty, meta=meta)
+            return
+        path = os.path.join(self._staging_path(), f"array-{os.getpid()}-{uuid.uuid4().hex}.tmp")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held while alive: the staging sweep skips this file
+            _reserve(fd, nbytes)
+            mapped = np.memmap(path, dtype=dt, mode="r+", shape=dims)
+            try:
+                yield mapped
+                mapped.flush()
+            finally:
+                del mapped
+            if self.fsync:
+                os.fsync(fd)
+            location = self.db.adopt_file(path)
+            row = Row(self._segment_of(location), location[1], location[2], 0, time.time_ns(), 0, row_meta)
+            self._commit([], (), [Entry(encoded, row)])
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _reserve(fd: int, nbytes: int) -> None:
+    """Give the file its blocks now: a store into a hole of a full disk would be a SIGBUS."""
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, nbytes)
+
+
+def _plain(descr: Any) -> Any:
+    """A dtype description read back from JSON: lists where numpy wrote tuples."""
+    if isinstance(descr, list):
+        return [tuple(_plain(part) for part in field) if isinstance(field, list) else field for field in descr]
+    return descr

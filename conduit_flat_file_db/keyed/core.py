@@ -1,0 +1,376 @@
+"""The keyed store's core: its directory, the commit of keys beside values, and lookups.
+
+A write appends the values (``put_many``), then one key-log record naming their keys
+(``put_log``), both with the engine's commit; then it applies the record to the index and
+moves the index's checkpoint past it, in one index transaction. All of this runs under the
+keyed store's write lock (``index.lock``), so records reach the index in commit order.
+
+A crash between the two commits leaves values no key names (reclaimed by vacuum); a crash
+after the key log but before the index leaves an index one record behind: the next writer,
+and every writer's open, replays the records after the checkpoint first. The index can be
+behind the key logs, never ahead: after a power loss a writer's open checks that the
+checkpoint's record is still in the segments, and rebuilds the index from them if not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterable, Iterator, TypeVar
+
+import xxhash
+
+from ..errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FormatError
+from ..flat_file_db import FlatFileDb
+from ..locking import ProcessLock, process_lock_for, release_process_lock
+from ..types import BlobRecord, DataLocation, Slice
+from .index_base import Checkpoint, IndexBase, IndexDamagedError
+from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]  # pylint: disable=invalid-name
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+SEGMENTS_DIR = "segments"
+LOCK_NAME = "index.lock"
+SEGMENTS_LOCK_NAME = "segments.lock"
+STAGING_DIR = "staging"
+_RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
+_MISSING = object()
+_checksum = xxhash.xxh3_64_intdigest
+_new_location = tuple.__new__
+_K = TypeVar("_K", bound="KeyedCore")
+
+
+def _open_index(kind: str, directory: str, readonly: bool) -> IndexBase:
+    if kind == "sqlite":
+        from .index_sqlite import SqliteIndex  # pylint: disable=import-outside-toplevel  # one of two
+
+        return SqliteIndex(os.path.join(directory, SqliteIndex.NAME), readonly)
+    if kind == "lmdb":
+        from .index_lmdb import LmdbIndex  # pylint: disable=import-outside-toplevel  # an optional extra
+
+        return LmdbIndex(os.path.join(directory, LmdbIndex.NAME), readonly)
+    raise ValueError(f"index is 'sqlite' or 'lmdb', not {kind!r}")
+
+
+class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuration, engine, index, caches
+    """Directory, engine, index, write lock; the commit and the lookup. See KeyedStore."""
+
+    def __init__(  # pylint: disable=too-many-arguments
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        use_compression: bool = False,
+        fsync: bool = False,
+        index: str = "sqlite",
+        max_file_size: int = 128 * 2**20,
+        lock_timeout: float | None = None,
+    ) -> None:
+        if index not in ("sqlite", "lmdb"):
+            raise ValueError(f"index is 'sqlite' or 'lmdb', not {index!r}")
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.readonly = bool(readonly)
+        self.fsync = bool(fsync)
+        self.index_kind = index
+        self.lock_timeout = lock_timeout
+        self._dir = str(self.path)
+        self._paths: dict[int, str] = {}
+        self._segs: dict[str, int] = {}
+        self._closed = True
+        self._last_log = (-1, -1)  # where the last key-log record this instance applied ends
+        if self.readonly:
+            if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
+                raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
+        else:
+            os.makedirs(os.path.join(self._dir, STAGING_DIR), exist_ok=True)
+        self.db = FlatFileDb(
+            os.path.join(self._dir, SEGMENTS_DIR),
+            os.path.join(self._dir, SEGMENTS_LOCK_NAME),
+            False,  # a commit is made durable once, after its key log (sync() below)
+            use_compression,
+            lock_timeout=lock_timeout,
+            max_file_size=max_file_size,
+            readonly=self.readonly,
+            log_records=True,
+        )
+        self._lock: ProcessLock | None = None
+        try:
+            if not self.readonly:
+                self._lock = process_lock_for(os.path.join(self._dir, LOCK_NAME))
+            self.index = self._open_index_or_rebuild()
+            if not self.readonly:
+                self._sweep_staging()
+        except BaseException:
+            self._release()
+            raise
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _open_index_or_rebuild(self) -> IndexBase:
+        if self.readonly:
+            try:
+                return _open_index(self.index_kind, self._dir, True)
+            except IndexDamagedError as exc:
+                raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
+        with self._write_lock():
+            try:
+                index = _open_index(self.index_kind, self._dir, False)
+            except IndexDamagedError as exc:
+                logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
+                self._set_aside_index()
+                index = _open_index(self.index_kind, self._dir, False)
+            try:
+                self._recover_locked(index)
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    def _set_aside_index(self) -> None:
+        """Move a damaged index out of the way (kept for inspection, never read again)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for name in ("index.sqlite3", "index.sqlite3-wal", "index.sqlite3-shm", "index.lmdb"):
+            source = os.path.join(self._dir, name)
+            if os.path.exists(source):
+                os.rename(source, f"{source}.damaged-{stamp}-{os.getpid()}")
+
+    def _recover_locked(self, index: IndexBase) -> None:
+        """Bring ``index`` up to the key logs: rebuild it when it is ahead of them (a power loss
+        cut the segments' tail after the index recorded it), then replay what it lacks."""
+        checkpoint = index.checkpoint()
+        if checkpoint.segment >= 0 and not self._record_present(checkpoint):
+            logger.error(
+                "%s: the index has applied a key log the segments no longer hold (a power loss); rebuilding it",
+                self._dir,
+            )
+            index.clear()
+            checkpoint = index.checkpoint()
+        self._catch_up(index, checkpoint, None)
+
+    def _record_present(self, checkpoint: Checkpoint) -> bool:
+        for record in self.db.iter_log((checkpoint.segment, 0)):
+            if record.segment != checkpoint.segment or record.end_offset > checkpoint.end:
+                return False
+            if record.end_offset == checkpoint.end:
+                return record.checksum == checkpoint.checksum
+        return False
+
+    def close(self) -> None:
+        """Close the index and the engine; a closed store cannot be used again."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        index = getattr(self, "index", None)
+        if index is not None:
+            index.close()
+        self.db.close()
+        if self._lock is not None:
+            release_process_lock(self._lock)
+            self._lock = None
+
+    def __enter__(self: _K) -> _K:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
+                pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._dir!r}, index={self.index_kind!r}, readonly={self.readonly})"
+
+    # -- locations ------------------------------------------------------------------------
+
+    def _path(self, segment: int) -> str:
+        path = self._paths.get(segment)
+        if path is None:
+            path = self._paths[segment] = self.db.segment_path(segment, as_issued=True)
+            self._segs[path] = segment
+        return path
+
+    def _segment_of(self, location: DataLocation) -> int:
+        segment = self._segs.get(location[0])
+        if segment is None:
+            name = os.path.basename(location[0])
+            segment = int(name[5:13])  # data_NNNNNNNN.dat[.zst]: naming.py
+            self._segs[location[0]] = segment
+            self._paths.setdefault(segment, location[0])
+        return segment
+
+    def _location(self, row: Row) -> DataLocation:
+        path = self._paths.get(row.segment) or self._path(row.segment)
+        return _new_location(DataLocation, (path, row.start, row.end))
+
+    # -- the write path -------------------------------------------------------------------
+
+    def _write_lock(self) -> Any:
+        if self._lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        return self._lock.write(self.lock_timeout)
+
+    def _check_writable(self, what: str) -> None:
+        if self.readonly:
+            raise FlatFileDbReadOnlyError(f"{what}: the keyed store {self._dir} is open read-only")
+        if self._closed:
+            raise FlatFileDbError(f"{what}: the keyed store {self._dir} is closed")
+
+    def _commit(
+        self, puts: list[tuple[bytes, Any, bytes]], dels: Iterable[bytes] = (), refs: Iterable[Entry] = ()
+    ) -> None:
+        """Commit ``puts`` (key, value, meta), deletions and ``refs`` (PUT entries of values
+        already stored: streams, arrays) as one key-log record, in that order."""
+        values = [value for _, value, _ in puts]
+        checksums = [_checksum(value) for value in values]
+        created = time.time_ns()
+        lock = self._lock
+        if lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        lock.acquire_write(self.lock_timeout)
+        try:
+            # One value goes through put's mapped path: no syscall for a small one.
+            locations = self.db.put_many(values) if len(values) != 1 else [self.db.put(values[0])]
+            entries = [
+                Entry(key, Row(self._segment_of(loc), loc[1], loc[2], checksum, created, 0, meta))
+                for (key, _, meta), loc, checksum in zip(puts, locations, checksums)
+            ]
+            entries.extend(Entry(key, None) for key in dels)
+            entries.extend(refs)
+            first = (self._segment_of(locations[0]), locations[0][1]) if locations else None
+            self._log_and_apply(entries, first, created)
+        finally:
+            lock.release_write()
+
+    def _log_and_apply(self, entries: list[Entry], first: tuple[int, int] | None, created: int) -> None:
+        """Append the key-log record of ``entries`` and apply it to the index (write lock held)."""
+        blob = encode_keylog(entries, created)
+        log = self.db.put_log(blob)
+        if self.fsync:
+            self.db.sync()
+        logseg = self._segment_of(log)
+        index = self.index
+        first = first or (logseg, log[1])
+        if first != self._last_log:  # else this commit follows the last one this instance applied
+            checkpoint = index.checkpoint()
+            if (checkpoint.segment, checkpoint.end) != first:
+                # Something was committed between the last record applied and this commit: the key
+                # log of a writer that died before its index transaction, or values no key names.
+                self._catch_up(index, checkpoint, (logseg, log[1]))
+        rows = [Entry(key, None if row is None else row._replace(logseg=logseg)) for key, row in entries]
+        index.apply(rows, Checkpoint(logseg, log[2], _checksum(blob)))
+        self._last_log = (logseg, log[2])
+
+    def _catch_up(self, index: IndexBase, checkpoint: Checkpoint, until: tuple[int, int] | None) -> int:
+        """Apply every key-log record after ``checkpoint`` (and before ``until``); their count."""
+        applied = 0
+        for record in self.db.iter_log((max(checkpoint.segment, 0), checkpoint.end)):
+            if until is not None and (record.segment, record.start_offset) >= until:
+                break
+            entries = self._read_keylog(record)
+            index.apply(self._live_entries(entries), Checkpoint(record.segment, record.end_offset, record.checksum))
+            applied += 1
+        if applied:
+            logger.info("%s: the index caught up with %d key-log records", self._dir, applied)
+        return applied
+
+    def _read_keylog(self, record: BlobRecord) -> list[Entry]:
+        location = DataLocation(self._path(record.segment), record.start_offset, record.end_offset)
+        blob = self.db.get(location)
+        if _checksum(blob) != record.checksum:
+            raise CorruptionError(
+                f"key-log record at {record.start_offset} fails its checksum", location.file_path, record.start_offset
+            )
+        try:
+            return decode_keylog(blob, record.segment, f"{location.file_path} at {record.start_offset}")[1]
+        except FormatError as exc:
+            raise CorruptionError(str(exc), location.file_path, record.start_offset) from exc
+
+    def _live_entries(self, entries: list[Entry]) -> list[Entry]:
+        """``entries`` without the PUTs whose value's segment is gone: a vacuum wrote those keys
+        again in a later record before it deleted the segment, so they are stale here."""
+        present = set(self.db.segments())
+        return [entry for entry in entries if entry.row is None or entry.row.segment in present]
+
+    # -- the read path --------------------------------------------------------------------
+
+    def _read(self, key: bytes, original: object, slice: Slice | None = None) -> bytes:  # pylint: disable=redefined-builtin
+        row = self.index.lookup(key)
+        for _ in range(_RETRIES):
+            if row is None:
+                raise KeyError(original)
+            try:
+                return self.db.get(self._location(row), slice)
+            except FlatFileDbNotFoundError:
+                again = self.index.lookup(key)
+                if again == row:
+                    raise
+                row = again
+        raise FlatFileDbError(f"{self._dir}: key {original!r} kept moving while it was read")
+
+    def _rows(self, keys: list[Any]) -> tuple[list[bytes], list[Row]]:
+        encoded = [encode_key(key) for key in keys]
+        rows = self.index.lookup_many(encoded)
+        for key, row in zip(keys, rows):
+            if row is None:
+                raise KeyError(key)
+        return encoded, rows  # type: ignore[return-value]  # None was refused just above
+
+    def _scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, Row]]:
+        after: bytes | None = None
+        while True:
+            chunk = self.index.scan(prefix, after, 1000)
+            yield from chunk
+            if len(chunk) < 1000:
+                return
+            after = chunk[-1][0]
+
+    def _sweep_staging(self) -> None:
+        """Remove staging files of writers that died (their flock is free)."""
+        staging = self._staging_path()
+        try:
+            names = os.listdir(staging)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(staging, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        continue  # its writer is alive
+                os.unlink(path)
+            finally:
+                os.close(fd)
+
+    def _staging_path(self) -> str:
+        return os.path.join(self._dir, STAGING_DIR)
+
+    def _remove_tree(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["LOCK_NAME", "SEGMENTS_DIR", "STAGING_DIR", "KeyedCore"]

@@ -1,0 +1,86 @@
+"""What every index of a keyed store does (index_sqlite.py, index_lmdb.py).
+
+An index maps each encoded key to its Row and remembers its *checkpoint*: the last key-log
+record it has applied (its segment, the offset where it ends, and its checksum). Rows and
+checkpoint change together, in one transaction, so the index is always the replay of a
+prefix of the key logs; the keyed store replays the rest (keyed/store.py).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Iterable, Iterator, NamedTuple
+
+from ..errors import FlatFileDbError
+from .keylog import Entry, Row
+
+
+class Checkpoint(NamedTuple):
+    """The last key-log record an index applied: segment -1 when none."""
+
+    segment: int
+    end: int
+    checksum: int
+
+
+class IndexDamagedError(FlatFileDbError):
+    """The index file cannot be used as it is (unreadable, incomplete, of another format):
+    a writer's open rebuilds it from the key logs; a read-only open reports it."""
+
+
+class IndexBase(abc.ABC):
+    """The operations the keyed store needs from its index. Thread-safe; writes are made by
+    the holder of the keyed store's write lock only."""
+
+    NAME = ""  # the file or directory name of the index in the store's directory
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the index's files (every thread's handles)."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise IndexDamagedError when the index cannot be used."""
+
+    @abc.abstractmethod
+    def lookup(self, key: bytes) -> Row | None:
+        """The row of ``key``, None when absent."""
+
+    @abc.abstractmethod
+    def lookup_many(self, keys: list[bytes]) -> list[Row | None]:
+        """The rows of ``keys``, in their order."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """How many keys: O(1)."""
+
+    @abc.abstractmethod
+    def checkpoint(self) -> Checkpoint:
+        """The last key-log record applied."""
+
+    @abc.abstractmethod
+    def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
+        """Up to ``limit`` (key, row) pairs in key order, keys starting with ``prefix``, after ``after``."""
+
+    @abc.abstractmethod
+    def segment_usage(self) -> dict[int, tuple[int, int]]:
+        """Per segment: (live bytes, keys) of the values in it (a scan of every row)."""
+
+    @abc.abstractmethod
+    def rows_of_segments(self, segments: Iterable[int]) -> Iterator[tuple[bytes, Row]]:
+        """Every row whose value or whose key-log record is in one of ``segments``."""
+
+    @abc.abstractmethod
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+        """Apply entries in order and set the checkpoint, in one transaction."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Remove every row and reset the checkpoint (before a rebuild)."""
+
+    def sync(self) -> None:  # noqa: B027  # optional: an index whose commits are durable has nothing to do
+        """Make the index's committed transactions durable (the key logs are durable already)."""
+
+    @abc.abstractmethod
+    def backup_to(self, dest: str) -> None:
+        """Write a consistent copy of the index at ``dest`` (a path in another store's directory)."""

@@ -1,0 +1,232 @@
+"""The keyed store's index in SQLite (the default): one table of rows, one of state.
+
+The index is a cache of the key logs (keylog.py), written only by the process holding the
+keyed store's write lock, so SQLite never sees two writers and never answers "database is
+locked" to one; readers use WAL snapshots and never wait for the writer. ``synchronous=NORMAL``:
+a commit does not fsync. A power loss may cost the index its last commits, which the key
+logs in the segments restore (see KeyedStore's open); it cannot corrupt a WAL database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+from typing import Iterable, Iterator
+
+from .index_base import Checkpoint, IndexBase, IndexDamagedError
+from .keylog import Entry, Row
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    key BLOB PRIMARY KEY, seg INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    checksum INTEGER NOT NULL, created INTEGER NOT NULL, logseg INTEGER NOT NULL, meta BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO state VALUES ('count', 0), ('format', 1), ('checkpoint', X'');
+CREATE TRIGGER IF NOT EXISTS keys_counted_in AFTER INSERT ON keys
+    BEGIN UPDATE state SET value = value + 1 WHERE name = 'count'; END;
+CREATE TRIGGER IF NOT EXISTS keys_counted_out AFTER DELETE ON keys
+    BEGIN UPDATE state SET value = value - 1 WHERE name = 'count'; END;
+"""
+_UPSERT = (
+    "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET seg = excluded.seg,"
+    " start = excluded.start, end = excluded.end, checksum = excluded.checksum, created = excluded.created,"
+    " logseg = excluded.logseg, meta = excluded.meta"
+)
+_SELECT = "SELECT seg, start, end, checksum, created, logseg, meta FROM keys WHERE key = ?"
+_SIGN = 2**63
+_CHECKPOINT = struct.Struct("<qQQ")  # segment, end, checksum of the last key-log record applied
+
+
+def _signed(value: int) -> int:
+    """A u64 as SQLite's signed 64-bit integer."""
+    return value - 2**64 if value >= _SIGN else value
+
+
+def _row(found: tuple[int, int, int, int, int, int, bytes]) -> Row:
+    seg, start, end, checksum, created, logseg, meta = found
+    return Row(seg, start, end, checksum % 2**64, created, logseg, meta)
+
+
+class SqliteIndex(IndexBase):
+    """The index in ``index.sqlite3``: a connection per thread, opened on first use."""
+
+    NAME = "index.sqlite3"
+
+    def __init__(self, path: str, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        if readonly:
+            if not os.path.exists(path):
+                raise IndexDamagedError(f"{path} does not exist")
+        else:
+            conn = self._conn()
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                self.check()
+            except sqlite3.DatabaseError as exc:
+                self.close()
+                raise IndexDamagedError(f"{path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            # mode=ro reads a WAL database (it may create the -shm file); on read-only media
+            # where it cannot, immutable=1 reads the file as it is.
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600)
+                conn.execute("SELECT value FROM state WHERE name = 'count'").fetchone()
+            except sqlite3.OperationalError:
+                conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+        else:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or self._pid != os.getpid():
+            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours to use
+                with self._guard:
+                    self._all, self._pid = [], os.getpid()
+                self._local = threading.local()
+            conn = self._local.conn = self._connect()
+            with self._guard:
+                self._all.append(conn)
+        return conn
+
+    def check(self) -> None:
+        conn = self._conn()
+        try:
+            names = {name for (name,) in conn.execute("SELECT name FROM state")}
+            if not {"count", "format", "checkpoint"} <= names:
+                raise IndexDamagedError(f"{self.path}: its state table is incomplete")
+            (fmt,) = conn.execute("SELECT value FROM state WHERE name = 'format'").fetchone()
+            if fmt != 1:
+                raise IndexDamagedError(f"{self.path}: index format {fmt} is not supported")
+        except sqlite3.DatabaseError as exc:
+            raise IndexDamagedError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._guard:
+            conns, self._all = self._all, []
+        if self._pid == os.getpid():
+            for conn in conns:
+                conn.close()
+        self._local = threading.local()
+
+    # -- reads --------------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> Row | None:
+        found = self._conn().execute(_SELECT, (key,)).fetchone()
+        return None if found is None else _row(found)
+
+    def lookup_many(self, keys: list[bytes]) -> list[Row | None]:
+        conn = self._conn()
+        found: dict[bytes, Row] = {}
+        for first in range(0, len(keys), 500):
+            chunk = keys[first : first + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key, seg, start, end, checksum, created, logseg, meta FROM keys WHERE key IN ({marks})"
+            for key, *rest in conn.execute(query, chunk):
+                found[key] = _row(tuple(rest))
+        return [found.get(key) for key in keys]
+
+    def count(self) -> int:
+        (value,) = self._conn().execute("SELECT value FROM state WHERE name = 'count'").fetchone()
+        return int(value)
+
+    def checkpoint(self) -> Checkpoint:
+        (raw,) = self._conn().execute("SELECT value FROM state WHERE name = 'checkpoint'").fetchone()
+        return Checkpoint(*_CHECKPOINT.unpack(raw)) if raw else Checkpoint(-1, 0, 0)
+
+    def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
+        conn = self._conn()
+        low = prefix if after is None else max(prefix, after)
+        op = ">" if after is not None and after >= prefix else ">="
+        query = f"SELECT key, seg, start, end, checksum, created, logseg, meta FROM keys WHERE key {op} ?"
+        params: list[object] = [low]
+        high = _after_prefix(prefix)
+        if high is not None:
+            query += " AND key < ?"
+            params.append(high)
+        query += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        return [(key, _row(tuple(rest))) for key, *rest in conn.execute(query, params)]
+
+    def segment_usage(self) -> dict[int, tuple[int, int]]:
+        query = "SELECT seg, sum(end - start), count(*) FROM keys GROUP BY seg"
+        return {seg: (live, count) for seg, live, count in self._conn().execute(query)}
+
+    def rows_of_segments(self, segments: Iterable[int]) -> Iterator[tuple[bytes, Row]]:
+        wanted = sorted(set(segments))
+        marks = ",".join("?" * len(wanted))
+        query = (
+            "SELECT key, seg, start, end, checksum, created, logseg, meta FROM keys"
+            f" WHERE seg IN ({marks}) OR logseg IN ({marks})"
+        )
+        for key, *rest in self._conn().execute(query, wanted + wanted):
+            yield key, _row(tuple(rest))
+
+    # -- writes (the keyed store's write lock held) ---------------------------------------
+
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._apply_in_transaction(conn, entries, checkpoint)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _apply_in_transaction(conn: sqlite3.Connection, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+        puts: list[tuple[object, ...]] = []
+        for key, row in entries:
+            if row is None:
+                if puts:
+                    conn.executemany(_UPSERT, puts)
+                    puts = []
+                conn.execute("DELETE FROM keys WHERE key = ?", (key,))
+            else:
+                seg, start, end, checksum, created, logseg, meta = row
+                puts.append((key, seg, start, end, _signed(checksum), created, logseg, meta))
+        if puts:
+            conn.executemany(_UPSERT, puts)
+        conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (_CHECKPOINT.pack(*checkpoint),))
+
+    def clear(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM keys")
+            conn.execute("UPDATE state SET value = 0 WHERE name = 'count'")
+            conn.execute("UPDATE state SET value = X'' WHERE name = 'checkpoint'")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def backup_to(self, dest: str) -> None:
+        target = sqlite3.connect(dest)
+        try:
+            self._conn().backup(target)
+        finally:
+            target.close()
+
+
+def _after_prefix(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix`` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))

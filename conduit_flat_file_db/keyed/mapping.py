@@ -1,0 +1,430 @@
+"""The keyed store as a mapping: puts, gets, deletes, iteration, metadata, streams, content keys."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import KeysView
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import xxhash
+
+from ..arguments import as_bytes_like
+from ..errors import FlatFileDbNotFoundError
+from ..reader import BlobFile
+from ..types import Slice
+from .core import KeyedCore
+from .keylog import Entry, Row, decode_key, encode_key
+
+Key = str | bytes
+_SMALL_STREAM = 2**20  # put_streams: values up to this size are batched, longer ones streamed
+_BATCH_BYTES = 64 * 2**20
+
+
+class KeyMeta(NamedTuple):
+    """What the store knows of one key's value (``KeyedStore.meta``)."""
+
+    key: Key
+    size: int
+    segment: int
+    offset: int
+    compressed: bool
+    created: float  # Unix seconds of the write
+    checksum: int | None  # XXH3-64 of the value; None for an array made by create_array (never read)
+    user: dict[str, Any]  # the metadata given at put time
+    array: tuple[Any, tuple[int, ...]] | None  # (dtype description, shape) of a value stored as an array
+
+
+def encode_meta(
+    user: Mapping[str, Any] | None, array: tuple[Any, tuple[int, ...]] | None = None, unchecked: bool = False
+) -> bytes:
+    """The meta bytes of a row: a JSON object, or b"" when there is nothing to say.
+    ``unchecked``: the value was committed without reading it (create_array): no checksum."""
+    if user is None and array is None:
+        return b""
+    doc: dict[str, Any] = {"unchecked": True} if unchecked else {}
+    if user is not None:
+        if not isinstance(user, Mapping):
+            raise TypeError(f"meta is a dict of JSON values, not {type(user).__name__}")
+        doc["user"] = dict(user)
+    if array is not None:
+        doc["array"] = {"dtype": array[0], "shape": list(array[1])}
+    try:
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"meta must be JSON-serialisable: {exc}") from None
+
+
+def is_unchecked(raw: bytes) -> bool:
+    """Whether a row's value has no checksum (committed without reading it)."""
+    return raw.startswith(b'{"unchecked":true')
+
+
+def decode_meta(raw: bytes) -> tuple[dict[str, Any], tuple[Any, tuple[int, ...]] | None]:
+    """(user metadata, array description) of a row's meta bytes."""
+    if not raw:
+        return {}, None
+    doc = json.loads(raw)
+    array = doc.get("array")
+    return doc.get("user", {}), None if array is None else (array["dtype"], tuple(array["shape"]))
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads through to ``inner`` and hashes what passes (SHA-256 and XXH3-64)."""
+
+    def __init__(self, inner: Any, sha: Any = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.size = 0
+        self.xxh = xxhash.xxh3_64()
+        self.sha = sha  # a hashlib.sha256() object, or None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if hasattr(self.inner, "readinto"):
+            count = self.inner.readinto(view) or 0
+        else:
+            chunk = self.inner.read(len(view)) or b""
+            count = len(chunk)
+            view[:count] = chunk
+        if count:
+            self.xxh.update(view[:count])
+            if self.sha is not None:
+                self.sha.update(view[:count])
+            self.size += count
+        return count
+
+
+class _PrefixKeys(KeysView[Key]):
+    """``keys(prefix=...)``: the keys that start with ``prefix`` (of the same type)."""
+
+    def __init__(self, store: MappingStore, prefix: Key) -> None:
+        super().__init__(store)
+        self._store = store
+        self._prefix = encode_key(prefix)
+
+    def __iter__(self) -> Iterator[Key]:
+        return (decode_key(key) for key, _ in self._store._scan(self._prefix))  # pylint: disable=protected-access
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return encode_key(key).startswith(self._prefix) and key in self._store
+
+
+class MappingStore(KeyedCore):
+    """The mapping and container operations (see KeyedStore for the whole class)."""
+
+    # -- MutableMapping -------------------------------------------------------------------
+
+    def __getitem__(self, key: Key) -> bytes:
+        return self._read(encode_key(key), key)
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Key) -> None:
+        if not self.delete_many([key]):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return self.index.lookup(encode_key(key)) is not None
+
+    def __len__(self) -> int:
+        return self.index.count()
+
+    def __iter__(self) -> Iterator[Key]:
+        return (decode_key(key) for key, _ in self._scan())
+
+    def keys(self, prefix: Key | None = None) -> KeysView[Key]:
+        """The keys (sorted: bytes keys, then str keys, each by their bytes); with ``prefix``,
+        only the keys of its type that start with it."""
+        if prefix is None:
+            return KeysView(self)
+        return _PrefixKeys(self, prefix)
+
+    def put(self, key: Key, value: Any, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Store ``value`` (any bytes-like) under ``key``, with optional JSON-able user metadata."""
+        self._check_writable("put")
+        encoded = encode_key(key)
+        data = value if type(value) is bytes else as_bytes_like(value)  # pylint: disable=unidiomatic-typecheck
+        self._commit([(encoded, data, encode_meta(meta))])
+
+    def put_many(self, items: Iterable[tuple[Key, Any]] | Mapping[Key, Any]) -> None:
+        """Store many (key, value) pairs as one atomic batch: after a crash all are stored or
+        none. A key given twice ends with its last value."""
+        self._check_writable("put_many")
+        pairs = items.items() if isinstance(items, Mapping) else items
+        puts = []
+        for position, pair in enumerate(pairs):
+            try:
+                key, value = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"put_many() takes (key, value) pairs; item {position} is {pair!r:.60}") from None
+            data = value if type(value) is bytes else as_bytes_like(value, f"put_many() item {position}")  # pylint: disable=unidiomatic-typecheck
+            puts.append((encode_key(key), data, b""))
+        if puts:
+            self._commit(puts)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # pylint: disable=arguments-differ
+        """dict.update in one batch (``put_many``)."""
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 positional argument, got {len(args)}")
+        pairs: list[tuple[Key, Any]] = []
+        if args:
+            other = args[0]
+            if isinstance(other, Mapping):
+                pairs.extend(other.items())
+            elif hasattr(other, "keys"):
+                pairs.extend((key, other[key]) for key in other.keys())  # noqa: SIM118  # dict.update calls keys()
+            else:
+                pairs.extend(other)
+        pairs.extend(kwargs.items())
+        self.put_many(pairs)
+
+    def get(self, key: Key, default: Any = None, *, slice: Slice | None = None) -> Any:  # pylint: disable=redefined-builtin
+        """The value of ``key`` (or the ``slice`` of it), ``default`` when absent."""
+        try:
+            return self._read(encode_key(key), key, slice)
+        except KeyError:
+            return default
+
+    def get_many(self, keys: Iterable[Key]) -> list[bytes]:
+        """The values of ``keys`` in their order, read in disk order; KeyError for an absent key."""
+        wanted = list(keys)
+        for _ in range(8):
+            _, rows = self._rows(wanted)
+            try:
+                return self.db.get_many([self._location(row) for row in rows])
+            except FlatFileDbNotFoundError:
+                continue  # a vacuum moved one meanwhile: look them up again
+        return [self[key] for key in wanted]
+
+    def delete_many(self, keys: Iterable[Key]) -> int:
+        """Delete the keys that are present; returns how many were."""
+        self._check_writable("delete_many")
+        encoded = list(dict.fromkeys(encode_key(key) for key in keys))
+        present = [key for key, row in zip(encoded, self.index.lookup_many(encoded)) if row is not None]
+        if present:
+            self._commit([], present)
+        return len(present)
+
+    def clear(self) -> None:
+        """Delete every key (in batches); the space is reclaimed by vacuum()."""
+        self._check_writable("clear")
+        while True:
+            chunk = [key for key, _ in self.index.scan(b"", None, 10000)]
+            if not chunk:
+                return
+            self._commit([], chunk)
+
+    def pop(self, key: Key, *default: Any) -> Any:
+        """dict.pop."""
+        try:
+            value = self[key]
+        except KeyError:
+            if default:
+                return default[0]
+            raise
+        del self[key]
+        return value
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def meta(self, key: Key) -> KeyMeta:
+        """Size, place, time, checksum and user metadata of ``key``'s value; KeyError when absent."""
+        row = self.index.lookup(encode_key(key))
+        if row is None:
+            raise KeyError(key)
+        return self._meta(key, row)
+
+    def _meta(self, key: Key, row: Row) -> KeyMeta:
+        user, array = decode_meta(row.meta)
+        compressed = self._location(row).file_path.endswith(".zst")
+        checksum = None if is_unchecked(row.meta) else row.checksum
+        return KeyMeta(
+            key, row.end - row.start, row.segment, row.start, compressed, row.created_ns / 1e9, checksum, user, array
+        )
+
+    @contextmanager
+    def iter_objects(self, keys: Iterable[Key]) -> Iterator[Iterator[tuple[Key, BlobFile, KeyMeta]]]:
+        """(key, readable, meta) of each present key, in disk order, a chunk of keys at a time
+        (bounded memory whatever the number of keys). Absent keys are skipped."""
+        yield self._objects(keys)
+
+    def _objects(self, keys: Iterable[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
+        chunk: list[Key] = []
+        for key in keys:
+            chunk.append(key)
+            if len(chunk) >= 10000:
+                yield from self._objects_of(chunk)
+                chunk = []
+        yield from self._objects_of(chunk)
+
+    def _objects_of(self, keys: list[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
+        rows = self.index.lookup_many([encode_key(key) for key in keys])
+        found = sorted(((row.segment, row.start), key, row) for key, row in zip(keys, rows) if row is not None)
+        for _, key, row in found:
+            try:
+                stream = self.db.open_blob(self._location(row))
+            except FlatFileDbNotFoundError:
+                try:
+                    stream = self.open(key)  # moved by a vacuum meanwhile
+                except KeyError:
+                    continue
+            with stream:
+                yield key, stream, self._meta(key, row)
+
+    def open(self, key: Key) -> BlobFile:
+        """A read-only seekable binary file of ``key``'s value; KeyError when absent."""
+        encoded = encode_key(key)
+        for _ in range(8):
+            row = self.index.lookup(encoded)
+            if row is None:
+                raise KeyError(key)
+            try:
+                return self.db.open_blob(self._location(row))
+            except FlatFileDbNotFoundError:
+                continue
+        raise FlatFileDbNotFoundError(f"{self._dir}: key {key!r} kept moving while it was opened")
+
+    # -- streams --------------------------------------------------------------------------
+
+    def put_stream(self, key: Key, readable: Any, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Store everything ``readable`` yields under ``key``, in constant memory."""
+        self._check_writable("put_stream")
+        encoded = encode_key(key)
+        self._commit([], (), [self._stream_entry(encoded, readable, encode_meta(meta))])
+
+    def _stream_entry(self, encoded: bytes, readable: Any, meta: bytes, reader: _HashingReader | None = None) -> Entry:
+        reader = reader or _HashingReader(readable)
+        location = self.db.put_stream(reader)
+        self.db.sync()  # the value's segment is durable before a key log names it
+        row = Row(self._segment_of(location), location[1], location[2], reader.xxh.intdigest(), time.time_ns(), 0, meta)
+        return Entry(encoded, row)
+
+    def put_streams(self, pairs: Iterable[tuple[Key, Any]], open_streams: bool = False) -> None:
+        """Store (key, readable) pairs; with ``open_streams`` each readable is a context manager
+        (``LazyOpener``) entered only while it is read. Values up to 1 MiB are committed in
+        batches; longer ones are streamed. Committed in order, a batch at a time."""
+        self._check_writable("put_streams")
+        puts: list[tuple[bytes, Any, bytes]] = []
+        pending = 0
+        for key, source in pairs:
+            encoded = encode_key(key)
+            with _opened(source, open_streams) as stream:
+                head = _read_up_to(stream, _SMALL_STREAM + 1)
+                if len(head) <= _SMALL_STREAM:
+                    puts.append((encoded, head, b""))
+                    pending += len(head)
+                else:
+                    if puts:
+                        self._commit(puts)
+                        puts, pending = [], 0
+                    chained = _Chained(head, stream)
+                    self._commit([], (), [self._stream_entry(encoded, chained, b"")])
+            if pending >= _BATCH_BYTES:
+                self._commit(puts)
+                puts, pending = [], 0
+        if puts:
+            self._commit(puts)
+
+    # -- content addressing ---------------------------------------------------------------
+
+    def add(self, data: Any) -> str:
+        """Store ``data`` under the lowercase hex SHA-256 of its bytes and return that key; the
+        same content stored twice is stored once."""
+        return self.add_many([data])[0]
+
+    def add_many(self, datas: Iterable[Any]) -> list[str]:
+        """``add`` for many, in one batch; returns their keys in order."""
+        self._check_writable("add_many")
+        items = [as_bytes_like(data, "add_many()") for data in datas]
+        keys = [hashlib.sha256(item).hexdigest() for item in items]
+        encoded = [encode_key(key) for key in keys]
+        new: dict[bytes, Any] = {}
+        for key, row, item in zip(encoded, self.index.lookup_many(encoded), items):
+            if row is None:
+                new.setdefault(key, item)
+        if new:
+            self._commit([(key, item, b"") for key, item in new.items()])
+        return keys
+
+    def add_streams(self, streams: Iterable[Any], open_streams: bool = False) -> list[str]:
+        """``add`` for readables (or context managers giving them, ``open_streams``), streamed:
+        constant memory per stream. A content already stored is not stored again (its bytes
+        written meanwhile are reclaimed by vacuum)."""
+        self._check_writable("add_streams")
+        keys: list[str] = []
+        for source in streams:
+            sha = hashlib.sha256()
+            with _opened(source, open_streams) as stream:
+                reader = _HashingReader(stream, sha)
+                location = self.db.put_stream(reader)
+            key = sha.hexdigest()
+            keys.append(key)
+            encoded = encode_key(key)
+            if self.index.lookup(encoded) is None:
+                self.db.sync()
+                row = Row(
+                    self._segment_of(location), location[1], location[2], reader.xxh.intdigest(), time.time_ns(), 0, b""
+                )
+                self._commit([], (), [Entry(encoded, row)])
+        return keys
+
+
+class _Chained(io.RawIOBase):
+    """The bytes ``head`` then the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        super().__init__()
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._head:
+            count = min(len(view), len(self._head))
+            view[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        if hasattr(self._stream, "readinto"):
+            return int(self._stream.readinto(view) or 0)
+        chunk = self._stream.read(len(view)) or b""
+        view[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@contextmanager
+def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            yield handle
+    elif open_streams:
+        with source as handle:
+            yield handle
+    else:
+        yield source
+
+
+def _read_up_to(stream: Any, size: int) -> bytes:
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        parts.append(bytes(chunk))
+        left -= len(chunk)
+    return b"".join(parts)

@@ -1,0 +1,319 @@
+"""Maintenance of a keyed store, live: vacuum, expire, verify, stats, sync, backup, rebuild.
+
+Vacuum rewrites, a segment at a time, the rows that a sealed segment holds (values in it, or
+key-log records in it that wrote rows still current), then deletes the segment. Each rewrite
+is an ordinary commit made under the write lock after checking that the rows are still
+current, so a writer that changed a key meanwhile wins, and the key logs stay a history whose
+replay gives the index. A deletion recorded in the segment is recorded again when an older
+segment could still hold the key's old value, so a rebuild never brings a deleted key back.
+Readers that looked a key up before its segment went look it up again (keyed/core.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import xxhash
+
+from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbUnsafeAccessError
+from ..locking import process_lock_for, release_process_lock
+from ..naming import parse_segment_name
+from .arrays import ArrayStore
+from .core import SEGMENTS_DIR
+from .index_base import Checkpoint
+from .keylog import Entry, Row, decode_key
+from .mapping import is_unchecked
+
+VACUUM_LOCK_NAME = "vacuum.lock"
+_CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
+_CHUNK_ROWS = 20000
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    """What ``vacuum`` did."""
+
+    segments_removed: int
+    bytes_reclaimed: int  # bytes on disk of the removed segments
+    values_moved: int  # live values copied to new segments
+
+
+@dataclass(frozen=True)
+class KeyedStats:
+    """Sizes of a keyed store. ``dead_bytes``: bytes in segments no key points at (overwritten
+    and deleted values, key logs, padding), what vacuum can reclaim."""
+
+    keys: int
+    live_bytes: int
+    dead_bytes: int
+    disk_bytes: int
+    segments: int
+
+
+@dataclass
+class KeyedVerifyReport:
+    """What ``verify`` found: ``ok`` when nothing is wrong."""
+
+    keys_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+class MaintainedStore(ArrayStore):
+    """Maintenance operations (see KeyedStore for the whole class)."""
+
+    # -- vacuum ---------------------------------------------------------------------------
+
+    def vacuum(self, min_dead_fraction: float = 0.1) -> VacuumResult:
+        """Reclaim the space of overwritten and deleted values, while other threads and
+        processes read and write. Seals the mutable segment first, then rewrites the live
+        values of each sealed segment whose dead bytes are at least ``min_dead_fraction`` of
+        it (0: every segment with a dead byte) and deletes it. Disk use grows by at most one
+        segment's live values meanwhile. Vacuums of one store run one at a time."""
+        self._check_writable("vacuum")
+        if not 0.0 <= min_dead_fraction <= 1.0:
+            raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
+        lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
+        try:
+            with lock.write(self.lock_timeout):
+                return self._vacuum_locked(min_dead_fraction)
+        finally:
+            release_process_lock(lock)
+
+    def _vacuum_locked(self, min_dead_fraction: float) -> VacuumResult:
+        self.db.rotate()
+        mutable = self.db.mutable_segment()
+        usage = self.index.segment_usage()
+        sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
+        removed = reclaimed = moved = 0
+        for number in sorted(sizes):
+            if number >= mutable:
+                break
+            logical, disk = sizes[number]
+            live, keys = usage.get(number, (0, 0))
+            dead = logical - live
+            if keys and (dead <= 0 or dead / logical < min_dead_fraction):
+                continue  # nothing to reclaim, or too little for the copy it costs
+            try:
+                moved += self._vacuum_segment(number)
+            except FlatFileDbNotFoundError:
+                continue  # deleted meanwhile
+            self.db.sync()  # the rewritten rows are durable before the only other copy goes
+            try:
+                self.db.delete_file(self.db.segment_path(number))
+            except FlatFileDbUnsafeAccessError:
+                continue
+            removed += 1
+            reclaimed += disk
+        return VacuumResult(removed, reclaimed, moved)
+
+    def _vacuum_segment(self, number: int) -> int:
+        """Write again every row segment ``number`` holds, and the deletions it records that an
+        older segment could undo; returns how many values were copied."""
+        moved = 0
+        rows = sorted(self.index.rows_of_segments([number]), key=lambda pair: (pair[1].segment, pair[1].start))
+        chunk: list[tuple[bytes, Row]] = []
+        size = 0
+        for key, row in rows:
+            chunk.append((key, row))
+            size += row.end - row.start if row.segment == number else 0
+            if size >= _CHUNK_BYTES or len(chunk) >= _CHUNK_ROWS:
+                moved += self._rewrite_rows(number, chunk, [])
+                chunk, size = [], 0
+        older = any(n < number for n in self.db.segments())
+        deleted = self._deletions_in(number) if older else []
+        moved += self._rewrite_rows(number, chunk, deleted)
+        return moved
+
+    def _deletions_in(self, number: int) -> list[bytes]:
+        keys: dict[bytes, None] = {}
+        for record in self.db.iter_log((number, 0)):
+            if record.segment != number:
+                break
+            keys.update((entry.key, None) for entry in self._read_keylog(record) if entry.row is None)
+        return list(keys)
+
+    def _rewrite_rows(self, number: int, rows: list[tuple[bytes, Row]], deleted: list[bytes]) -> int:
+        copies = [(key, row) for key, row in rows if row.segment == number]
+        datas = self.db.get_many([self._location(row) for _, row in copies]) if copies else []
+        lock = self._lock
+        if lock is None or not (rows or deleted):
+            return 0
+        lock.acquire_write(self.lock_timeout)
+        try:
+            current = self.index.lookup_many([key for key, _ in rows])
+            still = {key for (key, row), now in zip(rows, current) if now == row}
+            keep = [(key, row, data) for (key, row), data in zip(copies, datas) if key in still]
+            locations = self.db.put_many([data for _, _, data in keep]) if keep else []
+            entries = [
+                Entry(key, row._replace(segment=self._segment_of(loc), start=loc[1], end=loc[2]))
+                for (key, row, _), loc in zip(keep, locations)
+            ]
+            entries += [Entry(key, row) for key, row in rows if key in still and row.segment != number]
+            absent = [key for key, now in zip(deleted, self.index.lookup_many(deleted)) if now is None]
+            entries += [Entry(key, None) for key in absent]
+            if entries:
+                first = (self._segment_of(locations[0]), locations[0][1]) if locations else None
+                self._log_and_apply(entries, first, time.time_ns())
+            return len(keep)
+        finally:
+            lock.release_write()
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    def expire(self, max_bytes: int | None = None, max_age: float | None = None) -> int:
+        """Delete the keys written more than ``max_age`` seconds ago, then the oldest keys (in
+        disk order) until the live values take at most ``max_bytes``; then vacuum. Returns how
+        many keys were deleted."""
+        self._check_writable("expire")
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise ValueError(f"max_bytes is a non-negative int, not {max_bytes!r}")
+        if max_age is not None and not max_age >= 0:
+            raise ValueError(f"max_age is a non-negative number of seconds, not {max_age!r}")
+        deleted = 0
+        if max_age is not None:
+            cutoff = time.time_ns() - int(max_age * 1e9)
+            deleted += self._delete_where(key for key, row in self._scan() if row.created_ns < cutoff)
+        if max_bytes is not None:
+            deleted += self._delete_where(self._oldest_beyond(max_bytes))
+        if deleted:
+            self.vacuum()
+        return deleted
+
+    def _oldest_beyond(self, max_bytes: int) -> Iterator[bytes]:
+        usage = self.index.segment_usage()
+        live = sum(bytes_ for bytes_, _ in usage.values())
+        for number in sorted(usage):
+            if live <= max_bytes:
+                return
+            rows = sorted(
+                (row.start, key, row.end - row.start)
+                for key, row in self.index.rows_of_segments([number])
+                if row.segment == number
+            )
+            for _, key, size in rows:
+                if live <= max_bytes:
+                    return
+                live -= size
+                yield key
+
+    def _delete_where(self, keys: Iterator[bytes]) -> int:
+        count = 0
+        batch: list[bytes] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) >= 10000:
+                count += self.delete_many(decode_key(k) for k in batch)
+                batch = []
+        if batch:
+            count += self.delete_many(decode_key(k) for k in batch)
+        return count
+
+    # -- checks and figures ---------------------------------------------------------------
+
+    def verify(self, full: bool = True) -> KeyedVerifyReport:
+        """Check the engine (every segment, and with ``full`` every blob's checksum) and the
+        index against it: every key's value present and, with ``full``, equal to the bytes
+        written (its checksum); the index's checkpoint present in the key logs."""
+        report = KeyedVerifyReport()
+        engine = self.db.verify(full)
+        report.problems += [str(problem) for problem in engine.problems]
+        checkpoint = self.index.checkpoint()
+        if checkpoint.segment >= 0 and not self._record_present(checkpoint):
+            report.problems.append(f"the index has applied a key log the segments do not hold ({checkpoint})")
+        present = set(self.db.segments())
+        chunk: list[tuple[bytes, Row]] = []
+        for key, row in self._scan():
+            report.keys_checked += 1
+            if row.segment not in present:
+                report.problems.append(f"dangling key {decode_key(key)!r}: its segment {row.segment} is gone")
+            elif full:
+                chunk.append((key, row))
+                if len(chunk) >= 1000:
+                    self._check_values(chunk, report)
+                    chunk = []
+        self._check_values(chunk, report)
+        stats = self.stats()
+        report.notes.append(f"{stats.dead_bytes} bytes in segments are not values of any key (vacuum reclaims them)")
+        return report
+
+    def _check_values(self, rows: list[tuple[bytes, Row]], report: KeyedVerifyReport) -> None:
+        for key, row in rows:
+            if is_unchecked(row.meta):
+                continue
+            try:
+                data = self.db.get(self._location(row))
+            except (FlatFileDbError, OSError) as exc:
+                report.problems.append(f"key {decode_key(key)!r}: its value cannot be read: {exc}")
+                continue
+            if xxhash.xxh3_64_intdigest(data) != row.checksum:
+                report.problems.append(f"key {decode_key(key)!r}: its value fails its checksum at {row}")
+
+    def stats(self) -> KeyedStats:
+        """Keys, live and dead bytes, bytes on disk (segments and index), segments."""
+        usage = self.index.segment_usage()
+        live = sum(bytes_ for bytes_, _ in usage.values())
+        engine = self.db.stats()
+        return KeyedStats(
+            self.index.count(), live, engine.logical_bytes - live, _tree_bytes(self._dir), len(engine.segments)
+        )
+
+    # -- durability, copies, rebuild ------------------------------------------------------
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (for ``fsync=False`` stores)."""
+        self._check_writable("sync")
+        self.db.sync()
+        self.index.sync()
+
+    def backup(self, dest: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the store to the new directory ``dest`` (writers wait
+        meanwhile; readers do not); open it as a KeyedStore."""
+        self._check_writable("backup")
+        target = Path(os.path.abspath(os.fspath(dest)))
+        if target.exists() and any(target.iterdir()):
+            raise FileExistsError(f"backup destination {target} exists and is not empty")
+        (target / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
+        vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
+        try:
+            with vacuum_lock.write(self.lock_timeout), self._write_lock():
+                self.db.sync()
+                source = os.path.join(self._dir, SEGMENTS_DIR)
+                for name in sorted(os.listdir(source)):
+                    if parse_segment_name(name) is not None or name.endswith(".idx"):
+                        shutil.copy2(os.path.join(source, name), target / SEGMENTS_DIR / name)
+                self.index.backup_to(str(target / self.index.NAME))
+        finally:
+            release_process_lock(vacuum_lock)
+
+    def rebuild_index(self) -> int:
+        """Build the index again from the key logs in the segments; returns the number of keys."""
+        self._check_writable("rebuild_index")
+        with self._write_lock():
+            self.index.clear()
+            self._catch_up(self.index, Checkpoint(-1, 0, 0), None)
+        return len(self)
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+__all__ = ["KeyedStats", "KeyedVerifyReport", "MaintainedStore", "VacuumResult"]
