@@ -63,19 +63,22 @@ class Crew:
 
     def run(self, seconds: float) -> None:
         """Wait until every worker has worked, let them run ``seconds``, stop them, check their exits."""
-        deadline = time.monotonic() + START_SECONDS
-        for name, proc, ready, _cfg in self.procs:
-            while not ready.wait(0.1):
-                assert proc.is_alive(), f"{name} exited ({proc.exitcode}) before it did anything:\n{self.errors(name)}"
-                assert time.monotonic() < deadline, f"{name} did nothing within {START_SECONDS} s"
-        time.sleep(seconds)
-        self.stop.set()
-        for name, proc, _ready, _cfg in self.procs:
-            proc.join(JOIN_SECONDS)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-                pytest.fail(f"{name} did not stop within {JOIN_SECONDS} s")
+        try:
+            deadline = time.monotonic() + START_SECONDS
+            for name, proc, ready, _cfg in self.procs:
+                while not ready.wait(0.1):
+                    assert proc.is_alive(), (
+                        f"{name} exited ({proc.exitcode}) before it did anything:\n{self.errors(name)}"
+                    )
+                    assert time.monotonic() < deadline, f"{name} did nothing within {START_SECONDS} s"
+            time.sleep(seconds)
+        finally:
+            self.stop.set()
+            for _name, proc, _ready, _cfg in self.procs:
+                proc.join(JOIN_SECONDS)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
         failed = {name: (proc.exitcode, self.errors(name)) for name, proc, _ready, _cfg in self.procs if proc.exitcode}
         assert not failed, "\n".join(f"{name} exited {code}:\n{text}" for name, (code, text) in failed.items())
 
