@@ -73,6 +73,7 @@ all the syscalls of a small mapped put. Another process waits at most about this
 for a lease to end (and a process that stops writing hands the lock back after at most
 about twice this long): GUARANTEES.md "Locks". 0 turns leases off.
 """
+DEADLOCK_SECONDS = 30.0  # a lock cycle lasting this long is not leases ending: it is raised
 _POLITE_SECONDS = 0.002  # after handing over to a waiter, let it in before taking the lock again
 
 
@@ -149,10 +150,27 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                 raise
         self._want[0] = 1  # ask the holder to hand over at the end of its lease
         if timeout is None:
-            fcntl.lockf(self._fd, mode)  # wait in the kernel; woken on release
+            self._wait(mode)
         else:
             self._poll(mode, timeout)
         self._want[0] = 0
+
+    def _wait(self, mode: int) -> None:
+        """Wait in the kernel (woken on release). The kernel answers EDEADLK instead of waiting
+        when the holder waits for a lock this process keeps on lease (two locks taken in opposite
+        orders, as a keyed store's write and its engine's put do): a lease ends by itself, so
+        wait again a moment later. Only a cycle that lasts DEADLOCK_SECONDS, which no lease
+        does, is raised."""
+        deadline = time.monotonic() + DEADLOCK_SECONDS
+        while True:
+            try:
+                fcntl.lockf(self._fd, mode)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLK or time.monotonic() > deadline:
+                    raise
+            self._want[0] = 1
+            time.sleep(_POLL_SECONDS)
 
     def _poll(self, mode: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

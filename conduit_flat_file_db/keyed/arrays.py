@@ -56,7 +56,9 @@ class ArrayStore(MappingStore):
         """Store ``array`` (any numpy array but of object dtype) under ``key``."""
         self._check_writable("put_array")
         np = _numpy()
-        arr = np.ascontiguousarray(np.asarray(array))
+        arr = np.asarray(array)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)  # (which would make a 0-d array 1-d: not called for those)
         encoded = encode_key(key)
         row_meta = encode_meta(meta, (_descr(np, arr.dtype), tuple(arr.shape)))
         data = arr.reshape(-1).view(np.uint8)

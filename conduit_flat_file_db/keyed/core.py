@@ -77,6 +77,14 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     ) -> None:
         if index not in ("sqlite", "lmdb"):
             raise ValueError(f"index is 'sqlite' or 'lmdb', not {index!r}")
+        self._options = {
+            "readonly": readonly,
+            "use_compression": use_compression,
+            "fsync": fsync,
+            "index": index,
+            "max_file_size": max_file_size,
+            "lock_timeout": lock_timeout,
+        }
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.readonly = bool(readonly)
         self.fsync = bool(fsync)
@@ -147,6 +155,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     def _recover_locked(self, index: IndexBase) -> None:
         """Bring ``index`` up to the key logs: rebuild it when it is ahead of them (a power loss
         cut the segments' tail after the index recorded it), then replay what it lacks."""
+        if not index.trusted():
+            logger.error("%s: the index was not closed cleanly before a reboot; rebuilding it", self._dir)
+            index.clear()
         checkpoint = index.checkpoint()
         if checkpoint.segment >= 0 and not self._record_present(checkpoint):
             logger.error(
@@ -195,6 +206,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 self.close()
             except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
                 pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the constructor's arguments: the copy opens the store afresh (in a worker
+        process, its own descriptors, locks and index connections)."""
+        return _reopen, (type(self), self._dir, self._options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._dir!r}, index={self.index_kind!r}, readonly={self.readonly})"
@@ -275,8 +291,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 # Something was committed between the last record applied and this commit: the key
                 # log of a writer that died before its index transaction, or values no key names.
                 self._catch_up(index, checkpoint, (logseg, log[1]))
-        rows = [Entry(key, None if row is None else row._replace(logseg=logseg)) for key, row in entries]
-        index.apply(rows, Checkpoint(logseg, log[2], _checksum(blob)))
+        index.apply(entries, Checkpoint(logseg, log[2], _checksum(blob)), logseg)
         self._last_log = (logseg, log[2])
 
     def _catch_up(self, index: IndexBase, checkpoint: Checkpoint, until: tuple[int, int] | None) -> int:
@@ -371,6 +386,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def _remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _reopen(cls: type[_K], path: str, options: dict[str, Any]) -> _K:
+    return cls(path, **options)
 
 
 __all__ = ["LOCK_NAME", "SEGMENTS_DIR", "STAGING_DIR", "KeyedCore"]

@@ -42,6 +42,10 @@ class IndexBase(abc.ABC):
     def check(self) -> None:
         """Raise IndexDamagedError when the index cannot be used."""
 
+    def trusted(self) -> bool:
+        """False when a power loss may have damaged the index (a writer's open rebuilds it)."""
+        return True
+
     @abc.abstractmethod
     def lookup(self, key: bytes) -> Row | None:
         """The row of ``key``, None when absent."""
@@ -71,8 +75,9 @@ class IndexBase(abc.ABC):
         """Every row whose value or whose key-log record is in one of ``segments``."""
 
     @abc.abstractmethod
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
-        """Apply entries in order and set the checkpoint, in one transaction."""
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+        """Apply entries in order and set the checkpoint, in one transaction; ``logseg``, when
+        given, is the log segment of every row (their own field is not read)."""
 
     @abc.abstractmethod
     def clear(self) -> None:

@@ -13,14 +13,20 @@ import struct
 import threading
 from typing import Any, Iterable, Iterator
 
+from ..state import BOOT_ID
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
 from .keylog import Entry, Row
 
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
 _CHECKPOINT = struct.Struct("<qQQ")
 _MAP_SIZE = 2**40  # address space reserved, not disk: the file grows as rows are written
-_envs: dict[tuple[str, bool], tuple[Any, int, int]] = {}  # (path, readonly) -> (env, users, pid)
+_envs: dict[str, tuple[Any, int, int, bool]] = {}  # real path -> (env, users, pid, opened read-only)
 _envs_guard = threading.Lock()
+# Written with every commit: the environment is opened without a sync per commit, so after a
+# power loss (a new boot) the file may hold pages of a tree whose other pages never reached the
+# disk. An index last written in another boot, and not closed cleanly then, is rebuilt.
+_BOOT = struct.pack("<QQ", *BOOT_ID)
+_CLEAN = b"closed cleanly"
 
 
 def _import_lmdb() -> Any:
@@ -32,6 +38,22 @@ def _import_lmdb() -> Any:
         raise ImportError(
             "KeyedStore(index='lmdb') needs the lmdb package: pip install 'conduit_flat_file_db[lmdb]'"
         ) from exc
+
+
+def _open_env(lmdb: Any, path: str, readonly: bool) -> Any:
+    """Open the environment. A reader takes LMDB's reader lock like a writer (without it, a
+    writer may reuse the pages it is reading); only where the lock file cannot be written (a
+    read-only medium, where no writer can be either) does it read without."""
+    options = {"map_size": _MAP_SIZE, "max_dbs": 2, "readonly": readonly, "sync": False, "metasync": False}
+    try:
+        return lmdb.open(path, lock=True, readahead=False, max_readers=1024, **options)
+    except lmdb.Error as exc:
+        if readonly and not os.access(path, os.W_OK):
+            try:
+                return lmdb.open(path, lock=False, readahead=False, **options)
+            except lmdb.Error as again:
+                raise IndexDamagedError(f"{path}: {again}") from again
+        raise IndexDamagedError(f"{path}: {exc}") from exc
 
 
 def _pack(row: Row) -> bytes:
@@ -52,28 +74,19 @@ class LmdbIndex(IndexBase):
         lmdb = _import_lmdb()
         self.path = path
         self.readonly = readonly
-        self._key = (os.path.realpath(path), readonly)
+        self._key = os.path.realpath(path)
         if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
             raise IndexDamagedError(f"{path} does not exist")
         with _envs_guard:
-            env, users, pid = _envs.get(self._key, (None, 0, 0))
+            env, users, pid, env_readonly = _envs.get(self._key, (None, 0, 0, True))
+            if env is not None and pid == os.getpid() and env_readonly and not readonly:
+                raise IndexDamagedError(
+                    f"{path} is open read-only in this process; close its read-only stores before opening it to write"
+                )
             if env is None or pid != os.getpid():
-                try:
-                    env = lmdb.open(
-                        path,
-                        map_size=_MAP_SIZE,
-                        max_dbs=2,
-                        readonly=readonly,
-                        lock=not readonly,
-                        sync=False,
-                        metasync=False,
-                        readahead=False,
-                        max_readers=1024,
-                    )
-                except lmdb.Error as exc:
-                    raise IndexDamagedError(f"{path}: {exc}") from exc
-                users = 0
-            _envs[self._key] = (env, users + 1, os.getpid())
+                env = _open_env(lmdb, path, readonly)
+                users, env_readonly = 0, readonly
+            _envs[self._key] = (env, users + 1, os.getpid(), env_readonly)
         self.env = env
         try:
             self._keys = env.open_db(b"keys", create=not readonly)
@@ -82,9 +95,28 @@ class LmdbIndex(IndexBase):
             self.close()
             raise IndexDamagedError(f"{path}: {exc}") from exc
 
+    def trusted(self) -> bool:
+        """False when the index was written in another boot and not closed cleanly then."""
+        with self.env.begin(db=self._state) as txn:
+            boot = txn.get(b"boot")
+        return boot is None or (boot in (_BOOT, _CLEAN) and BOOT_ID != (0, 0))
+
     def close(self) -> None:
+        if (
+            not self.readonly
+            and getattr(self, "_state", None) is not None
+            and os.getpid() == _envs.get(self._key, (0, 0, 0))[2]
+        ):
+            try:
+                self.env.sync(True)
+                with self.env.begin(write=True) as txn:
+                    if txn.get(b"boot", db=self._state) == _BOOT:
+                        txn.put(b"boot", _CLEAN, db=self._state)
+                self.env.sync(True)
+            except Exception:  # pylint: disable=broad-exception-caught  # the next open checks it anyway
+                pass
         with _envs_guard:
-            env, users, pid = _envs.get(self._key, (None, 0, 0))
+            env, users, pid, env_readonly = _envs.get(self._key, (None, 0, 0, True))
             if env is not self.env:
                 return
             if users <= 1:
@@ -92,7 +124,7 @@ class LmdbIndex(IndexBase):
                 if pid == os.getpid():
                     env.close()
             else:
-                _envs[self._key] = (env, users - 1, pid)
+                _envs[self._key] = (env, users - 1, pid, env_readonly)
 
     def check(self) -> None:
         self.checkpoint()
@@ -157,14 +189,19 @@ class LmdbIndex(IndexBase):
             if row.segment in wanted or row.logseg in wanted:
                 yield key, row
 
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+        pack = _ROW.pack
         with self.env.begin(write=True) as txn:
+            put = txn.put
             for key, row in entries:
                 if row is None:
                     txn.delete(key, db=self._keys)
                 else:
-                    txn.put(key, _pack(row), db=self._keys)
+                    seg, start, end, checksum, created, row_logseg, meta = row
+                    head = pack(seg, start, end, checksum, created, row_logseg if logseg is None else logseg)
+                    put(key, head + meta, db=self._keys)
             txn.put(b"checkpoint", _CHECKPOINT.pack(*checkpoint), db=self._state)
+            txn.put(b"boot", _BOOT, db=self._state)
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:

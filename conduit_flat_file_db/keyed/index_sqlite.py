@@ -13,6 +13,7 @@ import os
 import sqlite3
 import struct
 import threading
+import weakref
 from typing import Iterable, Iterator
 
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
@@ -62,12 +63,13 @@ class SqliteIndex(IndexBase):
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._pid = os.getpid()
+        _instances.add(self)
         if readonly:
             if not os.path.exists(path):
                 raise IndexDamagedError(f"{path} does not exist")
         else:
-            conn = self._conn()
             try:
+                conn = self._conn()
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)
                 self.check()
@@ -83,6 +85,8 @@ class SqliteIndex(IndexBase):
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600)
                 conn.execute("SELECT value FROM state WHERE name = 'count'").fetchone()
             except sqlite3.OperationalError:
+                if os.access(os.path.dirname(self.path), os.W_OK):
+                    raise  # immutable=1 would ignore a writer's WAL: only for media nothing writes
                 conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
@@ -90,16 +94,20 @@ class SqliteIndex(IndexBase):
         return conn
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or self._pid != os.getpid():
-            if self._pid != os.getpid():  # a forked child: the parent's connections are not ours to use
-                with self._guard:
-                    self._all, self._pid = [], os.getpid()
-                self._local = threading.local()
-            conn = self._local.conn = self._connect()
-            with self._guard:
-                self._all.append(conn)
+        try:
+            return self._local.conn  # type: ignore[no-any-return]  # the hot path: this thread's connection
+        except AttributeError:
+            pass
+        conn = self._local.conn = self._connect()
+        with self._guard:
+            self._all.append(conn)
         return conn
+
+    def _forget_connections(self) -> None:
+        """In a forked child: the parent's connections are not this process's to use or close."""
+        self._guard = threading.Lock()
+        self._all, self._pid = [], os.getpid()
+        self._local = threading.local()
 
     def check(self) -> None:
         conn = self._conn()
@@ -176,11 +184,11 @@ class SqliteIndex(IndexBase):
 
     # -- writes (the keyed store's write lock held) ---------------------------------------
 
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._apply_in_transaction(conn, entries, checkpoint)
+            self._apply_in_transaction(conn, entries, checkpoint, logseg)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -188,7 +196,9 @@ class SqliteIndex(IndexBase):
             raise
 
     @staticmethod
-    def _apply_in_transaction(conn: sqlite3.Connection, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+    def _apply_in_transaction(
+        conn: sqlite3.Connection, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None
+    ) -> None:
         puts: list[tuple[object, ...]] = []
         for key, row in entries:
             if row is None:
@@ -197,8 +207,9 @@ class SqliteIndex(IndexBase):
                     puts = []
                 conn.execute("DELETE FROM keys WHERE key = ?", (key,))
             else:
-                seg, start, end, checksum, created, logseg, meta = row
-                puts.append((key, seg, start, end, _signed(checksum), created, logseg, meta))
+                seg, start, end, checksum, created, row_logseg, meta = row
+                checksum = checksum - 2**64 if checksum >= _SIGN else checksum
+                puts.append((key, seg, start, end, checksum, created, row_logseg if logseg is None else logseg, meta))
         if puts:
             conn.executemany(_UPSERT, puts)
         conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (_CHECKPOINT.pack(*checkpoint),))
@@ -222,6 +233,18 @@ class SqliteIndex(IndexBase):
             self._conn().backup(target)
         finally:
             target.close()
+
+
+_instances: weakref.WeakSet[SqliteIndex] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance._forget_connections()  # pylint: disable=protected-access  # this module's class
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _after_prefix(prefix: bytes) -> bytes | None:

@@ -21,6 +21,7 @@ KEYLOG_VERSION = 1
 _HEADER = struct.Struct("<8sHHIQ")  # magic, version, flags, entry count, written_ns: 24 bytes
 _ENTRY = struct.Struct("<BBHI")  # op, key kind, key length, meta length: 8 bytes
 _WHERE = struct.Struct("<IQQQQ")  # PUT: segment, start, end, checksum, created_ns: 36 bytes
+_PUT_ENTRY = struct.Struct("<BBHIIQQQQ")  # _ENTRY then _WHERE, packed at once
 OP_PUT = 1
 OP_DEL = 2
 MAX_KEY_BYTES = 511  # an encoded key (kind byte + key): LMDB's default key limit, kept for both indexes
@@ -81,16 +82,17 @@ def decode_key(encoded: bytes) -> str | bytes:
 def encode_keylog(entries: list[Entry], written_ns: int) -> bytes:
     """One key-log record holding ``entries`` in order (a later entry for a key wins)."""
     parts = [_HEADER.pack(KEYLOG_MAGIC, KEYLOG_VERSION, 0, len(entries), written_ns)]
+    append = parts.append
+    put = _PUT_ENTRY.pack
     for key, row in entries:
-        kind, raw = key[0], key[1:]
         if row is None:
-            parts.append(_ENTRY.pack(OP_DEL, kind, len(raw), 0))
-            parts.append(raw)
+            append(_ENTRY.pack(OP_DEL, key[0], len(key) - 1, 0))
+            append(key[1:])
         else:
-            parts.append(_ENTRY.pack(OP_PUT, kind, len(raw), len(row.meta)))
-            parts.append(_WHERE.pack(row.segment, row.start, row.end, row.checksum, row.created_ns))
-            parts.append(raw)
-            parts.append(row.meta)
+            segment, start, end, checksum, created_ns, _, meta = row
+            append(put(OP_PUT, key[0], len(key) - 1, len(meta), segment, start, end, checksum, created_ns))
+            append(key[1:])
+            append(meta)
     return b"".join(parts)
 
 

@@ -335,3 +335,48 @@ def test_our_write_lock_excludes_plain_fasteners_users(lock: ProcessLock, tmp_pa
         assert try_in_child("try-write", tmp_path / "x.lock") == "refused"
         assert try_in_child("try-read", tmp_path / "x.lock") == "acquired"
     assert try_in_child("try-write", tmp_path / "x.lock") == "acquired"
+
+
+_CYCLE_HOLDER = """
+import sys, time
+from conduit_flat_file_db.locking import process_lock_for
+first, second, ready = process_lock_for(sys.argv[1]), process_lock_for(sys.argv[2]), sys.argv[3]
+first.acquire_write()
+open(ready, "w").close()
+second.acquire_write()  # waits for the other process's lease on it
+second.release_write()
+first.release_write()
+"""
+
+_CYCLE_LEASER = """
+import os, sys, time
+from conduit_flat_file_db.locking import process_lock_for
+first, second, ready = process_lock_for(sys.argv[1]), process_lock_for(sys.argv[2]), sys.argv[3]
+second.acquire_write()
+second.release_write()  # kept on lease (FFDB_LEASE_SECONDS) with no thread in it
+while not os.path.exists(ready):
+    time.sleep(0.001)
+time.sleep(0.2)  # the holder is now waiting for the leased lock
+first.acquire_write()  # the kernel sees a cycle: holder -> our lease, us -> holder
+first.release_write()
+print("acquired")
+"""
+
+
+def test_a_lock_cycle_through_a_lease_is_waited_out_not_raised(tmp_path: Path) -> None:
+    """Locks taken in opposite orders by two processes, one holding the other's lock only on lease
+    (a keyed store's write, then its engine's put): the kernel answers EDEADLK to a blocking wait;
+    the waiter waits again until the lease ends instead of raising OSError."""
+    first, second, ready = (str(tmp_path / name) for name in ("first.lock", "second.lock", "ready"))
+    env = dict(os.environ, FFDB_LEASE_SECONDS="1.0")
+    holder = subprocess.Popen([sys.executable, "-c", _CYCLE_HOLDER, first, second, ready], env=env)
+    leaser = subprocess.run(
+        [sys.executable, "-c", _CYCLE_LEASER, first, second, ready],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert holder.wait(timeout=60) == 0
+    assert leaser.returncode == 0 and leaser.stdout.strip() == "acquired", leaser.stderr
