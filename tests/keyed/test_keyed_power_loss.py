@@ -195,7 +195,7 @@ def segment_cuts(segments: Path, synced: int, rng: random.Random) -> Iterator[tu
     for record in records:
         ends.append(max(ends[-1], record.offset + record.size if record.rtype == REC_BLOB else 0))
     total = len(records)
-    points = sorted({synced, total, *rng.sample(range(synced, total + 1), min(5, total + 1 - synced))})
+    points = sorted({synced, total, *rng.sample(range(synced, total + 1), min(4, total + 1 - synced))})
     for count in points:
         yield f"records_{count}_of_{total}", count, ends[count]
     middle = points[len(points) // 2]

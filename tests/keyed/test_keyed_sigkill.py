@@ -28,7 +28,7 @@ from keyed_workers import victim_role
 
 pytestmark = pytest.mark.crash
 
-KILLS = int(os.environ.get("FFDB_CRASH_KILLS", "30"))
+KILLS = int(os.environ.get("FFDB_CRASH_KILLS", "24"))  # per kind of op and index: 192 kills in all
 
 
 def reopen_and_read(path: Path, index: str, where: str) -> tuple[State, State]:
