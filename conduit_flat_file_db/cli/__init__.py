@@ -2,11 +2,11 @@
 
 A thin layer: every command is one or two calls of :class:`FlatFileDb` (``put_streams``,
 ``get_many``, ``open_blob``, ``iter_locations``, ``stats``, ``verify``, ``rotate``,
-``delete_file``, ``enforce_retention``, ``recompress``) plus argument parsing and
-printing; nothing below imports it. This module opens the store and maps errors to exit
-codes; ``parser`` says what the command line accepts (and its exit codes, shown by
-``ffdb --help``), ``put`` and ``commands`` run the commands, ``progress`` draws the bar,
-``base`` holds what they share.
+``delete_file``, ``enforce_retention``, ``recompress``; ``ffdb kv``: of :class:`KeyedStore`)
+plus argument parsing and printing; nothing below imports it. This module opens the store
+and maps errors to exit codes; ``parser`` (and ``kv_parser``) say what the command line
+accepts (and its exit codes, shown by ``ffdb --help``), ``put``, ``commands`` and ``kv`` run
+the commands, ``progress`` draws the bar, ``base`` holds what they share.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .commands import (
     cmd_stats,
     cmd_verify,
 )
+from .kv import run_kv
 from .parser import build_parser
 from .put import check_sources, cmd_put
 
@@ -65,6 +66,8 @@ _COMMANDS: dict[str, Callable[[FlatFileDb, argparse.Namespace], int]] = {
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "kv":
+        return run_kv(args)
     datadir: str = args.datadir
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
     if args.command in _READ_COMMANDS:

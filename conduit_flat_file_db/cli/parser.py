@@ -16,6 +16,7 @@ from .base import (
     HEX_LOCATION_CHARS,
     SMALL_BLOB_BYTES,
 )
+from .kv_parser import add_kv_parser
 from .progress import PROGRESS_MIN_BYTES
 
 LOCATION_HELP = f"""\
@@ -31,7 +32,7 @@ than {PROGRESS_MIN_BYTES >> 20} MiB and tqdm is installed (extra "progress"); --
 
 exit codes:
   {EXIT_OK}    success (verify: no problems found)
-  {EXIT_PROBLEMS}    verify found problems
+  {EXIT_PROBLEMS}    verify found problems; kv get, kv stat KEY, kv rm: a KEY is absent
   {EXIT_ERROR}    error: bad arguments, bad location, missing file, store error, lock timeout
   {EXIT_REFUSED}    refused: delete or recompress of the mutable segment (seal it first: ffdb rotate)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
@@ -62,17 +63,19 @@ def _add_no_progress(parser: argparse.ArgumentParser, default: Any) -> None:
     )
 
 
-def _add_store_options(parser: argparse.ArgumentParser, default: Any) -> None:
+def _add_store_options(parser: argparse.ArgumentParser, default: Any, lock: bool = True) -> None:
     """The options that say which store and how to open it: on the main parser (``default``:
     their defaults) and on each subcommand (``argparse.SUPPRESS``: a value given before the
-    subcommand is kept), so ``ffdb --datadir D info`` and ``ffdb info --datadir D`` both work."""
+    subcommand is kept), so ``ffdb --datadir D info`` and ``ffdb info --datadir D`` both work.
+    ``lock``: whether ``--lock`` applies (not to ``kv``: a keyed store keeps its locks inside DIR)."""
     parser.add_argument("--datadir", metavar="DIR", default=default, help="directory of the store (required)")
-    parser.add_argument(
-        "--lock",
-        metavar="PATH",
-        default=default,
-        help="inter-process lock file shared by every user of the store (default: DIR.lock)",
-    )
+    if lock:
+        parser.add_argument(
+            "--lock",
+            metavar="PATH",
+            default=default,
+            help="inter-process lock file shared by every user of the store (default: DIR.lock)",
+        )
     parser.add_argument(
         "--lock-timeout",
         type=_seconds,
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
         "[--version] COMMAND ...",
         description="Append-only flat-file BLOB store: store files as blobs, read them back, "
-        "inspect, verify, maintain.",
+        "inspect, verify, maintain; or store values by key (ffdb kv --help).",
         epilog=EXIT_CODES_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -235,4 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="ffdb")
     for command in _add_data_commands(commands) + _add_inspect_commands(commands) + _add_maintenance_commands(commands):
         _add_store_options(command, argparse.SUPPRESS)
+    for command in add_kv_parser(commands):
+        _add_store_options(command, argparse.SUPPRESS, lock=False)
     return parser

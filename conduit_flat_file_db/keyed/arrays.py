@@ -141,9 +141,10 @@ class ArrayStore(MappingStore):
                 del mapped
             if self.fsync:
                 os.fsync(fd)
-            location = self.db.adopt_file(path)
-            row = Row(self._segment_of(location), location[1], location[2], 0, time.time_ns(), 0, row_meta)
-            self._commit([], (), [Entry(encoded, row)])
+            with self._no_vacuum():  # the adopted segment is named by no key until the commit
+                location = self.db.adopt_file(path)
+                row = Row(self._segment_of(location), location[1], location[2], 0, time.time_ns(), 0, row_meta)
+                self._commit([], (), [Entry(encoded, row)])
         finally:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

@@ -14,6 +14,7 @@ checkpoint's record is still in the segments, and rebuilds the index from them i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -40,6 +41,9 @@ logger = logging.getLogger("conduit_flat_file_db")
 
 SEGMENTS_DIR = "segments"
 LOCK_NAME = "index.lock"
+VACUUM_LOCK_NAME = "vacuum.lock"  # held to write by the vacuum (or backup) at work; shared by
+# writers of values that become segments of their own (streams, arrays) from their copy to their
+# commit: in between no key names the segment, and a vacuum would take it for an orphan
 SEGMENTS_LOCK_NAME = "segments.lock"
 STAGING_DIR = "staging"
 _RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
@@ -111,9 +115,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             log_records=True,
         )
         self._lock: ProcessLock | None = None
+        self._vacuum_lock: ProcessLock | None = None
         try:
             if not self.readonly:
                 self._lock = process_lock_for(os.path.join(self._dir, LOCK_NAME))
+                self._vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
             self.index = self._open_index_or_rebuild()
             if not self.readonly:
                 self._sweep_staging()
@@ -188,9 +194,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         if index is not None:
             index.close()
         self.db.close()
-        if self._lock is not None:
-            release_process_lock(self._lock)
-            self._lock = None
+        for lock in (self._lock, self._vacuum_lock):
+            if lock is not None:
+                release_process_lock(lock)
+        self._lock = self._vacuum_lock = None
 
     def __enter__(self: _K) -> _K:
         return self
@@ -238,6 +245,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         return _new_location(DataLocation, (path, row.start, row.end))
 
     # -- the write path -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _no_vacuum(self) -> Iterator[None]:
+        """Hold off vacuums (shared with other such writers) while a segment no key names yet is
+        being made and committed."""
+        lock = self._vacuum_lock
+        if lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        with lock.read(self.lock_timeout):
+            yield
 
     def _write_lock(self) -> Any:
         if self._lock is None:

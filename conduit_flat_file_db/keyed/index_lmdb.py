@@ -89,11 +89,15 @@ class LmdbIndex(IndexBase):
             _envs[self._key] = (env, users + 1, os.getpid(), env_readonly)
         self.env = env
         try:
+            self._check_size()
             self._keys = env.open_db(b"keys", create=not readonly)
             self._state = env.open_db(b"state", create=not readonly)
         except lmdb.Error as exc:
             self.close()
             raise IndexDamagedError(f"{path}: {exc}") from exc
+        except IndexDamagedError:
+            self.close()
+            raise
 
     def trusted(self) -> bool:
         """False when the index was written in another boot and not closed cleanly then."""
@@ -127,7 +131,18 @@ class LmdbIndex(IndexBase):
                 _envs[self._key] = (env, users - 1, pid, env_readonly)
 
     def check(self) -> None:
+        self._check_size()
         self.checkpoint()
+
+    def _check_size(self) -> None:
+        """A data file shorter than the pages its meta page names would be a SIGBUS on the first
+        read of a missing page (LMDB maps the file): refused, before any read of the tree."""
+        info, page = self.env.info(), self.env.stat()["psize"]
+        size = os.path.getsize(os.path.join(self.path, "data.mdb"))
+        if size < (info["last_pgno"] + 1) * page:
+            raise IndexDamagedError(
+                f"{self.path}: data.mdb is {size} bytes but its meta page names {info['last_pgno'] + 1} pages"
+            )
 
     def lookup(self, key: bytes) -> Row | None:
         with self.env.begin(db=self._keys, buffers=True) as txn:

@@ -110,6 +110,7 @@ class SqliteIndex(IndexBase):
         self._local = threading.local()
 
     def check(self) -> None:
+        _check_size(self.path)
         conn = self._conn()
         try:
             names = {name for (name,) in conn.execute("SELECT name FROM state")}
@@ -245,6 +246,27 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_size(path: str) -> None:
+    """A database file shorter than the pages its header counts was cut (a lost tail): SQLite
+    would answer "malformed" to the reads of the missing pages, long after the open."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return
+    if len(header) < 100:
+        if header:
+            raise IndexDamagedError(f"{path}: {len(header)} bytes, shorter than a database header")
+        return
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the page count is valid when written with the change counter
+    if valid and size < pages * page:
+        raise IndexDamagedError(f"{path}: {size} bytes, but its header counts {pages} pages of {page} bytes")
 
 
 def _after_prefix(prefix: bytes) -> bytes | None:

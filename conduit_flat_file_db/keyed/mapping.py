@@ -302,7 +302,8 @@ class MappingStore(KeyedCore):
         """Store everything ``readable`` yields under ``key``, in constant memory."""
         self._check_writable("put_stream")
         encoded = encode_key(key)
-        self._commit([], (), [self._stream_entry(encoded, readable, encode_meta(meta))])
+        with self._no_vacuum():  # the value is a segment no key names until the commit
+            self._commit([], (), [self._stream_entry(encoded, readable, encode_meta(meta))])
 
     def _stream_entry(self, encoded: bytes, readable: Any, meta: bytes, reader: _HashingReader | None = None) -> Entry:
         reader = reader or _HashingReader(readable)
@@ -330,7 +331,8 @@ class MappingStore(KeyedCore):
                         self._commit(puts)
                         puts, pending = [], 0
                     chained = _Chained(head, stream)
-                    self._commit([], (), [self._stream_entry(encoded, chained, b"")])
+                    with self._no_vacuum():
+                        self._commit([], (), [self._stream_entry(encoded, chained, b"")])
             if pending >= _BATCH_BYTES:
                 self._commit(puts)
                 puts, pending = [], 0
@@ -366,18 +368,24 @@ class MappingStore(KeyedCore):
         keys: list[str] = []
         for source in streams:
             sha = hashlib.sha256()
-            with _opened(source, open_streams) as stream:
+            with self._no_vacuum(), _opened(source, open_streams) as stream:
                 reader = _HashingReader(stream, sha)
                 location = self.db.put_stream(reader)
-            key = sha.hexdigest()
-            keys.append(key)
-            encoded = encode_key(key)
-            if self.index.lookup(encoded) is None:
-                self.db.sync()
-                row = Row(
-                    self._segment_of(location), location[1], location[2], reader.xxh.intdigest(), time.time_ns(), 0, b""
-                )
-                self._commit([], (), [Entry(encoded, row)])
+                key = sha.hexdigest()
+                keys.append(key)
+                encoded = encode_key(key)
+                if self.index.lookup(encoded) is None:
+                    self.db.sync()
+                    row = Row(
+                        self._segment_of(location),
+                        location[1],
+                        location[2],
+                        reader.xxh.intdigest(),
+                        time.time_ns(),
+                        0,
+                        b"",
+                    )
+                    self._commit([], (), [Entry(encoded, row)])
         return keys
 
 

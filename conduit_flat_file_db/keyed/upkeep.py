@@ -20,8 +20,7 @@ from typing import Iterator
 
 import xxhash
 
-from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbUnsafeAccessError
-from ..locking import process_lock_for, release_process_lock
+from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 from ..naming import parse_segment_name
 from .arrays import ArrayStore
 from .core import SEGMENTS_DIR
@@ -29,7 +28,6 @@ from .index_base import Checkpoint
 from .keylog import Entry, Row, decode_key
 from .mapping import is_unchecked
 
-VACUUM_LOCK_NAME = "vacuum.lock"
 _CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
 _CHUNK_ROWS = 20000
 
@@ -83,16 +81,26 @@ class MaintainedStore(ArrayStore):
         self._check_writable("vacuum")
         if not 0.0 <= min_dead_fraction <= 1.0:
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
-        lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
-        try:
-            with lock.write(self.lock_timeout):
-                return self._vacuum_locked(min_dead_fraction)
-        finally:
-            release_process_lock(lock)
+        lock = self._vacuum_lock
+        if lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        with lock.write(self.lock_timeout):
+            return self._vacuum_locked(min_dead_fraction)
 
     def _vacuum_locked(self, min_dead_fraction: float) -> VacuumResult:
         self.db.rotate()
-        mutable = self.db.mutable_segment()
+        mutable = self.db.mutable_segment()  # only segments sealed before the barrier are candidates
+        with self._write_lock():
+            # A barrier: a write whose values went to a segment sealed just now commits its key log
+            # after them, under this lock; once it is ours, every row naming a segment below
+            # ``mutable`` is in the index (records of writers that died are applied here too), so
+            # the rows read below are all the rows each of those segments holds.
+            self._catch_up(self.index, self.index.checkpoint(), None)
+            if self.index.checkpoint().segment < mutable:
+                # An empty key log moves the checkpoint out of the segments this vacuum may delete:
+                # an open checks the checkpoint's record is in the segments, and would take the
+                # index for one ahead of them (and rebuild it all) if a vacuum had deleted it.
+                self._log_and_apply([], None, time.time_ns())
         usage = self.index.segment_usage()
         sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
         removed = reclaimed = moved = 0
@@ -284,17 +292,16 @@ class MaintainedStore(ArrayStore):
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"backup destination {target} exists and is not empty")
         (target / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
-        vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
-        try:
-            with vacuum_lock.write(self.lock_timeout), self._write_lock():
-                self.db.sync()
-                source = os.path.join(self._dir, SEGMENTS_DIR)
-                for name in sorted(os.listdir(source)):
-                    if parse_segment_name(name) is not None or name.endswith(".idx"):
-                        shutil.copy2(os.path.join(source, name), target / SEGMENTS_DIR / name)
-                self.index.backup_to(str(target / self.index.NAME))
-        finally:
-            release_process_lock(vacuum_lock)
+        vacuum_lock = self._vacuum_lock
+        if vacuum_lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        with vacuum_lock.write(self.lock_timeout), self._write_lock():
+            self.db.sync()
+            source = os.path.join(self._dir, SEGMENTS_DIR)
+            for name in sorted(os.listdir(source)):
+                if parse_segment_name(name) is not None or name.endswith(".idx"):
+                    shutil.copy2(os.path.join(source, name), target / SEGMENTS_DIR / name)
+            self.index.backup_to(str(target / self.index.NAME))
 
     def rebuild_index(self) -> int:
         """Build the index again from the key logs in the segments; returns the number of keys."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+import xxhash
 
 from conduit_flat_file_db import (
     FlatFileDbNotFoundError,
@@ -456,3 +459,100 @@ def test_a_store_pickles_as_its_arguments_and_opens_again(tmp_path: Path, index:
         store["k"] = b"v"
         with pickle.loads(pickle.dumps(store)) as copy:
             assert copy["k"] == b"v" and copy.index_kind == index and copy.db.MAX_DAT_FILE_SIZE == 4096
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.9])
+def test_an_index_file_cut_short_is_rebuilt_not_mapped(tmp_path: Path, index: str, keep: float) -> None:
+    """A cut LMDB file would be a SIGBUS on its first read of a missing page, a cut SQLite file a
+    "malformed" error long after the open: both are found at the open and rebuilt."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many((f"k{i}", bytes([i % 256]) * 100) for i in range(3000))
+        before = dict(store.items())
+    data = tmp_path / "kv" / ("index.lmdb/data.mdb" if index == "lmdb" else "index.sqlite3")
+    os.truncate(data, int(data.stat().st_size * keep))
+    code = (
+        "import sys; from conduit_flat_file_db import KeyedStore\n"
+        "with KeyedStore(sys.argv[1], index=sys.argv[2]) as s: print(len(s), s['k7'][:1].hex())"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "kv"), index], capture_output=True, text=True, check=False
+    )
+    assert child.returncode == 0 and child.stdout.split() == ["3000", "07"], child.stderr[-2000:]
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        assert dict(store.items()) == before
+
+
+def test_vacuum_waits_for_a_write_whose_values_its_rotation_sealed(tmp_path: Path, index: str) -> None:
+    """A write's values can land in the segment a vacuum's rotation then seals, with the key log
+    written after it: the vacuum must see that row before it decides what the segment holds."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index=index) as writer, KeyedStore(tmp_path / "kv", index=index) as vacuumer:
+        writer["old"] = b"dead soon"
+        writer["old"] = b"alive"
+        lock = writer._lock  # pylint: disable=protected-access  # a write stopped between its two commits
+        assert lock is not None
+        lock.acquire_write()
+        try:
+            value = b"value in the segment the vacuum seals"
+            location = writer.db.put(value)
+            result: list[object] = []
+            worker = threading.Thread(target=lambda: result.append(vacuumer.vacuum(0.0)))
+            worker.start()
+            worker.join(0.5)
+            segment = int(Path(location.file_path).name[5:13])
+            row = Row(segment, location.start_offset, location.end_offset, xxhash.xxh3_64_intdigest(value), 1, 0, b"")
+            first = (row.segment, row.start)
+            writer._log_and_apply([Entry(encode_key("new"), row)], first, 1)  # pylint: disable=protected-access
+        finally:
+            lock.release_write()
+        worker.join(30)
+        assert result and vacuumer["new"] == b"value in the segment the vacuum seals"
+        assert vacuumer.verify().ok and dict(vacuumer.items())["old"] == b"alive"
+
+
+def test_vacuum_leaves_alone_a_stream_segment_not_yet_named_by_its_key(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """put_stream's value becomes a segment of its own before its key log names it: a vacuum in
+    between would take it for an orphan and delete it, leaving the key pointing at nothing."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index=index) as writer, KeyedStore(tmp_path / "kv", index=index) as vacuumer:
+        writer["x"] = b"1"
+        between, go_on = threading.Event(), threading.Event()
+        real_sync = writer.db.sync
+
+        def slow_sync() -> None:  # runs between the stream's segment and its key log
+            between.set()
+            go_on.wait(10)
+            real_sync()
+
+        monkeypatch.setattr(writer.db, "sync", slow_sync)
+        streamer = threading.Thread(target=lambda: writer.put_stream("s", io.BytesIO(b"streamed")))
+        streamer.start()
+        assert between.wait(10)
+        vacuum = threading.Thread(target=lambda: vacuumer.vacuum(0.0))
+        vacuum.start()
+        vacuum.join(0.5)
+        go_on.set()
+        streamer.join(30)
+        vacuum.join(30)
+        assert vacuumer["s"] == b"streamed" and vacuumer.verify().ok
+
+
+def test_vacuum_keeps_the_segment_of_the_indexs_checkpoint(
+    tmp_path: Path, index: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last key log applied names the index's checkpoint; an open finding it gone would take the
+    index for one ahead of the segments and rebuild it all. Vacuum leaves that segment for later."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many((f"k{i}", bytes(100)) for i in range(10))
+        store.delete_many(f"k{i}" for i in range(10))  # the last key log: its segment is all dead
+        store.delete_many(f"k{i}" for i in range(10))  # the last key log: its segment is all dead
+        store.vacuum(0.0)
+        assert store.index.checkpoint().segment in store.db.segments()
+    with caplog.at_level("ERROR", logger="conduit_flat_file_db"):
+        with KeyedStore(tmp_path / "kv", index=index) as store:
+            assert not dict(store.items())
+    assert "rebuilding" not in caplog.text

@@ -369,14 +369,14 @@ def test_a_lock_cycle_through_a_lease_is_waited_out_not_raised(tmp_path: Path) -
     the waiter waits again until the lease ends instead of raising OSError."""
     first, second, ready = (str(tmp_path / name) for name in ("first.lock", "second.lock", "ready"))
     env = dict(os.environ, FFDB_LEASE_SECONDS="1.0")
-    holder = subprocess.Popen([sys.executable, "-c", _CYCLE_HOLDER, first, second, ready], env=env)
-    leaser = subprocess.run(
-        [sys.executable, "-c", _CYCLE_LEASER, first, second, ready],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert holder.wait(timeout=60) == 0
+    with subprocess.Popen([sys.executable, "-c", _CYCLE_HOLDER, first, second, ready], env=env) as holder:
+        leaser = subprocess.run(
+            [sys.executable, "-c", _CYCLE_LEASER, first, second, ready],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert holder.wait(timeout=60) == 0
     assert leaser.returncode == 0 and leaser.stdout.strip() == "acquired", leaser.stderr
