@@ -413,23 +413,28 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         blob acknowledged before it. Needs a store opened with ``log_records=True``, whose new
         segments have index version 2; a mutable segment of version 1 is sealed first.
         """
-        self._refuse_write("put_log")
-        if not self.log_records:
+        if self.readonly or not self.log_records:
+            self._refuse_write("put_log")
             raise FlatFileDbUnsafeAccessError(f"{self.datadir}: put_log() needs a store opened with log_records=True")
         item = data if type(data) is bytes else as_bytes_like(data, "put_log()")  # pylint: disable=unidiomatic-typecheck
-        checksums = [blob_checksum(item)]
-        self._reopen_if_closed()
-        locations: list[DataLocation] = []
-        with self._lock.write(self.lock_timeout):
+        checksum = blob_checksum(item)
+        if self._closed:
+            self._open()
+        lock = self._lock
+        lock.acquire_write(self.lock_timeout)
+        try:
             writer = self._writer
             if writer.version >= INDEX_VERSION_LOG and not self.use_compression and len(item) <= writer.map_limit:
-                start = writer.put_mapped(item, checksums[0], self.MAX_DAT_FILE_SIZE, FLAG_LOG)
-                if start >= 0:  # as in put(): the common case
+                start = writer.put_mapped(item, checksum, self.MAX_DAT_FILE_SIZE, FLAG_LOG)
+                if start >= 0:  # as in put(): the common case, no syscall
                     return new_location((writer.path, start, start + len(item)))
             writer.prepare(self.MAX_DAT_FILE_SIZE)
             writer.ensure_version(INDEX_VERSION_LOG)
-            self._put_run_locked([item], checksums, 0, locations, None, log=True)
+            locations: list[DataLocation] = []
+            self._put_run_locked([item], [checksum], 0, locations, None, log=True)
             sealed = writer.take_sealed()
+        finally:
+            lock.release_write()
         self._after_seal(sealed)
         return locations[0]
 

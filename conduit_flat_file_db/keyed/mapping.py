@@ -21,6 +21,7 @@ from .core import KeyedCore
 from .keylog import Entry, Row, decode_key, encode_key
 
 Key = str | bytes
+_checksum = xxhash.xxh3_64_intdigest
 _SMALL_STREAM = 2**20  # put_streams: values up to this size are batched, longer ones streamed
 _BATCH_BYTES = 64 * 2**20
 
@@ -203,9 +204,13 @@ class MappingStore(KeyedCore):
         for _ in range(8):
             _, rows = self._rows(wanted)
             try:
-                return self.db.get_many([self._location(row) for row in rows])
+                values = self.db.get_many([self._location(row) for row in rows])
             except FlatFileDbNotFoundError:
                 continue  # a vacuum moved one meanwhile: look them up again
+            for key, row, value in zip(wanted, rows, values):
+                if _checksum(value) != row.checksum:
+                    self._check_value(key, row, value)
+            return values
         return [self[key] for key in wanted]
 
     def delete_many(self, keys: Iterable[Key]) -> int:

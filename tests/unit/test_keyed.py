@@ -17,6 +17,7 @@ import pytest
 import xxhash
 
 from conduit_flat_file_db import (
+    CorruptionError,
     FlatFileDbNotFoundError,
     FlatFileDbReadOnlyError,
     FormatError,
@@ -262,8 +263,10 @@ def test_a_key_log_the_index_missed_is_applied_before_the_next_write(tmp_path: P
     applies that record first, so its own later write of the same key wins."""
     with KeyedStore(tmp_path / "kv", index=index) as store:
         store["k"] = b"v0"
-        location = store.db.put(b"v1 of the dead writer")
-        row = Row(int(Path(location.file_path).name[5:13]), location.start_offset, location.end_offset, 0, 1, 0, b"")
+        value = b"v1 of the dead writer"
+        location = store.db.put(value)
+        segment = int(Path(location.file_path).name[5:13])
+        row = Row(segment, location.start_offset, location.end_offset, xxhash.xxh3_64_intdigest(value), 1, 0, b"")
         store.db.put_log(encode_keylog([Entry(encode_key("k"), row), Entry(encode_key("x"), row)], 1))
         with KeyedStore(tmp_path / "kv", index=index, readonly=True) as reader:
             assert reader["k"] == b"v0"  # not applied yet: the index is behind, never ahead
@@ -556,3 +559,22 @@ def test_vacuum_keeps_the_segment_of_the_indexs_checkpoint(
         with KeyedStore(tmp_path / "kv", index=index) as store:
             assert not dict(store.items())
     assert "rebuilding" not in caplog.text
+
+
+def test_a_whole_value_that_fails_its_checksum_is_an_error_never_returned(tmp_path: Path, index: str) -> None:
+    """Every whole value read is checked against the checksum its row holds: a flipped byte in a
+    segment (or an index row naming other bytes) is a CorruptionError, not wrong data."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many([("a", b"A" * 100), ("b", b"B" * 100)])
+        meta = store.meta("b")
+    segment = tmp_path / "kv" / SEGMENTS_DIR / f"data_{meta.segment:08d}.dat"
+    with open(segment, "r+b") as handle:
+        handle.seek(meta.offset + 10)
+        handle.write(b"X")
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        assert store["a"] == b"A" * 100
+        for read in (lambda: store["b"], lambda: store.get("b"), lambda: store.get_many(["a", "b"])):
+            with pytest.raises(CorruptionError, match="fails its checksum"):
+                read()
+        assert store.get("b", slice=Slice(0, 5)) == b"BBBBB"  # a slice is not the whole value: not checked
+        assert not store.verify().ok
