@@ -6,6 +6,7 @@ a process killed inside the create_array() with-block (or an exception leaving i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -51,11 +52,14 @@ def test_array_larger_than_the_writers_memory_is_filled_in_place_and_read_back(t
     with open_keyed(path, index) as store:
         store.put("before", value_for("before", 1))
     cfg = {"path": str(path), "index": index, "key": "big", "shape": BIG_SHAPE, "data_limit": DATA_LIMIT}
-    peak = run_in_child(fill_array_role, cfg, timeout=300)
-    print(f"peak resident set of the filling child: {peak / 2**20:.0f} MiB (data limit {DATA_LIMIT / 2**20:.0f} MiB)")
-    check_big_array(path, index, "big", BIG_SHAPE)
-    with open_keyed(path, index) as store:
-        assert sorted(store) == ["before", "big"] and store["before"] == value_for("before", 1)
+    try:
+        peak = run_in_child(fill_array_role, cfg, timeout=300)
+        print(f"peak resident set of the filling child: {peak / 2**20:.0f} MiB (limit {DATA_LIMIT / 2**20:.0f} MiB)")
+        check_big_array(path, index, "big", BIG_SHAPE)
+        with open_keyed(path, index) as store:
+            assert sorted(store) == ["before", "big"] and store["before"] == value_for("before", 1)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # 1 GiB: not left for pytest's last three runs to keep
 
 
 def kill_inside_create_array(tmp_path: Path, path: Path, index: str) -> None:
