@@ -62,6 +62,10 @@ class FlatFileDb(MaintainedStore):
             record (:meth:`put_log`, :meth:`iter_log`): what the keyed store writes its keys with.
             Releases before version 2 existed cannot open such segments; leave it False
             unless a layer above the engine needs it.
+        lock_leases: keep the write lock for a moment after a put (no syscall for the next
+            put of this process; GUARANTEES.md "Locks"). False gives it back at once: for a
+            layer whose writers already take turns on a lock of their own (the keyed store),
+            where a lease would only make the next writer wait for it to end.
         min_savings: deprecated name of ``min_segment_saving`` (a DeprecationWarning).
 
     Thread and process safety: every method may be called from any thread; many
@@ -90,6 +94,7 @@ class FlatFileDb(MaintainedStore):
         readonly: bool = False,
         min_savings: float | None = None,
         log_records: bool = False,
+        lock_leases: bool = True,
     ) -> None:
         mode = as_compress_mode(use_compression)
         if min_savings is not None:
@@ -117,6 +122,7 @@ class FlatFileDb(MaintainedStore):
             readonly=readonly,
             seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed,
             log_records=log_records,
+            lock_leases=lock_leases,
         )
 
     @property
@@ -162,6 +168,7 @@ class FlatFileDb(MaintainedStore):
             "min_segment_saving": self.min_segment_saving,
             "readonly": self.readonly,
             "log_records": self.log_records,
+            "lock_leases": self.lock_leases,
         }
         # The absolute paths resolved at construction: a worker in another working directory must
         # open this store, not a new one beside it.

@@ -106,6 +106,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                 self._want = memoryview(self._map).cast("Q")
             except (OSError, ValueError):
                 self._map = None
+        self.leases = True  # False: every release gives the POSIX lock back (see Store's lock_leases)
         self._reset_threads()
 
     def close(self) -> None:
@@ -256,7 +257,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._room.release()  # the lease goes on (the common case of back-to-back puts)
             return
         try:
-            if self._map is not None and now - self._lease_since < LEASE_SECONDS:
+            if self._map is not None and self.leases and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
                     if self._reaper is None and not self._start_reaper():
                         self._ipc_release()  # no thread to end a lease: no lease

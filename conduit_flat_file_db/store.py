@@ -108,6 +108,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         readonly: bool = False,
         seal_hook: SealHook | None = None,
         log_records: bool = False,
+        lock_leases: bool = True,
     ) -> None:
         check_paths(datadir, mutable_file_lock_path)
         check_options(lock_timeout, frame_bytes, MAX_FRAME_DECOMPRESSED_BYTES, frame_cache_bytes, compression_threads)
@@ -127,6 +128,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.MAX_DAT_FILE_SIZE = max_file_size  # pylint: disable=invalid-name  # reference API (checked on set)
         self._seal_hook = seal_hook
         self.log_records = bool(log_records)
+        self.lock_leases = bool(lock_leases)
         self._dir_str = str(self.datadir)
         self._abs_dir = os.path.abspath(self.datadir)
         self._abs_lock = os.path.abspath(self.mutable_file_lock_path)
@@ -167,6 +169,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             state: SharedState | None = None
             try:
                 lock = process_lock_for(self._abs_lock)
+                if not self.lock_leases:
+                    lock.leases = False
                 with lock.write(self.lock_timeout):
                     state = SharedState(dir_fd)
                     writer = SegmentWriter(

@@ -4,7 +4,7 @@
 with its dtype and shape in the key's metadata; ``get_array`` maps them back without a copy.
 ``create_array`` gives a writable memory map of a new file in ``staging/`` that becomes a sealed
 segment by rename when the with-block ends: an array larger than memory is filled in place
-and committed in O(1), and is never visible half-filled.
+and committed by rename (no copy), and is never visible half-filled.
 """
 
 from __future__ import annotations
@@ -110,11 +110,10 @@ class ArrayStore(MappingStore):
     @contextlib.contextmanager
     def create_array(self, key: Key, shape: Any, dtype: Any, *, meta: Mapping[str, Any] | None = None) -> Iterator[Any]:
         """A writable ``numpy.memmap`` of a new array, zero-filled, never held in memory; stored
-        under ``key`` when the with-block ends without an exception (an O(1) commit: the file
-        becomes a segment by rename), discarded otherwise. Until then no reader sees it; a crash
-        leaves nothing visible. With ``fsync=True`` the commit first makes the file durable;
-        with ``fsync=False`` a power loss soon after the commit may cost pages not yet written
-        back (GUARANTEES.md "Keyed store")."""
+        under ``key`` when the with-block ends without an exception (the file becomes a segment
+        by rename, no copy), discarded otherwise. Until then no reader sees it; a crash leaves
+        nothing visible. The commit first makes the file durable (in both fsync modes): it costs
+        the writing back of the pages the kernel has not written yet (GUARANTEES.md "Keyed store")."""
         self._check_writable("create_array")
         np = _numpy()
         encoded = encode_key(key)
@@ -136,11 +135,11 @@ class ArrayStore(MappingStore):
             mapped = np.memmap(path, dtype=dt, mode="r+", shape=dims)
             try:
                 yield mapped
-                mapped.flush()
             finally:
                 del mapped
-            if self.fsync:
-                os.fsync(fd)
+            # No msync: the map's pages are the file's page-cache pages, and adopt_file fsyncs the
+            # file (in both modes) before it commits it, so no key ever names pages a power loss
+            # could leave unwritten. That fsync is the commit's cost: the pages not yet written back.
             with self._no_vacuum():  # the adopted segment is named by no key until the commit
                 location = self.db.adopt_file(path)
                 row = Row(self._segment_of(location), location[1], location[2], 0, time.time_ns(), 0, row_meta)

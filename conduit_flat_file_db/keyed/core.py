@@ -113,12 +113,14 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             max_file_size=max_file_size,
             readonly=self.readonly,
             log_records=True,
+            lock_leases=False,  # writers take turns on index.lock: a lease here only delays the next one
         )
         self._lock: ProcessLock | None = None
         self._vacuum_lock: ProcessLock | None = None
         try:
             if not self.readonly:
                 self._lock = process_lock_for(os.path.join(self._dir, LOCK_NAME))
+                self._lock.leases = False  # a lease would keep the next writer waiting up to its end
                 self._vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
             self.index = self._open_index_or_rebuild()
             if not self.readonly:
@@ -344,11 +346,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     # -- the read path --------------------------------------------------------------------
 
-    def _read(self, key: bytes, original: object, slice: Slice | None = None) -> bytes:  # pylint: disable=redefined-builtin
-        row = self.index.lookup(key)
+    def _read(  # pylint: disable=redefined-builtin
+        self, key: bytes, original: object, slice: Slice | None = None, row: Row | object | None = _MISSING
+    ) -> bytes:
+        """The value of ``key`` (``row``: its row when already looked up); KeyError when absent."""
+        if row is _MISSING:
+            row = self.index.lookup(key)
         for _ in range(_RETRIES):
             if row is None:
                 raise KeyError(original)
+            assert isinstance(row, Row)  # for the type checker: None and _MISSING are handled above
             try:
                 value = self.db.get(self._location(row), slice)
             except FlatFileDbNotFoundError:

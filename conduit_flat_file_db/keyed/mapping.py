@@ -7,7 +7,7 @@ import io
 import json
 import os
 import time
-from collections.abc import KeysView
+from collections.abc import ItemsView, KeysView, ValuesView
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
@@ -103,6 +103,36 @@ class _HashingReader(io.RawIOBase):
         return count
 
 
+class _Items(ItemsView[Key, bytes]):
+    """``items()``: (key, value) pairs in key order, read a chunk of keys at a time; a key deleted
+    between the listing and its read is skipped, as a dict iterated while another process
+    changes it cannot promise more."""
+
+    def __init__(self, store: MappingStore) -> None:
+        super().__init__(store)
+        self._store = store
+
+    def __iter__(self) -> Iterator[tuple[Key, bytes]]:
+        store = self._store
+        for key, row in store._scan():  # pylint: disable=protected-access
+            try:
+                value = store._read(key, decode_key(key), None, row)  # pylint: disable=protected-access
+            except KeyError:
+                continue
+            yield decode_key(key), value
+
+
+class _Values(ValuesView[bytes]):
+    """``values()``: the values in key order (see _Items)."""
+
+    def __init__(self, store: MappingStore) -> None:
+        super().__init__(store)
+        self._store = store
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (value for _, value in _Items(self._store))
+
+
 class _PrefixKeys(KeysView[Key]):
     """``keys(prefix=...)``: the keys that start with ``prefix`` (of the same type)."""
 
@@ -144,6 +174,14 @@ class MappingStore(KeyedCore):
 
     def __iter__(self) -> Iterator[Key]:
         return (decode_key(key) for key, _ in self._scan())
+
+    def items(self) -> ItemsView[Key, bytes]:
+        """(key, value) pairs in key order; keys deleted meanwhile by others are skipped."""
+        return _Items(self)
+
+    def values(self) -> ValuesView[bytes]:
+        """Values in key order; keys deleted meanwhile by others are skipped."""
+        return _Values(self)
 
     def keys(self, prefix: Key | None = None) -> KeysView[Key]:
         """The keys (sorted: bytes keys, then str keys, each by their bytes); with ``prefix``,

@@ -30,6 +30,8 @@ from .mapping import is_unchecked
 
 _CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
 _CHUNK_ROWS = 20000
+_DELETE_EVERY_BYTES = 64 * 2**20  # live bytes copied before the segments they came from are deleted
+_DELETE_EVERY_SEGMENTS = 64
 
 
 @dataclass(frozen=True)
@@ -43,14 +45,17 @@ class VacuumResult:
 
 @dataclass(frozen=True)
 class KeyedStats:
-    """Sizes of a keyed store. ``dead_bytes``: bytes in segments no key points at (overwritten
-    and deleted values, key logs, padding), what vacuum can reclaim."""
+    """Sizes of a keyed store. ``live_bytes``: the values of the keys; ``log_bytes``: the key-log
+    records (the keys, locations and metadata recorded beside the values); ``dead_bytes``: the
+    rest of the segments' bytes (overwritten and deleted values, padding), what vacuum reclaims;
+    ``disk_bytes``: every file of the store (segments, index, locks)."""
 
     keys: int
     live_bytes: int
     dead_bytes: int
     disk_bytes: int
     segments: int
+    log_bytes: int = 0
 
 
 @dataclass
@@ -103,27 +108,47 @@ class MaintainedStore(ArrayStore):
                 self._log_and_apply([], None, time.time_ns())
         usage = self.index.segment_usage()
         sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
-        removed = reclaimed = moved = 0
+        logs: dict[int, int] = {}
+        for record in self.db.iter_log():
+            logs[record.segment] = logs.get(record.segment, 0) + record.end_offset - record.start_offset
+        moved = 0
+        done: list[tuple[int, int]] = []  # (segment, disk bytes) rewritten, not yet deleted
+        pending = 0  # live bytes copied since the last deletion
+        removed: list[int] = []
         for number in sorted(sizes):
             if number >= mutable:
                 break
             logical, disk = sizes[number]
             live, keys = usage.get(number, (0, 0))
-            dead = logical - live
+            dead = logical - live - logs.get(number, 0)  # key logs are not dead: a rewrite writes them again
             if keys and (dead <= 0 or dead / logical < min_dead_fraction):
                 continue  # nothing to reclaim, or too little for the copy it costs
             try:
                 moved += self._vacuum_segment(number)
             except FlatFileDbNotFoundError:
                 continue  # deleted meanwhile
-            self.db.sync()  # the rewritten rows are durable before the only other copy goes
+            done.append((number, disk))
+            pending += live
+            if pending >= _DELETE_EVERY_BYTES or len(done) >= _DELETE_EVERY_SEGMENTS:
+                removed += self._delete_rewritten(done)
+                done, pending = [], 0
+        removed += self._delete_rewritten(done)
+        return VacuumResult(len(removed), sum(sizes[number][1] for number in removed), moved)
+
+    def _delete_rewritten(self, done: list[tuple[int, int]]) -> list[int]:
+        """Delete segments whose rows were written again, once those are durable (one sync for
+        the group: disk use grows by at most a group's live bytes); returns the ones deleted."""
+        if not done:
+            return []
+        self.db.sync()  # the rewritten rows are durable before the only other copy goes
+        deleted = []
+        for number, _ in done:
             try:
                 self.db.delete_file(self.db.segment_path(number))
             except FlatFileDbUnsafeAccessError:
                 continue
-            removed += 1
-            reclaimed += disk
-        return VacuumResult(removed, reclaimed, moved)
+            deleted.append(number)
+        return deleted
 
     def _vacuum_segment(self, number: int) -> int:
         """Write again every row segment ``number`` holds, and the deletions it records that an
@@ -252,7 +277,9 @@ class MaintainedStore(ArrayStore):
                     chunk = []
         self._check_values(chunk, report)
         stats = self.stats()
-        report.notes.append(f"{stats.dead_bytes} bytes in segments are not values of any key (vacuum reclaims them)")
+        report.notes.append(
+            f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
+        )
         return report
 
     def _check_values(self, rows: list[tuple[bytes, Row]], report: KeyedVerifyReport) -> None:
@@ -272,9 +299,9 @@ class MaintainedStore(ArrayStore):
         usage = self.index.segment_usage()
         live = sum(bytes_ for bytes_, _ in usage.values())
         engine = self.db.stats()
-        return KeyedStats(
-            self.index.count(), live, engine.logical_bytes - live, _tree_bytes(self._dir), len(engine.segments)
-        )
+        log = sum(record.end_offset - record.start_offset for record in self.db.iter_log())
+        dead = max(0, engine.logical_bytes - live - log)
+        return KeyedStats(self.index.count(), live, dead, _tree_bytes(self._dir), len(engine.segments), log)
 
     # -- durability, copies, rebuild ------------------------------------------------------
 
