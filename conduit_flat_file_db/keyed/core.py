@@ -376,7 +376,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             return  # committed without being read (create_array): no checksum to compare
         location = self._location(row)
         raise CorruptionError(
-            f"the value of key {key!r} at {location.start_offset}..{location.end_offset} fails its checksum",
+            f"the value of key {key!r} at {location.start_offset}..{location.end_offset} fails its checksum"
+            f" (XXH3-64 {_checksum(value):016x}, its row says {row.checksum:016x})",
             location.file_path,
             location.start_offset,
         )
