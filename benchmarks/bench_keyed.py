@@ -896,6 +896,8 @@ def main(argv: list[str] | None = None) -> list[Workload]:
     args = parser.parse_args(argv)
     _resolve(args)
     args.rounds = args.keyed_rounds  # for the conditions banner
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="ffdb-bench-keyed-", dir=args.dir or REPO_ROOT)
     try:
         print(conditions(args, workdir))
