@@ -30,8 +30,8 @@ from .mapping import is_unchecked
 
 _CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
 _CHUNK_ROWS = 20000
-_DELETE_EVERY_BYTES = 64 * 2**20  # live bytes copied before the segments they came from are deleted
-_DELETE_EVERY_SEGMENTS = 64
+_DELETE_EVERY_BYTES = 16 * 2**20  # live bytes copied before the segments they came from are deleted
+_DELETE_EVERY_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ class MaintainedStore(ArrayStore):
         """Reclaim the space of overwritten and deleted values, while other threads and
         processes read and write. Seals the mutable segment first, then rewrites the live
         values of each sealed segment whose dead bytes are at least ``min_dead_fraction`` of
-        it (0: every segment with a dead byte) and deletes it. Disk use grows by at most one
-        segment's live values meanwhile. Vacuums of one store run one at a time."""
+        it (0: every segment with a dead byte) and deletes it. Disk use grows meanwhile by the live values copied since the
+        last deletion (deletions come every 16 MiB copied, or every 16 segments). Vacuums of one store run one at a time."""
         self._check_writable("vacuum")
         if not 0.0 <= min_dead_fraction <= 1.0:
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
