@@ -81,8 +81,9 @@ class MaintainedStore(ArrayStore):
         """Reclaim the space of overwritten and deleted values, while other threads and
         processes read and write. Seals the mutable segment first, then rewrites the live
         values of each sealed segment whose dead bytes are at least ``min_dead_fraction`` of
-        it (0: every segment with a dead byte) and deletes it. Disk use grows meanwhile by the live values copied since the
-        last deletion (deletions come every 16 MiB copied, or every 16 segments). Vacuums of one store run one at a time."""
+        it (0: every segment with a dead byte) and deletes it. Disk use grows meanwhile by the
+        live values copied since the last deletion (deletions come every 16 MiB copied, or every
+        16 segments). Vacuums of one store run one at a time."""
         self._check_writable("vacuum")
         if not 0.0 <= min_dead_fraction <= 1.0:
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
