@@ -16,11 +16,11 @@ from typing import Callable, ContextManager, Iterator
 
 from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
+from .log_records import LogRecords
 from .naming import index_name, parse_segment_name, segment_name
 from .reader import as_offset
 from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_SEGMENT
-from .store import Store
 from .types import BlobRecord, DataLocation, pack_location_parts, unpack_location_parts
 from .verify import VerifyReport, verify_store, wait_a_grace_period
 
@@ -29,7 +29,7 @@ logger = logging.getLogger("conduit_flat_file_db")
 DELETE_SETTLE_SECONDS = 5.0  # verify waits this long at most for a delete in progress to finish
 
 
-class Catalog(Store):
+class Catalog(LogRecords):
     """The engine plus what is known of its segments: numbers, paths, records, checks."""
 
     def delete_file(self, file_path: Path | str) -> None:

@@ -124,6 +124,11 @@ class ReadOnlyState:
                 return view  # None: a publisher died mid-way; the index says what it committed
         return self.scan()
 
+    def current_page(self) -> Any:
+        """The state page's words when the page is current (its view is the committed extent), else None."""
+        page = self._page
+        return page if page is not None and page_is_current(page) else None
+
     def repair(self) -> None:
         """Never needed: :meth:`read_mutable` never returns None (a writer's instance repairs the page)."""
 

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
 from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_options, check_paths, default_lock_path
-from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from .errors import FlatFileDbReadOnlyError
 from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
@@ -354,28 +354,38 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 start = writer.put_mapped(data, checksum, self.MAX_DAT_FILE_SIZE)
                 if start >= 0:  # the common case: nothing to prepare, room in the maps
                     return new_location((writer.path, start, start + len(data)))
-            words = self._words
-            if words[W_DIRTY] or words[W_SEGMENT] != writer.segment or words[W_END] >= self.MAX_DAT_FILE_SIZE:
-                start = writer.prepare(self.MAX_DAT_FILE_SIZE)
-            else:
-                start = words[W_END]
-            end = start + len(data)
-            if writer.kind == KIND_RAW:
-                if end - start > writer.map_limit or not writer.append_mapped(data, checksum, start, end):
-                    writer.append_raw(data, None, start, end, encode_blob(start, end - start, checksum))
-            else:
-                if frames is None:  # the mutable segment is compressed though this instance is not
-                    frames = self._frames(data)
-                writer.append_zstd(
-                    frames[0], frames[1], start, end, encode_blob(start, end - start, checksum), stored=frames[2]
-                )
-            location = new_location((writer.path, start, end))
+            location = self._put_one_locked(data, checksum, frames)
             sealed = writer.take_sealed() if writer.sealed else None
         finally:
             lock.release_write()
         if sealed:
             self._after_seal(sealed)
         return location
+
+    def _put_one_locked(
+        self, data: Any, checksum: int, frames: tuple[list[bytes], list[int], bool] | None, flags: int = 0
+    ) -> DataLocation:
+        """put()'s general path (the write lock held): prepare the mutable segment if needed,
+        then append through the maps when they can take it, else with a write. ``flags``: of the
+        BLOB record (FLAG_LOG for a log record, in a segment of index version 2)."""
+        writer = self._writer
+        words = self._words
+        if words[W_DIRTY] or words[W_SEGMENT] != writer.segment or words[W_END] >= self.MAX_DAT_FILE_SIZE:
+            start = writer.prepare(self.MAX_DAT_FILE_SIZE)
+        else:
+            start = words[W_END]
+        end = start + len(data)
+        record = encode_record(REC_BLOB, flags, start, end - start, checksum) if flags else None
+        if writer.kind == KIND_RAW:
+            if end - start > writer.map_limit or not writer.append_mapped(data, checksum, start, end, flags):
+                writer.append_raw(data, None, start, end, record or encode_blob(start, end - start, checksum))
+        else:
+            if frames is None:  # the mutable segment is compressed though this instance is not
+                frames = self._frames(data)
+            writer.append_zstd(
+                frames[0], frames[1], start, end, record or encode_blob(start, end - start, checksum), stored=frames[2]
+            )
+        return new_location((writer.path, start, end))
 
     def put_many(self, datas: Iterable[Buffer]) -> list[DataLocation]:
         """Append many blobs under one lock acquisition; returns their locations in order.
@@ -409,38 +419,6 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             sealed = self._writer.take_sealed()
         self._after_seal(sealed)
         return locations
-
-    def put_log(self, data: Buffer) -> DataLocation:
-        """Append a log record and return its location: a blob whose BLOB record carries the LOG
-        flag (FORMAT.md "Record index"), for a layer above the engine to find again with
-        :meth:`iter_log` (the keyed store's key log). Committed as put() commits, after every
-        blob acknowledged before it. Needs a store opened with ``log_records=True``, whose new
-        segments have index version 2; a mutable segment of version 1 is sealed first.
-        """
-        if self.readonly or not self.log_records:
-            self._refuse_write("put_log")
-            raise FlatFileDbUnsafeAccessError(f"{self.datadir}: put_log() needs a store opened with log_records=True")
-        item = data if type(data) is bytes else as_bytes_like(data, "put_log()")  # pylint: disable=unidiomatic-typecheck
-        checksum = blob_checksum(item)
-        if self._closed:
-            self._open()
-        lock = self._lock
-        lock.acquire_write(self.lock_timeout)
-        try:
-            writer = self._writer
-            if writer.version >= INDEX_VERSION_LOG and not self.use_compression and len(item) <= writer.map_limit:
-                start = writer.put_mapped(item, checksum, self.MAX_DAT_FILE_SIZE, FLAG_LOG)
-                if start >= 0:  # as in put(): the common case, no syscall
-                    return new_location((writer.path, start, start + len(item)))
-            writer.prepare(self.MAX_DAT_FILE_SIZE)
-            writer.ensure_version(INDEX_VERSION_LOG)
-            locations: list[DataLocation] = []
-            self._put_run_locked([item], [checksum], 0, locations, None, log=True)
-            sealed = writer.take_sealed()
-        finally:
-            lock.release_write()
-        self._after_seal(sealed)
-        return locations[0]
 
     def _put_run_locked(  # pylint: disable=too-many-arguments
         self,

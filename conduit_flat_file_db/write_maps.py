@@ -97,7 +97,7 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_DIRTY] = 0
         return start
 
-    def append_mapped(self, data: Any, checksum: int, start: int, end: int) -> bool:
+    def append_mapped(self, data: Any, checksum: int, start: int, end: int, flags: int = 0) -> bool:
         """Commit one small blob at ``start`` (the committed end) of a raw mutable segment through
         the maps, making room first when needed. False (nothing written) when maps cannot be
         used here: the caller then appends with ``append_raw``, which reports a full disk."""
@@ -113,7 +113,7 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         ):
             if not self._make_room(start, end, index_bytes, index_bytes + RECORD_BYTES):
                 return False
-        return self.put_mapped(data, checksum, 1 << 62) >= 0
+        return self.put_mapped(data, checksum, 1 << 62, flags) >= 0
 
     def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
         """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").

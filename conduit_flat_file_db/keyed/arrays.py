@@ -19,9 +19,10 @@ from typing import Any, Iterator, Mapping
 
 import xxhash
 
-from ..errors import FlatFileDbNotFoundError, FlatFileDbReadOnlyError, InvalidLocationError, NotAnArrayError
+from ..errors import FlatFileDbNotFoundError, InvalidLocationError, NotAnArrayError
+from ..types import DataLocation
 from .core import fcntl  # type: ignore[attr-defined]  # one import of fcntl for the package
-from .keylog import Entry, Row, encode_key
+from .keylog import Entry, Row, encode_key, encode_keylog
 from .mapping import Key, MappingStore, decode_meta, encode_meta
 
 ALIGN = 64  # bytes: every dtype's alignment, and a cache line
@@ -63,22 +64,18 @@ class ArrayStore(MappingStore):
         row_meta = encode_meta(meta, (_descr(np, arr.dtype), tuple(arr.shape)))
         data = arr.reshape(-1).view(np.uint8)
         checksum = xxhash.xxh3_64_intdigest(data)
-        lock = self._lock
-        if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
         created = time.time_ns()
-        lock.acquire_write(self.lock_timeout)
-        try:
-            # Where the next blob starts: an empty blob says it. Only this lock's holder writes,
-            # so the padding blob ends where the array starts (or a rotation starts it at 0).
-            probe = self.db.put(b"")
-            padding = -probe[1] % ALIGN
-            values = [bytes(padding), data] if padding else [data]
-            location = self.db.put_many(values)[-1]
+        made: list[Any] = []
+
+        def make_log(locations: list[DataLocation]) -> bytes:
+            location = locations[-1]
             row = Row(self._segment_of(location), location[1], location[2], checksum, created, 0, row_meta)
-            self._log_and_apply([Entry(encoded, row)], (self._segment_of(probe), probe[1]), created)
-        finally:
-            lock.release_write()
+            entries = [Entry(encoded, row)]
+            made.extend((entries, encode_keylog(entries, created)))
+            return made[1]  # type: ignore[no-any-return]  # the bytes just made
+
+        # The padding before the array is a blob no key names: vacuum reclaims it.
+        self._logged(self.db.put_logged([data], make_log, align=ALIGN), made)
 
     def get_array(self, key: Key) -> Any:
         """The array stored under ``key``, read-only: a zero-copy map of a raw segment (it stays
@@ -87,7 +84,7 @@ class ArrayStore(MappingStore):
         np = _numpy()
         encoded = encode_key(key)
         for _ in range(8):
-            row = self.index.lookup(encoded)
+            row = self._lookup(encoded)
             if row is None:
                 raise KeyError(key)
             _, described = decode_meta(row.meta)

@@ -1,15 +1,22 @@
 """The keyed store's core: its directory, the commit of keys beside values, and lookups.
 
-A write appends the values (``put_many``), then one key-log record naming their keys
-(``put_log``), both with the engine's commit; then it applies the record to the index and
-moves the index's checkpoint past it, in one index transaction. All of this runs under the
-keyed store's write lock (``index.lock``), so records reach the index in commit order.
+A write appends its values and then one key-log record naming their keys, in one engine
+commit (``put_logged``: one acquisition of the engine's write lock). That is the whole write:
+the index (SQLite or LMDB) is a cache of the key logs, brought up to them in batches
+("applied") by whichever writer finds the unapplied tail long enough, and at close.
 
-A crash between the two commits leaves values no key names (reclaimed by vacuum); a crash
-after the key log but before the index leaves an index one record behind: the next writer,
-and every writer's open, replays the records after the checkpoint first. The index can be
-behind the key logs, never ahead: after a power loss a writer's open checks that the
-checkpoint's record is still in the segments, and rebuilds the index from them if not.
+Every instance follows the log past what it has read into an in-memory *tail*: the newest row
+(or deletion) of each key written since, with the position of its record. A lookup first asks
+the engine whether the log moved (a few reads of its shared state page), reads the new
+records if it did, and then consults the tail before the index. So a write is visible to every
+process as soon as ``put`` returns, whether or not it was applied. Applying (under
+``index.lock``, which only appliers take) writes the tail's entries past the index's
+checkpoint and moves the checkpoint to the last record read, in one index transaction.
+
+A crash leaves values no key names (reclaimed by vacuum), or key logs not yet applied, which
+the next applier applies. The index can be behind the key logs, never ahead: after a power
+loss a writer's open checks that the checkpoint's record is still in the segments, and
+rebuilds the index from them if not.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +36,7 @@ import xxhash
 from ..errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FormatError
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
+from ..log_records import LOG_START, LoggedPut, LogPosition
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
 from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog
@@ -47,6 +56,9 @@ VACUUM_LOCK_NAME = "vacuum.lock"  # held to write by the vacuum (or backup) at w
 SEGMENTS_LOCK_NAME = "segments.lock"
 STAGING_DIR = "staging"
 _RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
+APPLY_AT = 4096  # a writer applies the tail to the index once it holds this many keys
+_TAIL_MAX = 4 * APPLY_AT  # a reader drops the applied part of its tail beyond this many keys
+_APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
 _checksum = xxhash.xxh3_64_intdigest
 _new_location = tuple.__new__
@@ -98,7 +110,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._paths: dict[int, str] = {}
         self._segs: dict[str, int] = {}
         self._closed = True
-        self._last_log = (-1, -1)  # where the last key-log record this instance applied ends
+        # The tail: key -> (row or None, segment and end of its record), past the index's
+        # checkpoint as far as this instance has read the key logs (to _position; the last
+        # record read is _last). Changed under _tail_lock; read without it (dict lookups).
+        self._tail_lock = threading.RLock()
+        self._tail: dict[bytes, tuple[Row | None, int, int]] = {}
+        self._position = LOG_START
+        self._last = Checkpoint(-1, 0, 0)
         if self.readonly:
             if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
                 raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
@@ -113,7 +131,6 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             max_file_size=max_file_size,
             readonly=self.readonly,
             log_records=True,
-            lock_leases=False,  # writers take turns on index.lock: a lease here only delays the next one
         )
         self._lock: ProcessLock | None = None
         self._vacuum_lock: ProcessLock | None = None
@@ -135,9 +152,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     def _open_index_or_rebuild(self) -> IndexBase:
         if self.readonly:
             try:
-                return _open_index(self.index_kind, self._dir, True)
+                index = _open_index(self.index_kind, self._dir, True)
             except IndexDamagedError as exc:
                 raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
+            checkpoint = index.checkpoint()
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._last = checkpoint
+            return index
         with self._write_lock():
             try:
                 index = _open_index(self.index_kind, self._dir, False)
@@ -173,8 +194,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 self._dir,
             )
             index.clear()
-            checkpoint = index.checkpoint()
-        self._catch_up(index, checkpoint, None)
+        self._catch_up(index)
 
     def _record_present(self, checkpoint: Checkpoint) -> bool:
         for record in self.db.iter_log((checkpoint.segment, 0)):
@@ -185,11 +205,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         return False
 
     def close(self) -> None:
-        """Close the index and the engine; a closed store cannot be used again."""
+        """Apply what the index lacks, then close the index and the engine; a closed store
+        cannot be used again."""
         if self._closed:
             return
-        self._closed = True
-        self._release()
+        try:
+            if not self.readonly and self._tail:
+                self._apply()
+        finally:
+            self._closed = True
+            self._release()
 
     def _release(self) -> None:
         index = getattr(self, "index", None)
@@ -277,54 +302,120 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         values = [value for _, value, _ in puts]
         checksums = [_checksum(value) for value in values]
         created = time.time_ns()
-        lock = self._lock
-        if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
-        lock.acquire_write(self.lock_timeout)
-        try:
-            # One value goes through put's mapped path: no syscall for a small one.
-            locations = self.db.put_many(values) if len(values) != 1 else [self.db.put(values[0])]
+        tail: list[Entry] = [Entry(key, None) for key in dels]
+        tail.extend(refs)
+        made: list[Any] = []
+        segment_of = self._segment_of
+
+        def make_log(locations: list[DataLocation]) -> bytes:
             entries = [
-                Entry(key, Row(self._segment_of(loc), loc[1], loc[2], checksum, created, 0, meta))
+                Entry(key, Row(segment_of(loc), loc[1], loc[2], checksum, created, 0, meta))
                 for (key, _, meta), loc, checksum in zip(puts, locations, checksums)
             ]
-            entries.extend(Entry(key, None) for key in dels)
-            entries.extend(refs)
-            first = (self._segment_of(locations[0]), locations[0][1]) if locations else None
-            self._log_and_apply(entries, first, created)
-        finally:
-            lock.release_write()
+            entries.extend(tail)
+            blob = encode_keylog(entries, created)
+            made.append(entries)
+            made.append(blob)
+            return blob
 
-    def _log_and_apply(self, entries: list[Entry], first: tuple[int, int] | None, created: int) -> None:
-        """Append the key-log record of ``entries`` and apply it to the index (write lock held)."""
-        blob = encode_keylog(entries, created)
-        log = self.db.put_log(blob)
+        self._check_writable("write")
+        self._logged(self.db.put_logged(values, make_log), made)
+
+    def _logged(self, put: LoggedPut, made: list[Any]) -> None:
+        """After a commit: make it durable if asked, add its entries to this instance's tail,
+        and apply the tail to the index when it is long enough."""
         if self.fsync:
             self.db.sync()
-        logseg = self._segment_of(log)
-        index = self.index
-        first = first or (logseg, log[1])
-        if first != self._last_log:  # else this commit follows the last one this instance applied
-            checkpoint = index.checkpoint()
-            if (checkpoint.segment, checkpoint.end) != first:
-                # Something was committed between the last record applied and this commit: the key
-                # log of a writer that died before its index transaction, or values no key names.
-                self._catch_up(index, checkpoint, (logseg, log[1]))
-        index.apply(entries, Checkpoint(logseg, log[2], _checksum(blob)), logseg)
-        self._last_log = (logseg, log[2])
+        entries, blob = made[0], made[1]
+        logseg = self._segment_of(put.log)
+        end = put.log[2]
+        with self._tail_lock:
+            if put.before == self._position:
+                # Nothing was committed between what this instance read and this commit: its own
+                # record is the only one to add (the common case, without reading it back).
+                rows = self._tail
+                for key, row in entries:
+                    rows[key] = (row, logseg, end)
+                self._position = put.after
+                self._last = Checkpoint(logseg, end, _checksum(blob))
+            else:
+                self._read_tail_locked()
+            full = len(self._tail) >= APPLY_AT
+        if full:
+            self._apply()
 
-    def _catch_up(self, index: IndexBase, checkpoint: Checkpoint, until: tuple[int, int] | None) -> int:
-        """Apply every key-log record after ``checkpoint`` (and before ``until``); their count."""
-        applied = 0
-        for record in self.db.iter_log((max(checkpoint.segment, 0), checkpoint.end)):
-            if until is not None and (record.segment, record.start_offset) >= until:
-                break
-            entries = self._read_keylog(record)
-            index.apply(self._live_entries(entries), Checkpoint(record.segment, record.end_offset, record.checksum))
-            applied += 1
-        if applied:
-            logger.info("%s: the index caught up with %d key-log records", self._dir, applied)
-        return applied
+    def _apply(self) -> None:
+        """Apply the key logs up to their end to the index (takes index.lock)."""
+        with self._write_lock():
+            self._apply_locked()
+
+    def _apply_locked(self) -> None:
+        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time."""
+        with self._tail_lock:
+            while True:
+                more = self._read_tail_locked(_APPLY_CHUNK)
+                self._apply_tail_locked()
+                if not more:
+                    return
+
+    def _apply_tail_locked(self) -> None:
+        """Write the tail's entries the index lacks and move its checkpoint to the last record
+        read; then the tail is empty (index.lock and the tail lock held)."""
+        index = self.index
+        checkpoint = index.checkpoint()
+        last = self._last
+        done = (checkpoint.segment, checkpoint.end)
+        if (last.segment, last.end) > done:
+            entries = [
+                Entry(key, row if row is None or row.logseg == seg else row._replace(logseg=seg))
+                for key, (row, seg, end) in self._tail.items()
+                if (seg, end) > done
+            ]
+            index.apply(self._live_entries(entries), last)
+        self._tail = {}
+
+    def _read_tail_locked(self, limit: int | None = None) -> bool:
+        """Read the key logs committed after this instance's position into its tail (the tail
+        lock held); with ``limit``, stop once the tail holds that many keys. True when there
+        may be more to read."""
+        rows = self._tail
+        while True:
+            tail = self.db.log_tail(self._position)
+            if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
+                # Deleted segments this instance had not read: their records are applied (a
+                # vacuum applies before it deletes), so read on from the checkpoint instead.
+                self._rebase_locked(gap=True)
+                continue
+            for record in tail.records:
+                for key, row in self._read_keylog(record):
+                    rows[key] = (row, record.segment, record.end_offset)
+                self._last = Checkpoint(record.segment, record.end_offset, record.checksum)
+            moved = tail.position != self._position
+            self._position = tail.position
+            if not moved or not self.db.log_moved(tail.position):
+                return False
+            if limit is not None and len(rows) >= limit:
+                return True
+
+    def _rebase_locked(self, gap: bool = False) -> None:
+        """Drop from the tail what the index has applied; after a gap (segments this instance
+        had not read were deleted, their records applied first), restart from the checkpoint."""
+        checkpoint = self.index.checkpoint()
+        done = (checkpoint.segment, checkpoint.end)
+        if gap or done > (self._position.segment, self._position.end):
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._last = checkpoint
+        self._tail = {key: value for key, value in self._tail.items() if (value[1], value[2]) > done}
+
+    def _catch_up(self, index: IndexBase) -> None:
+        """Apply every key-log record after the index's checkpoint (index.lock held)."""
+        checkpoint = index.checkpoint()
+        with self._tail_lock:
+            self._tail = {}
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._last = checkpoint
+        self.index = index
+        self._apply_locked()
 
     def _read_keylog(self, record: BlobRecord) -> list[Entry]:
         location = DataLocation(self._path(record.segment), record.start_offset, record.end_offset)
@@ -344,6 +435,84 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         present = set(self.db.segments())
         return [entry for entry in entries if entry.row is None or entry.row.segment in present]
 
+    # -- what the index and the tail say together ------------------------------------------
+
+    def _refresh(self) -> None:
+        """Read the key logs committed since this instance last looked (cheap when none were)."""
+        if self.db.log_moved(self._position):
+            with self._tail_lock:
+                self._read_tail_locked()
+                if len(self._tail) > _TAIL_MAX:
+                    self._rebase_locked()
+
+    def _lookup(self, key: bytes) -> Row | None:
+        """The row of ``key`` now: the tail's, else the index's."""
+        if self.db.log_moved(self._position):
+            self._refresh()
+        found = self._tail.get(key)
+        if found is None:
+            return self.index.lookup(key)
+        return found[0]
+
+    def _lookup_many(self, keys: list[bytes]) -> list[Row | None]:
+        self._refresh()
+        rows = self._tail
+        found = [rows.get(key) for key in keys]
+        missing = [key for key, hit in zip(keys, found) if hit is None]
+        if not missing:
+            return [hit[0] for hit in found]  # type: ignore[index]  # none is None here
+        from_index = iter(self.index.lookup_many(missing))
+        return [next(from_index) if hit is None else hit[0] for hit in found]
+
+    def _count(self) -> int:
+        """How many keys: the index's count corrected by the tail's entries past its checkpoint."""
+        for _ in range(_RETRIES):
+            self._refresh()
+            with self._tail_lock:
+                pending = list(self._tail.items())
+                position = self._position
+            if not pending:
+                return self.index.count()
+            count, checkpoint, present = self.index.snapshot([key for key, _ in pending])
+            done = (checkpoint.segment, checkpoint.end)
+            if done > (position.segment, position.end):
+                continue  # the index moved past what this instance read: read on
+            for (_, (row, seg, end)), was in zip(pending, present):
+                if (seg, end) > done:
+                    count += (row is not None) - was
+            return count
+        return self.index.count()
+
+    def _scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, Row]]:
+        """(key, row) of every key starting with ``prefix``, in key order: the index's rows
+        merged with the tail's (read once, at the start)."""
+        self._refresh()
+        with self._tail_lock:
+            pending = sorted((key, value[0]) for key, value in self._tail.items() if key.startswith(prefix))
+        shadowed = {key for key, _ in pending}
+        ahead = iter(pending)
+        nxt = next(ahead, None)
+        for key, row in self._index_scan(prefix):
+            while nxt is not None and nxt[0] < key:
+                if nxt[1] is not None:
+                    yield nxt[0], nxt[1]
+                nxt = next(ahead, None)
+            if key not in shadowed:
+                yield key, row
+        while nxt is not None:
+            if nxt[1] is not None:
+                yield nxt[0], nxt[1]
+            nxt = next(ahead, None)
+
+    def _index_scan(self, prefix: bytes) -> Iterator[tuple[bytes, Row]]:
+        after: bytes | None = None
+        while True:
+            chunk = self.index.scan(prefix, after, 1000)
+            yield from chunk
+            if len(chunk) < 1000:
+                return
+            after = chunk[-1][0]
+
     # -- the read path --------------------------------------------------------------------
 
     def _read(  # pylint: disable=redefined-builtin
@@ -351,7 +520,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     ) -> bytes:
         """The value of ``key`` (``row``: its row when already looked up); KeyError when absent."""
         if row is _MISSING:
-            row = self.index.lookup(key)
+            row = self._lookup(key)
         for _ in range(_RETRIES):
             if row is None:
                 raise KeyError(original)
@@ -359,7 +528,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             try:
                 value = self.db.get(self._location(row), slice)
             except FlatFileDbNotFoundError:
-                again = self.index.lookup(key)
+                again = self._lookup(key)
                 if again == row:
                     raise
                 row = again
@@ -384,20 +553,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def _rows(self, keys: list[Any]) -> tuple[list[bytes], list[Row]]:
         encoded = [encode_key(key) for key in keys]
-        rows = self.index.lookup_many(encoded)
+        rows = self._lookup_many(encoded)
         for key, row in zip(keys, rows):
             if row is None:
                 raise KeyError(key)
         return encoded, rows  # type: ignore[return-value]  # None was refused just above
-
-    def _scan(self, prefix: bytes = b"") -> Iterator[tuple[bytes, Row]]:
-        after: bytes | None = None
-        while True:
-            chunk = self.index.scan(prefix, after, 1000)
-            yield from chunk
-            if len(chunk) < 1000:
-                return
-            after = chunk[-1][0]
 
     def _sweep_staging(self) -> None:
         """Remove staging files of writers that died (their flock is free)."""

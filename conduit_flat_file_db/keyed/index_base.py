@@ -63,6 +63,11 @@ class IndexBase(abc.ABC):
         """The last key-log record applied."""
 
     @abc.abstractmethod
+    def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
+        """In one read transaction: the number of keys, the checkpoint, and whether each of
+        ``keys`` is present (what a count past the checkpoint needs)."""
+
+    @abc.abstractmethod
     def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
         """Up to ``limit`` (key, row) pairs in key order, keys starting with ``prefix``, after ``after``."""
 

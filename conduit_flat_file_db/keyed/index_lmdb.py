@@ -165,6 +165,13 @@ class LmdbIndex(IndexBase):
             return Checkpoint(-1, 0, 0)
         return Checkpoint(*_CHECKPOINT.unpack(raw))
 
+    def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
+        with self.env.begin() as txn:
+            count = int(txn.stat(self._keys)["entries"])
+            raw = txn.get(b"checkpoint", db=self._state)
+            present = [txn.get(key, db=self._keys) is not None for key in keys]
+        return count, Checkpoint(-1, 0, 0) if raw is None else Checkpoint(*_CHECKPOINT.unpack(raw)), present
+
     def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
         found: list[tuple[bytes, Row]] = []
         with self.env.begin(db=self._keys) as txn:

@@ -155,6 +155,17 @@ class SqliteIndex(IndexBase):
         (raw,) = self._conn().execute("SELECT value FROM state WHERE name = 'checkpoint'").fetchone()
         return Checkpoint(*_CHECKPOINT.unpack(raw)) if raw else Checkpoint(-1, 0, 0)
 
+    def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            count = self.count()
+            checkpoint = self.checkpoint()
+            present = [row is not None for row in self.lookup_many(keys)]
+        finally:
+            conn.execute("COMMIT")
+        return count, checkpoint, present
+
     def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
         conn = self._conn()
         low = prefix if after is None else max(prefix, after)

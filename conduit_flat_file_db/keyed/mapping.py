@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import time
@@ -167,10 +168,10 @@ class MappingStore(KeyedCore):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return self.index.lookup(encode_key(key)) is not None
+        return self._lookup(encode_key(key)) is not None
 
     def __len__(self) -> int:
-        return self.index.count()
+        return self._count()
 
     def __iter__(self) -> Iterator[Key]:
         return (decode_key(key) for key, _ in self._scan())
@@ -255,7 +256,7 @@ class MappingStore(KeyedCore):
         """Delete the keys that are present; returns how many were."""
         self._check_writable("delete_many")
         encoded = list(dict.fromkeys(encode_key(key) for key in keys))
-        present = [key for key, row in zip(encoded, self.index.lookup_many(encoded)) if row is not None]
+        present = [key for key, row in zip(encoded, self._lookup_many(encoded)) if row is not None]
         if present:
             self._commit([], present)
         return len(present)
@@ -264,7 +265,7 @@ class MappingStore(KeyedCore):
         """Delete every key (in batches); the space is reclaimed by vacuum()."""
         self._check_writable("clear")
         while True:
-            chunk = [key for key, _ in self.index.scan(b"", None, 10000)]
+            chunk = [key for key, _ in itertools.islice(self._scan(), 10000)]
             if not chunk:
                 return
             self._commit([], chunk)
@@ -284,7 +285,7 @@ class MappingStore(KeyedCore):
 
     def meta(self, key: Key) -> KeyMeta:
         """Size, place, time, checksum and user metadata of ``key``'s value; KeyError when absent."""
-        row = self.index.lookup(encode_key(key))
+        row = self._lookup(encode_key(key))
         if row is None:
             raise KeyError(key)
         return self._meta(key, row)
@@ -313,7 +314,7 @@ class MappingStore(KeyedCore):
         yield from self._objects_of(chunk)
 
     def _objects_of(self, keys: list[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
-        rows = self.index.lookup_many([encode_key(key) for key in keys])
+        rows = self._lookup_many([encode_key(key) for key in keys])
         found = sorted(((row.segment, row.start), key, row) for key, row in zip(keys, rows) if row is not None)
         for _, key, row in found:
             try:
@@ -330,7 +331,7 @@ class MappingStore(KeyedCore):
         """A read-only seekable binary file of ``key``'s value; KeyError when absent."""
         encoded = encode_key(key)
         for _ in range(8):
-            row = self.index.lookup(encoded)
+            row = self._lookup(encoded)
             if row is None:
                 raise KeyError(key)
             try:
@@ -396,7 +397,7 @@ class MappingStore(KeyedCore):
         keys = [hashlib.sha256(item).hexdigest() for item in items]
         encoded = [encode_key(key) for key in keys]
         new: dict[bytes, Any] = {}
-        for key, row, item in zip(encoded, self.index.lookup_many(encoded), items):
+        for key, row, item in zip(encoded, self._lookup_many(encoded), items):
             if row is None:
                 new.setdefault(key, item)
         if new:
@@ -417,7 +418,7 @@ class MappingStore(KeyedCore):
                 key = sha.hexdigest()
                 keys.append(key)
                 encoded = encode_key(key)
-                if self.index.lookup(encoded) is None:
+                if self._lookup(encoded) is None:
                     self.db.sync()
                     row = Row(
                         self._segment_of(location),

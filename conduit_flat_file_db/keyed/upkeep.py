@@ -2,9 +2,9 @@
 
 Vacuum rewrites, a segment at a time, the rows that a sealed segment holds (values in it, or
 key-log records in it that wrote rows still current), then deletes the segment. Each rewrite
-is an ordinary commit made under the write lock after checking that the rows are still
-current, so a writer that changed a key meanwhile wins, and the key logs stay a history whose
-replay gives the index. A deletion recorded in the segment is recorded again when an older
+is an ordinary commit whose key-log record is made under the engine's write lock after
+checking that the rows are still current, so a writer that changed a key meanwhile wins, and
+the key logs stay a history whose replay gives the index. A deletion recorded in the segment is recorded again when an older
 segment could still hold the key's old value, so a rebuild never brings a deleted key back.
 Readers that looked a key up before its segment went look it up again (keyed/core.py).
 """
@@ -16,16 +16,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import xxhash
 
 from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 from ..naming import parse_segment_name
+from ..types import DataLocation
 from .arrays import ArrayStore
 from .core import SEGMENTS_DIR
-from .index_base import Checkpoint
-from .keylog import Entry, Row, decode_key
+from .keylog import Entry, Row, decode_key, encode_keylog
 from .mapping import is_unchecked
 
 _CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
@@ -96,17 +96,17 @@ class MaintainedStore(ArrayStore):
     def _vacuum_locked(self, min_dead_fraction: float) -> VacuumResult:
         self.db.rotate()
         mutable = self.db.mutable_segment()  # only segments sealed before the barrier are candidates
-        with self._write_lock():
-            # A barrier: a write whose values went to a segment sealed just now commits its key log
-            # after them, under this lock; once it is ours, every row naming a segment below
-            # ``mutable`` is in the index (records of writers that died are applied here too), so
-            # the rows read below are all the rows each of those segments holds.
-            self._catch_up(self.index, self.index.checkpoint(), None)
-            if self.index.checkpoint().segment < mutable:
-                # An empty key log moves the checkpoint out of the segments this vacuum may delete:
-                # an open checks the checkpoint's record is in the segments, and would take the
-                # index for one ahead of them (and rebuild it all) if a vacuum had deleted it.
-                self._log_and_apply([], None, time.time_ns())
+        # A barrier: a write commits its values and its key log under one acquisition of the
+        # engine's lock, so once rotate() returned every key naming a segment below ``mutable``
+        # is in the key logs; applied, it is in the index (with the records of writers that died),
+        # and the rows read below are all the rows each of those segments holds.
+        self._apply()
+        if self.index.checkpoint().segment < mutable:
+            # An empty key log moves the checkpoint out of the segments this vacuum may delete:
+            # an open checks the checkpoint's record is in the segments, and would take the
+            # index for one ahead of them (and rebuild it all) if a vacuum had deleted it.
+            self._commit([])
+            self._apply()
         usage = self.index.segment_usage()
         sizes = {s.number: (s.logical_bytes, s.disk_bytes) for s in self.db.stats().segments}
         logs: dict[int, int] = {}
@@ -142,6 +142,9 @@ class MaintainedStore(ArrayStore):
         if not done:
             return []
         self.db.sync()  # the rewritten rows are durable before the only other copy goes
+        # Applied too: the checkpoint is then past every record in these segments, so a process
+        # that had not read them restarts from it (keyed/core.py) rather than miss them.
+        self._apply()
         deleted = []
         for number, _ in done:
             try:
@@ -178,30 +181,37 @@ class MaintainedStore(ArrayStore):
         return list(keys)
 
     def _rewrite_rows(self, number: int, rows: list[tuple[bytes, Row]], deleted: list[bytes]) -> int:
-        copies = [(key, row) for key, row in rows if row.segment == number]
-        datas = self.db.get_many([self._location(row) for _, row in copies]) if copies else []
-        lock = self._lock
-        if lock is None or not (rows or deleted):
+        """Commit again ``rows`` (copying the values in segment ``number``) and the deletions of
+        ``deleted``, those still current when the key-log record is made; returns how many
+        values were copied and recorded."""
+        if not (rows or deleted):
             return 0
-        lock.acquire_write(self.lock_timeout)
-        try:
-            current = self.index.lookup_many([key for key, _ in rows])
-            still = {key for (key, row), now in zip(rows, current) if now == row}
-            keep = [(key, row, data) for (key, row), data in zip(copies, datas) if key in still]
-            locations = self.db.put_many([data for _, _, data in keep]) if keep else []
+        copies = [(key, row) for key, row in rows if row.segment == number]
+        now = self._lookup_many([key for key, _ in copies])
+        copies = [(key, row) for (key, row), current in zip(copies, now) if _same(current, row)]  # no copy of the dead
+        datas = self.db.get_many([self._location(row) for _, row in copies]) if copies else []
+        created = time.time_ns()
+        made: list[Any] = []
+
+        def make_log(locations: list[DataLocation]) -> bytes:
+            # Under the engine's write lock: no commit can come between this check and the record.
+            self._refresh()
+            current = self._lookup_many([key for key, _ in rows])
+            still = {key for (key, row), found in zip(rows, current) if _same(found, row)}
             entries = [
                 Entry(key, row._replace(segment=self._segment_of(loc), start=loc[1], end=loc[2]))
-                for (key, row, _), loc in zip(keep, locations)
+                for (key, row), loc in zip(copies, locations)
+                if key in still
             ]
+            made.append(len(entries))
             entries += [Entry(key, row) for key, row in rows if key in still and row.segment != number]
-            absent = [key for key, now in zip(deleted, self.index.lookup_many(deleted)) if now is None]
-            entries += [Entry(key, None) for key in absent]
-            if entries:
-                first = (self._segment_of(locations[0]), locations[0][1]) if locations else None
-                self._log_and_apply(entries, first, time.time_ns())
-            return len(keep)
-        finally:
-            lock.release_write()
+            entries += [Entry(key, None) for key, found in zip(deleted, self._lookup_many(deleted)) if found is None]
+            blob = encode_keylog(entries, created)
+            made[:] = [entries, blob, made[0]]
+            return blob
+
+        self._logged(self.db.put_logged(datas, make_log), made)
+        return int(made[2])
 
     # -- expiry ---------------------------------------------------------------------------
 
@@ -225,6 +235,7 @@ class MaintainedStore(ArrayStore):
         return deleted
 
     def _oldest_beyond(self, max_bytes: int) -> Iterator[bytes]:
+        self._apply()
         usage = self.index.segment_usage()
         live = sum(bytes_ for bytes_, _ in usage.values())
         for number in sorted(usage):
@@ -260,6 +271,8 @@ class MaintainedStore(ArrayStore):
         index against it: every key's value present and, with ``full``, equal to the bytes
         written (its checksum); the index's checkpoint present in the key logs."""
         report = KeyedVerifyReport()
+        if not self.readonly:
+            self._apply()
         engine = self.db.verify(full)
         report.problems += [str(problem) for problem in engine.problems]
         checkpoint = self.index.checkpoint()
@@ -296,7 +309,10 @@ class MaintainedStore(ArrayStore):
                 report.problems.append(f"key {decode_key(key)!r}: its value fails its checksum at {row}")
 
     def stats(self) -> KeyedStats:
-        """Keys, live and dead bytes, bytes on disk (segments and index), segments."""
+        """Keys, live and dead bytes, bytes on disk (segments and index), segments. (Open
+        read-only: as of the index, which may lack the latest writes until a writer applies them.)"""
+        if not self.readonly:
+            self._apply()
         usage = self.index.segment_usage()
         live = sum(bytes_ for bytes_, _ in usage.values())
         engine = self.db.stats()
@@ -324,11 +340,15 @@ class MaintainedStore(ArrayStore):
         if vacuum_lock is None:
             raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
         with vacuum_lock.write(self.lock_timeout), self._write_lock():
+            self._apply_locked()
             self.db.sync()
             source = os.path.join(self._dir, SEGMENTS_DIR)
-            for name in sorted(os.listdir(source)):
-                if parse_segment_name(name) is not None or name.endswith(".idx"):
-                    shutil.copy2(os.path.join(source, name), target / SEGMENTS_DIR / name)
+            with self.db.read_lock():  # writers wait: no segment changes while it is copied
+                for name in sorted(os.listdir(source)):
+                    if parse_segment_name(name) is not None or name.endswith(".idx"):
+                        shutil.copy2(os.path.join(source, name), target / SEGMENTS_DIR / name)
+            # The index's checkpoint cannot move meanwhile (index.lock is held): the copy's key
+            # logs hold every record it has applied.
             self.index.backup_to(str(target / self.index.NAME))
 
     def rebuild_index(self) -> int:
@@ -336,8 +356,14 @@ class MaintainedStore(ArrayStore):
         self._check_writable("rebuild_index")
         with self._write_lock():
             self.index.clear()
-            self._catch_up(self.index, Checkpoint(-1, 0, 0), None)
+            self._catch_up(self.index)
         return len(self)
+
+
+def _same(found: Row | None, row: Row) -> bool:
+    """Whether ``found`` names the value ``row`` names (the same location and checksum; the log
+    segment of a row may differ between the tail and the index)."""
+    return found is not None and found[:4] == row[:4]
 
 
 def _tree_bytes(path: str) -> int:

@@ -1,0 +1,269 @@
+"""Log records: blobs a layer above the engine marks as its log, and the tail of that log.
+
+A log record is a blob whose BLOB record carries FLAG_LOG (FORMAT.md "Record index"); the
+keyed store keeps its key log this way. Besides appending one (``put_log``), a layer needs to
+commit its data and the log record that names it under one lock acquisition
+(``put_logged``), and to follow the log as other processes append to it (``log_tail``) at the
+cost of shared-memory reads while nothing is appended (``log_moved``).
+
+A position in the log is a :class:`LogPosition`: a segment, the data offset where what was
+read of it ends, and the bytes of its record index read so far. Reading resumes from that
+index offset in the mutable segment, whose record index only grows; in a sealed segment (whose
+index a re-framing may have rewritten) the whole index is read and filtered by data offset.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+from .arguments import as_bytes_like
+from .errors import FlatFileDbUnsafeAccessError
+from .fileio import pread_full
+from .index import FLAG_LOG, HEADER_BYTES, INDEX_VERSION_LOG, REC_BLOB, RECORD_BYTES, blob_checksum, decode_records
+from .naming import index_name, parse_segment_name
+from .segment_files import open_regular
+from .state import W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ, MutableView
+from .store import Store, new_location
+from .types import BlobRecord, Buffer, DataLocation
+
+_TAIL_RECORDS = 65536  # log_tail stops after the segment where this many log records were read
+
+
+class LogPosition(NamedTuple):
+    """A point in the log: segment ``segment`` read up to data offset ``end`` and record-index
+    offset ``index_bytes`` (0: unknown). (-1, 0, 0) is before everything."""
+
+    segment: int
+    end: int
+    index_bytes: int
+
+
+LOG_START = LogPosition(-1, 0, 0)
+
+
+class LoggedPut(NamedTuple):
+    """What :meth:`LogRecords.put_logged` committed: the data's locations, the log record's,
+    and the log position just before the data and just after the log record."""
+
+    locations: list[DataLocation]
+    log: DataLocation
+    before: LogPosition
+    after: LogPosition
+
+
+class LogTail(NamedTuple):
+    """The log records read by :meth:`LogRecords.log_tail`, the position after them, and the
+    numbers between the two positions that no segment has (deleted ones, whose records were
+    not read, or numbers issued to segments still being written, which hold no log records)."""
+
+    records: list[BlobRecord]
+    position: LogPosition
+    missing: list[int]
+
+
+class LogRecords(Store):
+    """The engine with log records (see the module)."""
+
+    def _check_log(self, operation: str) -> None:
+        if self.readonly or not self.log_records:
+            self._refuse_write(operation)
+            raise FlatFileDbUnsafeAccessError(f"{self.datadir}: {operation}() needs a store opened with log_records=True")
+
+    def put_log(self, data: Buffer) -> DataLocation:
+        """Append a log record and return its location: a blob whose BLOB record carries the LOG
+        flag (FORMAT.md "Record index"), for a layer above the engine to find again with
+        :meth:`iter_log` or :meth:`log_tail` (the keyed store's key log). Committed as put()
+        commits, after every blob acknowledged before it. Needs a store opened with
+        ``log_records=True``, whose new segments have index version 2; a mutable segment of
+        version 1 is sealed first.
+        """
+        self._check_log("put_log")
+        item = data if type(data) is bytes else as_bytes_like(data, "put_log()")  # pylint: disable=unidiomatic-typecheck
+        if self._closed:
+            self._open()
+        lock = self._lock
+        lock.acquire_write(self.lock_timeout)
+        try:
+            location = self._append_log_locked(item)
+            sealed = self._writer.take_sealed() if self._writer.sealed else None
+        finally:
+            lock.release_write()
+        if sealed:
+            self._after_seal(sealed)
+        return location
+
+    def put_logged(
+        self, datas: Sequence[Buffer], make_log: Callable[[list[DataLocation]], Buffer], *, align: int = 0
+    ) -> LoggedPut:
+        """Append ``datas`` and then the log record ``make_log(their locations)`` returns, under
+        one acquisition of the write lock: no other writer's blob comes between them, and a
+        reader of the log that saw nothing between ``before`` and its own position knows the
+        log record is the only one it has not read. ``make_log`` runs under the write lock:
+        it must be quick and must not call this store. A crash may keep the data without the
+        log record (never the reverse); an exception from ``make_log`` does too.
+
+        ``align``: the last of ``datas`` starts at a multiple of it; a blob of zeros before it
+        fills the gap (its location is among those ``make_log`` receives, before the last).
+        """
+        self._check_log("put_logged")
+        items = [d if type(d) is bytes else as_bytes_like(d, "put_logged()") for d in datas]  # pylint: disable=unidiomatic-typecheck
+        checksums = [blob_checksum(d) for d in items]
+        frames = self._frames(b"".join(items)) if self.use_compression and len(items) > 1 else None
+        if self._closed:
+            self._open()
+        lock = self._lock
+        lock.acquire_write(self.lock_timeout)
+        try:
+            words = self._words
+            before = LogPosition(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES])
+            locations: list[DataLocation] = []
+            writer = self._writer
+            start = -1
+            if align > 1 and items:
+                padding = -writer.prepare(self.MAX_DAT_FILE_SIZE) % align
+                if padding:
+                    items.insert(len(items) - 1, bytes(padding))
+                    checksums.insert(len(checksums) - 1, blob_checksum(items[-2]))
+                    frames = None
+            elif len(items) == 1 and not self.use_compression:
+                start = writer.put_mapped(items[0], checksums[0], self.MAX_DAT_FILE_SIZE)
+                if start >= 0:  # as in put(): the common case, no syscall
+                    locations.append(new_location((writer.path, start, start + len(items[0]))))
+                else:
+                    locations.append(self._put_one_locked(items[0], checksums[0], None))
+                    start = 0
+            index = 0 if start < 0 else len(items)
+            while index < len(items):
+                index = self._put_run_locked(items, checksums, index, locations, frames)
+                frames = None  # precompressed frames cover the whole batch only
+            blob = make_log(locations)
+            log = self._append_log_locked(blob if type(blob) is bytes else as_bytes_like(blob, "make_log()"))  # pylint: disable=unidiomatic-typecheck
+            after = LogPosition(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES])
+            sealed = writer.take_sealed() if writer.sealed else None
+        finally:
+            lock.release_write()
+        if sealed:
+            self._after_seal(sealed)
+        return LoggedPut(locations, log, before, after)
+
+    def _append_log_locked(self, item: bytes) -> DataLocation:
+        """Append one log record (write lock held)."""
+        checksum = blob_checksum(item)
+        writer = self._writer
+        if writer.version >= INDEX_VERSION_LOG and not self.use_compression and len(item) <= writer.map_limit:
+            start = writer.put_mapped(item, checksum, self.MAX_DAT_FILE_SIZE, FLAG_LOG)
+            if start >= 0:
+                return new_location((writer.path, start, start + len(item)))
+        writer.prepare(self.MAX_DAT_FILE_SIZE)
+        writer.ensure_version(INDEX_VERSION_LOG)
+        return self._put_one_locked(item, checksum, None, FLAG_LOG)
+
+    # -- following the log ----------------------------------------------------------------
+
+    def log_position(self) -> LogPosition:
+        """Where the committed log ends now (the position a reader that read everything has)."""
+        self._reopen_if_closed()
+        view = self._readers.mutable_view()
+        return LogPosition(view.segment, view.end, view.index_bytes)
+
+    def log_moved(self, position: LogPosition) -> bool:
+        """Whether anything may have been committed after ``position`` (a position log_tail
+        returned): a few reads of shared memory when the state page is current. A False is
+        exact for every commit that completed before the call."""
+        words = self._words if not self.readonly else self._ro_state.current_page()
+        if words is None:
+            return True  # read-only without a current state page: ask log_tail
+        seq = words[W_SEQ]
+        return bool(
+            words[W_INDEX_BYTES] != position.index_bytes
+            or words[W_SEGMENT] != position.segment
+            or seq & 1
+            or words[W_SEQ] != seq
+        )
+
+    def log_tail(self, after: LogPosition) -> LogTail:
+        """The log records committed after ``after``, in commit order, with the position after
+        them (read every log record up to there), and whether a segment between is gone.
+
+        Reads at most up to the end of the segment in which about 65,536 log records were
+        reached (call again for more: memory stays bounded). Reads the record indexes only.
+        """
+        self._reopen_if_closed()
+        view = self._readers.mutable_view()
+        if after.segment == view.segment:
+            return LogTail(*self._segment_tail(view.segment, after, view), [])
+        if after.segment > view.segment:
+            return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
+        numbers = sorted(
+            n for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd)) if n is not None and n >= after.segment
+        )
+        expected = after.segment if after.segment >= 0 else (numbers[0] if numbers else 0)
+        records: list[BlobRecord] = []
+        missing: list[int] = []
+        position = after
+        for number in numbers:
+            if number > view.segment:
+                break
+            missing.extend(range(expected, number))
+            expected = number + 1
+            mutable = number == view.segment
+            found, position = self._segment_tail(number, position, view if mutable else None)
+            records.extend(found)
+            if mutable or len(records) >= _TAIL_RECORDS:
+                break
+        return LogTail(records, position, missing)
+
+    def _segment_tail(
+        self, number: int, after: LogPosition, view: MutableView | None
+    ) -> tuple[list[BlobRecord], LogPosition]:
+        """The log records of segment ``number`` after ``after`` (all when ``after`` is in an
+        earlier segment) and the position after them; ``view``: the mutable view when the
+        segment is the mutable one, else None (read it all)."""
+        same = after.segment == number
+        end = after.end if same else 0
+        first = after.index_bytes if same and view is not None and after.index_bytes >= HEADER_BYTES else HEADER_BYTES
+        limit = view.index_bytes if view is not None else None
+        try:
+            fd = open_regular(self._dir_fd, index_name(number))
+        except FileNotFoundError:
+            return [], after if view is not None else LogPosition(number + 1, 0, HEADER_BYTES)
+        try:
+            size = _index_size(fd, limit)
+            raw = pread_full(fd, max(size - first, 0), first)
+            records = decode_records(raw).records
+            if first > HEADER_BYTES and not _continues(records, end):
+                first = HEADER_BYTES  # not where the last read stopped: read it all, by offset
+                raw = pread_full(fd, max(size - first, 0), first)
+                records = decode_records(raw).records
+        finally:
+            os.close(fd)
+        out: list[BlobRecord] = []
+        committed = view.end if view is not None else None
+        index_bytes = first
+        for record in records:
+            if record.rtype == REC_BLOB:
+                if committed is not None and record.offset + record.size > committed:
+                    break  # written, not yet committed (its publish is under way)
+                if record.flags & FLAG_LOG and record.offset >= end:
+                    out.append(BlobRecord(number, record.offset, record.offset + record.size, record.extra))
+                end = max(end, record.offset + record.size)
+            index_bytes += RECORD_BYTES
+        if view is None:
+            return out, LogPosition(number + 1, 0, HEADER_BYTES)
+        return out, LogPosition(number, end, index_bytes)
+
+
+def _continues(records: list[Any], end: int) -> bool:
+    """Whether the first BLOB record among ``records`` starts at ``end`` (or there is none)."""
+    for record in records:
+        if record.rtype == REC_BLOB:
+            return bool(record.offset == end)
+    return True
+
+
+def _index_size(fd: int, limit: int | None) -> int:
+    return os.fstat(fd).st_size if limit is None else limit
+
+
+__all__ = ["LOG_START", "LogPosition", "LogRecords", "LogTail", "LoggedPut"]

@@ -1,0 +1,99 @@
+"""Log records: put_logged commits data and its log record together; log_tail and log_moved
+follow the log from a position, across segments, as other instances append to it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from conduit_flat_file_db.log_records import LOG_START, LogPosition
+
+
+def _log(locations: list[DataLocation]) -> bytes:
+    return b"log:" + b",".join(b"%d-%d" % (loc.start_offset, loc.end_offset) for loc in locations)
+
+
+def _read_all(db: FlatFileDb, position: LogPosition) -> tuple[list[bytes], LogPosition]:
+    out: list[bytes] = []
+    while True:
+        tail = db.log_tail(position)
+        assert not tail.missing
+        for record in tail.records:
+            out.append(db.get(DataLocation(db.segment_path(record.segment), record.start_offset, record.end_offset)))
+        if tail.position == position:
+            return out, position
+        position = tail.position
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_put_logged_commits_the_data_then_the_log_record_naming_it(tmp_path: Path, compressed: bool) -> None:
+    with FlatFileDb(tmp_path / "d", use_compression=compressed, log_records=True) as db:
+        db.put(b"before")
+        put = db.put_logged([b"aa", b"bbbb"], _log)
+        assert [db.get(loc) for loc in put.locations] == [b"aa", b"bbbb"]
+        assert db.get(put.log) == _log(put.locations)
+        assert put.after == db.log_position() and put.before != put.after
+        records, position = _read_all(db, LOG_START)
+        assert records == [_log(put.locations)] and position == put.after
+        empty = db.put_logged([], _log)  # a log record alone
+        assert db.get(empty.log) == b"log:" and empty.before == put.after
+
+
+def test_log_tail_resumes_where_it_stopped_and_sees_other_instances(tmp_path: Path) -> None:
+    with FlatFileDb(tmp_path / "d", log_records=True) as writer, FlatFileDb(tmp_path / "d", log_records=True) as reader:
+        first = writer.put_logged([b"x"], _log)
+        records, position = _read_all(reader, LOG_START)
+        assert records == [_log(first.locations)]
+        assert not reader.log_moved(position)
+        writer.put(b"not a log record")
+        assert reader.log_moved(position)  # moved, though nothing to read
+        assert _read_all(reader, position)[0] == []
+        second = writer.put_logged([b"y"], _log)
+        again, position = _read_all(reader, position)
+        assert again == [_log(second.locations)] and not reader.log_moved(position)
+
+
+def test_log_tail_follows_the_log_across_rotations_and_skips_deleted_numbers(tmp_path: Path) -> None:
+    with FlatFileDb(tmp_path / "d", log_records=True, max_file_size=4096) as db:
+        logs = [db.get(db.put_logged([bytes(1000)], _log).log) for _ in range(20)]
+        assert len(db.segments()) > 4
+        records, position = _read_all(db, LOG_START)
+        assert records == logs
+        middle = db.segments()[2]
+        db.delete_file(db.segment_path(middle))
+        tail = db.log_tail(LogPosition(middle - 1, 0, 0))
+        assert tail.missing == [middle]  # reported, and the log read on after it
+        assert tail.records and all(record.segment != middle for record in tail.records)
+        more = db.put_logged([b"z"], _log)
+        assert _read_all(db, position)[0] == [db.get(more.log)]
+
+
+def test_put_logged_aligns_the_last_value_when_asked(tmp_path: Path) -> None:
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        db.put(b"123")
+        put = db.put_logged([b"a" * 100], _log, align=64)
+        assert put.locations[-1].start_offset % 64 == 0 and db.get(put.locations[-1]) == b"a" * 100
+
+
+def test_put_logged_needs_log_records_and_a_writable_store(tmp_path: Path) -> None:
+    with FlatFileDb(tmp_path / "d") as db:
+        with pytest.raises(FlatFileDbUnsafeAccessError, match="log_records=True"):
+            db.put_logged([b"x"], _log)
+    with FlatFileDb(tmp_path / "d", readonly=True) as ro:
+        with pytest.raises(FlatFileDbReadOnlyError):
+            ro.put_logged([b"x"], _log)
+
+
+def test_an_exception_from_make_log_keeps_the_data_and_writes_no_log_record(tmp_path: Path) -> None:
+    def broken(_: list[DataLocation]) -> bytes:
+        raise RuntimeError("no log today")
+
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        with pytest.raises(RuntimeError):
+            db.put_logged([b"orphan"], broken)
+        assert _read_all(db, LOG_START)[0] == []
+        assert b"".join(db.get(loc) for loc in db.iter_locations()) == b"orphan"
+        db.put(b"next")  # the lock was released
