@@ -871,6 +871,9 @@ def add_keyed_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keyed-growth-keys", type=int, default=None, help="keys of the growth curve (10M [2,000])")
     group.add_argument("--keyed-growth-limit", type=float, default=None, help="seconds per growth store (1800 [10])")
     group.add_argument("--keyed-json", default=None, help="also write every figure to this JSON file")
+    group.add_argument(
+        "--keyed-workloads", default=None, help="comma-separated step numbers to run (1 puts ... 7 growth; all)"
+    )
 
 
 def _resolve(args: argparse.Namespace) -> None:
@@ -918,7 +921,10 @@ def main(argv: list[str] | None = None) -> list[Workload]:
             lambda: [bench_array(ctx)],
             lambda: [bench_growth(ctx)],
         ]
-        for step in steps:
+        chosen = {int(n) for n in args.keyed_workloads.split(",")} if args.keyed_workloads else None
+        for number, step in enumerate(steps, 1):
+            if chosen is not None and number not in chosen:
+                continue
             began = time.perf_counter()
             done = step()
             for workload in done:

@@ -185,6 +185,18 @@ def encode_blob(start: int, length: int, checksum: int) -> bytes:
     )
 
 
+_LOG_PREFIX = bytes((REC_BLOB, FLAG_LOG, 0, 0))
+_LOG_PREFIX_CRC = zlib.crc32(_LOG_PREFIX)
+
+
+def encode_log_blob(start: int, length: int, checksum: int) -> bytes:
+    """A BLOB record with FLAG_LOG: the commit of a log record of ``length`` bytes at ``start``
+    (encode_record's work for this one kind, as encode_blob does for plain blobs)."""
+    return _BLOB_RECORD.pack(
+        _LOG_PREFIX, zlib.crc32(_BODY.pack(start, length, checksum), _LOG_PREFIX_CRC), start, length, checksum
+    )
+
+
 def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:
     """Any record (BLOB, FRAME, SEAL) with its checksum."""
     body = _BODY.pack(a, b, c)

@@ -14,6 +14,7 @@ index a re-framing may have rewritten) the whole index is read and filtered by d
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -40,6 +41,7 @@ class LogPosition(NamedTuple):
 
 
 LOG_START = LogPosition(-1, 0, 0)
+_new_position = functools.partial(tuple.__new__, LogPosition)  # without NamedTuple.__new__'s Python frame
 
 
 class LoggedPut(NamedTuple):
@@ -50,6 +52,9 @@ class LoggedPut(NamedTuple):
     log: DataLocation
     before: LogPosition
     after: LogPosition
+
+
+_new_logged = functools.partial(tuple.__new__, LoggedPut)
 
 
 class LogTail(NamedTuple):
@@ -68,7 +73,9 @@ class LogRecords(Store):
     def _check_log(self, operation: str) -> None:
         if self.readonly or not self.log_records:
             self._refuse_write(operation)
-            raise FlatFileDbUnsafeAccessError(f"{self.datadir}: {operation}() needs a store opened with log_records=True")
+            raise FlatFileDbUnsafeAccessError(
+                f"{self.datadir}: {operation}() needs a store opened with log_records=True"
+            )
 
     def put_log(self, data: Buffer) -> DataLocation:
         """Append a log record and return its location: a blob whose BLOB record carries the LOG
@@ -106,9 +113,10 @@ class LogRecords(Store):
         ``align``: the last of ``datas`` starts at a multiple of it; a blob of zeros before it
         fills the gap (its location is among those ``make_log`` receives, before the last).
         """
-        self._check_log("put_logged")
+        if self.readonly or not self.log_records:
+            self._check_log("put_logged")
         items = [d if type(d) is bytes else as_bytes_like(d, "put_logged()") for d in datas]  # pylint: disable=unidiomatic-typecheck
-        checksums = [blob_checksum(d) for d in items]
+        checksums = list(map(blob_checksum, items))
         frames = self._frames(b"".join(items)) if self.use_compression and len(items) > 1 else None
         if self._closed:
             self._open()
@@ -116,7 +124,7 @@ class LogRecords(Store):
         lock.acquire_write(self.lock_timeout)
         try:
             words = self._words
-            before = LogPosition(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES])
+            before = _new_position((words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES]))
             locations: list[DataLocation] = []
             writer = self._writer
             start = -1
@@ -139,19 +147,19 @@ class LogRecords(Store):
                 frames = None  # precompressed frames cover the whole batch only
             blob = make_log(locations)
             log = self._append_log_locked(blob if type(blob) is bytes else as_bytes_like(blob, "make_log()"))  # pylint: disable=unidiomatic-typecheck
-            after = LogPosition(words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES])
+            after = _new_position((words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES]))
             sealed = writer.take_sealed() if writer.sealed else None
         finally:
             lock.release_write()
         if sealed:
             self._after_seal(sealed)
-        return LoggedPut(locations, log, before, after)
+        return _new_logged((locations, log, before, after))
 
     def _append_log_locked(self, item: bytes) -> DataLocation:
         """Append one log record (write lock held)."""
         checksum = blob_checksum(item)
         writer = self._writer
-        if writer.version >= INDEX_VERSION_LOG and not self.use_compression and len(item) <= writer.map_limit:
+        if writer.version >= INDEX_VERSION_LOG and not self.use_compression:
             start = writer.put_mapped(item, checksum, self.MAX_DAT_FILE_SIZE, FLAG_LOG)
             if start >= 0:
                 return new_location((writer.path, start, start + len(item)))
@@ -196,7 +204,9 @@ class LogRecords(Store):
         if after.segment > view.segment:
             return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
         numbers = sorted(
-            n for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd)) if n is not None and n >= after.segment
+            n
+            for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd))
+            if n is not None and n >= after.segment
         )
         expected = after.segment if after.segment >= 0 else (numbers[0] if numbers else 0)
         records: list[BlobRecord] = []

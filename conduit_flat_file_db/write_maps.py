@@ -23,7 +23,7 @@ from typing import Any
 
 from .blocks import allocate, maps_supported, preallocate
 from .fileio import write_zeros
-from .index import KIND_RAW, REC_BLOB, RECORD_BYTES, encode_blob, encode_record
+from .index import FLAG_LOG, KIND_RAW, REC_BLOB, RECORD_BYTES, encode_blob, encode_log_blob, encode_record
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
 from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
 
@@ -87,9 +87,11 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_DIRTY] = 1
         self._data_map[start - data_base : end - data_base] = data
         self._index_map[index_bytes - index_base : index_end - index_base] = (
-            encode_record(REC_BLOB, flags, start, end - start, checksum)
-            if flags
-            else encode_blob(start, end - start, checksum)
+            encode_blob(start, end - start, checksum)
+            if not flags
+            else encode_log_blob(start, end - start, checksum)
+            if flags == FLAG_LOG
+            else encode_record(REC_BLOB, flags, start, end - start, checksum)
         )
         words[W_INDEX_BYTES] = index_end
         words[W_DISK_BYTES] = end

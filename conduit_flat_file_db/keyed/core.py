@@ -22,6 +22,7 @@ rebuilds the index from them if not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -39,7 +40,7 @@ from ..locking import ProcessLock, process_lock_for, release_process_lock
 from ..log_records import LOG_START, LoggedPut, LogPosition
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
-from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog
+from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_put
 
 try:
     import fcntl
@@ -62,6 +63,8 @@ _APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
 _checksum = xxhash.xxh3_64_intdigest
 _new_location = tuple.__new__
+_new_row = functools.partial(tuple.__new__, Row)  # Row(...) without NamedTuple.__new__'s Python frame
+_new_checkpoint = functools.partial(tuple.__new__, Checkpoint)
 _K = TypeVar("_K", bound="KeyedCore")
 
 
@@ -117,6 +120,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._tail: dict[bytes, tuple[Row | None, int, int]] = {}
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
+        self._applier: threading.Thread | None = None  # see _start_applier
+        self._applier_guard = threading.Lock()
+        self._applier_wake = threading.Event()
         if self.readonly:
             if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
                 raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
@@ -210,10 +216,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         if self._closed:
             return
         try:
+            self._closed = True  # the background applier stops
+            self._stop_applier()
             if not self.readonly and self._tail:
                 self._apply()
         finally:
-            self._closed = True
             self._release()
 
     def _release(self) -> None:
@@ -308,10 +315,14 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         segment_of = self._segment_of
 
         def make_log(locations: list[DataLocation]) -> bytes:
-            entries = [
-                Entry(key, Row(segment_of(loc), loc[1], loc[2], checksum, created, 0, meta))
-                for (key, _, meta), loc, checksum in zip(puts, locations, checksums)
-            ]
+            segments = self._segs
+            entries: list[Any] = []
+            append = entries.append
+            for (key, _, meta), loc, checksum in zip(puts, locations, checksums):
+                segment = segments.get(loc[0])
+                if segment is None:
+                    segment = segment_of(loc)
+                append((key, _new_row((segment, loc[1], loc[2], checksum, created, 0, meta))))
             entries.extend(tail)
             blob = encode_keylog(entries, created)
             made.append(entries)
@@ -320,6 +331,26 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
         self._check_writable("write")
         self._logged(self.db.put_logged(values, make_log), made)
+
+    def _commit_one(self, key: bytes, value: Any, meta: bytes) -> None:
+        """_commit([(key, value, meta)]), for the one-key write (its hot path)."""
+        checksum = _checksum(value)
+        created = time.time_ns()
+        made: list[Any] = []
+        segments = self._segs
+
+        def make_log(locations: list[DataLocation]) -> bytes:
+            loc = locations[0]
+            segment = segments.get(loc[0])
+            if segment is None:
+                segment = self._segment_of(loc)
+            row = _new_row((segment, loc[1], loc[2], checksum, created, 0, meta))
+            blob = encode_put(key, row, created)
+            made.append(((key, row),))
+            made.append(blob)
+            return blob
+
+        self._logged(self.db.put_logged((value,), make_log), made)
 
     def _logged(self, put: LoggedPut, made: list[Any]) -> None:
         """After a commit: make it durable if asked, add its entries to this instance's tail,
@@ -337,12 +368,57 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 for key, row in entries:
                     rows[key] = (row, logseg, end)
                 self._position = put.after
-                self._last = Checkpoint(logseg, end, _checksum(blob))
+                self._last = _new_checkpoint((logseg, end, _checksum(blob)))
             else:
                 self._read_tail_locked()
-            full = len(self._tail) >= APPLY_AT
-        if full:
-            self._apply()
+            size = len(self._tail)
+        if size >= APPLY_AT:
+            if size >= _TAIL_MAX:
+                self._apply()  # the background applier fell behind: this writer applies, and waits
+            else:
+                self._start_applier()
+
+    def _start_applier(self) -> None:
+        """Have the tail applied by this instance's background thread (started if not running):
+        the index transaction then runs beside the writes instead of inside one of them (SQLite
+        and LMDB work without the GIL). It stops after a second with nothing to do."""
+        with self._applier_guard:
+            thread = self._applier
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._run_applier, name=f"ffdb-apply {self._dir}", daemon=True)
+                self._applier = thread
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread can start now (a limit, an exiting interpreter)
+                    self._applier = None
+                    self._apply()
+                    return
+            self._applier_wake.set()
+
+    def _run_applier(self) -> None:
+        wake = self._applier_wake
+        while True:
+            if not wake.wait(1.0) or self._closed:
+                with self._applier_guard:
+                    if wake.is_set() and not self._closed:
+                        continue  # woken just now: _start_applier saw this thread alive
+                    if self._applier is threading.current_thread():
+                        self._applier = None
+                    return
+            wake.clear()
+            try:
+                self._apply()
+            except Exception:  # pylint: disable=broad-exception-caught  # a writer applies (and raises) instead
+                logger.exception("%s: applying the key logs to the index failed", self._dir)
+                with self._applier_guard:
+                    self._applier = None
+                return
+
+    def _stop_applier(self) -> None:
+        thread = self._applier
+        if thread is not None and thread is not threading.current_thread():
+            self._applier_wake.set()
+            thread.join()
 
     def _apply(self) -> None:
         """Apply the key logs up to their end to the index (takes index.lock)."""
@@ -350,46 +426,62 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._apply_locked()
 
     def _apply_locked(self) -> None:
-        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time."""
-        with self._tail_lock:
-            while True:
-                more = self._read_tail_locked(_APPLY_CHUNK)
-                self._apply_tail_locked()
-                if not more:
-                    return
+        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time.
 
-    def _apply_tail_locked(self) -> None:
-        """Write the tail's entries the index lacks and move its checkpoint to the last record
-        read; then the tail is empty (index.lock and the tail lock held)."""
-        index = self.index
-        checkpoint = index.checkpoint()
-        last = self._last
-        done = (checkpoint.segment, checkpoint.end)
-        if (last.segment, last.end) > done:
-            entries = [
-                Entry(key, row if row is None or row.logseg == seg else row._replace(logseg=seg))
-                for key, (row, seg, end) in self._tail.items()
-                if (seg, end) > done
-            ]
-            index.apply(self._live_entries(entries), last)
-        self._tail = {}
+        The tail lock is held to read the key logs and to take a copy of the tail, not while the
+        index transaction runs: writers of this process go on adding to the tail meanwhile. The
+        entries applied leave the tail afterwards, those a newer write replaced meanwhile stay."""
+        while True:
+            with self._tail_lock:
+                more = self._read_tail_locked(_APPLY_CHUNK)
+                last = self._last
+                applied = list(self._tail.items())
+            index = self.index
+            checkpoint = index.checkpoint()
+            done = (checkpoint.segment, checkpoint.end)
+            if (last.segment, last.end) > done:
+                present = set(self.db.segments())
+                index.apply_rows(
+                    (
+                        (key, row, seg)
+                        for key, (row, seg, end) in applied
+                        # A PUT whose value's segment is gone is stale: a vacuum wrote the key
+                        # again in a later record before it deleted the segment.
+                        if (seg, end) > done and (row is None or row[0] in present)
+                    ),
+                    last,
+                )
+            with self._tail_lock:
+                tail = self._tail
+                for key, value in applied:
+                    if tail.get(key) is value:
+                        del tail[key]
+            if not more:
+                return
 
     def _read_tail_locked(self, limit: int | None = None) -> bool:
         """Read the key logs committed after this instance's position into its tail (the tail
         lock held); with ``limit``, stop once the tail holds that many keys. True when there
         may be more to read."""
-        rows = self._tail
+        gaps = 0
         while True:
             tail = self.db.log_tail(self._position)
-            if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
+            try:
+                if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
+                    raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
+                rows = self._tail  # (a rebase replaces the dict)
+                for record in tail.records:
+                    for key, row in self._read_keylog(record):
+                        rows[key] = (row, record.segment, record.end_offset)
+                    self._last = Checkpoint(record.segment, record.end_offset, record.checksum)
+            except FlatFileDbNotFoundError:
                 # Deleted segments this instance had not read: their records are applied (a
                 # vacuum applies before it deletes), so read on from the checkpoint instead.
+                gaps += 1
+                if gaps > _RETRIES:
+                    raise
                 self._rebase_locked(gap=True)
                 continue
-            for record in tail.records:
-                for key, row in self._read_keylog(record):
-                    rows[key] = (row, record.segment, record.end_offset)
-                self._last = Checkpoint(record.segment, record.end_offset, record.checksum)
             moved = tail.position != self._position
             self._position = tail.position
             if not moved or not self.db.log_moved(tail.position):
@@ -428,12 +520,6 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             return decode_keylog(blob, record.segment, f"{location.file_path} at {record.start_offset}")[1]
         except FormatError as exc:
             raise CorruptionError(str(exc), location.file_path, record.start_offset) from exc
-
-    def _live_entries(self, entries: list[Entry]) -> list[Entry]:
-        """``entries`` without the PUTs whose value's segment is gone: a vacuum wrote those keys
-        again in a later record before it deleted the segment, so they are stale here."""
-        present = set(self.db.segments())
-        return [entry for entry in entries if entry.row is None or entry.row.segment in present]
 
     # -- what the index and the tail say together ------------------------------------------
 

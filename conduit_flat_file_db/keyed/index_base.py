@@ -80,9 +80,15 @@ class IndexBase(abc.ABC):
         """Every row whose value or whose key-log record is in one of ``segments``."""
 
     @abc.abstractmethod
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
-        """Apply entries in order and set the checkpoint, in one transaction; ``logseg``, when
-        given, is the log segment of every row (their own field is not read)."""
+    def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        """Set each (key, row or None for a deletion, log segment of the row) and the
+        checkpoint, in one transaction. Each key appears once (the order does not matter); the
+        row's own log-segment field is not read."""
+
+    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
+        """Apply entries (a later one for a key wins) and set the checkpoint, in one transaction."""
+        final = {key: row for key, row in entries}
+        self.apply_rows(((key, row, 0 if row is None else row.logseg) for key, row in final.items()), checkpoint)
 
     @abc.abstractmethod
     def clear(self) -> None:

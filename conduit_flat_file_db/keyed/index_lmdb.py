@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 from ..state import BOOT_ID
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
-from .keylog import Entry, Row
+from .keylog import Row
 
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
 _CHECKPOINT = struct.Struct("<qQQ")
@@ -211,17 +211,22 @@ class LmdbIndex(IndexBase):
             if row.segment in wanted or row.logseg in wanted:
                 yield key, row
 
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+    def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
         pack = _ROW.pack
+        puts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+        for key, row, logseg in rows:
+            if row is None:
+                deletes.append(key)
+            else:
+                seg, start, end, checksum, created, _, meta = row
+                puts.append((key, pack(seg, start, end, checksum, created, logseg) + meta))
+        puts.sort()  # in key order: each B-tree page is visited once per transaction
         with self.env.begin(write=True) as txn:
-            put = txn.put
-            for key, row in entries:
-                if row is None:
-                    txn.delete(key, db=self._keys)
-                else:
-                    seg, start, end, checksum, created, row_logseg, meta = row
-                    head = pack(seg, start, end, checksum, created, row_logseg if logseg is None else logseg)
-                    put(key, head + meta, db=self._keys)
+            for key in deletes:
+                txn.delete(key, db=self._keys)
+            if puts:
+                txn.cursor(db=self._keys).putmulti(puts)
             txn.put(b"checkpoint", _CHECKPOINT.pack(*checkpoint), db=self._state)
             txn.put(b"boot", _BOOT, db=self._state)
 

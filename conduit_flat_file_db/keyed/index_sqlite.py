@@ -17,7 +17,7 @@ import weakref
 from typing import Iterable, Iterator
 
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
-from .keylog import Entry, Row
+from .keylog import Row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -38,6 +38,7 @@ _UPSERT = (
 )
 _SELECT = "SELECT seg, start, end, checksum, created, logseg, meta FROM keys WHERE key = ?"
 _SIGN = 2**63
+_CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
 _CHECKPOINT = struct.Struct("<qQQ")  # segment, end, checksum of the last key-log record applied
 
 
@@ -91,6 +92,11 @@ class SqliteIndex(IndexBase):
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Applies write thousands of random keys at a time: a WAL checkpoint every 1,000 pages
+            # (the default) copies the same pages back again and again; every 10,000 (~40 MiB of
+            # WAL) it costs half as much per key, measured.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+        conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         return conn
 
     def _conn(self) -> sqlite3.Connection:
@@ -196,35 +202,31 @@ class SqliteIndex(IndexBase):
 
     # -- writes (the keyed store's write lock held) ---------------------------------------
 
-    def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None = None) -> None:
+    def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        puts: list[tuple[object, ...]] = []
+        deletes: list[tuple[bytes]] = []
+        for key, row, logseg in rows:
+            if row is None:
+                deletes.append((key,))
+            else:
+                seg, start, end, checksum, created, _, meta = row
+                puts.append(
+                    (key, seg, start, end, checksum - 2**64 if checksum >= _SIGN else checksum, created, logseg, meta)
+                )
+        puts.sort()  # in key order: each B-tree page is visited once per transaction
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            self._apply_in_transaction(conn, entries, checkpoint, logseg)
+            if deletes:
+                conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
+            if puts:
+                conn.executemany(_UPSERT, puts)
+            conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (_CHECKPOINT.pack(*checkpoint),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    @staticmethod
-    def _apply_in_transaction(
-        conn: sqlite3.Connection, entries: Iterable[Entry], checkpoint: Checkpoint, logseg: int | None
-    ) -> None:
-        puts: list[tuple[object, ...]] = []
-        for key, row in entries:
-            if row is None:
-                if puts:
-                    conn.executemany(_UPSERT, puts)
-                    puts = []
-                conn.execute("DELETE FROM keys WHERE key = ?", (key,))
-            else:
-                seg, start, end, checksum, created, row_logseg, meta = row
-                checksum = checksum - 2**64 if checksum >= _SIGN else checksum
-                puts.append((key, seg, start, end, checksum, created, row_logseg if logseg is None else logseg, meta))
-        if puts:
-            conn.executemany(_UPSERT, puts)
-        conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (_CHECKPOINT.pack(*checkpoint),))
 
     def clear(self) -> None:
         conn = self._conn()

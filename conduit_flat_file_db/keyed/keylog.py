@@ -96,6 +96,17 @@ def encode_keylog(entries: list[Entry], written_ns: int) -> bytes:
     return b"".join(parts)
 
 
+def encode_put(key: bytes, row: Row, written_ns: int) -> bytes:
+    """encode_keylog([Entry(key, row)], written_ns), for the one-key write (its hot path)."""
+    segment, start, end, checksum, created_ns, _, meta = row
+    return (
+        _HEADER.pack(KEYLOG_MAGIC, KEYLOG_VERSION, 0, 1, written_ns)
+        + _PUT_ENTRY.pack(OP_PUT, key[0], len(key) - 1, len(meta), segment, start, end, checksum, created_ns)
+        + key[1:]
+        + meta
+    )
+
+
 def _decode_entry(buf: bytes, offset: int, logseg: int, where: str) -> tuple[Entry, int]:
     """The entry at ``offset`` and the offset after it (struct.error when cut short)."""
     op, kind, key_len, meta_len = _ENTRY.unpack_from(buf, offset)

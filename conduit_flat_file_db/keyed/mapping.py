@@ -193,10 +193,11 @@ class MappingStore(KeyedCore):
 
     def put(self, key: Key, value: Any, *, meta: Mapping[str, Any] | None = None) -> None:
         """Store ``value`` (any bytes-like) under ``key``, with optional JSON-able user metadata."""
-        self._check_writable("put")
+        if self.readonly or self._closed:
+            self._check_writable("put")
         encoded = encode_key(key)
         data = value if type(value) is bytes else as_bytes_like(value)  # pylint: disable=unidiomatic-typecheck
-        self._commit([(encoded, data, encode_meta(meta))])
+        self._commit_one(encoded, data, b"" if meta is None else encode_meta(meta))
 
     def put_many(self, items: Iterable[tuple[Key, Any]] | Mapping[Key, Any]) -> None:
         """Store many (key, value) pairs as one atomic batch: after a crash all are stored or

@@ -80,9 +80,9 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
     ("raw", "no-lease", "get"): ((10, 12), (400, 480)),
     ("raw", "lease-held", "put"): ((5, 11), (200, 440)),
     ("raw", "lease-held", "get"): ((10, 12), (400, 480)),
-    ("compressed", "no-lease", "put"): ((27, 57), (1400, 2603)),
+    ("compressed", "no-lease", "put"): ((28, 57), (1440, 2603)),
     ("compressed", "no-lease", "get"): ((23, 38), (920, 1520)),
-    ("compressed", "lease-held", "put"): ((25, 54), (1320, 2483)),
+    ("compressed", "lease-held", "put"): ((26, 54), (1360, 2483)),
     ("compressed", "lease-held", "get"): ((23, 38), (920, 1520)),
 }
 

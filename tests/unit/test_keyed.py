@@ -17,8 +17,8 @@ import pytest
 import xxhash
 
 from conduit_flat_file_db import (
-    DataLocation,
     CorruptionError,
+    DataLocation,
     FlatFileDbNotFoundError,
     FlatFileDbReadOnlyError,
     FormatError,
