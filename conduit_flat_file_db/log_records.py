@@ -65,6 +65,7 @@ class LogTail(NamedTuple):
     records: list[BlobRecord]
     position: LogPosition
     missing: list[int]
+    last_index_bytes: int = 0  # where the last record's BLOB record ends in its record index
 
 
 class LogRecords(Store):
@@ -200,7 +201,8 @@ class LogRecords(Store):
         self._reopen_if_closed()
         view = self._readers.mutable_view()
         if after.segment == view.segment:
-            return LogTail(*self._segment_tail(view.segment, after, view), [])
+            found, position, last = self._segment_tail(view.segment, after, view)
+            return LogTail(found, position, [], last)
         if after.segment > view.segment:
             return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
         numbers = sorted(
@@ -212,24 +214,28 @@ class LogRecords(Store):
         records: list[BlobRecord] = []
         missing: list[int] = []
         position = after
+        last_index_bytes = 0
         for number in numbers:
             if number > view.segment:
                 break
             missing.extend(range(expected, number))
             expected = number + 1
             mutable = number == view.segment
-            found, position = self._segment_tail(number, position, view if mutable else None)
-            records.extend(found)
+            found, position, last = self._segment_tail(number, position, view if mutable else None)
+            if found:
+                records.extend(found)
+                last_index_bytes = last
             if mutable or len(records) >= _TAIL_RECORDS:
                 break
-        return LogTail(records, position, missing)
+        return LogTail(records, position, missing, last_index_bytes)
 
     def _segment_tail(
         self, number: int, after: LogPosition, view: MutableView | None
-    ) -> tuple[list[BlobRecord], LogPosition]:
+    ) -> tuple[list[BlobRecord], LogPosition, int]:
         """The log records of segment ``number`` after ``after`` (all when ``after`` is in an
-        earlier segment) and the position after them; ``view``: the mutable view when the
-        segment is the mutable one, else None (read it all)."""
+        earlier segment), the position after them, and where the last one's BLOB record ends in
+        the record index; ``view``: the mutable view when the segment is the mutable one, else
+        None (read it all)."""
         same = after.segment == number
         end = after.end if same else 0
         first = after.index_bytes if same and view is not None and after.index_bytes >= HEADER_BYTES else HEADER_BYTES
@@ -237,7 +243,7 @@ class LogRecords(Store):
         try:
             fd = open_regular(self._dir_fd, index_name(number))
         except FileNotFoundError:
-            return [], after if view is not None else LogPosition(number + 1, 0, HEADER_BYTES)
+            return [], after if view is not None else LogPosition(number + 1, 0, HEADER_BYTES), 0
         try:
             size = _index_size(fd, limit)
             raw = pread_full(fd, max(size - first, 0), first)
@@ -251,17 +257,19 @@ class LogRecords(Store):
         out: list[BlobRecord] = []
         committed = view.end if view is not None else None
         index_bytes = first
+        last = 0
         for record in records:
             if record.rtype == REC_BLOB:
                 if committed is not None and record.offset + record.size > committed:
                     break  # written, not yet committed (its publish is under way)
                 if record.flags & FLAG_LOG and record.offset >= end:
                     out.append(BlobRecord(number, record.offset, record.offset + record.size, record.extra))
+                    last = index_bytes + RECORD_BYTES
                 end = max(end, record.offset + record.size)
             index_bytes += RECORD_BYTES
         if view is None:
-            return out, LogPosition(number + 1, 0, HEADER_BYTES)
-        return out, LogPosition(number, end, index_bytes)
+            return out, LogPosition(number + 1, 0, HEADER_BYTES), last
+        return out, LogPosition(number, end, index_bytes), last
 
 
 def _continues(records: list[Any], end: int) -> bool:

@@ -120,9 +120,6 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._tail: dict[bytes, tuple[Row | None, int, int]] = {}
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
-        self._applier: threading.Thread | None = None  # see _start_applier
-        self._applier_guard = threading.Lock()
-        self._applier_wake = threading.Event()
         if self.readonly:
             if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
                 raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
@@ -162,7 +159,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             except IndexDamagedError as exc:
                 raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
             checkpoint = index.checkpoint()
-            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
             return index
         with self._write_lock():
@@ -216,8 +213,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         if self._closed:
             return
         try:
-            self._closed = True  # the background applier stops
-            self._stop_applier()
+            self._closed = True
             if not self.readonly and self._tail:
                 self._apply()
         finally:
@@ -361,64 +357,28 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         logseg = self._segment_of(put.log)
         end = put.log[2]
         with self._tail_lock:
+            rows = self._tail
             if put.before == self._position:
                 # Nothing was committed between what this instance read and this commit: its own
                 # record is the only one to add (the common case, without reading it back).
-                rows = self._tail
                 for key, row in entries:
                     rows[key] = (row, logseg, end)
                 self._position = put.after
-                self._last = _new_checkpoint((logseg, end, _checksum(blob)))
+                self._last = _new_checkpoint((logseg, end, _checksum(blob), put.after.index_bytes))
             else:
-                self._read_tail_locked()
-            size = len(self._tail)
+                # Other writers committed since this instance last read the key logs: their
+                # records are read when something needs them (a lookup, an apply), not here. Its
+                # own entries go in now, each unless the tail holds a newer one for its key.
+                for key, row in entries:
+                    old = rows.get(key)
+                    if old is None or (old[1], old[2]) < (logseg, end):
+                        rows[key] = (row, logseg, end)
+            size = len(rows)
         if size >= APPLY_AT:
-            if size >= _TAIL_MAX:
-                self._apply()  # the background applier fell behind: this writer applies, and waits
-            else:
-                self._start_applier()
-
-    def _start_applier(self) -> None:
-        """Have the tail applied by this instance's background thread (started if not running):
-        the index transaction then runs beside the writes instead of inside one of them (SQLite
-        and LMDB work without the GIL). It stops after a second with nothing to do."""
-        with self._applier_guard:
-            thread = self._applier
-            if thread is None or not thread.is_alive():
-                thread = threading.Thread(target=self._run_applier, name=f"ffdb-apply {self._dir}", daemon=True)
-                self._applier = thread
-                try:
-                    thread.start()
-                except RuntimeError:  # no thread can start now (a limit, an exiting interpreter)
-                    self._applier = None
-                    self._apply()
-                    return
-            self._applier_wake.set()
-
-    def _run_applier(self) -> None:
-        wake = self._applier_wake
-        while True:
-            if not wake.wait(1.0) or self._closed:
-                with self._applier_guard:
-                    if wake.is_set() and not self._closed:
-                        continue  # woken just now: _start_applier saw this thread alive
-                    if self._applier is threading.current_thread():
-                        self._applier = None
-                    return
-            wake.clear()
-            try:
-                self._apply()
-            except Exception:  # pylint: disable=broad-exception-caught  # a writer applies (and raises) instead
-                logger.exception("%s: applying the key logs to the index failed", self._dir)
-                with self._applier_guard:
-                    self._applier = None
-                return
-
-    def _stop_applier(self) -> None:
-        thread = self._applier
-        if thread is not None and thread is not threading.current_thread():
-            self._applier_wake.set()
-            thread.join()
+            # Applied here, in the writer's thread: a background thread would wait for the GIL
+            # between rows (SQLite and LMDB drop it for each) while this one writes, measured
+            # many times slower.
+            self._apply()
 
     def _apply(self) -> None:
         """Apply the key logs up to their end to the index (takes index.lock)."""
@@ -431,15 +391,20 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         The tail lock is held to read the key logs and to take a copy of the tail, not while the
         index transaction runs: writers of this process go on adding to the tail meanwhile. The
         entries applied leave the tail afterwards, those a newer write replaced meanwhile stay."""
+        index = self.index
         while True:
             with self._tail_lock:
+                checkpoint = index.checkpoint()
+                if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
+                    self._rebase_locked()  # another process applied past what this one read
                 more = self._read_tail_locked(_APPLY_CHUNK)
                 last = self._last
-                applied = list(self._tail.items())
-            index = self.index
-            checkpoint = index.checkpoint()
+                upto = (last.segment, last.end)
+                # Entries past the last record read in order are this instance's own writes, put
+                # in before the records of others between: applied later, with those.
+                applied = [(key, value) for key, value in self._tail.items() if (value[1], value[2]) <= upto]
             done = (checkpoint.segment, checkpoint.end)
-            if (last.segment, last.end) > done:
+            if upto > done:
                 present = set(self.db.segments())
                 index.apply_rows(
                     (
@@ -471,9 +436,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
                 rows = self._tail  # (a rebase replaces the dict)
                 for record in tail.records:
+                    here = (record.segment, record.end_offset)
                     for key, row in self._read_keylog(record):
-                        rows[key] = (row, record.segment, record.end_offset)
-                    self._last = Checkpoint(record.segment, record.end_offset, record.checksum)
+                        old = rows.get(key)
+                        if old is None or (old[1], old[2]) <= here:  # not this instance's newer write
+                            rows[key] = (row, record.segment, record.end_offset)
             except FlatFileDbNotFoundError:
                 # Deleted segments this instance had not read: their records are applied (a
                 # vacuum applies before it deletes), so read on from the checkpoint instead.
@@ -482,6 +449,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                     raise
                 self._rebase_locked(gap=True)
                 continue
+            if tail.records:
+                record = tail.records[-1]
+                self._last = Checkpoint(record.segment, record.end_offset, record.checksum, tail.last_index_bytes)
             moved = tail.position != self._position
             self._position = tail.position
             if not moved or not self.db.log_moved(tail.position):
@@ -495,7 +465,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         checkpoint = self.index.checkpoint()
         done = (checkpoint.segment, checkpoint.end)
         if gap or done > (self._position.segment, self._position.end):
-            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
         self._tail = {key: value for key, value in self._tail.items() if (value[1], value[2]) > done}
 
@@ -504,7 +474,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         checkpoint = index.checkpoint()
         with self._tail_lock:
             self._tail = {}
-            self._position = LogPosition(checkpoint.segment, checkpoint.end, 0)
+            self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
         self.index = index
         self._apply_locked()

@@ -9,6 +9,7 @@ prefix of the key logs; the keyed store replays the rest (keyed/store.py).
 from __future__ import annotations
 
 import abc
+import struct
 from typing import Iterable, Iterator, NamedTuple
 
 from ..errors import FlatFileDbError
@@ -16,11 +17,32 @@ from .keylog import Entry, Row
 
 
 class Checkpoint(NamedTuple):
-    """The last key-log record an index applied: segment -1 when none."""
+    """The last key-log record an index applied: segment -1 when none. ``index_bytes``: where
+    its BLOB record ends in the segment's record index (0: unknown), so that a reader of the
+    key logs resumes there instead of reading the segment's whole record index."""
 
     segment: int
     end: int
     checksum: int
+    index_bytes: int = 0
+
+
+_CHECKPOINT = struct.Struct("<qQQQ")
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """The checkpoint as the indexes store it."""
+    return _CHECKPOINT.pack(*checkpoint)
+
+
+def decode_checkpoint(raw: bytes | None) -> Checkpoint:
+    """Inverse of encode_checkpoint; also reads the 24 bytes of a checkpoint without
+    ``index_bytes``, and None or b"" (no checkpoint)."""
+    if not raw:
+        return Checkpoint(-1, 0, 0)
+    if len(raw) == 24:
+        return Checkpoint(*struct.unpack("<qQQ", raw))
+    return Checkpoint(*_CHECKPOINT.unpack(raw))
 
 
 class IndexDamagedError(FlatFileDbError):

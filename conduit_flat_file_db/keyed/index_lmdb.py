@@ -14,11 +14,10 @@ import threading
 from typing import Any, Iterable, Iterator
 
 from ..state import BOOT_ID
-from .index_base import Checkpoint, IndexBase, IndexDamagedError
+from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
 from .keylog import Row
 
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
-_CHECKPOINT = struct.Struct("<qQQ")
 _MAP_SIZE = 2**40  # address space reserved, not disk: the file grows as rows are written
 _envs: dict[str, tuple[Any, int, int, bool]] = {}  # real path -> (env, users, pid, opened read-only)
 _envs_guard = threading.Lock()
@@ -161,16 +160,14 @@ class LmdbIndex(IndexBase):
     def checkpoint(self) -> Checkpoint:
         with self.env.begin(db=self._state) as txn:
             raw = txn.get(b"checkpoint")
-        if raw is None:
-            return Checkpoint(-1, 0, 0)
-        return Checkpoint(*_CHECKPOINT.unpack(raw))
+        return decode_checkpoint(raw)
 
     def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
         with self.env.begin() as txn:
             count = int(txn.stat(self._keys)["entries"])
             raw = txn.get(b"checkpoint", db=self._state)
             present = [txn.get(key, db=self._keys) is not None for key in keys]
-        return count, Checkpoint(-1, 0, 0) if raw is None else Checkpoint(*_CHECKPOINT.unpack(raw)), present
+        return count, decode_checkpoint(raw), present
 
     def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
         found: list[tuple[bytes, Row]] = []
@@ -227,7 +224,7 @@ class LmdbIndex(IndexBase):
                 txn.delete(key, db=self._keys)
             if puts:
                 txn.cursor(db=self._keys).putmulti(puts)
-            txn.put(b"checkpoint", _CHECKPOINT.pack(*checkpoint), db=self._state)
+            txn.put(b"checkpoint", encode_checkpoint(checkpoint), db=self._state)
             txn.put(b"boot", _BOOT, db=self._state)
 
     def clear(self) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 import threading
 import weakref
 from typing import Iterable, Iterator
 
-from .index_base import Checkpoint, IndexBase, IndexDamagedError
+from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
 from .keylog import Row
 
 _SCHEMA = """
@@ -39,7 +38,6 @@ _UPSERT = (
 _SELECT = "SELECT seg, start, end, checksum, created, logseg, meta FROM keys WHERE key = ?"
 _SIGN = 2**63
 _CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
-_CHECKPOINT = struct.Struct("<qQQ")  # segment, end, checksum of the last key-log record applied
 
 
 def _signed(value: int) -> int:
@@ -159,7 +157,7 @@ class SqliteIndex(IndexBase):
 
     def checkpoint(self) -> Checkpoint:
         (raw,) = self._conn().execute("SELECT value FROM state WHERE name = 'checkpoint'").fetchone()
-        return Checkpoint(*_CHECKPOINT.unpack(raw)) if raw else Checkpoint(-1, 0, 0)
+        return decode_checkpoint(raw)
 
     def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
         conn = self._conn()
@@ -221,7 +219,7 @@ class SqliteIndex(IndexBase):
                 conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
             if puts:
                 conn.executemany(_UPSERT, puts)
-            conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (_CHECKPOINT.pack(*checkpoint),))
+            conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (encode_checkpoint(checkpoint),))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -29,6 +29,7 @@ from conduit_flat_file_db import (
     NotAnArrayError,
     Slice,
 )
+from conduit_flat_file_db.keyed import core as keyed_core
 from conduit_flat_file_db.keyed.core import SEGMENTS_DIR
 from conduit_flat_file_db.keyed.keylog import Entry, Row, decode_keylog, encode_key, encode_keylog
 
@@ -578,3 +579,27 @@ def test_a_whole_value_that_fails_its_checksum_is_an_error_never_returned(tmp_pa
                 read()
         assert store.get("b", slice=Slice(0, 5)) == b"BBBBB"  # a slice is not the whole value: not checked
         assert not store.verify().ok
+
+
+@pytest.mark.parametrize("apply_at", [1, 4096])
+def test_interleaved_writers_keep_the_newest_value_of_each_key(
+    tmp_path: Path, index: str, apply_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers take turns: each adds its own entries to its tail before reading the other's
+    records committed in between; reading those later (or applying them, after every write with
+    ``apply_at`` 1) never puts an older value over a newer one, in the tail or in the index."""
+    monkeypatch.setattr(keyed_core, "APPLY_AT", apply_at)
+    with KeyedStore(tmp_path / "kv", index=index) as a, KeyedStore(tmp_path / "kv", index=index) as b:
+        a["k"] = b"a1"
+        b["k"] = b"b2"
+        a["j"] = b"a3"  # B's record came between A's reads: A's entry goes in ahead of it
+        b["k"] = b"b4"
+        a["k"] = b"a5"
+        assert (a["k"], b["k"], a["j"], b["j"]) == (b"a5", b"a5", b"a3", b"a3")
+        b.delete_many(["j"])
+        a.put_many([("k", b"a6"), ("m", b"a7")])
+        assert ("j" in a, a["k"], b["m"], len(a), len(b)) == (False, b"a6", b"a7", 2, 2)
+    with KeyedStore(tmp_path / "kv", index=index) as again:
+        assert dict(again.items()) == {"k": b"a6", "m": b"a7"}
+        again.rebuild_index()
+        assert dict(again.items()) == {"k": b"a6", "m": b"a7"} and again.verify().ok
