@@ -393,6 +393,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         entries applied leave the tail afterwards, those a newer write replaced meanwhile stay."""
         index = self.index
         while True:
+            self.db.log_position()  # see _refresh
             with self._tail_lock:
                 checkpoint = index.checkpoint()
                 if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
@@ -496,6 +497,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     def _refresh(self) -> None:
         """Read the key logs committed since this instance last looked (cheap when none were)."""
         if self.db.log_moved(self._position):
+            # log_position() repairs the state page when a writer died publishing (taking the
+            # engine's write lock): done here, not under the tail lock, which a vacuum's key-log
+            # record takes while it holds the engine's lock.
+            self.db.log_position()
             with self._tail_lock:
                 self._read_tail_locked()
                 if len(self._tail) > _TAIL_MAX:
