@@ -60,6 +60,7 @@ class Ingest(Store):
         checksum: int,
         flags: int,  # pylint: disable=too-many-arguments
         disk_size: int,
+        *,
         confirm: bool = False,
     ) -> DataLocation:
         """Commit the file ``source`` as a sealed segment; with ``confirm``, return only once the

@@ -129,15 +129,23 @@ def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool)
         return read
     if not full:
         return None
-    if not contiguous(scan):
-        return "its BLOB records do not cover the segment contiguously"
-    if any(record.flags & FLAG_UNCHECKED for record in scan):
-        return UNVERIFIABLE
+    uncheckable = _uncheckable(scan)
+    if uncheckable is not None:
+        return uncheckable
     try:
         bad = first_bad_blob(read, [r for r in scan if r.rtype == REC_BLOB], end)
     except CorruptionError as exc:
         return f"a frame does not decode ({exc})"
     return None if bad is None else f"the blob at offset {bad.offset} fails its checksum"
+
+
+def _uncheckable(records: Sequence[Record]) -> str | None:
+    """Why the blobs of a sealed segment's ``records`` cannot be checked by their checksums, or None."""
+    if not contiguous(records):
+        return "its BLOB records do not cover the segment contiguously"
+    if any(record.flags & FLAG_UNCHECKED for record in records):
+        return UNVERIFIABLE
+    return None
 
 
 def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], bytes] | str:

@@ -121,7 +121,7 @@ def test_unchecked_adoption_not_known_fsynced_is_removed_after_a_power_loss(
         db.close()
     db = open_store(datadir)
     try:
-        assert db.lost_segments() == [] and db.get(after) == b"after the power loss"
+        assert not db.lost_segments() and db.get(after) == b"after the power loss"
         assert_others_read(db, written)
     finally:
         db.close()
@@ -134,7 +134,7 @@ def test_unchecked_adoption_known_fsynced_survives_a_power_loss(tmp_path: Path, 
     forge_power_loss(tmp_path / "store", None, None)
     db = open_store(tmp_path / "store")
     try:
-        assert db.lost_segments() == [] and db.get(written.adopted) == ADOPTED
+        assert not db.lost_segments() and db.get(written.adopted) == ADOPTED
         assert_others_read(db, written)
     finally:
         db.close()
@@ -148,7 +148,7 @@ def test_checked_adoption_not_known_fsynced_is_checked_as_any_sealed_segment(tmp
     forge_power_loss(tmp_path / "store", written.number, written.adopted if zeroed else None)
     db = open_store(tmp_path / "store")
     try:
-        assert db.lost_segments() == [] and os.path.exists(written.adopted.file_path)
+        assert not db.lost_segments() and os.path.exists(written.adopted.file_path)
         if zeroed:
             with pytest.raises(InvalidLocationError):
                 db.get(written.adopted)
