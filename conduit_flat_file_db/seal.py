@@ -15,7 +15,7 @@ import os
 from typing import Callable, Sequence
 
 from .checksums import first_bad_blob
-from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError
+from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_at, pread_full, pwrite_all
 from .index import (
     FLAG_UNCHECKED,
@@ -86,7 +86,7 @@ def holds_unchecked(dir_fd: int, number: int) -> bool:
     """
     try:
         index_fd = open_regular(dir_fd, index_name(number))
-    except FileNotFoundError:
+    except (FileNotFoundError, InvalidLocationError):  # gone (deleted meanwhile), or not a file of ours
         return False
     try:
         if os.fstat(index_fd).st_size != HEADER_BYTES + 2 * RECORD_BYTES:
