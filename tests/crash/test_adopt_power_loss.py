@@ -23,6 +23,7 @@ from crash_support import set_state_word, state_word, zero_bytes
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
 from conduit_flat_file_db.naming import index_name, parse_segment_name
+from conduit_flat_file_db.seal import holds_unchecked
 from conduit_flat_file_db.seekable import SeekableWriter
 from conduit_flat_file_db.state import W_BOOT_HI, W_BOOT_LO, W_SYNCED_BELOW
 from conduit_flat_file_db.types import DataLocation
@@ -173,3 +174,24 @@ def test_read_only_open_after_a_power_loss_refuses_an_unchecked_adoption_not_kno
             assert db.get(location) == data
     finally:
         db.close()
+
+
+def test_only_a_file_adopted_without_checksum_is_taken_for_one(tmp_path: Path) -> None:
+    """holds_unchecked, asked by the sync thread of every segment it fsyncs: true for an unchecked
+    adoption only; false for a checked one, a segment of puts, a missing segment, and a directory
+    in an index's place (refused as not ours, never an error that would end the thread)."""
+    written = write(tmp_path, False)
+    (tmp_path / "checked").mkdir()
+    checked = write(tmp_path / "checked", False, verify=True)
+    datadir = tmp_path / "store"
+    (datadir / index_name(900)).mkdir()
+    dir_fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
+    checked_fd = os.open(tmp_path / "checked" / "store", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert holds_unchecked(dir_fd, written.number)
+        assert not holds_unchecked(checked_fd, checked.number)
+        assert not holds_unchecked(dir_fd, written.number - 1)  # a sealed segment of puts
+        assert not holds_unchecked(dir_fd, 899) and not holds_unchecked(dir_fd, 900)
+    finally:
+        os.close(dir_fd)
+        os.close(checked_fd)
