@@ -60,7 +60,11 @@ class Ingest(Store):
         checksum: int,
         flags: int,  # pylint: disable=too-many-arguments
         disk_size: int,
+        *,
+        confirm: bool = False,
     ) -> DataLocation:
+        """Commit the file ``source`` as a sealed segment; with ``confirm``, return only once the
+        sync thread has fsynced it and recorded that in the state page (on disk)."""
         try:
             with self._lock.write(self.lock_timeout):
                 self._writer.resync()
@@ -72,6 +76,8 @@ class Ingest(Store):
                     os.unlink(source, dir_fd=self._dir_fd)
             raise
         self._after_seal(sealed)
+        if confirm:
+            self._syncer.wait(number + 1)  # a failed fsync is logged there and raised by sync()
         return DataLocation(str(self.datadir / segment_name(number, kind == KIND_ZSTD)), 0, size)
 
     def put_streams(
@@ -128,6 +134,14 @@ class Ingest(Store):
         Without ``verify`` the blob is recorded without a checksum (``verify()`` then
         only checks its framing); with it the file is read once to compute one (O(n)).
 
+        Durability: with ``fsync=True`` the file is fsynced before the commit, and the call
+        returns once the state page records it as durable. With ``fsync=False`` nothing waits
+        for the disk: the file is fsynced after the commit by the sync thread, as any sealed
+        segment (``sync()`` and ``close()`` wait for it). A power loss before that fsync is
+        confirmed costs the whole blob when it has no checksum: its segment cannot be checked,
+        so the next open removes it and its location raises FlatFileDbNotFoundError
+        (GUARANTEES.md "Durability"). With ``verify`` it is checked as any sealed segment.
+
         Raises InvalidLocationError for a symlink, a non-regular file, a file on another
         filesystem (copy it with ``put_stream`` instead) or inside the datadir, and
         FormatError for a compressed file that is not seekable; the file is then left
@@ -158,10 +172,15 @@ class Ingest(Store):
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         try:
             kind, size, checksum = examine_for_adoption(fd, source, st.st_size, verify)
-            os.fsync(fd)  # the caller may have just written it: durable before the commit, in both modes
+            if self.fsync:
+                # Durable before the commit. Without fsync the caller's thread never waits for the disk
+                # (the file may be gigabytes of just written pages): the sync thread fsyncs it after.
+                os.fsync(fd)
         finally:
             os.close(fd)
-        return self._commit_file(source, kind, size, checksum, 0 if verify else FLAG_UNCHECKED, st.st_size)
+        flags = 0 if verify else FLAG_UNCHECKED
+        # Unchecked, it is kept after a power loss only when the state page on disk says it was fsynced.
+        return self._commit_file(source, kind, size, checksum, flags, st.st_size, confirm=self.fsync and not verify)
 
 
 __all__ = ["Ingest"]

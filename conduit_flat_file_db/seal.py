@@ -15,9 +15,10 @@ import os
 from typing import Callable, Sequence
 
 from .checksums import first_bad_blob
-from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError
+from .errors import CorruptionError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_at, pread_full, pwrite_all
 from .index import (
+    FLAG_UNCHECKED,
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
@@ -37,6 +38,10 @@ from .segment import Tail, frame_table_of
 from .segment_files import OPEN_READ, OPEN_WRITE, open_data_file, open_regular, read_index
 
 logger = logging.getLogger("conduit_flat_file_db")
+
+# Why a sealed segment not known to be fsynced is refused after a power loss although its sizes
+# match: its blob was adopted without a checksum, so zeros that never reached the disk would pass.
+UNVERIFIABLE = "it holds a file adopted without a checksum, which nothing can check after a power loss"
 
 
 def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequence[tuple[int, int]]) -> int:
@@ -72,6 +77,26 @@ def sync_segment(dir_fd: int, number: int) -> int:
     return synced
 
 
+def holds_unchecked(dir_fd: int, number: int) -> bool:
+    """Whether sealed segment ``number`` is a file adopted without a checksum (``adopt_file``
+    without ``verify``): an index of one BLOB record with FLAG_UNCHECKED and the SEAL.
+
+    Only such whole-file commits carry FLAG_UNCHECKED, so the index's size rules out every other
+    segment after one ``fstat``, without reading it (the sync thread asks this of each segment).
+    """
+    try:
+        index_fd = open_regular(dir_fd, index_name(number))
+    except (FileNotFoundError, InvalidLocationError):  # gone (deleted meanwhile), or not a file of ours
+        return False
+    try:
+        if os.fstat(index_fd).st_size != HEADER_BYTES + 2 * RECORD_BYTES:
+            return False
+        records = decode_records(os.pread(index_fd, RECORD_BYTES, HEADER_BYTES)).records
+    finally:
+        os.close(index_fd)
+    return bool(records) and records[0].rtype == REC_BLOB and bool(records[0].flags & FLAG_UNCHECKED)
+
+
 def seal_problem(dir_fd: int, number: int, *, full: bool) -> str | None:
     """Why sealed segment ``number`` is not whole, or None when it is (or is gone).
 
@@ -81,7 +106,8 @@ def seal_problem(dir_fd: int, number: int, *, full: bool) -> str | None:
     SEAL record, and the data file holds exactly the bytes it names (compressed: it
     ends in a seek table of that many uncompressed bytes). The full form also needs
     contiguous BLOB records up to the SEAL and checks the XXH3-64 of every blob,
-    reading the segment once, in order.
+    reading the segment once, in order; a blob without a checksum (UNCHECKED: an adopted
+    file) cannot be checked, and is a problem of its own (see UNVERIFIABLE).
     """
     try:
         data_fd, kind = open_data_file(dir_fd, number)
@@ -103,13 +129,23 @@ def _seal_problem(dir_fd: int, number: int, data_fd: int, kind: int, full: bool)
         return read
     if not full:
         return None
-    if not contiguous(scan):
-        return "its BLOB records do not cover the segment contiguously"
+    uncheckable = _uncheckable(scan)
+    if uncheckable is not None:
+        return uncheckable
     try:
         bad = first_bad_blob(read, [r for r in scan if r.rtype == REC_BLOB], end)
     except CorruptionError as exc:
         return f"a frame does not decode ({exc})"
     return None if bad is None else f"the blob at offset {bad.offset} fails its checksum"
+
+
+def _uncheckable(records: Sequence[Record]) -> str | None:
+    """Why the blobs of a sealed segment's ``records`` cannot be checked by their checksums, or None."""
+    if not contiguous(records):
+        return "its BLOB records do not cover the segment contiguously"
+    if any(record.flags & FLAG_UNCHECKED for record in records):
+        return UNVERIFIABLE
+    return None
 
 
 def _sealed_reader(data_fd: int, kind: int, end: int) -> Callable[[int, int], bytes] | str:

@@ -105,6 +105,17 @@ def page_is_current(words: Any) -> bool:
     )
 
 
+def sync_page(dir_fd: int) -> None:
+    """fsync the state page: after a power loss its word 15 is what it held then. Needed when the
+    word comes to cover a file adopted without a checksum, which nothing else could keep: every
+    other segment not covered is checked instead (the kernel writes the page back within seconds)."""
+    fd = os.open(STATE_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class StateSource(Protocol):  # pylint: disable=too-few-public-methods  # a structural type
     """What the read side needs of a state page: its words (for the epoch) and the mutable view."""
 
@@ -179,11 +190,7 @@ class SharedState:
         """fsync the page and its directory entry. Done once when a page is (re)initialised, so
         that after a power loss a new page means no segment was sealed under this one's watch
         (sealed segments are fsynced in the background and confirmed in word W_SYNCED_BELOW)."""
-        fd = os.open(STATE_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_page(dir_fd)
         os.fsync(dir_fd)
 
     def bump_epoch(self) -> None:

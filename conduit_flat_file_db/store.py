@@ -140,6 +140,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._words: Any = _CLOSED_WORDS
         self._epoch = -2
         self._by_path: dict[Any, SegmentReader] = {}
+        self._lost: list[int] = []  # see lost_segments()
         self._open()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -182,6 +183,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                         new_version=INDEX_VERSION_LOG if self.log_records else INDEX_VERSION,
                     )
                     writer.recover(power_loss_check=True, may_defer=True)
+                    self._lost += writer.lost
             except BaseException:
                 if state is not None:
                     state.close()
@@ -261,6 +263,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         finally:  # even when warnings are errors
             with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
                 self.close()
+
+    def lost_segments(self) -> list[int]:
+        """Numbers of the segments this instance's opens removed after a power loss, because they
+        could not be checked: files adopted without a checksum (``adopt_file``) whose fsync was not
+        confirmed before the loss. Each removal is also logged as an error. A layer that keeps
+        locations (the keyed store) forgets those that point into them."""
+        return list(self._lost)
 
     def _refuse_write(self, operation: str) -> None:
         """Raise FlatFileDbReadOnlyError on a read-only instance, before anything is touched."""

@@ -3,7 +3,8 @@ GUARANTEES.md "Durability").
 
 A seal writes the SEAL record and nothing more; the fsync of the sealed segment runs here,
 outside the write lock, and its end is recorded in the state page (word W_SYNCED_BELOW),
-from which recovery after a power loss knows which sealed segments to check.
+from which recovery after a power loss knows which sealed segments to check (and which files
+adopted without a checksum to keep: for those the page itself is fsynced before they count as done).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import threading
 import weakref
 from typing import Any
 
-from .seal import sync_segment
+from .seal import holds_unchecked, sync_segment
 from .segment_files import fsync_dir
-from .state import W_SYNCED_BELOW
+from .state import W_SYNCED_BELOW, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -124,6 +125,11 @@ class SealSyncer:
                 with self._cond:
                     if self._failed is None and words[W_SYNCED_BELOW] < number + 1:
                         words[W_SYNCED_BELOW] = number + 1  # no lock: a racing lower value only means more checks
+                if holds_unchecked(self._dir_fd, number):
+                    # The word must reach the disk before this counts as done: after a power loss
+                    # a file adopted without a checksum is kept only when the word covers it.
+                    sync_page(self._dir_fd)
+                with self._cond:
                     self._done = max(self._done, number + 1)
                     self._cond.notify_all()
         except OSError as exc:

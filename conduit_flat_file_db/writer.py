@@ -93,6 +93,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         self.data_fd = -1
         self.index_fd = -1
         self.sealed: list[int] = []  # sealed by this writer, not yet handed to take_sealed()
+        self.lost: list[int] = []
         # Frame sizes of the compressed mutable segment as far as its index's first
         # ``_sizes_upto`` bytes say, kept so a seek-table rewrite need not reread it all.
         self._sizes: list[tuple[int, int]] = []

@@ -19,9 +19,10 @@ from pathlib import Path
 from .errors import FlatFileDbUnsafeAccessError
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_owner
 from .recovery import recover_segment
-from .seal import reseal_segment, seal_problem, seal_recovered, sync_segment
+from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
 from .segment import Tail, create_segment
-from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState
+from .segment_files import fsync_dir
+from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -58,6 +59,7 @@ class WriterRecovery:
     words: memoryview  # the state page, as words
     new_kind: int  # kind of segments this instance creates
     new_version: int  # index version of the segments this instance creates
+    lost: list[int]  # segments removed by this instance's recoveries: unverifiable after a power loss
 
     def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
         """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
@@ -106,8 +108,7 @@ class WriterRecovery:
                 deferred = True
         elif tail.sealed:  # nothing can follow it: published as it is, readable, refused to writers (resync)
             logger.warning("%s: %s", self.datadir, last_segment_error(newest))
-        if power_loss_check:
-            self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
+        adopted = power_loss_check and self._settle_sealed(sorted(n for n in data_numbers if n < newest), newest)
         if check_from is not None or state.fresh:
             words[W_DURABLE_END] = tail.end if check_from is not None else 0
         was_fresh = state.fresh
@@ -116,6 +117,8 @@ class WriterRecovery:
             state.persist(self.dir_fd)
         state.publish(tail.view(newest))
         words[W_DIRTY] = int(deferred)  # deferred: every segment below the sealed one is sealed too
+        if adopted and not was_fresh:
+            sync_page(self.dir_fd)  # word 15 now covers an adopted file: what keeps it after a power loss
 
     def _list_segments(self) -> tuple[set[int], set[int]]:
         """Numbers of the segments with a data file, and with an index; removes the scratch files
@@ -149,27 +152,59 @@ class WriterRecovery:
         except FileNotFoundError:
             pass  # removed meanwhile (another opener of the store)
 
-    def _settle_sealed(self, sealed: list[int], mutable: int) -> None:
+    def _settle_sealed(self, sealed: list[int], mutable: int) -> bool:
         """On open: make whole and durable every sealed segment not known to be fsynced.
 
         Those are the segments from word W_SYNCED_BELOW on (all of them when the state
         page is new): their fsync runs in the background after the seal, and a process
         may have died before it. After a power loss they are checked (in full, or by
         size only when the page is new) and a damaged one is cut back to its last good
-        blob and sealed again; then each is fsynced (cheap when already on disk).
+        blob and sealed again, but a file adopted without a checksum cannot be checked:
+        it is removed (``_remove_lost``). Then each is fsynced (cheap when already on
+        disk). Returns whether one of them is such an adopted file: the caller then fsyncs the
+        state page, whose word 15 is what keeps that segment after the next power loss.
         """
         state = self.state
         after_power_loss = state.fresh or not state.same_boot()
         below = 0 if state.fresh else self.words[W_SYNCED_BELOW]
+        adopted = False
         for number in sealed:
             if number < below:
                 continue
             if after_power_loss:
                 why = seal_problem(self.dir_fd, number, full=not state.fresh)
+                if why is not None and holds_unchecked(self.dir_fd, number):
+                    self._remove_lost(number, why)
+                    continue
                 if why is not None:
                     reseal_segment(self.dir_fd, number, why)
             sync_segment(self.dir_fd, number)
+            adopted = adopted or holds_unchecked(self.dir_fd, number)
         self.words[W_SYNCED_BELOW] = mutable
+        return adopted
+
+    def _remove_lost(self, number: int, why: str) -> None:
+        """Remove a sealed segment whose blob cannot be checked after a power loss (a file adopted
+        without a checksum and without a confirmed fsync): its blocks may hold zeros or stale bytes,
+        and a location must never read bytes that are not its blob. Its locations then raise
+        FlatFileDbNotFoundError, as those of a deleted segment; with ``fsync=False`` a power loss may
+        cost the blobs of the segments sealed last, and this is such a loss."""
+        removed = []
+        for name in (segment_name(number, False), segment_name(number, True), index_name(number)):
+            try:
+                os.unlink(name, dir_fd=self.dir_fd)  # data first: a lone index is removed by the next open
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+        fsync_dir(self.dir_fd)
+        logger.error(
+            "%s: removed %s after a power loss: %s, and its fsync was not confirmed before the loss; its blob is lost",
+            self.datadir,
+            " and ".join(removed),
+            why,
+        )
+        self.state.bump_epoch()
+        self.lost.append(number)
 
     def _create_next(self, sealed: int) -> tuple[int, Tail]:
         """Create segment sealed+1, removing leftovers of a rotation that died half-way."""

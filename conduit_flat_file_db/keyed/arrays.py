@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import time
@@ -22,10 +23,13 @@ import xxhash
 from ..errors import FlatFileDbNotFoundError, InvalidLocationError, NotAnArrayError
 from ..types import DataLocation
 from .core import fcntl  # type: ignore[attr-defined]  # one import of fcntl for the package
+from .index_base import IndexBase
 from .keylog import Entry, Row, encode_key, encode_keylog
 from .mapping import Key, MappingStore, decode_meta, encode_meta
 
 ALIGN = 64  # bytes: every dtype's alignment, and a cache line
+
+logger = logging.getLogger("conduit_flat_file_db")
 
 
 def _numpy() -> Any:
@@ -52,6 +56,21 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 class ArrayStore(MappingStore):
     """Array operations (see KeyedStore for the whole class)."""
+
+    def _recover_locked(self, index: IndexBase) -> None:
+        """Rebuild the index when this open's engine removed segments after a power loss: arrays
+        of ``create_array`` whose fsync was not confirmed, which nothing can check. The key logs
+        may have kept the records naming them (and the index applied them): the replay drops
+        their PUTs (their segment is gone), so each such key has its value before, or none."""
+        lost = self.db.lost_segments()
+        if lost:
+            logger.error(
+                "%s: a power loss took segments %s (arrays whose fsync was not confirmed); rebuilding the index",
+                self._dir,
+                lost,
+            )
+            index.clear()
+        super()._recover_locked(index)
 
     def put_array(self, key: Key, array: Any, *, meta: Mapping[str, Any] | None = None) -> None:
         """Store ``array`` (any numpy array but of object dtype) under ``key``."""
@@ -109,8 +128,12 @@ class ArrayStore(MappingStore):
         """A writable ``numpy.memmap`` of a new array, zero-filled, never held in memory; stored
         under ``key`` when the with-block ends without an exception (the file becomes a segment
         by rename, no copy), discarded otherwise. Until then no reader sees it; a crash leaves
-        nothing visible. The commit first makes the file durable (in both fsync modes): it costs
-        the writing back of the pages the kernel has not written yet (GUARANTEES.md "Keyed store")."""
+        nothing visible. The commit is O(1): it does not wait for the disk. The file is fsynced
+        after it by the engine's sync thread (``sync()`` and ``close()`` wait for that; with
+        ``fsync=True`` the commit does). The value has no checksum, so a power loss before that
+        fsync is confirmed costs the whole write: the next open removes the segment and the key
+        has its value from before, or none; it never names bytes that are not its value
+        (GUARANTEES.md "Keyed store")."""
         self._check_writable("create_array")
         np = _numpy()
         encoded = encode_key(key)
@@ -134,9 +157,11 @@ class ArrayStore(MappingStore):
                 yield mapped
             finally:
                 del mapped
-            # No msync: the map's pages are the file's page-cache pages, and adopt_file fsyncs the
-            # file (in both modes) before it commits it, so no key ever names pages a power loss
-            # could leave unwritten. That fsync is the commit's cost: the pages not yet written back.
+            # No msync: the map's pages are the file's page-cache pages. No fsync either (the engine's
+            # fsync is False): the sync thread fsyncs the new segment after the commit, and after a
+            # power loss an open removes it unless the state page says that fsync was done, so a key
+            # never names pages a power loss left unwritten. The rejected alternative, an fsync here,
+            # made the commit cost the writing back of every page not yet written (seconds per GiB).
             with self._no_vacuum():  # the adopted segment is named by no key until the commit
                 location = self.db.adopt_file(path)
                 row = Row(self._segment_of(location), location[1], location[2], 0, time.time_ns(), 0, row_meta)

@@ -7,7 +7,8 @@ seekable, corrupt seek tables, other filesystems, symlinks, directories, files i
 datadir. ``verify=True`` records the XXH3-64 (FORMAT.md section 4, BLOB record ``c``),
 ``verify=False`` reads nothing (checked with /proc/self/io) and marks the blob UNCHECKED.
 Last, the durability of both whole-file commits: the file that becomes a sealed segment
-(adopted, or streamed by ``put_stream``) is fsynced before the call returns.
+(adopted, or streamed by ``put_stream``) is fsynced before the call returns with fsync=True,
+and by the store's sync thread after the commit without.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import random
 import shutil
 import struct
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import pytest
 import xxhash
@@ -27,7 +29,9 @@ import zstandard
 
 from conduit_flat_file_db import DataLocation, FlatFileDb, Slice
 from conduit_flat_file_db.errors import FormatError, InvalidLocationError
+from conduit_flat_file_db.naming import STATE_FILE_NAME
 from conduit_flat_file_db.seekable import SeekableWriter
+from conduit_flat_file_db.state import W_SYNCED_BELOW
 
 StoreFactory = Callable[..., FlatFileDb]
 FRAME = 4096
@@ -431,22 +435,93 @@ def test_put_stream_segment_is_fsynced(
     assert (st.st_dev, st.st_ino) in fsynced, f"{location.file_path} was sealed but never fsynced"
 
 
-@pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
-@pytest.mark.parametrize("seekable", [False, True], ids=["raw-file", "zst-file"])
-def test_adopted_segment_is_fsynced_before_it_is_sealed(
-    make_store: StoreFactory, incoming: Path, fsync: bool, seekable: bool, fsynced: set[tuple[int, int]]
-) -> None:
-    """The adopted file is a sealed segment once adopt_file returns. The caller may have just
-    written it (page cache only) and may delete its own copy at once, so adopt_file fsyncs it
-    before the commit, in both modes."""
-    store = make_store(fsync=fsync)
-    store.put(b"x")
+class Fsync(NamedTuple):
+    """One fsync or fdatasync call: the calling thread, the file, the path it had at the call, and,
+    for the state page, its word 15 (every segment below it known to be fsynced) at the call."""
+
+    thread: int
+    file: tuple[int, int]
+    path: str
+    synced_below: int | None
+
+
+@pytest.fixture(name="fsync_calls")
+def fsync_calls_fixture(monkeypatch: pytest.MonkeyPatch) -> list[Fsync]:
+    """Every fsync and fdatasync from now on, in order (wrapped only to observe; each is made)."""
+    calls: list[Fsync] = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+
+    def record(fd: Any) -> None:
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        st = os.fstat(fd)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        word = struct.unpack("<Q", os.pread(fd, 8, 8 * W_SYNCED_BELOW))[0] if path.endswith(STATE_FILE_NAME) else None
+        calls.append(Fsync(threading.get_ident(), (st.st_dev, st.st_ino), path, word))
+
+    def fsync(fd: Any) -> None:
+        record(fd)
+        real_fsync(fd)
+
+    def fdatasync(fd: Any) -> None:
+        record(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return calls
+
+
+def _adoptable(incoming: Path, seekable: bool) -> tuple[Path, tuple[int, int]]:
+    """A file just written (page cache only) beside the datadir, and its (st_dev, st_ino)."""
     source = incoming / "fresh"
     if seekable:
         write_seekable(source, payload(100_000, 11))
     else:
         source.write_bytes(payload(100_000, 11))
     st = os.stat(source)
+    return source, (st.st_dev, st.st_ino)
+
+
+def _page_confirms(calls: list[Fsync], number: int, after: int) -> bool:
+    """Whether, after call ``after``, the state page was fsynced holding word 15 past ``number``."""
+    return any(c.synced_below is not None and c.synced_below > number for c in calls[after + 1 :])
+
+
+@pytest.mark.parametrize("seekable", [False, True], ids=["raw-file", "zst-file"])
+def test_adopt_without_fsync_leaves_the_fsync_to_the_sync_thread_then_confirms_it_on_disk(
+    make_store: StoreFactory, incoming: Path, seekable: bool, fsync_calls: list[Fsync]
+) -> None:
+    """GUARANTEES.md "Durability": with fsync=False, adopt_file commits by rename without waiting
+    for the disk (the caller's thread fsyncs nothing of the file, which may be gigabytes of pages
+    not yet written back); the sync thread fsyncs the new segment after the commit, then the state
+    page with word 15 past it (what keeps an unchecked file after a power loss), before sync()
+    returns."""
+    store = make_store()
+    store.put(b"x")
+    source, file = _adoptable(incoming, seekable)
     location = store.adopt_file(source)
-    assert os.stat(location.file_path).st_ino == st.st_ino, "adopted by rename"
-    assert (st.st_dev, st.st_ino) in fsynced, f"{location.file_path} was sealed but never fsynced"
+    number = number_of(location)
+    caller = threading.get_ident()
+    assert not [c for c in fsync_calls if c.thread == caller and c.file == file], "the caller fsynced the file"
+    store.sync()
+    synced = [at for at, c in enumerate(fsync_calls) if c.file == file]
+    assert synced, f"{location.file_path} was sealed but never fsynced"
+    assert all(fsync_calls[at].thread != caller for at in synced), "the file was fsynced in the caller's thread"
+    assert _page_confirms(fsync_calls, number, synced[0]), "word 15 never reached the disk past the adopted file"
+    assert store.get(location) == payload(100_000, 11)
+
+
+@pytest.mark.parametrize("seekable", [False, True], ids=["raw-file", "zst-file"])
+def test_adopt_with_fsync_makes_the_file_durable_before_the_commit_and_confirmed_on_return(
+    make_store: StoreFactory, incoming: Path, seekable: bool, fsync_calls: list[Fsync]
+) -> None:
+    """With fsync=True the file is fsynced while still at its own path (before the rename that
+    commits it), and adopt_file returns only once the state page on disk says the segment is
+    fsynced: a power loss right after the return cannot cost it."""
+    store = make_store(fsync=True)
+    store.put(b"x")
+    source, file = _adoptable(incoming, seekable)
+    location = store.adopt_file(source)
+    before_commit = [at for at, c in enumerate(fsync_calls) if c.file == file and c.path == str(source)]
+    assert before_commit, f"{source} was committed before its fsync: {fsync_calls}"
+    assert _page_confirms(fsync_calls, number_of(location), before_commit[0]), "returned before word 15 was on disk"
