@@ -34,13 +34,19 @@ from typing import Any, Iterable, Iterator, TypeVar
 
 import xxhash
 
-from ..errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FormatError
+from ..errors import (
+    CorruptionError,
+    FlatFileDbError,
+    FlatFileDbNotFoundError,
+    FlatFileDbReadOnlyError,
+    FormatError,
+)
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
 from ..log_records import LOG_START, LoggedPut, LogPosition
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
-from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_put
+from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_put, new_row
 
 try:
     import fcntl
@@ -57,13 +63,13 @@ VACUUM_LOCK_NAME = "vacuum.lock"  # held to write by the vacuum (or backup) at w
 SEGMENTS_LOCK_NAME = "segments.lock"
 STAGING_DIR = "staging"
 _RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
-APPLY_AT = 4096  # a writer applies the tail to the index once it holds this many keys
-_TAIL_MAX = 4 * APPLY_AT  # a reader drops the applied part of its tail beyond this many keys
+APPLY_AT = 1024  # a writer applies the tail to the index once it holds this many keys, if no
+# other process is applying (it would wait for it)
+_TAIL_MAX = 16384  # beyond this many keys a writer waits to apply, and a reader drops what is applied
 _APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
 _checksum = xxhash.xxh3_64_intdigest
 _new_location = tuple.__new__
-_new_row = functools.partial(tuple.__new__, Row)  # Row(...) without NamedTuple.__new__'s Python frame
 _new_checkpoint = functools.partial(tuple.__new__, Checkpoint)
 _K = TypeVar("_K", bound="KeyedCore")
 
@@ -120,6 +126,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._tail: dict[bytes, tuple[Row | None, int, int]] = {}
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
+        self._present: set[int] = set()  # segments known to exist (read again on a miss)
         if self.readonly:
             if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
                 raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
@@ -318,7 +325,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 segment = segments.get(loc[0])
                 if segment is None:
                     segment = segment_of(loc)
-                append((key, _new_row((segment, loc[1], loc[2], checksum, created, 0, meta))))
+                append((key, new_row((segment, loc[1], loc[2], checksum, created, 0, meta))))
             entries.extend(tail)
             blob = encode_keylog(entries, created)
             made.append(entries)
@@ -340,7 +347,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             segment = segments.get(loc[0])
             if segment is None:
                 segment = self._segment_of(loc)
-            row = _new_row((segment, loc[1], loc[2], checksum, created, 0, meta))
+            row = new_row((segment, loc[1], loc[2], checksum, created, 0, meta))
             blob = encode_put(key, row, created)
             made.append(((key, row),))
             made.append(blob)
@@ -377,8 +384,24 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         if size >= APPLY_AT:
             # Applied here, in the writer's thread: a background thread would wait for the GIL
             # between rows (SQLite and LMDB drop it for each) while this one writes, measured
-            # many times slower.
-            self._apply()
+            # many times slower. When another process is applying (the records of this one
+            # too, most likely), this write does not wait for it, unless the tail is long.
+            if size >= _TAIL_MAX:
+                self._apply()
+            else:
+                self._try_apply()
+
+    def _try_apply(self) -> None:
+        """Apply, unless another thread or process is applying now."""
+        lock = self._lock
+        if lock is None:
+            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        if not lock.try_acquire_write():
+            return
+        try:
+            self._apply_locked()
+        finally:
+            lock.release_write()
 
     def _apply(self) -> None:
         """Apply the key logs up to their end to the index (takes index.lock)."""
@@ -406,17 +429,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 applied = [(key, value) for key, value in self._tail.items() if (value[1], value[2]) <= upto]
             done = (checkpoint.segment, checkpoint.end)
             if upto > done:
-                present = set(self.db.segments())
-                index.apply_rows(
-                    (
-                        (key, row, seg)
-                        for key, (row, seg, end) in applied
-                        # A PUT whose value's segment is gone is stale: a vacuum wrote the key
-                        # again in a later record before it deleted the segment.
-                        if (seg, end) > done and (row is None or row[0] in present)
-                    ),
-                    last,
-                )
+                index.apply_rows(((key, row, seg) for key, (row, seg, end) in applied if (seg, end) > done), last)
             with self._tail_lock:
                 tail = self._tail
                 for key, value in applied:
@@ -436,9 +449,18 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
                 rows = self._tail  # (a rebase replaces the dict)
+                present = self._present
                 for record in tail.records:
                     here = (record.segment, record.end_offset)
                     for key, row in self._read_keylog(record):
+                        if row is not None and row[0] not in present:
+                            present = self._present = set(self.db.segments())
+                            if row[0] not in present:
+                                # A PUT whose value's segment is gone: a vacuum wrote the key
+                                # again in a later record before it deleted the segment, or a
+                                # power loss took an array's segment (the key keeps its value
+                                # before it). Skipped, as a replay in order skips it.
+                                continue
                         old = rows.get(key)
                         if old is None or (old[1], old[2]) <= here:  # not this instance's newer write
                             rows[key] = (row, record.segment, record.end_offset)

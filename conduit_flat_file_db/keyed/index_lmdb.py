@@ -15,9 +15,10 @@ from typing import Any, Iterable, Iterator
 
 from ..state import BOOT_ID
 from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
-from .keylog import Row
+from .keylog import Row, new_row
 
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
+_ROW_BYTES = _ROW.size
 _MAP_SIZE = 2**40  # address space reserved, not disk: the file grows as rows are written
 _envs: dict[str, tuple[Any, int, int, bool]] = {}  # real path -> (env, users, pid, opened read-only)
 _envs_guard = threading.Lock()
@@ -60,8 +61,7 @@ def _pack(row: Row) -> bytes:
 
 
 def _unpack(raw: bytes | memoryview) -> Row:
-    seg, start, end, checksum, created, logseg = _ROW.unpack_from(raw, 0)
-    return Row(seg, start, end, checksum, created, logseg, bytes(raw[_ROW.size :]))
+    return new_row(_ROW.unpack_from(raw, 0) + (bytes(raw[_ROW_BYTES:]),))
 
 
 class LmdbIndex(IndexBase):

@@ -16,7 +16,7 @@ import weakref
 from typing import Iterable, Iterator
 
 from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
-from .keylog import Row
+from .keylog import Row, new_row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -46,8 +46,10 @@ def _signed(value: int) -> int:
 
 
 def _row(found: tuple[int, int, int, int, int, int, bytes]) -> Row:
+    if found[3] >= 0:
+        return new_row(found)
     seg, start, end, checksum, created, logseg, meta = found
-    return Row(seg, start, end, checksum % 2**64, created, logseg, meta)
+    return new_row((seg, start, end, checksum % 2**64, created, logseg, meta))
 
 
 class SqliteIndex(IndexBase):
@@ -94,6 +96,7 @@ class SqliteIndex(IndexBase):
             # (the default) copies the same pages back again and again; every 10,000 (~40 MiB of
             # WAL) it costs half as much per key, measured.
             conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA journal_size_limit=8388608")  # and the WAL shrinks back after one
         conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         return conn
 

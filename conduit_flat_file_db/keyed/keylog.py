@@ -11,6 +11,7 @@ This module only encodes and decodes bytes.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import NamedTuple
 
@@ -42,6 +43,10 @@ class Row(NamedTuple):
     created_ns: int
     logseg: int
     meta: bytes
+
+
+new_row = functools.partial(tuple.__new__, Row)
+"""Row(...) from one tuple of its fields, without NamedTuple.__new__'s Python frame (hot paths)."""
 
 
 class Entry(NamedTuple):
