@@ -448,22 +448,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             try:
                 if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
-                rows = self._tail  # (a rebase replaces the dict)
-                present = self._present
                 for record in tail.records:
-                    here = (record.segment, record.end_offset)
-                    for key, row in self._read_keylog(record):
-                        if row is not None and row[0] not in present:
-                            present = self._present = set(self.db.segments())
-                            if row[0] not in present:
-                                # A PUT whose value's segment is gone: a vacuum wrote the key
-                                # again in a later record before it deleted the segment, or a
-                                # power loss took an array's segment (the key keeps its value
-                                # before it). Skipped, as a replay in order skips it.
-                                continue
-                        old = rows.get(key)
-                        if old is None or (old[1], old[2]) <= here:  # not this instance's newer write
-                            rows[key] = (row, record.segment, record.end_offset)
+                    self._take_record(record)
             except FlatFileDbNotFoundError:
                 # Deleted segments this instance had not read: their records are applied (a
                 # vacuum applies before it deletes), so read on from the checkpoint instead.
@@ -479,8 +465,26 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._position = tail.position
             if not moved or not self.db.log_moved(tail.position):
                 return False
-            if limit is not None and len(rows) >= limit:
+            if limit is not None and len(self._tail) >= limit:
                 return True
+
+    def _take_record(self, record: BlobRecord) -> None:
+        """Put the entries of one key-log record into the tail (the tail lock held), each unless
+        the tail holds a newer entry for its key (this instance's own write, put in before the
+        records of others between)."""
+        rows = self._tail  # (a rebase replaces the dict)
+        here = (record.segment, record.end_offset)
+        for key, row in self._read_keylog(record):
+            if row is not None and row[0] not in self._present:
+                self._present = set(self.db.segments())
+                if row[0] not in self._present:
+                    # A PUT whose value's segment is gone: a vacuum wrote the key again in a later
+                    # record before it deleted the segment, or a power loss took an array's
+                    # segment (the key keeps its value before it). Skipped, as a replay skips it.
+                    continue
+            old = rows.get(key)
+            if old is None or (old[1], old[2]) <= here:
+                rows[key] = (row, record.segment, record.end_offset)
 
     def _rebase_locked(self, gap: bool = False) -> None:
         """Drop from the tail what the index has applied; after a gap (segments this instance

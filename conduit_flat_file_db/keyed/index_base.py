@@ -109,7 +109,7 @@ class IndexBase(abc.ABC):
 
     def apply(self, entries: Iterable[Entry], checkpoint: Checkpoint) -> None:
         """Apply entries (a later one for a key wins) and set the checkpoint, in one transaction."""
-        final = {key: row for key, row in entries}
+        final = dict(entries)
         self.apply_rows(((key, row, 0 if row is None else row.logseg) for key, row in final.items()), checkpoint)
 
     @abc.abstractmethod

@@ -4,8 +4,9 @@ Vacuum rewrites, a segment at a time, the rows that a sealed segment holds (valu
 key-log records in it that wrote rows still current), then deletes the segment. Each rewrite
 is an ordinary commit whose key-log record is made under the engine's write lock after
 checking that the rows are still current, so a writer that changed a key meanwhile wins, and
-the key logs stay a history whose replay gives the index. A deletion recorded in the segment is recorded again when an older
-segment could still hold the key's old value, so a rebuild never brings a deleted key back.
+the key logs stay a history whose replay gives the index. A deletion recorded in the segment
+is recorded again when an older segment could still hold the key's old value, so a rebuild
+never brings a deleted key back.
 Readers that looked a key up before its segment went look it up again (keyed/core.py).
 """
 

@@ -30,6 +30,7 @@ def _read_all(db: FlatFileDb, position: LogPosition) -> tuple[list[bytes], LogPo
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_put_logged_commits_the_data_then_the_log_record_naming_it(tmp_path: Path, compressed: bool) -> None:
+    """The data first, then the record made from their locations; positions before and after."""
     with FlatFileDb(tmp_path / "d", use_compression=compressed, log_records=True) as db:
         db.put(b"before")
         put = db.put_logged([b"aa", b"bbbb"], _log)
@@ -43,6 +44,7 @@ def test_put_logged_commits_the_data_then_the_log_record_naming_it(tmp_path: Pat
 
 
 def test_log_tail_resumes_where_it_stopped_and_sees_other_instances(tmp_path: Path) -> None:
+    """A reader's position: nothing moved until another instance commits; then only the new."""
     with FlatFileDb(tmp_path / "d", log_records=True) as writer, FlatFileDb(tmp_path / "d", log_records=True) as reader:
         first = writer.put_logged([b"x"], _log)
         records, position = _read_all(reader, LOG_START)
@@ -57,6 +59,7 @@ def test_log_tail_resumes_where_it_stopped_and_sees_other_instances(tmp_path: Pa
 
 
 def test_log_tail_follows_the_log_across_rotations_and_skips_deleted_numbers(tmp_path: Path) -> None:
+    """Records of many segments in order; a deleted segment is reported, and read past."""
     with FlatFileDb(tmp_path / "d", log_records=True, max_file_size=4096) as db:
         logs = [db.get(db.put_logged([bytes(1000)], _log).log) for _ in range(20)]
         assert len(db.segments()) > 4
@@ -72,6 +75,7 @@ def test_log_tail_follows_the_log_across_rotations_and_skips_deleted_numbers(tmp
 
 
 def test_put_logged_aligns_the_last_value_when_asked(tmp_path: Path) -> None:
+    """align=64: the last blob starts at a multiple of 64 (a padding blob before it)."""
     with FlatFileDb(tmp_path / "d", log_records=True) as db:
         db.put(b"123")
         put = db.put_logged([b"a" * 100], _log, align=64)
@@ -79,6 +83,7 @@ def test_put_logged_aligns_the_last_value_when_asked(tmp_path: Path) -> None:
 
 
 def test_put_logged_needs_log_records_and_a_writable_store(tmp_path: Path) -> None:
+    """Typed errors for a store without log records and for a read-only one."""
     with FlatFileDb(tmp_path / "d") as db:
         with pytest.raises(FlatFileDbUnsafeAccessError, match="log_records=True"):
             db.put_logged([b"x"], _log)
@@ -88,12 +93,14 @@ def test_put_logged_needs_log_records_and_a_writable_store(tmp_path: Path) -> No
 
 
 def test_an_exception_from_make_log_keeps_the_data_and_writes_no_log_record(tmp_path: Path) -> None:
+    """make_log raising: the data stays (an orphan), no record, the lock is free again."""
+
     def broken(_: list[DataLocation]) -> bytes:
         raise RuntimeError("no log today")
 
     with FlatFileDb(tmp_path / "d", log_records=True) as db:
         with pytest.raises(RuntimeError):
             db.put_logged([b"orphan"], broken)
-        assert _read_all(db, LOG_START)[0] == []
+        assert not _read_all(db, LOG_START)[0]
         assert b"".join(db.get(loc) for loc in db.iter_locations()) == b"orphan"
         db.put(b"next")  # the lock was released
