@@ -191,17 +191,17 @@ class LogRecords(Store):
             or words[W_SEQ] != seq
         )
 
-    def log_tail(self, after: LogPosition) -> LogTail:
+    def log_tail(self, after: LogPosition, max_records: int = _TAIL_RECORDS) -> LogTail:
         """The log records committed after ``after``, in commit order, with the position after
         them (read every log record up to there), and whether a segment between is gone.
 
-        Reads at most up to the end of the segment in which about 65,536 log records were
-        reached (call again for more: memory stays bounded). Reads the record indexes only.
+        Reads at most ``max_records`` log records (call again for more: memory stays bounded).
+        Reads the record indexes only.
         """
         self._reopen_if_closed()
         view = self._readers.mutable_view()
         if after.segment == view.segment:
-            found, position, last = self._segment_tail(view.segment, after, view)
+            found, position, last = self._segment_tail(view.segment, after, view, max_records)
             return LogTail(found, position, [], last)
         if after.segment > view.segment:
             return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
@@ -221,16 +221,18 @@ class LogRecords(Store):
             missing.extend(range(expected, number))
             expected = number + 1
             mutable = number == view.segment
-            found, position, last = self._segment_tail(number, position, view if mutable else None)
+            found, position, last = self._segment_tail(
+                number, position, view if mutable else None, max_records - len(records)
+            )
             if found:
                 records.extend(found)
                 last_index_bytes = last
-            if mutable or len(records) >= _TAIL_RECORDS:
+            if mutable or len(records) >= max_records or position.segment == number:
                 break
         return LogTail(records, position, missing, last_index_bytes)
 
     def _segment_tail(
-        self, number: int, after: LogPosition, view: MutableView | None
+        self, number: int, after: LogPosition, view: MutableView | None, max_records: int = _TAIL_RECORDS
     ) -> tuple[list[BlobRecord], LogPosition, int]:
         """The log records of segment ``number`` after ``after`` (all when ``after`` is in an
         earlier segment), the position after them, and where the last one's BLOB record ends in
@@ -267,6 +269,8 @@ class LogRecords(Store):
                     last = index_bytes + RECORD_BYTES
                 end = max(end, record.offset + record.size)
             index_bytes += RECORD_BYTES
+            if len(out) >= max_records:
+                return out, LogPosition(number, end, index_bytes), last  # the rest next time
         if view is None:
             return out, LogPosition(number + 1, 0, HEADER_BYTES), last
         return out, LogPosition(number, end, index_bytes), last

@@ -104,3 +104,22 @@ def test_an_exception_from_make_log_keeps_the_data_and_writes_no_log_record(tmp_
         assert not _read_all(db, LOG_START)[0]
         assert b"".join(db.get(loc) for loc in db.iter_locations()) == b"orphan"
         db.put(b"next")  # the lock was released
+
+
+@pytest.mark.parametrize("max_file_size", [4096, 2**20])
+def test_log_tail_in_pieces_of_max_records_reads_the_same_records(tmp_path: Path, max_file_size: int) -> None:
+    """max_records bounds each call (sealed and mutable segments alike); resuming from each
+    position returned reads every record once, in order."""
+    with FlatFileDb(tmp_path / "d", log_records=True, max_file_size=max_file_size) as db:
+        logs = [db.get(db.put_logged([bytes(100), bytes(200)], _log).log) for _ in range(30)]
+        position, pieces = LOG_START, []
+        while True:
+            tail = db.log_tail(position, max_records=4)
+            assert len(tail.records) <= 4 and not tail.missing
+            pieces += [
+                db.get(DataLocation(db.segment_path(r.segment), r.start_offset, r.end_offset)) for r in tail.records
+            ]
+            if tail.position == position:
+                break
+            position = tail.position
+        assert pieces == logs and not db.log_moved(position)
