@@ -240,34 +240,6 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._room.release()
             raise
 
-    def try_acquire_write(self) -> bool:
-        """acquire_write without waiting, and without asking the holder to hand over: True when
-        taken (release it with release_write), False when another thread or process holds it."""
-        room = self._room
-        if not room.acquire(False):  # pylint: disable=consider-using-with  # released by release_write
-            return False
-        if self._leased:
-            return True
-        try:
-            if fcntl is None:  # pragma: no cover - Windows
-                taken = bool(self._ipc.acquire_write_lock(blocking=False))
-            else:
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    taken = True
-                except OSError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
-                    taken = False
-        except BaseException:
-            room.release()
-            raise
-        if not taken:
-            room.release()
-            return False
-        self._lease_since = time.monotonic()
-        return True
-
     def _let_waiter_in(self) -> None:
         """We just handed the lock to a waiting process: give it the time to take it."""
         deadline = self._last_release + _POLITE_SECONDS

@@ -63,10 +63,8 @@ VACUUM_LOCK_NAME = "vacuum.lock"  # held to write by the vacuum (or backup) at w
 SEGMENTS_LOCK_NAME = "segments.lock"
 STAGING_DIR = "staging"
 _RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
-APPLY_AT = 2048  # a writer applies the tail to the index once it holds this many keys, if no
-# other process is applying (it would wait for it)
-_APPLY_STEP = 1024  # key-log records a writer reads and applies at a time: its longest write
-_TAIL_MAX = 16384  # beyond this many keys a writer waits to apply, and a reader drops what is applied
+APPLY_AT = 2048  # a writer applies the tail to the index once it holds this many keys
+_TAIL_MAX = 16384  # a reader drops the applied part of its tail beyond this many keys
 _APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
 _checksum = xxhash.xxh3_64_intdigest
@@ -383,36 +381,19 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                         rows[key] = (row, logseg, end)
             size = len(rows)
         if size >= APPLY_AT:
-            # Applied here, in the writer's thread: a background thread would wait for the GIL
-            # between rows (SQLite and LMDB drop it for each) while this one writes, measured
-            # many times slower. When another process is applying (the records of this one
-            # too, most likely), this write does not wait for it, unless the tail is long.
-            if size >= _TAIL_MAX:
-                with self._write_lock():
-                    self._apply_locked(_APPLY_STEP)
-            else:
-                self._try_apply()
-
-    def _try_apply(self) -> None:
-        """Apply, unless another thread or process is applying now."""
-        lock = self._lock
-        if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
-        if not lock.try_acquire_write():
-            return
-        try:
-            self._apply_locked(_APPLY_STEP)
-        finally:
-            lock.release_write()
+            # Applied here, in the writer's thread, waiting for another process's apply if one
+            # runs. Measured with four writers: a background thread waits for the GIL between
+            # rows (SQLite and LMDB drop it for each) and falls behind; skipping the apply while
+            # another runs, or applying a bounded step, lets the backlog grow (longer waits).
+            self._apply()
 
     def _apply(self) -> None:
         """Apply the key logs up to their end to the index (takes index.lock)."""
         with self._write_lock():
             self._apply_locked()
 
-    def _apply_locked(self, step: int | None = None) -> None:
-        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time;
-        with ``step``, one chunk of about that many key-log records only (a writer's share).
+    def _apply_locked(self) -> None:
+        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time.
 
         The tail lock is held to read the key logs and to take a copy of the tail, not while the
         index transaction runs: writers of this process go on adding to the tail meanwhile. The
@@ -424,7 +405,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 checkpoint = index.checkpoint()
                 if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
                     self._rebase_locked()  # another process applied past what this one read
-                more = self._read_tail_locked(_APPLY_CHUNK, step)
+                more = self._read_tail_locked(_APPLY_CHUNK)
                 last = self._last
                 upto = (last.segment, last.end)
                 # Entries past the last record read in order are this instance's own writes, put
@@ -438,16 +419,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 for key, value in applied:
                     if tail.get(key) is value:
                         del tail[key]
-            if not more or step is not None:
+            if not more:
                 return
 
-    def _read_tail_locked(self, limit: int | None = None, records: int | None = None) -> bool:
+    def _read_tail_locked(self, limit: int | None = None) -> bool:
         """Read the key logs committed after this instance's position into its tail (the tail
-        lock held); with ``limit``, stop once the tail holds that many keys, with ``records``
-        after about that many records. True when there may be more to read."""
+        lock held); with ``limit``, stop once the tail holds that many keys. True when there
+        may be more to read."""
         gaps = 0
         while True:
-            tail = self.db.log_tail(self._position, records or _APPLY_CHUNK)
+            tail = self.db.log_tail(self._position, _APPLY_CHUNK)
             try:
                 if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
@@ -468,7 +449,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._position = tail.position
             if not moved or not self.db.log_moved(tail.position):
                 return False
-            if (limit is not None and len(self._tail) >= limit) or records is not None:
+            if limit is not None and len(self._tail) >= limit:
                 return True
 
     def _take_record(self, record: BlobRecord) -> None:

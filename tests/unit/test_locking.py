@@ -312,26 +312,6 @@ def test_process_lock_times_out_against_other_process(
         pass
 
 
-def test_try_acquire_write_takes_a_free_lock_and_never_waits_for_a_held_one(
-    lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]
-) -> None:
-    """try_acquire_write: True on a free lock (held until release_write), False at once while
-    another thread or process holds it, without asking the holder to hand over."""
-    assert lock.try_acquire_write()
-    assert try_in_child("try-write", tmp_path / "x.lock") == "refused"
-    refused: list[bool] = []
-    in_thread(lambda: refused.append(lock.try_acquire_write())).join(WAIT)
-    assert refused == [False]
-    lock.release_write()
-    child = holding_child("read", tmp_path / "x.lock")
-    assert not lock.try_acquire_write()
-    assert not lock._want[0]  # pylint: disable=protected-access  # the holder is not asked to hand over
-    child.release()
-    assert lock.try_acquire_write()
-    lock.release_write()
-    assert try_in_child("try-write", tmp_path / "x.lock") == "acquired"
-
-
 def test_other_process_reader_blocks_our_writer_not_our_reader(
     lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]
 ) -> None:
