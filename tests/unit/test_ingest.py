@@ -398,11 +398,18 @@ def test_adopt_without_verify_reads_nothing(make_store: StoreFactory, incoming: 
 def fsynced_fixture(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
     """(st_dev, st_ino) of every file fsync'ed or fdatasync'ed from now on."""
     seen: set[tuple[int, int]] = set()
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def record(fd: Any) -> None:
         st = os.fstat(fd if isinstance(fd, int) else fd.fileno())
         seen.add((st.st_dev, st.st_ino))
+
+    _observe_fsyncs(monkeypatch, record)
+    return seen
+
+
+def _observe_fsyncs(monkeypatch: pytest.MonkeyPatch, record: Any) -> None:
+    """Call ``record(fd)`` before every fsync and fdatasync (each is still made)."""
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def fsync(fd: Any) -> None:
         record(fd)
@@ -414,7 +421,6 @@ def fsynced_fixture(monkeypatch: pytest.MonkeyPatch) -> set[tuple[int, int]]:
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    return seen
 
 
 @pytest.mark.parametrize("fsync", [False, True], ids=["fsync-off", "fsync-on"])
@@ -449,7 +455,6 @@ class Fsync(NamedTuple):
 def fsync_calls_fixture(monkeypatch: pytest.MonkeyPatch) -> list[Fsync]:
     """Every fsync and fdatasync from now on, in order (wrapped only to observe; each is made)."""
     calls: list[Fsync] = []
-    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
     def record(fd: Any) -> None:
         fd = fd if isinstance(fd, int) else fd.fileno()
@@ -458,16 +463,7 @@ def fsync_calls_fixture(monkeypatch: pytest.MonkeyPatch) -> list[Fsync]:
         word = struct.unpack("<Q", os.pread(fd, 8, 8 * W_SYNCED_BELOW))[0] if path.endswith(STATE_FILE_NAME) else None
         calls.append(Fsync(threading.get_ident(), (st.st_dev, st.st_ino), path, word))
 
-    def fsync(fd: Any) -> None:
-        record(fd)
-        real_fsync(fd)
-
-    def fdatasync(fd: Any) -> None:
-        record(fd)
-        real_fdatasync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    _observe_fsyncs(monkeypatch, record)
     return calls
 
 
