@@ -116,6 +116,8 @@ class LogRecords(Store):
         """
         if self.readonly or not self.log_records:
             self._check_log("put_logged")
+        if align and (type(align) is not int or align < 0):  # pylint: disable=unidiomatic-typecheck  # not bool
+            raise ValueError(f"align is a non-negative int, not {align!r}")
         items = [d if type(d) is bytes else as_bytes_like(d, "put_logged()") for d in datas]  # pylint: disable=unidiomatic-typecheck
         checksums = list(map(blob_checksum, items))
         frames = self._frames(b"".join(items)) if self.use_compression and len(items) > 1 else None
@@ -198,6 +200,8 @@ class LogRecords(Store):
         Reads at most ``max_records`` log records (call again for more: memory stays bounded).
         Reads the record indexes only.
         """
+        if type(max_records) is not int or max_records < 1:  # pylint: disable=unidiomatic-typecheck  # not bool
+            raise ValueError(f"max_records is a positive int, not {max_records!r}")
         self._reopen_if_closed()
         view = self._readers.mutable_view()
         if after.segment == view.segment:

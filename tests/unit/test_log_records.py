@@ -123,3 +123,20 @@ def test_log_tail_in_pieces_of_max_records_reads_the_same_records(tmp_path: Path
                 break
             position = tail.position
         assert pieces == logs and not db.log_moved(position)
+
+
+@pytest.mark.parametrize("align", [-1, 1.5, True, "64"])
+def test_put_logged_refuses_a_bad_align_before_writing(tmp_path: Path, align: object) -> None:
+    """A bad align is a ValueError, raised before anything is written."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        with pytest.raises(ValueError, match="align"):
+            db.put_logged([b"x"], _log, align=align)  # type: ignore[arg-type]  # the misuse tested
+        assert not list(db.iter_locations())
+
+
+@pytest.mark.parametrize("max_records", [0, -3, 2.0, True])
+def test_log_tail_refuses_a_bad_max_records(tmp_path: Path, max_records: object) -> None:
+    """max_records is a positive int: anything else is a ValueError."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        with pytest.raises(ValueError, match="max_records"):
+            db.log_tail(LOG_START, max_records=max_records)  # type: ignore[arg-type]  # the misuse tested
