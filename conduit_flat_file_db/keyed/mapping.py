@@ -158,7 +158,18 @@ class MappingStore(KeyedCore):
     # -- MutableMapping -------------------------------------------------------------------
 
     def __getitem__(self, key: Key) -> bytes:
-        return self._read(encode_key(key), key)
+        encoded = encode_key(key)
+        row = self._lookup(encoded)
+        if row is not None:
+            # The common case inline (a whole value, present, its checksum right); _read does
+            # the rest: retries after a vacuum moved the value, errors.
+            try:
+                value = self.db.get(self._location(row))
+            except FlatFileDbNotFoundError:
+                return self._read(encoded, key)
+            if _checksum(value) == row[3]:
+                return value
+        return self._read(encoded, key, None, row)
 
     def __setitem__(self, key: Key, value: Any) -> None:
         self.put(key, value)
