@@ -140,7 +140,9 @@ def encode_seek_table(sizes: Sequence[tuple[int, int]], checksums: Sequence[int]
     if len(sizes) > MAX_FRAMES:
         raise ValueError(f"{len(sizes)} frames is more than the format allows ({MAX_FRAMES})")
     if checksums is None:
-        body = b"".join(_ENTRY.pack(c, d) for c, d in sizes)
+        # One pack of the flattened sizes: a compressed mutable segment rewrites its whole table
+        # whenever its padding runs out, and an entry packed at a time cost most of a small put.
+        body = struct.pack(f"<{2 * len(sizes)}I", *itertools.chain.from_iterable(sizes))
         descriptor = 0
     else:
         body = b"".join(struct.pack("<III", c, d, x & 0xFFFFFFFF) for (c, d), x in zip(sizes, checksums))

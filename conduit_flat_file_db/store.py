@@ -56,7 +56,7 @@ from .index import (
 from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
-from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, SharedState
+from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, W_SYNCED_BELOW, SharedState
 from .syncer import SealSyncer
 from .types import Buffer, DataLocation, Slice
 from .writer import SegmentWriter
@@ -196,6 +196,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._state = state
             self._writer = writer
             self._syncer = SealSyncer(dir_fd, state.words)
+            mutable = state.words[W_SEGMENT]
+            if state.words[W_SYNCED_BELOW] < mutable:  # sealed but not known durable: fsynced in the background
+                self._syncer.request(mutable)
             # The repair callback must not hold the instance: that cycle would keep a dropped
             # instance (and its descriptors) alive until the cyclic collector ran.
             self._readers = ReaderCache(
@@ -240,7 +243,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._by_path = {}
             self._frame_cache.clear()
             if isinstance(self._lock, ProcessLock):
-                self._syncer.close()
+                # fsync=False asked for no wait on the disk: a seal's fsync still running is left
+                # to finish alone, and the next open fsyncs what it did not reach.
+                self._syncer.close(wait=self.fsync)
                 self._writer.close()
                 self._state.close()
                 release_process_lock(self._lock)

@@ -35,13 +35,17 @@ class SealSyncer:
     recovery checks the segments at or above it (GUARANTEES.md, "Durability").
 
     One per store instance. The thread starts on a request and ends after a second
-    with nothing to do; ``close()`` (and interpreter exit) waits for pending work.
+    with nothing to do; ``close()`` waits for pending work, or, with ``wait=False`` (a store
+    opened with ``fsync=False``), leaves it: the thread stops after the segment it is
+    fsyncing, without touching the state page again, and the next open of the store
+    fsyncs what is left (in its own sync thread). The thread works on a duplicate of the
+    directory's descriptor, which it closes itself when it outlives ``close()``.
     A failed fsync is sticky: the word is never raised again by this instance and
     every ``wait`` returns the error. A forked child starts its own thread.
     """
 
     def __init__(self, dir_fd: int, words: Any) -> None:
-        self._dir_fd = dir_fd
+        self._dir_fd = os.dup(dir_fd)  # the thread may outlive the store's descriptor (close(wait=False))
         self._words = words
         self._reset()
         _LIVE_SYNCERS.add(self)
@@ -53,6 +57,7 @@ class SealSyncer:
         self._done = self._target  # requests up to here are finished
         self._failed: OSError | None = None
         self._closing = False
+        self._abandoned = False  # close(wait=False): the state page may be gone; touch it no more
         self._thread: threading.Thread | None = None
 
     def request(self, below: int) -> None:
@@ -85,24 +90,39 @@ class SealSyncer:
                 self._cond.wait()
             return self._failed
 
-    def close(self) -> None:
-        """Finish every request, then stop the thread."""
+    def close(self, wait: bool = True) -> None:
+        """Finish every request, then stop the thread; with ``wait=False``, stop it after the
+        segment it is fsyncing, without waiting for that (the caller then unmaps the state page)."""
         if self._pid != os.getpid():
             return
         with self._cond:
+            if self._closing and self._abandoned:
+                return  # already left to finish alone: nothing to wait for
             self._closing = True
+            self._abandoned = not wait
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
+            if thread is None:
+                self._close_fd()
+                return
+        if wait:
             thread.join()
+
+    def _close_fd(self) -> None:
+        """(condition held) Close the directory descriptor once no thread will use it."""
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 if self._done >= self._target and not self._closing:
                     self._cond.wait(_IDLE_SECONDS)
-                if self._done >= self._target:
+                if self._done >= self._target or self._abandoned:
                     self._thread = None
+                    if self._closing:
+                        self._close_fd()
                     self._cond.notify_all()
                     return
                 target = self._target
@@ -119,10 +139,16 @@ class SealSyncer:
         writer waiting for an early one is not held up by a large one after it."""
         words = self._words
         try:
-            for number in range(words[W_SYNCED_BELOW], below):
+            with self._cond:
+                if self._abandoned:
+                    return None
+                first = words[W_SYNCED_BELOW]
+            for number in range(first, below):
                 if sync_segment(self._dir_fd, number) < 2:
                     fsync_dir(self._dir_fd)  # a deleted segment must stay deleted before it counts as done
                 with self._cond:
+                    if self._abandoned:  # close(wait=False) returned: the state page may be unmapped
+                        return None
                     if self._failed is None and words[W_SYNCED_BELOW] < number + 1:
                         words[W_SYNCED_BELOW] = number + 1  # no lock: a racing lower value only means more checks
                 if holds_unchecked(self._dir_fd, number):

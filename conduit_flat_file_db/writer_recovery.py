@@ -153,31 +153,35 @@ class WriterRecovery:
             pass  # removed meanwhile (another opener of the store)
 
     def _settle_sealed(self, sealed: list[int], mutable: int) -> bool:
-        """On open: make whole and durable every sealed segment not known to be fsynced.
+        """On open after a power loss: make whole and durable every sealed segment not known to be fsynced.
 
         Those are the segments from word W_SYNCED_BELOW on (all of them when the state
         page is new): their fsync runs in the background after the seal, and a process
-        may have died before it. After a power loss they are checked (in full, or by
-        size only when the page is new) and a damaged one is cut back to its last good
-        blob and sealed again, but a file adopted without a checksum cannot be checked:
-        it is removed (``_remove_lost``). Then each is fsynced (cheap when already on
-        disk). Returns whether one of them is such an adopted file: the caller then fsyncs the
+        may have died (or closed with ``fsync=False``) before it. After a power loss they
+        are checked (in full, or by size only when the page is new) and a damaged one is
+        cut back to its last good blob and sealed again, but a file adopted without a
+        checksum cannot be checked: it is removed (``_remove_lost``). Then each is fsynced.
+        Returns whether one of them is such an adopted file: the caller then fsyncs the
         state page, whose word 15 is what keeps that segment after the next power loss.
+
+        In the same boot nothing is lost: the opener's sync thread fsyncs them afterwards
+        (``SealSyncer.request``), so an open never waits for the disk.
         """
         state = self.state
         after_power_loss = state.fresh or not state.same_boot()
+        if not after_power_loss:
+            return False
         below = 0 if state.fresh else self.words[W_SYNCED_BELOW]
         adopted = False
         for number in sealed:
             if number < below:
                 continue
-            if after_power_loss:
-                why = seal_problem(self.dir_fd, number, full=not state.fresh)
-                if why is not None and holds_unchecked(self.dir_fd, number):
-                    self._remove_lost(number, why)
-                    continue
-                if why is not None:
-                    reseal_segment(self.dir_fd, number, why)
+            why = seal_problem(self.dir_fd, number, full=not state.fresh)
+            if why is not None and holds_unchecked(self.dir_fd, number):
+                self._remove_lost(number, why)
+                continue
+            if why is not None:
+                reseal_segment(self.dir_fd, number, why)
             sync_segment(self.dir_fd, number)
             adopted = adopted or holds_unchecked(self.dir_fd, number)
         self.words[W_SYNCED_BELOW] = mutable

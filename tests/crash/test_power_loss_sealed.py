@@ -75,8 +75,9 @@ def fill(datadir: Path, compressed: bool, **options: object) -> list[Blob]:
         while db.mutable_segment() < 4 or not blobs or blobs[-1].segment < 4:
             data = bytes(rng.getrandbits(8) if i % 3 else 97 for i in range(rng.randint(300, 3000)))
             blobs.append(Blob(db.put(data), data))
+        db.sync()  # waits for the background fsyncs (close() does not, with fsync=False)
     finally:
-        db.close()  # waits for the background fsyncs
+        db.close()
     assert state_word(datadir, W_SYNCED_BELOW) == 4
     return blobs
 
@@ -262,16 +263,65 @@ def test_lost_state_page_checks_every_sealed_segment_by_size(tmp_path: Path) -> 
 def test_same_boot_reopen_fsyncs_segments_a_dead_writer_left_unconfirmed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same boot, so no power loss: the unconfirmed segments are fsynced, the older ones are not."""
+    """Same boot, so no power loss: the unconfirmed segments are fsynced by the opener's sync
+    thread (the open does not wait for them), the older ones are not."""
     datadir = tmp_path / "store"
     fill(datadir, False)
     set_state_word(datadir, W_SYNCED_BELOW, 2)  # as if the sealing process died before its fsyncs
     synced = fsync_spy(monkeypatch)
-    open_store(datadir, False).close()
-    names = {name for name, _thread in synced}
+    db = open_store(datadir, False)
+    try:
+        assert not synced  # the open itself fsynced nothing
+        deadline = time.monotonic() + 30
+        while state_word(datadir, W_SYNCED_BELOW) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state_word(datadir, W_SYNCED_BELOW) == 4
+    finally:
+        db.close()
+    names = {name for name, thread in synced if thread == "ffdb-seal-sync"}
     assert {segment_name(2, False), index_name(2), segment_name(3, False), index_name(3)} <= names
-    assert not names & {segment_name(0, False), segment_name(1, False)}
-    assert state_word(datadir, W_SYNCED_BELOW) == 4
+    assert not {name for name, _thread in synced} & {segment_name(0, False), segment_name(1, False)}
+
+
+def test_close_without_fsync_leaves_a_running_seal_fsync_and_the_next_open_confirms_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync=False: close() returns while the sync thread is still inside a seal's fsync; that
+    thread touches the state page no more, and the next open fsyncs the segment and confirms it."""
+    datadir = tmp_path / "store"
+    blobs = fill(datadir, False)
+    set_state_word(datadir, W_SYNCED_BELOW, 3)
+    entered, release = threading.Event(), threading.Event()
+    real = os.fsync
+
+    def slow(fd: int) -> None:
+        if threading.current_thread().name == "ffdb-seal-sync":
+            entered.set()
+            release.wait(60)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", slow)
+    db = open_store(datadir, False)
+    assert entered.wait(30)  # the opener's sync thread is fsyncing segment 3
+    closer = threading.Thread(target=db.close)
+    closer.start()
+    closer.join(10)
+    try:
+        assert not closer.is_alive()  # close() did not wait for the disk
+    finally:
+        release.set()
+        closer.join()
+    monkeypatch.setattr(os, "fsync", real)
+    deadline = time.monotonic() + 30
+    while any(t.name == "ffdb-seal-sync" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state_word(datadir, W_SYNCED_BELOW) == 3  # the abandoned thread did not confirm it
+    with open_store(datadir, False) as again:
+        deadline = time.monotonic() + 30
+        while state_word(datadir, W_SYNCED_BELOW) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state_word(datadir, W_SYNCED_BELOW) == 4
+        assert all(again.get(blob.location) == blob.data for blob in blobs)
 
 
 def fsync_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
