@@ -45,6 +45,11 @@ KIB = 1024
 MIB = 2**20
 
 
+def _size(args: argparse.Namespace, full: int) -> int:
+    """A count or byte size of the full run, an eighth of it with --quick, a 64th with --smoke."""
+    return full // 64 if args.smoke else full // 8 if args.quick else full
+
+
 def _fresh(workdir: str, name: str) -> str:
     path = os.path.join(workdir, name)
     shutil.rmtree(path, ignore_errors=True)
@@ -58,9 +63,9 @@ def _dir_bytes(path: str) -> int:
 def big_blobs(kind: str, total: int, rng: random.Random) -> list[bytes]:
     """``total`` bytes of 1 MiB blobs: 32 distinct ones, repeated (generating text is slow)."""
     if kind == "blocks":
-        distinct = [blockchain_like(MIB, rng) for _ in range(32)]
+        distinct = [blockchain_like(MIB, rng) for _ in range(min(32, total // MIB))]
     else:
-        distinct = [rng.randbytes(MIB) if i % 2 else text_like(MIB, rng) for i in range(32)]
+        distinct = [rng.randbytes(MIB) if i % 2 else text_like(MIB, rng) for i in range(min(32, total // MIB))]
     return [distinct[i % len(distinct)] for i in range(total // MIB)]
 
 
@@ -115,7 +120,7 @@ def bench_big_puts(args: argparse.Namespace, workdir: str, blobs: list[bytes], c
 def bench_small_put_many(args: argparse.Namespace, workdir: str) -> Result:
     """put_many(1000) of 1 KiB, whole job, against one writev per batch."""
     rng = random.Random(args.seed)
-    count = 20_000 if args.quick else 200_000
+    count = _size(args, 200_000)
     blobs = [rng.randbytes(KIB) for _ in range(count)]
 
     def baseline() -> float:
@@ -146,7 +151,7 @@ def bench_small_put_many(args: argparse.Namespace, workdir: str) -> Result:
 def bench_small_compressed_puts(args: argparse.Namespace, workdir: str) -> Result:
     """put() of 1 KiB, whole job, compressed store against raw store."""
     rng = random.Random(args.seed)
-    count = 20_000 if args.quick else 200_000
+    count = _size(args, 200_000)
     blobs = [text_like(KIB, rng) for _ in range(256)]
     data = [blobs[i % len(blobs)] for i in range(count)]
 
@@ -170,10 +175,10 @@ def bench_small_compressed_puts(args: argparse.Namespace, workdir: str) -> Resul
 def bench_small_compressed_gets(args: argparse.Namespace, workdir: str) -> Result:
     """get() of 1 KiB, random over the data, frame cache a quarter of it, against a zstd frame per blob."""
     rng = random.Random(args.seed)
-    total = (32 if args.quick else 256) * MIB
+    total = _size(args, 256 * MIB)
     count = total // KIB
     distinct = [text_like(KIB, rng) for _ in range(256)]
-    reads = 50_000 if args.quick else 200_000
+    reads = _size(args, 200_000)
     order = [rng.randrange(count) for _ in range(reads)]
     base_path = _fresh(workdir, "frames.bin")
     cctx = zstandard.ZstdCompressor(level=3)
@@ -299,7 +304,7 @@ class PeerTable:
 def peer_gets(args: argparse.Namespace, workdir: str) -> PeerTable:
     """Random get() of 1 KiB values, open to close, every peer beside the engine (raw store)."""
     rng = random.Random(args.seed)
-    count = 20_000 if args.quick else 100_000
+    count = _size(args, 100_000)
     values = [rng.randbytes(KIB) for _ in range(count)]
     order = [rng.randrange(count) for _ in range(count)]
     table = PeerTable(f"get() of 1 KiB, random over {count:,} values", "/s")
@@ -328,7 +333,7 @@ def peer_gets(args: argparse.Namespace, workdir: str) -> PeerTable:
 def body(args: argparse.Namespace, workdir: str) -> list[Result]:
     """Every whole-job benchmark, in the order of the module docstring."""
     rng = random.Random(args.seed)
-    blobs = big_blobs(args.data, (64 if args.quick else 512) * MIB, rng)
+    blobs = big_blobs(args.data, _size(args, 512 * MIB), rng)
     results = [
         bench_big_puts(args, workdir, blobs, compressed=False),
         bench_big_puts(args, workdir, blobs, compressed=True),
@@ -338,7 +343,7 @@ def body(args: argparse.Namespace, workdir: str) -> list[Result]:
     ]
     peers: list[PeerTable] = []
     if args.peers:
-        small = [random.Random(args.seed).randbytes(KIB) for _ in range(20_000 if args.quick else 100_000)]
+        small = [random.Random(args.seed).randbytes(KIB) for _ in range(_size(args, 100_000))]
         peers.append(peer_puts(args, workdir, f"1 MiB puts, raw ({args.data})", blobs, 1))
         peers.append(peer_puts(args, workdir, "put_many(1000) of 1 KiB", small, 1000))
         peers.append(peer_gets(args, workdir))
@@ -375,11 +380,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--data", choices=("w1", "blocks"), default="w1")
     own.add_argument("--peers", action="store_true")
+    own.add_argument("--smoke", action="store_true", help="tiny sizes: the run works, its figures mean nothing")
     own.add_argument("--json", default=None, help="write every figure to this JSON file (for benchmarks.plots)")
     options, rest = own.parse_known_args(argv)
 
     def run(args: argparse.Namespace, workdir: str) -> list[Result]:
-        args.data, args.peers, args.json = options.data, options.peers, options.json
+        args.data, args.peers, args.json, args.smoke = options.data, options.peers, options.json, options.smoke
         return body(args, workdir)
 
     return run_benchmark(__doc__ or "", rest, run)

@@ -235,6 +235,34 @@ class LogRecords(Store):
                 break
         return LogTail(records, position, missing, last_index_bytes)
 
+    def log_record_at(self, position: LogPosition) -> BlobRecord | None:
+        """The committed log record whose data ends at ``position.end`` and whose BLOB record ends
+        at ``position.index_bytes`` of segment ``position.segment``'s record index, read with one
+        ``pread`` of that record; None when it is not found there (a re-framing rewrote a sealed
+        segment's index, the segment is gone, or the position is not one the log reached): then
+        look for it with :meth:`log_tail`. What a layer checks its checkpoint with on open."""
+        self._reopen_if_closed()
+        number, end, index_bytes = position
+        if index_bytes < HEADER_BYTES + RECORD_BYTES:
+            return None
+        view = self._readers.mutable_view()
+        if number > view.segment or (number == view.segment and (index_bytes > view.index_bytes or end > view.end)):
+            return None
+        try:
+            fd = open_regular(self._dir_fd, index_name(number))
+        except FileNotFoundError:
+            return None
+        try:
+            records = decode_records(pread_full(fd, RECORD_BYTES, index_bytes - RECORD_BYTES)).records
+        finally:
+            os.close(fd)
+        if len(records) != 1:
+            return None
+        record = records[0]
+        if record.rtype != REC_BLOB or not record.flags & FLAG_LOG or record.offset + record.size != end:
+            return None
+        return BlobRecord(number, record.offset, end, record.extra)
+
     def _segment_tail(
         self, number: int, after: LogPosition, view: MutableView | None, max_records: int = _TAIL_RECORDS
     ) -> tuple[list[BlobRecord], LogPosition, int]:

@@ -206,6 +206,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._catch_up(index)
 
     def _record_present(self, checkpoint: Checkpoint) -> bool:
+        """Whether the key-log record the checkpoint names is still in the segments: read where
+        the checkpoint says its BLOB record ends (one pread), else by a scan of the segment."""
+        found = self.db.log_record_at(LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes))
+        if found is not None and found.checksum == checkpoint.checksum:
+            return True
         for record in self.db.iter_log((checkpoint.segment, 0)):
             if record.segment != checkpoint.segment or record.end_offset > checkpoint.end:
                 return False

@@ -271,7 +271,7 @@ def test_same_boot_reopen_fsyncs_segments_a_dead_writer_left_unconfirmed(
     synced = fsync_spy(monkeypatch)
     db = open_store(datadir, False)
     try:
-        assert not synced  # the open itself fsynced nothing
+        assert not [name for name, thread in synced if thread != "ffdb-seal-sync"]  # the open fsynced nothing itself
         deadline = time.monotonic() + 30
         while state_word(datadir, W_SYNCED_BELOW) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -245,6 +245,7 @@ def test_reopen_after_zstd_crash_point(tmp_path: Path, crash_point: str) -> None
     datadir = tmp_path / "store"
     written = populate(datadir, use_compression=True)
     ZSTD_CRASH_POINTS[crash_point](datadir)
+    set_state_word(datadir, W_DIRTY, 1)  # the writer died mid-append, with the dirty word up
     reopen_whole(datadir, written, crash_point, use_compression=True)
 
 

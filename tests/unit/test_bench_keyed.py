@@ -42,7 +42,7 @@ def _imports(module: str) -> bool:
 
 
 def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_workload(tmp_path: Path) -> None:
-    """``benchmarks.run --peers --quick``: a figure per store that imports, "missing" for the others.
+    """``benchmarks.run --only keyed --quick``: a figure per store that imports, "missing" for the others.
 
     About 15 s on a quiet 2-core machine; the timeout only stops a hung run."""
     out = tmp_path / "keyed.json"
@@ -51,7 +51,8 @@ def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_wo
             sys.executable,
             "-m",
             "benchmarks.run",
-            "--peers",
+            "--only",
+            "keyed",
             "--quick",
             "--dir",
             str(tmp_path),

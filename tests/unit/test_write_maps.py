@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -21,8 +23,9 @@ import conduit_flat_file_db.write_maps as write_maps_module
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.index import HEADER_BYTES, REC_BLOB, REC_SEAL, RECORD_BYTES, decode_records, encode_seal
+from conduit_flat_file_db.naming import STATE_FILE_NAME
 from conduit_flat_file_db.segment import ROOM_CHECK_MAX_BYTES
-from conduit_flat_file_db.state import W_END, W_INDEX_BYTES
+from conduit_flat_file_db.state import W_DIRTY, W_END, W_INDEX_BYTES
 from conduit_flat_file_db.write_maps import MAPPED_PUT_MAX_BYTES
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -127,6 +130,7 @@ def test_reopen_cuts_a_room_holding_anything_but_zeros(
     with open(path, "r+b") as handle:
         handle.seek(location.end_offset + 100)
         handle.write(b"torn")
+    died_mid_operation(db.datadir)
     with caplog.at_level(logging.WARNING, logger="conduit_flat_file_db"):
         again = make_store()
     assert path.stat().st_size == location.end_offset
@@ -143,6 +147,7 @@ def test_a_zero_tail_longer_than_any_room_is_cut(make_store: StoreFactory) -> No
     db.close()
     path = db.datadir / "data_00000000.dat"
     os.truncate(path, location.end_offset + ROOM_CHECK_MAX_BYTES + 1)
+    died_mid_operation(db.datadir)
     make_store()
     assert path.stat().st_size == location.end_offset
 
@@ -164,10 +169,18 @@ def test_seal_record_followed_by_room_is_cut_on_recovery(make_store: StoreFactor
         handle.seek(index_bytes)
         handle.write(encode_seal(end, len(items), end))
     os.truncate(db.datadir / "data_00000000.dat", end)
+    died_mid_operation(db.datadir)
     again = make_store()
     assert again.mutable_segment() == 1
     assert index_path.stat().st_size == index_bytes + RECORD_BYTES
     assert [again.get(location) for location in again.iter_locations()] == items
+
+
+def died_mid_operation(datadir: Path) -> None:
+    """Raise the state page's dirty word, as a writer killed inside a put or a rotation leaves it
+    (an open that finds it down takes the page of this boot as the committed state)."""
+    with open(datadir / STATE_FILE_NAME, "r+b") as handle, mmap.mmap(handle.fileno(), 4096) as page:
+        struct.pack_into("<Q", page, 8 * W_DIRTY, 1)
 
 
 _CUT_UNDER_A_MAP = """
