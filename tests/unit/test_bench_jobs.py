@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from bench_support import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 PEER_MODULES = {
@@ -21,13 +21,16 @@ PEER_MODULES = {
 def test_smoke_jobs_benchmark_gives_every_job_and_importable_peer_a_figure_and_plots_them(tmp_path: Path) -> None:
     """``benchmarks.bench_jobs --smoke --peers --json``, then ``benchmarks.plots`` on its JSON."""
     out = tmp_path / "jobs.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_jobs", "--smoke", "--rounds", "1", "--peers", "--json", str(out)]
-        + ["--dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
+    done = run_module(
+        "benchmarks.bench_jobs",
+        "--smoke",
+        "--rounds",
+        "1",
+        "--peers",
+        "--json",
+        str(out),
+        "--dir",
+        str(tmp_path),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -50,14 +53,7 @@ def test_smoke_jobs_benchmark_gives_every_job_and_importable_peer_a_figure_and_p
             assert (store in stores) == (module is None or importlib.util.find_spec(module) is not None), store
         assert all(rate > 0 for rates in table["rates"].values() for rate in rates)
     plots = tmp_path / "plots"
-    drawn = subprocess.run(
-        [sys.executable, "-m", "benchmarks.plots", str(out), str(plots)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    drawn = run_module("benchmarks.plots", str(out), str(plots), timeout=120)
     assert drawn.returncode == 0, drawn.stderr
     for name in ("jobs.png", "peers.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
+
+from bench_support import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,24 +46,8 @@ def test_quick_keyed_benchmark_gives_every_importable_store_a_figure_in_every_wo
 
     About 15 s on a quiet 2-core machine; the timeout only stops a hung run."""
     out = tmp_path / "keyed.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--only",
-            "keyed",
-            "--quick",
-            "--dir",
-            str(tmp_path),
-            "--keyed-json",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    done = run_module(
+        "benchmarks.run", "--only", "keyed", "--quick", "--dir", str(tmp_path), "--keyed-json", str(out), timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "### targets:" in done.stdout
