@@ -8,7 +8,6 @@ from pathlib import Path
 
 from bench_support import run_module
 
-REPO = Path(__file__).resolve().parents[2]
 PEER_MODULES = {
     "sqlite, values inline": None,
     "lmdb, values inline": "lmdb",

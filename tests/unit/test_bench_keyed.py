@@ -9,8 +9,6 @@ from pathlib import Path
 
 from bench_support import run_module
 
-REPO = Path(__file__).resolve().parents[2]
-
 # The stores of each workload, by the number its title starts with, and the modules each store needs.
 STORE_MODULES = {
     "keyed (sqlite index)": ("conduit_flat_file_db.KeyedStore",),
