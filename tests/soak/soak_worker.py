@@ -32,6 +32,7 @@ The same module is imported by the test for the pool and for reading the reports
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import io
 import json
@@ -111,9 +112,15 @@ def install_audit(path: str) -> None:
         setattr(os, op, wrap(op, getattr(os, op)))
 
 
-def audit_of(report_dir: Path, number: int) -> str:
-    """The audit lines of every worker that name segment ``number`` (the last AUDIT_SHOWN, by time)."""
+def audit_of(report_dir: Path, number: int, datadir: Path) -> str:
+    """The files of segment ``number`` in ``datadir`` now (all gone, or only the data file: a
+    removal; all there: the segment was not found although it was there) and the audit lines of
+    every worker that name it (the last AUDIT_SHOWN, by time)."""
     name = f"data_{number:08d}."
+    files = []
+    for suffix in ("dat", "dat.zst", "idx"):
+        with contextlib.suppress(FileNotFoundError):
+            files.append(f"{name}{suffix} ({(datadir / f'{name}{suffix}').stat().st_size} bytes)")
     lines = []
     for path in sorted(report_dir.glob("*.audit")):
         with open(path, encoding="utf-8", errors="replace") as handle:
@@ -121,7 +128,9 @@ def audit_of(report_dir: Path, number: int) -> str:
     lines.sort(key=lambda line: line.split(" ", 2)[1])
     shown = lines[-AUDIT_SHOWN:]
     more = f" (the last {AUDIT_SHOWN} of {len(lines)})" if len(lines) > AUDIT_SHOWN else ""
-    return f"audit of segment {number}{more}:\n" + ("\n".join(shown) if shown else "(no unlink or rename of its files)")
+    return f"files of segment {number} now: {', '.join(files) or 'none'}; its audit{more}:\n" + (
+        "\n".join(shown) if shown else "(no unlink or rename of its files)"
+    )
 
 
 def make_pool(seed: int) -> bytes:
@@ -372,7 +381,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
                     if ack.key[0] not in self.reports.deleted:
                         self.fail(
                             f"{how}: acknowledged {_describe(ack)} is gone, nobody deleted its segment: {exc}\n"
-                            + audit_of(self.reports.report_dir, ack.key[0])
+                            + audit_of(self.reports.report_dir, ack.key[0], Path(ack.location.file_path).parent)
                         )
         self.write("# op read\n")
 
@@ -456,7 +465,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
             ):  # "vanished" also means rewritten by another
                 self.fail(
                     f"recompress of {result.number}: vanished, nobody deleted it ({result.reason})\n"
-                    + audit_of(self.reports.report_dir, result.number)
+                    + audit_of(self.reports.report_dir, result.number, self.dbs[0].datadir)
                 )
         self.write("# op recompress\n")
 
@@ -502,7 +511,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
             if not self.reports.gone(picked):
                 self.fail(
                     f"compact of {picked}: a segment is missing, nobody deleted it\n"
-                    + "\n".join(audit_of(self.reports.report_dir, number) for number in picked)
+                    + "\n".join(audit_of(self.reports.report_dir, number, self.dbs[0].datadir) for number in picked)
                 )
             return
         copies = [(new, self.reports.pool_of.get(Ack(old, 0).key)) for old, new in compaction.mapping.items()]

@@ -192,7 +192,11 @@ def check_store(datadir: Path, reports: Reports, pool: bytes) -> tuple[int, list
                 failures.append(
                     f"acknowledged {'empty blob' if size == 0 else 'blob'} {ack.location} does not read: "
                     f"{type(exc).__name__}: {exc}"
-                    + (f"\n{audit_of(reports.report_dir, ack.key[0])}" if _first_missing(exc, ack, audited) else "")
+                    + (
+                        f"\n{audit_of(reports.report_dir, ack.key[0], datadir)}"
+                        if _first_missing(exc, ack, audited)
+                        else ""
+                    )
                 )
                 continue
             if got != pool[ack.pool : ack.pool + size]:
