@@ -250,6 +250,7 @@ class ReaderCache:
         """Open segment ``number`` for reading and cache it."""
         fd, kind = open_data_file(self.dir_fd, number)
         view = self.mutable_view()
+        reader: SegmentReader | None = None
         try:
             mutable = number >= view.segment
             check = None if mutable else getattr(self.state, "sealed_problem", None)  # read-only opens only
@@ -275,6 +276,10 @@ class ReaderCache:
                     reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size, reader.name)
                     reader.limit = reader.table.decompressed_size
         except BaseException:
+            if reader is not None:
+                # Closed here, so not again when the reader is dropped: by then the number may be
+                # another file's (the lowest free number is reused at once), which it would close.
+                reader.fd = -1
             os.close(fd)
             raise
         if mutable:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Callable, ContextManager
 
 from .checksums import CHECK_CHUNK_BYTES
@@ -85,7 +86,10 @@ def rewrite_segment(
         before = os.fstat(fd)
         total, read = _source(fd, kind, number)
         target = segment_name(number, framing.compressed)
-        tmp = temp_name(target)
+        # The thread in the scratch name: two threads of a process may rewrite one segment at once
+        # (recompress, and the seal hook of the thread that sealed it), and with the process's name
+        # alone the second would truncate and rewrite the file the first is switching in.
+        tmp = temp_name(f"{threading.get_native_id()}-{target}")
         try:
             _write_copy(dir_fd, datadir, tmp, total, read, framing=framing, fsync=fsync)
             with write_lock():

@@ -21,16 +21,24 @@ after the call it describes returned, except ``D`` and compaction lines, see bel
     # op <name>                            an operation that completed
     # done                                 clean stop
 
+Audit file (one per worker next to its report, ``<name>.audit``): every ``os.unlink``,
+``os.remove``, ``os.rename`` and ``os.replace`` this process makes on a segment's file (data or
+index, as source or target), one line before the call and one after it with its outcome, each
+with the pid, thread and the engine frames that made it. A segment that vanished is then
+attributable: :func:`audit_of` gathers the lines of one segment from every worker.
+
 The same module is imported by the test for the pool and for reading the reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import io
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -66,6 +74,63 @@ OPS = (
     "compact",
 )
 COMPLETED = (*OPS, "finish_compaction")  # what "# op" lines name
+
+
+AUDIT_SHOWN = 40  # audit lines of one segment put in a failure message (the last ones)
+_SEGMENT_FILE = re.compile(r"data_([0-9]{8,10})\.(?:dat|dat\.zst|idx)\Z")
+
+
+def install_audit(path: str) -> None:
+    """Log every unlink/remove/rename/replace of a segment's file by this process to ``path``
+    (module docstring). Costs nothing on puts and gets: they make none of these calls."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def wrap(op: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def audited(*args: Any, **kwargs: Any) -> Any:
+            names = [os.path.basename(os.fsdecode(a)) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+            numbers = {m.group(1) for m in map(_SEGMENT_FILE.search, names) if m}
+            if not numbers:
+                return real(*args, **kwargs)
+            frames = [
+                f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}"
+                for f in traceback.extract_stack(limit=12)[:-1]
+                if "conduit_flat_file_db" in f.filename or "soak_worker" in f.filename
+            ]
+            head = f"{time.time():.6f} pid {os.getpid()} {threading.current_thread().name} {op} {' -> '.join(names)}"
+            os.write(fd, f"{head} segments {sorted(numbers)} via {' < '.join(reversed(frames))}\n".encode())
+            try:
+                result = real(*args, **kwargs)
+            except OSError as exc:
+                os.write(fd, f"{head} failed: {type(exc).__name__} {exc.errno}\n".encode())
+                raise
+            os.write(fd, f"{head} done\n".encode())
+            return result
+
+        return audited
+
+    for op in ("unlink", "remove", "rename", "replace"):
+        setattr(os, op, wrap(op, getattr(os, op)))
+
+
+def audit_of(report_dir: Path, number: int, datadir: Path) -> str:
+    """The files of segment ``number`` in ``datadir`` now (all gone, or only the data file: a
+    removal; all there: the segment was not found although it was there) and the audit lines of
+    every worker that name it (the last AUDIT_SHOWN, by time)."""
+    name = f"data_{number:08d}."
+    files = []
+    for suffix in ("dat", "dat.zst", "idx"):
+        with contextlib.suppress(FileNotFoundError):
+            files.append(f"{name}{suffix} ({(datadir / f'{name}{suffix}').stat().st_size} bytes)")
+    lines = []
+    for path in sorted(report_dir.glob("*.audit")):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines += [f"{path.stem}: {line.rstrip()}" for line in handle if name in line]
+    lines.sort(key=lambda line: line.split(" ", 2)[1])
+    shown = lines[-AUDIT_SHOWN:]
+    more = f" (the last {AUDIT_SHOWN} of {len(lines)})" if len(lines) > AUDIT_SHOWN else ""
+    return f"files of segment {number} now: {', '.join(files) or 'none'}; its audit{more}:\n" + (
+        "\n".join(shown) if shown else "(no unlink or rename of its files)"
+    )
 
 
 def make_pool(seed: int) -> bytes:
@@ -222,7 +287,7 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
     def fail(self, message: str) -> None:
         """Report something wrong, with the traceback of the exception being handled, if any."""
         sys.stderr.write(f"FAILURE: {message}\n{traceback.format_exc()}\n")
-        self.write("F\t" + message.replace("\n", " ").replace("\t", " ") + "\n")
+        self.write("F\t" + message.replace("\n", " | ").replace("\t", " ") + "\n")
 
     # -- blobs ----------------------------------------------------------------------------
 
@@ -314,7 +379,10 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
                     db.get(ack.location)
                 except FlatFileDbNotFoundError as exc:
                     if ack.key[0] not in self.reports.deleted:
-                        self.fail(f"{how}: acknowledged {_describe(ack)} is gone, nobody deleted its segment: {exc}")
+                        self.fail(
+                            f"{how}: acknowledged {_describe(ack)} is gone, nobody deleted its segment: {exc}\n"
+                            + audit_of(self.reports.report_dir, ack.key[0], Path(ack.location.file_path).parent)
+                        )
         self.write("# op read\n")
 
     def _read(self, db: FlatFileDb, how: str, batch: list[Ack]) -> Iterable[tuple[Ack, bytes, bytes]]:
@@ -395,7 +463,10 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
                 and result.number not in self.dbs[0].segments()
                 and not self.reports.gone([result.number])
             ):  # "vanished" also means rewritten by another
-                self.fail(f"recompress of {result.number}: vanished, nobody deleted it ({result.reason})")
+                self.fail(
+                    f"recompress of {result.number}: vanished, nobody deleted it ({result.reason})\n"
+                    + audit_of(self.reports.report_dir, result.number, self.dbs[0].datadir)
+                )
         self.write("# op recompress\n")
 
     def op_verify(self) -> None:
@@ -438,7 +509,10 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
             compaction = db.compact(picked, lambda _location: self.rng.random() < keep)
         except FlatFileDbNotFoundError:
             if not self.reports.gone(picked):
-                self.fail(f"compact of {picked}: a segment is missing, nobody deleted it")
+                self.fail(
+                    f"compact of {picked}: a segment is missing, nobody deleted it\n"
+                    + "\n".join(audit_of(self.reports.report_dir, number, self.dbs[0].datadir) for number in picked)
+                )
             return
         copies = [(new, self.reports.pool_of.get(Ack(old, 0).key)) for old, new in compaction.mapping.items()]
         known = [(new, pool) for new, pool in copies if pool is not None]
@@ -478,6 +552,7 @@ def main(argv: list[str]) -> int:
     every thread's stack (the test asks for it before it kills a hung worker)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = json.loads(argv[1])
+    install_audit(str(Path(config["report"]).with_suffix(".audit")))
     first = Worker(config, config["seed"])
     workers = [first] + [Worker(config, config["seed"] + n, first.dbs) for n in range(1, int(config["threads"]))]
     threads = [threading.Thread(target=w.run, args=(config["stop_file"],)) for w in workers[1:]]

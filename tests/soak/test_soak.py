@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "crash"))  # the crash tier's
 
 # pylint: disable=wrong-import-position  # after the path to the crash tier's helpers
 from crash_support import assert_no_dead_scratch, with_deadline
-from soak_worker import COMPLETED, OPS, Reports, make_pool
+from soak_worker import COMPLETED, OPS, Ack, Reports, audit_of, make_pool
 
 from conduit_flat_file_db import FlatFileDb
 
@@ -183,6 +183,7 @@ def check_store(datadir: Path, reports: Reports, pool: bytes) -> tuple[int, list
     try:
         assert_no_dead_scratch(datadir, "after the soak")
         live = reports.live()
+        audited: set[int] = set()
         for ack in live:
             size = ack.location.end_offset - ack.location.start_offset
             try:
@@ -191,6 +192,11 @@ def check_store(datadir: Path, reports: Reports, pool: bytes) -> tuple[int, list
                 failures.append(
                     f"acknowledged {'empty blob' if size == 0 else 'blob'} {ack.location} does not read: "
                     f"{type(exc).__name__}: {exc}"
+                    + (
+                        f"\n{audit_of(reports.report_dir, ack.key[0], datadir)}"
+                        if _first_missing(exc, ack, audited)
+                        else ""
+                    )
                 )
                 continue
             if got != pool[ack.pool : ack.pool + size]:
@@ -201,6 +207,15 @@ def check_store(datadir: Path, reports: Reports, pool: bytes) -> tuple[int, list
     finally:
         db.close()
     return len(live), failures
+
+
+def _first_missing(exc: Exception, ack: Ack, audited: set[int]) -> bool:
+    """Whether ``exc`` says the segment of ``ack`` is gone and it is the first such of its segment
+    (whose failure then carries the segment's audit lines)."""
+    if not isinstance(exc, FileNotFoundError) or ack.key[0] in audited:
+        return False
+    audited.add(ack.key[0])
+    return True
 
 
 def excused(problem: str, reports: Reports) -> bool:

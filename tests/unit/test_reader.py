@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 from conduit_flat_file_db import CorruptionError, DataLocation, FlatFileDb, Slice
+from conduit_flat_file_db.errors import FormatError
 from conduit_flat_file_db.seekable import SeekableReader
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -225,3 +226,44 @@ def test_a_frame_cut_short_is_corruption_for_every_reader(tmp_path: Path) -> Non
         standalone.close()
     finally:
         db.close()
+
+
+def test_a_segment_that_fails_to_open_closes_its_descriptor_once(tmp_path: Path) -> None:
+    """A sealed compressed segment whose seek table is damaged fails to open for reading, with a
+    FormatError; the descriptor opened for it is closed once, then. Closed a second time when the
+    half-made reader is dropped, its number would close whatever file this process opened next
+    under that number (the lowest free one): here, any of the files opened just after."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True, frame_bytes=FRAME)
+    try:
+        location = db.put(blob(4 * FRAME, 11))
+        db.rotate()
+        path = Path(location.file_path)
+        with open(path, "r+b") as damaged:  # the footer's magic, in place: the seek table no longer parses
+            damaged.seek(-4, os.SEEK_END)
+            damaged.write(b"\0\0\0\0")
+        reader = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")  # nothing cached yet
+        opened: list[int] = []
+        try:
+            try:
+                reader.get(location)
+            except FormatError:
+                opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(8)]
+            assert opened, "a damaged seek table did not raise FormatError"
+            # The FormatError and its traceback (which held the half-made reader) are gone now.
+            closed = [fd for fd in opened if not _is_open(fd)]
+            assert not closed, f"descriptors {closed} of other files were closed by the failed open"
+        finally:
+            for fd in opened:
+                if _is_open(fd):
+                    os.close(fd)
+            reader.close()
+    finally:
+        db.close()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
