@@ -114,7 +114,13 @@ class IndexBase(abc.ABC):
 
     @abc.abstractmethod
     def clear(self) -> None:
-        """Remove every row and reset the checkpoint (before a rebuild)."""
+        """Remove every row and reset the checkpoint."""
+
+    @abc.abstractmethod
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        """Remove every row, then set each chunk's rows and checkpoint as apply_rows() does, all
+        in one transaction (a rebuild): until it commits, readers see the index as it was, never
+        an empty or half-replayed one. ``chunks`` may be a generator: it must not use the index."""
 
     def sync(self) -> None:  # noqa: B027  # optional: an index whose commits are durable has nothing to do
         """Make the index's committed transactions durable (the key logs are durable already)."""

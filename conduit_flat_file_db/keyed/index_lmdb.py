@@ -211,6 +211,11 @@ class LmdbIndex(IndexBase):
                 yield key, row
 
     def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        with self.env.begin(write=True) as txn:
+            self._write_rows(txn, rows, checkpoint)
+
+    def _write_rows(self, txn: Any, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        """Set rows and the checkpoint in write transaction ``txn`` (see IndexBase.apply_rows)."""
         pack = _ROW.pack
         puts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
@@ -221,18 +226,24 @@ class LmdbIndex(IndexBase):
                 seg, start, end, checksum, created, _, meta = row
                 puts.append((key, pack(seg, start, end, checksum, created, logseg) + meta))
         puts.sort()  # in key order: each B-tree page is visited once per transaction
-        with self.env.begin(write=True) as txn:
-            for key in deletes:
-                txn.delete(key, db=self._keys)
-            if puts:
-                txn.cursor(db=self._keys).putmulti(puts)
-            txn.put(b"checkpoint", encode_checkpoint(checkpoint), db=self._state)
-            txn.put(b"boot", _BOOT, db=self._state)
+        for key in deletes:
+            txn.delete(key, db=self._keys)
+        if puts:
+            txn.cursor(db=self._keys).putmulti(puts)
+        txn.put(b"checkpoint", encode_checkpoint(checkpoint), db=self._state)
+        txn.put(b"boot", _BOOT, db=self._state)
 
     def clear(self) -> None:
         with self.env.begin(write=True) as txn:
             txn.drop(self._keys, delete=False)
             txn.delete(b"checkpoint", db=self._state)
+
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        with self.env.begin(write=True) as txn:  # readers keep their snapshot of the old index until the commit
+            txn.drop(self._keys, delete=False)
+            txn.delete(b"checkpoint", db=self._state)
+            for rows, checkpoint in chunks:
+                self._write_rows(txn, rows, checkpoint)
 
     def backup_to(self, dest: str) -> None:
         os.makedirs(dest, exist_ok=True)

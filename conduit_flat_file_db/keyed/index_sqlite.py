@@ -9,6 +9,7 @@ logs in the segments restore (see KeyedStore's open); it cannot corrupt a WAL da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -81,14 +82,19 @@ class SqliteIndex(IndexBase):
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             # mode=ro reads a WAL database (it may create the -shm file); on read-only media
-            # where it cannot, immutable=1 reads the file as it is.
+            # where it cannot, immutable=1 reads the file as it is. Each thread uses its own
+            # connection; close() closes them all from its own thread (check_same_thread=False).
             try:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600)
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600, check_same_thread=False
+                )
                 conn.execute("SELECT value FROM state WHERE name = 'count'").fetchone()
             except sqlite3.OperationalError:
                 if os.access(os.path.dirname(self.path), os.W_OK):
                     raise  # immutable=1 would ignore a writer's WAL: only for media nothing writes
-                conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+                conn = sqlite3.connect(
+                    f"file:{self.path}?immutable=1", uri=True, isolation_level=None, check_same_thread=False
+                )
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -204,43 +210,21 @@ class SqliteIndex(IndexBase):
     # -- writes (the keyed store's write lock held) ---------------------------------------
 
     def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
-        puts: list[tuple[object, ...]] = []
-        deletes: list[tuple[bytes]] = []
-        for key, row, logseg in rows:
-            if row is None:
-                deletes.append((key,))
-            else:
-                seg, start, end, checksum, created, _, meta = row
-                puts.append(
-                    (key, seg, start, end, checksum - 2**64 if checksum >= _SIGN else checksum, created, logseg, meta)
-                )
-        puts.sort()  # in key order: each B-tree page is visited once per transaction
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if deletes:
-                conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
-            if puts:
-                conn.executemany(_UPSERT, puts)
-            conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (encode_checkpoint(checkpoint),))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _transaction(conn):
+            _write_rows(conn, rows, checkpoint)
 
     def clear(self) -> None:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM keys")
-            conn.execute("UPDATE state SET value = 0 WHERE name = 'count'")
-            conn.execute("UPDATE state SET value = X'' WHERE name = 'checkpoint'")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _transaction(conn):
+            _clear(conn)
+
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        conn = self._conn()
+        with _transaction(conn):  # readers keep their WAL snapshot of the old index until the commit
+            _clear(conn)
+            for rows, checkpoint in chunks:
+                _write_rows(conn, rows, checkpoint)
 
     def backup_to(self, dest: str) -> None:
         target = sqlite3.connect(dest)
@@ -248,6 +232,48 @@ class SqliteIndex(IndexBase):
             self._conn().backup(target)
         finally:
             target.close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _write_rows(
+    conn: sqlite3.Connection, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint
+) -> None:
+    """Set rows and the checkpoint (in the caller's transaction); see IndexBase.apply_rows."""
+    puts: list[tuple[object, ...]] = []
+    deletes: list[tuple[bytes]] = []
+    for key, row, logseg in rows:
+        if row is None:
+            deletes.append((key,))
+        else:
+            seg, start, end, checksum, created, _, meta = row
+            puts.append(
+                (key, seg, start, end, checksum - 2**64 if checksum >= _SIGN else checksum, created, logseg, meta)
+            )
+    puts.sort()  # in key order: each B-tree page is visited once per transaction
+    if deletes:
+        conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
+    if puts:
+        conn.executemany(_UPSERT, puts)
+    conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (encode_checkpoint(checkpoint),))
+
+
+def _clear(conn: sqlite3.Connection) -> None:
+    """Remove every row and reset the checkpoint (in the caller's transaction)."""
+    conn.execute("DELETE FROM keys")
+    conn.execute("UPDATE state SET value = 0 WHERE name = 'count'")
+    conn.execute("UPDATE state SET value = X'' WHERE name = 'checkpoint'")
 
 
 _instances: weakref.WeakSet[SqliteIndex] = weakref.WeakSet()

@@ -365,8 +365,7 @@ class MaintainedStore(ArrayStore):
         """Build the index again from the key logs in the segments; returns the number of keys."""
         self._check_writable("rebuild_index")
         with self._write_lock():
-            self.index.clear()
-            self._catch_up(self.index)
+            self._rebuild_locked()
         return len(self)
 
 
