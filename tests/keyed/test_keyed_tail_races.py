@@ -9,16 +9,25 @@ key must stay deleted, and len() and iteration must agree with the model.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
-from keyed_support import INDEXES, open_keyed
+from crash_support import crash_seed
+from keyed_support import INDEXES, child_context, open_keyed
+
+from conduit_flat_file_db import KeyedStore
 
 pytestmark = pytest.mark.concurrency
 
 REBUILD_KEYS = 12000
+SMALL_SEGMENTS = 64 * 1024
+HOT_KEYS = [f"hot{i}" for i in range(12)] + [b"hot%d" % i for i in range(4)]
 
 
 @INDEXES
@@ -91,3 +100,169 @@ def test_a_store_read_from_another_thread_closes_from_this_one(tmp_path: Path, i
     assert seen == [b"v"]
     with open_keyed(path, index, readonly=readonly) as again:
         assert again["k"] == b"v"
+
+
+# -- several processes, one model --------------------------------------------------------------
+
+
+def serve(conn: Connection, path: str, index: str, readonly: bool) -> None:
+    """A child process holding one long-lived instance: runs the commands it receives, answers each."""
+    store = open_keyed(path, index, readonly=readonly, max_file_size=SMALL_SEGMENTS)
+    try:
+        while True:
+            command, *args = conn.recv()
+            if command == "stop":
+                break
+            try:
+                conn.send(("ok", _run(store, command, args)))
+            except Exception as exc:  # pylint: disable=broad-exception-caught  # sent to the parent, which fails
+                conn.send(("error", repr(exc)))
+    finally:
+        store.close()
+        conn.send(("ok", None))
+
+
+def _run(store: KeyedStore, command: str, args: list[Any]) -> Any:
+    if command == "put":
+        store[args[0]] = args[1]
+    elif command == "put_many":
+        store.put_many(args[0])
+    elif command == "delete_many":
+        return store.delete_many(args[0])
+    elif command == "get":
+        return [store.get(key) for key in args[0]]
+    elif command == "vacuum":
+        return store.vacuum(0.0).segments_removed
+    elif command == "digest":
+        return digest(store.items()), len(store), len(list(store.keys(prefix="hot")))
+    return None
+
+
+def digest(items: Any) -> str:
+    """One hash of every (key, value) pair, in the store's order (bytes keys first)."""
+    sha = hashlib.sha256()
+    for key, value in sorted(items, key=lambda pair: (isinstance(pair[0], str), pair[0])):
+        sha.update(repr((key, bytes(value))).encode())
+    return sha.hexdigest()
+
+
+class Fleet:
+    """The child processes, each with its instance, and the model of the mapping they share."""
+
+    def __init__(self, path: Path, index: str, roles: list[bool]) -> None:
+        ctx = child_context()
+        self.conns: list[Connection] = []
+        self.procs = []
+        for readonly in roles:
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=serve, args=(theirs, str(path), index, readonly))
+            proc.start()
+            self.conns.append(mine)
+            self.procs.append(proc)
+        self.model: dict[Any, bytes] = {}
+
+    def ask(self, who: int, *command: Any) -> Any:
+        """Run a command in child ``who`` and return its answer (a child's exception fails the test)."""
+        self.conns[who].send(command)
+        if not self.conns[who].poll(60):
+            raise AssertionError(f"child {who} did not answer {command[0]} within 60 s")
+        status, result = self.conns[who].recv()
+        assert status == "ok", f"child {who}: {command[0]} raised {result}"
+        return result
+
+    def check(self, who: int, keys: list[Any], where: str) -> None:
+        """Child ``who`` reads ``keys``: each the model's value, or absent."""
+        got = self.ask(who, "get", keys)
+        want = [self.model.get(key) for key in keys]
+        bad = [(key, g, w) for key, g, w in zip(keys, got, want) if g != w]
+        assert not bad, f"{where}: child {who} read (key, got, want) {bad[:4]}"
+
+    def check_all(self, who: int, where: str) -> None:
+        """Child ``who``'s whole mapping, len() and a prefix scan agree with the model."""
+        hot = sum(1 for key in self.model if isinstance(key, str) and key.startswith("hot"))
+        got = self.ask(who, "digest")
+        assert got == (digest(self.model.items()), len(self.model), hot), f"{where}: child {who}: {got[1:]}"
+
+    def close(self) -> None:
+        """Stop the children (each closes its instance: a writer applies its tail)."""
+        for conn, proc in zip(self.conns, self.procs):
+            if proc.is_alive():
+                conn.send(("stop",))
+                conn.poll(60)
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def value(key: Any, version: int, rng: random.Random) -> bytes:
+    """A value naming its key and version, of 0 to 1,500 more bytes."""
+    return b"%r:%d|" % (key, version) + rng.randbytes(rng.choice([0, 10, 300, 1500]))
+
+
+@INDEXES
+def test_processes_writing_the_same_keys_each_read_the_last_acknowledged_write(tmp_path: Path, index: str) -> None:
+    """Two writer processes and a read-only one, each with one instance open for the whole run,
+    take turns: puts, batches and deletes of the same hot keys, batches of thousands of keys (a
+    writer's tail past 2,048 keys, the read-only tail past 16,384 before it reads again), vacuums,
+    on segments of 64 KiB. After every write, a random process reads hot keys: each is the last
+    acknowledged value or absent when last deleted; now and then a whole mapping, len() and a
+    prefix scan are compared with the model."""
+    seed = crash_seed()
+    rng = random.Random(seed)
+    path = tmp_path / "store"
+    open_keyed(path, index, max_file_size=SMALL_SEGMENTS).close()
+    fleet = Fleet(path, index, [False, False, True])
+    version = 0
+    try:
+        for step in range(300):
+            where = f"FFDB_CRASH_SEED={seed} step {step}"
+            writer = rng.randrange(2)
+            roll = rng.random()
+            version += 1
+            if step == 150:  # thousands of keys while the read-only process does not look
+                fleet.check(2, HOT_KEYS, where)  # (after the last vacuum: no segment it reads goes)
+                for batch in range(5):
+                    items: list[tuple[Any, bytes]] = [(f"bulk{step}-{batch}-{i}", b"b%d" % i) for i in range(3500)]
+                    fleet.ask(rng.randrange(2), "put_many", items)
+                    fleet.model.update(items)
+                items = [(f"bulk{step}-last-{i}", b"w") for i in range(2100)]
+                fleet.ask(0, "put_many", items)  # writer 0 reads all that and applies it: its tail is empty
+                fleet.model.update(items)
+                for key in HOT_KEYS:  # then writes of writer 0 alone, which no one applies yet
+                    if rng.random() < 0.5:
+                        fleet.ask(0, "delete_many", [key])
+                        fleet.model.pop(key, None)
+                    else:
+                        fleet.ask(0, "put", key, b"after %d" % step)
+                        fleet.model[key] = b"after %d" % step
+                fleet.check_all(2, where)
+            elif roll < 0.4:
+                key = rng.choice(HOT_KEYS)
+                data = value(key, version, rng)
+                fleet.ask(writer, "put", key, data)
+                fleet.model[key] = data
+            elif roll < 0.6:
+                items = [(key, value(key, version, rng)) for key in rng.sample(HOT_KEYS, rng.randint(1, 6))]
+                fleet.ask(writer, "put_many", items)
+                fleet.model.update(items)
+            elif roll < 0.85:
+                doomed = rng.sample(HOT_KEYS, rng.randint(1, 4))
+                if rng.random() < 0.3 and fleet.model:
+                    doomed.append(rng.choice(list(fleet.model)))
+                gone = fleet.ask(writer, "delete_many", doomed)
+                assert gone == len({key for key in doomed if key in fleet.model}), f"{where}: delete_many count"
+                for key in doomed:
+                    fleet.model.pop(key, None)
+            elif roll < 0.9:
+                fleet.ask(writer, "vacuum")
+            fleet.check(rng.randrange(3), rng.sample(HOT_KEYS, 5), where)
+            if step % 60 == 59:
+                fleet.check_all(rng.randrange(3), where)
+        for who in range(3):
+            fleet.check_all(who, "at the end")
+    finally:
+        fleet.close()
+    with open_keyed(path, index) as store:
+        assert digest(store.items()) == digest(fleet.model.items())
+        assert store.verify().ok
