@@ -16,7 +16,14 @@ import threading
 import weakref
 from typing import Iterable, Iterator
 
-from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
+from .index_base import (
+    Checkpoint,
+    IndexBase,
+    IndexDamagedError,
+    decode_checkpoint,
+    encode_checkpoint,
+    index_write_error,
+)
 from .keylog import Row, new_row
 
 _SCHEMA = """
@@ -38,6 +45,8 @@ _UPSERT = (
 )
 _SELECT = "SELECT seg, start, end, checksum, created, logseg, meta FROM keys WHERE key = ?"
 _SIGN = 2**63
+_SQLITE_FULL = 13  # primary result codes (sqlite3.SQLITE_FULL and SQLITE_IOERR from Python 3.11)
+_SQLITE_IOERR = 10
 _CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
 
 
@@ -211,17 +220,17 @@ class SqliteIndex(IndexBase):
 
     def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
         conn = self._conn()
-        with _transaction(conn):
+        with _transaction(conn, self.path):
             _write_rows(conn, rows, checkpoint)
 
     def clear(self) -> None:
         conn = self._conn()
-        with _transaction(conn):
+        with _transaction(conn, self.path):
             _clear(conn)
 
     def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
         conn = self._conn()
-        with _transaction(conn):  # readers keep their WAL snapshot of the old index until the commit
+        with _transaction(conn, self.path):  # readers keep their WAL snapshot of the old index until the commit
             _clear(conn)
             for rows, checkpoint in chunks:
                 _write_rows(conn, rows, checkpoint)
@@ -235,15 +244,23 @@ class SqliteIndex(IndexBase):
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: committed when the block ends, rolled back when it raises."""
-    conn.execute("BEGIN IMMEDIATE")
+def _transaction(conn: sqlite3.Connection, path: str) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back when it raises; a full
+    disk or an I/O error is an IndexWriteError (an OSError), not sqlite3's OperationalError."""
     try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before
+        full = code & 0xFF == _SQLITE_FULL if code is not None else "full" in str(exc)
+        if full or (code & 0xFF == _SQLITE_IOERR if code is not None else "I/O error" in str(exc)):
+            raise index_write_error(path, exc, full) from exc
         raise
 
 
