@@ -266,3 +266,50 @@ def test_processes_writing_the_same_keys_each_read_the_last_acknowledged_write(t
     with open_keyed(path, index) as store:
         assert digest(store.items()) == digest(fleet.model.items())
         assert store.verify().ok
+
+
+EXPIRE_KEYS = 20000
+
+
+@INDEXES
+def test_expire_never_deletes_a_key_written_again_after_its_cutoff(tmp_path: Path, index: str) -> None:
+    """expire(max_age=0) deletes the keys written before its call; another instance writes some
+    of them again meanwhile: each key whose last write began well after the call began keeps
+    that value (expire decides on the row it scanned, not on the key)."""
+    path = tmp_path / "store"
+    with open_keyed(path, index) as store:
+        store.put_many([(f"k{i}", b"old") for i in range(EXPIRE_KEYS)])
+    writer = open_keyed(path, index)
+    expirer = open_keyed(path, index)
+    started = threading.Event()
+    stop = threading.Event()
+    last: dict[str, tuple[int, bytes]] = {}
+
+    def write_again() -> None:
+        rng = random.Random(7)
+        started.wait()
+        version = 0
+        while not stop.is_set():
+            key = f"k{rng.randrange(EXPIRE_KEYS)}"
+            version += 1
+            begun = time.time_ns()
+            writer[key] = b"new %d" % version
+            last[key] = (begun, b"new %d" % version)
+
+    thread = threading.Thread(target=write_again)
+    thread.start()
+    try:
+        begun = time.time_ns()
+        started.set()
+        expirer.expire(max_age=0)
+        stop.set()
+        thread.join()
+        late = {key: data for key, (at, data) in last.items() if at > begun + 50_000_000}
+        assert late, "no write began 50 ms after the expire did: the test did not test it"
+        lost = [key for key, data in late.items() if writer.get(key) != data]
+        assert not lost, f"expire deleted {len(lost)} of {len(late)} keys written after its cutoff: {lost[:5]}"
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+        expirer.close()
