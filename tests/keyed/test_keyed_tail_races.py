@@ -10,7 +10,9 @@ key must stay deleted, and len() and iteration must agree with the model.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import signal
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -18,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_support import crash_seed
-from keyed_support import INDEXES, child_context, open_keyed
+from crash_support import READY_SECONDS, crash_seed, is_ready
+from keyed_support import INDEXES, OpLog, State, apply_op, child_context, describe_difference, open_keyed, read_ops
 
 from conduit_flat_file_db import KeyedStore
 
@@ -313,3 +315,81 @@ def test_expire_never_deletes_a_key_written_again_after_its_cutoff(tmp_path: Pat
         thread.join()
         writer.close()
         expirer.close()
+
+
+# -- writers killed while they apply -----------------------------------------------------------
+
+APPLY_KEYS = [f"a{i}" for i in range(3000)]
+APPLY_KILLS = 8
+
+
+def apply_victim(cfg: dict[str, Any]) -> None:
+    """Batches of up to 2,100 keys and deletions, so that nearly every write applies the tail of
+    about 2,048 keys to the index; each op logged before and after (keyed_support.OpLog)."""
+    rng = random.Random(cfg["seed"])
+    log = OpLog(cfg["log"])
+    version = cfg["base_version"]
+    with open_keyed(cfg["path"], cfg["index"], max_file_size=SMALL_SEGMENTS) as store:
+        log.note(f"ready {os.getpid()}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            keys = rng.sample(APPLY_KEYS, rng.choice([1, 50, 700, 2100]))
+            if rng.random() < 0.75:
+                version += 1
+                log.intent("put_many", [(key, version) for key in keys])
+                store.put_many([(key, b"%s:%d" % (key.encode(), version)) for key in keys])
+            else:
+                log.intent("delete_many", [(key, None) for key in keys])
+                store.delete_many(keys)
+            log.ack()
+
+
+def _mapping(path: Path, index: str, readonly: bool) -> State:
+    """The store's keys and versions, each value checked to be the one its version names."""
+    with open_keyed(path, index, readonly=readonly) as store:
+        state: State = {}
+        for key, data in store.items():
+            assert isinstance(key, str)
+            head, _, version = data.partition(b":")
+            assert head == key.encode() and version.isdigit(), f"{key!r} holds {data[:40]!r}"
+            state[key] = int(version)
+        assert len(store) == len(state), f"len() is {len(store)}, the store lists {len(state)} keys"
+        if not readonly:
+            assert store.verify().ok
+    return state
+
+
+@pytest.mark.crash
+@INDEXES
+def test_a_writer_killed_while_it_applies_loses_no_acknowledged_write(tmp_path: Path, index: str) -> None:
+    """A writer whose writes apply about 2,048 keys to the index nearly every time is SIGKILLed
+    at random instants (mid-apply, mid-commit, between), APPLY_KILLS times: a read-only open and
+    then a writer's open find exactly the acknowledged writes, with the one in flight all or
+    nothing; the next writer goes on in the same store."""
+    seed = crash_seed()
+    rng = random.Random(seed)
+    path = tmp_path / "store"
+    state: State = {}
+    for round_ in range(APPLY_KILLS):
+        log = tmp_path / f"round{round_}.log"
+        cfg = {"path": str(path), "index": index, "seed": rng.randrange(2**32), "log": str(log)}
+        cfg["base_version"] = (round_ + 1) * 10**6
+        proc = child_context().Process(target=apply_victim, args=(cfg,))
+        proc.start()
+        deadline = time.monotonic() + READY_SECONDS
+        while not is_ready(log):
+            assert proc.is_alive() and time.monotonic() < deadline, "the writer did not open the store"
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0.01, 0.4))
+        assert proc.pid is not None and proc.is_alive()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        acked, pending = read_ops(log)
+        for op in acked:
+            state = apply_op(state, op)
+        where = f"FFDB_CRASH_SEED={seed} round {round_}"
+        candidates = [state] + ([apply_op(state, pending)] if pending else [])
+        for readonly in (True, False):
+            seen = _mapping(path, index, readonly)
+            assert seen in candidates, f"{where} (readonly={readonly}): {describe_difference(seen, state)}"
+        state = seen
