@@ -206,7 +206,8 @@ class LogRecords(Store):
         """
         if type(max_records) is not int or max_records < 1:  # pylint: disable=unidiomatic-typecheck  # not bool
             raise ValueError(f"max_records is a positive int, not {max_records!r}")
-        if (  # pylint: disable=unidiomatic-typecheck  # ints, not bools; one test without a call, as it is called often
+        # One test without a call (log_tail runs at every lookup after a write): ints, not bools.
+        if (  # pylint: disable=unidiomatic-typecheck,too-many-boolean-expressions
             type(after) is not LogPosition
             or type(after[0]) is not int
             or type(after[1]) is not int

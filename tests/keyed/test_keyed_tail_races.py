@@ -197,9 +197,31 @@ class Fleet:
                 proc.join()
 
 
-def value(key: Any, version: int, rng: random.Random) -> bytes:
+def hot_value(key: Any, version: int, rng: random.Random) -> bytes:
     """A value naming its key and version, of 0 to 1,500 more bytes."""
     return b"%r:%d|" % (key, version) + rng.randbytes(rng.choice([0, 10, 300, 1500]))
+
+
+def bulk_then_unapplied(fleet: Fleet, step: int, rng: random.Random, where: str) -> None:
+    """Thousands of keys while the read-only process does not look, then writes no one applies
+    yet; the read-only process reads them all at once (its tail past 16,384 keys, cut back to
+    what the index lacks) and must still see those last writes."""
+    fleet.check(2, HOT_KEYS, where)  # (after the last vacuum: no segment it reads goes)
+    for batch in range(5):
+        items: list[tuple[Any, bytes]] = [(f"bulk{step}-{batch}-{i}", b"b%d" % i) for i in range(3500)]
+        fleet.ask(rng.randrange(2), "put_many", items)
+        fleet.model.update(items)
+    items = [(f"bulk{step}-last-{i}", b"w") for i in range(2100)]
+    fleet.ask(0, "put_many", items)  # writer 0 reads all that and applies it: its tail is empty
+    fleet.model.update(items)
+    for key in HOT_KEYS:  # then writes of writer 0 alone, which no one applies yet
+        if rng.random() < 0.5:
+            fleet.ask(0, "delete_many", [key])
+            fleet.model.pop(key, None)
+        else:
+            fleet.ask(0, "put", key, b"after %d" % step)
+            fleet.model[key] = b"after %d" % step
+    fleet.check_all(2, where)
 
 
 @INDEXES
@@ -222,30 +244,15 @@ def test_processes_writing_the_same_keys_each_read_the_last_acknowledged_write(t
             writer = rng.randrange(2)
             roll = rng.random()
             version += 1
-            if step == 150:  # thousands of keys while the read-only process does not look
-                fleet.check(2, HOT_KEYS, where)  # (after the last vacuum: no segment it reads goes)
-                for batch in range(5):
-                    items: list[tuple[Any, bytes]] = [(f"bulk{step}-{batch}-{i}", b"b%d" % i) for i in range(3500)]
-                    fleet.ask(rng.randrange(2), "put_many", items)
-                    fleet.model.update(items)
-                items = [(f"bulk{step}-last-{i}", b"w") for i in range(2100)]
-                fleet.ask(0, "put_many", items)  # writer 0 reads all that and applies it: its tail is empty
-                fleet.model.update(items)
-                for key in HOT_KEYS:  # then writes of writer 0 alone, which no one applies yet
-                    if rng.random() < 0.5:
-                        fleet.ask(0, "delete_many", [key])
-                        fleet.model.pop(key, None)
-                    else:
-                        fleet.ask(0, "put", key, b"after %d" % step)
-                        fleet.model[key] = b"after %d" % step
-                fleet.check_all(2, where)
+            if step == 150:
+                bulk_then_unapplied(fleet, step, rng, where)
             elif roll < 0.4:
                 key = rng.choice(HOT_KEYS)
-                data = value(key, version, rng)
+                data = hot_value(key, version, rng)
                 fleet.ask(writer, "put", key, data)
                 fleet.model[key] = data
             elif roll < 0.6:
-                items = [(key, value(key, version, rng)) for key in rng.sample(HOT_KEYS, rng.randint(1, 6))]
+                items = [(key, hot_value(key, version, rng)) for key in rng.sample(HOT_KEYS, rng.randint(1, 6))]
                 fleet.ask(writer, "put_many", items)
                 fleet.model.update(items)
             elif roll < 0.85:
