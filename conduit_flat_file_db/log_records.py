@@ -66,6 +66,10 @@ class LogTail(NamedTuple):
     position: LogPosition
     missing: list[int]
     last_index_bytes: int = 0  # where the last record's BLOB record ends in its record index
+    # The position is past the end of the log, so of another history: the log lost its tail to
+    # a power loss after the position was taken (or saved), or the store was replaced. Nothing
+    # was read; read again from a position of this log.
+    ahead: bool = False
 
 
 class LogRecords(Store):
@@ -199,6 +203,9 @@ class LogRecords(Store):
         """The log records committed after ``after``, in commit order, with the position after
         them (read every log record up to there), and whether a segment between is gone.
 
+        A position past the end of the log (``ahead``) reads nothing: the log lost the tail the
+        position was in (a power loss), or the position is of another store.
+
         Reads at most ``max_records`` log records (call again for more: memory stays bounded).
         Reads the record indexes only. A position that is not a LogPosition of ints is a
         LogPositionTypeError; a segment below -1 or past the largest number, or a negative
@@ -220,10 +227,12 @@ class LogRecords(Store):
         self._reopen_if_closed()
         view = self._readers.mutable_view()
         if after.segment == view.segment:
+            if after.end > view.end or after.index_bytes > view.index_bytes:
+                return LogTail([], after, [], 0, True)
             found, position, last = self._segment_tail(view.segment, after, view, max_records)
             return LogTail(found, position, [], last)
         if after.segment > view.segment:
-            return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
+            return LogTail([], after, [after.segment], 0, True)
         numbers = sorted(
             n
             for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd))

@@ -439,6 +439,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         gaps = 0
         while True:
             tail = self.db.log_tail(self._position, _APPLY_CHUNK)
+            if tail.ahead:
+                if not self._restart_locked():
+                    return False
+                continue
             try:
                 if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
@@ -461,6 +465,21 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 return False
             if limit is not None and len(self._tail) >= limit:
                 return True
+
+    def _restart_locked(self) -> bool:
+        """This instance's position is past the end of the key logs: a power loss cut the tail
+        it was in (a read-only open took it from an index ahead of the segments). Start again
+        from the index's checkpoint with an empty tail (what it holds may be of the lost
+        records), once a writer's open has rebuilt the index; False while the index is ahead
+        too (nothing to read until then). The tail lock held."""
+        checkpoint = self.index.checkpoint()
+        restart = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
+        if restart == self._position:
+            return False
+        self._tail = {}
+        self._position = restart
+        self._last = checkpoint
+        return True
 
     def _take_record(self, record: BlobRecord, rows: dict[bytes, tuple[Row | None, int, int]] | None = None) -> None:
         """Put the entries of one key-log record into the tail (the tail lock held), or into

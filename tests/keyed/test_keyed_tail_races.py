@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -400,3 +401,40 @@ def test_a_writer_killed_while_it_applies_loses_no_acknowledged_write(tmp_path: 
             seen = _mapping(path, index, readonly)
             assert seen in candidates, f"{where} (readonly={readonly}): {describe_difference(seen, state)}"
         state = seen
+
+
+def write_and_vanish(path: str, index: str) -> None:
+    """Open the store for writing (its open recovers), write, and exit without closing it: the
+    writes stay in the key logs, not applied to the index."""
+    store = open_keyed(path, index)
+    assert len(store) == 100 and "lost0" not in store
+    store["new"] = b"after the recovery"
+    store.put_many([(f"n{i}", b"n") for i in range(50)])
+    os._exit(0)  # pylint: disable=protected-access  # no close(): nothing applied
+
+
+@INDEXES
+def test_a_reader_opened_before_the_recovery_of_a_power_loss_sees_the_writes_after_it(
+    tmp_path: Path, index: str
+) -> None:
+    """A power loss took the segments' tail after the index applied it (forged: the segments of
+    an earlier moment put back under the later index). A read-only instance opened before any
+    writer starts from the index's checkpoint, past the end of the log; a writer's open then
+    rebuilds the index and writes, and those writes, not applied, must be visible to that reader."""
+    path = tmp_path / "store"
+    with open_keyed(path, index) as store:
+        store.put_many([(f"k{i}", b"kept") for i in range(100)])
+    shutil.copytree(path / "segments", tmp_path / "early")
+    with open_keyed(path, index) as store:
+        for i in range(300):
+            store[f"lost{i}"] = b"lost"
+    shutil.rmtree(path / "segments")
+    shutil.copytree(tmp_path / "early", path / "segments")
+    with open_keyed(path, index, readonly=True) as reader:
+        reader.get("k0")
+        writer = child_context().Process(target=write_and_vanish, args=(str(path), index))
+        writer.start()
+        writer.join(60)
+        assert writer.exitcode == 0, f"the writer exited {writer.exitcode}"
+        assert reader.get("new") == b"after the recovery"
+        assert reader.get("n49") == b"n" and "lost0" not in reader and len(reader) == 151

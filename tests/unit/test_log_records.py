@@ -191,3 +191,17 @@ def test_log_moved_refuses_what_is_not_a_log_position(tmp_path: Path, position: 
             db.log_moved(position)  # type: ignore[arg-type]  # the misuse tested
         assert issubclass(LogPositionTypeError, TypeError) and issubclass(LogPositionTypeError, FlatFileDbError)
         assert not db.log_moved(db.log_position())
+
+
+def test_log_tail_says_when_a_position_is_past_the_end_of_the_log(tmp_path: Path) -> None:
+    """A position no reader of this log can hold (past the committed end of the mutable segment,
+    or in a later segment: the log lost its tail to a power loss) reads nothing and says so; a
+    position of this log never does."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        db.put_logged([b"x"], _log)
+        end = db.log_position()
+        assert not db.log_tail(end).ahead and not db.log_tail(LOG_START).ahead
+        for beyond in (end._replace(end=end.end + 1), end._replace(index_bytes=end.index_bytes + 32)):
+            tail = db.log_tail(beyond)
+            assert tail.ahead and not tail.records and tail.position == beyond
+        assert db.log_tail(end._replace(segment=end.segment + 1)).ahead
