@@ -69,6 +69,15 @@ class KeyTooLongError(InvalidKeyError, ValueError):
     """A keyed store's key longer than its index allows (510 bytes, UTF-8 for a str)."""
 
 
+class InvalidLogPositionError(FlatFileDbError, ValueError):
+    """A position in the log (``log_tail``) with a field out of range: a segment below -1 or past
+    the largest segment number, a negative offset."""
+
+
+class LogPositionTypeError(InvalidLogPositionError, TypeError):
+    """A position in the log that is not a ``LogPosition`` of ints (``log_tail``, ``log_moved``)."""
+
+
 class NotAnArrayError(FlatFileDbError, ValueError):
     """``get_array`` of a key stored as plain bytes, or an array that cannot be stored as one
     (object dtype: it would need pickle, which the keyed store never uses)."""

@@ -19,10 +19,10 @@ import os
 from typing import Any, Callable, NamedTuple, Sequence
 
 from .arguments import as_bytes_like
-from .errors import FlatFileDbUnsafeAccessError
+from .errors import FlatFileDbUnsafeAccessError, InvalidLogPositionError, LogPositionTypeError
 from .fileio import pread_full
 from .index import FLAG_LOG, HEADER_BYTES, INDEX_VERSION_LOG, REC_BLOB, RECORD_BYTES, blob_checksum, decode_records
-from .naming import index_name, parse_segment_name
+from .naming import MAX_SEGMENT_NUMBER, index_name, parse_segment_name
 from .segment_files import open_regular
 from .state import W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ, MutableView
 from .store import Store, new_location
@@ -66,6 +66,10 @@ class LogTail(NamedTuple):
     position: LogPosition
     missing: list[int]
     last_index_bytes: int = 0  # where the last record's BLOB record ends in its record index
+    # The position is past the end of the log, so of another history: the log lost its tail to
+    # a power loss after the position was taken (or saved), or the store was replaced. Nothing
+    # was read; read again from a position of this log.
+    ahead: bool = False
 
 
 class LogRecords(Store):
@@ -181,34 +185,54 @@ class LogRecords(Store):
     def log_moved(self, position: LogPosition) -> bool:
         """Whether anything may have been committed after ``position`` (a position log_tail
         returned): a few reads of shared memory when the state page is current. A False is
-        exact for every commit that completed before the call."""
+        exact for every commit that completed before the call. Anything but a LogPosition is a
+        LogPositionTypeError (a LogPosition of other values: True, and log_tail refuses it)."""
+        try:
+            index_bytes, segment = position.index_bytes, position.segment
+        except AttributeError:  # (no test before: this runs at every keyed lookup)
+            raise LogPositionTypeError(_not_a_position(position)) from None
         words = self._words if not self.readonly else self._ro_state.current_page()
         if words is None:
             return True  # read-only without a current state page: ask log_tail
         seq = words[W_SEQ]
         return bool(
-            words[W_INDEX_BYTES] != position.index_bytes
-            or words[W_SEGMENT] != position.segment
-            or seq & 1
-            or words[W_SEQ] != seq
+            words[W_INDEX_BYTES] != index_bytes or words[W_SEGMENT] != segment or seq & 1 or words[W_SEQ] != seq
         )
 
     def log_tail(self, after: LogPosition, max_records: int = _TAIL_RECORDS) -> LogTail:
         """The log records committed after ``after``, in commit order, with the position after
         them (read every log record up to there), and whether a segment between is gone.
 
+        A position past the end of the log (``ahead``) reads nothing: the log lost the tail the
+        position was in (a power loss), or the position is of another store.
+
         Reads at most ``max_records`` log records (call again for more: memory stays bounded).
-        Reads the record indexes only.
+        Reads the record indexes only. A position that is not a LogPosition of ints is a
+        LogPositionTypeError; a segment below -1 or past the largest number, or a negative
+        offset, an InvalidLogPositionError (a ValueError).
         """
         if type(max_records) is not int or max_records < 1:  # pylint: disable=unidiomatic-typecheck  # not bool
             raise ValueError(f"max_records is a positive int, not {max_records!r}")
+        # One test without a call (log_tail runs at every lookup after a write): ints, not bools.
+        if (  # pylint: disable=unidiomatic-typecheck,too-many-boolean-expressions
+            type(after) is not LogPosition
+            or type(after[0]) is not int
+            or type(after[1]) is not int
+            or type(after[2]) is not int
+            or not -1 <= after[0] <= MAX_SEGMENT_NUMBER
+            or after[1] < 0
+            or after[2] < 0
+        ):
+            after = _checked_position(after)
         self._reopen_if_closed()
         view = self._readers.mutable_view()
         if after.segment == view.segment:
+            if after.end > view.end or after.index_bytes > view.index_bytes:
+                return LogTail([], after, [], 0, True)
             found, position, last = self._segment_tail(view.segment, after, view, max_records)
             return LogTail(found, position, [], last)
         if after.segment > view.segment:
-            return LogTail([], after, [after.segment])  # a position of another history (a rebuilt store)
+            return LogTail([], after, [after.segment], 0, True)
         numbers = sorted(
             n
             for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd))
@@ -308,6 +332,27 @@ class LogRecords(Store):
         return out, LogPosition(number, end, index_bytes), last
 
 
+def _not_a_position(position: Any) -> str:
+    return (
+        f"a log position is a LogPosition (as log_position, log_tail and put_logged return; LogPosition(*values)"
+        f" makes one of a tuple), not {type(position).__name__}"
+    )
+
+
+def _checked_position(position: Any) -> LogPosition:
+    """``position`` as a LogPosition, or the typed error saying what is wrong with it."""
+    if not isinstance(position, LogPosition):
+        raise LogPositionTypeError(_not_a_position(position))
+    for name, value, low in zip(LogPosition._fields, position, (-1, 0, 0)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise LogPositionTypeError(f"a log position's {name} is an int, not {type(value).__name__}: {position}")
+        if value < low:
+            raise InvalidLogPositionError(f"a log position's {name} is at least {low}, not {value}: {position}")
+    if position.segment > MAX_SEGMENT_NUMBER:
+        raise InvalidLogPositionError(f"a log position's segment is at most {MAX_SEGMENT_NUMBER}: {position}")
+    return LogPosition(*(int(value) for value in position))
+
+
 def _continues(records: list[Any], end: int) -> bool:
     """Whether the first BLOB record among ``records`` starts at ``end`` (or there is none)."""
     for record in records:
@@ -320,4 +365,12 @@ def _index_size(fd: int, limit: int | None) -> int:
     return os.fstat(fd).st_size if limit is None else limit
 
 
-__all__ = ["LOG_START", "LogPosition", "LogRecords", "LogTail", "LoggedPut"]
+__all__ = [
+    "LOG_START",
+    "InvalidLogPositionError",
+    "LogPosition",
+    "LogPositionTypeError",
+    "LogRecords",
+    "LogTail",
+    "LoggedPut",
+]

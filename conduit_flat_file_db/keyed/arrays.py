@@ -57,7 +57,7 @@ def _shape(shape: Any) -> tuple[int, ...]:
 class ArrayStore(MappingStore):
     """Array operations (see KeyedStore for the whole class)."""
 
-    def _recover_locked(self, index: IndexBase) -> None:
+    def _recover_locked(self, index: IndexBase, rebuild: bool = False) -> None:
         """Rebuild the index when this open's engine removed segments after a power loss: arrays
         of ``create_array`` whose fsync was not confirmed, which nothing can check. The key logs
         may have kept the records naming them (and the index applied them): the replay drops
@@ -69,8 +69,7 @@ class ArrayStore(MappingStore):
                 self._dir,
                 lost,
             )
-            index.clear()
-        super()._recover_locked(index)
+        super()._recover_locked(index, rebuild or bool(lost))
 
     def put_array(self, key: Key, array: Any, *, meta: Mapping[str, Any] | None = None) -> None:
         """Store ``array`` (any numpy array but of object dtype) under ``key``."""

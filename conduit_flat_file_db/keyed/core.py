@@ -190,20 +190,30 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             if os.path.exists(source):
                 os.rename(source, f"{source}.damaged-{stamp}-{os.getpid()}")
 
-    def _recover_locked(self, index: IndexBase) -> None:
-        """Bring ``index`` up to the key logs: rebuild it when it is ahead of them (a power loss
-        cut the segments' tail after the index recorded it), then replay what it lacks."""
-        if not index.trusted():
+    def _recover_locked(self, index: IndexBase, rebuild: bool = False) -> None:
+        """Bring ``index`` up to the key logs: rebuild it (or with ``rebuild``) when it is ahead
+        of them (a power loss cut the segments' tail after the index recorded it), else replay
+        what it lacks."""
+        if not rebuild and not index.trusted():
             logger.error("%s: the index was not closed cleanly before a reboot; rebuilding it", self._dir)
-            index.clear()
-        checkpoint = index.checkpoint()
-        if checkpoint.segment >= 0 and not self._record_present(checkpoint):
-            logger.error(
-                "%s: the index has applied a key log the segments no longer hold (a power loss); rebuilding it",
-                self._dir,
-            )
-            index.clear()
-        self._catch_up(index)
+            rebuild = True
+        if not rebuild:
+            checkpoint = index.checkpoint()
+            if checkpoint.segment >= 0 and not self._record_present(checkpoint):
+                logger.error(
+                    "%s: the index has applied a key log the segments no longer hold (a power loss); rebuilding it",
+                    self._dir,
+                )
+                rebuild = True
+        if not rebuild:
+            self._catch_up(index)
+            return
+        with self._tail_lock:
+            self._tail = {}
+            self._position = LOG_START
+            self._last = Checkpoint(-1, 0, 0)
+        self.index = index
+        self._rebuild_locked()
 
     def _record_present(self, checkpoint: Checkpoint) -> bool:
         """Whether the key-log record the checkpoint names is still in the segments: read where
@@ -434,6 +444,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         gaps = 0
         while True:
             tail = self.db.log_tail(self._position, _APPLY_CHUNK)
+            if tail.ahead:
+                if not self._restart_locked():
+                    return False
+                continue
             try:
                 if tail.missing and min(tail.missing) < self.index.checkpoint().segment:
                     raise FlatFileDbNotFoundError(f"segments {tail.missing} are gone")
@@ -457,11 +471,27 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             if limit is not None and len(self._tail) >= limit:
                 return True
 
-    def _take_record(self, record: BlobRecord) -> None:
-        """Put the entries of one key-log record into the tail (the tail lock held), each unless
-        the tail holds a newer entry for its key (this instance's own write, put in before the
-        records of others between)."""
-        rows = self._tail  # (a rebase replaces the dict)
+    def _restart_locked(self) -> bool:
+        """This instance's position is past the end of the key logs: a power loss cut the tail
+        it was in (a read-only open took it from an index ahead of the segments). Start again
+        from the index's checkpoint with an empty tail (what it holds may be of the lost
+        records), once a writer's open has rebuilt the index; False while the index is ahead
+        too (nothing to read until then). The tail lock held."""
+        checkpoint = self.index.checkpoint()
+        restart = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
+        if restart == self._position:
+            return False
+        self._tail = {}
+        self._position = restart
+        self._last = checkpoint
+        return True
+
+    def _take_record(self, record: BlobRecord, rows: dict[bytes, tuple[Row | None, int, int]] | None = None) -> None:
+        """Put the entries of one key-log record into the tail (the tail lock held), or into
+        ``rows``, each unless it holds a newer entry for its key (this instance's own write, put
+        in before the records of others between)."""
+        if rows is None:
+            rows = self._tail  # (a rebase replaces the dict)
         here = (record.segment, record.end_offset)
         for key, row in self._read_keylog(record):
             if row is not None and row[0] not in self._present:
@@ -484,6 +514,43 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
         self._tail = {key: value for key, value in self._tail.items() if (value[1], value[2]) > done}
+
+    def _rebuild_locked(self) -> None:
+        """Replace the index by the replay of every key log (index.lock held), in one index
+        transaction: until it commits, readers (this instance's other threads, other processes)
+        go on with the index as it was and their tails, never an empty or half-replayed index
+        (clearing it and applying the key logs in chunks, each committed, showed them both).
+        This instance's tail is left alone meanwhile, and rebased on the new checkpoint after."""
+        self.index.replace(self._replay())
+        with self._tail_lock:
+            self._rebase_locked()
+
+    def _replay(self) -> Iterator[tuple[list[tuple[bytes, Row | None, int]], Checkpoint]]:
+        """The final rows of the key logs from the start, a chunk of about _APPLY_CHUNK keys at
+        a time, each with the checkpoint of its last record; up to where the log ended when the
+        replay began, or later (the tails of readers hold what comes after)."""
+        position = LOG_START
+        target = self.db.log_position()
+        rows: dict[bytes, tuple[Row | None, int, int]] = {}
+        last = Checkpoint(-1, 0, 0)
+        while True:
+            tail = self.db.log_tail(position, _APPLY_CHUNK)
+            for record in tail.records:
+                try:
+                    self._take_record(record, rows)
+                except FlatFileDbNotFoundError:
+                    continue  # deleted by a vacuum since it was listed: as a replay without it
+            if tail.records:
+                record = tail.records[-1]
+                last = Checkpoint(record.segment, record.end_offset, record.checksum, tail.last_index_bytes)
+            moved = tail.position != position
+            position = tail.position
+            done = not moved or (position.segment, position.end) >= (target.segment, target.end)
+            if rows and (done or len(rows) >= _APPLY_CHUNK):
+                yield [(key, row, seg) for key, (row, seg, _) in rows.items()], last
+                rows = {}
+            if done:
+                return
 
     def _catch_up(self, index: IndexBase) -> None:
         """Apply every key-log record after the index's checkpoint (index.lock held)."""

@@ -9,6 +9,7 @@ prefix of the key logs; the keyed store replays the rest (keyed/store.py).
 from __future__ import annotations
 
 import abc
+import errno
 import struct
 from typing import Iterable, Iterator, NamedTuple
 
@@ -48,6 +49,22 @@ def decode_checkpoint(raw: bytes | None) -> Checkpoint:
 class IndexDamagedError(FlatFileDbError):
     """The index file cannot be used as it is (unreadable, incomplete, of another format):
     a writer's open rebuilds it from the key logs; a read-only open reports it."""
+
+
+class IndexWriteError(FlatFileDbError, OSError):
+    """The index could not be written: a full disk (``errno`` ENOSPC) or an I/O error (EIO).
+    Raised by a write after its engine commit, or by close(), when they apply the key logs:
+    the write happened (every instance sees it) and the next apply writes it to the index."""
+
+
+def index_write_error(path: str, exc: BaseException, full: bool) -> IndexWriteError:
+    """The IndexWriteError for ``exc``, an error of the index's library writing ``path``."""
+    code = errno.ENOSPC if full else errno.EIO
+    return IndexWriteError(
+        code,
+        f"{path}: the index cannot be written ({exc}); the key logs hold every write acknowledged"
+        " (or that raised this), and the next apply once there is room writes them",
+    )
 
 
 class IndexBase(abc.ABC):
@@ -114,7 +131,13 @@ class IndexBase(abc.ABC):
 
     @abc.abstractmethod
     def clear(self) -> None:
-        """Remove every row and reset the checkpoint (before a rebuild)."""
+        """Remove every row and reset the checkpoint."""
+
+    @abc.abstractmethod
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        """Remove every row, then set each chunk's rows and checkpoint as apply_rows() does, all
+        in one transaction (a rebuild): until it commits, readers see the index as it was, never
+        an empty or half-replayed one. ``chunks`` may be a generator: it must not use the index."""
 
     def sync(self) -> None:  # noqa: B027  # optional: an index whose commits are durable has nothing to do
         """Make the index's committed transactions durable (the key logs are durable already)."""

@@ -8,13 +8,21 @@ process, so instances of one process share it (a registry, as the engine shares 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import threading
 from typing import Any, Iterable, Iterator
 
 from ..state import BOOT_ID
-from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
+from .index_base import (
+    Checkpoint,
+    IndexBase,
+    IndexDamagedError,
+    decode_checkpoint,
+    encode_checkpoint,
+    index_write_error,
+)
 from .keylog import Row, new_row
 
 _ROW = struct.Struct("<IQQQqI")  # segment, start, end, checksum, created_ns, logseg; meta follows
@@ -88,6 +96,7 @@ class LmdbIndex(IndexBase):
                 users, env_readonly = 0, readonly
             _envs[self._key] = (env, users + 1, os.getpid(), env_readonly)
         self.env = env
+        self._error, self._map_full = lmdb.Error, lmdb.MapFullError
         try:
             self._check_size()
             self._keys = env.open_db(b"keys", create=not readonly)
@@ -210,7 +219,23 @@ class LmdbIndex(IndexBase):
             if row.segment in wanted or row.logseg in wanted:
                 yield key, row
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction, committed when the block ends; an error of LMDB writing (a full
+        disk, an I/O error, a full map) is an IndexWriteError (an OSError)."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn
+        except self._error as exc:
+            full = "No space" in str(exc) or isinstance(exc, self._map_full)
+            raise index_write_error(self.path, exc, full) from exc
+
     def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        with self._write() as txn:
+            self._write_rows(txn, rows, checkpoint)
+
+    def _write_rows(self, txn: Any, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
+        """Set rows and the checkpoint in write transaction ``txn`` (see IndexBase.apply_rows)."""
         pack = _ROW.pack
         puts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
@@ -221,18 +246,24 @@ class LmdbIndex(IndexBase):
                 seg, start, end, checksum, created, _, meta = row
                 puts.append((key, pack(seg, start, end, checksum, created, logseg) + meta))
         puts.sort()  # in key order: each B-tree page is visited once per transaction
-        with self.env.begin(write=True) as txn:
-            for key in deletes:
-                txn.delete(key, db=self._keys)
-            if puts:
-                txn.cursor(db=self._keys).putmulti(puts)
-            txn.put(b"checkpoint", encode_checkpoint(checkpoint), db=self._state)
-            txn.put(b"boot", _BOOT, db=self._state)
+        for key in deletes:
+            txn.delete(key, db=self._keys)
+        if puts:
+            txn.cursor(db=self._keys).putmulti(puts)
+        txn.put(b"checkpoint", encode_checkpoint(checkpoint), db=self._state)
+        txn.put(b"boot", _BOOT, db=self._state)
 
     def clear(self) -> None:
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.drop(self._keys, delete=False)
             txn.delete(b"checkpoint", db=self._state)
+
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        with self._write() as txn:  # readers keep their snapshot of the old index until the commit
+            txn.drop(self._keys, delete=False)
+            txn.delete(b"checkpoint", db=self._state)
+            for rows, checkpoint in chunks:
+                self._write_rows(txn, rows, checkpoint)
 
     def backup_to(self, dest: str) -> None:
         os.makedirs(dest, exist_ok=True)

@@ -9,13 +9,21 @@ logs in the segments restore (see KeyedStore's open); it cannot corrupt a WAL da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import weakref
 from typing import Iterable, Iterator
 
-from .index_base import Checkpoint, IndexBase, IndexDamagedError, decode_checkpoint, encode_checkpoint
+from .index_base import (
+    Checkpoint,
+    IndexBase,
+    IndexDamagedError,
+    decode_checkpoint,
+    encode_checkpoint,
+    index_write_error,
+)
 from .keylog import Row, new_row
 
 _SCHEMA = """
@@ -37,6 +45,8 @@ _UPSERT = (
 )
 _SELECT = "SELECT seg, start, end, checksum, created, logseg, meta FROM keys WHERE key = ?"
 _SIGN = 2**63
+_SQLITE_FULL = 13  # primary result codes (sqlite3.SQLITE_FULL and SQLITE_IOERR from Python 3.11)
+_SQLITE_IOERR = 10
 _CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
 
 
@@ -81,14 +91,19 @@ class SqliteIndex(IndexBase):
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             # mode=ro reads a WAL database (it may create the -shm file); on read-only media
-            # where it cannot, immutable=1 reads the file as it is.
+            # where it cannot, immutable=1 reads the file as it is. Each thread uses its own
+            # connection; close() closes them all from its own thread (check_same_thread=False).
             try:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600)
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None, timeout=600, check_same_thread=False
+                )
                 conn.execute("SELECT value FROM state WHERE name = 'count'").fetchone()
             except sqlite3.OperationalError:
                 if os.access(os.path.dirname(self.path), os.W_OK):
                     raise  # immutable=1 would ignore a writer's WAL: only for media nothing writes
-                conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+                conn = sqlite3.connect(
+                    f"file:{self.path}?immutable=1", uri=True, isolation_level=None, check_same_thread=False
+                )
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -204,43 +219,21 @@ class SqliteIndex(IndexBase):
     # -- writes (the keyed store's write lock held) ---------------------------------------
 
     def apply_rows(self, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint) -> None:
-        puts: list[tuple[object, ...]] = []
-        deletes: list[tuple[bytes]] = []
-        for key, row, logseg in rows:
-            if row is None:
-                deletes.append((key,))
-            else:
-                seg, start, end, checksum, created, _, meta = row
-                puts.append(
-                    (key, seg, start, end, checksum - 2**64 if checksum >= _SIGN else checksum, created, logseg, meta)
-                )
-        puts.sort()  # in key order: each B-tree page is visited once per transaction
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if deletes:
-                conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
-            if puts:
-                conn.executemany(_UPSERT, puts)
-            conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (encode_checkpoint(checkpoint),))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _transaction(conn, self.path):
+            _write_rows(conn, rows, checkpoint)
 
     def clear(self) -> None:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM keys")
-            conn.execute("UPDATE state SET value = 0 WHERE name = 'count'")
-            conn.execute("UPDATE state SET value = X'' WHERE name = 'checkpoint'")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with _transaction(conn, self.path):
+            _clear(conn)
+
+    def replace(self, chunks: Iterable[tuple[Iterable[tuple[bytes, Row | None, int]], Checkpoint]]) -> None:
+        conn = self._conn()
+        with _transaction(conn, self.path):  # readers keep their WAL snapshot of the old index until the commit
+            _clear(conn)
+            for rows, checkpoint in chunks:
+                _write_rows(conn, rows, checkpoint)
 
     def backup_to(self, dest: str) -> None:
         target = sqlite3.connect(dest)
@@ -248,6 +241,56 @@ class SqliteIndex(IndexBase):
             self._conn().backup(target)
         finally:
             target.close()
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, path: str) -> Iterator[None]:
+    """One write transaction: committed when the block ends, rolled back when it raises; a full
+    disk or an I/O error is an IndexWriteError (an OSError), not sqlite3's OperationalError."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before
+        full = code & 0xFF == _SQLITE_FULL if code is not None else "full" in str(exc)
+        if full or (code & 0xFF == _SQLITE_IOERR if code is not None else "I/O error" in str(exc)):
+            raise index_write_error(path, exc, full) from exc
+        raise
+
+
+def _write_rows(
+    conn: sqlite3.Connection, rows: Iterable[tuple[bytes, Row | None, int]], checkpoint: Checkpoint
+) -> None:
+    """Set rows and the checkpoint (in the caller's transaction); see IndexBase.apply_rows."""
+    puts: list[tuple[object, ...]] = []
+    deletes: list[tuple[bytes]] = []
+    for key, row, logseg in rows:
+        if row is None:
+            deletes.append((key,))
+        else:
+            seg, start, end, checksum, created, _, meta = row
+            puts.append(
+                (key, seg, start, end, checksum - 2**64 if checksum >= _SIGN else checksum, created, logseg, meta)
+            )
+    puts.sort()  # in key order: each B-tree page is visited once per transaction
+    if deletes:
+        conn.executemany("DELETE FROM keys WHERE key = ?", deletes)
+    if puts:
+        conn.executemany(_UPSERT, puts)
+    conn.execute("UPDATE state SET value = ? WHERE name = 'checkpoint'", (encode_checkpoint(checkpoint),))
+
+
+def _clear(conn: sqlite3.Connection) -> None:
+    """Remove every row and reset the checkpoint (in the caller's transaction)."""
+    conn.execute("DELETE FROM keys")
+    conn.execute("UPDATE state SET value = 0 WHERE name = 'count'")
+    conn.execute("UPDATE state SET value = X'' WHERE name = 'checkpoint'")
 
 
 _instances: weakref.WeakSet[SqliteIndex] = weakref.WeakSet()

@@ -228,14 +228,14 @@ class MaintainedStore(ArrayStore):
         deleted = 0
         if max_age is not None:
             cutoff = time.time_ns() - int(max_age * 1e9)
-            deleted += self._delete_where(key for key, row in self._scan() if row.created_ns < cutoff)
+            deleted += self._delete_where((key, row) for key, row in self._scan() if row.created_ns < cutoff)
         if max_bytes is not None:
             deleted += self._delete_where(self._oldest_beyond(max_bytes))
         if deleted:
             self.vacuum()
         return deleted
 
-    def _oldest_beyond(self, max_bytes: int) -> Iterator[bytes]:
+    def _oldest_beyond(self, max_bytes: int) -> Iterator[tuple[bytes, Row]]:
         self._apply()
         usage = self.index.segment_usage()
         live = sum(bytes_ for bytes_, _ in usage.values())
@@ -243,27 +243,48 @@ class MaintainedStore(ArrayStore):
             if live <= max_bytes:
                 return
             rows = sorted(
-                (row.start, key, row.end - row.start)
-                for key, row in self.index.rows_of_segments([number])
-                if row.segment == number
+                (row.start, key, row) for key, row in self.index.rows_of_segments([number]) if row.segment == number
             )
-            for _, key, size in rows:
+            for _, key, row in rows:
                 if live <= max_bytes:
                     return
-                live -= size
-                yield key
+                live -= row.end - row.start
+                yield key, row
 
-    def _delete_where(self, keys: Iterator[bytes]) -> int:
+    def _delete_where(self, rows: Iterator[tuple[bytes, Row]]) -> int:
         count = 0
-        batch: list[bytes] = []
-        for key in keys:
-            batch.append(key)
+        batch: list[tuple[bytes, Row]] = []
+        for pair in rows:
+            batch.append(pair)
             if len(batch) >= 10000:
-                count += self.delete_many(decode_key(k) for k in batch)
+                count += self._delete_if_current(batch)
                 batch = []
         if batch:
-            count += self.delete_many(decode_key(k) for k in batch)
+            count += self._delete_if_current(batch)
         return count
+
+    def _delete_if_current(self, rows: list[tuple[bytes, Row]]) -> int:
+        """Delete each key of ``rows`` whose value is still the one its row names, decided when
+        the key-log record is made, under the engine's write lock (as a vacuum's rewrite is): a
+        key written again since it was chosen keeps its new value (deleting by key, as
+        delete_many does, deleted it). Returns how many keys were deleted."""
+        now = self._lookup_many([key for key, _ in rows])
+        rows = [(key, row) for (key, row), found in zip(rows, now) if _same(found, row)]
+        if not rows:
+            return 0
+        created = time.time_ns()
+        made: list[Any] = []
+
+        def make_log(_: list[DataLocation]) -> bytes:
+            self._refresh()
+            current = self._lookup_many([key for key, _ in rows])
+            entries = [Entry(key, None) for (key, row), found in zip(rows, current) if _same(found, row)]
+            blob = encode_keylog(entries, created)
+            made[:] = [entries, blob]
+            return blob
+
+        self._logged(self.db.put_logged([], make_log), made)
+        return len(made[0])
 
     # -- checks and figures ---------------------------------------------------------------
 
@@ -365,8 +386,7 @@ class MaintainedStore(ArrayStore):
         """Build the index again from the key logs in the segments; returns the number of keys."""
         self._check_writable("rebuild_index")
         with self._write_lock():
-            self.index.clear()
-            self._catch_up(self.index)
+            self._rebuild_locked()
         return len(self)
 
 

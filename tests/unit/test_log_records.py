@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
-from conduit_flat_file_db.errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from conduit_flat_file_db.errors import (
+    FlatFileDbError,
+    FlatFileDbReadOnlyError,
+    FlatFileDbUnsafeAccessError,
+    InvalidLogPositionError,
+    LogPositionTypeError,
+)
 from conduit_flat_file_db.log_records import LOG_START, LogPosition
 
 
@@ -140,3 +146,62 @@ def test_log_tail_refuses_a_bad_max_records(tmp_path: Path, max_records: object)
     with FlatFileDb(tmp_path / "d", log_records=True) as db:
         with pytest.raises(ValueError, match="max_records"):
             db.log_tail(LOG_START, max_records=max_records)  # type: ignore[arg-type]  # the misuse tested
+
+
+BAD_POSITIONS: list[tuple[object, type[Exception]]] = [
+    (None, TypeError),
+    (5, TypeError),
+    ("x", TypeError),
+    ((2, 0, 0), TypeError),  # a plain tuple: LogPosition(*values) makes one
+    ([2, 0, 0], TypeError),
+    (LogPosition(1.5, 0, 0), TypeError),  # type: ignore[arg-type]  # the misuse tested
+    (LogPosition("a", 0, 0), TypeError),  # type: ignore[arg-type]
+    (LogPosition(True, 0, 0), TypeError),
+    (LogPosition(0, None, 0), TypeError),  # type: ignore[arg-type]
+    (LogPosition(-2, 0, 0), ValueError),
+    (LogPosition(0, -1, 0), ValueError),
+    (LogPosition(0, 0, -1), ValueError),
+    (LogPosition(2**32, 0, 0), ValueError),  # past the largest segment number
+]
+
+
+@pytest.mark.parametrize(("position", "builtin"), BAD_POSITIONS)
+def test_log_tail_refuses_a_malformed_position_with_a_typed_error(
+    tmp_path: Path, position: object, builtin: type[Exception]
+) -> None:
+    """A position that is not a LogPosition of ints (segment >= -1, offsets >= 0) is a
+    FlatFileDbError that is also the matching builtin, never an AttributeError from inside."""
+    with FlatFileDb(tmp_path / "d", log_records=True, max_file_size=4096) as db:
+        for _ in range(6):
+            db.put_logged([bytes(1000)], _log)
+        with pytest.raises(InvalidLogPositionError) as caught:
+            db.log_tail(position)  # type: ignore[arg-type]  # the misuse tested
+        assert isinstance(caught.value, FlatFileDbError) and isinstance(caught.value, builtin)
+        assert "position" in str(caught.value)
+        assert db.log_tail(LOG_START).records  # the store goes on
+
+
+@pytest.mark.parametrize("position", [None, 5, "x", (2, 0, 0), [2, 0, 0]])
+def test_log_moved_refuses_what_is_not_a_log_position(tmp_path: Path, position: object) -> None:
+    """log_moved() of anything but a LogPosition is a typed TypeError (it cannot say whether the
+    log moved after it), not an AttributeError."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        db.put_logged([b"x"], _log)
+        with pytest.raises(LogPositionTypeError, match="position"):
+            db.log_moved(position)  # type: ignore[arg-type]  # the misuse tested
+        assert issubclass(LogPositionTypeError, TypeError) and issubclass(LogPositionTypeError, FlatFileDbError)
+        assert not db.log_moved(db.log_position())
+
+
+def test_log_tail_says_when_a_position_is_past_the_end_of_the_log(tmp_path: Path) -> None:
+    """A position no reader of this log can hold (past the committed end of the mutable segment,
+    or in a later segment: the log lost its tail to a power loss) reads nothing and says so; a
+    position of this log never does."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        db.put_logged([b"x"], _log)
+        end = db.log_position()
+        assert not db.log_tail(end).ahead and not db.log_tail(LOG_START).ahead
+        for beyond in (end._replace(end=end.end + 1), end._replace(index_bytes=end.index_bytes + 32)):
+            tail = db.log_tail(beyond)
+            assert tail.ahead and not tail.records and tail.position == beyond
+        assert db.log_tail(end._replace(segment=end.segment + 1)).ahead
