@@ -68,6 +68,27 @@ def _pack(row: Row) -> bytes:
     return _ROW.pack(row.segment, row.start, row.end, row.checksum, row.created_ns, row.logseg) + row.meta
 
 
+def _boot_time() -> float | None:
+    """When this machine booted (seconds since the epoch), from /proc/stat; None when unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+_BOOT_TIME = _boot_time()
+
+
+def _written_this_boot(mtime: float) -> bool:
+    """Whether a file last modified at ``mtime`` was written since this machine booted (a minute
+    of margin for the clock); False when the boot time is unknown."""
+    return _BOOT_TIME is not None and mtime > _BOOT_TIME + 60
+
+
 def _unpack(raw: bytes | memoryview) -> Row:
     meta = raw[_ROW_BYTES:]
     return new_row(_ROW.unpack_from(raw, 0) + (meta if type(meta) is bytes else bytes(meta),))  # pylint: disable=unidiomatic-typecheck
@@ -144,11 +165,17 @@ class LmdbIndex(IndexBase):
         self.checkpoint()
 
     def _check_size(self) -> None:
-        """A data file shorter than the pages its meta page names would be a SIGBUS on the first
-        read of a missing page (LMDB maps the file): refused, before any read of the tree."""
+        """A data file shorter than the pages its meta page names, after a power loss, would be a
+        SIGBUS on the first read of a missing page (LMDB maps the file): refused, before any read
+        of the tree. A file written since this boot may be shorter too, and rightly: LMDB never
+        writes the pages a transaction allocated and freed again (loose pages), which the meta
+        page counts but no tree reaches, and a writer killed before a later transaction wrote
+        past them leaves the file so; every page a tree reaches was written before the meta page
+        that names it, into the page cache, which a killed process does not take with it."""
         info, page = self.env.info(), self.env.stat()["psize"]
-        size = os.path.getsize(os.path.join(self.path, "data.mdb"))
-        if size < (info["last_pgno"] + 1) * page:
+        st = os.stat(os.path.join(self.path, "data.mdb"))
+        size = st.st_size
+        if size < (info["last_pgno"] + 1) * page and not _written_this_boot(st.st_mtime):
             raise IndexDamagedError(
                 f"{self.path}: data.mdb is {size} bytes but its meta page names {info['last_pgno'] + 1} pages"
             )

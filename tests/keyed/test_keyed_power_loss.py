@@ -20,6 +20,7 @@ crash the process that maps it) and checked:
 from __future__ import annotations
 
 import functools
+import os
 import random
 import shutil
 from pathlib import Path
@@ -170,6 +171,7 @@ def truncate_index(store: Path, index: str) -> None:
         if path.name.endswith(("-wal", "-shm")):
             path.unlink()
     cut_file(main, main.stat().st_size // 2 // 4096 * 4096)
+    os.utime(main, (0, 0))  # as a power loss leaves it: last written before this boot
 
 
 def keep_index(store: Path, saved: Path, index: str) -> None:  # pylint: disable=unused-argument
