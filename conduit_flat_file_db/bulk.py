@@ -13,7 +13,7 @@ import itertools
 import operator
 from typing import Any, Iterable, Iterator
 
-from .errors import InvalidLocationError
+from .errors import InvalidLocationError, RemoteOnlySegmentError
 from .reader import MAP_READ_BYTES, BlobFile, SegmentReader, apply_slice, fast_slice
 from .state import W_EPOCH
 from .store import Store, map_read, new_location
@@ -126,6 +126,12 @@ class BulkReads(Store):
         out: list[bytes] = [b""] * count
         if count == 0:
             return out
+        if self._tier is not None:
+            return self._get_many_tiered(locations)
+        return self._get_many_local(locations, out)
+
+    def _get_many_local(self, locations: list[DataLocation], out: list[bytes]) -> list[bytes]:
+        """get_many of locations in local segments (``out``: as many empty slots)."""
         try:  # columns first (this pass pays the cache misses on the items), then the type check
             paths, starts, ends = itertools.islice(zip(*locations), 3)
         except (TypeError, ValueError):  # an item that is not a sequence of three: get() says why
@@ -172,6 +178,31 @@ class BulkReads(Store):
                 if (reader := by_path.get(file_path)) is not None:
                     mm, mapped = reader.mm, reader.mapped
 
+    def _get_many_tiered(self, locations: list[DataLocation]) -> list[bytes]:
+        """get_many with some segments in the bucket: their ranges are fetched together, per segment."""
+        from .tiering.remote_reader import read_many  # pylint: disable=import-outside-toplevel  # tiering only
+
+        out: list[bytes] = [b""] * len(locations)
+        local: list[int] = []
+        remote: dict[int, tuple[SegmentReader, list[int], list[tuple[int, int]]]] = {}
+        for index, location in enumerate(locations):
+            file_path, start, end, reader = self._lookup(location)
+            if not reader.REMOTE:
+                local.append(index)
+                continue
+            start, end = self._readers.check_range(reader, file_path, start, end)
+            entry = remote.setdefault(reader.number, (reader, [], []))
+            entry[1].append(index)
+            entry[2].append((start, end))
+        for reader, indexes, ranges in remote.values():
+            for index, data in zip(indexes, read_many(reader, ranges)):  # type: ignore[arg-type]  # REMOTE readers
+                out[index] = data
+        if local:
+            local_out = self._get_many_local([locations[i] for i in local], [b""] * len(local))
+            for index, data in zip(local, local_out):
+                out[index] = data
+        return out
+
     def get_view(self, location: DataLocation, slice: Slice | None = None) -> memoryview:  # pylint: disable=redefined-builtin
         """A read-only, zero-copy ``memoryview`` of a blob in a raw segment (memory-mapped).
 
@@ -198,6 +229,8 @@ class BulkReads(Store):
         if type(start) is int and type(end) is int and 0 <= start <= end <= reader.mapped and view is not None:  # pylint: disable=unidiomatic-typecheck
             return view[start:end]
         start, end = self._readers.check_range(reader, file_path, start, end)
+        if reader.REMOTE:
+            raise RemoteOnlySegmentError(f"{file_path}: the segment is in the object store only; use get()")
         if not reader.raw:
             raise InvalidLocationError(f"{file_path}: a compressed segment has no bytes to map; use get()")
         if end > reader.mapped:

@@ -17,7 +17,7 @@ from typing import Callable, ContextManager, Iterator
 from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
 from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
 from .log_records import LogRecords
-from .naming import index_name, parse_segment_name, segment_name
+from .naming import INDEX_SUFFIX, index_name, parse_name, remote_name, segment_name
 from .reader import as_offset
 from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_SEGMENT
@@ -60,14 +60,24 @@ class Catalog(LogRecords):
                 raise FlatFileDbUnsafeAccessError(
                     f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())"
                 )
+            tier = self._tier
+            if tier is not None and tier.manifest(number) is not None:
+                tier.forget_manifest(number)  # first: no machine trusts the segment in the bucket any more
             removed = 0
             # Data first, index last: an index left alone by a crash is removed by recovery.
-            for name in (segment_name(number, False), segment_name(number, True), index_name(number)):
+            for name in (
+                segment_name(number, False),
+                segment_name(number, True),
+                remote_name(number),
+                index_name(number),
+            ):
                 try:
                     os.unlink(name, dir_fd=dir_fd)
                     removed += 1
                 except FileNotFoundError:
                     pass
+            if tier is not None:
+                tier.forget_objects(number)  # a crash before this leaves orphans: gc_tiering() removes them
             if not removed:
                 logger.error("File not found at path: %s. Was it already deleted?", file_path)
                 return
@@ -78,7 +88,9 @@ class Catalog(LogRecords):
     def segments(self) -> list[int]:
         """Numbers of every segment present, oldest first (the last is the mutable one)."""
         self._reopen_if_closed()
-        numbers = {n for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd)) if n is not None}
+        numbers = {
+            parsed[0] for parsed in map(parse_name, os.listdir(self._dir_fd)) if parsed and parsed[1] != INDEX_SUFFIX
+        }
         return sorted(numbers)
 
     def mutable_segment(self) -> int:
@@ -146,6 +158,9 @@ class Catalog(LogRecords):
 
     def _segment_kind(self, number: int) -> int:
         """The kind of segment ``number``'s data file now (KIND_RAW when no .dat.zst exists)."""
+        if self._tier is not None and (manifest := self._tier.manifest(number)) is not None:
+            if not os.path.exists(os.path.join(self._abs_dir, segment_name(number, manifest.compressed))):
+                return KIND_ZSTD if manifest.compressed else KIND_RAW  # remote only
         exists = os.path.exists(os.path.join(self._abs_dir, segment_name(number, True)))
         return KIND_ZSTD if exists else KIND_RAW
 

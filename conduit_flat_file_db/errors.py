@@ -109,3 +109,39 @@ class CorruptionError(FlatFileDbError):
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+class TieringError(FlatFileDbError):
+    """A problem with the object-storage tier (``Tiering``, ``FlatFileDb.open_remote``)."""
+
+
+class RemoteUnavailableError(TieringError, ConnectionError):
+    """The object store did not answer usefully after the retries (connection refused or
+    reset, 5xx responses, a timeout): nothing was lost; try again later."""
+
+
+class RemoteTimeoutError(RemoteUnavailableError, TimeoutError):
+    """A request to the object store, or a wait for the tier (``sync_tiering(timeout=)``), timed out."""
+
+
+class RemoteAccessError(TieringError, PermissionError):
+    """The object store refused the credentials (wrong key or secret, or no permission)."""
+
+
+class BucketNotFoundError(TieringError, FileNotFoundError):
+    """The bucket named by the tier's URL does not exist."""
+
+
+class UnsafeRemoteError(TieringError):
+    """The object store lacks what the tier relies on (ranged GETs, conditional creates), or
+    the prefix belongs to another store: refused at open, with the reason."""
+
+
+class RemoteCorruptionError(CorruptionError, TieringError):
+    """Bytes from the object store failed their checksum (after a retry), or an object the
+    tier wrote is not what it should be. Never returned to a caller as data."""
+
+
+class RemoteOnlySegmentError(InvalidLocationError, TieringError):
+    """The operation needs a segment's local file (``get_view`` maps it), and the segment
+    lives only in the object store now: use ``get``."""

@@ -6,14 +6,16 @@ this module spells out its constructor, documents every option, and makes it pic
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import FlatFileDbUnsafeAccessError
+from .errors import FlatFileDbUnsafeAccessError, RemoteTimeoutError, TieringError
 from .frames import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
 from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
+from .tiering.config import Tiering
 from .types import DataLocation, Slice
 
 MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE
@@ -67,6 +69,9 @@ class FlatFileDb(MaintainedStore):
             layer whose writers already take turns on a lock of their own (the keyed store),
             where a lease would only make the next writer wait for it to end.
         min_savings: deprecated name of ``min_segment_saving`` (a DeprecationWarning).
+        tiering: a :class:`~conduit_flat_file_db.tiering.Tiering`: sealed segments are uploaded
+            to S3-compatible object storage in the background and read back from it once local
+            retention removed their data files (GUARANTEES.md "Tiering").
 
     Thread and process safety: every method may be called from any thread; many
     processes may open the same datadir with the same lock path (GUARANTEES.md).
@@ -95,6 +100,7 @@ class FlatFileDb(MaintainedStore):
         min_savings: float | None = None,
         log_records: bool = False,
         lock_leases: bool = True,
+        tiering: Tiering | None = None,
     ) -> None:
         mode = as_compress_mode(use_compression)
         if min_savings is not None:
@@ -123,6 +129,7 @@ class FlatFileDb(MaintainedStore):
             seal_hook=compress_sealed_if_it_pays if mode is CompressMode.AUTO else reframe_sealed,
             log_records=log_records,
             lock_leases=lock_leases,
+            tiering=tiering,
         )
 
     @property
@@ -151,6 +158,60 @@ class FlatFileDb(MaintainedStore):
         warnings.warn("FlatFileDb.min_savings is deprecated; use min_segment_saving", DeprecationWarning, stacklevel=2)
         self.min_segment_saving = value
 
+    # -- tiering ------------------------------------------------------------------------------
+
+    def _the_tier(self, operation: str) -> Any:
+        self._reopen_if_closed()
+        if self._tier is None:
+            raise TieringError(f"{operation}(): {self._dir_str} was opened without tiering=Tiering(...)")
+        return self._tier
+
+    def sync_tiering(self, timeout: float | None = None) -> None:
+        """Return once every sealed segment is uploaded and local retention has been applied.
+
+        Makes the sealed segments durable first (uploads take only durable segments), then
+        uploads in this thread. Raises the tier's typed error when an upload fails (after the
+        client's retries), RemoteTimeoutError when ``timeout`` seconds pass first (another
+        process may hold the upload turn), TieringError without tiering.
+        """
+        self._refuse_write("sync_tiering")
+        tier = self._the_tier("sync_tiering")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.sync()
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if tier.run_pass(blocking=True, timeout=left) <= 0:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RemoteTimeoutError(f"{self._dir_str}: sealed segments still not durable after {timeout} s")
+            self.sync()
+
+    def tiering_status(self) -> dict[str, Any]:
+        """The tier's state: ``pending`` (sealed segments not uploaded yet), ``uploaded``,
+        ``remote_only`` (uploaded, no local data file), ``local_bytes``, ``uploads`` (by this
+        instance), ``last_error`` and ``last_error_at`` (uploads stalled: nothing is removed
+        locally that is not uploaded), ``requests`` (requests and bytes by kind), ``cache``."""
+        return dict(self._the_tier("tiering_status").status(self.mutable_segment()))
+
+    def gc_tiering(self) -> dict[str, int]:
+        """Remove what crashes left in the bucket: objects of segments that have no manifest (an
+        upload cut short) and manifests of segments deleted here (a delete cut short). Returns
+        counts: ``{"manifests": n, "objects": m}``."""
+        self._refuse_write("gc_tiering")
+        tier = self._the_tier("gc_tiering")
+        with self._lock.write(self.lock_timeout):
+            mutable = self.mutable_segment()
+        return dict(tier.gc(mutable))
+
+    @staticmethod
+    def open_remote(url: str, **options: Any) -> Any:
+        """Open the store uploaded to ``url`` (``s3://bucket/prefix``) read-only, from any machine,
+        with no local datadir: see :class:`~conduit_flat_file_db.tiering.remote_db.RemoteFlatFileDb`.
+        ``options`` are those of :class:`~conduit_flat_file_db.tiering.Tiering`."""
+        from .tiering.remote_db import RemoteFlatFileDb  # pylint: disable=import-outside-toplevel
+
+        return RemoteFlatFileDb(url, **options)
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the constructor arguments: the copy opens the store afresh (in another
         process, its own descriptors, lock handle and state page: none of these can be sent)."""
@@ -169,6 +230,7 @@ class FlatFileDb(MaintainedStore):
             "readonly": self.readonly,
             "log_records": self.log_records,
             "lock_leases": self.lock_leases,
+            "tiering": self.tiering,
         }
         # The absolute paths resolved at construction: a worker in another working directory must
         # open this store, not a new one beside it.

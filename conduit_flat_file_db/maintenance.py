@@ -24,7 +24,7 @@ import zstandard
 from .bulk import BulkReads
 from .catalog import Catalog
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import FLAG_STORED, KIND_ZSTD, REC_BLOB, REC_FRAME
+from .index import FLAG_STORED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_FRAME
 from .ingest import Ingest
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
@@ -73,7 +73,8 @@ class SegmentStats:
     compressed: bool
     blobs: int
     logical_bytes: int  # uncompressed bytes of its blobs
-    disk_bytes: int  # data file plus index file
+    disk_bytes: int  # data file plus index file (for a segment only in the bucket: its data object there)
+    remote: bool = False  # with tiering: its data file is only in the bucket now
 
     @property
     def ratio(self) -> float:
@@ -207,20 +208,27 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
     def stats(self) -> StoreStats:
         """Per segment and total: logical bytes, bytes on disk, ratio, blobs, sealed, compressed.
 
-        Bytes on disk are the data file's plus the index's. Raises InvalidLocationError for a
+        Bytes on disk are the data file's plus the index's; with tiering, a segment whose data file
+        is only in the bucket counts its bytes there (``remote`` is True), so that
+        ``enforce_retention(max_bytes=...)`` bounds the whole store. Raises InvalidLocationError for a
         segment file that is not a regular file (a directory, FIFO or symlink of its name).
         """
         mutable = self.mutable_segment()
         out = []
         for number in self.segments():
+            remote = False
             try:
                 fd, kind = open_data_file(self._dir_fd, number)
             except FileNotFoundError:
-                continue  # deleted meanwhile
-            try:
-                disk = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+                manifest = self._tier.manifest(number) if self._tier is not None else None
+                if manifest is None:
+                    continue  # deleted meanwhile
+                disk, kind, remote = manifest.data_size, KIND_ZSTD if manifest.compressed else KIND_RAW, True
+            else:
+                try:
+                    disk = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
             compressed = kind == KIND_ZSTD
             name = segment_name(number, compressed)
             try:
@@ -240,7 +248,7 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
                     count, logical = 1, self._readers.open(number).limit
                 except FileNotFoundError:
                     continue  # deleted meanwhile: a delete removes the data file, then the index
-            out.append(SegmentStats(number, name, number != mutable, compressed, count, logical, disk))
+            out.append(SegmentStats(number, name, number != mutable, compressed, count, logical, disk, remote))
         return StoreStats(out)
 
     # -- recompression --------------------------------------------------------------------

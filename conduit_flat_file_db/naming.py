@@ -9,12 +9,16 @@ SEGMENT_PREFIX = "data_"
 RAW_SUFFIX = ".dat"
 ZSTD_SUFFIX = ".dat.zst"
 INDEX_SUFFIX = ".idx"
+# A sealed segment uploaded to the object-storage tier: the file holds its manifest. With the
+# data file gone (local retention), the segment's bytes live only in the bucket.
+REMOTE_SUFFIX = ".remote"
+TIER_FILE_NAME = "ffdb.tier"  # which bucket prefix the store's tier uses, and the store's id there
 STATE_FILE_NAME = "ffdb.state"
 # Scratch files (re-framing, recompression, adoption) are ``.tmp-{pid}-{name}``; an
 # opener removes those whose process is gone.
 TEMP_PREFIX = ".tmp-"
 
-_SEGMENT_RE = re.compile(r"data_([0-9]{8,10})(\.dat|\.dat\.zst|\.idx)\Z")
+_SEGMENT_RE = re.compile(r"data_([0-9]{8,10})(\.dat|\.dat\.zst|\.idx|\.remote)\Z")
 # Exactly what temp_name makes: a positive pid without leading zeros, a dash, a non-empty rest.
 _TEMP_RE = re.compile(r"\.tmp-([1-9][0-9]*)-(.+)\Z", re.DOTALL)
 MAX_SEGMENT_NUMBER = 0xFFFFFFFF  # the index header holds it in a u32 (FORMAT.md "Record index")
@@ -30,10 +34,15 @@ def index_name(number: int) -> str:
     return f"{SEGMENT_PREFIX}{number:08d}{INDEX_SUFFIX}"
 
 
+def remote_name(number: int) -> str:
+    """File name of the marker of an uploaded segment: ``data_00000007.remote``."""
+    return f"{SEGMENT_PREFIX}{number:08d}{REMOTE_SUFFIX}"
+
+
 def parse_name(name: str) -> tuple[int, str] | None:
     """Split a store file name into (segment number, suffix), or None if it is not one.
 
-    The suffix is one of RAW_SUFFIX, ZSTD_SUFFIX, INDEX_SUFFIX.
+    The suffix is one of RAW_SUFFIX, ZSTD_SUFFIX, INDEX_SUFFIX, REMOTE_SUFFIX.
     """
     match = _SEGMENT_RE.match(name)
     if match is None:
@@ -47,7 +56,7 @@ def parse_name(name: str) -> tuple[int, str] | None:
 def parse_segment_name(name: str) -> int | None:
     """The number of a data segment file name (``.dat`` or ``.dat.zst``), else None."""
     parsed = parse_name(name)
-    if parsed is None or parsed[1] == INDEX_SUFFIX:
+    if parsed is None or parsed[1] in (INDEX_SUFFIX, REMOTE_SUFFIX):
         return None
     return parsed[0]
 

@@ -42,6 +42,8 @@ MAP_READ_BYTES = 256 * 2**10
 class SegmentReader:
     """One open segment. ``limit``: bytes [0, limit) of its uncompressed space are committed."""
 
+    REMOTE = False  # a segment read from the object-storage tier (tiering.remote_reader)
+
     __slots__ = (
         "__weakref__",
         "cache",
@@ -177,6 +179,9 @@ class ReaderCache:
         self.state = state
         self.frame_cache = frame_cache
         self.repair = repair
+        # With tiering: segment number -> a reader from the bucket (None: never uploaded), for
+        # a segment whose data file is not on the local disk (any more).
+        self.remote: Callable[[int], SegmentReader | None] | None = None
         self.by_path: dict[Any, SegmentReader] = {}
         self.by_number: dict[int, SegmentReader] = {}
         self.known_dirs: set[str] = set()
@@ -248,7 +253,13 @@ class ReaderCache:
 
     def open(self, number: int) -> SegmentReader:
         """Open segment ``number`` for reading and cache it."""
-        fd, kind = open_data_file(self.dir_fd, number)
+        try:
+            fd, kind = open_data_file(self.dir_fd, number)
+        except FlatFileDbNotFoundError:
+            remote = self.remote(number) if self.remote is not None else None
+            if remote is None:
+                raise
+            return self._cached(number, remote)
         view = self.mutable_view()
         reader: SegmentReader | None = None
         try:
@@ -284,6 +295,9 @@ class ReaderCache:
             raise
         if mutable:
             self.refresh(reader)
+        return self._cached(number, reader)
+
+    def _cached(self, number: int, reader: SegmentReader) -> SegmentReader:
         if len(self.by_number) >= self.max_open:
             self.by_path.clear()
             self.by_number.clear()
@@ -430,9 +444,8 @@ class BlobFile(io.RawIOBase):
 
     def _read_range(self, start: int, end: int) -> bytes:
         reader = self._reader
-        if reader.raw:
+        if reader.raw or reader.table is None:  # raw, local or remote
             return reader.read(start, end)
-        assert reader.table is not None
         return read_frames(reader.table, self._piece, start, end)
 
     def _piece(self, index: int, low: int, high: int) -> bytes:

@@ -30,7 +30,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, ContextManager, Iterable, TypeVar
 
-from .arguments import as_bytes_like, bytes_like_ok, check_lock_path, check_options, check_paths, default_lock_path
+from .arguments import (
+    as_bytes_like,
+    bytes_like_ok,
+    check_lock_path,
+    check_options,
+    check_paths,
+    check_tiering,
+    default_lock_path,
+)
 from .errors import FlatFileDbReadOnlyError
 from .frames import (
     DEFAULT_LEVEL,
@@ -109,6 +117,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         seal_hook: SealHook | None = None,
         log_records: bool = False,
         lock_leases: bool = True,
+        tiering: Any = None,
     ) -> None:
         check_paths(datadir, mutable_file_lock_path)
         check_options(lock_timeout, frame_bytes, MAX_FRAME_DECOMPRESSED_BYTES, frame_cache_bytes, compression_threads)
@@ -141,6 +150,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._epoch = -2
         self._by_path: dict[Any, SegmentReader] = {}
         self._lost: list[int] = []  # see lost_segments()
+        self.tiering = check_tiering(tiering)
+        self._tier: Any = None  # tiering.tier.Tier while open with tiering
         self._open()
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -209,6 +220,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._frame_cache,
                 functools.partial(_repair_if_alive, weakref.ref(self)),
             )
+            self._open_tier(dir_fd, readonly=False)
             self._opened(state.words)
 
     def _open_readonly(self) -> None:
@@ -223,7 +235,36 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._lock = ReadOnlyLock(self._dir_str)
         self._ro_state = state
         self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache, state.repair)
+        self._open_tier(dir_fd, readonly=True)
         self._opened(state.words)
+
+    def _open_tier(self, dir_fd: int, readonly: bool) -> None:
+        """With tiering: the tier (claim and probe of the bucket), and remote reads for the readers."""
+        if self.tiering is None:
+            return
+        from .tiering.tier import Tier  # pylint: disable=import-outside-toplevel  # only stores that tier load it
+
+        try:
+            self._tier = Tier(
+                self.tiering,
+                dir_fd,
+                self._dir_str,
+                self._abs_lock,
+                self._tier_words,
+                self._write_lock,
+                readonly=readonly,
+            )
+        except BaseException:
+            self._close_files()
+            raise
+        self._readers.remote = self._tier.reader
+        if not readonly:
+            self._tier.wake()
+
+    def _tier_words(self) -> tuple[int, int]:
+        """(mutable segment, every segment below this is fsynced): what the tier may upload."""
+        words = self._words
+        return words[W_SEGMENT], words[W_SYNCED_BELOW]
 
     def _opened(self, words: Any) -> None:
         self._by_path = self._readers.by_path
@@ -242,16 +283,23 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._readers.reset()
             self._by_path = {}
             self._frame_cache.clear()
-            if isinstance(self._lock, ProcessLock):
-                # fsync=False asked for no wait on the disk: a seal's fsync still running is left
-                # to finish alone, and the next open fsyncs what it did not reach.
-                self._syncer.close(wait=self.fsync)
-                self._writer.close()
-                self._state.close()
-                release_process_lock(self._lock)
-            else:
-                self._ro_state.close()
-            os.close(self._dir_fd)
+            if self._tier is not None:
+                self._tier.close()  # before the state page goes: the tier's thread reads it
+                self._tier = None
+            self._close_files()
+
+    def _close_files(self) -> None:
+        """Release the lock, the state page and the descriptors of an open instance."""
+        if isinstance(self._lock, ProcessLock):
+            # fsync=False asked for no wait on the disk: a seal's fsync still running is left
+            # to finish alone, and the next open fsyncs what it did not reach.
+            self._syncer.close(wait=self.fsync)
+            self._writer.close()
+            self._state.close()
+            release_process_lock(self._lock)
+        else:
+            self._ro_state.close()
+        os.close(self._dir_fd)
 
     def __del__(self) -> None:
         # As an unclosed file does: warn, then release the descriptors and the state page
@@ -339,6 +387,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._seal_hook(self, sealed)
             except Exception:  # pylint: disable=broad-exception-caught
                 logger.exception("%s: after sealing segments %s the seal hook failed", self.datadir, sealed)
+        if self._tier is not None:
+            self._tier.wake()
 
     def _write_lock(self) -> ContextManager[None]:
         return self._lock.write(self.lock_timeout)

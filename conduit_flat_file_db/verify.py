@@ -27,7 +27,7 @@ from .index import (
     decode_header,
     decode_records,
 )
-from .naming import STATE_FILE_NAME, index_name, parse_name, segment_name, temp_owner
+from .naming import STATE_FILE_NAME, TIER_FILE_NAME, index_name, parse_name, remote_name, segment_name, temp_owner
 from .seekable import FrameTable, SeekableReader, parse_seek_table
 from .segment import frame_table_of
 from .segment_files import open_data_file, read_index
@@ -127,15 +127,31 @@ def verify_store(  # pylint: disable=too-many-arguments,too-many-positional-argu
             numbers.add(parsed[0])
         elif temp_owner(name) is not None:
             report.notes.append(f"scratch file {name} (removed by the next open once its process is gone)")
-        elif name != STATE_FILE_NAME:
+        elif name not in (STATE_FILE_NAME, TIER_FILE_NAME):
             report.notes.append(f"unknown file {name} in the datadir")
     todo = sorted(n for n in numbers if n <= newest)
     for done, number in enumerate(todo):
+        if _remote_only(dir_fd, number):
+            report.notes.append(f"segment {number} is in the object store only (open_remote(...).verify() checks it)")
+            continue
         report.segments += 1
         _verify_segment(report, dir_fd, dir_str, number, current, full, settle)
         if progress is not None:
             progress(done + 1, len(todo))
     return report
+
+
+def _remote_only(dir_fd: int, number: int) -> bool:
+    """True when segment ``number`` was uploaded to the tier and has no local data file now."""
+    try:
+        os.stat(remote_name(number), dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    try:
+        os.close(open_data_file(dir_fd, number)[0])
+    except FlatFileDbNotFoundError:
+        return True
+    return False
 
 
 def _verify_segment(  # pylint: disable=too-many-arguments,too-many-positional-arguments

@@ -1,0 +1,9 @@
+"""Tiering: a store's sealed segments in S3-compatible object storage (``pip install
+'conduit_flat_file_db[s3]'``). ``Tiering`` configures it; FORMAT.md "Object storage" and
+GUARANTEES.md "Tiering" say what is in the bucket and what each failure costs."""
+
+from __future__ import annotations
+
+from .config import Tiering
+
+__all__ = ["Tiering"]

@@ -1,0 +1,211 @@
+"""The object store as the tier sees it: a few calls, typed errors, counted requests.
+
+Every request of the tier goes through :class:`RemoteBucket`, which names objects under the
+store's prefix, turns the client's exceptions into the library's typed errors (a missing
+object is ``None`` where the caller expects absence) and counts requests and bytes by kind
+for ``tiering_status()``. Transient failures (5xx, dropped connections, timeouts) are
+retried by the client with exponential backoff and jitter (``Tiering`` sets its bounds);
+what still fails surfaces as :class:`RemoteUnavailableError`, never as a hang.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Any, Iterable, Iterator
+
+from ..errors import (
+    BucketNotFoundError,
+    RemoteAccessError,
+    RemoteCorruptionError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
+    TieringError,
+)
+
+
+def _obstore() -> Any:
+    import obstore  # pylint: disable=import-outside-toplevel  # an optional extra, imported on first use
+
+    return obstore
+
+
+def translate(exc: BaseException, what: str) -> TieringError:
+    """The library's error for a client exception raised while doing ``what``."""
+    name = type(exc).__name__
+    text = f"{what}: {exc}"
+    lowered = str(exc).lower()
+    if name in ("PermissionDeniedError", "UnauthenticatedError") or "signaturedoesnotmatch" in lowered:
+        return RemoteAccessError(text)
+    if "invalidaccesskeyid" in lowered or "accessdenied" in lowered:
+        return RemoteAccessError(text)
+    if "nosuchbucket" in lowered or "bucket not found" in lowered or "the specified bucket does not exist" in lowered:
+        return BucketNotFoundError(text)
+    if "timed out" in lowered or "timeout" in lowered:
+        return RemoteTimeoutError(text)
+    return RemoteUnavailableError(text)
+
+
+def _not_found_types() -> tuple[type[BaseException], ...]:
+    try:
+        return (FileNotFoundError, _obstore().exceptions.NotFoundError)
+    except ImportError:
+        return (FileNotFoundError,)
+
+
+_NOT_FOUND = _not_found_types()
+
+
+def _raise_if_no_bucket(exc: BaseException, what: str) -> None:
+    """A 404 for the bucket itself is BucketNotFoundError; for an object, the caller's absence."""
+    lowered = str(exc).lower()
+    if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
+        raise BucketNotFoundError(f"{what}: {exc}") from None
+
+
+class RequestStats:
+    """Requests and bytes by kind (``get_data``, ``put_index``...), thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, kind: str, nbytes: int) -> None:
+        """Count one request of ``kind`` that moved ``nbytes``."""
+        with self._lock:
+            entry = self._counts[kind]
+            entry[0] += 1
+            entry[1] += nbytes
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """{kind: {"requests": n, "bytes": b}}."""
+        with self._lock:
+            return {kind: {"requests": n, "bytes": b} for kind, (n, b) in sorted(self._counts.items())}
+
+
+class RemoteBucket:
+    """The store's objects under ``prefix/`` in one bucket."""
+
+    def __init__(self, store: Any, prefix: str, url: str) -> None:
+        self.store = store
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.url = url
+        self.stats = RequestStats()
+
+    def key(self, name: str) -> str:
+        """The object key of ``name`` (a path relative to the prefix)."""
+        return self.prefix + name
+
+    def get(self, kind: str, name: str) -> bytes | None:
+        """The whole object ``name``, or None when it does not exist."""
+        obs = _obstore()
+        try:
+            data = bytes(obs.get(self.store, self.key(name)).bytes())
+        except _NOT_FOUND as exc:
+            _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
+            self.stats.add(kind, 0)
+            return None
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's errors, translated
+            raise translate(exc, f"GET {self.url}/{name}") from None
+        self.stats.add(kind, len(data))
+        return data
+
+    def get_range(self, kind: str, name: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of ``name``; a missing object is FileNotFoundError, a short answer
+        RemoteCorruptionError (the object is shorter than its manifest says, or the answer was cut)."""
+        obs = _obstore()
+        try:
+            data = bytes(obs.get_range(self.store, self.key(name), start=start, end=end))
+        except _NOT_FOUND as exc:
+            _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
+            self.stats.add(kind, 0)
+            raise FileNotFoundError(name) from None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"GET {self.url}/{name} bytes {start}-{end - 1}") from None
+        self.stats.add(kind, len(data))
+        if len(data) != end - start:
+            raise RemoteCorruptionError(
+                f"{self.url}/{name}: asked for bytes {start}..{end}, got {len(data)} bytes", f"{self.url}/{name}", start
+            )
+        return data
+
+    def get_ranges(self, kind: str, name: str, starts: list[int], ends: list[int]) -> list[bytes]:
+        """Several ranges of one object, coalesced and fetched in parallel by the client."""
+        obs = _obstore()
+        try:
+            parts = obs.get_ranges(self.store, self.key(name), starts=starts, ends=ends, coalesce=256 * 1024)
+        except _NOT_FOUND as exc:
+            _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
+            self.stats.add(kind, 0)
+            raise FileNotFoundError(name) from None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"GET {self.url}/{name} ({len(starts)} ranges)") from None
+        out = [bytes(part) for part in parts]
+        self.stats.add(kind, sum(map(len, out)))
+        for start, end, data in zip(starts, ends, out):
+            if len(data) != end - start:
+                raise RemoteCorruptionError(
+                    f"{self.url}/{name}: asked for bytes {start}..{end}, got {len(data)}", f"{self.url}/{name}", start
+                )
+        return out
+
+    def head(self, name: str) -> tuple[int, str | None] | None:
+        """(size, ETag) of ``name``, or None when it does not exist."""
+        obs = _obstore()
+        try:
+            meta = obs.head(self.store, self.key(name))
+        except _NOT_FOUND as exc:
+            _raise_if_no_bucket(exc, f"HEAD {self.url}/{name}")
+            self.stats.add("head", 0)
+            return None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"HEAD {self.url}/{name}") from None
+        self.stats.add("head", 0)
+        return int(meta["size"]), meta.get("e_tag")
+
+    def put(
+        self, kind: str, name: str, data: bytes | Iterable[bytes], size: int, *, create: bool = False, chunk: int = 0
+    ) -> str | None:
+        """Write object ``name``; returns its ETag. With ``create``, only if it does not exist yet:
+        FileExistsError otherwise (the server checks, atomically). ``chunk`` > 0 uploads an
+        iterable in parts of that size."""
+        obs = _obstore()
+        options: dict[str, Any] = {"mode": "create"} if create else {}
+        if chunk:
+            options.update(use_multipart=True, chunk_size=chunk, max_concurrency=4)
+        try:
+            result = obs.put(self.store, self.key(name), data, **options)
+        except (obs.exceptions.AlreadyExistsError, obs.exceptions.PreconditionError):
+            self.stats.add(kind, 0)
+            raise FileExistsError(name) from None
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"PUT {self.url}/{name}") from None
+        self.stats.add(kind, size)
+        etag = result.get("e_tag")
+        return etag.strip('"') if isinstance(etag, str) else None
+
+    def list(self, folder: str) -> Iterator[tuple[str, int]]:
+        """(name relative to ``folder``, size) of every object under ``folder/``."""
+        obs = _obstore()
+        base = self.key(folder) + "/"
+        try:
+            for batch in obs.list(self.store, base, chunk_size=1000):
+                self.stats.add("list", 0)
+                for meta in batch:
+                    yield meta["path"][len(base) :], int(meta["size"])
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"LIST {self.url}/{folder}/") from None
+
+    def delete(self, kind: str, name: str) -> None:
+        """Remove ``name``; absent already is fine."""
+        obs = _obstore()
+        try:
+            obs.delete(self.store, self.key(name))
+        except _NOT_FOUND as exc:
+            _raise_if_no_bucket(exc, f"DELETE {self.url}/{name}")
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            raise translate(exc, f"DELETE {self.url}/{name}") from None
+        self.stats.add(kind, 0)
+
+
+__all__ = ["RemoteBucket", "RequestStats", "translate"]

@@ -1,0 +1,166 @@
+"""What the tier writes in the bucket (FORMAT.md "Object storage"), and the checks of it.
+
+Under the store's prefix::
+
+    ffdb-tier.json                  the claim: which store owns this prefix
+    segments/data_NNNNNNNN.dat      a sealed segment's data file, as it was on disk (or .dat.zst)
+    segments/data_NNNNNNNN.idx      its record index
+    segments/data_NNNNNNNN.sums     raw segments only: XXH3-64 of every SUM_BLOCK bytes of the data
+    manifests/data_NNNNNNNN.json    the manifest: written last, after every object above was
+                                    uploaded and checked; a segment without one does not exist
+
+A reader trusts nothing but a manifest: the sizes and checksums it holds check every byte
+fetched (raw blocks against the sums, compressed frames against their own checksums and the
+seek table against the manifest), so a flipped or cut byte in a ranged answer never reaches
+a caller, and an object left by an upload that died before its manifest is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import xxhash
+
+from ..errors import RemoteCorruptionError
+from ..naming import index_name, segment_name
+
+MANIFEST_FORMAT = 1
+CLAIM_NAME = "ffdb-tier.json"
+SEGMENTS = "segments"
+MANIFESTS = "manifests"
+SUM_BLOCK = 16 * 2**10  # a raw slice fetches the 16 KiB blocks it touches: small, and checkable
+_SUMS_MAGIC = b"FFDBSUMS"
+_SUMS_HEAD = struct.Struct("<8sII")  # magic, block size, reserved
+
+
+def data_object(number: int, compressed: bool) -> str:
+    """Object name of a segment's data file."""
+    return f"{SEGMENTS}/{segment_name(number, compressed)}"
+
+
+def index_object(number: int) -> str:
+    """Object name of a segment's record index."""
+    return f"{SEGMENTS}/{index_name(number)}"
+
+
+def sums_object(number: int) -> str:
+    """Object name of a raw segment's block checksums."""
+    return f"{SEGMENTS}/data_{number:08d}.sums"
+
+
+def manifest_object(number: int) -> str:
+    """Object name of a segment's manifest."""
+    return f"{MANIFESTS}/data_{number:08d}.json"
+
+
+def parse_manifest_name(name: str) -> int | None:
+    """The segment number of a manifest object name relative to ``manifests/``, else None."""
+    if len(name) < 18 or not name.startswith("data_") or not name.endswith(".json"):
+        return None
+    digits = name[5:-5]
+    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+
+
+def parse_segment_object(name: str) -> int | None:
+    """The segment number of an object name relative to ``segments/``, else None."""
+    if not name.startswith("data_"):
+        return None
+    digits = name[5:].split(".", 1)[0]
+    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One uploaded segment (FORMAT.md "Object storage: manifest")."""
+
+    format: int
+    store: str  # the id of the store that uploaded it (the claim's)
+    segment: int
+    compressed: bool  # the data object is a seekable Zstandard file
+    data_size: int
+    data_xxh3: str  # of the whole data object, hex
+    index_size: int
+    index_xxh3: str
+    limit: int  # uncompressed bytes of the segment (its committed end)
+    sums_xxh3: str  # raw: of the sums object; "" when compressed
+    table_bytes: int  # compressed: the seek table's bytes at the end of the data object; 0 when raw
+    table_xxh3: str  # of those bytes; "" when raw
+    sealed_ns: int
+    verified: str  # how the upload was checked: "etag" (the server's MD5) or "size"
+
+    @property
+    def data_name(self) -> str:
+        """The data object's name."""
+        return data_object(self.segment, self.compressed)
+
+    def encode(self) -> bytes:
+        """The manifest as stored (JSON, sorted keys)."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def same_segment(self, other: Manifest) -> bool:
+        """True when ``other`` describes the same uploaded bytes (a retried upload)."""
+        return (self.store, self.segment, self.compressed, self.data_xxh3, self.index_xxh3) == (
+            other.store,
+            other.segment,
+            other.compressed,
+            other.data_xxh3,
+            other.index_xxh3,
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes, where: str) -> Manifest:
+        """Parse and check a manifest; RemoteCorruptionError if it is not one."""
+        try:
+            fields: dict[str, Any] = json.loads(raw)
+            if not isinstance(fields, dict) or fields.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
+            manifest = cls(**fields)
+            ints = (manifest.segment, manifest.data_size, manifest.index_size, manifest.limit, manifest.table_bytes)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+                raise ValueError("a size or number is not a non-negative int")
+        except (ValueError, TypeError) as exc:
+            raise RemoteCorruptionError(f"{where}: not a manifest this release reads ({exc})", where) from None
+        return manifest
+
+
+def hex64(value: int) -> str:
+    """A 64-bit checksum as 16 hex digits."""
+    return f"{value:016x}"
+
+
+def encode_sums(sums: list[int]) -> bytes:
+    """The sums object: a header, then one XXH3-64 (little-endian) per SUM_BLOCK of the data."""
+    return _SUMS_HEAD.pack(_SUMS_MAGIC, SUM_BLOCK, 0) + struct.pack(f"<{len(sums)}Q", *sums)
+
+
+def decode_sums(raw: bytes, manifest: Manifest, where: str) -> tuple[int, tuple[int, ...]]:
+    """(block size, sums) of a sums object, checked against its manifest."""
+    if hex64(xxhash.xxh3_64_intdigest(raw)) != manifest.sums_xxh3 or len(raw) < _SUMS_HEAD.size:
+        raise RemoteCorruptionError(f"{where}: the block checksums do not match the manifest", where)
+    magic, block, _ = _SUMS_HEAD.unpack_from(raw)
+    count = (len(raw) - _SUMS_HEAD.size) // 8
+    if magic != _SUMS_MAGIC or block <= 0 or count != -(-manifest.data_size // block):
+        raise RemoteCorruptionError(f"{where}: not a sums object for {manifest.data_size} bytes", where)
+    return block, struct.unpack_from(f"<{count}Q", raw, _SUMS_HEAD.size)
+
+
+__all__ = [
+    "CLAIM_NAME",
+    "MANIFESTS",
+    "MANIFEST_FORMAT",
+    "SEGMENTS",
+    "SUM_BLOCK",
+    "Manifest",
+    "data_object",
+    "decode_sums",
+    "encode_sums",
+    "hex64",
+    "index_object",
+    "manifest_object",
+    "parse_manifest_name",
+    "parse_segment_object",
+    "sums_object",
+]

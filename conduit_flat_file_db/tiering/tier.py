@@ -1,0 +1,541 @@
+"""The tier of one writable store: uploads, local retention, remote reads, deletes, gc, status.
+
+An upload of sealed segment ``n`` (only once it is durable: below the state page's
+W_SYNCED_BELOW) puts its index, data and block sums, checks each (size from a HEAD, and the
+ETag where the server's is the MD5 of what was sent), and then, under the store's write
+lock, creates its manifest (a conditional create: never overwriting another) and writes the
+local marker ``data_n.remote`` holding the same manifest. Only then does the segment count as
+uploaded, and only then may local retention remove its data file. A crash at any step
+leaves either no manifest (the objects are orphans: overwritten by the retried upload, or
+removed by ``gc``) or a manifest whose every object is whole; a retried upload that finds its
+manifest made already adopts it.
+
+Deleting segment ``n`` (``delete_file``) removes the manifest first (no machine trusts the
+segment from then on), then the local files, then the other objects. The delete and an
+upload's last step both hold the store's write lock, so a deleted segment is never uploaded
+again.
+
+One process at a time uploads for a store (an inter-process lock beside the store's lock
+file); the others read. Uploads run in a background thread, woken on seals and every
+``POLL_SECONDS``; ``sync_tiering()`` runs a pass in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, ContextManager, Iterator
+
+import fasteners
+import xxhash
+
+from ..errors import (
+    FlatFileDbNotFoundError,
+    RemoteCorruptionError,
+    RemoteTimeoutError,
+    TieringError,
+    UnsafeRemoteError,
+)
+from ..fileio import pread_at, pread_full
+from ..frames import SKIPPABLE_HEADER_BYTES, FrameCache
+from ..index import KIND_ZSTD, REC_SEAL
+from ..naming import TIER_FILE_NAME, index_name, parse_name, remote_name, segment_name, temp_name
+from ..seekable import FOOTER_BYTES, parse_seek_table
+from ..segment_files import fsync_dir, index_records, open_data_file, read_index
+from .bucket import RemoteBucket
+from .config import Tiering
+from .manifest import (
+    CLAIM_NAME,
+    MANIFEST_FORMAT,
+    MANIFESTS,
+    SEGMENTS,
+    SUM_BLOCK,
+    Manifest,
+    data_object,
+    encode_sums,
+    hex64,
+    index_object,
+    manifest_object,
+    parse_manifest_name,
+    parse_segment_object,
+    sums_object,
+)
+from .remote_reader import RemoteSegmentReader
+
+logger = logging.getLogger("conduit_flat_file_db")
+
+POLL_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+PART_BYTES = 8 * 2**20  # multipart upload part size (and the read chunk of an upload)
+_MARKER_SUFFIX = ".remote"
+
+
+def _md5_etag(part_digests: list[bytes]) -> str:
+    """The ETag S3-compatible servers give an upload of these parts (MD5 of one, MD5 of the MD5s
+    and ``-count`` of several)."""
+    if len(part_digests) == 1:
+        return part_digests[0].hex()
+    return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+
+
+class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock, a bucket and their state
+    """Uploads and reads of one store instance's sealed segments (see the module docstring)."""
+
+    def __init__(  # pylint: disable=too-many-arguments
+        self,
+        config: Tiering,
+        dir_fd: int,
+        dir_str: str,
+        lock_path: str,
+        state_words: Callable[[], tuple[int, int]],
+        write_lock: Callable[[], ContextManager[None]],
+        readonly: bool = False,
+    ) -> None:
+        self.config = config
+        self.bucket = RemoteBucket(config.build_store(), config.prefix, config.url)
+        self.cache = FrameCache(config.remote_cache_bytes)
+        self.dir_str = dir_str
+        self._dir_fd = os.dup(dir_fd)
+        self._state_words = state_words  # (mutable segment, synced below): only while not closed
+        self._write_lock = write_lock
+        self._upload_lock = fasteners.InterProcessLock(lock_path + ".tier")
+        self._local_lock = threading.Lock()  # one pass at a time in this process
+        self._commit_lock = threading.Lock()  # close() waits for a commit step, never for an upload
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._manifests: dict[int, Manifest] = {}
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.uploads = 0
+        try:
+            if readonly:  # reads only: no claim to make, no probe to write
+                self._stopping = True
+                self.store_id = str((self._read_tier_file() or {}).get("store", ""))
+            else:
+                self.store_id = self._claim()
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+
+    # -- open: the claim and the probe --------------------------------------------------
+
+    def _claim(self) -> str:
+        """The store's id in the bucket: checks (or makes) the claim on the prefix, and probes
+        the server for what the tier relies on."""
+        local = self._read_tier_file()
+        self.probe()
+        raw = self.bucket.get("get_claim", CLAIM_NAME)
+        if raw is None:
+            if local is not None and local.get("url") not in (None, self.config.url) and self._remote_markers():
+                raise UnsafeRemoteError(
+                    f"{self.dir_str} keeps segments in {local.get('url')}; it cannot switch to {self.config.url}"
+                )
+            store_id = local["store"] if local is not None else uuid.uuid4().hex
+            claim = json.dumps({"format": MANIFEST_FORMAT, "store": store_id}).encode()
+            try:
+                self.bucket.put("put_claim", CLAIM_NAME, claim, len(claim), create=True)
+            except FileExistsError:
+                raw = self.bucket.get("get_claim", CLAIM_NAME)  # another opener won: read its claim
+        if raw is not None:
+            try:
+                store_id = json.loads(raw)["store"]
+            except (ValueError, KeyError, TypeError):
+                raise UnsafeRemoteError(f"{self.config.url}/{CLAIM_NAME} is not a claim this release reads") from None
+            if local is None or local.get("store") != store_id:
+                raise UnsafeRemoteError(
+                    f"{self.config.url} belongs to another store (id {store_id}); give each store its own prefix"
+                )
+        if local is None or local.get("url") != self.config.url:
+            self._write_tier_file({"store": store_id, "url": self.config.url})
+        return str(store_id)
+
+    def probe(self) -> None:
+        """Refuse a server that would make the tier unsafe: one that ignores ``Range`` or
+        overwrites on a conditional create (UnsafeRemoteError, with the reason)."""
+        name = f"ffdb-probe/{uuid.uuid4().hex}"
+        body = bytes(range(256)) * 4
+        self.bucket.put("probe", name, body, len(body), create=True)
+        try:
+            try:
+                self.bucket.put("probe", name, b"other", 5, create=True)
+            except FileExistsError:
+                pass
+            else:
+                raise UnsafeRemoteError(
+                    f"{self.config.url}: the server overwrote an object on a conditional create "
+                    "(If-None-Match: *); the tier needs it to never overwrite a manifest"
+                )
+            if self.bucket.get_range("probe", name, 100, 110) != body[100:110]:
+                raise UnsafeRemoteError(f"{self.config.url}: the server answered a ranged GET with other bytes")
+        finally:
+            self.bucket.delete("probe", name)
+
+    def _read_tier_file(self) -> dict[str, Any] | None:
+        try:
+            fd = os.open(TIER_FILE_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            raw = pread_full(fd, 1 << 16, 0)
+        finally:
+            os.close(fd)
+        try:
+            fields = json.loads(raw)
+            if not isinstance(fields, dict) or not isinstance(fields.get("store"), str):
+                raise ValueError
+            return fields
+        except ValueError:
+            raise UnsafeRemoteError(f"{self.dir_str}/{TIER_FILE_NAME} is damaged; it names the store's id") from None
+
+    def _write_tier_file(self, fields: dict[str, Any]) -> None:
+        self._write_file(TIER_FILE_NAME, json.dumps(fields).encode())
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        """Write ``name`` in the datadir atomically and durably (scratch file, fsync, rename)."""
+        tmp = temp_name(name)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        fsync_dir(self._dir_fd)
+
+    # -- local state --------------------------------------------------------------------
+
+    def _listing(self) -> tuple[dict[int, int], set[int], set[int]]:
+        """({number: data file size}, numbers with a marker, numbers with an index)."""
+        data: dict[int, int] = {}
+        markers: set[int] = set()
+        indexes: set[int] = set()
+        for name in os.listdir(self._dir_fd):
+            parsed = parse_name(name)
+            if parsed is None:
+                continue
+            number, suffix = parsed
+            if suffix == _MARKER_SUFFIX:
+                markers.add(number)
+            elif suffix == ".idx":
+                indexes.add(number)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    data[number] = os.stat(name, dir_fd=self._dir_fd).st_size
+        return data, markers, indexes
+
+    def _remote_markers(self) -> set[int]:
+        return self._listing()[1]
+
+    def manifest(self, number: int) -> Manifest | None:
+        """The manifest of an uploaded segment, from its local marker (None if not uploaded)."""
+        found = self._manifests.get(number)
+        if found is not None:
+            return found
+        try:
+            fd = os.open(remote_name(number), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            raw = pread_full(fd, 1 << 20, 0)
+        finally:
+            os.close(fd)
+        found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}")
+        self._manifests[number] = found
+        return found
+
+    def reader(self, number: int) -> RemoteSegmentReader | None:
+        """A reader of segment ``number`` from the bucket, or None when it was never uploaded."""
+        manifest = self.manifest(number)
+        if manifest is None:
+            return None
+        name = os.path.join(self.dir_str, segment_name(number, manifest.compressed))
+        return RemoteSegmentReader(self.bucket, manifest, name, self.cache)
+
+    # -- the background thread ----------------------------------------------------------
+
+    def wake(self) -> None:
+        """A segment was sealed: upload soon (starts the thread on first use)."""
+        if self._stopping:
+            return
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="ffdb-tier", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        backoff = POLL_SECONDS
+        while not self._stopping:
+            self._wake.wait(backoff)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self.run_pass(blocking=False)
+                backoff = POLL_SECONDS
+            except Exception as exc:  # pylint: disable=broad-exception-caught  # recorded; retried later
+                self._record_error(exc)
+                backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
+
+    def _record_error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+        logger.error("%s: tiering: %s (uploads retried with backoff)", self.dir_str, self.last_error)
+
+    def close(self) -> None:
+        """Stop the thread after its current request (an upload cut short is redone by the next
+        open; its objects have no manifest yet); waits only for a commit step in progress."""
+        with self._commit_lock:
+            self._stopping = True
+        self._wake.set()
+        if self._local_lock.acquire(blocking=False):  # no pass running: the descriptor is ours to close
+            try:
+                os.close(self._dir_fd)
+                self._dir_fd = -1
+            finally:
+                self._local_lock.release()
+
+    # -- a pass: uploads, then local retention ------------------------------------------
+
+    def run_pass(self, blocking: bool = True, timeout: float | None = None) -> int:
+        """Upload every durable sealed segment not uploaded yet, then apply local retention.
+        Returns the number of sealed segments still not uploaded (those not durable yet).
+        Without ``blocking``, returns -1 at once when another process is uploading."""
+        with self._local_lock:
+            if self._stopping or self._dir_fd < 0:
+                return -1
+            if not self._upload_lock.acquire(blocking=blocking, timeout=timeout):
+                if blocking:
+                    raise RemoteTimeoutError(f"{self.dir_str}: another process kept the tier's upload lock")
+                return -1
+            try:
+                return self._pass()
+            finally:
+                self._upload_lock.release()
+                if self._stopping:
+                    os.close(self._dir_fd)
+                    self._dir_fd = -1
+
+    def _pass(self) -> int:
+        mutable, synced_below = self._state_words()
+        data, markers, _indexes = self._listing()
+        pending = 0
+        for number in sorted(data):
+            if number >= mutable or number in markers:
+                continue
+            if number >= synced_below:
+                pending += 1
+                continue
+            if self._stopping:
+                return pending + 1
+            self.upload(number)
+        self._apply_retention(mutable)
+        return pending
+
+    def upload(self, number: int) -> bool:
+        """Upload sealed segment ``number`` (see the module docstring); False if it vanished."""
+        existing = self.bucket.get("get_manifest", manifest_object(number))
+        if existing is not None:
+            manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}")
+            if manifest.store != self.store_id:
+                raise UnsafeRemoteError(f"{self.config.url}: segment {number} was uploaded by another store")
+            return self._commit(number, manifest, create=False)
+        try:
+            fd, kind = open_data_file(self._dir_fd, number)
+        except FlatFileDbNotFoundError:
+            return False
+        try:
+            uploaded = self._upload_objects(number, fd, kind == KIND_ZSTD)
+        finally:
+            os.close(fd)
+        if uploaded is None:
+            return False
+        return self._commit(number, uploaded, create=True)
+
+    def _upload_objects(self, number: int, fd: int, compressed: bool) -> Manifest | None:
+        index = read_index(self._dir_fd, number)
+        if index is None:
+            return None
+        seal = [r for r in index_records(self._dir_fd, number) if r.rtype == REC_SEAL]
+        if not seal:
+            raise TieringError(f"{self.dir_str}: segment {number} has no SEAL record; not uploaded")
+        size = os.fstat(fd).st_size
+        index_verified = self._put_checked("put_index", index_object(number), [index], len(index))
+        sums: list[int] = []
+        whole = xxhash.xxh3_64()
+        data_verified = self._put_checked(
+            "put_data", data_object(number, compressed), self._chunks(fd, size, sums, whole), size
+        )
+        sums_raw = encode_sums(sums)
+        self._put_checked("put_sums", sums_object(number), [sums_raw], len(sums_raw))
+        table_bytes, table_sum = 0, ""
+        if compressed:
+            table = parse_seek_table(pread_at(fd), size)
+            count = len(table.c_offsets) - 1
+            entry = 12 if table.checksums is not None else 8
+            table_bytes = SKIPPABLE_HEADER_BYTES + count * entry + FOOTER_BYTES
+            table_sum = hex64(xxhash.xxh3_64_intdigest(pread_full(fd, table_bytes, size - table_bytes)))
+        return Manifest(
+            format=MANIFEST_FORMAT,
+            store=self.store_id,
+            segment=number,
+            compressed=compressed,
+            data_size=size,
+            data_xxh3=hex64(whole.intdigest()),
+            index_size=len(index),
+            index_xxh3=hex64(xxhash.xxh3_64_intdigest(index)),
+            limit=seal[0].offset,
+            sums_xxh3=hex64(xxhash.xxh3_64_intdigest(sums_raw)),
+            table_bytes=table_bytes,
+            table_xxh3=table_sum,
+            sealed_ns=os.stat(index_name(number), dir_fd=self._dir_fd).st_mtime_ns,
+            verified="etag" if index_verified and data_verified else "size",
+        )
+
+    def _chunks(self, fd: int, size: int, sums: list[int], whole: Any) -> Iterator[bytes]:
+        """The data file in PART_BYTES chunks, its block sums and whole checksum taken on the way."""
+        for at in range(0, size, PART_BYTES):
+            chunk = pread_full(fd, min(PART_BYTES, size - at), at)
+            if len(chunk) != min(PART_BYTES, size - at):
+                raise TieringError(f"{self.dir_str}: a sealed data file changed size while uploaded")
+            whole.update(chunk)
+            sums.extend(xxhash.xxh3_64_intdigest(chunk[i : i + SUM_BLOCK]) for i in range(0, len(chunk), SUM_BLOCK))
+            yield chunk
+
+    def _put_checked(self, kind: str, name: str, parts: Any, size: int) -> bool:
+        """Upload, then check the object's size (HEAD) and, where the server's ETag is an MD5 of
+        the parts sent, that too. True when the ETag vouched for the bytes."""
+        digests: list[bytes] = []
+
+        def hashed() -> Iterator[bytes]:
+            for part in parts:
+                digests.append(hashlib.md5(part).digest())
+                yield part
+
+        if size <= PART_BYTES:
+            body = b"".join(hashed())
+            etag = self.bucket.put(kind, name, body, size)
+        else:
+            etag = self.bucket.put(kind, name, hashed(), size, chunk=PART_BYTES)
+        head = self.bucket.head(name)
+        if head is None or head[0] != size:
+            raise RemoteCorruptionError(
+                f"{self.config.url}/{name}: uploaded {size} bytes, the server holds {head and head[0]}", name
+            )
+        expected = _md5_etag(digests) if digests else hashlib.md5(b"").hexdigest()
+        etag = (head[1] or etag or "").strip('"')
+        if etag == expected:
+            return True
+        if len(etag) == 32 and "-" not in etag and len(digests) <= 1:
+            raise RemoteCorruptionError(f"{self.config.url}/{name}: the server's MD5 differs from the upload's", name)
+        return False
+
+    def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
+        """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
+        with self._commit_lock, self._write_lock():
+            if self._stopping:
+                return False
+            if read_index(self._dir_fd, number, 0) is None:  # deleted while uploading: leave orphans to gc
+                return False
+            if create:
+                raw = manifest.encode()
+                try:
+                    self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
+                except FileExistsError:
+                    theirs = self.bucket.get("get_manifest", manifest_object(number))
+                    other = None if theirs is None else Manifest.decode(theirs, manifest_object(number))
+                    if other is None or other.store != self.store_id:
+                        raise UnsafeRemoteError(
+                            f"{self.config.url}: another store wrote segment {number}'s manifest"
+                        ) from None
+                    manifest = other  # a retry of an upload whose manifest was made: that one stands
+            self._write_file(remote_name(number), manifest.encode())
+            self._manifests[number] = manifest
+            self.uploads += 1
+        return True
+
+    def _apply_retention(self, mutable: int) -> None:
+        """Remove local data files of uploaded segments, oldest first, past the retention bounds."""
+        bytes_bound, age_bound = self.config.local_retention_bytes, self.config.local_retention_age
+        if bytes_bound is None and age_bound is None:
+            return
+        data, markers, _ = self._listing()
+        total = sum(data.values())
+        now = time.time()
+        for number in sorted(data):
+            if number >= mutable or number not in markers:
+                break  # oldest first: never past a segment not uploaded yet
+            too_big = bytes_bound is not None and total > bytes_bound
+            too_old = age_bound is not None and now - self._sealed_at(number) > age_bound
+            if not too_big and not too_old:
+                break
+            if self._stopping:
+                return
+            for compressed in (False, True):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(segment_name(number, compressed), dir_fd=self._dir_fd)
+            total -= data[number]
+
+    def _sealed_at(self, number: int) -> float:
+        manifest = self.manifest(number)
+        return manifest.sealed_ns / 1e9 if manifest is not None else time.time()
+
+    # -- deletion and garbage -------------------------------------------------------------
+
+    def forget_manifest(self, number: int) -> None:
+        """Step one of a delete: no machine trusts segment ``number`` in the bucket any more."""
+        self.bucket.delete("delete", manifest_object(number))
+        self._manifests.pop(number, None)
+
+    def forget_objects(self, number: int) -> None:
+        """Last step of a delete: the segment's other objects."""
+        for name in (data_object(number, False), data_object(number, True), index_object(number), sums_object(number)):
+            self.bucket.delete("delete", name)
+
+    def gc(self, mutable: int) -> dict[str, int]:
+        """Remove what a crash left in the bucket: objects of segments without a manifest, and
+        manifests of segments this datadir no longer has (deleted here, the delete cut short)."""
+        with self._upload_lock:  # no upload of ours between its objects and its manifest
+            data, markers, indexes = self._listing()
+            local = set(data) | markers | indexes
+            manifests = {
+                n for n in (parse_manifest_name(name) for name, _ in self.bucket.list(MANIFESTS)) if n is not None
+            }
+            removed = {"manifests": 0, "objects": 0}
+            for number in sorted(manifests):
+                if number < mutable and number not in local:
+                    self.forget_manifest(number)
+                    manifests.discard(number)
+                    removed["manifests"] += 1
+            for name, _size in list(self.bucket.list(SEGMENTS)):
+                owner = parse_segment_object(name)
+                if owner is not None and owner not in manifests:
+                    self.bucket.delete("delete", f"{SEGMENTS}/{name}")
+                    removed["objects"] += 1
+            return removed
+
+    def status(self, mutable: int) -> dict[str, Any]:
+        """What ``tiering_status()`` reports (see there)."""
+        data, markers, _ = self._listing()
+        sealed = [n for n in data if n < mutable]
+        return {
+            "url": self.config.url,
+            "pending": sorted(n for n in sealed if n not in markers),
+            "uploaded": sorted(markers),
+            "remote_only": sorted(markers - set(data)),
+            "local_bytes": sum(data.values()),
+            "uploads": self.uploads,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "requests": self.bucket.stats.snapshot(),
+            "cache": {"hits": self.cache.hits, "misses": self.cache.misses, "bytes": self.cache.size_bytes},
+        }
+
+
+__all__ = ["Tier"]
