@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import FlatFileDbUnsafeAccessError, FormatError, IndexVersionError
 from .frames import SKIPPABLE_HEADER_BYTES
 from .index import HEADER_BYTES, KIND_ZSTD, decode_header
-from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, segment_name, temp_owner
+from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, REMOTE_SUFFIX, index_name, parse_name, segment_name, temp_owner
 from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
 from .segment import Tail, create_segment
@@ -73,14 +73,14 @@ class WriterRecovery:
         """
         state = self.state
         words = self.words
-        data_numbers, index_numbers = self._list_segments()
+        data_numbers, index_numbers, remote_numbers = self._list_segments()
         numbers = data_numbers | index_numbers
         created = not numbers
         if created:
             create_segment(self.dir_fd, 0, self.new_kind, self.new_version)
             numbers.add(0)
         newest = max(numbers)
-        for orphan in sorted(index_numbers - data_numbers - {newest}):
+        for orphan in sorted(index_numbers - data_numbers - remote_numbers - {newest}):
             # A delete removes the data file first: an index alone is the rest of it.
             self._remove_regular(index_name(orphan), "record index", "left by an interrupted delete")
         if power_loss_check and self._page_is_committed_state(newest, data_numbers, index_numbers):
@@ -163,11 +163,14 @@ class WriterRecovery:
             and index_size >= max(view.index_bytes, HEADER_BYTES)
         )
 
-    def _list_segments(self) -> tuple[set[int], set[int]]:
-        """Numbers of the segments with a data file, and with an index; removes the scratch files
+    def _list_segments(self) -> tuple[set[int], set[int], set[int]]:
+        """Numbers of the segments with a data file, with an index, and uploaded to the tier (a
+        ``.remote`` marker: its data file may be only in the bucket); removes the scratch files
         of processes that are gone (recovery step 1)."""
         data_numbers: set[int] = set()
         index_numbers: set[int] = set()
+        remote_numbers: set[int] = set()
+        by_suffix = {INDEX_SUFFIX: index_numbers, REMOTE_SUFFIX: remote_numbers}
         for name in os.listdir(self.dir_fd):
             owner = temp_owner(name)
             if owner is not None:
@@ -176,8 +179,8 @@ class WriterRecovery:
                 continue
             parsed = parse_name(name)
             if parsed is not None:
-                (index_numbers if parsed[1] == INDEX_SUFFIX else data_numbers).add(parsed[0])
-        return data_numbers, index_numbers
+                by_suffix.get(parsed[1], data_numbers).add(parsed[0])
+        return data_numbers, index_numbers, remote_numbers
 
     def _remove_regular(self, name: str, what: str, why: str) -> None:
         """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of

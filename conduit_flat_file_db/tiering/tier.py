@@ -87,7 +87,7 @@ def _md5_etag(part_digests: list[bytes]) -> str:
 class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock, a bucket and their state
     """Uploads and reads of one store instance's sealed segments (see the module docstring)."""
 
-    def __init__(  # pylint: disable=too-many-arguments
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         config: Tiering,
         dir_fd: int,
@@ -294,7 +294,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         with self._commit_lock:
             self._stopping = True
         self._wake.set()
-        if self._local_lock.acquire(blocking=False):  # no pass running: the descriptor is ours to close
+        if self._local_lock.acquire(blocking=False):  # pylint: disable=consider-using-with  # no pass running: closed here
             try:
                 os.close(self._dir_fd)
                 self._dir_fd = -1

@@ -1,0 +1,294 @@
+"""The tier's logic against obstore's in-process MemoryStore (same interface as the S3 client).
+
+The same behaviour against real S3 servers (SeaweedFS, Ceph RGW) is in test_tier_servers.py;
+here the bucket is in memory so that a test can look at and damage every object directly.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import obstore
+import pytest
+from obstore.store import MemoryStore
+
+from conduit_flat_file_db import FlatFileDb, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, Slice
+from conduit_flat_file_db.errors import (
+    RemoteCorruptionError,
+    RemoteOnlySegmentError,
+    TieringError,
+    UnsafeRemoteError,
+)
+from conduit_flat_file_db.tiering import Tiering
+from conduit_flat_file_db.types import DataLocation
+
+URL = "s3://bucket/store"
+
+
+def _blobs(count: int, seed: int = 0) -> list[bytes]:
+    # Half random, half repetitive: compressed segments get real frames, raw ones real bytes.
+    return [os.urandom(700) + bytes([(seed + i) % 251]) * (1300 + i) for i in range(count)]
+
+
+def _open(path: Path, bucket: Any, compressed: bool = False, **options: Any) -> FlatFileDb:
+    return FlatFileDb(
+        path / "db",
+        path / "db.lock",
+        use_compression=compressed,
+        max_file_size=40_000,
+        tiering=Tiering(URL, object_store=bucket, **options),
+    )
+
+
+def _objects(bucket: Any) -> list[str]:
+    return sorted(meta["path"] for batch in obstore.list(bucket) for meta in batch)
+
+
+def _filled(
+    path: Path, bucket: Any, compressed: bool, **options: Any
+) -> tuple[FlatFileDb, list[DataLocation], list[bytes]]:
+    db = _open(path, bucket, compressed, **options)
+    datas = _blobs(60)
+    locations = db.put_many(datas)
+    db.rotate()
+    db.sync_tiering()
+    return db, locations, datas
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_remote_only_segments_read_the_same_bytes_by_every_read_path(tmp_path: Path, compressed: bool) -> None:
+    """With local retention 0 every sealed data file leaves the disk once uploaded, and get, slices,
+    get_many, iter_many, open_blob and the listings return what was put; get_view says why not."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, compressed, local_retention_bytes=0)
+    status = db.tiering_status()
+    sealed = db.segments()[:-1]
+    assert status["pending"] == [] and status["uploaded"] == sealed and status["remote_only"] == sealed
+    assert not [n for n in os.listdir(tmp_path / "db") if n.endswith((".dat", ".dat.zst")) and "0000000" in n][:-1]
+    assert [db.get(loc) for loc in locations] == datas
+    assert db.get(locations[3], Slice(100, 900)) == datas[3][100:900]
+    assert db.get_many(locations[::-1]) == datas[::-1]
+    assert db.get_many(locations[:5], [Slice(1, 2)] * 5) == [d[1:2] for d in datas[:5]]
+    assert dict(db.iter_many(locations)) == dict(enumerate(datas))
+    with db.open_blob(locations[7]) as blob:
+        blob.seek(500)
+        assert blob.read(100) == datas[7][500:600]
+    with pytest.raises(RemoteOnlySegmentError):
+        db.get_view(locations[0])
+    assert list(db.iter_locations()) == locations
+    stats = db.stats()
+    assert all(s.remote for s in stats.segments[:-1]) and not stats.segments[-1].remote
+    db.close()
+
+
+def test_an_uploaded_segment_stays_readable_after_reopen_and_after_the_state_page_is_lost(tmp_path: Path) -> None:
+    """A reopen, even one that checks every sealed segment as after a power loss, keeps the
+    indexes of remote-only segments and reads them from the bucket."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False, local_retention_bytes=0)
+    db.close()
+    os.unlink(tmp_path / "db" / "ffdb.state")  # as after a power loss: the open checks every sealed segment
+    db = _open(tmp_path, bucket, local_retention_bytes=0)
+    assert [db.get(loc) for loc in locations] == datas
+    assert sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".idx")) == [
+        f"data_{n:08d}.idx" for n in db.segments()
+    ], "recovery must not take the index of a remote-only segment for an orphan"
+    db.close()
+
+
+def test_local_retention_keeps_the_newest_segments_within_the_bound(tmp_path: Path) -> None:
+    """local_retention_bytes removes the oldest uploaded data files until the rest fit."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False, local_retention_bytes=100_000)
+    local = [n for n in os.listdir(tmp_path / "db") if n.endswith(".dat")]
+    sizes = sum(os.stat(tmp_path / "db" / n).st_size for n in local)
+    assert sizes <= 100_000
+    remote_only = db.tiering_status()["remote_only"]
+    assert remote_only and remote_only == db.segments()[: len(remote_only)], "oldest first"
+    assert [db.get(loc) for loc in locations] == datas
+    db.close()
+
+
+def test_without_a_retention_bound_every_local_copy_stays(tmp_path: Path) -> None:
+    """No bound: the bucket is a replica, nothing leaves the disk."""
+    bucket = MemoryStore()
+    db, _locations, _datas = _filled(tmp_path, bucket, False)
+    status = db.tiering_status()
+    assert status["uploaded"] and status["remote_only"] == []
+    db.close()
+
+
+def test_the_mutable_segment_and_segments_not_yet_durable_are_never_uploaded(tmp_path: Path) -> None:
+    """Only sealed segments are uploaded."""
+    bucket = MemoryStore()
+    db = _open(tmp_path, bucket, local_retention_bytes=0)
+    db.put(b"x" * 100)
+    db.sync_tiering()
+    assert not [o for o in _objects(bucket) if "/segments/" in o]
+    assert db.tiering_status()["uploaded"] == []
+    db.close()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_a_changed_byte_in_the_bucket_is_never_returned(tmp_path: Path, compressed: bool) -> None:
+    """A flipped byte in a data object fails its check: reads of it raise, the others return the blob."""
+    bucket = MemoryStore()
+    db, locations, _datas = _filled(tmp_path, bucket, compressed, local_retention_bytes=0)
+    segment = os.path.basename(locations[0].file_path)
+    name = f"store/segments/{segment}"
+    stored = bytearray(obstore.get(bucket, name).bytes())
+    stored[len(stored) // 3] ^= 0x40
+    obstore.put(bucket, name, bytes(stored))
+    failed = 0
+    for location in locations:
+        if os.path.basename(location.file_path) != segment:
+            continue
+        try:
+            data = db.get(location)
+        except RemoteCorruptionError:
+            failed += 1
+            continue
+        assert data == _datas[locations.index(location)], "a read that succeeds returns the blob"
+    assert failed >= 1
+    db.close()
+
+
+def test_delete_file_removes_the_remote_copy_manifest_first(tmp_path: Path) -> None:
+    """delete_file removes the remote copy: the writer and a remote reader (after refresh) get
+    FlatFileDbNotFoundError."""
+    bucket = MemoryStore()
+    db, locations, _datas = _filled(tmp_path, bucket, False, local_retention_bytes=0)
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    assert remote.get(locations[0]) == _datas[0]
+    first = db.segments()[0]
+    db.delete_file(locations[0].file_path)
+    assert not [o for o in _objects(bucket) if f"data_{first:08d}" in o]
+    with pytest.raises(FlatFileDbNotFoundError):
+        db.get(locations[0])
+    remote.refresh()
+    with pytest.raises(FlatFileDbNotFoundError):
+        remote.get(locations[0])
+    assert first not in remote.segments()
+    db.close()
+
+
+def test_gc_removes_objects_without_a_manifest_and_manifests_of_deleted_segments(tmp_path: Path) -> None:
+    """gc_tiering removes an upload's orphan objects and the manifest a cut-short delete left."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False)
+    obstore.put(bucket, "store/segments/data_00000900.dat", b"left by an upload cut short")
+    first = db.segments()[0]
+    manifest = obstore.get(bucket, f"store/manifests/data_{first:08d}.json").bytes()
+    db.delete_file(locations[0].file_path)
+    obstore.put(bucket, f"store/manifests/data_{first:08d}.json", bytes(manifest))  # a delete cut short
+    assert db.gc_tiering() == {"manifests": 1, "objects": 1}
+    assert db.gc_tiering() == {"manifests": 0, "objects": 0}
+    survivors = [loc for loc in locations if int(os.path.basename(loc.file_path)[5:13]) != first]
+    assert db.get_many(survivors) == [datas[locations.index(loc)] for loc in survivors]
+    db.close()
+
+
+def test_an_upload_cut_before_its_manifest_is_redone_and_adopted_once(tmp_path: Path) -> None:
+    """Objects without a manifest (a crash before it) are uploaded again, and each segment gets one manifest."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False)
+    db.close()
+    # What a crash between the last object and the manifest leaves: objects, no manifest, no marker.
+    for name in _objects(bucket):
+        if "/manifests/" in name:
+            obstore.delete(bucket, name)
+    for name in os.listdir(tmp_path / "db"):
+        if name.endswith(".remote"):
+            os.unlink(tmp_path / "db" / name)
+    db = _open(tmp_path, bucket, local_retention_bytes=0)
+    db.sync_tiering()
+    manifests = [o for o in _objects(bucket) if "/manifests/" in o]
+    assert len(manifests) == len(db.segments()) - 1
+    assert db.tiering_status()["remote_only"] == db.segments()[:-1]
+    assert [db.get(loc) for loc in locations] == datas
+    db.close()
+
+
+def test_a_second_store_on_the_same_prefix_is_refused(tmp_path: Path) -> None:
+    """The prefix's claim names one store: another datadir may not upload there."""
+    bucket = MemoryStore()
+    db = _open(tmp_path / "a", bucket)
+    db.close()
+    with pytest.raises(UnsafeRemoteError, match="another store"):
+        _open(tmp_path / "b", bucket)
+
+
+def test_open_remote_serves_every_uploaded_blob_and_refuses_writes(tmp_path: Path) -> None:
+    """open_remote reads, lists and verifies what was uploaded, sees later uploads after refresh(),
+    and refuses writes with the read-only error."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, True)
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    assert remote.get_many(locations) == datas
+    assert remote.get(locations[2], Slice(5, 50)) == datas[2][5:50]
+    assert list(remote.iter_locations()) == [
+        DataLocation(os.path.basename(loc[0]), loc[1], loc[2]) for loc in locations
+    ]
+    report = remote.verify()
+    assert report.ok and report.blobs == len(datas), str(report)
+    with pytest.raises(FlatFileDbReadOnlyError):
+        remote.put(b"x")
+    assert isinstance(FlatFileDbReadOnlyError("x"), __import__("io").UnsupportedOperation)
+    more = db.put_many(_blobs(20, seed=9))
+    db.rotate()
+    db.sync_tiering()
+    remote.refresh()
+    assert remote.get(more[0]) == db.get(more[0])
+    db.close()
+
+
+def test_open_remote_of_an_empty_prefix_is_a_not_found_error() -> None:
+    """No claim at the prefix: nothing was uploaded there."""
+    with pytest.raises(FlatFileDbNotFoundError):
+        FlatFileDb.open_remote(URL, object_store=MemoryStore())
+
+
+def test_without_tiering_the_tier_calls_say_so(tmp_path: Path) -> None:
+    """The tier's calls on a store opened without tiering raise TieringError."""
+    db = FlatFileDb(tmp_path / "db")
+    with pytest.raises(TieringError):
+        db.tiering_status()
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        (("http://bucket/x",), {}, ValueError),
+        (("s3://",), {}, ValueError),
+        (("s3://b/../x",), {}, ValueError),
+        ((7,), {}, TypeError),
+        ((URL,), {"local_retention_bytes": -1}, ValueError),
+        ((URL,), {"local_retention_bytes": 1.5}, TypeError),
+        ((URL,), {"local_retention_age": float("nan")}, ValueError),
+        ((URL,), {"remote_cache_bytes": True}, TypeError),
+    ],
+)
+def test_bad_tiering_arguments_get_typed_errors(args: tuple[Any, ...], kwargs: dict[str, Any], error: type) -> None:
+    """Bad URLs and bounds are refused with TypeError or ValueError."""
+    with pytest.raises(error):
+        Tiering(*args, **kwargs)
+
+
+def test_tiering_must_be_a_tiering(tmp_path: Path) -> None:
+    """Anything but a Tiering is a TypeError, before the datadir is created."""
+    with pytest.raises(TypeError, match="Tiering"):
+        FlatFileDb(tmp_path / "db", tiering="s3://bucket/x")  # type: ignore[arg-type]
+    assert not (tmp_path / "db").exists()
+
+
+def test_a_tiering_pickles_by_its_url_and_options() -> None:
+    """A Tiering pickles as its URL and options; one holding a store instance cannot."""
+    tiering = Tiering(URL, local_retention_bytes=5, endpoint="http://127.0.0.1:1")
+    copy = pickle.loads(pickle.dumps(tiering))
+    assert (copy.url, copy.local_retention_bytes, copy.client_options) == (URL, 5, {"endpoint": "http://127.0.0.1:1"})
+    with pytest.raises(TypeError):
+        pickle.dumps(Tiering(URL, object_store=MemoryStore()))
