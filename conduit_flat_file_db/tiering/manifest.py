@@ -74,7 +74,7 @@ def parse_segment_object(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Manifest:
-    """One uploaded segment (FORMAT.md "Object storage: manifest")."""
+    """One uploaded segment (FORMAT.md "Object storage: Manifest")."""
 
     format: int
     store: str  # the id of the store that uploaded it (the claim's)
