@@ -24,7 +24,7 @@ from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationErr
 from .fileio import finish_pread, pread_at, pread_exact, pread_full
 from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
 from .index import HEADER_BYTES, KIND_RAW, REC_FRAME, REC_SEAL, decode_records
-from .naming import index_name, parse_segment_name, segment_name
+from .naming import index_name, parse_segment_name, remote_name, segment_name
 from .seekable import FrameTable, parse_seek_table, read_frame, read_frames
 from .segment_files import OPEN_READ, open_data_file
 from .state import W_EPOCH, MutableView, StateSource
@@ -256,7 +256,10 @@ class ReaderCache:
         try:
             fd, kind = open_data_file(self.dir_fd, number)
         except FlatFileDbNotFoundError:
-            remote = self.remote(number) if self.remote is not None else None
+            if self.remote is None:
+                self._refuse_remote_only(number)
+                raise
+            remote = self.remote(number)
             if remote is None:
                 raise
             return self._cached(number, remote)
@@ -296,6 +299,18 @@ class ReaderCache:
         if mutable:
             self.refresh(reader)
         return self._cached(number, reader)
+
+    def _refuse_remote_only(self, number: int) -> None:
+        """A segment whose data is only in the object-storage tier, opened without tiering: say so."""
+        try:
+            os.stat(remote_name(number), dir_fd=self.dir_fd)
+        except OSError:
+            return
+        raise FlatFileDbNotFoundError(
+            errno.ENOENT,
+            f"segment {number} is in the object store only: open the store with tiering=Tiering(...) to read it",
+            remote_name(number),
+        )
 
     def _cached(self, number: int, reader: SegmentReader) -> SegmentReader:
         if len(self.by_number) >= self.max_open:

@@ -31,19 +31,33 @@ def _obstore() -> Any:
 
 
 def translate(exc: BaseException, what: str) -> TieringError:
-    """The library's error for a client exception raised while doing ``what``."""
+    """The library's error for a client exception raised while doing ``what`` (its message: the
+    client's first line, and the cause found in the rest)."""
     name = type(exc).__name__
-    text = f"{what}: {exc}"
-    lowered = str(exc).lower()
-    if name in ("PermissionDeniedError", "UnauthenticatedError") or "signaturedoesnotmatch" in lowered:
+    full = str(exc)
+    lowered = full.lower()
+    causes = [hint for key, hint in _CAUSES if key in lowered]
+    text = f"{what}: {full.splitlines()[0] if full else name}" + (f" ({', '.join(causes)})" if causes else "")
+    if name in ("PermissionDeniedError", "UnauthenticatedError") or any(k in lowered for k in _ACCESS_KEYS):
         return RemoteAccessError(text)
-    if "invalidaccesskeyid" in lowered or "accessdenied" in lowered:
-        return RemoteAccessError(text)
-    if "nosuchbucket" in lowered or "bucket not found" in lowered or "the specified bucket does not exist" in lowered:
+    if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         return BucketNotFoundError(text)
-    if "timed out" in lowered or "timeout" in lowered:
+    if "timed out" in lowered or "deadline has elapsed" in lowered:
         return RemoteTimeoutError(text)
     return RemoteUnavailableError(text)
+
+
+_ACCESS_KEYS = ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "403 forbidden")
+_CAUSES = (
+    ("connecterror", "cannot connect"),
+    ("connection refused", "connection refused"),
+    ("timed out", "timed out"),
+    ("nosuchbucket", "no such bucket"),
+    ("signaturedoesnotmatch", "wrong secret key"),
+    ("invalidaccesskeyid", "unknown access key"),
+    ("accessdenied", "access denied"),
+    ("status: 5", "server error"),
+)
 
 
 def _not_found_types() -> tuple[type[BaseException], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 from typing import Any
@@ -14,6 +15,7 @@ DEFAULT_CONNECT_TIMEOUT = "5s"
 # exponential backoff and jitter; a minute bounds how long a read waits for a sick server.
 DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_MAX_RETRIES = 8
+QUICK_RETRY_SECONDS = 5.0
 
 
 def _non_negative(name: str, value: float, *, integer: bool) -> None:
@@ -119,9 +121,9 @@ class Tiering:
             **self.client_options,
         }
 
-    def build_store(self) -> Any:
+    def build_store(self, quick: bool = False) -> Any:
         """The obstore store of the bucket (the given one, or an ``S3Store`` from the URL and
-        the ``AWS_*`` environment)."""
+        the ``AWS_*`` environment). ``quick``: retries bounded by seconds, for the checks of an open."""
         if self.object_store is not None:
             return self.object_store
         try:
@@ -135,9 +137,9 @@ class Tiering:
             client["allow_http"] = True
         client.update(options.pop("client_options", {}) or {})
         retry = options.pop("retry_config", None)
-        if retry is None:
-            import datetime  # pylint: disable=import-outside-toplevel
-
+        if quick:
+            retry = {"max_retries": 2, "retry_timeout": datetime.timedelta(seconds=QUICK_RETRY_SECONDS)}
+        elif retry is None:
             retry = {
                 "max_retries": DEFAULT_MAX_RETRIES,
                 "retry_timeout": datetime.timedelta(seconds=DEFAULT_RETRY_SECONDS),

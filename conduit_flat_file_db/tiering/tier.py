@@ -39,6 +39,7 @@ from ..errors import (
     FlatFileDbNotFoundError,
     RemoteCorruptionError,
     RemoteTimeoutError,
+    RemoteUnavailableError,
     TieringError,
     UnsafeRemoteError,
 )
@@ -99,6 +100,9 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     ) -> None:
         self.config = config
         self.bucket = RemoteBucket(config.build_store(), config.prefix, config.url)
+        # The open's checks wait seconds, not the minute of retries that uploads and reads get.
+        self._quick_bucket = RemoteBucket(config.build_store(quick=True), config.prefix, config.url)
+        self._quick_bucket.stats = self.bucket.stats
         self.cache = FrameCache(config.remote_cache_bytes)
         self.dir_str = dir_str
         self._dir_fd = os.dup(dir_fd)
@@ -114,24 +118,38 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.uploads = 0
+        self.store_id = ""  # until the claim is checked (at open, or by the thread if the server was down)
         try:
             if readonly:  # reads only: no claim to make, no probe to write
                 self._stopping = True
                 self.store_id = str((self._read_tier_file() or {}).get("store", ""))
             else:
-                self.store_id = self._claim()
+                self._check_claim(at_open=True)
         except BaseException:
             os.close(self._dir_fd)
             raise
 
+    def _check_claim(self, at_open: bool = False) -> None:
+        """Claim and probe once. A server that does not answer at open does not stop the open
+        (local reads and writes go on; the thread tries again before it uploads); a missing
+        bucket, refused credentials or an unsafe server do."""
+        if self.store_id:
+            return
+        try:
+            self.store_id = self._claim(self._quick_bucket if at_open else self.bucket)
+        except RemoteUnavailableError as exc:
+            if not at_open:
+                raise
+            self._record_error(exc)
+
     # -- open: the claim and the probe --------------------------------------------------
 
-    def _claim(self) -> str:
+    def _claim(self, bucket: RemoteBucket) -> str:
         """The store's id in the bucket: checks (or makes) the claim on the prefix, and probes
         the server for what the tier relies on."""
         local = self._read_tier_file()
-        self.probe()
-        raw = self.bucket.get("get_claim", CLAIM_NAME)
+        self.probe(bucket)
+        raw = bucket.get("get_claim", CLAIM_NAME)
         if raw is None:
             if local is not None and local.get("url") not in (None, self.config.url) and self._remote_markers():
                 raise UnsafeRemoteError(
@@ -140,9 +158,9 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             store_id = local["store"] if local is not None else uuid.uuid4().hex
             claim = json.dumps({"format": MANIFEST_FORMAT, "store": store_id}).encode()
             try:
-                self.bucket.put("put_claim", CLAIM_NAME, claim, len(claim), create=True)
+                bucket.put("put_claim", CLAIM_NAME, claim, len(claim), create=True)
             except FileExistsError:
-                raw = self.bucket.get("get_claim", CLAIM_NAME)  # another opener won: read its claim
+                raw = bucket.get("get_claim", CLAIM_NAME)  # another opener won: read its claim
         if raw is not None:
             try:
                 store_id = json.loads(raw)["store"]
@@ -156,15 +174,15 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             self._write_tier_file({"store": store_id, "url": self.config.url})
         return str(store_id)
 
-    def probe(self) -> None:
+    def probe(self, bucket: RemoteBucket) -> None:
         """Refuse a server that would make the tier unsafe: one that ignores ``Range`` or
         overwrites on a conditional create (UnsafeRemoteError, with the reason)."""
         name = f"ffdb-probe/{uuid.uuid4().hex}"
         body = bytes(range(256)) * 4
-        self.bucket.put("probe", name, body, len(body), create=True)
+        bucket.put("probe", name, body, len(body), create=True)
         try:
             try:
-                self.bucket.put("probe", name, b"other", 5, create=True)
+                bucket.put("probe", name, b"other", 5, create=True)
             except FileExistsError:
                 pass
             else:
@@ -172,10 +190,10 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                     f"{self.config.url}: the server overwrote an object on a conditional create "
                     "(If-None-Match: *); the tier needs it to never overwrite a manifest"
                 )
-            if self.bucket.get_range("probe", name, 100, 110) != body[100:110]:
+            if bucket.get_range("probe", name, 100, 110) != body[100:110]:
                 raise UnsafeRemoteError(f"{self.config.url}: the server answered a ranged GET with other bytes")
         finally:
-            self.bucket.delete("probe", name)
+            bucket.delete("probe", name)
 
     def _read_tier_file(self) -> dict[str, Any] | None:
         try:
@@ -323,6 +341,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                     self._dir_fd = -1
 
     def _pass(self) -> int:
+        self._check_claim()
         mutable, synced_below = self._state_words()
         data, markers, _indexes = self._listing()
         pending = 0
@@ -437,8 +456,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         return False
 
     def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
-        """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
-        with self._commit_lock, self._write_lock():
+        """Create the manifest and the local marker, unless the segment was deleted meanwhile.
+
+        The write lock first, then the commit lock: close() takes the commit lock, and a thread
+        that closes the store while it holds the store's read lock must not wait for this one."""
+        with self._write_lock(), self._commit_lock:
             if self._stopping:
                 return False
             if read_index(self._dir_fd, number, 0) is None:  # deleted while uploading: leave orphans to gc

@@ -7,6 +7,8 @@ here the bucket is in memory so that a test can look at and damage every object 
 from __future__ import annotations
 
 import os
+import socket
+import time
 import pickle
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,41 @@ def test_a_tiering_pickles_by_its_url_and_options() -> None:
     assert (copy.url, copy.local_retention_bytes, copy.client_options) == (URL, 5, {"endpoint": "http://127.0.0.1:1"})
     with pytest.raises(TypeError):
         pickle.dumps(Tiering(URL, object_store=MemoryStore()))
+
+
+def test_a_remote_only_segment_opened_without_tiering_says_where_it_is(tmp_path: Path) -> None:
+    """Without tiering, a read of a segment that is in the bucket only names the cause."""
+    bucket = MemoryStore()
+    db, locations, _datas = _filled(tmp_path, bucket, False, local_retention_bytes=0)
+    db.close()
+    with FlatFileDb(tmp_path / "db", tmp_path / "db.lock") as plain:
+        with pytest.raises(FlatFileDbNotFoundError, match="object store only"):
+            plain.get(locations[0])
+        assert plain.verify().ok
+
+
+def test_an_unreachable_server_at_open_does_not_stop_local_work(tmp_path: Path) -> None:
+    """The open's checks give up after seconds on a server that does not answer: the store opens,
+    puts and gets work, and tiering_status says what is wrong; nothing local is removed."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens here once the socket is closed
+    tiering = Tiering(
+        "s3://bucket/x",
+        local_retention_bytes=0,
+        endpoint=f"http://127.0.0.1:{port}",
+        access_key_id="k",
+        secret_access_key="s",
+        region="us-east-1",
+        client_options={"connect_timeout": "1s"},
+    )
+    started = time.monotonic()
+    with FlatFileDb(tmp_path / "db", tmp_path / "db.lock", max_file_size=10_000, tiering=tiering) as db:
+        assert time.monotonic() - started < 30
+        locations = db.put_many([b"y" * 4000] * 10)
+        db.rotate()
+        assert db.get(locations[0]) == b"y" * 4000
+        status = db.tiering_status()
+        assert status["last_error"] and "RemoteUnavailableError" in status["last_error"]
+        assert status["uploaded"] == [] and status["remote_only"] == []
+        assert len(status["pending"]) == len(db.segments()) - 1
