@@ -64,17 +64,6 @@ def default_lock_path(datadir: str | os.PathLike[str]) -> str:
 MAX_LOCK_TIMEOUT_SECONDS = 365 * 86400.0  # longer, and the lock's deadline arithmetic overflows: use None
 
 
-def check_tiering(tiering: Any) -> Any:
-    """``tiering`` if it is None or a ``Tiering``; TypeError otherwise."""
-    from .tiering.config import Tiering  # pylint: disable=import-outside-toplevel  # the package imports the store
-
-    if tiering is not None and not isinstance(tiering, Tiering):
-        raise TypeError(
-            f"tiering must be a Tiering (from conduit_flat_file_db.tiering import Tiering), not {type(tiering).__name__}"
-        )
-    return tiering
-
-
 def check_paths(datadir: Any, lock_path: Any) -> None:
     """TypeError unless ``datadir`` is a path and ``lock_path`` a path or None (the default)."""
     if not isinstance(datadir, (str, os.PathLike)) or not isinstance(lock_path, (str, os.PathLike, type(None))):

@@ -17,6 +17,7 @@ from .errors import InvalidLocationError, RemoteOnlySegmentError
 from .reader import MAP_READ_BYTES, BlobFile, SegmentReader, apply_slice, fast_slice
 from .state import W_EPOCH
 from .store import Store, map_read, new_location
+from .tiering.remote_reader import read_many
 from .types import DataLocation, Slice
 
 _DISK_ORDER = operator.itemgetter(0, 1)
@@ -180,8 +181,6 @@ class BulkReads(Store):
 
     def _get_many_tiered(self, locations: list[DataLocation]) -> list[bytes]:
         """get_many with some segments in the bucket: their ranges are fetched together, per segment."""
-        from .tiering.remote_reader import read_many  # pylint: disable=import-outside-toplevel  # tiering only
-
         out: list[bytes] = [b""] * len(locations)
         local: list[int] = []
         remote: dict[int, tuple[SegmentReader, list[int], list[tuple[int, int]]]] = {}

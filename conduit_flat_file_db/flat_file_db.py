@@ -16,6 +16,7 @@ from .frames import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
 from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
 from .tiering.config import Tiering
+from .tiering.remote_db import RemoteFlatFileDb
 from .types import DataLocation, Slice
 
 MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE
@@ -204,12 +205,10 @@ class FlatFileDb(MaintainedStore):
         return dict(tier.gc(mutable))
 
     @staticmethod
-    def open_remote(url: str, **options: Any) -> Any:
+    def open_remote(url: str, **options: Any) -> RemoteFlatFileDb:
         """Open the store uploaded to ``url`` (``s3://bucket/prefix``) read-only, from any machine,
         with no local datadir: see :class:`~conduit_flat_file_db.tiering.remote_db.RemoteFlatFileDb`.
         ``options`` are those of :class:`~conduit_flat_file_db.tiering.Tiering`."""
-        from .tiering.remote_db import RemoteFlatFileDb  # pylint: disable=import-outside-toplevel
-
         return RemoteFlatFileDb(url, **options)
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -366,6 +366,12 @@ class ReadOnlyLock:
         raise AssertionError("unreachable: acquire_write raised")
 
 
+def exclusive_file_lock(path: str) -> Any:
+    """A plain exclusive inter-process lock on ``path`` (``acquire(blocking=, timeout=)``,
+    ``release()``, a context manager): the tier's turn to upload, one process at a time."""
+    return fasteners.InterProcessLock(path)
+
+
 def process_lock_for(path: str) -> ProcessLock:
     """The one ProcessLock of this process for the lock file at ``path`` (created if needed).
 

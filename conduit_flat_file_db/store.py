@@ -36,7 +36,6 @@ from .arguments import (
     check_lock_path,
     check_options,
     check_paths,
-    check_tiering,
     default_lock_path,
 )
 from .errors import FlatFileDbReadOnlyError
@@ -66,6 +65,8 @@ from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fas
 from .readonly import ReadOnlyState, open_datadir
 from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, W_SYNCED_BELOW, SharedState
 from .syncer import SealSyncer
+from .tiering.config import Tiering
+from .tiering.tier import Tier
 from .types import Buffer, DataLocation, Slice
 from .writer import SegmentWriter
 
@@ -242,8 +243,6 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """With tiering: the tier (claim and probe of the bucket), and remote reads for the readers."""
         if self.tiering is None:
             return
-        from .tiering.tier import Tier  # pylint: disable=import-outside-toplevel  # only stores that tier load it
-
         try:
             self._tier = Tier(
                 self.tiering,
@@ -611,6 +610,15 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         resolved = self._readers.resolve(location)
         self._epoch = self._readers.epoch
         return resolved
+
+
+def check_tiering(tiering: Any) -> Tiering | None:
+    """``tiering`` if it is None or a ``Tiering``; TypeError otherwise (before anything is written)."""
+    if tiering is not None and not isinstance(tiering, Tiering):
+        raise TypeError(
+            f"tiering must be a Tiering (from conduit_flat_file_db.tiering import Tiering), not {type(tiering).__name__}"
+        )
+    return tiering
 
 
 def map_read(reader: SegmentReader, start: Any, end: Any) -> bytes | None:

@@ -32,7 +32,6 @@ import time
 import uuid
 from typing import Any, Callable, ContextManager, Iterator
 
-import fasteners
 import xxhash
 
 from ..errors import (
@@ -46,6 +45,7 @@ from ..errors import (
 from ..fileio import pread_at, pread_full
 from ..frames import SKIPPABLE_HEADER_BYTES, FrameCache
 from ..index import KIND_ZSTD, REC_SEAL
+from ..locking import exclusive_file_lock
 from ..naming import TIER_FILE_NAME, index_name, parse_name, remote_name, segment_name, temp_name
 from ..seekable import FOOTER_BYTES, parse_seek_table
 from ..segment_files import fsync_dir, index_records, open_data_file, read_index
@@ -108,7 +108,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._dir_fd = os.dup(dir_fd)
         self._state_words = state_words  # (mutable segment, synced below): only while not closed
         self._write_lock = write_lock
-        self._upload_lock = fasteners.InterProcessLock(lock_path + ".tier")
+        self._upload_lock = exclusive_file_lock(lock_path + ".tier")
         self._local_lock = threading.Lock()  # one pass at a time in this process
         self._commit_lock = threading.Lock()  # close() waits for a commit step, never for an upload
         self._wake = threading.Event()

@@ -7,9 +7,9 @@ here the bucket is in memory so that a test can look at and damage every object 
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import time
-import pickle
 from pathlib import Path
 from typing import Any
 

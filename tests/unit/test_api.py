@@ -46,6 +46,7 @@ LAYERS = [
     "writer_recovery",
     "writer",
     "rewrite",
+    "tiering",  # the object-storage tier (a package: its modules import one another)
     "store",
     "log_records",
     "bulk",
