@@ -17,7 +17,7 @@ from .errors import InvalidLocationError, RemoteOnlySegmentError
 from .reader import MAP_READ_BYTES, BlobFile, SegmentReader, apply_slice, fast_slice
 from .state import W_EPOCH
 from .store import Store, map_read, new_location
-from .tiering.remote_reader import read_many
+from .tiering.remote_reader import read_groups
 from .types import DataLocation, Slice
 
 _DISK_ORDER = operator.itemgetter(0, 1)
@@ -193,9 +193,8 @@ class BulkReads(Store):
             entry = remote.setdefault(reader.number, (reader, [], []))
             entry[1].append(index)
             entry[2].append((start, end))
-        for reader, indexes, ranges in remote.values():
-            for index, data in zip(indexes, read_many(reader, ranges)):  # type: ignore[arg-type]  # REMOTE readers
-                out[index] = data
+        if remote:
+            read_groups(list(remote.values()), out)
         if local:
             local_out = self._get_many_local([locations[i] for i in local], [b""] * len(local))
             for index, data in zip(local, local_out):

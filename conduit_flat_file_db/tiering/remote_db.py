@@ -38,7 +38,7 @@ from ..verify import VerifyReport
 from .bucket import RemoteBucket
 from .config import Tiering
 from .manifest import CLAIM_NAME, MANIFESTS, Manifest, hex64, index_object, manifest_object, parse_manifest_name
-from .remote_reader import RemoteSegmentReader, read_many
+from .remote_reader import RemoteSegmentReader, read_groups
 
 _WRITES = (
     "put",
@@ -193,9 +193,8 @@ class RemoteFlatFileDb:
             entry[1].append(index)
             entry[2].append((start, end))
         out: list[bytes] = [b""] * len(locations)
-        for reader, indexes, ranges in groups.values():
-            for index, data in zip(indexes, read_many(reader, ranges)):
-                out[index] = data
+        if groups:
+            read_groups(list(groups.values()), out)
         return out
 
     def iter_many(self, locations: Iterable[DataLocation]) -> Iterator[tuple[int, bytes]]:

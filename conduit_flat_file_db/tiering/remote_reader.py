@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import xxhash
@@ -181,6 +182,26 @@ def has_content_checksum(frame: bytes) -> bool:
     return len(frame) > 4 and frame[:4] == b"\x28\xb5\x2f\xfd" and bool(frame[4] & 0x04)
 
 
+PARALLEL_SEGMENTS = 8  # segments fetched at once by one get_many
+
+
+def read_groups(groups: list[tuple[Any, list[int], list[tuple[int, int]]]], out: list[bytes]) -> None:
+    """For each (remote reader, indexes, ranges): ``out[index]`` = the range's bytes. Segments are
+    fetched in parallel (the client releases the GIL while it waits on the network)."""
+
+    def one(group: tuple[Any, list[int], list[tuple[int, int]]]) -> None:
+        reader, indexes, ranges = group
+        for index, data in zip(indexes, read_many(reader, ranges)):
+            out[index] = data
+
+    if len(groups) == 1:
+        one(groups[0])
+        return
+    with ThreadPoolExecutor(min(PARALLEL_SEGMENTS, len(groups)), thread_name_prefix="ffdb-get-many") as pool:
+        for done in [pool.submit(one, group) for group in groups]:
+            done.result()  # the first error, as a sequential read would raise it
+
+
 def read_many(reader: RemoteSegmentReader, ranges: list[tuple[int, int]]) -> list[bytes]:
     """Bytes of many ranges of one remote segment: the blocks (or frames) they need are fetched
     in one call that coalesces neighbouring ranges and runs the requests in parallel."""
@@ -269,4 +290,4 @@ def open_remote_reader(bucket: RemoteBucket, manifest: Manifest, name: str, cach
     return RemoteSegmentReader(bucket, manifest, name, cache)
 
 
-__all__ = ["RemoteSegmentReader", "open_remote_reader", "read_many"]
+__all__ = ["RemoteSegmentReader", "open_remote_reader", "read_groups", "read_many"]

@@ -332,3 +332,46 @@ def test_an_unreachable_server_at_open_does_not_stop_local_work(tmp_path: Path) 
         assert status["last_error"] and "RemoteUnavailableError" in status["last_error"]
         assert status["uploaded"] == [] and status["remote_only"] == []
         assert len(status["pending"]) == len(db.segments()) - 1
+
+
+def test_enforce_retention_and_finish_compaction_delete_the_remote_copies(tmp_path: Path) -> None:
+    """Retention by age deletes remote-only segments in the bucket too; so does a compaction's
+    second phase; what was copied stays readable at its new location."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False, local_retention_bytes=0)
+    sealed = db.segments()[:-1]
+    compaction = db.compact(sealed[-2:], lambda location: location == locations[-1])
+    assert db.finish_compaction(compaction) == sealed[-2:]
+    assert db.get(compaction.mapping[locations[-1]]) == datas[-1]
+    deleted = db.enforce_retention(max_age=0, keep_min=1)
+    assert deleted == sealed[:-2]
+    remaining = {int(o.rsplit("_", 1)[1][:8]) for o in _objects(bucket) if "/manifests/" in o}
+    assert not remaining & set(sealed), "the bucket still holds deleted segments"
+    db.close()
+
+
+def test_open_remote_notices_deletes_by_itself_within_refresh_seconds(tmp_path: Path) -> None:
+    """With refresh_seconds=0 every read lists the bucket anew: a deleted segment is gone at once."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False)
+    remote = FlatFileDb.open_remote(URL, object_store=bucket, refresh_seconds=0)
+    assert remote.get(locations[0]) == datas[0]
+    db.delete_file(locations[0].file_path)
+    remote.close()  # forget the open reader: the listing decides
+    with pytest.raises(FlatFileDbNotFoundError):
+        remote.get(locations[0])
+    db.close()
+
+
+def test_a_read_only_local_open_reads_remote_only_segments(tmp_path: Path) -> None:
+    """readonly=True with tiering reads from the bucket and writes nothing anywhere."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, True, local_retention_bytes=0)
+    db.close()
+    before = _objects(bucket)
+    reader = FlatFileDb(tmp_path / "db", tmp_path / "db.lock", readonly=True, tiering=Tiering(URL, object_store=bucket))
+    assert reader.get_many(locations) == datas
+    with pytest.raises(FlatFileDbReadOnlyError):
+        reader.sync_tiering()
+    reader.close()
+    assert _objects(bucket) == before
