@@ -157,12 +157,15 @@ class Catalog(LogRecords):
         return str(self.datadir / segment_name(number, kind == KIND_ZSTD))
 
     def _segment_kind(self, number: int) -> int:
-        """The kind of segment ``number``'s data file now (KIND_RAW when no .dat.zst exists)."""
-        if self._tier is not None and (manifest := self._tier.manifest(number)) is not None:
-            if not os.path.exists(os.path.join(self._abs_dir, segment_name(number, manifest.compressed))):
-                return KIND_ZSTD if manifest.compressed else KIND_RAW  # remote only
-        exists = os.path.exists(os.path.join(self._abs_dir, segment_name(number, True)))
-        return KIND_ZSTD if exists else KIND_RAW
+        """The kind of segment ``number``'s data file now (KIND_RAW when no .dat.zst exists; with
+        tiering, the uploaded file's kind when neither is on the local disk)."""
+        if os.path.exists(os.path.join(self._abs_dir, segment_name(number, True))):
+            return KIND_ZSTD
+        if self._tier is not None and not os.path.exists(os.path.join(self._abs_dir, segment_name(number, False))):
+            manifest = self._tier.manifest(number)
+            if manifest is not None and manifest.compressed:
+                return KIND_ZSTD
+        return KIND_RAW
 
     def verify(self, full: bool = True, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Check the store; returns a report listing each problem with file and offset.

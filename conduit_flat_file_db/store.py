@@ -250,7 +250,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._dir_str,
                 self._abs_lock,
                 self._tier_words,
-                self._write_lock,
+                self._lock.write,
                 readonly=readonly,
             )
         except BaseException:

@@ -35,6 +35,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import xxhash
 
 from ..errors import (
+    FlatFileDbLockTimeoutError,
     FlatFileDbNotFoundError,
     RemoteCorruptionError,
     RemoteTimeoutError,
@@ -72,6 +73,7 @@ from .remote_reader import RemoteSegmentReader
 logger = logging.getLogger("conduit_flat_file_db")
 
 POLL_SECONDS = 1.0
+COMMIT_LOCK_WAIT = 0.05  # seconds per try for the store's write lock in an upload's last step
 MAX_BACKOFF_SECONDS = 60.0
 PART_BYTES = 8 * 2**20  # multipart upload part size (and the read chunk of an upload)
 _MARKER_SUFFIX = ".remote"
@@ -95,7 +97,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         dir_str: str,
         lock_path: str,
         state_words: Callable[[], tuple[int, int]],
-        write_lock: Callable[[], ContextManager[None]],
+        write_lock: Callable[[float], ContextManager[None]],
         readonly: bool = False,
     ) -> None:
         self.config = config
@@ -105,12 +107,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._quick_bucket.stats = self.bucket.stats
         self.cache = FrameCache(config.remote_cache_bytes)
         self.dir_str = dir_str
-        self._dir_fd = os.dup(dir_fd)
+        # Its own open of the directory, not a dup: a dup shares the directory's read position,
+        # and two threads listing through descriptors that share it see parts of the listing.
+        self._dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self._state_words = state_words  # (mutable segment, synced below): only while not closed
         self._write_lock = write_lock
         self._upload_lock = exclusive_file_lock(lock_path + ".tier")
         self._local_lock = threading.Lock()  # one pass at a time in this process
-        self._commit_lock = threading.Lock()  # close() waits for a commit step, never for an upload
+        # Held while the thread touches the store (its state page, its write lock): close() waits
+        # for that (a commit step: one small request), never for an upload.
+        self._commit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -309,8 +315,9 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def close(self) -> None:
         """Stop the thread after its current request (an upload cut short is redone by the next
         open; its objects have no manifest yet); waits only for a commit step in progress."""
+        self._stopping = True
         with self._commit_lock:
-            self._stopping = True
+            pass
         self._wake.set()
         if self._local_lock.acquire(blocking=False):  # pylint: disable=consider-using-with  # no pass running: closed here
             try:
@@ -342,7 +349,10 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
 
     def _pass(self) -> int:
         self._check_claim()
-        mutable, synced_below = self._state_words()
+        with self._commit_lock:  # close() waits on it before the store lets its state page go
+            if self._stopping:
+                return -1
+            mutable, synced_below = self._state_words()
         data, markers, _indexes = self._listing()
         pending = 0
         for number in sorted(data):
@@ -456,30 +466,37 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         return False
 
     def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
-        """Create the manifest and the local marker, unless the segment was deleted meanwhile.
-
-        The write lock first, then the commit lock: close() takes the commit lock, and a thread
-        that closes the store while it holds the store's read lock must not wait for this one."""
-        with self._write_lock(), self._commit_lock:
-            if self._stopping:
-                return False
-            if read_index(self._dir_fd, number, 0) is None:  # deleted while uploading: leave orphans to gc
-                return False
-            if create:
-                raw = manifest.encode()
+        """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
+        while True:
+            with self._commit_lock:
+                if self._stopping:
+                    return False
                 try:
-                    self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
-                except FileExistsError:
-                    theirs = self.bucket.get("get_manifest", manifest_object(number))
-                    other = None if theirs is None else Manifest.decode(theirs, manifest_object(number))
-                    if other is None or other.store != self.store_id:
-                        raise UnsafeRemoteError(
-                            f"{self.config.url}: another store wrote segment {number}'s manifest"
-                        ) from None
-                    manifest = other  # a retry of an upload whose manifest was made: that one stands
-            self._write_file(remote_name(number), manifest.encode())
-            self._manifests[number] = manifest
-            self.uploads += 1
+                    with self._write_lock(COMMIT_LOCK_WAIT):
+                        return self._commit_locked(number, manifest, create)
+                except FlatFileDbLockTimeoutError:
+                    pass  # let close() in between tries: its thread may hold the store's read lock
+            time.sleep(COMMIT_LOCK_WAIT / 5)
+
+    def _commit_locked(self, number: int, manifest: Manifest, create: bool) -> bool:
+        """The last step of an upload, under the store's write lock."""
+        if read_index(self._dir_fd, number, 0) is None:  # deleted while uploading: leave orphans to gc
+            return False
+        if create:
+            raw = manifest.encode()
+            try:
+                self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
+            except FileExistsError:
+                theirs = self.bucket.get("get_manifest", manifest_object(number))
+                other = None if theirs is None else Manifest.decode(theirs, manifest_object(number))
+                if other is None or other.store != self.store_id:
+                    raise UnsafeRemoteError(
+                        f"{self.config.url}: another store wrote segment {number}'s manifest"
+                    ) from None
+                manifest = other  # a retry of an upload whose manifest was made: that one stands
+        self._write_file(remote_name(number), manifest.encode())
+        self._manifests[number] = manifest
+        self.uploads += 1
         return True
 
     def _apply_retention(self, mutable: int) -> None:
