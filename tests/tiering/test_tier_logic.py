@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -375,3 +376,30 @@ def test_a_read_only_local_open_reads_remote_only_segments(tmp_path: Path) -> No
         reader.sync_tiering()
     reader.close()
     assert _objects(bucket) == before
+
+
+def test_the_tier_and_the_store_list_the_datadir_at_once_without_losing_entries(tmp_path: Path) -> None:
+    """The tier's thread lists the datadir while callers list it too: each listing is whole (a
+    descriptor shared by dup would share the read position, and both would see parts)."""
+    bucket = MemoryStore()
+    db, _locations, _datas = _filled(tmp_path, bucket, False)
+    want = db.segments()
+    tier = db._tier  # pylint: disable=protected-access  # its listing, in a thread of its own
+    stop = threading.Event()
+    short: list[int] = []
+
+    def list_in_the_tier() -> None:
+        while not stop.is_set():
+            if len(tier._listing()[0]) < len(want):  # pylint: disable=protected-access
+                short.append(1)
+
+    thread = threading.Thread(target=list_in_the_tier)
+    thread.start()
+    try:
+        for _ in range(3000):
+            assert db.segments() == want
+    finally:
+        stop.set()
+        thread.join()
+    assert not short
+    db.close()
