@@ -89,7 +89,7 @@ class Manifest:
     table_bytes: int  # compressed: the seek table's bytes at the end of the data object; 0 when raw
     table_xxh3: str  # of those bytes; "" when raw
     sealed_ns: int
-    verified: str  # how the upload was checked: "etag" (the server's MD5) or "size"
+    verified: str  # how the upload was checked: "etag" (the server's MD5 of what it got) or "read-back"
 
     @property
     def data_name(self) -> str:

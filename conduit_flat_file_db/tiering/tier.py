@@ -395,14 +395,20 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         if not seal:
             raise TieringError(f"{self.dir_str}: segment {number} has no SEAL record; not uploaded")
         size = os.fstat(fd).st_size
-        index_verified = self._put_checked("put_index", index_object(number), [index], len(index))
+        verified = "etag"
+        if not self._put_checked("put_index", index_object(number), [index], len(index)):
+            self._read_back(index_object(number), len(index), xxhash.xxh3_64_intdigest(index))
+            verified = "read-back"
         sums: list[int] = []
         whole = xxhash.xxh3_64()
-        data_verified = self._put_checked(
+        if not self._put_checked(
             "put_data", data_object(number, compressed), self._chunks(fd, size, sums, whole), size
-        )
+        ):
+            self._read_back(data_object(number, compressed), size, whole.intdigest())
+            verified = "read-back"
         sums_raw = encode_sums(sums)
-        self._put_checked("put_sums", sums_object(number), [sums_raw], len(sums_raw))
+        if not self._put_checked("put_sums", sums_object(number), [sums_raw], len(sums_raw)):
+            self._read_back(sums_object(number), len(sums_raw), xxhash.xxh3_64_intdigest(sums_raw))
         table_bytes, table_sum = 0, ""
         if compressed:
             table = parse_seek_table(pread_at(fd), size)
@@ -424,7 +430,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             table_bytes=table_bytes,
             table_xxh3=table_sum,
             sealed_ns=os.stat(index_name(number), dir_fd=self._dir_fd).st_mtime_ns,
-            verified="etag" if index_verified and data_verified else "size",
+            verified=verified,
         )
 
     def _chunks(self, fd: int, size: int, sums: list[int], whole: Any) -> Iterator[bytes]:
@@ -436,6 +442,15 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             whole.update(chunk)
             sums.extend(xxhash.xxh3_64_intdigest(chunk[i : i + SUM_BLOCK]) for i in range(0, len(chunk), SUM_BLOCK))
             yield chunk
+
+    def _read_back(self, name: str, size: int, digest: int) -> None:
+        """Check an object whose ETag vouches for nothing (not an MD5 of what was sent): read it
+        back in PART_BYTES ranges and compare its XXH3-64 with the upload's."""
+        hasher = xxhash.xxh3_64()
+        for at in range(0, size, PART_BYTES):
+            hasher.update(self.bucket.get_range("read_back", name, at, min(size, at + PART_BYTES)))
+        if hasher.intdigest() != digest:
+            raise RemoteCorruptionError(f"{self.config.url}/{name}: the server holds other bytes than were sent", name)
 
     def _put_checked(self, kind: str, name: str, parts: Any, size: int) -> bool:
         """Upload, then check the object's size (HEAD) and, where the server's ETag is an MD5 of
