@@ -321,10 +321,15 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._wake.set()
         if self._local_lock.acquire(blocking=False):  # pylint: disable=consider-using-with  # no pass running: closed here
             try:
-                os.close(self._dir_fd)
-                self._dir_fd = -1
+                self._close_dir()
             finally:
                 self._local_lock.release()
+
+    def _close_dir(self) -> None:
+        """Close the tier's directory descriptor once (a pass that saw the stop closed it already)."""
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     # -- a pass: uploads, then local retention ------------------------------------------
 
@@ -344,8 +349,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             finally:
                 self._upload_lock.release()
                 if self._stopping:
-                    os.close(self._dir_fd)
-                    self._dir_fd = -1
+                    self._close_dir()
 
     def _pass(self) -> int:
         self._check_claim()
