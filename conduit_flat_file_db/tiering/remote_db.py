@@ -145,7 +145,8 @@ class RemoteFlatFileDb:
         if number not in self._numbers:
             raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} is not in the bucket", self.url)
         manifest = self._manifest(number)
-        reader = RemoteSegmentReader(self.bucket, manifest, segment_name(number, manifest.compressed), self.cache)
+        name = segment_name(number, manifest.compressed)
+        reader = RemoteSegmentReader(self.bucket, manifest, name, self.cache, lambda: self._index(number))
         with self._lock:
             self._readers[number] = reader
         return reader

@@ -13,6 +13,7 @@ Verified blocks and decompressed frames are kept in one LRU bounded in bytes.
 
 from __future__ import annotations
 
+import array
 import bisect
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import xxhash
 
 from ..errors import CorruptionError, FlatFileDbNotFoundError, RemoteCorruptionError
 from ..frames import FrameCache, decompress_frame
+from ..index import FLAG_LEGACY_EXTENT, FLAG_UNCHECKED, HEADER_BYTES, REC_BLOB, decode_records
 from ..reader import SegmentReader
 from ..seekable import FrameTable, parse_seek_table, read_frames
 from .bucket import RemoteBucket
@@ -34,11 +36,22 @@ FETCH_ATTEMPTS = 2
 class RemoteSegmentReader(SegmentReader):
     """One remote segment, read through its manifest. Thread-safe."""
 
-    __slots__ = ("_meta_lock", "block", "bucket", "manifest", "sums")
+    __slots__ = ("_blobs", "_index", "_meta_lock", "block", "bucket", "manifest", "sums")
     REMOTE = True
 
-    def __init__(self, bucket: RemoteBucket, manifest: Manifest, name: str, cache: FrameCache | None) -> None:
+    def __init__(
+        self,
+        bucket: RemoteBucket,
+        manifest: Manifest,
+        name: str,
+        cache: FrameCache | None,
+        index: Callable[[], bytes | None] | None = None,
+    ) -> None:
         super().__init__(manifest.segment, -1, name, manifest.limit, False)
+        # The segment's record index (local on the writer, fetched by a remote opener): a read of a
+        # whole blob is fetched exactly and checked by the blob's own checksum, not in blocks.
+        self._index = index
+        self._blobs: tuple[array.array[int], array.array[int], array.array[int]] | None = None
         self.raw = False  # no file and no map: every read of the engine comes through read()
         self.bucket = bucket
         self.manifest = manifest
@@ -69,6 +82,30 @@ class RemoteSegmentReader(SegmentReader):
                 except RemoteCorruptionError:
                     if attempt == FETCH_ATTEMPTS - 1:
                         raise
+
+    def blob_checksum(self, start: int, end: int) -> int | None:
+        """The XXH3-64 of the blob that is exactly [start, end), or None (not a whole blob, or one
+        stored without a checksum, or no index to tell)."""
+        blobs = self._blobs
+        if blobs is None:
+            blobs = self._load_blobs()
+        starts, ends, sums = blobs
+        at = bisect.bisect_left(starts, start)
+        if at < len(starts) and starts[at] == start and ends[at] == end and end > start:
+            return sums[at]
+        return None
+
+    def _load_blobs(self) -> tuple[array.array[int], array.array[int], array.array[int]]:
+        starts, ends, sums = array.array("Q"), array.array("Q"), array.array("Q")
+        raw = self._index() if self._index is not None else None
+        if raw is not None:
+            for record in decode_records(memoryview(raw)[HEADER_BYTES:]).records:
+                if record.rtype == REC_BLOB and not record.flags & (FLAG_UNCHECKED | FLAG_LEGACY_EXTENT):
+                    starts.append(record.offset)
+                    ends.append(record.end)
+                    sums.append(record.checksum)
+        self._blobs = (starts, ends, sums)
+        return self._blobs
 
     def _fetch_table(self) -> FrameTable:
         manifest = self.manifest
@@ -135,7 +172,21 @@ class RemoteSegmentReader(SegmentReader):
         raise AssertionError("unreachable")
 
     def _read_blocks(self, start: int, end: int) -> bytes:
+        checksum = self.blob_checksum(start, end)
+        if checksum is not None:
+            return self._whole_blob(start, end, checksum)
         return self._verified(start, end)
+
+    def _whole_blob(self, start: int, end: int, checksum: int, first: bytes | None = None) -> bytes:
+        """A whole blob of a raw segment, fetched exactly and checked against its own checksum
+        (``first``: bytes already fetched for it, checked first)."""
+        for attempt in range(FETCH_ATTEMPTS):
+            data = first if first is not None and attempt == 0 else self._get("get_data", start, end)
+            if xxhash.xxh3_64_intdigest(data) == checksum:
+                return data
+        raise RemoteCorruptionError(
+            f"{self._where()}: the blob at {start}..{end} fails its checksum (twice)", self._where(), start
+        )
 
     def _verified(self, start: int, end: int) -> bytes:
         """Data object bytes [start, end), fetched in whole checked blocks (cached when small)."""
@@ -207,6 +258,27 @@ def read_many(reader: RemoteSegmentReader, ranges: list[tuple[int, int]]) -> lis
     in one call that coalesces neighbouring ranges and runs the requests in parallel."""
     if reader.table is not None:
         return _read_many_frames(reader, reader.table, ranges)
+    checksums = [reader.blob_checksum(start, end) for start, end in ranges]
+    whole = [i for i, checksum in enumerate(checksums) if checksum is not None]
+    out: list[bytes] = [b""] * len(ranges)
+    if whole:
+        try:
+            fetched = reader.bucket.get_ranges(
+                "get_data", reader.manifest.data_name, [ranges[i][0] for i in whole], [ranges[i][1] for i in whole]
+            )
+        except FileNotFoundError:
+            raise reader._gone() from None  # pylint: disable=protected-access
+        for i, data in zip(whole, fetched):
+            out[i] = reader._whole_blob(*ranges[i], checksums[i], data)  # type: ignore[arg-type]  # pylint: disable=protected-access
+    rest = [i for i, checksum in enumerate(checksums) if checksum is None]
+    if rest:
+        for i, data in zip(rest, _read_many_blocks(reader, [ranges[i] for i in rest])):
+            out[i] = data
+    return out
+
+
+def _read_many_blocks(reader: RemoteSegmentReader, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """read_many of ranges that are not whole blobs: the SUM_BLOCK blocks they touch."""
     if not reader.block:
         reader._load_sums()  # pylint: disable=protected-access  # this module's class
     block, size = reader.block, reader.manifest.data_size

@@ -280,7 +280,14 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         if manifest is None:
             return None
         name = os.path.join(self.dir_str, segment_name(number, manifest.compressed))
-        return RemoteSegmentReader(self.bucket, manifest, name, self.cache)
+        return RemoteSegmentReader(self.bucket, manifest, name, self.cache, lambda: self._local_index(number))
+
+    def _local_index(self, number: int) -> bytes | None:
+        """Segment ``number``'s record index from the local disk (None once closed or deleted)."""
+        try:
+            return read_index(self._dir_fd, number)
+        except OSError:
+            return None
 
     # -- the background thread ----------------------------------------------------------
 
