@@ -12,8 +12,9 @@ import uuid
 from typing import Callable, Iterator
 
 import pytest
-from faultproxy import FaultProxy
-from s3servers import S3Server, ServerHandle, ServerNotInstalledError, start_ceph, start_seaweedfs
+
+from .faultproxy import FaultProxy
+from .s3servers import S3Server, ServerHandle, ServerNotInstalledError, start_ceph, start_seaweedfs
 
 _STARTERS: dict[str, Callable[..., tuple[S3Server, ServerHandle]]] = {"seaweedfs": start_seaweedfs, "ceph": start_ceph}
 

@@ -177,16 +177,15 @@ def _read_body(reader: _Reader, message: _Message, request_method: str) -> bytes
     return body
 
 
-def _with_length(head: _Message, body: bytes, declared: int | None = None) -> bytes:
-    """The head re-framed for a body sent with a Content-Length (``declared``, default its real size)."""
+def _with_length(head: _Message, body: bytes) -> bytes:
+    """The head re-framed for ``body`` sent whole with a Content-Length (a chunked body is sent decoded)."""
     lines = head.raw.decode("latin-1").split("\r\n")
     kept = [
         line
         for line in lines[1:]
         if line and line.split(":")[0].strip().lower() not in ("content-length", "transfer-encoding")
     ]
-    size = len(body) if declared is None else declared
-    return ("\r\n".join([lines[0], *kept, f"Content-Length: {size}"]) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join([lines[0], *kept, f"Content-Length: {len(body)}"]) + "\r\n\r\n").encode("latin-1")
 
 
 class FaultProxy:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
+from pathlib import Path
 
 import obstore
 import pytest
 from botocore.exceptions import ClientError
-from faultproxy import FaultProxy
 from obstore.exceptions import AlreadyExistsError, GenericError, PermissionDeniedError
 from obstore.store import S3Store
-from s3servers import S3Server
+
+from .faultproxy import FaultProxy
+from .s3servers import SEAWEEDFS_INSTALL_HINT, S3Server, ServerStartError, start_seaweedfs, weed_binary
 
 pytestmark = pytest.mark.tiering
 
@@ -234,3 +238,32 @@ def test_latency_is_added_before_every_response(s3_bucket: Bucket, fault_proxy: 
     for _ in range(4):
         obstore.get_range(store, "k", start=0, length=10)
     assert time.monotonic() - started >= 0.2
+
+
+def test_a_server_not_ready_in_time_raises_with_its_logs_and_leaves_nothing(tmp_path: Path) -> None:
+    """A failed start names the server and carries its log tail; no daemon outlives it."""
+    if weed_binary() is None and not os.environ.get("CI"):
+        pytest.skip(f"SeaweedFS not installed; {SEAWEEDFS_INSTALL_HINT}")
+    workdir = tmp_path / "weed"
+    with pytest.raises(ServerStartError, match=r"(?s)seaweedfs did not start.*not ready after 0 s.*log/weed\.out"):
+        start_seaweedfs(workdir, ready_timeout=0.0)
+    assert not [pid for pid in _pids_of("weed") if str(workdir) in _cmdline(pid)]
+
+
+def _pids_of(program: str) -> list[int]:
+    """The ids of running processes whose executable's name is ``program``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text(encoding="utf-8").strip() == program:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    """A process's command line, words joined by spaces ("" once it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
