@@ -39,9 +39,11 @@ fi
 #   zstd: tests/format/test_seekable_interop.py decodes the store's files with the zstd CLI;
 #   strace: tests/unit/test_hot_paths.py counts the system calls of put() and get();
 #   wine, gcc-mingw-w64-x86-64-win32: tests/unit/test_windows_scripts.py runs scripts/*.bat under
-#       Wine's cmd with a stand-in docker.exe it compiles (about 200 MB download; 35 s here).
+#       Wine's cmd with a stand-in docker.exe it compiles (about 200 MB download; 35 s here);
+#   radosgw, ceph-mon, ceph-osd: tests/tiering runs a one-node Ceph cluster with its S3 gateway (RGW).
 missing=()
-for tool_package in zstd:zstd strace:strace wine:wine x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32; do
+for tool_package in zstd:zstd strace:strace wine:wine x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64-win32 \
+    radosgw:radosgw ceph-mon:ceph-mon ceph-osd:ceph-osd; do
     command -v "${tool_package%%:*}" >/dev/null 2>&1 || missing+=("${tool_package#*:}")
 done
 if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
