@@ -251,6 +251,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._abs_lock,
                 self._tier_words,
                 self._lock.write,
+                None if readonly else self._state.bump_epoch,
                 readonly=readonly,
             )
         except BaseException:

@@ -98,6 +98,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         lock_path: str,
         state_words: Callable[[], tuple[int, int]],
         write_lock: Callable[[float], ContextManager[None]],
+        files_removed: Callable[[], None] | None = None,
         readonly: bool = False,
     ) -> None:
         self.config = config
@@ -112,6 +113,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._dir_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self._state_words = state_words  # (mutable segment, synced below): only while not closed
         self._write_lock = write_lock
+        self._files_removed = files_removed or (lambda: None)  # bumps the state page's epoch
         self._upload_lock = exclusive_file_lock(lock_path + ".tier")
         self._local_lock = threading.Lock()  # one pass at a time in this process
         # Held while the thread touches the store (its state page, its write lock): close() waits
@@ -533,6 +535,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         data, markers, _ = self._listing()
         total = sum(data.values())
         now = time.time()
+        removed = False
         for number in sorted(data):
             if number >= mutable or number not in markers:
                 break  # oldest first: never past a segment not uploaded yet
@@ -546,6 +549,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(segment_name(number, compressed), dir_fd=self._dir_fd)
             total -= data[number]
+            removed = True
+        if removed:
+            with self._commit_lock:  # readers of every process drop the descriptors that keep the blocks
+                if not self._stopping:
+                    self._files_removed()
 
     def _sealed_at(self, number: int) -> float:
         manifest = self.manifest(number)

@@ -25,6 +25,7 @@ from conduit_flat_file_db.errors import (
     TieringError,
     UnsafeRemoteError,
 )
+from conduit_flat_file_db.state import W_EPOCH
 from conduit_flat_file_db.tiering import Tiering
 from conduit_flat_file_db.types import DataLocation
 
@@ -402,4 +403,19 @@ def test_the_tier_and_the_store_list_the_datadir_at_once_without_losing_entries(
         stop.set()
         thread.join()
     assert not short
+    db.close()
+
+
+def test_local_retention_tells_every_reader_to_let_go_of_removed_files(tmp_path: Path) -> None:
+    """Removing data files bumps the state page's epoch: readers of every process drop the
+    descriptors that would keep the removed files' blocks on the disk."""
+    bucket = MemoryStore()
+    db, locations, datas = _filled(tmp_path, bucket, False)
+    assert db.get(locations[0]) == datas[0]  # a local reader now holds segment 0 open
+    before = db._words[W_EPOCH]  # pylint: disable=protected-access
+    db.close()
+    db = _open(tmp_path, bucket, local_retention_bytes=0)
+    db.sync_tiering()
+    assert db._words[W_EPOCH] > before  # pylint: disable=protected-access
+    assert db.get(locations[0]) == datas[0]
     db.close()
