@@ -346,8 +346,38 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
         for _ in range(self.args.rounds):
             result.baseline.append(_timed(calls, with_boto3))
             result.engine.append(_timed(calls, with_obstore))
-        result.extra = "the engine column is obstore"
+        result.extra = (
+            f"the engine column is obstore; Python work beside a thread waiting in 50 ms GETs: "
+            f"{self._gil_share():.2f} of its speed alone"
+        )
         return result
+
+    def _gil_share(self) -> float:
+        """How fast a CPU-bound loop runs while another thread waits in obstore GETs (1.0: the
+        client releases the GIL while it waits)."""
+        slow = self.via(50).store(self.bucket)
+        obstore.put(slow, "gil/object", b"x" * 1000)
+
+        def spin() -> float:
+            started, total = time.perf_counter(), 0
+            for value in range(2_000_000):
+                total += value
+            return time.perf_counter() - started
+
+        alone = spin()
+        stop = threading.Event()
+
+        def waiter() -> None:
+            while not stop.is_set():
+                obstore.get_range(slow, "gil/object", start=0, end=10)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.1)
+        beside = spin()
+        stop.set()
+        thread.join()
+        return alone / beside
 
 
 def _body(args: Any, workdir: str) -> list[Result]:

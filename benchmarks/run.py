@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from . import bench_compression, bench_core, bench_jobs, bench_keyed, bench_maintenance, bench_streams
+from . import bench_compression, bench_core, bench_jobs, bench_keyed, bench_maintenance, bench_streams, bench_tiering
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "core": bench_core.main,
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], Any]] = {
     "maintenance": bench_maintenance.main,
     "jobs": bench_jobs.main,
     "keyed": bench_keyed.main,
+    "tiering": bench_tiering.main,  # starts a SeaweedFS server on 127.0.0.1 (the dev extra installs it)
 }
 
 
