@@ -4,6 +4,28 @@ GUARANTEES.md "Tiering" say what is in the bucket and what each failure costs.""
 
 from __future__ import annotations
 
+from ..errors import (
+    BucketNotFoundError,
+    RemoteAccessError,
+    RemoteCorruptionError,
+    RemoteOnlySegmentError,
+    RemoteTimeoutError,
+    RemoteUnavailableError,
+    TieringError,
+    UnsafeRemoteError,
+)
 from .config import Tiering
+from .remote_db import RemoteFlatFileDb
 
-__all__ = ["Tiering"]
+__all__ = [
+    "BucketNotFoundError",
+    "RemoteAccessError",
+    "RemoteCorruptionError",
+    "RemoteFlatFileDb",
+    "RemoteOnlySegmentError",
+    "RemoteTimeoutError",
+    "RemoteUnavailableError",
+    "Tiering",
+    "TieringError",
+    "UnsafeRemoteError",
+]
