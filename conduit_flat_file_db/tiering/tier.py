@@ -23,33 +23,27 @@ file); the others read. Uploads run in a background thread, woken on seals and e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import threading
 import time
 import uuid
-from typing import Any, Callable, ContextManager, Iterator
-
-import xxhash
+from typing import Any, Callable, ContextManager
 
 from ..errors import (
     FlatFileDbLockTimeoutError,
     FlatFileDbNotFoundError,
-    RemoteCorruptionError,
     RemoteTimeoutError,
     RemoteUnavailableError,
-    TieringError,
     UnsafeRemoteError,
 )
-from ..fileio import pread_at, pread_full
-from ..frames import SKIPPABLE_HEADER_BYTES, FrameCache
-from ..index import KIND_ZSTD, REC_SEAL
+from ..fileio import pread_full
+from ..frames import FrameCache
+from ..index import KIND_ZSTD
 from ..locking import exclusive_file_lock
-from ..naming import TIER_FILE_NAME, index_name, parse_name, remote_name, segment_name, temp_name
-from ..seekable import FOOTER_BYTES, parse_seek_table
-from ..segment_files import fsync_dir, index_records, open_data_file, read_index
+from ..naming import TIER_FILE_NAME, parse_name, remote_name, segment_name, temp_name
+from ..segment_files import fsync_dir, open_data_file, read_index
 from .bucket import RemoteBucket
 from .config import Tiering
 from .manifest import (
@@ -57,11 +51,8 @@ from .manifest import (
     MANIFEST_FORMAT,
     MANIFESTS,
     SEGMENTS,
-    SUM_BLOCK,
     Manifest,
     data_object,
-    encode_sums,
-    hex64,
     index_object,
     manifest_object,
     parse_manifest_name,
@@ -69,22 +60,14 @@ from .manifest import (
     sums_object,
 )
 from .remote_reader import RemoteSegmentReader
+from .upload import upload_objects
 
 logger = logging.getLogger("conduit_flat_file_db")
 
 POLL_SECONDS = 1.0
 COMMIT_LOCK_WAIT = 0.05  # seconds per try for the store's write lock in an upload's last step
 MAX_BACKOFF_SECONDS = 60.0
-PART_BYTES = 8 * 2**20  # multipart upload part size (and the read chunk of an upload)
 _MARKER_SUFFIX = ".remote"
-
-
-def _md5_etag(part_digests: list[bytes]) -> str:
-    """The ETag S3-compatible servers give an upload of these parts (MD5 of one, MD5 of the MD5s
-    and ``-count`` of several)."""
-    if len(part_digests) == 1:
-        return part_digests[0].hex()
-    return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
 
 
 class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock, a bucket and their state
@@ -393,105 +376,14 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         except FlatFileDbNotFoundError:
             return False
         try:
-            uploaded = self._upload_objects(number, fd, kind == KIND_ZSTD)
+            uploaded = upload_objects(
+                self.bucket, self.store_id, self._dir_fd, self.dir_str, number, fd, kind == KIND_ZSTD
+            )
         finally:
             os.close(fd)
         if uploaded is None:
             return False
         return self._commit(number, uploaded, create=True)
-
-    def _upload_objects(self, number: int, fd: int, compressed: bool) -> Manifest | None:
-        index = read_index(self._dir_fd, number)
-        if index is None:
-            return None
-        seal = [r for r in index_records(self._dir_fd, number) if r.rtype == REC_SEAL]
-        if not seal:
-            raise TieringError(f"{self.dir_str}: segment {number} has no SEAL record; not uploaded")
-        size = os.fstat(fd).st_size
-        verified = "etag"
-        if not self._put_checked("put_index", index_object(number), [index], len(index)):
-            self._read_back(index_object(number), len(index), xxhash.xxh3_64_intdigest(index))
-            verified = "read-back"
-        sums: list[int] = []
-        whole = xxhash.xxh3_64()
-        if not self._put_checked(
-            "put_data", data_object(number, compressed), self._chunks(fd, size, sums, whole), size
-        ):
-            self._read_back(data_object(number, compressed), size, whole.intdigest())
-            verified = "read-back"
-        sums_raw = encode_sums(sums)
-        if not self._put_checked("put_sums", sums_object(number), [sums_raw], len(sums_raw)):
-            self._read_back(sums_object(number), len(sums_raw), xxhash.xxh3_64_intdigest(sums_raw))
-        table_bytes, table_sum = 0, ""
-        if compressed:
-            table = parse_seek_table(pread_at(fd), size)
-            count = len(table.c_offsets) - 1
-            entry = 12 if table.checksums is not None else 8
-            table_bytes = SKIPPABLE_HEADER_BYTES + count * entry + FOOTER_BYTES
-            table_sum = hex64(xxhash.xxh3_64_intdigest(pread_full(fd, table_bytes, size - table_bytes)))
-        return Manifest(
-            format=MANIFEST_FORMAT,
-            store=self.store_id,
-            segment=number,
-            compressed=compressed,
-            data_size=size,
-            data_xxh3=hex64(whole.intdigest()),
-            index_size=len(index),
-            index_xxh3=hex64(xxhash.xxh3_64_intdigest(index)),
-            limit=seal[0].offset,
-            sums_xxh3=hex64(xxhash.xxh3_64_intdigest(sums_raw)),
-            table_bytes=table_bytes,
-            table_xxh3=table_sum,
-            sealed_ns=os.stat(index_name(number), dir_fd=self._dir_fd).st_mtime_ns,
-            verified=verified,
-        )
-
-    def _chunks(self, fd: int, size: int, sums: list[int], whole: Any) -> Iterator[bytes]:
-        """The data file in PART_BYTES chunks, its block sums and whole checksum taken on the way."""
-        for at in range(0, size, PART_BYTES):
-            chunk = pread_full(fd, min(PART_BYTES, size - at), at)
-            if len(chunk) != min(PART_BYTES, size - at):
-                raise TieringError(f"{self.dir_str}: a sealed data file changed size while uploaded")
-            whole.update(chunk)
-            sums.extend(xxhash.xxh3_64_intdigest(chunk[i : i + SUM_BLOCK]) for i in range(0, len(chunk), SUM_BLOCK))
-            yield chunk
-
-    def _read_back(self, name: str, size: int, digest: int) -> None:
-        """Check an object whose ETag vouches for nothing (not an MD5 of what was sent): read it
-        back in PART_BYTES ranges and compare its XXH3-64 with the upload's."""
-        hasher = xxhash.xxh3_64()
-        for at in range(0, size, PART_BYTES):
-            hasher.update(self.bucket.get_range("read_back", name, at, min(size, at + PART_BYTES)))
-        if hasher.intdigest() != digest:
-            raise RemoteCorruptionError(f"{self.config.url}/{name}: the server holds other bytes than were sent", name)
-
-    def _put_checked(self, kind: str, name: str, parts: Any, size: int) -> bool:
-        """Upload, then check the object's size (HEAD) and, where the server's ETag is an MD5 of
-        the parts sent, that too. True when the ETag vouched for the bytes."""
-        digests: list[bytes] = []
-
-        def hashed() -> Iterator[bytes]:
-            for part in parts:
-                digests.append(hashlib.md5(part).digest())
-                yield part
-
-        if size <= PART_BYTES:
-            body = b"".join(hashed())
-            etag = self.bucket.put(kind, name, body, size)
-        else:
-            etag = self.bucket.put(kind, name, hashed(), size, chunk=PART_BYTES)
-        head = self.bucket.head(name)
-        if head is None or head[0] != size:
-            raise RemoteCorruptionError(
-                f"{self.config.url}/{name}: uploaded {size} bytes, the server holds {head and head[0]}", name
-            )
-        expected = _md5_etag(digests) if digests else hashlib.md5(b"").hexdigest()
-        etag = (head[1] or etag or "").strip('"')
-        if etag == expected:
-            return True
-        if len(etag) == 32 and "-" not in etag and len(digests) <= 1:
-            raise RemoteCorruptionError(f"{self.config.url}/{name}: the server's MD5 differs from the upload's", name)
-        return False
 
     def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
         """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
