@@ -1,8 +1,8 @@
 """A writer that SIGKILLs itself at one chosen step of an upload or a delete (run by
-test_tier_crash.py): ``python tier_crash_child.py DATADIR BUCKET_ROOT ACTION STEP``.
+test_tier_crash.py): ``python tier_crash_child.py DATADIR BUCKET ACTION STEP``.
 
-The bucket is obstore's LocalStore under BUCKET_ROOT (it outlives the process, as a server's
-would). STEP names the instant: ``<call>:<kind>:<n>:<before|after>`` kills at the n-th call
+BUCKET is a directory (obstore's LocalStore there, which outlives the process as a server's
+bucket would) or a JSON object naming a real server's bucket: ``{"url": ..., "options": {...}}``. STEP names the instant: ``<call>:<kind>:<n>:<before|after>`` kills at the n-th call
 (1-based) of that kind, before or after the call does its work; calls are the bucket's
 ``put``/``delete``, the marker write (``marker``) and local retention's unlink (``unlink``).
 Prints the locations it was acknowledged as JSON lines before the crash point is reached.
@@ -76,9 +76,13 @@ class _OsWith:
 
 def main() -> None:
     """Run ACTION (upload or delete) with the crash point STEP installed."""
-    datadir, root, action, step = sys.argv[1:5]
-    store = LocalStore(root)
-    db = FlatFileDb(datadir, max_file_size=30_000, tiering=Tiering(URL, object_store=store, local_retention_bytes=0))
+    datadir, where, action, step = sys.argv[1:5]
+    if where.startswith("{"):  # a real server: {"url": ..., "options": {endpoint, keys, region}}
+        server = json.loads(where)
+        tiering = Tiering(server["url"], local_retention_bytes=0, **server["options"])
+    else:
+        tiering = Tiering(URL, object_store=LocalStore(where), local_retention_bytes=0)
+    db = FlatFileDb(datadir, max_file_size=30_000, tiering=tiering)
     if action == "upload":
         _install(step)
         for index in range(40):
