@@ -5,6 +5,7 @@ included (--remote with --datadir or with a write command, a missing bucket, no 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -90,12 +91,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",  # a missing bucket must stay missing
+        f"-filer.localSocket={root / 'filer.sock'}",
+        f"-s3.localSocket={root / 's3.sock'}",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
+    environment = {**os.environ, "TMPDIR": str(root)}  # its log files, beside its data
     with open(root / "weed.log", "wb") as log:
         # Not a with block: the server outlives this statement, until the module's teardown below.
         server = subprocess.Popen(  # pylint: disable=consider-using-with
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
         )
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
     try:
@@ -103,12 +107,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
         _create_bucket(client, server, root / "weed.log")
         yield endpoint, client
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        # SIGKILL: its data is thrown away, and a SIGTERM or SIGINT takes it about 25 s.
+        server.kill()
+        server.wait()
+        for name in ("master", "volume", "filer", "s3"):  # always in /tmp; removed by a clean exit only
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/seaweedfs-{name}-grpc-{ports[f'{name}.port.grpc']}.sock")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -170,10 +174,10 @@ def ffdb(capsysbinary: pytest.CaptureFixture[bytes]) -> Ffdb:
 LARGE = bytes(range(256)) * (SMALL_BLOB_BYTES // 256 + 5)  # streamed by get (open_blob), not batched
 
 
-def _store(datadir: Path, segments: list[list[bytes]]) -> list[list[str]]:
+def _store(datadir: Path, segments: list[list[bytes]], **options: Any) -> list[list[str]]:
     """Blobs put through the library (no tiering), each inner list a segment sealed by a rotate,
     and an empty mutable one; returns their packed locations."""
-    with FlatFileDb(datadir, str(datadir) + ".lock") as db:
+    with FlatFileDb(datadir, str(datadir) + ".lock", **options) as db:
 
         def segment(blobs: list[bytes]) -> list[str]:
             packed = [db.pack_location(db.put(blob)).hex() for blob in blobs]
@@ -316,6 +320,19 @@ def test_remote_get_ls_verify_serve_what_the_local_store_does(ffdb: Ffdb, tmp_pa
         == expected
         == f"OK: 2 segments, 4 blobs, {11 + len(LARGE)} bytes checked, 0 problems\n"
     )
+
+
+def test_remote_serves_a_compressed_store_by_its_packed_locations(ffdb: Ffdb, tmp_path: Path, url: str) -> None:
+    """Compressed segments (``.dat.zst``): --remote ls names them so, and get of the packed
+    locations returns what the local store returns (the segment is found by number)."""
+    datadir = tmp_path / "store"
+    blobs = [b"compressible " * 1000, LARGE]
+    [packed] = _store(datadir, [blobs], use_compression=True)
+    ffdb.ok("--datadir", str(datadir), "tier", "sync", "--url", url)
+    remote = [line.split("\t") for line in ffdb.ok("--remote", url, "ls").splitlines()]
+    assert [(fields[0], fields[4]) for fields in remote] == [("data_00000000.dat.zst", p) for p in packed]
+    assert ffdb("--remote", url, "get", *packed)[:2] == (0, b"".join(blobs))
+    assert ffdb.ok("--remote", url, "verify").startswith("OK: 1 segments, 2 blobs")
 
 
 def test_remote_verify_exits_1_when_an_uploaded_blob_is_damaged(ffdb: Ffdb, tmp_path: Path, url: str, s3: Any) -> None:
