@@ -2,11 +2,13 @@
 
 A thin layer: every command is one or two calls of :class:`FlatFileDb` (``put_streams``,
 ``get_many``, ``open_blob``, ``iter_locations``, ``stats``, ``verify``, ``rotate``,
-``delete_file``, ``enforce_retention``, ``recompress``; ``ffdb kv``: of :class:`KeyedStore`)
-plus argument parsing and printing; nothing below imports it. This module opens the store
-and maps errors to exit codes; ``parser`` (and ``kv_parser``) say what the command line
-accepts (and its exit codes, shown by ``ffdb --help``), ``put``, ``commands`` and ``kv`` run
-the commands, ``progress`` draws the bar, ``base`` holds what they share.
+``delete_file``, ``enforce_retention``, ``recompress``; ``ffdb tier``: ``tiering_status``,
+``sync_tiering``, ``gc_tiering``; ``ffdb kv``: of :class:`KeyedStore`; ``--remote``: of
+``FlatFileDb.open_remote``) plus argument parsing and printing; nothing below imports it.
+This module opens the store and maps errors to exit codes; ``parser`` (and ``kv_parser``)
+say what the command line accepts (and its exit codes, shown by ``ffdb --help``), ``put``,
+``commands``, ``tier``, ``remote`` and ``kv`` run the commands, ``progress`` draws the bar,
+``base`` holds what they share.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ from typing import Callable
 from .. import FlatFileDb
 from ..arguments import default_lock_path
 from ..errors import FlatFileDbError, FlatFileDbUnsafeAccessError
-from .base import CLI_FRAME_CACHE_BYTES, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, CliError
+from ..tiering import Tiering
+from .base import (
+    CLI_FRAME_CACHE_BYTES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    TIER_URL_ENV,
+    CliError,
+)
 from .commands import (
     cmd_delete,
     cmd_get,
@@ -33,8 +44,10 @@ from .commands import (
     cmd_verify,
 )
 from .kv import run_kv
-from .parser import build_parser
+from .parser import REMOTE_COMMANDS, build_parser
 from .put import check_sources, cmd_put
+from .remote import RemoteStore
+from .tier import open_tiered, run_tier
 
 _READ_COMMANDS = ("get", "info", "verify", "stats", "ls")
 
@@ -64,21 +77,35 @@ _COMMANDS: dict[str, Callable[[FlatFileDb, argparse.Namespace], int]] = {
     "recompress": cmd_recompress,
 }
 
+# What --remote serves (parser.REMOTE_COMMANDS): the same functions, on FlatFileDb.open_remote's store.
+_REMOTE_COMMANDS: dict[str, Callable[[FlatFileDb | RemoteStore, argparse.Namespace], int]] = {
+    "get": cmd_get,
+    "ls": cmd_ls,
+    "verify": cmd_verify,
+}
+
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "kv":
         return run_kv(args)
+    if args.remote is not None:
+        with RemoteStore(args.remote) as remote:
+            return _REMOTE_COMMANDS[args.command](remote, args)
     datadir: str = args.datadir
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
+    tiering = None if args.tier_url is None else Tiering(args.tier_url)
     if args.command in _READ_COMMANDS:
         # Read commands open read-only: they never create or write anything (not the datadir,
         # nor the lock file), so they work on read-only media and without write permission.
-        with FlatFileDb(datadir, lock, readonly=True, frame_cache_bytes=CLI_FRAME_CACHE_BYTES) as db:
+        with FlatFileDb(datadir, lock, readonly=True, frame_cache_bytes=CLI_FRAME_CACHE_BYTES, tiering=tiering) as db:
             return _COMMANDS[args.command](db, args)
     if args.command == "put":
         check_sources(args.files)  # before the store is opened (and its datadir created)
     elif not os.path.isdir(datadir):  # maintenance of a store that is not there: never create one
         raise FileNotFoundError(errno.ENOENT, "the store's directory does not exist", datadir)
+    if args.command == "tier":
+        with open_tiered(datadir, lock, args.tier_url, args) as db:
+            return run_tier(db, args)
     with FlatFileDb(
         datadir,
         lock,
@@ -86,8 +113,25 @@ def _run(args: argparse.Namespace) -> int:
         use_compression=args.command == "put" and args.compress,
         lock_timeout=args.lock_timeout,
         frame_cache_bytes=CLI_FRAME_CACHE_BYTES,
+        tiering=tiering,
     ) as db:
         return _COMMANDS[args.command](db, args)
+
+
+def _check_store_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Which store: --datadir, or --remote for the commands it serves (argparse.error otherwise);
+    --tier-url from the environment when not given, and required by ``ffdb tier``."""
+    if args.remote is not None:
+        if args.datadir is not None:
+            parser.error("--remote and --datadir are mutually exclusive: give one store")
+        if args.command not in REMOTE_COMMANDS:
+            parser.error(f"ffdb {args.command} is not available with --remote (only {', '.join(REMOTE_COMMANDS)})")
+        return
+    if args.datadir is None:  # not required=True: it may come after the subcommand
+        parser.error("the following arguments are required: --datadir (or --remote URL)")
+    args.tier_url = args.tier_url or os.environ.get(TIER_URL_ENV) or None
+    if args.command == "tier" and args.tier_url is None:
+        parser.error(f"ffdb tier {args.tier_command} needs --url s3://BUCKET/PREFIX (or {TIER_URL_ENV})")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace | int:
@@ -95,8 +139,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace | int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.datadir is None:  # not required=True: it may come after the subcommand
-            parser.error("the following arguments are required: --datadir")
+        _check_store_options(parser, args)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
     return args

@@ -8,10 +8,13 @@ import json
 import os
 import string
 import sys
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import DataLocation, FlatFileDb
 from ..types import PACKED_LOCATION_BYTES
+
+if TYPE_CHECKING:
+    from .remote import RemoteStore
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -27,13 +30,14 @@ BATCH_COUNT = 4096  # put: ... or this many of them
 # open blob keeps the frame it is reading itself); keep the footprint small.
 CLI_FRAME_CACHE_BYTES = 4 << 20
 HEX_LOCATION_CHARS = 2 * PACKED_LOCATION_BYTES
+TIER_URL_ENV = "FFDB_TIER_URL"  # the default of --tier-url (and of ffdb tier --url)
 
 
 class CliError(Exception):
     """A user error detected by the command line itself (printed, exit code 2)."""
 
 
-def parse_location(db: FlatFileDb, text: str) -> DataLocation:
+def parse_location(db: FlatFileDb | RemoteStore, text: str) -> DataLocation:
     """A LOCATION argument: packed hex, or FILE_PATH:START:END (bare file names are in the datadir)."""
     if len(text) == HEX_LOCATION_CHARS and all(c in string.hexdigits for c in text):
         return db.unpack_location(bytes.fromhex(text))

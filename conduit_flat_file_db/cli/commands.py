@@ -1,5 +1,6 @@
 """``ffdb`` get, ls, info, verify, stats, rotate, delete, retention and recompress: each one or
-two calls of :class:`FlatFileDb` and the printing of what they return.
+two calls of :class:`FlatFileDb` and the printing of what they return (get, ls and verify also
+of a :class:`RemoteStore`: ``--remote``).
 
 ``get`` streams a blob larger than ``SMALL_BLOB_BYTES`` to standard output
 ``READ_CHUNK_BYTES`` at a time through ``open_blob``; smaller ones are read
@@ -31,6 +32,7 @@ from .base import (
     write_all,
 )
 from .progress import Bar, NoBar, make_bar, progress_stream
+from .remote import RemoteStore
 
 
 def _sliced(locations: list[DataLocation], slice_: Sequence[int] | None) -> list[DataLocation]:
@@ -44,7 +46,7 @@ def _sliced(locations: list[DataLocation], slice_: Sequence[int] | None) -> list
     ]
 
 
-def _stream_blob(db: FlatFileDb, location: DataLocation, out: BinaryIO, progress: Bar) -> None:
+def _stream_blob(db: FlatFileDb | RemoteStore, location: DataLocation, out: BinaryIO, progress: Bar) -> None:
     """Copy one blob to ``out`` ``READ_CHUNK_BYTES`` at a time (constant memory)."""
     with db.open_blob(location) as blob:
         remaining = blob.size
@@ -57,7 +59,7 @@ def _stream_blob(db: FlatFileDb, location: DataLocation, out: BinaryIO, progress
             progress.update(len(chunk))
 
 
-def _write_batch(db: FlatFileDb, batch: list[DataLocation], out: BinaryIO, progress: Bar) -> None:
+def _write_batch(db: FlatFileDb | RemoteStore, batch: list[DataLocation], out: BinaryIO, progress: Bar) -> None:
     """Read small blobs in one ``get_many`` (disk order) and write them in the order given."""
     for data in db.get_many(batch):
         write_all(out, data)
@@ -65,7 +67,7 @@ def _write_batch(db: FlatFileDb, batch: list[DataLocation], out: BinaryIO, progr
     batch.clear()
 
 
-def cmd_get(db: FlatFileDb, args: argparse.Namespace) -> int:
+def cmd_get(db: FlatFileDb | RemoteStore, args: argparse.Namespace) -> int:
     """``ffdb get LOCATION... [--slice START END]``: every argument is checked before a byte is written."""
     locations = _sliced([parse_location(db, text) for text in args.location], args.slice)
     out = sys.stdout.buffer
@@ -91,7 +93,7 @@ def cmd_get(db: FlatFileDb, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_ls(db: FlatFileDb, args: argparse.Namespace) -> int:
+def cmd_ls(db: FlatFileDb | RemoteStore, args: argparse.Namespace) -> int:
     """``ffdb ls``: every committed blob in disk order, from the record indexes."""
     for location in db.iter_locations():
         file_path, start, end = location
@@ -151,9 +153,13 @@ def cmd_info(db: FlatFileDb, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_verify(db: FlatFileDb, args: argparse.Namespace) -> int:
-    """``ffdb verify``: the bar counts the bytes on disk of the segments verified so far."""
-    sizes = [] if progress_stream(args.no_progress) is None else [s.disk_bytes for s in db.stats().segments]
+def cmd_verify(db: FlatFileDb | RemoteStore, args: argparse.Namespace) -> int:
+    """``ffdb verify``: the bar counts the bytes on disk of the segments verified so far (no bar
+    with --remote: its verify reports no progress)."""
+    if isinstance(db, RemoteStore) or progress_stream(args.no_progress) is None:
+        sizes: list[int] = []
+    else:
+        sizes = [s.disk_bytes for s in db.stats().segments]
     progress = make_bar(f"verify 0/{len(sizes)} segments", sum(sizes), args.no_progress)
     done_bytes = list(itertools.accumulate(sizes, initial=0))
     shown = [0]  # bytes the bar shows

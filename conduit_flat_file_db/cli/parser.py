@@ -15,14 +15,24 @@ from .base import (
     EXIT_REFUSED,
     HEX_LOCATION_CHARS,
     SMALL_BLOB_BYTES,
+    TIER_URL_ENV,
 )
 from .kv_parser import add_kv_parser
 from .progress import PROGRESS_MIN_BYTES
 
 LOCATION_HELP = f"""\
 LOCATION is either the packed form printed by put and ls ({HEX_LOCATION_CHARS} hex digits)
-or FILE_PATH:START:END; a FILE_PATH without a directory is taken inside --datadir.
+or FILE_PATH:START:END; a FILE_PATH without a directory is taken inside --datadir
+(with --remote, a location names its segment by the file name alone: the directory is ignored).
 SEGMENT is a segment number or its data file (a bare file name is taken inside --datadir).
+"""
+
+REMOTE_COMMANDS = ("get", "ls", "verify")
+
+TIER_HELP = f"""\
+URL is s3://BUCKET/PREFIX (default: the environment variable {TIER_URL_ENV}). The endpoint,
+region and credentials come from the standard AWS_* environment variables (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
 """
 
 EXIT_CODES_EPILOG = f"""\
@@ -33,9 +43,14 @@ than {PROGRESS_MIN_BYTES >> 20} MiB and tqdm is installed (extra "progress"); --
 exit codes:
   {EXIT_OK}    success (verify: no problems found)
   {EXIT_PROBLEMS}    verify found problems; kv get, kv stat KEY, kv rm: a KEY is absent
-  {EXIT_ERROR}    error: bad arguments, bad location, missing file, store error, lock timeout
+  {EXIT_ERROR}    error: bad arguments, bad location, missing file, store error, lock timeout,
+       object storage error (no such bucket, access denied, unreachable)
   {EXIT_REFUSED}    refused: delete or recompress of the mutable segment (seal it first: ffdb rotate)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+
+--remote URL serves {", ".join(REMOTE_COMMANDS)} from the segments a store uploaded to s3://BUCKET/PREFIX
+(read-only, no datadir); --tier-url URL (or {TIER_URL_ENV}) opens the store at --datadir with
+its tier, so reads find the segments that are only in the bucket (ffdb tier --help).
 """
 
 
@@ -68,8 +83,22 @@ def _add_store_options(parser: argparse.ArgumentParser, default: Any, lock: bool
     their defaults) and on each subcommand (``argparse.SUPPRESS``: a value given before the
     subcommand is kept), so ``ffdb --datadir D info`` and ``ffdb info --datadir D`` both work.
     ``lock``: whether ``--lock`` applies (not to ``kv``: a keyed store keeps its locks inside DIR)."""
-    parser.add_argument("--datadir", metavar="DIR", default=default, help="directory of the store (required)")
+    parser.add_argument(
+        "--datadir", metavar="DIR", default=default, help="directory of the store (required, unless --remote)"
+    )
     if lock:
+        parser.add_argument(
+            "--remote",
+            metavar="URL",
+            default=default,
+            help=f"read the store uploaded to s3://BUCKET/PREFIX instead of --datadir ({', '.join(REMOTE_COMMANDS)})",
+        )
+        parser.add_argument(
+            "--tier-url",
+            metavar="URL",
+            default=default,
+            help=f"open the store with its tier in s3://BUCKET/PREFIX (default: ${TIER_URL_ENV})",
+        )
         parser.add_argument(
             "--lock",
             metavar="PATH",
@@ -220,13 +249,77 @@ def _add_maintenance_commands(commands: Any) -> list[argparse.ArgumentParser]:
     return [rotate, delete, retention, recompress]
 
 
+def _add_tier_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """tier status, sync and gc: the store's sealed segments in S3-compatible object storage."""
+    tier = commands.add_parser(
+        "tier",
+        help="the store's sealed segments in object storage: status, sync, gc",
+        description="Upload the store's sealed segments to S3-compatible object storage and look "
+        'after them there (README "Tiering"). Each subcommand opens the store at --datadir with '
+        "its tier in URL.",
+        epilog=TIER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subcommands = tier.add_subparsers(dest="tier_command", metavar="SUBCOMMAND", required=True, prog="ffdb tier")
+    status = subcommands.add_parser(
+        "status",
+        help="segments uploaded, pending and remote only; bytes on local disk",
+        description="Which sealed segments are uploaded, which are pending and which are only in "
+        "the bucket, and the bytes of the local data files (opens the store read-only).",
+        epilog=TIER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync = subcommands.add_parser(
+        "sync",
+        help="upload every sealed segment now, then apply the local retention",
+        description="Return once every sealed segment is uploaded and, with --local-retention-bytes "
+        "or --local-retention-age, the local data files past those bounds are removed (their "
+        "blobs stay readable from the bucket); then print the status.",
+        epilog=TIER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sync.add_argument(
+        "--timeout", type=_seconds, metavar="SECONDS", help="give up (exit 2) after SECONDS (default: no limit)"
+    )
+    sync.add_argument(
+        "--local-retention-bytes",
+        type=_count,
+        metavar="BYTES",
+        help="once uploaded, remove local data files, oldest first, until at most BYTES stay (0: none)",
+    )
+    sync.add_argument(
+        "--local-retention-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="once uploaded, remove local data files sealed more than SECONDS ago",
+    )
+    gc = subcommands.add_parser(
+        "gc",
+        help="remove what interrupted uploads and deletes left in the bucket",
+        description="Remove objects of segments that have no manifest (an upload cut short) and "
+        "manifests of segments this store deleted (a delete cut short); print the counts.",
+        epilog=TIER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for command in (status, sync, gc):
+        command.add_argument(
+            "--url",
+            dest="tier_url",
+            metavar="URL",
+            default=argparse.SUPPRESS,
+            help=f"s3://BUCKET/PREFIX of the store's tier (required; default: ${TIER_URL_ENV})",
+        )
+        command.add_argument("--json", action="store_true", help="print one JSON document instead")
+    return [status, sync, gc]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``ffdb`` (global options, then one subcommand)."""
     parser = argparse.ArgumentParser(
         prog="ffdb",
         # Written out: --datadir is required but not required=True, which would refuse it after the subcommand.
-        usage="%(prog)s [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
-        "[--version] COMMAND ...",
+        usage="%(prog)s [-h] (--datadir DIR | --remote URL) [--tier-url URL] [--lock PATH] "
+        "[--lock-timeout SECONDS] [--fsync] [--no-progress] [--version] COMMAND ...",
         description="Append-only flat-file BLOB store: store files as blobs, read them back, "
         "inspect, verify, maintain; or store values by key (ffdb kv --help).",
         epilog=EXIT_CODES_EPILOG,
@@ -236,7 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_no_progress(parser, False)
     parser.add_argument("--version", action="version", version=f"ffdb {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="ffdb")
-    for command in _add_data_commands(commands) + _add_inspect_commands(commands) + _add_maintenance_commands(commands):
+    for command in (
+        _add_data_commands(commands)
+        + _add_inspect_commands(commands)
+        + _add_maintenance_commands(commands)
+        + _add_tier_commands(commands)
+    ):
         _add_store_options(command, argparse.SUPPRESS)
     for command in add_kv_parser(commands):
         _add_store_options(command, argparse.SUPPRESS, lock=False)

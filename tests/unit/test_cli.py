@@ -214,8 +214,8 @@ def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert " ".join(out.split()).startswith(
-        "usage: ffdb [-h] --datadir DIR [--lock PATH] [--lock-timeout SECONDS] [--fsync] [--no-progress] "
-        "[--version] COMMAND ..."
+        "usage: ffdb [-h] (--datadir DIR | --remote URL) [--tier-url URL] [--lock PATH] [--lock-timeout SECONDS] "
+        "[--fsync] [--no-progress] [--version] COMMAND ..."
     )
     assert "exit codes:" in out and "verify found problems" in out
 
