@@ -113,7 +113,10 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         try:
             if readonly:  # reads only: no claim to make, no probe to write
                 self._stopping = True
-                self.store_id = str((self._read_tier_file() or {}).get("store", ""))
+                local = self._read_tier_file() or {}
+                if local.get("url") not in (None, config.url):
+                    raise UnsafeRemoteError(f"{dir_str} keeps its segments in {local.get('url')}, not in {config.url}")
+                self.store_id = str(local.get("store", ""))
             else:
                 self._check_claim(at_open=True)
         except BaseException:
@@ -466,7 +469,9 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def gc(self, mutable: int) -> dict[str, int]:
         """Remove what a crash left in the bucket: objects of segments without a manifest, and
         manifests of segments this datadir no longer has (deleted here, the delete cut short)."""
-        with self._upload_lock:  # no upload of ours between its objects and its manifest
+        # The upload turn, taken as a pass takes it: this process's own thread first (an
+        # inter-process lock does not exclude threads of one process), then the other processes.
+        with self._local_lock, self._upload_lock:  # no upload between its objects and its manifest
             data, markers, indexes = self._listing()
             local = set(data) | markers | indexes
             manifests = {

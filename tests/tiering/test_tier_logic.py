@@ -419,3 +419,14 @@ def test_local_retention_tells_every_reader_to_let_go_of_removed_files(tmp_path:
     assert db._words[W_EPOCH] > before  # pylint: disable=protected-access
     assert db.get(locations[0]) == datas[0]
     db.close()
+
+
+def test_gc_takes_turns_with_the_tiers_own_thread(tmp_path: Path) -> None:
+    """gc_tiering right after an open, while the open's own upload pass may be running: the two
+    take turns (an inter-process lock alone does not exclude two threads of one process)."""
+    bucket = MemoryStore()
+    db, _locations, _datas = _filled(tmp_path, bucket, False)
+    db.close()
+    for _ in range(30):
+        with _open(tmp_path, bucket) as again:
+            assert again.gc_tiering() == {"manifests": 0, "objects": 0}
