@@ -264,7 +264,8 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
                 db.sync_tiering()
                 result.engine.append(total / 1e6 / (time.perf_counter() - started))
                 puts = sum(v["requests"] for k, v in db.tiering_status()["requests"].items() if k.startswith("put"))
-            result.extra = f"{puts / (total / 2**30):.0f} PUTs per GiB; ${puts / (total / 2**30) * PUT_PER_MILLION / 1e6:.5f} per GiB"
+            per_gib = puts / (total / 2**30)
+            result.extra = f"{per_gib:.0f} PUTs per GiB; ${per_gib * PUT_PER_MILLION / 1e6:.5f} per GiB"
         return result
 
     def reads_while_uploading(self) -> Result:
@@ -308,7 +309,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
             "import sys, obstore\n"
             f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
             "from pathlib import Path\nfrom tests.tiering.s3servers import S3Server\n"
-            f"store = S3Server(*{(server.name, server.endpoint, server.access_key, server.secret_key, server.region)!r})"
+            f"store = S3Server(*{(server.name, server.endpoint, server.access_key, server.secret_key, server.region)!r})"  # pylint: disable=line-too-long
             f".store({self.bucket!r})\n"
             f"for name in {files!r}:\n    obstore.put(store, 'plain-process{round_}/' + Path(name).name, Path(name))\n"
         )

@@ -120,7 +120,7 @@ class RemoteUnavailableError(TieringError, ConnectionError):
     reset, 5xx responses, a timeout): nothing was lost; try again later."""
 
 
-class RemoteTimeoutError(RemoteUnavailableError, TimeoutError):
+class RemoteTimeoutError(RemoteUnavailableError, TimeoutError):  # pylint: disable=too-many-ancestors  # two builtins
     """A request to the object store, or a wait for the tier (``sync_tiering(timeout=)``), timed out."""
 
 

@@ -617,7 +617,8 @@ def check_tiering(tiering: Any) -> Tiering | None:
     """``tiering`` if it is None or a ``Tiering``; TypeError otherwise (before anything is written)."""
     if tiering is not None and not isinstance(tiering, Tiering):
         raise TypeError(
-            f"tiering must be a Tiering (from conduit_flat_file_db.tiering import Tiering), not {type(tiering).__name__}"
+            "tiering must be a Tiering (from conduit_flat_file_db.tiering import Tiering), "
+            f"not {type(tiering).__name__}"
         )
     return tiering
 

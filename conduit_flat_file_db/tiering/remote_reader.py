@@ -91,7 +91,7 @@ class RemoteSegmentReader(SegmentReader):
             blobs = self._load_blobs()
         starts, ends, sums = blobs
         at = bisect.bisect_left(starts, start)
-        if at < len(starts) and starts[at] == start and ends[at] == end and end > start:
+        if at < len(starts) and starts[at] == start < end == ends[at]:
             return sums[at]
         return None
 

@@ -28,6 +28,9 @@ from conduit_flat_file_db.types import DataLocation
 
 from .s3servers import S3Server
 
+# pytest fixtures are parameters named like the fixture functions.
+# pylint: disable=redefined-outer-name
+
 CHILD = Path(__file__).with_name("tier_crash_child.py")
 URL = "s3://bucket/store"
 

@@ -2,7 +2,8 @@
 test_tier_crash.py): ``python tier_crash_child.py DATADIR BUCKET ACTION STEP``.
 
 BUCKET is a directory (obstore's LocalStore there, which outlives the process as a server's
-bucket would) or a JSON object naming a real server's bucket: ``{"url": ..., "options": {...}}``. STEP names the instant: ``<call>:<kind>:<n>:<before|after>`` kills at the n-th call
+bucket would) or a JSON object naming a real server's bucket: ``{"url": ..., "options": {...}}``.
+STEP names the instant: ``<call>:<kind>:<n>:<before|after>`` kills at the n-th call
 (1-based) of that kind, before or after the call does its work; calls are the bucket's
 ``put``/``delete``, the marker write (``marker``) and local retention's unlink (``unlink``).
 Prints the locations it was acknowledged as JSON lines before the crash point is reached.
