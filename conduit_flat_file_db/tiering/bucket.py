@@ -10,9 +10,10 @@ what still fails surfaces as :class:`RemoteUnavailableError`, never as a hang.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import (
     BucketNotFoundError,
@@ -128,33 +129,28 @@ class RemoteBucket:
         """Bytes [start, end) of ``name``; a missing object is FileNotFoundError, a short answer
         RemoteCorruptionError (the object is shorter than its manifest says, or the answer was cut)."""
         obs = _obstore()
-        try:
-            data = bytes(obs.get_range(self.store, self.key(name), start=start, end=end))
-        except _NOT_FOUND as exc:
-            _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
-            self.stats.add(kind, 0)
-            raise FileNotFoundError(name) from None
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            raise translate(exc, f"GET {self.url}/{name} bytes {start}-{end - 1}") from None
-        self.stats.add(kind, len(data))
-        if len(data) != end - start:
-            raise RemoteCorruptionError(
-                f"{self.url}/{name}: asked for bytes {start}..{end}, got {len(data)} bytes", f"{self.url}/{name}", start
-            )
-        return data
+        fetch = functools.partial(obs.get_range, self.store, self.key(name), start=start, end=end)
+        return self._ranges(kind, name, [start], [end], lambda: [fetch()], f"bytes {start}-{end - 1}")[0]
 
     def get_ranges(self, kind: str, name: str, starts: list[int], ends: list[int]) -> list[bytes]:
         """Several ranges of one object, coalesced and fetched in parallel by the client."""
         obs = _obstore()
+        fetch = functools.partial(obs.get_ranges, self.store, self.key(name), starts=starts, ends=ends, coalesce=2**18)
+        return self._ranges(kind, name, starts, ends, fetch, f"({len(starts)} ranges)")
+
+    def _ranges(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+        self, kind: str, name: str, starts: list[int], ends: list[int], fetch: Callable[[], Any], what: str
+    ) -> list[bytes]:
+        """The answers of ``fetch()`` for the ranges [starts[i], ends[i]) of ``name``, each checked
+        to be as long as asked: the errors get_range and get_ranges promise."""
         try:
-            parts = obs.get_ranges(self.store, self.key(name), starts=starts, ends=ends, coalesce=256 * 1024)
+            out = [bytes(part) for part in fetch()]
         except _NOT_FOUND as exc:
             _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
             self.stats.add(kind, 0)
             raise FileNotFoundError(name) from None
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            raise translate(exc, f"GET {self.url}/{name} ({len(starts)} ranges)") from None
-        out = [bytes(part) for part in parts]
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's errors, translated
+            raise translate(exc, f"GET {self.url}/{name} {what}") from None
         self.stats.add(kind, sum(map(len, out)))
         for start, end, data in zip(starts, ends, out):
             if len(data) != end - start:
