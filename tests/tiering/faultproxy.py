@@ -325,6 +325,8 @@ class FaultProxy:
             for sock in (client, upstream):
                 if sock is not None:
                     sock.close()
+                    with self._lock:
+                        self._sockets.discard(sock)
 
     def _answer_locally(self, reader: _Reader, request: _Message, client: socket.socket, fault: _Fault) -> bool:
         """A fault answered by the proxy itself; False when the connection is to close."""
