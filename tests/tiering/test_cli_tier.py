@@ -21,6 +21,8 @@ from conduit_flat_file_db.cli.base import SMALL_BLOB_BYTES
 
 from .s3servers import S3Server
 
+pytestmark = pytest.mark.tiering
+
 # pytest fixtures are parameters named like the fixture functions.
 # pylint: disable=redefined-outer-name
 

@@ -28,6 +28,8 @@ from conduit_flat_file_db.types import DataLocation
 
 from .s3servers import S3Server
 
+pytestmark = pytest.mark.tiering
+
 # pytest fixtures are parameters named like the fixture functions.
 # pylint: disable=redefined-outer-name
 

@@ -29,6 +29,8 @@ from conduit_flat_file_db.state import W_EPOCH
 from conduit_flat_file_db.tiering import Tiering
 from conduit_flat_file_db.types import DataLocation
 
+pytestmark = pytest.mark.tiering
+
 URL = "s3://bucket/store"
 
 

@@ -17,6 +17,8 @@ from conduit_flat_file_db.tiering import Tiering
 
 from .s3servers import S3Server
 
+pytestmark = pytest.mark.tiering
+
 
 def _options(server: S3Server, **extra: Any) -> dict[str, Any]:
     return {
