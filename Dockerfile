@@ -14,7 +14,7 @@ WORKDIR /app
 # The zstd command-line tool: the interoperability tests decode the store's files with it; strace:
 # tests/unit/test_hot_paths.py counts system calls with it. (Wine for tests/unit/test_windows_scripts.py is
 # left out: 900 MB installed; those tests skip outside CI.)
-RUN apt-get update && apt-get install -y --no-install-recommends zstd strace && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends zstd strace radosgw ceph-mon ceph-osd && rm -rf /var/lib/apt/lists/*
 
 # What the install needs first, so the dependency layer is rebuilt only when these change, not on
 # every edit to tests or scripts. README.md is the `readme` metadata.
