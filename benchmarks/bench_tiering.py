@@ -146,8 +146,10 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
         picks = [self.rng.choice(locations) for _ in range(calls)]
         offsets = [self.rng.randrange(0, self.blob - SLICE) for _ in range(calls)]
         db = self.open(prefix, latency_ms)
-        for number in {int(os.path.basename(p.file_path)[5:13]) for p in picks}:  # the manifests: not per read
-            db.get(next(p for p in picks if int(os.path.basename(p.file_path)[5:13]) == number), None)
+        # Once per segment and process, not per read: its manifest, seek table or block sums.
+        for number in {int(os.path.basename(p.file_path)[5:13]) for p in picks}:
+            first = next(p for p in picks if int(os.path.basename(p.file_path)[5:13]) == number)
+            db.get(DataLocation(first.file_path, first.start_offset, first.start_offset + 1))
         store = self.via(latency_ms).store(self.bucket)
         tier = db._tier  # pylint: disable=protected-access  # the segments' manifests and frame tables, for the baseline
         readers = {n: tier.reader(n) for n in {int(os.path.basename(p.file_path)[5:13]) for p in picks}}
