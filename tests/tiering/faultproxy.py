@@ -455,18 +455,8 @@ class FaultProxy:
                     bodies.setdefault(target, b"".join(view.seen))
 
         def respond_faulted(client: socket.socket, head: bytes, body: bytes, fault: _Fault | None) -> bool:
-            if fault is not None and fault.kind == "rewrite_status":
-                from_status, to_status = divmod(int(fault.value), 1000)
-                first, rest = head.split(b"\r\n", 1)
-                if int(first.split()[1]) == from_status:
-                    head = f"HTTP/1.1 {to_status} Rewritten\r\n".encode() + rest
-                    if b"\netag:" not in head.lower():  # clients need one on a successful PUT
-                        head = head[:-2] + f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n'.encode()
-            if fault is not None and fault.kind == "whole_for_range" and fault.body is not None:
-                body = fault.body
-                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
-                head += f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n'
-                return respond(client, head.encode(), body, fault)
+            if fault is not None:
+                head, body = _rewritten(head, body, fault)
             return respond(client, head, body, fault)
 
         setattr(self, "_forward", forward_faulted)  # instance attributes: _serve's self._forward finds them first
@@ -476,6 +466,22 @@ class FaultProxy:
         """Whether an armed whole_for_range fault may answer for ``target`` (then its PUT bodies are kept)."""
         with self._lock:
             return any(f.kind == "whole_for_range" and f.matches("GET", target) for f in self._faults)
+
+
+def _rewritten(head: bytes, body: bytes, fault: _Fault) -> tuple[bytes, bytes]:
+    """The response head and body a rewrite_status or whole_for_range fault makes of the server's."""
+    if fault.kind == "rewrite_status":
+        from_status, to_status = divmod(int(fault.value), 1000)
+        first, rest = head.split(b"\r\n", 1)
+        if int(first.split()[1]) == from_status:
+            head = f"HTTP/1.1 {to_status} Rewritten\r\n".encode() + rest
+            if b"\netag:" not in head.lower():  # clients need one on a successful PUT
+                head = head[:-2] + f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n'.encode()
+    if fault.kind == "whole_for_range" and fault.body is not None:
+        body = fault.body
+        text = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+        head = (text + f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n').encode()
+    return head, body
 
 
 class _BodyView(_Reader):

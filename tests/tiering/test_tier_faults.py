@@ -57,8 +57,8 @@ def _options(server: S3Server, timeout: str = "2s", retries: int = RETRIES) -> d
     }
 
 
-@pytest.fixture
-def proxied(s3_bucket: tuple[S3Server, str], fault_proxy: FaultProxy) -> tuple[S3Server, str, FaultProxy]:
+@pytest.fixture(name="proxied")
+def proxied_fixture(s3_bucket: tuple[S3Server, str], fault_proxy: FaultProxy) -> tuple[S3Server, str, FaultProxy]:
     """(the server reached through the proxy, a fresh bucket, the proxy)."""
     server, bucket = s3_bucket
     return server.behind(fault_proxy.endpoint), bucket, fault_proxy
