@@ -14,6 +14,8 @@ client, so the proxy never changes a request, only responses.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import socket
 import threading
 import time
@@ -39,6 +41,7 @@ class _Fault:
     path: str | None
     times: int
     value: float = 0.0  # status code, delay seconds, bytes kept, or offset of the flipped byte
+    body: bytes | None = None  # whole_for_range: the object's bytes to answer with
 
     def matches(self, method: str, target: str) -> bool:
         """Whether a request with this method and target is one this fault is for."""
@@ -398,3 +401,115 @@ class FaultProxy:
             body = body[:offset] + bytes([body[offset] ^ 0xFF]) + body[offset + 1 :]
         client.sendall(head + body)
         return True
+
+    # Faults on what the server receives and on what the client is told about it: appended after the response
+    # faults above and hooked in per instance (see _hook), so that the relay code above stays as it is.
+
+    def flip_request_next(self, method: str, offset: int = 0, times: int = 1, path: str | None = None) -> None:
+        """Forward the request with its body byte at ``offset`` inverted (the client sends unsigned payloads,
+        so the server stores the changed bytes and answers with their ETag)."""
+        self._arm(_Fault("flip_request", method, path, times, offset))
+        self._hook()
+
+    def rewrite_status_next(
+        self, method: str, from_status: int, to_status: int, times: int = 1, path: str | None = None
+    ) -> None:
+        """Relay the server's answer with status ``to_status`` where it was ``from_status`` (e.g. a 412 to a
+        conditional create turned into 200: a server that overwrites). Each matching request uses up one."""
+        self._arm(_Fault("rewrite_status", method, path, times, from_status * 1000 + to_status))
+        self._hook()
+
+    def whole_for_range_next(self, method: str = "GET", times: int = 1, path: str | None = None) -> None:
+        """Answer a ranged request with 200 and the whole object, as a server that ignores Range does. The
+        proxy cannot drop the Range header (the client's signature covers it), so it answers with the body of
+        the first PUT to the same target it relayed after this call (targets without a PUT seen: unchanged)."""
+        self._arm(_Fault("whole_for_range", method, path, times))
+        self._hook()
+
+    def _hook(self) -> None:
+        """Route requests through the faults above (once per proxy; a no-op for every other fault)."""
+        if "_forward" in vars(self):
+            return
+        forward, respond = self._forward, self._respond
+        bodies: dict[str, bytes] = {}  # target -> first PUT body, while a whole_for_range fault is armed
+
+        def forward_faulted(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+            reader: _Reader,
+            request: _Message,
+            client: socket.socket,
+            upstream: socket.socket,
+            upstream_reader: _Reader,
+            fault: _Fault | None,
+        ) -> bool:
+            method, target = request.first.split()[:2]
+            target = target.split("?")[0]
+            view: _BodyView | None = None
+            if fault is not None and fault.kind == "flip_request":
+                reader = view = _BodyView(reader, int(fault.value))
+            elif method == "PUT" and target not in bodies and self._wants_body(target):
+                reader = view = _BodyView(reader, -1)
+            if fault is not None and fault.kind == "whole_for_range":
+                fault = dataclasses.replace(fault, path=target, body=bodies.get(target))
+            try:
+                return forward(reader, request, client, upstream, upstream_reader, fault)
+            finally:
+                if view is not None and view.offset < 0:
+                    bodies.setdefault(target, b"".join(view.seen))
+
+        def respond_faulted(client: socket.socket, head: bytes, body: bytes, fault: _Fault | None) -> bool:
+            if fault is not None:
+                head, body = _rewritten(head, body, fault)
+            return respond(client, head, body, fault)
+
+        setattr(self, "_forward", forward_faulted)  # instance attributes: _serve's self._forward finds them first
+        setattr(self, "_respond", respond_faulted)
+
+    def _wants_body(self, target: str) -> bool:
+        """Whether an armed whole_for_range fault may answer for ``target`` (then its PUT bodies are kept)."""
+        with self._lock:
+            return any(f.kind == "whole_for_range" and f.matches("GET", target) for f in self._faults)
+
+
+def _rewritten(head: bytes, body: bytes, fault: _Fault) -> tuple[bytes, bytes]:
+    """The response head and body a rewrite_status or whole_for_range fault makes of the server's."""
+    if fault.kind == "rewrite_status":
+        from_status, to_status = divmod(int(fault.value), 1000)
+        first, rest = head.split(b"\r\n", 1)
+        if int(first.split()[1]) == from_status:
+            head = f"HTTP/1.1 {to_status} Rewritten\r\n".encode() + rest
+            if b"\netag:" not in head.lower():  # clients need one on a successful PUT
+                head = head[:-2] + f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n'.encode()
+    if fault.kind == "whole_for_range" and fault.body is not None:
+        body = fault.body
+        text = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n"
+        head = (text + f'ETag: "{hashlib.md5(body).hexdigest()}"\r\n\r\n').encode()
+    return head, body
+
+
+class _BodyView(_Reader):
+    """A view of a connection's reader for one request body: keeps what it streams (``offset`` < 0), or
+    inverts the byte at ``offset``."""
+
+    def __init__(self, inner: _Reader, offset: int) -> None:  # pylint: disable=super-init-not-called  # a view
+        self.inner = inner
+        self.offset = offset
+        self.position = 0
+        self.seen: list[bytes] = []
+
+    def line(self) -> bytes:
+        return self.inner.line()
+
+    def exact(self, size: int) -> bytes:
+        return self._view(self.inner.exact(size))
+
+    def some(self, limit: int) -> bytes:
+        return self._view(self.inner.some(limit))
+
+    def _view(self, data: bytes) -> bytes:
+        at = self.offset - self.position
+        self.position += len(data)
+        if self.offset < 0:
+            self.seen.append(data)
+        elif 0 <= at < len(data):
+            data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+        return data

@@ -403,3 +403,18 @@ def start_ceph(workdir: Path, ready_timeout: float = 90.0) -> tuple[S3Server, Se
         return server
 
     return _start_with_retries("ceph", workdir, attempt)
+
+
+def restart_seaweedfs(server: S3Server, handle: ServerHandle, ready_timeout: float = 30.0) -> ServerHandle:
+    """Start again, on the same ports and data directory, a SeaweedFS that ``handle.stop(remove_workdir=False)``
+    killed (a server crash and restart); returns the new handle. ``handle`` must come from start_seaweedfs."""
+    assert handle.stopped and handle.processes, "stop the server (keeping its workdir) before restarting it"
+    argv = [str(arg) for arg in handle.processes[0].args]  # type: ignore[union-attr]  # a list: spawn's argv
+    again = ServerHandle(handle.name, handle.workdir)
+    try:
+        again.spawn("weed", argv, env={**os.environ, "TMPDIR": str(handle.workdir / "tmp")})
+        _wait_until_ready(server, again, ready_timeout)
+    except BaseException:
+        again.stop(remove_workdir=False)
+        raise
+    return again
