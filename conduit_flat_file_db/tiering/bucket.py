@@ -22,6 +22,7 @@ from ..errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
     TieringError,
+    UnsafeRemoteError,
 )
 
 
@@ -39,6 +40,8 @@ def translate(exc: BaseException, what: str) -> TieringError:
     lowered = full.lower()
     causes = [hint for key, hint in _CAUSES if key in lowered]
     text = f"{what}: {full.splitlines()[0] if full else name}" + (f" ({', '.join(causes)})" if causes else "")
+    if "non-partial response" in lowered:  # the client refuses a 200 to a ranged GET
+        return UnsafeRemoteError(f"{text}: the server ignores Range; every read would fetch whole segments")
     if name in ("PermissionDeniedError", "UnauthenticatedError") or any(k in lowered for k in _ACCESS_KEYS):
         return RemoteAccessError(text)
     if "nosuchbucket" in lowered or "bucket does not exist" in lowered:

@@ -38,7 +38,7 @@ from ..verify import VerifyReport
 from .bucket import RemoteBucket
 from .config import Tiering
 from .manifest import CLAIM_NAME, MANIFESTS, Manifest, hex64, index_object, manifest_object, parse_manifest_name
-from .remote_reader import RemoteSegmentReader, read_groups
+from .remote_reader import FETCH_ATTEMPTS, RemoteSegmentReader, read_groups
 
 _WRITES = (
     "put",
@@ -221,14 +221,17 @@ class RemoteFlatFileDb:
     # -- records and checks ---------------------------------------------------------------
 
     def _index(self, number: int) -> bytes:
+        """Segment ``number``'s record index from the bucket, checked against its manifest (a
+        failed check fetches once more: a byte flipped in transit is not a damaged object)."""
         manifest = self._manifest(number)
-        raw = self.bucket.get("get_index", index_object(number))
-        if raw is None:
-            raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number}'s index is not in the bucket", self.url)
-        if len(raw) != manifest.index_size or hex64(xxhash.xxh3_64_intdigest(raw)) != manifest.index_xxh3:
-            raise RemoteCorruptionError(f"{self.url}/{index_object(number)} does not match its manifest", self.url)
-        decode_header(raw, index_object(number))
-        return raw
+        for _attempt in range(FETCH_ATTEMPTS):
+            raw = self.bucket.get("get_index", index_object(number))
+            if raw is None:
+                raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number}'s index is not in the bucket", self.url)
+            if len(raw) == manifest.index_size and hex64(xxhash.xxh3_64_intdigest(raw)) == manifest.index_xxh3:
+                decode_header(raw, index_object(number))
+                return raw
+        raise RemoteCorruptionError(f"{self.url}/{index_object(number)} does not match its manifest (twice)", self.url)
 
     def iter_records(self) -> Iterator[BlobRecord]:
         """Every blob of every uploaded segment, from their indexes, in disk order."""

@@ -356,12 +356,6 @@ def test_open_remote_refuses_an_index_flipped_in_every_response(
         assert remote.get(locations[9]) == datas[9]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RemoteCorruptionError,
-    reason="bug: RemoteFlatFileDb._index raises on the first mismatch instead of fetching once more "
-    "(as the sums, the seek table, frames and blocks do), so one flipped byte in transit fails a read",
-)
 def test_open_remote_fetches_an_index_flipped_in_one_response_again(
     tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
 ) -> None:
@@ -456,12 +450,6 @@ def test_a_server_that_overwrites_on_a_conditional_create_is_refused_at_open(
     assert [meta["path"] for batch in obstore.list(store) for meta in batch] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the client itself rejects a 200 to a ranged GET ('Received non-partial response when range "
-    "requested'), bucket.translate makes that RemoteUnavailableError, and Tier._check_claim(at_open=True) "
-    "records it as a server that is down: the open succeeds and the tier retries forever instead of refusing",
-)
 def test_a_server_that_ignores_range_is_refused_at_open(
     tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
 ) -> None:
