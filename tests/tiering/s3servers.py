@@ -410,6 +410,9 @@ def restart_seaweedfs(server: S3Server, handle: ServerHandle, ready_timeout: flo
     killed (a server crash and restart); returns the new handle. ``handle`` must come from start_seaweedfs."""
     assert handle.stopped and handle.processes, "stop the server (keeping its workdir) before restarting it"
     argv = [str(arg) for arg in handle.processes[0].args]  # type: ignore[union-attr]  # a list: spawn's argv
+    # A master resuming its Raft state waits an election timeout (10 s by default) before it leads; alone, it
+    # need not wait that long.
+    argv.append("-master.electionTimeout=1s")
     again = ServerHandle(handle.name, handle.workdir)
     try:
         again.spawn("weed", argv, env={**os.environ, "TMPDIR": str(handle.workdir / "tmp")})

@@ -22,6 +22,7 @@ import pytest
 from conduit_flat_file_db import FlatFileDb, Slice
 from conduit_flat_file_db.errors import (
     RemoteCorruptionError,
+    RemoteTimeoutError,
     RemoteUnavailableError,
     TieringError,
     UnsafeRemoteError,
@@ -210,6 +211,27 @@ def test_a_read_slower_than_the_client_timeout_raises_a_typed_timeout_without_ha
         assert 1 <= elapsed < 8, elapsed
         proxy.reset()
         assert slow.get(locations[3]) == datas[3]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: bucket.translate looks for 'timed out' or 'deadline has elapsed', but the client's timeout "
+    "reads 'error sending request' with 'kind: Timeout' / 'TimedOut' in its debug text, so a timeout is "
+    "RemoteUnavailableError and never the RemoteTimeoutError (a TimeoutError) errors.py promises",
+)
+def test_a_read_slower_than_the_client_timeout_is_a_remote_timeout_error(
+    tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
+) -> None:
+    """A request that timed out is RemoteTimeoutError (also a TimeoutError), as errors.py says."""
+    server, bucket, proxy = proxied
+    db, locations, _datas = _uploaded(tmp_path, server, bucket)
+    db.close()
+    with _open(tmp_path, server, bucket, client_options={"timeout": "1s", "connect_timeout": "1s"}) as slow:
+        proxy.delay_next("GET", 2.5, times=RETRIES + 1, path="/segments/")
+        with pytest.raises(RemoteUnavailableError) as caught:
+            slow.get(locations[3])
+        assert isinstance(caught.value, RemoteTimeoutError), repr(caught.value)
 
 
 # -- cut and flipped response bodies ------------------------------------------------------------------------
