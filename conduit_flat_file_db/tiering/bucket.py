@@ -46,16 +46,21 @@ def translate(exc: BaseException, what: str) -> TieringError:
         return RemoteAccessError(text)
     if "nosuchbucket" in lowered or "bucket does not exist" in lowered:
         return BucketNotFoundError(text)
-    if "timed out" in lowered or "deadline has elapsed" in lowered:
+    if any(key in lowered for key in _TIMEOUT_KEYS):
         return RemoteTimeoutError(text)
     return RemoteUnavailableError(text)
 
 
+# How the client's errors say "timeout" (its first line says "error sending request"; the
+# kind is in its debug text). Not "timeout" alone: every message names "retry_timeout".
+_TIMEOUT_KEYS = ("timed out", "timedout", "kind: timeout", "deadline has elapsed")
 _ACCESS_KEYS = ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "403 forbidden")
 _CAUSES = (
     ("connecterror", "cannot connect"),
     ("connection refused", "connection refused"),
     ("timed out", "timed out"),
+    ("timedout", "timed out"),
+    ("kind: timeout", "timed out"),
     ("nosuchbucket", "no such bucket"),
     ("signaturedoesnotmatch", "wrong secret key"),
     ("invalidaccesskeyid", "unknown access key"),

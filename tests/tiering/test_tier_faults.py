@@ -213,13 +213,6 @@ def test_a_read_slower_than_the_client_timeout_raises_a_typed_timeout_without_ha
         assert slow.get(locations[3]) == datas[3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: bucket.translate looks for 'timed out' or 'deadline has elapsed', but the client's timeout "
-    "reads 'error sending request' with 'kind: Timeout' / 'TimedOut' in its debug text, so a timeout is "
-    "RemoteUnavailableError and never the RemoteTimeoutError (a TimeoutError) errors.py promises",
-)
 def test_a_read_slower_than_the_client_timeout_is_a_remote_timeout_error(
     tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
 ) -> None:
