@@ -67,6 +67,7 @@ logger = logging.getLogger("conduit_flat_file_db")
 POLL_SECONDS = 1.0
 COMMIT_LOCK_WAIT = 0.05  # seconds per try for the store's write lock in an upload's last step
 MAX_BACKOFF_SECONDS = 60.0
+UPLOAD_NICE = 10  # the upload thread's nice value on Linux
 _MARKER_SUFFIX = ".remote"
 
 
@@ -289,6 +290,10 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._wake.set()
 
     def _run(self) -> None:
+        # Background priority (Linux: a thread's own nice value): reading and hashing segments for
+        # upload yields the cores to the threads that serve reads and puts.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICE)
         backoff = POLL_SECONDS
         while not self._stopping:
             self._wake.wait(backoff)
