@@ -289,7 +289,7 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
                     db.put(os.urandom(size))
                 db.rotate()
                 db.sync()
-            calls = 20000
+            calls = 300_000  # about half a second of gets: long enough to see the upload, not one moment of it
             picks = [self.rng.choice(locations) for _ in range(calls)]
             with FlatFileDb(path) as db:
                 result.baseline.append(_gets(db, picks))
