@@ -174,7 +174,8 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         overwrites on a conditional create (UnsafeRemoteError, with the reason)."""
         name = f"ffdb-probe/{uuid.uuid4().hex}"
         body = bytes(range(256)) * 4
-        bucket.put("probe", name, body, len(body), create=True)
+        with contextlib.suppress(FileExistsError):  # the name is new: only a retry of this PUT made it
+            bucket.put("probe", name, body, len(body), create=True)
         try:
             try:
                 bucket.put("probe", name, b"other", 5, create=True)
