@@ -145,7 +145,9 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
 
     # -- rows -----------------------------------------------------------------------------
 
-    def slices(self, prefix: str, locations: list[DataLocation], latency_ms: float, compressed: bool) -> Result:
+    def slices(  # pylint: disable=too-many-locals  # the two sides of a row and its counts
+        self, prefix: str, locations: list[DataLocation], latency_ms: float, compressed: bool
+    ) -> Result:
         """Random 256 B slices of remote segments, cold cache, beside the client doing the same."""
         calls = 30 if latency_ms else (100 if self.args.quick else 400)
         picks = [self.rng.choice(locations) for _ in range(calls)]
