@@ -259,41 +259,43 @@ def test_a_flipped_byte_in_a_whole_raw_blob_is_fetched_again(
         )
 
 
-def test_a_flipped_byte_in_raw_blocks_is_fetched_again(
-    tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
+@pytest.mark.parametrize(
+    ("compressed", "path", "offset", "warm", "index", "part"),
+    [
+        (False, ".dat", 3000, True, 30, Slice(10, 3000)),  # blocks, against the sums (loaded by the warm-up)
+        (False, ".sums", 20, False, 5, Slice(1, 2000)),  # the sums, against the manifest
+        (True, ".dat.zst", 10, False, 8, None),  # the seek table (a reader's first GET), against the manifest
+    ],
+    ids=["raw-blocks", "block-sums", "seek-table"],
+)
+def test_a_flipped_byte_in_blocks_sums_or_seek_table_is_fetched_again(  # pylint: disable=too-many-arguments
+    tmp_path: Path,
+    proxied: tuple[S3Server, str, FaultProxy],
+    compressed: bool,
+    path: str,
+    offset: int,
+    warm: bool,
+    index: int,
+    part: Slice | None,
 ) -> None:
-    """A slice of a raw segment is fetched in blocks, each checked against the block sums (read once and
-    cached; a fresh store is opened for each case, so nothing is served from a cache)."""
+    """A slice of a raw segment is fetched in blocks, each checked against the block sums, which are
+    checked against the manifest, as a compressed segment's seek table is when its reader is made.
+    Flipped once, the read returns the right bytes; every time, RemoteCorruptionError. A fresh store
+    for each case: nothing is served from a cache."""
     server, bucket, proxy = proxied
-    db, locations, datas = _uploaded(tmp_path, server, bucket)
+    db, locations, datas = _uploaded(tmp_path, server, bucket, compressed=compressed)
     db.close()
+    want = datas[index] if part is None else datas[index][part.start_offset : part.end_offset]
     for times, fails in ((1, False), (5, True)):
-        with _open(tmp_path, server, bucket) as fresh:
-            fresh.get(locations[0], Slice(0, 10))  # the sums are loaded, the first block cached
-            proxy.flip_next("GET", 3000, times=times, path=".dat")
+        with _open(tmp_path, server, bucket, compressed=compressed) as fresh:
+            if warm:
+                fresh.get(locations[0], Slice(0, 10))  # the sums are loaded, the first block cached
+            proxy.flip_next("GET", offset, times=times, path=path)
             if fails:
                 with pytest.raises(RemoteCorruptionError):
-                    fresh.get(locations[30], Slice(10, 3000))
+                    fresh.get(locations[index], part)
                 proxy.reset()
-            assert fresh.get(locations[30], Slice(10, 3000)) == datas[30][10:3000]
-            assert proxy.pending() == 0
-
-
-def test_a_flipped_byte_in_the_block_sums_is_fetched_again(
-    tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
-) -> None:
-    """The sums object is checked against the manifest before any block is trusted."""
-    server, bucket, proxy = proxied
-    db, locations, datas = _uploaded(tmp_path, server, bucket)
-    db.close()
-    for times, fails in ((1, False), (5, True)):
-        with _open(tmp_path, server, bucket) as fresh:
-            proxy.flip_next("GET", 20, times=times, path=".sums")
-            if fails:
-                with pytest.raises(RemoteCorruptionError):
-                    fresh.get(locations[5], Slice(1, 2000))
-                proxy.reset()
-            assert fresh.get(locations[5], Slice(1, 2000)) == datas[5][1:2000]
+            assert fresh.get(locations[index], part) == want
             assert proxy.pending() == 0
 
 
@@ -334,24 +336,6 @@ def test_a_flipped_byte_in_a_compressed_frame_is_fetched_again(
                 proxy.reset()
                 number = next(fresh)
             assert db.get(locations[number]) == datas[number]
-            assert proxy.pending() == 0
-
-
-def test_a_flipped_byte_in_the_seek_table_is_fetched_again(
-    tmp_path: Path, proxied: tuple[S3Server, str, FaultProxy]
-) -> None:
-    """The seek table of a compressed segment is checked against the manifest when its reader is made."""
-    server, bucket, proxy = proxied
-    db, locations, datas = _uploaded(tmp_path, server, bucket, compressed=True)
-    db.close()
-    for times, fails in ((1, False), (5, True)):
-        with _open(tmp_path, server, bucket, compressed=True) as fresh:
-            proxy.flip_next("GET", 10, times=times, path=".dat.zst")  # the reader's first GET: the table
-            if fails:
-                with pytest.raises(RemoteCorruptionError):
-                    fresh.get(locations[8])
-                proxy.reset()
-            assert fresh.get(locations[8]) == datas[8]
             assert proxy.pending() == 0
 
 
