@@ -37,6 +37,7 @@ import obstore
 import zstandard
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.naming import REMOTE_SUFFIX, TIER_FILE_NAME
 from conduit_flat_file_db.tiering import Tiering
 
 from .common import Result, run_benchmark
@@ -76,6 +77,14 @@ def _requests(db: Any) -> tuple[int, int]:
     snapshot = db.tiering_status()["requests"] if hasattr(db, "tiering_status") else db.bucket.stats.snapshot()
     gets = [v for k, v in snapshot.items() if k.startswith("get")]
     return sum(v["requests"] for v in gets), sum(v["bytes"] for v in gets)
+
+
+def _forget_tier(path: Path) -> None:
+    """Let the datadir forget its tier (its claim file and upload markers; no data file was
+    removed), so that the next measurement uploads the same segments again, to another prefix."""
+    for item in path.iterdir():
+        if item.name == TIER_FILE_NAME or item.name.endswith(REMOTE_SUFFIX):
+            item.unlink()
 
 
 def _gets(db: FlatFileDb, picks: list[DataLocation]) -> float:
@@ -277,12 +286,22 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
             result.extra = f"{per_gib:.0f} PUTs per GiB; ${per_gib * PUT_PER_MILLION / 1e6:.5f} per GiB"
         return result
 
-    def reads_while_uploading(self) -> Result:
-        """Random local 4 KiB gets while a tier uploads, beside the same gets with no upload."""
+    def reads_while_uploading(self, rates: list[int | None]) -> list[Result]:
+        """Random local 4 KiB gets while the tier's background thread uploads, beside the same
+        gets with no upload: one row per upload rate (None: as fast as the server takes them)."""
         total = (64 if self.args.quick else 512) * 2**20
         size = 16 * 2**20 if self.args.quick else 64 * 2**20
-        result = Result("local gets while uploading", "gets/s", "the same gets, no upload", goal=0.95)
+        results = {
+            rate: Result(
+                f"local gets while uploading{'' if rate is None else f' at {rate / 1e6:.0f} MB/s'}",
+                "gets/s",
+                "the same gets, no upload",
+                goal=0.95 if rate is not None else None,
+            )
+            for rate in rates
+        }
         floor: list[float] = []
+        overlapped = {rate: True for rate in rates}
         for round_ in range(self.args.rounds):
             path = self.workdir / f"local{round_}"
             with FlatFileDb(path, max_file_size=size) as db:
@@ -294,21 +313,29 @@ class Bench:  # pylint: disable=too-many-instance-attributes  # one server, one 
             calls = 300_000  # about half a second of gets: long enough to see the upload, not one moment of it
             picks = [self.rng.choice(locations) for _ in range(calls)]
             with FlatFileDb(path) as db:
-                result.baseline.append(_gets(db, picks))
-                floor.append(self._gets_beside_a_plain_upload(db, picks, path, round_) / result.baseline[-1])
-            with FlatFileDb(path, tiering=self.tiering(f"local{round_}", 0)) as db:
-                uploader = threading.Thread(target=db.sync_tiering)
-                uploader.start()
-                time.sleep(0.05)
-                result.engine.append(_gets(db, picks))
-                overlapped = uploader.is_alive()
-                uploader.join()
-            result.extra = (
-                f"the same gets beside a plain upload of the files by another process: "
-                f"{statistics.median(floor):.2f} of alone; the server runs at nice 19 on this machine's "
-                f"cores; {'uploads ran throughout' if overlapped else 'the upload ended first'}"
-            )
-        return result
+                alone = _gets(db, picks)
+                floor.append(self._gets_beside_a_plain_upload(db, picks, path, round_) / alone)
+            for rate in rates:
+                with FlatFileDb(
+                    path, tiering=self.tiering(f"local{round_}-{rate}", 0, upload_bytes_per_second=rate)
+                ) as db:
+                    time.sleep(0.05)  # the open woke the tier's thread: it is uploading now
+                    results[rate].engine.append(_gets(db, picks))
+                    overlapped[rate] = overlapped[rate] and bool(db.tiering_status()["pending"])
+                # close() cut the upload short; the same gets alone again, so that the baseline is
+                # the mean of the measurements just before and just after (the machine drifts)
+                with FlatFileDb(path) as db:
+                    after = _gets(db, picks)
+                results[rate].baseline.append((alone + after) / 2)
+                alone = after
+                _forget_tier(path)
+            for rate in rates:
+                results[rate].extra = "uploads ran throughout" if overlapped[rate] else "the upload ended first"
+        results[None if None in rates else rates[0]].extra += (
+            f"; the same gets beside a plain upload of the files by another process: "
+            f"{statistics.median(floor):.2f} of alone; the server runs at nice 19 on this machine's cores"
+        )
+        return list(results.values())
 
     def _gets_beside_a_plain_upload(self, db: FlatFileDb, picks: list[DataLocation], path: Path, round_: int) -> float:
         """Gets per second while another process uploads the data files with the client alone."""
@@ -402,7 +429,7 @@ def _body(args: Any, workdir: str) -> list[Result]:
             results.append(bench.slices("zstd", packed, latency, compressed=True))
             results.append(bench.get_many("raw", raw, latency))
         results.append(bench.upload())
-        results.append(bench.reads_while_uploading())
+        results.extend(bench.reads_while_uploading([None, *args.upload_rates]))
     finally:
         bench.close()
     for result in results:
@@ -426,6 +453,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
     def body(args: Any, workdir: str) -> list[Result]:
         args.latency_ms = latency
+        args.upload_rates = [32 * 10**6]
         return _body(args, workdir)
 
     return run_benchmark(__doc__ or "", argv, body)

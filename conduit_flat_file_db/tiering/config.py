@@ -54,6 +54,10 @@ class Tiering:
             (since their seal) leave the local disk. None: no limit by age. With both None,
             every local copy stays (the bucket is a replica).
         remote_cache_bytes: bound of the in-memory cache of verified remote ranges.
+        upload_bytes_per_second: uploads (and their read-backs) send at most this many bytes
+            per second on average, in the background and in ``sync_tiering()`` alike, so that
+            they leave the disk, the cores and the network to the store's own reads and writes.
+            None (the default): as fast as the server takes them.
         refresh_seconds: a read-only remote open (``FlatFileDb.open_remote``) lists the
             bucket again at most this often by itself; ``refresh()`` does it at once.
         object_store: an obstore store to use instead of one built from the URL (another
@@ -72,6 +76,7 @@ class Tiering:
         "prefix",
         "refresh_seconds",
         "remote_cache_bytes",
+        "upload_bytes_per_second",
         "url",
     )
 
@@ -83,6 +88,7 @@ class Tiering:
         local_retention_age: float | None = None,
         remote_cache_bytes: int = DEFAULT_REMOTE_CACHE_BYTES,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        upload_bytes_per_second: int | None = None,
         object_store: Any = None,
         **client_options: Any,
     ) -> None:
@@ -94,10 +100,15 @@ class Tiering:
             _non_negative("local_retention_age", local_retention_age, integer=False)
         _non_negative("remote_cache_bytes", remote_cache_bytes, integer=True)
         _non_negative("refresh_seconds", refresh_seconds, integer=False)
+        if upload_bytes_per_second is not None:
+            _non_negative("upload_bytes_per_second", upload_bytes_per_second, integer=True)
+            if upload_bytes_per_second == 0:
+                raise ValueError("upload_bytes_per_second must be > 0 (None: no limit); 0 would never upload")
         self.local_retention_bytes = local_retention_bytes
         self.local_retention_age = local_retention_age
         self.remote_cache_bytes = remote_cache_bytes
         self.refresh_seconds = float(refresh_seconds)
+        self.upload_bytes_per_second = upload_bytes_per_second
         self.object_store = object_store
         self.client_options = dict(client_options)
 
@@ -118,6 +129,7 @@ class Tiering:
             "local_retention_age": self.local_retention_age,
             "remote_cache_bytes": self.remote_cache_bytes,
             "refresh_seconds": self.refresh_seconds,
+            "upload_bytes_per_second": self.upload_bytes_per_second,
             **self.client_options,
         }
 

@@ -60,7 +60,7 @@ from .manifest import (
     sums_object,
 )
 from .remote_reader import RemoteSegmentReader
-from .upload import upload_objects
+from .upload import Pacer, upload_objects
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -105,6 +105,8 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         self._commit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = False
+        self._stopped = threading.Event()  # set by close(): ends an upload's wait for the pacer
+        self._pacer = Pacer(config.upload_bytes_per_second, self._stopped)
         self._thread: threading.Thread | None = None
         self._manifests: dict[int, Manifest] = {}
         self.last_error: str | None = None
@@ -305,6 +307,8 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                 self.run_pass(blocking=False)
                 backoff = POLL_SECONDS
             except Exception as exc:  # pylint: disable=broad-exception-caught  # recorded; retried later
+                if self._stopping:  # an upload cut by close(): redone by the next open, not an error
+                    return
                 self._record_error(exc)
                 backoff = min(MAX_BACKOFF_SECONDS, backoff * 2)
 
@@ -317,6 +321,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         """Stop the thread after its current request (an upload cut short is redone by the next
         open; its objects have no manifest yet); waits only for a commit step in progress."""
         self._stopping = True
+        self._stopped.set()
         with self._commit_lock:
             pass
         self._wake.set()
@@ -386,7 +391,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             return False
         try:
             uploaded = upload_objects(
-                self.bucket, self.store_id, self._dir_fd, self.dir_str, number, fd, kind == KIND_ZSTD
+                self.bucket, self.store_id, self._dir_fd, self.dir_str, number, fd, kind == KIND_ZSTD, self._pacer
             )
         finally:
             os.close(fd)

@@ -276,6 +276,10 @@ def test_without_tiering_the_tier_calls_say_so(tmp_path: Path) -> None:
         ((URL,), {"local_retention_bytes": 1.5}, TypeError),
         ((URL,), {"local_retention_age": float("nan")}, ValueError),
         ((URL,), {"remote_cache_bytes": True}, TypeError),
+        ((URL,), {"upload_bytes_per_second": 0}, ValueError),
+        ((URL,), {"upload_bytes_per_second": -5}, ValueError),
+        ((URL,), {"upload_bytes_per_second": 2.5e6}, TypeError),
+        ((URL,), {"upload_bytes_per_second": "fast"}, TypeError),
     ],
 )
 def test_bad_tiering_arguments_get_typed_errors(args: tuple[Any, ...], kwargs: dict[str, Any], error: type) -> None:
@@ -293,9 +297,10 @@ def test_tiering_must_be_a_tiering(tmp_path: Path) -> None:
 
 def test_a_tiering_pickles_by_its_url_and_options() -> None:
     """A Tiering pickles as its URL and options; one holding a store instance cannot."""
-    tiering = Tiering(URL, local_retention_bytes=5, endpoint="http://127.0.0.1:1")
+    tiering = Tiering(URL, local_retention_bytes=5, upload_bytes_per_second=10**6, endpoint="http://127.0.0.1:1")
     copy = pickle.loads(pickle.dumps(tiering))
     assert (copy.url, copy.local_retention_bytes, copy.client_options) == (URL, 5, {"endpoint": "http://127.0.0.1:1"})
+    assert copy.upload_bytes_per_second == 10**6
     with pytest.raises(TypeError):
         pickle.dumps(Tiering(URL, object_store=MemoryStore()))
 
