@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import xxhash
 
@@ -218,6 +218,36 @@ def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int)
     body = _BODY.pack(u_start, csize * _FRAME_SIZE_SPLIT + dsize, c_start)
     crc = _record_crc(bytes((REC_FRAME, flags, 0, 0)), body)
     return _PREFIX.pack(REC_FRAME, flags, 0, crc) + body
+
+
+_STORED_FRAME_PREFIX = bytes((REC_FRAME, FLAG_STORED, 0, 0))
+_STORED_FRAME_PREFIX_CRC = zlib.crc32(_STORED_FRAME_PREFIX)
+_FRAME_AND_BLOB = struct.Struct("<4sIQQQ4sIQQQ")  # a FRAME record, then a BLOB record
+
+
+def pack_stored_commit_into(
+    buffer: Any, at: int, start: int, csize: int, c_start: int, length: int, checksum: int
+) -> None:  # pylint: disable=too-many-arguments
+    """Store at ``buffer[at:at + 64]`` the records of one blob of ``length`` bytes at ``start``
+    held alone by a stored frame of ``csize`` bytes at ``c_start``: its FRAME record (STORED)
+    and its BLOB record, as encode_frame and encode_blob make them, in one pack (the commit of
+    a small put into a compressed segment, which writes them through a map)."""
+    frame_body = _BODY.pack(start, csize * _FRAME_SIZE_SPLIT + length, c_start)
+    blob_body = _BODY.pack(start, length, checksum)
+    _FRAME_AND_BLOB.pack_into(
+        buffer,
+        at,
+        _STORED_FRAME_PREFIX,
+        zlib.crc32(frame_body, _STORED_FRAME_PREFIX_CRC),
+        start,
+        csize * _FRAME_SIZE_SPLIT + length,
+        c_start,
+        _BLOB_PREFIX,
+        zlib.crc32(blob_body, _BLOB_PREFIX_CRC),
+        start,
+        length,
+        checksum,
+    )
 
 
 def frame_sizes(records: Iterable[Record]) -> list[tuple[int, int]]:

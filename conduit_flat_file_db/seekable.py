@@ -222,10 +222,37 @@ def is_padding_frame(fd: int, offset: int) -> bool:
     return len(head) == SKIPPABLE_HEADER_BYTES and _SKIP_HEADER.unpack(head)[0] == PADDING_MAGIC
 
 
+def pack_entries(sizes: Sequence[tuple[int, int]]) -> bytes:
+    """The seek-table entries (without checksums) of frames of the given sizes, as the table holds them."""
+    return struct.pack(f"<{2 * len(sizes)}I", *itertools.chain.from_iterable(sizes))
+
+
+def unpack_entries(entries: bytes | bytearray) -> list[tuple[int, int]]:
+    """The (compressed, decompressed) sizes that :func:`pack_entries` packed."""
+    return list(_ENTRY.iter_unpack(entries))
+
+
 def write_padding_and_table(fd: int, frames_end: int, sizes: Sequence[tuple[int, int]], padding: int) -> None:
     """After the frames (of ``sizes``, ending at ``frames_end``): a padding frame of ``padding``
     payload bytes, then the whole seek table; cut what follows."""
-    table = encode_seek_table(list(sizes) + [(SKIPPABLE_HEADER_BYTES + padding, 0)])
+    write_padding_and_entries(fd, frames_end, pack_entries(sizes), padding)
+
+
+def write_padding_and_entries(fd: int, frames_end: int, entries: bytes | bytearray, padding: int) -> None:
+    """write_padding_and_table for frames given by their packed seek-table ``entries``
+    (:func:`pack_entries`): a growing segment keeps them packed, so that a rewrite of its whole
+    table is a copy of them rather than a pack of every entry again."""
+    count = len(entries) // _ENTRY.size + 1
+    if count > MAX_FRAMES:
+        raise ValueError(f"{count} frames is more than the format allows ({MAX_FRAMES})")
+    table = b"".join(
+        (
+            _SKIP_HEADER.pack(SEEK_TABLE_MAGIC, count * _ENTRY.size + FOOTER_BYTES),
+            entries,
+            _ENTRY.pack(SKIPPABLE_HEADER_BYTES + padding, 0),
+            _FOOTER.pack(count, 0, SEEKABLE_MAGIC),
+        )
+    )
     pwrite_all(fd, padding_header(padding), frames_end)
     table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
     pwrite_all(fd, table, table_at)
@@ -251,6 +278,25 @@ def append_table_entries(
     pwrite_all(fd, _U32.pack(entries * _ENTRY.size + FOOTER_BYTES), table_at + 4)
     pwrite_all(fd, entry_bytes + footer, table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size)
     return new_padding
+
+
+_ONE_ENTRY_TAIL = struct.Struct("<IIIIIBI")  # a frame's entry, the padding's entry, the footer
+
+
+def append_one_entry(  # pylint: disable=too-many-arguments
+    mapped: Any, base: int, fd: int, table_at: int, frames: int, csize: int, dsize: int, padding: int
+) -> None:
+    """:func:`append_table_entries` for one frame (``csize`` bytes holding ``dsize``) written where
+    the padding frame began, before ``frames`` frames, with a padding of ``padding`` payload
+    bytes left after it. The table's frame-size field (at ``table_at + 4``) is stored through
+    ``mapped``, a writable shared map of the file from offset ``base``; its new last entries
+    and footer are written with one ``pwrite``, since they end 8 bytes past the file's end
+    (the table grows, and a map cannot make a file longer)."""
+    _U32.pack_into(mapped, table_at + 4 - base, (frames + 2) * _ENTRY.size + FOOTER_BYTES)
+    tail = _ONE_ENTRY_TAIL.pack(csize, dsize, SKIPPABLE_HEADER_BYTES + padding, 0, frames + 2, 0, SEEKABLE_MAGIC)
+    at = table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size
+    if os.pwrite(fd, tail, at) != len(tail):
+        pwrite_all(fd, tail, at)  # short write: write it whole again
 
 
 def padding_after(fd: int, frames_end: int, frames: int, size: int) -> int | None:
