@@ -225,9 +225,9 @@ _STORED_FRAME_PREFIX_CRC = zlib.crc32(_STORED_FRAME_PREFIX)
 _FRAME_AND_BLOB = struct.Struct("<4sIQQQ4sIQQQ")  # a FRAME record, then a BLOB record
 
 
-def pack_stored_commit_into(
+def pack_stored_commit_into(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     buffer: Any, at: int, start: int, csize: int, c_start: int, length: int, checksum: int
-) -> None:  # pylint: disable=too-many-arguments
+) -> None:
     """Store at ``buffer[at:at + 64]`` the records of one blob of ``length`` bytes at ``start``
     held alone by a stored frame of ``csize`` bytes at ``c_start``: its FRAME record (STORED)
     and its BLOB record, as encode_frame and encode_blob make them, in one pack (the commit of

@@ -283,7 +283,7 @@ def append_table_entries(
 _ONE_ENTRY_TAIL = struct.Struct("<IIIIIBI")  # a frame's entry, the padding's entry, the footer
 
 
-def append_one_entry(  # pylint: disable=too-many-arguments
+def append_one_entry(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     mapped: Any, base: int, fd: int, table_at: int, frames: int, csize: int, dsize: int, padding: int
 ) -> None:
     """:func:`append_table_entries` for one frame (``csize`` bytes holding ``dsize``) written where

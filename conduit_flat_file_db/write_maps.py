@@ -79,8 +79,6 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
     index_fd: int
     max_size: int  # the store's MAX_DAT_FILE_SIZE at the last prepare()
     _rotated_full: bool  # the writer created the mutable segment because the last one was full
-    _entries: bytearray  # packed seek-table entries of a compressed mutable segment's frames, as far as known
-    _entries_upto: int  # index bytes that ``_entries`` covers
 
     def __init__(self, dir_fd: int, fsync: bool) -> None:
         self.reserved = 0  # the raw mutable data file needs no reservation below this (see _reserve)
@@ -96,6 +94,11 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         # bytes (table at ``_table_at``); ``_data_mapped`` is then where the part of the padding
         # that has disk blocks ends. -1: the maps are not a compressed segment's.
         self._table_at = -1
+        # Seek-table entries (packed) of the compressed mutable segment's frames as far as its
+        # index's first ``_entries_upto`` bytes say, kept so a seek-table rewrite need neither
+        # reread the index nor pack every entry again (writer.py keeps them; put_mapped_zstd adds).
+        self._entries = bytearray()
+        self._entries_upto = 0
 
     def put_mapped(self, data: Any, checksum: int, max_size: int, flags: int = 0) -> int:
         """The whole commit of a small blob when nothing needs preparing and the maps have room:
@@ -184,7 +187,9 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_DIRTY] = 1
         try:
             self._store_stored_frame(data, disk, head, padding - csize)
-            append_one_entry(self._data_map, self._data_base, self.data_fd, table_at, frames, csize, size, padding - csize)
+            append_one_entry(
+                self._data_map, self._data_base, self.data_fd, table_at, frames, csize, size, padding - csize
+            )
             pack_stored_commit_into(self._index_map, index_bytes - self._index_base, start, csize, disk, size, checksum)
         except BaseException:
             self._fail(start, disk, index_bytes, padding)
@@ -236,7 +241,7 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         need = disk + _STORED_HEAD_BYTES[size >= STORED_SMALL_BELOW] + size + STORED_TAIL_BYTES
         if need > disk + padding:
             return False  # the frame does not fit the padding: append_zstd moves the seek table
-        if (
+        if (  # pylint: disable=too-many-boolean-expressions
             need + SKIPPABLE_HEADER_BYTES > self._data_mapped
             or disk + SKIPPABLE_HEADER_BYTES + padding != self._table_at
             or disk < self._data_base

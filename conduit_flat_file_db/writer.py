@@ -94,11 +94,6 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         self.index_fd = -1
         self.sealed: list[int] = []  # sealed by this writer, not yet handed to take_sealed()
         self.lost: list[int] = []
-        # Seek-table entries (packed) of the compressed mutable segment's frames as far as its
-        # index's first ``_entries_upto`` bytes say, kept so a seek-table rewrite need neither
-        # reread the index nor pack every entry again.
-        self._entries = bytearray()
-        self._entries_upto = 0
         self.max_size = 0  # the store's MAX_DAT_FILE_SIZE at the last prepare()
         self._rotated_full = False  # this writer created the mutable segment because the last one was full
         super().__init__(dir_fd, fsync)
