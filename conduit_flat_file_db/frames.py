@@ -303,7 +303,7 @@ _DICT_ID_BYTES = (0, 1, 2, 4)
 STORED_PROBE_BYTES = 4 + 1 + 1 + 4 + 8 + 3  # the longest frame header, then one block header
 
 
-def stored_payload(head: bytes, csize: int, dsize: int) -> int:
+def stored_payload(head: bytes | memoryview, csize: int, dsize: int) -> int:
     """Where the bytes of a one-block stored frame start within it, or -1 if it is not one.
 
     ``head``: the frame's first bytes (up to STORED_PROBE_BYTES); ``csize``/``dsize``: its

@@ -29,7 +29,10 @@ import os
 import struct
 from typing import Any, BinaryIO, Callable, Hashable, Iterable, NamedTuple, Sequence
 
-from .errors import FormatError
+import xxhash
+import zstandard
+
+from .errors import CorruptionError, FormatError
 from .fileio import pread_at, pread_exact, pread_full, pwrite_all, pwritev_all
 from .frames import (
     DEFAULT_LEVEL,
@@ -37,10 +40,12 @@ from .frames import (
     MAX_FRAME_DECOMPRESSED_BYTES,
     SKIPPABLE_HEADER_BYTES,
     SKIPPABLE_MAGIC,
+    STORED_PROBE_BYTES,
     FrameCache,
     check_min_saving,
     compress_frames,
     decompress_frame,
+    stored_payload,
 )
 
 SEEK_TABLE_MAGIC = 0x184D2A5E
@@ -407,6 +412,36 @@ class SeekableReader(io.RawIOBase):
             raise ValueError(f"{self.name}: range {start}..{end} is outside 0..{size}")
         return read_frames(self.table, self._pieces, start, end)
 
+    def read_span(self, start: int, end: int) -> bytes:
+        """read_range for a long range (a rewrite reads a segment in pieces of megabytes): the
+        compressed bytes of the frames it overlaps are read with one ``pread``, and each frame
+        is decoded from that buffer, a one-block stored frame taken in place once its checksum
+        is checked, instead of one ``pread`` and one decompression per frame (a segment of small
+        puts has one frame per put). The frame cache is neither read nor filled."""
+        table = self.table
+        d_offsets, c_offsets = table.d_offsets, table.c_offsets
+        if not 0 <= start <= end <= table.decompressed_size:
+            raise ValueError(f"{self.name}: range {start}..{end} is outside 0..{table.decompressed_size}")
+        if start == end:
+            return b""
+        first = bisect.bisect_right(d_offsets, start) - 1
+        last = bisect.bisect_left(d_offsets, end)  # frames first..last-1 hold the range
+        c_first = c_offsets[first]
+        buffer = memoryview(pread_exact(self._fd, c_offsets[last] - c_first, c_first, self.name))
+        checksums = table.checksums if self._verify else None
+        parts = []
+        for index in range(first, last):
+            dsize = d_offsets[index + 1] - d_offsets[index]
+            if dsize:  # frames of decompressed size 0 are skippable frames
+                at = c_offsets[index]
+                checksum = checksums[index] if checksums is not None else None
+                frame = buffer[at - c_first : c_offsets[index + 1] - c_first]
+                parts.append(_stored_content(frame, dsize, checksum, self.name, at))
+                self.frames_decompressed += 1
+        whole = b"".join(parts)
+        low = start - d_offsets[first]
+        return whole[low : low + end - start]
+
     # -- io.RawIOBase ------------------------------------------------------------------
 
     def readable(self) -> bool:
@@ -446,6 +481,24 @@ class SeekableReader(io.RawIOBase):
         if not self.closed and self._owns_fd:
             os.close(self._fd)
         super().close()
+
+
+def _stored_content(frame: memoryview, dsize: int, checksum: int | None, name: str, offset: int) -> bytes:
+    """The decompressed bytes of ``frame`` (at ``offset`` of file ``name``): a one-block stored
+    frame's content, checked against its content checksum (and the table's ``checksum``), as
+    decompress_frame would check it; any other frame through decompress_frame."""
+    at = stored_payload(frame[:STORED_PROBE_BYTES], len(frame), dsize)
+    if at < 0 or not frame[4] & 0x04:  # not stored, or no content checksum: the decoder decides
+        return decompress_frame(bytes(frame), dsize, name, offset, checksum)
+    content = frame[at : at + dsize]
+    digest = xxhash.xxh64_intdigest(content) & 0xFFFFFFFF
+    if (
+        digest != _U32.unpack_from(frame, at + dsize)[0]
+        or checksum not in (None, digest)
+        or zstandard.frame_content_size(frame[:at]) not in (-1, dsize)
+    ):
+        raise CorruptionError(f"{name} at offset {offset}: frame fails its checksum", name, offset)
+    return bytes(content)
 
 
 def read_frames(table: FrameTable, piece: Callable[[int, int, int], bytes], start: int, end: int) -> bytes:
