@@ -10,8 +10,9 @@ write_maps.py, reader.py and segment.py decide *how*. Hot paths are written for 
 syscalls and few Python calls. A small put into a raw segment (no fsync) copies the blob
 and its index record into shared maps of the two files (write_maps.py): no syscall but the
 lock's ``lockf`` pair, and none at all while this process holds a lease on the lock
-(locking.py); a larger or compressed put writes with ``pwrite``. A get of a mapped raw
-segment copies from the map; otherwise it is one ``pread``.
+(locking.py). A small put into a compressed segment stores its frame and records the same
+way and writes the seek table's new tail with one ``pwrite``; a larger put writes with
+``pwrite``. A get of a mapped raw segment copies from the map; otherwise it is one ``pread``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
-"""Write room and maps: small puts into a raw mutable segment copied through shared maps.
+"""Write room and maps: small puts into the mutable segment copied through shared maps.
 
 A put of at most MAPPED_PUT_MAX_BYTES into a raw mutable segment without fsync is copied
 into shared writable maps of its data and index files, over room allocated past their
 committed ends (FORMAT.md "Commit" and "Raw segment"), instead of two ``pwrite`` calls.
 This module owns that room: reserving disk blocks for large segments (``_reserve``),
 allocating, zeroing and mapping room (``_make_room``, ``_grow``), and the whole commit of a
-small blob through the maps (``put_mapped``, the hot path of ``put``).
+small blob through the maps (``put_mapped``, the hot path of ``put``). A put of less than
+STORED_BELOW_BYTES into a compressed mutable segment is stored the same way as one stored
+frame over the segment's padding frame, its records over room past the index's end
+(``put_mapped_zstd``, ``_make_padding_room``, ``_map_padding``).
 
 ``MappedWrites`` is a base class of ``writer.SegmentWriter``, not a helper object: the hot
 path reads the writer's descriptors, state words and maps as attributes of one object,
