@@ -199,6 +199,29 @@ def decompress_frame(frame: bytes, dsize: int, path: str, offset: int, checksum:
 
 
 _MAX_BLOCK_BYTES = 128 * 2**10
+# The head of a one-block stored frame (FORMAT.md "Stored frames"), packed in one call: magic,
+# descriptor, content size (1 byte below 256, else 2 bytes holding size - 256), then the 3-byte
+# block header ``size << 3 | 1`` as its low 16 bits and its high 8 bits (struct has no 3-byte
+# integer). Small puts write one such frame each, so its head is not joined from parts.
+STORED_HEAD_SMALL = struct.Struct("<IBBHB")  # content of fewer than 256 bytes: a 9-byte head
+STORED_HEAD_MEDIUM = struct.Struct("<IBHHB")  # fewer than 65,792 bytes: a 10-byte head
+STORED_SMALL_BELOW = 256
+STORED_MEDIUM_BELOW = 65536 + 256
+STORED_DESCRIPTOR_SMALL = 0x24  # single segment, content checksum, 1-byte content size
+STORED_DESCRIPTOR_MEDIUM = 0x64  # the same with a 2-byte content size
+STORED_TAIL_BYTES = 4  # the content checksum
+# Puts and batches smaller than this go into a compressed mutable segment as stored frames:
+# compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
+STORED_BELOW_BYTES = 8 * 2**10
+
+
+def stored_head(size: int) -> bytes:
+    """The frame header and block header of a one-block stored frame of ``size`` bytes
+    (``size`` below STORED_MEDIUM_BELOW and at most 128 KiB)."""
+    block = size << 3 | 1  # last block, raw, ``size`` bytes
+    if size < STORED_SMALL_BELOW:
+        return STORED_HEAD_SMALL.pack(ZSTD_FRAME_MAGIC, STORED_DESCRIPTOR_SMALL, size, block & 0xFFFF, block >> 16)
+    return STORED_HEAD_MEDIUM.pack(ZSTD_FRAME_MAGIC, STORED_DESCRIPTOR_MEDIUM, size - 256, block & 0xFFFF, block >> 16)
 
 
 def stored_frame(data: bytes | bytearray | memoryview) -> bytes:
@@ -210,11 +233,9 @@ def stored_frame(data: bytes | bytearray | memoryview) -> bytes:
     """
     view = memoryview(data).cast("B")
     size = len(view)
-    if size < 256:
-        header = struct.pack("<IBB", ZSTD_FRAME_MAGIC, 0x24, size)  # single segment, checksum, 1-byte size
-    elif size < 65536 + 256:
-        header = struct.pack("<IBH", ZSTD_FRAME_MAGIC, 0x64, size - 256)
-    elif size < 2**32:
+    if size < STORED_MEDIUM_BELOW and size <= _MAX_BLOCK_BYTES:  # one block: one pack, one join
+        return b"".join((stored_head(size), view, _U32.pack(xxhash.xxh64_intdigest(view) & 0xFFFFFFFF)))
+    if size < 2**32:
         header = struct.pack("<IBI", ZSTD_FRAME_MAGIC, 0xA4, size)
     else:
         header = struct.pack("<IBQ", ZSTD_FRAME_MAGIC, 0xE4, size)
@@ -282,7 +303,7 @@ _DICT_ID_BYTES = (0, 1, 2, 4)
 STORED_PROBE_BYTES = 4 + 1 + 1 + 4 + 8 + 3  # the longest frame header, then one block header
 
 
-def stored_payload(head: bytes, csize: int, dsize: int) -> int:
+def stored_payload(head: bytes | memoryview, csize: int, dsize: int) -> int:
     """Where the bytes of a one-block stored frame start within it, or -1 if it is not one.
 
     ``head``: the frame's first bytes (up to STORED_PROBE_BYTES); ``csize``/``dsize``: its

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import xxhash
 
@@ -86,6 +86,7 @@ class IndexHeader(NamedTuple):
 
 
 _FRAME_SIZE_SPLIT = 2**32  # a FRAME record's size word: compressed size above, uncompressed size below
+_FRAME_SIZE_MASK = _FRAME_SIZE_SPLIT - 1
 
 
 class Record(NamedTuple):
@@ -218,6 +219,59 @@ def encode_frame(flags: int, u_start: int, csize: int, dsize: int, c_start: int)
     body = _BODY.pack(u_start, csize * _FRAME_SIZE_SPLIT + dsize, c_start)
     crc = _record_crc(bytes((REC_FRAME, flags, 0, 0)), body)
     return _PREFIX.pack(REC_FRAME, flags, 0, crc) + body
+
+
+_STORED_FRAME_PREFIX = bytes((REC_FRAME, FLAG_STORED, 0, 0))
+_STORED_FRAME_PREFIX_CRC = zlib.crc32(_STORED_FRAME_PREFIX)
+_FRAME_AND_BLOB = struct.Struct("<4sIQQQ4sIQQQ")  # a FRAME record, then a BLOB record
+
+
+def pack_stored_commit_into(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    buffer: Any, at: int, start: int, csize: int, c_start: int, length: int, checksum: int
+) -> None:
+    """Store at ``buffer[at:at + 64]`` the records of one blob of ``length`` bytes at ``start``
+    held alone by a stored frame of ``csize`` bytes at ``c_start``: its FRAME record (STORED)
+    and its BLOB record, as encode_frame and encode_blob make them, in one pack (the commit of
+    a small put into a compressed segment, which writes them through a map)."""
+    frame_body = _BODY.pack(start, csize * _FRAME_SIZE_SPLIT + length, c_start)
+    blob_body = _BODY.pack(start, length, checksum)
+    _FRAME_AND_BLOB.pack_into(
+        buffer,
+        at,
+        _STORED_FRAME_PREFIX,
+        zlib.crc32(frame_body, _STORED_FRAME_PREFIX_CRC),
+        start,
+        csize * _FRAME_SIZE_SPLIT + length,
+        c_start,
+        _BLOB_PREFIX,
+        zlib.crc32(blob_body, _BLOB_PREFIX_CRC),
+        start,
+        length,
+        checksum,
+    )
+
+
+_SIZE_FIELD = struct.Struct("<16xQ8x")  # a record's size field alone
+
+
+def frame_summary(raw: bytes | memoryview) -> tuple[int, bool, int]:
+    """(FRAME records, whether one is flagged STORED, the uncompressed bytes they hold) among the
+    index records ``raw`` (an index from offset HEADER_BYTES), read from their type, flags and
+    size fields alone, without each record's CRC: for deciding whether re-framing a sealed
+    segment pays, never for finding data. A sealed segment of small puts has hundreds of
+    thousands of records, which decode_records takes about a second to build and check."""
+    view = memoryview(raw).cast("B")
+    view = view[: len(view) - len(view) % RECORD_BYTES]
+    types = bytes(view[0::RECORD_BYTES])
+    frames = types.count(REC_FRAME)
+    if not frames:
+        return 0, False, 0
+    flags = bytes(view[1::RECORD_BYTES])
+    stored = any(rtype == REC_FRAME and flag & FLAG_STORED for rtype, flag in zip(types, flags))
+    size = sum(
+        field & _FRAME_SIZE_MASK for (field,), rtype in zip(_SIZE_FIELD.iter_unpack(view), types) if rtype == REC_FRAME
+    )
+    return frames, stored, size
 
 
 def frame_sizes(records: Iterable[Record]) -> list[tuple[int, int]]:

@@ -24,12 +24,12 @@ import zstandard
 from .bulk import BulkReads
 from .catalog import Catalog
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
-from .index import FLAG_STORED, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_FRAME
+from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, REC_BLOB, frame_summary
 from .ingest import Ingest
 from .naming import index_name, segment_name
 from .rewrite import rewrite_segment
 from .seekable import Framing
-from .segment_files import index_records, open_data_file, written_kind
+from .segment_files import index_records, open_data_file, read_index, written_kind
 from .types import DataLocation
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -158,9 +158,11 @@ def reframe_sealed(store: MaintainedStore, sealed: list[int]) -> None:
 def _small_frames(store: MaintainedStore, number: int) -> bool:
     """Whether a sealed compressed segment holds stored (uncompressed) frames, or many more
     frames than ``frame_bytes`` frames would make: only then does re-framing pay for itself."""
-    frames = [r for r in index_records(store._dir_fd, number) if r.rtype == REC_FRAME]  # pylint: disable=protected-access
-    size = sum(r.uncompressed_size for r in frames)
-    return any(r.flags & FLAG_STORED for r in frames) or len(frames) > 1.25 * -(-size // store.frame_bytes)
+    raw = read_index(store._dir_fd, number)  # pylint: disable=protected-access
+    if raw is None:
+        return False
+    frames, stored, size = frame_summary(memoryview(raw)[HEADER_BYTES:])
+    return stored or frames > 1.25 * -(-size // store.frame_bytes)
 
 
 def compress_sealed_if_it_pays(store: MaintainedStore, sealed: list[int]) -> None:

@@ -18,11 +18,11 @@ from typing import Callable, ContextManager
 from .checksums import CHECK_CHUNK_BYTES
 from .errors import FlatFileDbUnsafeAccessError
 from .fileio import pread_at, pread_exact, pwrite_all
-from .index import KIND_ZSTD, REC_SEAL
-from .naming import segment_name, temp_name
+from .index import HEADER_BYTES, KIND_ZSTD, REC_SEAL, RECORD_BYTES, decode_header, decode_records
+from .naming import index_name, segment_name, temp_name
 from .seal import sync_segment
 from .seekable import Framing, SeekableReader, parse_seek_table
-from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, index_records, open_data_file
+from .segment_files import OPEN_READ, OPEN_WRITE, fsync_dir, open_data_file, read_index
 from .state import SharedState
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -34,9 +34,26 @@ def _source(fd: int, kind: int, number: int) -> tuple[int, Callable[[int, int], 
     if kind == KIND_ZSTD:
         table = parse_seek_table(pread_at(fd), size, segment_name(number, True))
         source = SeekableReader(fd, table=table)
-        return source.size, source.read_range
+        return source.size, source.read_span
     name = segment_name(number, False)
     return size, lambda start, end: pread_exact(fd, end - start, start, name)
+
+
+def _sealed(dir_fd: int, number: int) -> bool:
+    """Whether segment ``number``'s index ends in a SEAL record (or has no record at all). Its last
+    record alone is decoded when it is a SEAL that ends the file: a mutable index never holds one,
+    and decoding every record of a segment of small puts takes about a second."""
+    raw = read_index(dir_fd, number)
+    if raw is None:
+        return True
+    decode_header(raw, index_name(number))
+    body = memoryview(raw)[HEADER_BYTES:]
+    if body and len(body) % RECORD_BYTES == 0:
+        last = decode_records(body[-RECORD_BYTES:]).records
+        if last and last[0].rtype == REC_SEAL:
+            return True
+    records = decode_records(body).records
+    return not records or records[-1].rtype == REC_SEAL
 
 
 def _write_copy(
@@ -78,8 +95,7 @@ def rewrite_segment(
     """
     fd, kind = open_data_file(dir_fd, number)
     try:
-        records = index_records(dir_fd, number)
-        if records and records[-1].rtype != REC_SEAL:
+        if not _sealed(dir_fd, number):
             raise FlatFileDbUnsafeAccessError(f"segment {number} is not sealed; only sealed segments are rewritten")
         if fsync:
             sync_segment(dir_fd, number)  # its SEAL durable before the switch: recovery never cuts a rewrite

@@ -29,7 +29,10 @@ import os
 import struct
 from typing import Any, BinaryIO, Callable, Hashable, Iterable, NamedTuple, Sequence
 
-from .errors import FormatError
+import xxhash
+import zstandard
+
+from .errors import CorruptionError, FormatError
 from .fileio import pread_at, pread_exact, pread_full, pwrite_all, pwritev_all
 from .frames import (
     DEFAULT_LEVEL,
@@ -37,10 +40,12 @@ from .frames import (
     MAX_FRAME_DECOMPRESSED_BYTES,
     SKIPPABLE_HEADER_BYTES,
     SKIPPABLE_MAGIC,
+    STORED_PROBE_BYTES,
     FrameCache,
     check_min_saving,
     compress_frames,
     decompress_frame,
+    stored_payload,
 )
 
 SEEK_TABLE_MAGIC = 0x184D2A5E
@@ -222,10 +227,37 @@ def is_padding_frame(fd: int, offset: int) -> bool:
     return len(head) == SKIPPABLE_HEADER_BYTES and _SKIP_HEADER.unpack(head)[0] == PADDING_MAGIC
 
 
+def pack_entries(sizes: Sequence[tuple[int, int]]) -> bytes:
+    """The seek-table entries (without checksums) of frames of the given sizes, as the table holds them."""
+    return struct.pack(f"<{2 * len(sizes)}I", *itertools.chain.from_iterable(sizes))
+
+
+def unpack_entries(entries: bytes | bytearray) -> list[tuple[int, int]]:
+    """The (compressed, decompressed) sizes that :func:`pack_entries` packed."""
+    return list(_ENTRY.iter_unpack(entries))
+
+
 def write_padding_and_table(fd: int, frames_end: int, sizes: Sequence[tuple[int, int]], padding: int) -> None:
     """After the frames (of ``sizes``, ending at ``frames_end``): a padding frame of ``padding``
     payload bytes, then the whole seek table; cut what follows."""
-    table = encode_seek_table(list(sizes) + [(SKIPPABLE_HEADER_BYTES + padding, 0)])
+    write_padding_and_entries(fd, frames_end, pack_entries(sizes), padding)
+
+
+def write_padding_and_entries(fd: int, frames_end: int, entries: bytes | bytearray, padding: int) -> None:
+    """write_padding_and_table for frames given by their packed seek-table ``entries``
+    (:func:`pack_entries`): a growing segment keeps them packed, so that a rewrite of its whole
+    table is a copy of them rather than a pack of every entry again."""
+    count = len(entries) // _ENTRY.size + 1
+    if count > MAX_FRAMES:
+        raise ValueError(f"{count} frames is more than the format allows ({MAX_FRAMES})")
+    table = b"".join(
+        (
+            _SKIP_HEADER.pack(SEEK_TABLE_MAGIC, count * _ENTRY.size + FOOTER_BYTES),
+            entries,
+            _ENTRY.pack(SKIPPABLE_HEADER_BYTES + padding, 0),
+            _FOOTER.pack(count, 0, SEEKABLE_MAGIC),
+        )
+    )
     pwrite_all(fd, padding_header(padding), frames_end)
     table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
     pwrite_all(fd, table, table_at)
@@ -251,6 +283,25 @@ def append_table_entries(
     pwrite_all(fd, _U32.pack(entries * _ENTRY.size + FOOTER_BYTES), table_at + 4)
     pwrite_all(fd, entry_bytes + footer, table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size)
     return new_padding
+
+
+_ONE_ENTRY_TAIL = struct.Struct("<IIIIIBI")  # a frame's entry, the padding's entry, the footer
+
+
+def append_one_entry(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    mapped: Any, base: int, fd: int, table_at: int, frames: int, csize: int, dsize: int, padding: int
+) -> None:
+    """:func:`append_table_entries` for one frame (``csize`` bytes holding ``dsize``) written where
+    the padding frame began, before ``frames`` frames, with a padding of ``padding`` payload
+    bytes left after it. The table's frame-size field (at ``table_at + 4``) is stored through
+    ``mapped``, a writable shared map of the file from offset ``base``; its new last entries
+    and footer are written with one ``pwrite``, since they end 8 bytes past the file's end
+    (the table grows, and a map cannot make a file longer)."""
+    _U32.pack_into(mapped, table_at + 4 - base, (frames + 2) * _ENTRY.size + FOOTER_BYTES)
+    tail = _ONE_ENTRY_TAIL.pack(csize, dsize, SKIPPABLE_HEADER_BYTES + padding, 0, frames + 2, 0, SEEKABLE_MAGIC)
+    at = table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size
+    if os.pwrite(fd, tail, at) != len(tail):
+        pwrite_all(fd, tail, at)  # short write: write it whole again
 
 
 def padding_after(fd: int, frames_end: int, frames: int, size: int) -> int | None:
@@ -361,6 +412,36 @@ class SeekableReader(io.RawIOBase):
             raise ValueError(f"{self.name}: range {start}..{end} is outside 0..{size}")
         return read_frames(self.table, self._pieces, start, end)
 
+    def read_span(self, start: int, end: int) -> bytes:
+        """read_range for a long range (a rewrite reads a segment in pieces of megabytes): the
+        compressed bytes of the frames it overlaps are read with one ``pread``, and each frame
+        is decoded from that buffer, a one-block stored frame taken in place once its checksum
+        is checked, instead of one ``pread`` and one decompression per frame (a segment of small
+        puts has one frame per put). The frame cache is neither read nor filled."""
+        table = self.table
+        d_offsets, c_offsets = table.d_offsets, table.c_offsets
+        if not 0 <= start <= end <= table.decompressed_size:
+            raise ValueError(f"{self.name}: range {start}..{end} is outside 0..{table.decompressed_size}")
+        if start == end:
+            return b""
+        first = bisect.bisect_right(d_offsets, start) - 1
+        last = bisect.bisect_left(d_offsets, end)  # frames first..last-1 hold the range
+        c_first = c_offsets[first]
+        buffer = memoryview(pread_exact(self._fd, c_offsets[last] - c_first, c_first, self.name))
+        checksums = table.checksums if self._verify else None
+        parts = []
+        for index in range(first, last):
+            dsize = d_offsets[index + 1] - d_offsets[index]
+            if dsize:  # frames of decompressed size 0 are skippable frames
+                at = c_offsets[index]
+                checksum = checksums[index] if checksums is not None else None
+                frame = buffer[at - c_first : c_offsets[index + 1] - c_first]
+                parts.append(_stored_content(frame, dsize, checksum, self.name, at))
+                self.frames_decompressed += 1
+        whole = b"".join(parts)
+        low = start - d_offsets[first]
+        return whole[low : low + end - start]
+
     # -- io.RawIOBase ------------------------------------------------------------------
 
     def readable(self) -> bool:
@@ -400,6 +481,24 @@ class SeekableReader(io.RawIOBase):
         if not self.closed and self._owns_fd:
             os.close(self._fd)
         super().close()
+
+
+def _stored_content(frame: memoryview, dsize: int, checksum: int | None, name: str, offset: int) -> bytes:
+    """The decompressed bytes of ``frame`` (at ``offset`` of file ``name``): a one-block stored
+    frame's content, checked against its content checksum (and the table's ``checksum``), as
+    decompress_frame would check it; any other frame through decompress_frame."""
+    at = stored_payload(frame[:STORED_PROBE_BYTES], len(frame), dsize)
+    if at < 0 or not frame[4] & 0x04:  # not stored, or no content checksum: the decoder decides
+        return decompress_frame(bytes(frame), dsize, name, offset, checksum)
+    content = frame[at : at + dsize]
+    digest = xxhash.xxh64_intdigest(content) & 0xFFFFFFFF
+    if (
+        digest != _U32.unpack_from(frame, at + dsize)[0]
+        or checksum not in (None, digest)
+        or zstandard.frame_content_size(frame[:at]) not in (-1, dsize)
+    ):
+        raise CorruptionError(f"{name} at offset {offset}: frame fails its checksum", name, offset)
+    return bytes(content)
 
 
 def read_frames(table: FrameTable, piece: Callable[[int, int, int], bytes], start: int, end: int) -> bytes:

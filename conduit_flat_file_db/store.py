@@ -10,8 +10,9 @@ write_maps.py, reader.py and segment.py decide *how*. Hot paths are written for 
 syscalls and few Python calls. A small put into a raw segment (no fsync) copies the blob
 and its index record into shared maps of the two files (write_maps.py): no syscall but the
 lock's ``lockf`` pair, and none at all while this process holds a lease on the lock
-(locking.py); a larger or compressed put writes with ``pwrite``. A get of a mapped raw
-segment copies from the map; otherwise it is one ``pread``.
+(locking.py). A small put into a compressed segment stores its frame and records the same
+way and writes the seek table's new tail with one ``pwrite``; a larger put writes with
+``pwrite``. A get of a mapped raw segment copies from the map; otherwise it is one ``pread``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
     MAX_FRAME_DECOMPRESSED_BYTES,
+    STORED_BELOW_BYTES,
     FrameCache,
     check_min_saving,
     compress_frames,
@@ -75,9 +77,6 @@ logger = logging.getLogger("conduit_flat_file_db")
 DEFAULT_MAX_DAT_FILE_SIZE = 128 * 2**20
 DEFAULT_FRAME_BYTES = 16 * 2**10  # README "Frame size": ratio vs slice latency, measured
 DEFAULT_FRAME_CACHE_BYTES = 64 * 2**20
-# Puts and batches smaller than this go into the mutable segment as stored frames:
-# compressing a few KiB alone costs ~15 us and gains little; sealing compresses them.
-STORED_BELOW_BYTES = 8 * 2**10
 _CLOSED_WORDS = (-1,) * 32  # stands in for the state page while closed: every epoch check fails
 new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 _S = TypeVar("_S", bound="Store")
@@ -407,7 +406,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
             data = as_bytes_like(data)
         checksum = blob_checksum(data)
-        frames = self._frames(data) if self.use_compression else None  # compressed before the lock
+        # Compressed before the lock; a small blob becomes a stored frame, built under the lock
+        # in the mutable segment's map (put_mapped_zstd) or by _put_one_locked.
+        frames = self._frames(data) if self.use_compression and len(data) >= STORED_BELOW_BYTES else None
         if self._closed:
             self._open()
         lock = self._lock
@@ -415,7 +416,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             writer = self._writer
             if frames is None and len(data) <= writer.map_limit:
-                start = writer.put_mapped(data, checksum, self.MAX_DAT_FILE_SIZE)
+                if writer.kind == KIND_RAW:
+                    start = writer.put_mapped(data, checksum, self.MAX_DAT_FILE_SIZE)
+                else:
+                    start = writer.put_mapped_zstd(data, checksum, self.MAX_DAT_FILE_SIZE)
                 if start >= 0:  # the common case: nothing to prepare, room in the maps
                     return new_location((writer.path, start, start + len(data)))
             location = self._put_one_locked(data, checksum, frames)
@@ -443,8 +447,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         if writer.kind == KIND_RAW:
             if end - start > writer.map_limit or not writer.append_mapped(data, checksum, start, end, flags):
                 writer.append_raw(data, None, start, end, record or encode_blob(start, end - start, checksum))
-        else:
-            if frames is None:  # the mutable segment is compressed though this instance is not
+        elif flags or not writer.append_mapped_zstd(data, checksum, start):
+            if frames is None:  # a small blob, or the mutable segment is compressed though this instance is not
                 frames = self._frames(data)
             writer.append_zstd(
                 frames[0], frames[1], start, end, record or encode_blob(start, end - start, checksum), stored=frames[2]

@@ -1,11 +1,14 @@
-"""Write room and maps: small puts into a raw mutable segment copied through shared maps.
+"""Write room and maps: small puts into the mutable segment copied through shared maps.
 
 A put of at most MAPPED_PUT_MAX_BYTES into a raw mutable segment without fsync is copied
 into shared writable maps of its data and index files, over room allocated past their
 committed ends (FORMAT.md "Commit" and "Raw segment"), instead of two ``pwrite`` calls.
 This module owns that room: reserving disk blocks for large segments (``_reserve``),
 allocating, zeroing and mapping room (``_make_room``, ``_grow``), and the whole commit of a
-small blob through the maps (``put_mapped``, the hot path of ``put``).
+small blob through the maps (``put_mapped``, the hot path of ``put``). A put of less than
+STORED_BELOW_BYTES into a compressed mutable segment is stored the same way as one stored
+frame over the segment's padding frame, its records over room past the index's end
+(``put_mapped_zstd``, ``_make_padding_room``, ``_map_padding``).
 
 ``MappedWrites`` is a base class of ``writer.SegmentWriter``, not a helper object: the hot
 path reads the writer's descriptors, state words and maps as attributes of one object,
@@ -18,14 +21,39 @@ import errno
 import logging
 import mmap
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from .blocks import allocate, maps_supported, preallocate
 from .fileio import write_zeros
-from .index import FLAG_LOG, KIND_RAW, REC_BLOB, RECORD_BYTES, encode_blob, encode_log_blob, encode_record
+from .frames import (
+    SKIPPABLE_HEADER_BYTES,
+    STORED_BELOW_BYTES,
+    STORED_DESCRIPTOR_MEDIUM,
+    STORED_DESCRIPTOR_SMALL,
+    STORED_HEAD_MEDIUM,
+    STORED_HEAD_SMALL,
+    STORED_SMALL_BELOW,
+    STORED_TAIL_BYTES,
+    ZSTD_FRAME_MAGIC,
+)
+from .index import (
+    FLAG_LOG,
+    KIND_RAW,
+    KIND_ZSTD,
+    REC_BLOB,
+    RECORD_BYTES,
+    encode_blob,
+    encode_log_blob,
+    encode_record,
+    pack_stored_commit_into,
+)
+from .seekable import PADDING_MAGIC, append_one_entry
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
-from .state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ
+from .state import W_DIRTY, W_DISK_BYTES, W_END, W_FRAMES, W_INDEX_BYTES, W_PADDING, W_SEGMENT, W_SEQ
 
 logger = logging.getLogger("conduit_flat_file_db")
 _NO_MAP = mmap.mmap(-1, mmap.PAGESIZE)  # stands in for a write map not made yet (its length counts as 0)
@@ -36,6 +64,10 @@ MAPPED_PUT_MAX_BYTES = 64 * 2**10
 shared maps of its data and index files instead of being written with two ``pwrite`` calls
 (FORMAT.md "Commit"). Larger blobs go through ``pwrite``: room for them would be written
 twice (zeros, then the blob), and the two syscalls are a small part of their cost."""
+_ENTRY = struct.Struct("<II")  # a seek-table entry: compressed size, decompressed size
+_FRAME_END = struct.Struct("<III")  # a stored frame's content checksum, then the padding frame's header
+_STORED_HEAD_BYTES = (STORED_HEAD_SMALL.size, STORED_HEAD_MEDIUM.size)
+_TWO_RECORDS = 2 * RECORD_BYTES  # a small compressed put's FRAME and BLOB records
 
 
 class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps, their bounds, the reservation
@@ -61,6 +93,15 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         self._data_base = self._index_base = 0  # file offset of each map's first byte
         self._data_mapped = self._index_mapped = 0  # file offset of each map's end
         self._seq = -1
+        # A compressed segment's data map covers its padding frame and the seek table's first 8
+        # bytes (table at ``_table_at``); ``_data_mapped`` is then where the part of the padding
+        # that has disk blocks ends. -1: the maps are not a compressed segment's.
+        self._table_at = -1
+        # Seek-table entries (packed) of the compressed mutable segment's frames as far as its
+        # index's first ``_entries_upto`` bytes say, kept so a seek-table rewrite need neither
+        # reread the index nor pack every entry again (writer.py keeps them; put_mapped_zstd adds).
+        self._entries = bytearray()
+        self._entries_upto = 0
 
     def put_mapped(self, data: Any, checksum: int, max_size: int, flags: int = 0) -> int:
         """The whole commit of a small blob when nothing needs preparing and the maps have room:
@@ -117,6 +158,134 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
                 return False
         return self.put_mapped(data, checksum, 1 << 62, flags) >= 0
 
+    def put_mapped_zstd(self, data: Any, checksum: int, max_size: int) -> int:
+        """put_mapped for a compressed mutable segment: the blob as one stored frame over the
+        padding, the smaller padding frame's header after it, the seek table's patch, then the
+        FRAME and BLOB records (FORMAT.md "Commit"); every store through the maps but the table's
+        new tail, one ``pwrite``. Returns where the blob starts, or -1 (nothing written)."""
+        words = self.words
+        size = len(data)
+        disk = words[W_DISK_BYTES]
+        padding = words[W_PADDING]
+        index_bytes = words[W_INDEX_BYTES]
+        head = _STORED_HEAD_BYTES[size >= STORED_SMALL_BELOW]
+        csize = head + size + STORED_TAIL_BYTES
+        table_at = self._table_at
+        # One test for everything that sends a put to the general path (this is the hot path).
+        if (  # pylint: disable=too-many-boolean-expressions
+            disk + csize + SKIPPABLE_HEADER_BYTES > self._data_mapped
+            or disk + SKIPPABLE_HEADER_BYTES + padding != table_at  # the table moved, or no map of it
+            or disk < self._data_base
+            or index_bytes + _TWO_RECORDS > self._index_mapped
+            or index_bytes < self._index_base
+            or size >= STORED_BELOW_BYTES
+            or words[W_END] >= max_size
+            or words[W_DIRTY]
+            or words[W_SEGMENT] != self.segment
+            or words[W_SEQ] != self._seq
+        ):
+            return -1
+        start = words[W_END]
+        frames = words[W_FRAMES]
+        words[W_DIRTY] = 1
+        try:
+            self._store_stored_frame(data, disk, head, padding - csize)
+            append_one_entry(
+                self._data_map, self._data_base, self.data_fd, table_at, frames, csize, size, padding - csize
+            )
+            pack_stored_commit_into(self._index_map, index_bytes - self._index_base, start, csize, disk, size, checksum)
+        except BaseException:
+            self._fail(start, disk, index_bytes, padding)
+            raise
+        if self._entries_upto == index_bytes:
+            self._entries += _ENTRY.pack(csize, size)
+            self._entries_upto = index_bytes + _TWO_RECORDS
+        words[W_INDEX_BYTES] = index_bytes + _TWO_RECORDS
+        words[W_DISK_BYTES] = disk + csize
+        words[W_PADDING] = padding - csize
+        words[W_FRAMES] = frames + 1
+        words[W_END] = start + size  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+        return start
+
+    def _store_stored_frame(self, data: Any, disk: int, head: int, padding: int) -> None:
+        """Store ``data`` as a one-block stored frame at file offset ``disk`` (frames.stored_frame's
+        bytes, packed in place: no frame object is built), then a padding frame header of
+        ``padding`` payload bytes."""
+        mapped = self._data_map
+        at = disk - self._data_base
+        size = len(data)
+        block = size << 3 | 1  # last block, raw, all of it
+        if head == STORED_HEAD_SMALL.size:
+            STORED_HEAD_SMALL.pack_into(
+                mapped, at, ZSTD_FRAME_MAGIC, STORED_DESCRIPTOR_SMALL, size, block & 0xFFFF, block >> 16
+            )
+        else:
+            STORED_HEAD_MEDIUM.pack_into(
+                mapped, at, ZSTD_FRAME_MAGIC, STORED_DESCRIPTOR_MEDIUM, size - 256, block & 0xFFFF, block >> 16
+            )
+        at += head
+        mapped[at : at + size] = data
+        _FRAME_END.pack_into(mapped, at + size, xxhash.xxh64_intdigest(data) & 0xFFFFFFFF, PADDING_MAGIC, padding)
+
+    def _fail(self, start: int, disk: int, index_bytes: int, padding: int = 0) -> None:
+        """Undo a failed append (SegmentWriter's)."""
+        raise NotImplementedError
+
+    def append_mapped_zstd(self, data: Any, checksum: int, start: int) -> bool:
+        """append_mapped for a compressed mutable segment (put_mapped_zstd, making room in its
+        padding first when needed). False (nothing written) when maps cannot be used here or the
+        frame does not fit the padding: the caller then appends with ``append_zstd``."""
+        words = self.words
+        size = len(data)
+        if words[W_END] != start or size >= STORED_BELOW_BYTES or size > self.map_limit:
+            return False
+        disk, padding, index_bytes = words[W_DISK_BYTES], words[W_PADDING], words[W_INDEX_BYTES]
+        need = disk + _STORED_HEAD_BYTES[size >= STORED_SMALL_BELOW] + size + STORED_TAIL_BYTES
+        if need > disk + padding:
+            return False  # the frame does not fit the padding: append_zstd moves the seek table
+        if (  # pylint: disable=too-many-boolean-expressions
+            need + SKIPPABLE_HEADER_BYTES > self._data_mapped
+            or disk + SKIPPABLE_HEADER_BYTES + padding != self._table_at
+            or disk < self._data_base
+            or index_bytes + _TWO_RECORDS > self._index_mapped
+            or index_bytes < self._index_base
+            or words[W_SEQ] != self._seq
+        ):
+            if not self._make_padding_room(disk, padding, need + SKIPPABLE_HEADER_BYTES, index_bytes):
+                return False
+        return self.put_mapped_zstd(data, checksum, 1 << 62) >= 0
+
+    def _make_padding_room(self, disk: int, padding: int, need: int, index_bytes: int) -> bool:
+        """Map the padding frame of the compressed mutable segment (its disk blocks allocated up to
+        past ``need`` first: see _make_room) and room past the committed end of its index."""
+        if self.kind != KIND_ZSTD or self.data_fd < 0:
+            return False
+        seq = self.words[W_SEQ]
+        if seq != self._seq:  # a file may have shrunk under the maps: map afresh
+            self._drop_maps()
+            self._seq = seq
+        table_at = disk + SKIPPABLE_HEADER_BYTES + padding
+        try:
+            if need > self._data_mapped or table_at != self._table_at or disk < self._data_base:
+                self._table_at = -1  # until the new map is made
+                self._data_map, self._data_base, self._data_mapped = _map_padding(
+                    self.data_fd, self._data_map, disk, need, table_at
+                )
+                self._table_at = table_at
+            index_end = index_bytes + _TWO_RECORDS
+            if index_end > self._index_mapped or index_bytes < self._index_base:
+                self._index_map, self._index_base, self._index_mapped = _grow(
+                    self.index_fd, self._index_map, index_bytes, index_end, 1 << 62
+                )
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
+                logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
+                self.map_limit = -1
+            self._drop_maps()
+            return False
+        return True
+
     def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
         """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").
 
@@ -156,6 +325,7 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
                 mapped.close()
         self._data_map = self._index_map = _NO_MAP
         self._data_base = self._index_base = self._data_mapped = self._index_mapped = 0
+        self._table_at = -1
 
     def _reserve(self, start: int, end: int) -> None:
         """Reserve disk blocks for the raw mutable segment with ``fallocate`` keeping the file's
@@ -223,6 +393,29 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
     if old is not _NO_MAP:
         old.close()
     return new, base, size
+
+
+def _map_padding(fd: int, old: mmap.mmap, disk: int, need: int, table_at: int) -> tuple[mmap.mmap, int, int]:
+    """Map a compressed segment's file from ``disk`` (its committed frames' end, rounded down to
+    the map granularity) through the seek table's first 8 bytes (at ``table_at``), after giving
+    the padding disk blocks up to past ``need`` (at least ROOM_MAX_BYTES past ``disk``, at most
+    the table): the map, the file offset of its first byte, and where the blocks end.
+
+    The padding frame's payload is a hole when its table was written (seekable.py skips it):
+    ``fallocate`` first (a full disk is an error here, never a SIGBUS later), then zeros over
+    the payload (its content is unspecified), as _grow does for room, so stores land in pages
+    already in the page cache. Padding another writer allocated already is mapped as it is."""
+    ready = min(table_at, max(need, disk + ROOM_MAX_BYTES))
+    if _has_hole(fd, disk, ready):
+        failed = allocate(fd, disk, ready - disk)
+        if failed:
+            raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+        write_zeros(fd, disk + SKIPPABLE_HEADER_BYTES, ready)
+    base = disk - disk % mmap.ALLOCATIONGRANULARITY
+    new = mmap.mmap(fd, table_at + SKIPPABLE_HEADER_BYTES - base, offset=base)
+    if old is not _NO_MAP:
+        old.close()
+    return new, base, ready
 
 
 __all__ = ["MAPPED_PUT_MAX_BYTES", "RESERVE_STEP_BYTES", "MappedWrites"]

@@ -34,7 +34,7 @@ from .index import (
 )
 from .naming import MAX_SEGMENT_NUMBER, index_name, segment_name, temp_name
 from .seal import write_seal
-from .seekable import append_table_entries, padding_header, write_padding_and_table
+from .seekable import append_table_entries, pack_entries, padding_header, unpack_entries, write_padding_and_entries
 from .segment import Tail, frame_table_of, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
 from .state import (
@@ -94,23 +94,24 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         self.index_fd = -1
         self.sealed: list[int] = []  # sealed by this writer, not yet handed to take_sealed()
         self.lost: list[int] = []
-        # Frame sizes of the compressed mutable segment as far as its index's first
-        # ``_sizes_upto`` bytes say, kept so a seek-table rewrite need not reread it all.
-        self._sizes: list[tuple[int, int]] = []
-        self._sizes_upto = 0
         self.max_size = 0  # the store's MAX_DAT_FILE_SIZE at the last prepare()
         self._rotated_full = False  # this writer created the mutable segment because the last one was full
         super().__init__(dir_fd, fsync)
 
+    def _frame_entries(self, index_bytes: int) -> bytearray:
+        """Packed seek-table entries of the committed frames of the mutable segment (its index's
+        first ``index_bytes``)."""
+        if self._entries_upto > index_bytes or self._entries_upto < HEADER_BYTES:
+            self._entries, self._entries_upto = bytearray(), HEADER_BYTES
+        if self._entries_upto < index_bytes:
+            raw = pread_full(self.index_fd, index_bytes - self._entries_upto, self._entries_upto)
+            self._entries += pack_entries(frame_table_of(decode_records(raw).records).sizes())
+            self._entries_upto = index_bytes
+        return self._entries
+
     def _frame_sizes(self, index_bytes: int) -> list[tuple[int, int]]:
         """Sizes of the committed frames of the mutable segment (its index's first ``index_bytes``)."""
-        if self._sizes_upto > index_bytes or self._sizes_upto < HEADER_BYTES:
-            self._sizes, self._sizes_upto = [], HEADER_BYTES
-        if self._sizes_upto < index_bytes:
-            raw = pread_full(self.index_fd, index_bytes - self._sizes_upto, self._sizes_upto)
-            self._sizes += frame_table_of(decode_records(raw).records).sizes()
-            self._sizes_upto = index_bytes
-        return self._sizes
+        return unpack_entries(self._frame_entries(index_bytes))
 
     def take_sealed(self) -> list[int]:
         """Segments this writer sealed since the last call (for re-framing after the lock)."""
@@ -148,7 +149,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
             self.version = decode_header(pread_full(self.index_fd, HEADER_BYTES, 0), index_name(number)).version
             self.segment = number
             self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
-            self._sizes, self._sizes_upto = [], 0
+            self._entries, self._entries_upto = bytearray(), 0
             # Another process may have reserved the segment already: its blocks say so.
             self.reserved = os.fstat(self.data_fd).st_blocks * 512 if self.kind == KIND_RAW else 0
             self._rotated_full = False
@@ -304,7 +305,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         """
         try:
             if self.kind == KIND_ZSTD:
-                write_padding_and_table(self.data_fd, disk, self._frame_sizes(index_bytes), padding)
+                write_padding_and_entries(self.data_fd, disk, self._frame_entries(index_bytes), padding)
             else:
                 os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
@@ -375,17 +376,17 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
                 new_padding = append_table_entries(self.data_fd, disk, padding, count, sizes)
             else:
                 # Out of padding: the seek table moves; rewrite it whole, with a new padding frame.
-                all_sizes = self._frame_sizes(index_bytes) + sizes
+                all_entries = self._frame_entries(index_bytes) + pack_entries(sizes)
                 new_padding = padding_for(disk + used, 0)
                 pwritev_all(self.data_fd, frames, disk)
-                write_padding_and_table(self.data_fd, disk + used, all_sizes, new_padding)
+                write_padding_and_entries(self.data_fd, disk + used, all_entries, new_padding)
             self._write_records(payload, index_bytes, end)
         except BaseException:
             self._fail(start, disk, index_bytes, padding)
             raise
-        if self._sizes_upto == index_bytes:
-            self._sizes += sizes
-            self._sizes_upto = index_bytes + len(payload)
+        if self._entries_upto == index_bytes:
+            self._entries += pack_entries(sizes)
+            self._entries_upto = index_bytes + len(payload)
         words[W_INDEX_BYTES] = index_bytes + len(payload)
         words[W_DISK_BYTES] = disk + used
         words[W_PADDING] = new_padding

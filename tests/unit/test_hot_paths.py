@@ -71,7 +71,7 @@ LEASE_SECONDS = {"no-lease": "0", "lease-held": "600"}
 
 # (Python calls, builtin calls) of a typical operation (the median of the rounds) and of all
 # ROUNDS operations together; the total also holds the rare costly operation, e.g. a compressed
-# put that grows its segment's room (one in these 40 rounds: 347 calls, 380 builtin calls).
+# put that moves its segment's seek table and maps its new padding (one in these 40 rounds).
 # Measured on CPython 3.11 (the Python of CI and of the Docker image): other versions count the
 # same code differently (e.g. which builtins are calls), so they need their own measurement.
 PYTHON_CALLS_MEASURED_ON = (3, 11)
@@ -80,24 +80,26 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
     ("raw", "no-lease", "get"): ((10, 12), (400, 480)),
     ("raw", "lease-held", "put"): ((5, 11), (200, 440)),
     ("raw", "lease-held", "get"): ((10, 12), (400, 480)),
-    ("compressed", "no-lease", "put"): ((28, 57), (1440, 2603)),
+    ("compressed", "no-lease", "put"): ((9, 26), (389, 1087)),
     ("compressed", "no-lease", "get"): ((23, 38), (920, 1520)),
-    ("compressed", "lease-held", "put"): ((26, 54), (1360, 2483)),
+    ("compressed", "lease-held", "put"): ((7, 23), (309, 967)),
     ("compressed", "lease-held", "get"): ((23, 38), (920, 1520)),
 }
 
 # System calls of the calling thread over all ROUNDS operations (futex left out), and the most
 # any one operation made. Measured: a raw put writes through the map (no write call; fcntl lock
-# and unlock without a lease); a raw get is one pread; a compressed put is one pwritev and three
-# pwrites (one put in 40 also grows the room: ftruncate); a compressed get is three preads.
+# and unlock without a lease); a raw get is one pread; a compressed put stores its frame and records
+# through the maps and writes the seek table's new tail with one pwrite (one put in 40 also moves
+# the table, pwrite, pwritev and ftruncate, and maps the new padding: lseek, fallocate, pwritev of
+# zeros, fstat, mmap, and the old map's munmap and close); a compressed get is three preads.
 SYSCALLS: dict[tuple[str, str, str], tuple[int, int]] = {
     ("raw", "no-lease", "put"): (80, 2),  # fcntl 80
     ("raw", "no-lease", "get"): (40, 1),  # pread64 40
     ("raw", "lease-held", "put"): (0, 0),
     ("raw", "lease-held", "get"): (40, 1),  # pread64 40
-    ("compressed", "no-lease", "put"): (241, 7),  # fcntl 80, pwritev2 39, pwrite64 121, ftruncate 1
+    ("compressed", "no-lease", "put"): (132, 11),  # fcntl 81, pwrite64 43, pwritev2 1, ftruncate 1, map 6
     ("compressed", "no-lease", "get"): (120, 3),  # pread64 120
-    ("compressed", "lease-held", "put"): (161, 5),  # pwritev2 39, pwrite64 121, ftruncate 1
+    ("compressed", "lease-held", "put"): (52, 9),  # pwrite64 43, pwritev2 1, ftruncate 1, fcntl 1, map 6
     ("compressed", "lease-held", "get"): (120, 3),  # pread64 120
 }
 
