@@ -25,7 +25,9 @@ from typing import Any
 import xxhash
 
 from ..errors import RemoteCorruptionError
-from ..naming import index_name, segment_name
+from ..frames import SKIPPABLE_HEADER_BYTES
+from ..naming import MAX_SEGMENT_NUMBER, index_name, segment_name
+from ..seekable import FOOTER_BYTES
 
 MANIFEST_FORMAT = 1
 CLAIM_NAME = "ffdb-tier.json"
@@ -34,6 +36,7 @@ MANIFESTS = "manifests"
 SUM_BLOCK = 16 * 2**10  # a raw slice fetches the 16 KiB blocks it touches: small, and checkable
 _SUMS_MAGIC = b"FFDBSUMS"
 _SUMS_HEAD = struct.Struct("<8sII")  # magic, block size, reserved
+TABLE_MIN_BYTES = SKIPPABLE_HEADER_BYTES + FOOTER_BYTES  # a seek table of no frames
 
 
 def data_object(number: int, compressed: bool) -> str:
@@ -111,19 +114,43 @@ class Manifest:
         )
 
     @classmethod
-    def decode(cls, raw: bytes, where: str) -> Manifest:
-        """Parse and check a manifest; RemoteCorruptionError if it is not one."""
+    def decode(cls, raw: bytes, where: str, number: int | None = None) -> Manifest:
+        """Parse and check a manifest; RemoteCorruptionError if it is not one this release reads,
+        or (``number`` given) not the manifest of segment ``number``."""
         try:
             fields: dict[str, Any] = json.loads(raw)
-            if not isinstance(fields, dict) or fields.get("format") != MANIFEST_FORMAT:
+            if not isinstance(fields, dict) or _bad_int(fields.get("format")) or fields["format"] != MANIFEST_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             manifest = cls(**fields)
-            ints = (manifest.segment, manifest.data_size, manifest.index_size, manifest.limit, manifest.table_bytes)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
-                raise ValueError("a size or number is not a non-negative int")
-        except (ValueError, TypeError) as exc:
+            manifest.check()
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             raise RemoteCorruptionError(f"{where}: not a manifest this release reads ({exc})", where) from None
+        if number is not None and manifest.segment != number:
+            raise RemoteCorruptionError(
+                f"{where}: the manifest of segment {number} names segment {manifest.segment}", where
+            )
         return manifest
+
+    def check(self) -> None:
+        """ValueError unless every field has its type and the sizes fit together: a reader never
+        asks for bytes outside the data object, nor past the frames the seek table lists."""
+        ints = (self.segment, self.data_size, self.index_size, self.limit, self.table_bytes, self.sealed_ns)
+        if any(_bad_int(v) for v in ints) or self.segment > MAX_SEGMENT_NUMBER:
+            raise ValueError("a size or number is not an int in [0, 2**63)")
+        texts = (self.store, self.data_xxh3, self.index_xxh3, self.sums_xxh3, self.table_xxh3, self.verified)
+        if not isinstance(self.compressed, bool) or not all(isinstance(v, str) for v in texts):
+            raise ValueError("compressed is not a bool, or a checksum, store or verified is not a str")
+        if self.compressed:
+            if not TABLE_MIN_BYTES <= self.table_bytes <= self.data_size:
+                raise ValueError(f"a {self.table_bytes}-byte seek table in a {self.data_size}-byte data object")
+        elif self.table_bytes or self.limit > self.data_size:
+            raise ValueError(f"a raw segment of {self.limit} bytes in {self.data_size} bytes, table {self.table_bytes}")
+
+
+def _bad_int(value: Any) -> bool:
+    """True unless ``value`` is an int (not a bool) in [0, 2**63): what a size, an offset or a
+    number can be (the client's ranges are unsigned 64-bit)."""
+    return isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63
 
 
 def hex64(value: int) -> str:

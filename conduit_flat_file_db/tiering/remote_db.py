@@ -133,7 +133,7 @@ class RemoteFlatFileDb:
         raw = self.bucket.get("get_manifest", manifest_object(number))
         if raw is None:
             raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} is not in the bucket", self.url)
-        found = Manifest.decode(raw, f"{self.url}/{manifest_object(number)}")
+        found = Manifest.decode(raw, f"{self.url}/{manifest_object(number)}", number)
         self._manifests[number] = found
         return found
 

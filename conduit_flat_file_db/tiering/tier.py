@@ -31,6 +31,8 @@ import time
 import uuid
 from typing import Any, Callable, ContextManager
 
+import xxhash
+
 from ..errors import (
     FlatFileDbLockTimeoutError,
     FlatFileDbNotFoundError,
@@ -53,6 +55,7 @@ from .manifest import (
     SEGMENTS,
     Manifest,
     data_object,
+    hex64,
     index_object,
     manifest_object,
     parse_manifest_name,
@@ -161,7 +164,9 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         if raw is not None:
             try:
                 store_id = json.loads(raw)["store"]
-            except (ValueError, KeyError, TypeError):
+                if not isinstance(store_id, str):
+                    raise TypeError(type(store_id).__name__)
+            except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
                 raise UnsafeRemoteError(f"{self.config.url}/{CLAIM_NAME} is not a claim this release reads") from None
             if local is None or local.get("store") != store_id:
                 raise UnsafeRemoteError(
@@ -207,7 +212,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             if not isinstance(fields, dict) or not isinstance(fields.get("store"), str):
                 raise ValueError
             return fields
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UnsafeRemoteError(f"{self.dir_str}/{TIER_FILE_NAME} is damaged; it names the store's id") from None
 
     def _write_tier_file(self, fields: dict[str, Any]) -> None:
@@ -262,7 +267,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             raw = pread_full(fd, 1 << 20, 0)
         finally:
             os.close(fd)
-        found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}")
+        found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}", number)
         self._manifests[number] = found
         return found
 
@@ -331,6 +336,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             finally:
                 self._local_lock.release()
 
+    @property
+    def stopped(self) -> bool:
+        """True once close() began: no pass uploads any more."""
+        return self._stopping
+
     def _close_dir(self) -> None:
         """Close the tier's directory descriptor once (a pass that saw the stop closed it already)."""
         if self._dir_fd >= 0:
@@ -381,9 +391,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         """Upload sealed segment ``number`` (see the module docstring); False if it vanished."""
         existing = self.bucket.get("get_manifest", manifest_object(number))
         if existing is not None:
-            manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}")
+            manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}", number)
             if manifest.store != self.store_id:
                 raise UnsafeRemoteError(f"{self.config.url}: segment {number} was uploaded by another store")
+            if not self._describes_local(number, manifest):
+                return False
             return self._commit(number, manifest, create=False)
         try:
             fd, kind = open_data_file(self._dir_fd, number)
@@ -398,6 +410,34 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         if uploaded is None:
             return False
         return self._commit(number, uploaded, create=True)
+
+    def _describes_local(self, number: int, manifest: Manifest) -> bool:
+        """Whether a manifest found in the bucket describes the local segment ``number`` (its
+        kind, data size and record index, which holds every blob's checksum): only then may it be
+        adopted, and the local data file later removed. UnsafeRemoteError when it describes other
+        bytes (a copy of this datadir uploads to the same prefix); False when the segment vanished."""
+        try:
+            fd, kind = open_data_file(self._dir_fd, number)
+        except FlatFileDbNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        index = read_index(self._dir_fd, number)
+        if index is None:
+            return False
+        if (manifest.compressed, manifest.data_size, manifest.index_size, manifest.index_xxh3) != (
+            kind == KIND_ZSTD,
+            size,
+            len(index),
+            hex64(xxhash.xxh3_64_intdigest(index)),
+        ):
+            raise UnsafeRemoteError(
+                f"{self.config.url}: the bucket's segment {number} holds other bytes than {self.dir_str}'s "
+                "(another copy of this datadir uploads there?); it is not adopted and the local copy stays"
+            )
+        return True
 
     def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
         """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
@@ -422,10 +462,15 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                 self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
             except FileExistsError:
                 theirs = self.bucket.get("get_manifest", manifest_object(number))
-                other = None if theirs is None else Manifest.decode(theirs, manifest_object(number))
+                other = None if theirs is None else Manifest.decode(theirs, manifest_object(number), number)
                 if other is None or other.store != self.store_id:
                     raise UnsafeRemoteError(
                         f"{self.config.url}: another store wrote segment {number}'s manifest"
+                    ) from None
+                if not other.same_segment(manifest):
+                    raise UnsafeRemoteError(
+                        f"{self.config.url}: segment {number}'s manifest describes other bytes than were uploaded "
+                        "(another copy of this datadir uploads there?); the local copy stays"
                     ) from None
                 manifest = other  # a retry of an upload whose manifest was made: that one stands
         self._write_file(remote_name(number), manifest.encode())
