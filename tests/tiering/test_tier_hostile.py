@@ -21,6 +21,8 @@ import pytest
 from obstore.store import MemoryStore
 
 from conduit_flat_file_db import FlatFileDb, FlatFileDbNotFoundError, Slice
+from conduit_flat_file_db.cli import main
+from conduit_flat_file_db.cli.base import EXIT_ERROR
 from conduit_flat_file_db.errors import (
     FlatFileDbError,
     InvalidLocationError,
@@ -425,4 +427,67 @@ def test_a_location_past_a_remote_segments_end_is_an_invalid_location(tmp_path: 
     for reader in (db, remote):
         with pytest.raises(InvalidLocationError):
             reader.get(forged)
+    db.close()
+
+
+def test_deleting_a_segment_never_uploaded_here_leaves_the_buckets_copy_alone(tmp_path: Path) -> None:
+    """A copy of a datadir deletes one of its own segments that it never uploaded (its upload was
+    refused: the bucket's segment of that number is the other copy's): the other copy's remote-only
+    segment stays readable; only what a datadir uploaded itself is deleted in the bucket."""
+    bucket = MemoryStore()
+    _open(tmp_path / "a", bucket).close()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    first = _open(tmp_path / "a", bucket, local_retention_bytes=0)
+    datas = _blobs(30, seed=1)
+    locations = first.put_many(datas)
+    first.rotate()
+    first.sync_tiering()
+    assert first.tiering_status()["remote_only"] == first.segments()[:-1]
+    second = _open(tmp_path / "b", bucket)
+    mine = second.put_many(_blobs(30, seed=2))
+    second.rotate()
+    second.delete_file(mine[0].file_path)
+    second.close()
+    assert first.get_many(locations) == datas
+    first.close()
+
+
+def test_the_command_line_with_a_malformed_endpoint_exits_with_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ffdb --remote URL ls`` with AWS_ENDPOINT_URL that is not a URL: exit code 2 and one line
+    saying so (the S3 client panicked on its first request), no request sent."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": "::::",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--remote", "s3://bucket/store", "ls"]) == EXIT_ERROR
+    assert "endpoint '::::' is not a URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_a_data_object_replaced_between_two_reads_never_serves_the_new_bytes(tmp_path: Path, compressed: bool) -> None:
+    """Pinned: once a reader has fetched a segment's sums or seek table, the data object replaced
+    by another segment's (same length, cut or padded) makes reads of what it had not fetched yet
+    raise RemoteCorruptionError; what it fetched and checked before is still served."""
+    db, bucket, locations, datas = _filled(tmp_path, compressed)
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    assert remote.get(locations[1], Slice(3, 50)) == datas[1][3:50]
+    first, second = db.segments()[:2]
+    suffix = ".dat.zst" if compressed else ".dat"
+    name = f"store/segments/data_{first:08d}{suffix}"
+    size = len(_get(bucket, name))
+    other = _get(bucket, f"store/segments/data_{second:08d}{suffix}")
+    obstore.put(bucket, name, (other + bytes(size))[:size])
+    # Past the first 32 KiB: neither a block nor a frame of them was fetched (and cached) before.
+    far = [loc for loc in locations if loc.file_path == locations[0].file_path and loc.start_offset > 2**15]
+    assert far
+    for reader in (db, remote):
+        for location in far:
+            with pytest.raises(RemoteCorruptionError):
+                reader.get(location)
+    assert remote.get(locations[1], Slice(3, 50)) == datas[1][3:50], "checked bytes in its cache stay good"
     db.close()
