@@ -229,7 +229,11 @@ class RemoteFlatFileDb:
             if raw is None:
                 raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number}'s index is not in the bucket", self.url)
             if len(raw) == manifest.index_size and hex64(xxhash.xxh3_64_intdigest(raw)) == manifest.index_xxh3:
-                decode_header(raw, index_object(number))
+                header = decode_header(raw, index_object(number))
+                if header.segment != number:
+                    raise RemoteCorruptionError(
+                        f"{self.url}/{index_object(number)} is the index of segment {header.segment}", self.url
+                    )
                 return raw
         raise RemoteCorruptionError(f"{self.url}/{index_object(number)} does not match its manifest (twice)", self.url)
 
@@ -275,6 +279,9 @@ class RemoteFlatFileDb:
         reader = self._reader(number)
         for record in records:
             if record.rtype != REC_BLOB:
+                continue
+            if record.end > reader.limit:  # read_frames has no frame there: say so, check the others
+                report.add(reader.name, record.offset, "remote", f"blob at {record.offset} ends past the segment")
                 continue
             data = reader.read(record.offset, record.end)
             report.blobs += 1

@@ -31,6 +31,7 @@ from conduit_flat_file_db.errors import (
     TieringOptionError,
     UnsafeRemoteError,
 )
+from conduit_flat_file_db.index import HEADER_BYTES, encode_blob, encode_header
 from conduit_flat_file_db.tiering import Tiering
 from conduit_flat_file_db.types import DataLocation
 
@@ -490,4 +491,48 @@ def test_a_data_object_replaced_between_two_reads_never_serves_the_new_bytes(tmp
             with pytest.raises(RemoteCorruptionError):
                 reader.get(location)
     assert remote.get(locations[1], Slice(3, 50)) == datas[1][3:50], "checked bytes in its cache stay good"
+    db.close()
+
+
+def _replace_index(bucket: Any, number: int, raw: bytes) -> None:
+    """Put ``raw`` as segment ``number``'s index, with a manifest that vouches for it."""
+    import xxhash  # pylint: disable=import-outside-toplevel
+
+    obstore.put(bucket, f"store/segments/data_{number:08d}.idx", raw)
+    name = f"store/manifests/data_{number:08d}.json"
+    manifest = json.loads(_get(bucket, name))
+    manifest.update(index_size=len(raw), index_xxh3=f"{xxhash.xxh3_64_intdigest(raw):016x}")
+    obstore.put(bucket, name, json.dumps(manifest).encode())
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_verify_reports_an_indexed_blob_past_the_segments_end_and_checks_the_rest(
+    tmp_path: Path, compressed: bool
+) -> None:
+    """An index (vouched for by its manifest) with a blob past the segment's end: open_remote's
+    verify() reports it and checks every other blob; it never raises (it raised IndexError for a
+    compressed segment)."""
+    db, bucket, locations, _datas = _filled(tmp_path, compressed)
+    number = db.segments()[0]
+    index = _get(bucket, f"store/segments/data_{number:08d}.idx")
+    _replace_index(bucket, number, index + encode_blob(2**40, 100, 0))
+    report = FlatFileDb.open_remote(URL, object_store=bucket).verify()
+    assert [problem.offset for problem in report.problems] == [2**40]
+    assert report.blobs == len(locations), "every blob put (all in sealed segments) was checked"
+    db.close()
+
+
+def test_an_index_object_of_another_segment_is_refused(tmp_path: Path) -> None:
+    """An index whose header names another segment (vouched for by a forged manifest) is
+    RemoteCorruptionError for every reader of the segment, and verify() reports it."""
+    db, bucket, locations, _datas = _filled(tmp_path, False)
+    number = db.segments()[0]
+    index = _get(bucket, f"store/segments/data_{number:08d}.idx")
+    _replace_index(bucket, number, encode_header(number + 5, 0, 0) + index[HEADER_BYTES:])
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    with pytest.raises(RemoteCorruptionError, match="index of segment"):
+        remote.get(locations[0])
+    with pytest.raises(RemoteCorruptionError):
+        list(remote.iter_locations())
+    assert not remote.verify().ok
     db.close()
