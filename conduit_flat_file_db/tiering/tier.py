@@ -352,11 +352,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def run_pass(self, blocking: bool = True, timeout: float | None = None) -> int:
         """Upload every durable sealed segment not uploaded yet, then apply local retention.
         Returns the number of sealed segments still not uploaded (those not durable yet).
-        Without ``blocking``, returns -1 at once when another process is uploading."""
-        with self._local_lock:
+        Without ``blocking``, returns -1 at once when another process is uploading. ``timeout``
+        bounds the wait for this process's own pass (the thread's) and for another process's."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._local_lock.acquire(timeout=-1 if timeout is None else timeout):  # pylint: disable=consider-using-with
+            raise RemoteTimeoutError(f"{self.dir_str}: the tier's own upload pass did not end within {timeout:.3g} s")
+        try:
             if self._stopping or self._dir_fd < 0:
                 return -1
-            if not self._upload_lock.acquire(blocking=blocking, timeout=timeout):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._upload_lock.acquire(blocking=blocking, timeout=left):
                 if blocking:
                     raise RemoteTimeoutError(f"{self.dir_str}: another process kept the tier's upload lock")
                 return -1
@@ -366,6 +371,8 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                 self._upload_lock.release()
                 if self._stopping:
                     self._close_dir()
+        finally:
+            self._local_lock.release()
 
     def _pass(self) -> int:
         self._check_claim()

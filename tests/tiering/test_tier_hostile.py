@@ -27,6 +27,7 @@ from conduit_flat_file_db.errors import (
     FlatFileDbError,
     InvalidLocationError,
     RemoteCorruptionError,
+    RemoteTimeoutError,
     TieringError,
     TieringOptionError,
     UnsafeRemoteError,
@@ -535,4 +536,24 @@ def test_an_index_object_of_another_segment_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RemoteCorruptionError):
         list(remote.iter_locations())
     assert not remote.verify().ok
+    db.close()
+
+
+def test_sync_tiering_keeps_its_timeout_while_the_tiers_own_thread_uploads(tmp_path: Path) -> None:
+    """sync_tiering(timeout=0.5) while the tier's background thread is in a long (paced) pass:
+    RemoteTimeoutError after about half a second, not once the thread's pass ends (it waited for
+    the whole pass, many times the timeout)."""
+    bucket = MemoryStore()
+    db = _open(tmp_path / "db", bucket, upload_bytes_per_second=20_000)
+    db.put_many(_blobs(40))
+    db.rotate()
+    db.sync()  # durable: the thread's next pass uploads them, 80 kB at 20 kB/s
+    deadline = time.monotonic() + 10
+    while not any(meta["path"].startswith("store/segments/") for batch in obstore.list(bucket) for meta in batch):
+        assert time.monotonic() < deadline, "the tier's thread never began uploading"
+        time.sleep(0.02)
+    started = time.monotonic()
+    with pytest.raises(RemoteTimeoutError):
+        db.sync_tiering(timeout=0.5)
+    assert time.monotonic() - started < 2.5
     db.close()
