@@ -124,15 +124,23 @@ class RemoteBucket:
         """The object key of ``name`` (a path relative to the prefix)."""
         return self.prefix + name
 
-    def get(self, kind: str, name: str) -> bytes | None:
-        """The whole object ``name``, or None when it does not exist."""
+    def get(self, kind: str, name: str, max_bytes: int | None = None) -> bytes | None:
+        """The whole object ``name``, or None when it does not exist. An object larger than
+        ``max_bytes`` is RemoteCorruptionError, its body never read (a manifest or a claim of
+        gigabytes is not one, and would be held in memory)."""
         obs = _obstore()
         try:
-            data = bytes(obs.get(self.store, self.key(name)).bytes())
+            result = obs.get(self.store, self.key(name))
+            if max_bytes is not None and int(result.meta["size"]) > max_bytes:
+                where = f"{self.url}/{name}"
+                raise RemoteCorruptionError(f"{where}: {result.meta['size']} bytes, not a {kind[4:]}", where)
+            data = bytes(result.bytes())
         except _NOT_FOUND as exc:
             _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
             self.stats.add(kind, 0)
             return None
+        except RemoteCorruptionError:
+            raise
         except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's errors, translated
             raise translate(exc, f"GET {self.url}/{name}") from None
         self.stats.add(kind, len(data))

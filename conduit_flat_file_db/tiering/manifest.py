@@ -37,6 +37,7 @@ SUM_BLOCK = 16 * 2**10  # a raw slice fetches the 16 KiB blocks it touches: smal
 _SUMS_MAGIC = b"FFDBSUMS"
 _SUMS_HEAD = struct.Struct("<8sII")  # magic, block size, reserved
 TABLE_MIN_BYTES = SKIPPABLE_HEADER_BYTES + FOOTER_BYTES  # a seek table of no frames
+MAX_MANIFEST_BYTES = 2**20  # a manifest or a claim is a few hundred bytes; a larger object is neither
 
 
 def data_object(number: int, compressed: bool) -> str:
@@ -63,16 +64,23 @@ def parse_manifest_name(name: str) -> int | None:
     """The segment number of a manifest object name relative to ``manifests/``, else None."""
     if len(name) < 18 or not name.startswith("data_") or not name.endswith(".json"):
         return None
-    digits = name[5:-5]
-    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+    return _number(name[5:-5])
 
 
 def parse_segment_object(name: str) -> int | None:
     """The segment number of an object name relative to ``segments/``, else None."""
     if not name.startswith("data_"):
         return None
-    digits = name[5:].split(".", 1)[0]
-    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+    return _number(name[5:].split(".", 1)[0])
+
+
+def _number(digits: str) -> int | None:
+    """A segment number written as 8 to 10 ASCII digits (str.isdigit alone takes other scripts'
+    digits too), at most MAX_SEGMENT_NUMBER; else None: no segment's object has that name."""
+    if not (digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 10):
+        return None
+    number = int(digits)
+    return number if number <= MAX_SEGMENT_NUMBER else None
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,7 @@ __all__ = [
     "CLAIM_NAME",
     "MANIFESTS",
     "MANIFEST_FORMAT",
+    "MAX_MANIFEST_BYTES",
     "SEGMENTS",
     "SUM_BLOCK",
     "Manifest",

@@ -52,6 +52,7 @@ from .manifest import (
     CLAIM_NAME,
     MANIFEST_FORMAT,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     SEGMENTS,
     Manifest,
     data_object,
@@ -149,7 +150,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         the server for what the tier relies on."""
         local = self._read_tier_file()
         self.probe(bucket)
-        raw = bucket.get("get_claim", CLAIM_NAME)
+        raw = bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES)
         if raw is None:
             if local is not None and local.get("url") not in (None, self.config.url) and self._remote_markers():
                 raise UnsafeRemoteError(
@@ -160,7 +161,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             try:
                 bucket.put("put_claim", CLAIM_NAME, claim, len(claim), create=True)
             except FileExistsError:
-                raw = bucket.get("get_claim", CLAIM_NAME)  # another opener won: read its claim
+                raw = bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES)  # another opener won: read its claim
         if raw is not None:
             try:
                 store_id = json.loads(raw)["store"]
@@ -396,7 +397,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
 
     def upload(self, number: int) -> bool:
         """Upload sealed segment ``number`` (see the module docstring); False if it vanished."""
-        existing = self.bucket.get("get_manifest", manifest_object(number))
+        existing = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
         if existing is not None:
             manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}", number)
             if manifest.store != self.store_id:
@@ -468,7 +469,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             try:
                 self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
             except FileExistsError:
-                theirs = self.bucket.get("get_manifest", manifest_object(number))
+                theirs = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
                 other = None if theirs is None else Manifest.decode(theirs, manifest_object(number), number)
                 if other is None or other.store != self.store_id:
                     raise UnsafeRemoteError(

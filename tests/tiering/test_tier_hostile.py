@@ -557,3 +557,29 @@ def test_sync_tiering_keeps_its_timeout_while_the_tiers_own_thread_uploads(tmp_p
         db.sync_tiering(timeout=0.5)
     assert time.monotonic() - started < 2.5
     db.close()
+
+
+def test_a_manifest_of_gigabytes_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """A manifest object far larger than any manifest: RemoteCorruptionError from its size, its
+    body never read into memory; the other segments stay readable."""
+    db, bucket, locations, datas = _filled(tmp_path, False)
+    first = db.segments()[0]
+    obstore.put(bucket, f"store/manifests/data_{first:08d}.json", b" " * (2**20 + 1))
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    with pytest.raises(RemoteCorruptionError, match="not a manifest"):
+        remote.get(locations[0])
+    assert remote.bucket.stats.snapshot().get("get_manifest", {"bytes": 0})["bytes"] < 2**20, "its body was read"
+    assert remote.get(locations[-1]) == datas[-1]
+    db.close()
+
+
+def test_manifest_names_that_no_segment_has_are_not_listed(tmp_path: Path) -> None:
+    """Names under manifests/ with digits of another script or a number past the largest segment
+    number are no segment's: open_remote does not list them, and iter_locations still works."""
+    db, bucket, locations, _datas = _filled(tmp_path, False)
+    for name in ("data_\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0661.json", "data_9999999999.json"):
+        obstore.put(bucket, f"store/manifests/{name}", b"{}")
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    assert remote.segments() == db.segments()[:-1]
+    assert len(list(remote.iter_locations())) == len(locations)
+    db.close()
