@@ -36,6 +36,7 @@ import xxhash
 from ..errors import (
     FlatFileDbLockTimeoutError,
     FlatFileDbNotFoundError,
+    RemoteCorruptionError,
     RemoteTimeoutError,
     RemoteUnavailableError,
     UnsafeRemoteError,
@@ -255,6 +256,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def _remote_markers(self) -> set[int]:
         return self._listing()[1]
 
+    def uploaded(self, number: int) -> bool:
+        """Whether this datadir uploaded segment ``number``: its marker exists (readable or not)."""
+        if number in self._manifests:
+            return True
+        try:
+            os.stat(remote_name(number), dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def manifest(self, number: int) -> Manifest | None:
         """The manifest of an uploaded segment, from its local marker (None if not uploaded)."""
         found = self._manifests.get(number)
@@ -268,9 +279,31 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             raw = pread_full(fd, 1 << 20, 0)
         finally:
             os.close(fd)
-        found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}", number)
+        try:
+            found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}", number)
+        except RemoteCorruptionError as damaged:
+            found = self._manifest_from_bucket(number, damaged)
         self._manifests[number] = found
         return found
+
+    def _manifest_from_bucket(self, number: int, damaged: RemoteCorruptionError) -> Manifest:
+        """The manifest of a segment whose local marker is damaged, from the bucket: taken only when
+        it is this store's and describes the local record index; else ``damaged`` is raised. The
+        marker is not written anew here: this runs outside the write lock, and a delete racing it
+        would be left with a marker of a deleted segment."""
+        raw = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
+        index = read_index(self._dir_fd, number)
+        if raw is None or index is None:
+            raise damaged
+        manifest = Manifest.decode(raw, f"{self.config.url}/{manifest_object(number)}", number)
+        if (manifest.store, manifest.index_size, manifest.index_xxh3) != (
+            self.store_id,
+            len(index),
+            hex64(xxhash.xxh3_64_intdigest(index)),
+        ):
+            raise damaged
+        logger.warning("%s: %s; using the bucket's manifest of segment %d", self.dir_str, damaged, number)
+        return manifest
 
     def reader(self, number: int) -> RemoteSegmentReader | None:
         """A reader of segment ``number`` from the bucket, or None when it was never uploaded."""

@@ -583,3 +583,27 @@ def test_manifest_names_that_no_segment_has_are_not_listed(tmp_path: Path) -> No
     assert remote.segments() == db.segments()[:-1]
     assert len(list(remote.iter_locations())) == len(locations)
     db.close()
+
+
+def test_a_damaged_local_marker_neither_hides_a_segment_nor_blocks_its_delete(tmp_path: Path) -> None:
+    """A remote-only segment whose .remote marker is damaged on disk: reads, stats() and
+    enforce_retention take the bucket's manifest when it describes the local index; and with no
+    manifest in the bucket either, delete_file still deletes the segment (it raised
+    RemoteCorruptionError for ever, and so did every enforce_retention)."""
+    db, bucket, locations, datas = _filled(tmp_path, False)
+    first, second = db.segments()[:2]
+    db.close()
+    for number in (first, second):
+        (tmp_path / "db" / f"data_{number:08d}.remote").write_bytes(b"\x00garbage")
+    obstore.delete(bucket, f"store/manifests/data_{second:08d}.json")
+    db = _open(tmp_path / "db", bucket, local_retention_bytes=0)
+    assert db.get(locations[0]) == datas[0]
+    in_second = [loc for loc in locations if loc.file_path.endswith(f"data_{second:08d}.dat")]
+    with pytest.raises(RemoteCorruptionError):
+        db.get(in_second[0])
+    db.delete_file(in_second[0].file_path)
+    assert second not in db.segments()
+    assert not [meta for batch in obstore.list(bucket) for meta in batch if f"data_{second:08d}" in meta["path"]]
+    assert db.stats().segments[0].remote
+    assert first in db.enforce_retention(max_bytes=1)
+    db.close()
