@@ -25,6 +25,7 @@ from conduit_flat_file_db.cli import main
 from conduit_flat_file_db.cli.base import EXIT_ERROR
 from conduit_flat_file_db.errors import (
     FlatFileDbError,
+    IndexVersionError,
     InvalidLocationError,
     RemoteCorruptionError,
     RemoteTimeoutError,
@@ -32,7 +33,7 @@ from conduit_flat_file_db.errors import (
     TieringOptionError,
     UnsafeRemoteError,
 )
-from conduit_flat_file_db.index import HEADER_BYTES, encode_blob, encode_header
+from conduit_flat_file_db.index import HEADER_BYTES, INDEX_VERSION_LOG, encode_blob, encode_header
 from conduit_flat_file_db.tiering import Tiering
 from conduit_flat_file_db.types import DataLocation
 
@@ -606,4 +607,27 @@ def test_a_damaged_local_marker_neither_hides_a_segment_nor_blocks_its_delete(tm
     assert not [meta for batch in obstore.list(bucket) for meta in batch if f"data_{second:08d}" in meta["path"]]
     assert db.stats().segments[0].remote
     assert first in db.enforce_retention(max_bytes=1)
+    db.close()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "compressed"])
+def test_an_index_of_a_newer_version_and_a_longer_data_object(tmp_path: Path, compressed: bool) -> None:
+    """Pinned: an index object of a newer format version (vouched for by its manifest) is
+    IndexVersionError wherever the index is needed, never taken for garbage; a data object longer
+    than its manifest says is read as the manifest says (its tail is never read)."""
+    db, bucket, locations, datas = _filled(tmp_path, compressed)
+    first, second = db.segments()[:2]
+    index = _get(bucket, f"store/segments/data_{first:08d}.idx")
+    kind = 1 if compressed else 0
+    _replace_index(bucket, first, encode_header(first, kind, 0, version=INDEX_VERSION_LOG + 1) + index[HEADER_BYTES:])
+    suffix = ".dat.zst" if compressed else ".dat"
+    longer = f"store/segments/data_{second:08d}{suffix}"
+    obstore.put(bucket, longer, _get(bucket, longer) + os.urandom(5000))
+    remote = FlatFileDb.open_remote(URL, object_store=bucket)
+    with pytest.raises(IndexVersionError):
+        list(remote.iter_locations())
+    assert not remote.verify().ok
+    in_second = [i for i, loc in enumerate(locations) if loc.file_path.endswith(f"data_{second:08d}{suffix}")]
+    assert remote.get_many([locations[i] for i in in_second]) == [datas[i] for i in in_second]
+    assert [db.get(locations[i]) for i in in_second] == [datas[i] for i in in_second]
     db.close()
