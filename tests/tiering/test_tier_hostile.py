@@ -631,3 +631,45 @@ def test_an_index_of_a_newer_version_and_a_longer_data_object(tmp_path: Path, co
     assert remote.get_many([locations[i] for i in in_second]) == [datas[i] for i in in_second]
     assert [db.get(locations[i]) for i in in_second] == [datas[i] for i in in_second]
     db.close()
+
+
+def _upload_from_another_process(root: str, seed: int, out: Any) -> None:
+    """One of two processes of one datadir: puts, seals and syncs five times (spawned)."""
+    from obstore.store import LocalStore  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    db = _open(Path(root) / "db", LocalStore(os.path.join(root, "bucket")), local_retention_bytes=0)
+    locations: list[tuple[str, int, int]] = []
+    for _turn in range(5):
+        locations += [tuple(loc) for loc in db.put_many(_blobs(12, seed))]  # type: ignore[misc]
+        db.rotate()
+        db.sync_tiering(timeout=60)
+    out.put((seed, locations))
+    db.close()
+
+
+def test_two_processes_of_one_datadir_upload_in_turns_and_lose_nothing(tmp_path: Path) -> None:
+    """Two processes of one datadir, both tiering to one bucket (a LocalStore both can reach),
+    seal and sync at once: each segment is uploaded once, every blob of both reads back through
+    open_remote, and verify() finds nothing."""
+    import multiprocessing  # pylint: disable=import-outside-toplevel
+
+    from obstore.store import LocalStore  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    (tmp_path / "bucket").mkdir()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_upload_from_another_process, args=(str(tmp_path), s, out)) for s in (1, 2)]
+    for worker in workers:
+        worker.start()
+    results = [out.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    remote = FlatFileDb.open_remote(URL, object_store=LocalStore(str(tmp_path / "bucket")))
+    for seed, locations in results:
+        got = remote.get_many([DataLocation(*loc) for loc in locations])
+        # _blobs: 700 random bytes, then a run that names the blob
+        assert [data[700:] for data in got] == [blob[700:] for blob in _blobs(12, seed)] * 5
+    assert len(remote.segments()) == 10
+    report = remote.verify()
+    assert report.ok and report.blobs == 120, str(report)
