@@ -142,9 +142,11 @@ class Manifest:
     def check(self) -> None:
         """ValueError unless every field has its type and the sizes fit together: a reader never
         asks for bytes outside the data object, nor past the frames the seek table lists."""
-        ints = (self.segment, self.data_size, self.index_size, self.limit, self.table_bytes, self.sealed_ns)
+        ints = (self.segment, self.data_size, self.index_size, self.limit, self.table_bytes)
         if any(_bad_int(v) for v in ints) or self.segment > MAX_SEGMENT_NUMBER:
             raise ValueError("a size or number is not an int in [0, 2**63)")
+        if isinstance(self.sealed_ns, bool) or not isinstance(self.sealed_ns, int):  # a clock may say 1969
+            raise ValueError("sealed_ns is not an int")
         texts = (self.store, self.data_xxh3, self.index_xxh3, self.sums_xxh3, self.table_xxh3, self.verified)
         if not isinstance(self.compressed, bool) or not all(isinstance(v, str) for v in texts):
             raise ValueError("compressed is not a bool, or a checksum, store or verified is not a str")
