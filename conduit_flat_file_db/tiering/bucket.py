@@ -179,6 +179,15 @@ class RemoteBucket:
                     min(starts, default=-1),
                 ) from None
             raise translate(exc, f"GET {self.url}/{name} {what}") from None
+        except BaseException as exc:  # the client panics when a coalesced answer is shorter than its ranges
+            if type(exc).__name__ != "PanicException":
+                raise
+            where = f"{self.url}/{name}"
+            raise RemoteCorruptionError(
+                f"{where}: the answer to {what} does not hold them (the object is shorter than its manifest says)",
+                where,
+                min(starts, default=-1),
+            ) from None
         self.stats.add(kind, sum(map(len, out)))
         for start, end, data in zip(starts, ends, out):
             if len(data) != end - start:
