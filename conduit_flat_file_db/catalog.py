@@ -60,8 +60,11 @@ class Catalog(LogRecords):
                 raise FlatFileDbUnsafeAccessError(
                     f"Deleting the mutable file is not allowed. Ever. ({file_path}; seal it first with rotate())"
                 )
-            tier = self._tier
-            if tier is not None and tier.manifest(number) is not None:
+            # Only what this datadir uploaded (its marker says so, even a damaged one) is deleted in the
+            # bucket: objects under a number it never uploaded are another copy's, or a crash's left
+            # to gc_tiering().
+            tier = self._tier if self._tier is not None and self._tier.uploaded(number) else None
+            if tier is not None:
                 tier.forget_manifest(number)  # first: no machine trusts the segment in the bucket any more
             removed = 0
             # Data first, index last: an index left alone by a crash is removed by recovery.

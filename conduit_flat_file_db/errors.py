@@ -115,6 +115,11 @@ class TieringError(FlatFileDbError):
     """A problem with the object-storage tier (``Tiering``, ``FlatFileDb.open_remote``)."""
 
 
+class TieringOptionError(TieringError, ValueError, TypeError):
+    """An option of ``Tiering`` (or ``open_remote``) that the object-store client refuses: an
+    unknown key, or a value of the wrong type or form. Raised before any request is sent."""
+
+
 class RemoteUnavailableError(TieringError, ConnectionError):
     """The object store did not answer usefully after the retries (connection refused or
     reset, 5xx responses, a timeout): nothing was lost; try again later."""

@@ -15,8 +15,9 @@ from .errors import FlatFileDbUnsafeAccessError, RemoteTimeoutError, TieringErro
 from .frames import DEFAULT_LEVEL, DEFAULT_MIN_SAVING
 from .maintenance import CompressMode, MaintainedStore, as_compress_mode, compress_sealed_if_it_pays, reframe_sealed
 from .store import DEFAULT_FRAME_BYTES, DEFAULT_FRAME_CACHE_BYTES, DEFAULT_MAX_DAT_FILE_SIZE
-from .tiering.config import Tiering
+from .tiering.config import Tiering, check_timeout
 from .tiering.remote_db import RemoteFlatFileDb
+from .tiering.upload import UploadStoppedError
 from .types import DataLocation, Slice
 
 MAX_DAT_FILE_SIZE = DEFAULT_MAX_DAT_FILE_SIZE
@@ -173,15 +174,23 @@ class FlatFileDb(MaintainedStore):
         Makes the sealed segments durable first (uploads take only durable segments), then
         uploads in this thread. Raises the tier's typed error when an upload fails (after the
         client's retries), RemoteTimeoutError when ``timeout`` seconds pass first (another
-        process may hold the upload turn), TieringError without tiering.
+        process may hold the upload turn), TieringError without tiering or when ``close()`` in
+        another thread cuts it short.
         """
+        check_timeout("sync_tiering(timeout=)", timeout)
         self._refuse_write("sync_tiering")
         tier = self._the_tier("sync_tiering")
         deadline = None if timeout is None else time.monotonic() + timeout
         self.sync()
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if tier.run_pass(blocking=True, timeout=left) <= 0:
+            pending = tier.run_pass(blocking=True, timeout=left)
+            if tier.stopped:  # close() in another thread cut the pass: say so, and reopen nothing
+                raise UploadStoppedError(
+                    f"{self._dir_str}: the store was closed during sync_tiering(); what is not uploaded "
+                    "yet is uploaded after the next open"
+                )
+            if pending <= 0:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise RemoteTimeoutError(f"{self._dir_str}: sealed segments still not durable after {timeout} s")

@@ -12,6 +12,7 @@ from ..errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
     TieringError,
+    TieringOptionError,
     UnsafeRemoteError,
 )
 from .config import Tiering
@@ -27,5 +28,6 @@ __all__ = [
     "RemoteUnavailableError",
     "Tiering",
     "TieringError",
+    "TieringOptionError",
     "UnsafeRemoteError",
 ]

@@ -22,6 +22,7 @@ from ..errors import (
     RemoteTimeoutError,
     RemoteUnavailableError,
     TieringError,
+    TieringOptionError,
     UnsafeRemoteError,
 )
 
@@ -40,6 +41,8 @@ def translate(exc: BaseException, what: str) -> TieringError:
     lowered = full.lower()
     causes = [hint for key, hint in _CAUSES if key in lowered]
     text = f"{what}: {full.splitlines()[0] if full else name}" + (f" ({', '.join(causes)})" if causes else "")
+    if "expected an object store" in lowered:  # Tiering(object_store=) given something else
+        return TieringOptionError(f"{text}: object_store must be an obstore store (S3Store, MemoryStore...)")
     if "non-partial response" in lowered:  # the client refuses a 200 to a ranged GET
         return UnsafeRemoteError(f"{text}: the server ignores Range; every read would fetch whole segments")
     if name in ("PermissionDeniedError", "UnauthenticatedError") or any(k in lowered for k in _ACCESS_KEYS):
@@ -54,6 +57,8 @@ def translate(exc: BaseException, what: str) -> TieringError:
 # How the client's errors say "timeout" (its first line says "error sending request"; the
 # kind is in its debug text). Not "timeout" alone: every message names "retry_timeout".
 _TIMEOUT_KEYS = ("timed out", "timedout", "kind: timeout", "deadline has elapsed")
+# How the client says a range starts past an object's end (its own check, or the server's 416).
+_RANGE_KEYS = ("invalid range", "wanted range starting", "range not satisfiable", "invalidrange")
 _ACCESS_KEYS = ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "403 forbidden")
 _CAUSES = (
     ("connecterror", "cannot connect"),
@@ -119,15 +124,23 @@ class RemoteBucket:
         """The object key of ``name`` (a path relative to the prefix)."""
         return self.prefix + name
 
-    def get(self, kind: str, name: str) -> bytes | None:
-        """The whole object ``name``, or None when it does not exist."""
+    def get(self, kind: str, name: str, max_bytes: int | None = None) -> bytes | None:
+        """The whole object ``name``, or None when it does not exist. An object larger than
+        ``max_bytes`` is RemoteCorruptionError, its body never read (a manifest or a claim of
+        gigabytes is not one, and would be held in memory)."""
         obs = _obstore()
         try:
-            data = bytes(obs.get(self.store, self.key(name)).bytes())
+            result = obs.get(self.store, self.key(name))
+            if max_bytes is not None and int(result.meta["size"]) > max_bytes:
+                where = f"{self.url}/{name}"
+                raise RemoteCorruptionError(f"{where}: {result.meta['size']} bytes, not a {kind[4:]}", where)
+            data = bytes(result.bytes())
         except _NOT_FOUND as exc:
             _raise_if_no_bucket(exc, f"GET {self.url}/{name}")
             self.stats.add(kind, 0)
             return None
+        except RemoteCorruptionError:
+            raise
         except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's errors, translated
             raise translate(exc, f"GET {self.url}/{name}") from None
         self.stats.add(kind, len(data))
@@ -158,7 +171,23 @@ class RemoteBucket:
             self.stats.add(kind, 0)
             raise FileNotFoundError(name) from None
         except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's errors, translated
+            if any(key in str(exc).lower() for key in _RANGE_KEYS):  # not a sick server: retrying will not help
+                where = f"{self.url}/{name}"
+                raise RemoteCorruptionError(
+                    f"{where}: {what} is past the object's end (it is shorter than its manifest says)",
+                    where,
+                    min(starts, default=-1),
+                ) from None
             raise translate(exc, f"GET {self.url}/{name} {what}") from None
+        except BaseException as exc:  # the client panics when a coalesced answer is shorter than its ranges
+            if type(exc).__name__ != "PanicException":
+                raise
+            where = f"{self.url}/{name}"
+            raise RemoteCorruptionError(
+                f"{where}: the answer to {what} does not hold them (the object is shorter than its manifest says)",
+                where,
+                min(starts, default=-1),
+            ) from None
         self.stats.add(kind, sum(map(len, out)))
         for start, end, data in zip(starts, ends, out):
             if len(data) != end - start:

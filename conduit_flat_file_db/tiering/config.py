@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import math
 import os
+import urllib.parse
 from typing import Any
+
+from ..errors import TieringOptionError
 
 DEFAULT_REMOTE_CACHE_BYTES = 64 * 2**20
 DEFAULT_REFRESH_SECONDS = 30.0
@@ -26,6 +30,13 @@ def _non_negative(name: str, value: float, *, integer: bool) -> None:
         raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
 
 
+def check_timeout(name: str, value: Any) -> None:
+    """TypeError or ValueError unless ``value`` is None or a finite number of seconds >= 0 (NaN
+    would never expire: a wait bounded by it would be unbounded)."""
+    if value is not None:
+        _non_negative(name, value, integer=False)
+
+
 def parse_url(url: Any) -> tuple[str, str]:
     """``s3://bucket/prefix`` -> (bucket, prefix without slashes at its ends)."""
     if not isinstance(url, str):
@@ -33,6 +44,8 @@ def parse_url(url: Any) -> tuple[str, str]:
     scheme, sep, rest = url.partition("://")
     if scheme != "s3" or not sep:
         raise ValueError(f"the tier's URL must look like 's3://bucket/prefix', got {url!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):  # no object key may hold one: refused now, not at open
+        raise ValueError(f"the tier's URL {url!r} holds a control character")
     bucket, _, prefix = rest.partition("/")
     if not bucket or any(c in bucket for c in " \\?#"):
         raise ValueError(f"no valid bucket name in {url!r}")
@@ -111,6 +124,8 @@ class Tiering:
         self.upload_bytes_per_second = upload_bytes_per_second
         self.object_store = object_store
         self.client_options = dict(client_options)
+        if object_store is None and _has_client():
+            self.build_store()  # an unknown or malformed client option is refused here, before any open
 
     def __repr__(self) -> str:
         return (
@@ -145,9 +160,16 @@ class Tiering:
         options = dict(self.client_options)
         client: dict[str, Any] = {"timeout": DEFAULT_TIMEOUT, "connect_timeout": DEFAULT_CONNECT_TIMEOUT}
         endpoint = options.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
+        if not isinstance(endpoint, str):
+            raise TieringOptionError(f"endpoint must be a str like 'http://host:port', not {type(endpoint).__name__}")
+        if endpoint and not _valid_endpoint(endpoint):  # the client panics on a request to a malformed one
+            raise TieringOptionError(f"the endpoint {endpoint!r} is not a URL like 'http://host:port'")
         if endpoint.startswith("http://"):
             client["allow_http"] = True
-        client.update(options.pop("client_options", {}) or {})
+        extra = options.pop("client_options", {}) or {}
+        if not isinstance(extra, dict):
+            raise TieringOptionError(f"client_options must be a dict, not {type(extra).__name__}")
+        client.update(extra)
         retry = options.pop("retry_config", None)
         if quick:
             retry = {"max_retries": 2, "retry_timeout": datetime.timedelta(seconds=QUICK_RETRY_SECONDS)}
@@ -159,11 +181,30 @@ class Tiering:
         # Uploads are checked by the tier itself (the server's MD5 of what it stored, or a read-back),
         # so the body's SHA-256 in the signature adds nothing but CPU: 40% slower uploads measured here.
         options.setdefault("unsigned_payload", True)
-        return S3Store(self.bucket, client_options=client, retry_config=retry, **options)  # type: ignore[arg-type]
+        try:
+            return S3Store(self.bucket, client_options=client, retry_config=retry, **options)  # type: ignore[arg-type]
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # the client's refusal, typed
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TieringOptionError(f"{self.url}: the S3 client refuses the options ({first})") from None
+
+
+def _valid_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` is an http(s) URL with a host (and, if any, a valid port)."""
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        _ = parts.port  # ValueError when not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _has_client() -> bool:
+    """Whether the S3 client (the optional extra) is installed."""
+    return importlib.util.find_spec("obstore") is not None
 
 
 def _rebuild(url: str, options: dict[str, Any]) -> Tiering:
     return Tiering(url, **options)
 
 
-__all__ = ["Tiering", "parse_url"]
+__all__ = ["Tiering", "check_timeout", "parse_url"]

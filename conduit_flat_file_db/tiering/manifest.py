@@ -25,7 +25,9 @@ from typing import Any
 import xxhash
 
 from ..errors import RemoteCorruptionError
-from ..naming import index_name, segment_name
+from ..frames import SKIPPABLE_HEADER_BYTES
+from ..naming import MAX_SEGMENT_NUMBER, index_name, segment_name
+from ..seekable import FOOTER_BYTES
 
 MANIFEST_FORMAT = 1
 CLAIM_NAME = "ffdb-tier.json"
@@ -34,6 +36,8 @@ MANIFESTS = "manifests"
 SUM_BLOCK = 16 * 2**10  # a raw slice fetches the 16 KiB blocks it touches: small, and checkable
 _SUMS_MAGIC = b"FFDBSUMS"
 _SUMS_HEAD = struct.Struct("<8sII")  # magic, block size, reserved
+TABLE_MIN_BYTES = SKIPPABLE_HEADER_BYTES + FOOTER_BYTES  # a seek table of no frames
+MAX_MANIFEST_BYTES = 2**20  # a manifest or a claim is a few hundred bytes; a larger object is neither
 
 
 def data_object(number: int, compressed: bool) -> str:
@@ -60,16 +64,23 @@ def parse_manifest_name(name: str) -> int | None:
     """The segment number of a manifest object name relative to ``manifests/``, else None."""
     if len(name) < 18 or not name.startswith("data_") or not name.endswith(".json"):
         return None
-    digits = name[5:-5]
-    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+    return _number(name[5:-5])
 
 
 def parse_segment_object(name: str) -> int | None:
     """The segment number of an object name relative to ``segments/``, else None."""
     if not name.startswith("data_"):
         return None
-    digits = name[5:].split(".", 1)[0]
-    return int(digits) if digits.isdigit() and 8 <= len(digits) <= 10 else None
+    return _number(name[5:].split(".", 1)[0])
+
+
+def _number(digits: str) -> int | None:
+    """A segment number written as 8 to 10 ASCII digits (str.isdigit alone takes other scripts'
+    digits too), at most MAX_SEGMENT_NUMBER; else None: no segment's object has that name."""
+    if not (digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 10):
+        return None
+    number = int(digits)
+    return number if number <= MAX_SEGMENT_NUMBER else None
 
 
 @dataclass(frozen=True)
@@ -111,19 +122,45 @@ class Manifest:
         )
 
     @classmethod
-    def decode(cls, raw: bytes, where: str) -> Manifest:
-        """Parse and check a manifest; RemoteCorruptionError if it is not one."""
+    def decode(cls, raw: bytes, where: str, number: int | None = None) -> Manifest:
+        """Parse and check a manifest; RemoteCorruptionError if it is not one this release reads,
+        or (``number`` given) not the manifest of segment ``number``."""
         try:
             fields: dict[str, Any] = json.loads(raw)
-            if not isinstance(fields, dict) or fields.get("format") != MANIFEST_FORMAT:
+            if not isinstance(fields, dict) or _bad_int(fields.get("format")) or fields["format"] != MANIFEST_FORMAT:
                 raise ValueError(f"format {fields.get('format') if isinstance(fields, dict) else None!r}")
             manifest = cls(**fields)
-            ints = (manifest.segment, manifest.data_size, manifest.index_size, manifest.limit, manifest.table_bytes)
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
-                raise ValueError("a size or number is not a non-negative int")
-        except (ValueError, TypeError) as exc:
+            manifest.check()
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             raise RemoteCorruptionError(f"{where}: not a manifest this release reads ({exc})", where) from None
+        if number is not None and manifest.segment != number:
+            raise RemoteCorruptionError(
+                f"{where}: the manifest of segment {number} names segment {manifest.segment}", where
+            )
         return manifest
+
+    def check(self) -> None:
+        """ValueError unless every field has its type and the sizes fit together: a reader never
+        asks for bytes outside the data object, nor past the frames the seek table lists."""
+        ints = (self.segment, self.data_size, self.index_size, self.limit, self.table_bytes)
+        if any(_bad_int(v) for v in ints) or self.segment > MAX_SEGMENT_NUMBER:
+            raise ValueError("a size or number is not an int in [0, 2**63)")
+        if isinstance(self.sealed_ns, bool) or not isinstance(self.sealed_ns, int):  # a clock may say 1969
+            raise ValueError("sealed_ns is not an int")
+        texts = (self.store, self.data_xxh3, self.index_xxh3, self.sums_xxh3, self.table_xxh3, self.verified)
+        if not isinstance(self.compressed, bool) or not all(isinstance(v, str) for v in texts):
+            raise ValueError("compressed is not a bool, or a checksum, store or verified is not a str")
+        if self.compressed:
+            if not TABLE_MIN_BYTES <= self.table_bytes <= self.data_size:
+                raise ValueError(f"a {self.table_bytes}-byte seek table in a {self.data_size}-byte data object")
+        elif self.table_bytes or self.limit > self.data_size:
+            raise ValueError(f"a raw segment of {self.limit} bytes in {self.data_size} bytes, table {self.table_bytes}")
+
+
+def _bad_int(value: Any) -> bool:
+    """True unless ``value`` is an int (not a bool) in [0, 2**63): what a size, an offset or a
+    number can be (the client's ranges are unsigned 64-bit)."""
+    return isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63
 
 
 def hex64(value: int) -> str:
@@ -151,6 +188,7 @@ __all__ = [
     "CLAIM_NAME",
     "MANIFESTS",
     "MANIFEST_FORMAT",
+    "MAX_MANIFEST_BYTES",
     "SEGMENTS",
     "SUM_BLOCK",
     "Manifest",

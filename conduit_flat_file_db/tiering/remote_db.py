@@ -37,7 +37,16 @@ from ..types import BlobRecord, DataLocation, Slice
 from ..verify import VerifyReport
 from .bucket import RemoteBucket
 from .config import Tiering
-from .manifest import CLAIM_NAME, MANIFESTS, Manifest, hex64, index_object, manifest_object, parse_manifest_name
+from .manifest import (
+    CLAIM_NAME,
+    MANIFESTS,
+    MAX_MANIFEST_BYTES,
+    Manifest,
+    hex64,
+    index_object,
+    manifest_object,
+    parse_manifest_name,
+)
 from .remote_reader import FETCH_ATTEMPTS, RemoteSegmentReader, read_groups
 
 _WRITES = (
@@ -74,7 +83,7 @@ class RemoteFlatFileDb:
         self._numbers: set[int] = set()
         self._listed_at = 0.0
         self._closed = False
-        if self.bucket.get("get_claim", CLAIM_NAME) is None:
+        if self.bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES) is None:
             raise FlatFileDbNotFoundError(errno.ENOENT, "no store was ever uploaded here", url)
         self.refresh()
 
@@ -130,10 +139,10 @@ class RemoteFlatFileDb:
         found = self._manifests.get(number)
         if found is not None:
             return found
-        raw = self.bucket.get("get_manifest", manifest_object(number))
+        raw = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
         if raw is None:
             raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number} is not in the bucket", self.url)
-        found = Manifest.decode(raw, f"{self.url}/{manifest_object(number)}")
+        found = Manifest.decode(raw, f"{self.url}/{manifest_object(number)}", number)
         self._manifests[number] = found
         return found
 
@@ -229,7 +238,11 @@ class RemoteFlatFileDb:
             if raw is None:
                 raise FlatFileDbNotFoundError(errno.ENOENT, f"segment {number}'s index is not in the bucket", self.url)
             if len(raw) == manifest.index_size and hex64(xxhash.xxh3_64_intdigest(raw)) == manifest.index_xxh3:
-                decode_header(raw, index_object(number))
+                header = decode_header(raw, index_object(number))
+                if header.segment != number:
+                    raise RemoteCorruptionError(
+                        f"{self.url}/{index_object(number)} is the index of segment {header.segment}", self.url
+                    )
                 return raw
         raise RemoteCorruptionError(f"{self.url}/{index_object(number)} does not match its manifest (twice)", self.url)
 
@@ -275,6 +288,9 @@ class RemoteFlatFileDb:
         reader = self._reader(number)
         for record in records:
             if record.rtype != REC_BLOB:
+                continue
+            if record.end > reader.limit:  # read_frames has no frame there: say so, check the others
+                report.add(reader.name, record.offset, "remote", f"blob at {record.offset} ends past the segment")
                 continue
             data = reader.read(record.offset, record.end)
             report.blobs += 1

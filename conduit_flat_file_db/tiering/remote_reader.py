@@ -113,7 +113,14 @@ class RemoteSegmentReader(SegmentReader):
         for attempt in range(FETCH_ATTEMPTS):
             tail = self._get("get_table", at, manifest.data_size)
             if hex64(xxhash.xxh3_64_intdigest(tail)) == manifest.table_xxh3:
-                return parse_seek_table(_tail_reader(tail, at), manifest.data_size, self._where())
+                table = parse_seek_table(_tail_reader(tail, at), manifest.data_size, self._where())
+                if manifest.limit > table.decompressed_size:  # reads past the frames would find none
+                    raise RemoteCorruptionError(
+                        f"{self._where()}: the manifest's limit {manifest.limit} is past the seek table's "
+                        f"{table.decompressed_size} bytes",
+                        self._where(),
+                    )
+                return table
             if attempt == FETCH_ATTEMPTS - 1:
                 raise RemoteCorruptionError(f"{self._where()}: the seek table does not match the manifest", "", at)
         raise AssertionError("unreachable")

@@ -31,9 +31,12 @@ import time
 import uuid
 from typing import Any, Callable, ContextManager
 
+import xxhash
+
 from ..errors import (
     FlatFileDbLockTimeoutError,
     FlatFileDbNotFoundError,
+    RemoteCorruptionError,
     RemoteTimeoutError,
     RemoteUnavailableError,
     UnsafeRemoteError,
@@ -50,9 +53,11 @@ from .manifest import (
     CLAIM_NAME,
     MANIFEST_FORMAT,
     MANIFESTS,
+    MAX_MANIFEST_BYTES,
     SEGMENTS,
     Manifest,
     data_object,
+    hex64,
     index_object,
     manifest_object,
     parse_manifest_name,
@@ -146,7 +151,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         the server for what the tier relies on."""
         local = self._read_tier_file()
         self.probe(bucket)
-        raw = bucket.get("get_claim", CLAIM_NAME)
+        raw = bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES)
         if raw is None:
             if local is not None and local.get("url") not in (None, self.config.url) and self._remote_markers():
                 raise UnsafeRemoteError(
@@ -157,11 +162,13 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             try:
                 bucket.put("put_claim", CLAIM_NAME, claim, len(claim), create=True)
             except FileExistsError:
-                raw = bucket.get("get_claim", CLAIM_NAME)  # another opener won: read its claim
+                raw = bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES)  # another opener won: read its claim
         if raw is not None:
             try:
                 store_id = json.loads(raw)["store"]
-            except (ValueError, KeyError, TypeError):
+                if not isinstance(store_id, str):
+                    raise TypeError(type(store_id).__name__)
+            except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested too deep
                 raise UnsafeRemoteError(f"{self.config.url}/{CLAIM_NAME} is not a claim this release reads") from None
             if local is None or local.get("store") != store_id:
                 raise UnsafeRemoteError(
@@ -207,7 +214,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             if not isinstance(fields, dict) or not isinstance(fields.get("store"), str):
                 raise ValueError
             return fields
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UnsafeRemoteError(f"{self.dir_str}/{TIER_FILE_NAME} is damaged; it names the store's id") from None
 
     def _write_tier_file(self, fields: dict[str, Any]) -> None:
@@ -249,6 +256,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def _remote_markers(self) -> set[int]:
         return self._listing()[1]
 
+    def uploaded(self, number: int) -> bool:
+        """Whether this datadir uploaded segment ``number``: its marker exists (readable or not)."""
+        if number in self._manifests:
+            return True
+        try:
+            os.stat(remote_name(number), dir_fd=self._dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def manifest(self, number: int) -> Manifest | None:
         """The manifest of an uploaded segment, from its local marker (None if not uploaded)."""
         found = self._manifests.get(number)
@@ -262,9 +279,31 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             raw = pread_full(fd, 1 << 20, 0)
         finally:
             os.close(fd)
-        found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}")
+        try:
+            found = Manifest.decode(raw, f"{self.dir_str}/{remote_name(number)}", number)
+        except RemoteCorruptionError as damaged:
+            found = self._manifest_from_bucket(number, damaged)
         self._manifests[number] = found
         return found
+
+    def _manifest_from_bucket(self, number: int, damaged: RemoteCorruptionError) -> Manifest:
+        """The manifest of a segment whose local marker is damaged, from the bucket: taken only when
+        it is this store's and describes the local record index; else ``damaged`` is raised. The
+        marker is not written anew here: this runs outside the write lock, and a delete racing it
+        would be left with a marker of a deleted segment."""
+        raw = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
+        index = read_index(self._dir_fd, number)
+        if raw is None or index is None:
+            raise damaged
+        manifest = Manifest.decode(raw, f"{self.config.url}/{manifest_object(number)}", number)
+        if (manifest.store, manifest.index_size, manifest.index_xxh3) != (
+            self.store_id,
+            len(index),
+            hex64(xxhash.xxh3_64_intdigest(index)),
+        ):
+            raise damaged
+        logger.warning("%s: %s; using the bucket's manifest of segment %d", self.dir_str, damaged, number)
+        return manifest
 
     def reader(self, number: int) -> RemoteSegmentReader | None:
         """A reader of segment ``number`` from the bucket, or None when it was never uploaded."""
@@ -331,6 +370,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             finally:
                 self._local_lock.release()
 
+    @property
+    def stopped(self) -> bool:
+        """True once close() began: no pass uploads any more."""
+        return self._stopping
+
     def _close_dir(self) -> None:
         """Close the tier's directory descriptor once (a pass that saw the stop closed it already)."""
         if self._dir_fd >= 0:
@@ -342,11 +386,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
     def run_pass(self, blocking: bool = True, timeout: float | None = None) -> int:
         """Upload every durable sealed segment not uploaded yet, then apply local retention.
         Returns the number of sealed segments still not uploaded (those not durable yet).
-        Without ``blocking``, returns -1 at once when another process is uploading."""
-        with self._local_lock:
+        Without ``blocking``, returns -1 at once when another process is uploading. ``timeout``
+        bounds the wait for this process's own pass (the thread's) and for another process's."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._local_lock.acquire(timeout=-1 if timeout is None else timeout):  # pylint: disable=consider-using-with
+            raise RemoteTimeoutError(f"{self.dir_str}: the tier's own upload pass did not end within {timeout:.3g} s")
+        try:
             if self._stopping or self._dir_fd < 0:
                 return -1
-            if not self._upload_lock.acquire(blocking=blocking, timeout=timeout):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._upload_lock.acquire(blocking=blocking, timeout=left):
                 if blocking:
                     raise RemoteTimeoutError(f"{self.dir_str}: another process kept the tier's upload lock")
                 return -1
@@ -356,6 +405,8 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
                 self._upload_lock.release()
                 if self._stopping:
                     self._close_dir()
+        finally:
+            self._local_lock.release()
 
     def _pass(self) -> int:
         self._check_claim()
@@ -379,11 +430,13 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
 
     def upload(self, number: int) -> bool:
         """Upload sealed segment ``number`` (see the module docstring); False if it vanished."""
-        existing = self.bucket.get("get_manifest", manifest_object(number))
+        existing = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
         if existing is not None:
-            manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}")
+            manifest = Manifest.decode(existing, f"{self.config.url}/{manifest_object(number)}", number)
             if manifest.store != self.store_id:
                 raise UnsafeRemoteError(f"{self.config.url}: segment {number} was uploaded by another store")
+            if not self._describes_local(number, manifest):
+                return False
             return self._commit(number, manifest, create=False)
         try:
             fd, kind = open_data_file(self._dir_fd, number)
@@ -398,6 +451,34 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         if uploaded is None:
             return False
         return self._commit(number, uploaded, create=True)
+
+    def _describes_local(self, number: int, manifest: Manifest) -> bool:
+        """Whether a manifest found in the bucket describes the local segment ``number`` (its
+        kind, data size and record index, which holds every blob's checksum): only then may it be
+        adopted, and the local data file later removed. UnsafeRemoteError when it describes other
+        bytes (a copy of this datadir uploads to the same prefix); False when the segment vanished."""
+        try:
+            fd, kind = open_data_file(self._dir_fd, number)
+        except FlatFileDbNotFoundError:
+            return False
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        index = read_index(self._dir_fd, number)
+        if index is None:
+            return False
+        if (manifest.compressed, manifest.data_size, manifest.index_size, manifest.index_xxh3) != (
+            kind == KIND_ZSTD,
+            size,
+            len(index),
+            hex64(xxhash.xxh3_64_intdigest(index)),
+        ):
+            raise UnsafeRemoteError(
+                f"{self.config.url}: the bucket's segment {number} holds other bytes than {self.dir_str}'s "
+                "(another copy of this datadir uploads there?); it is not adopted and the local copy stays"
+            )
+        return True
 
     def _commit(self, number: int, manifest: Manifest, create: bool) -> bool:
         """Create the manifest and the local marker, unless the segment was deleted meanwhile."""
@@ -421,11 +502,16 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
             try:
                 self.bucket.put("put_manifest", manifest_object(number), raw, len(raw), create=True)
             except FileExistsError:
-                theirs = self.bucket.get("get_manifest", manifest_object(number))
-                other = None if theirs is None else Manifest.decode(theirs, manifest_object(number))
+                theirs = self.bucket.get("get_manifest", manifest_object(number), MAX_MANIFEST_BYTES)
+                other = None if theirs is None else Manifest.decode(theirs, manifest_object(number), number)
                 if other is None or other.store != self.store_id:
                     raise UnsafeRemoteError(
                         f"{self.config.url}: another store wrote segment {number}'s manifest"
+                    ) from None
+                if not other.same_segment(manifest):
+                    raise UnsafeRemoteError(
+                        f"{self.config.url}: segment {number}'s manifest describes other bytes than were uploaded "
+                        "(another copy of this datadir uploads there?); the local copy stays"
                     ) from None
                 manifest = other  # a retry of an upload whose manifest was made: that one stands
         self._write_file(remote_name(number), manifest.encode())
