@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
     def body(args: Any, workdir: str) -> list[Result]:
         args.latency_ms = latency
-        args.upload_rates = [32 * 10**6]
+        args.upload_rates = [16 * 10**6, 32 * 10**6]
         return _body(args, workdir)
 
     return run_benchmark(__doc__ or "", argv, body)
