@@ -112,13 +112,14 @@ def plot_slices(slices: dict[str, Any], path: str) -> None:
 
 def plot_memory(memory: dict[str, Any], path: str) -> None:
     """Peak RSS growth per case (log scale), the whole-job rate written beside each bar."""
-    figure, axis = plt.subplots(figsize=(8, 0.6 * len(memory["cases"]) + 1.2))
+    figure, axis = plt.subplots(figsize=(10, 0.6 * len(memory["cases"]) + 1.2))
     names = [case["name"] for case in memory["cases"]]
     peaks = [max(*case["peak_mib"], 0.1) for case in memory["cases"]]
     axis.barh(range(len(names)), peaks, color=[_colour(c["role"], i) for i, c in enumerate(memory["cases"])])
     axis.set_yticks(range(len(names)), names, fontsize=7)
     axis.invert_yaxis()
     axis.set_xscale("log")
+    axis.set_xlim(right=max(peaks) * 30)  # room for the notes
     axis.set_xlabel("peak RSS above the process's own after its imports (MiB, log)", fontsize=8)
     axis.set_title(memory["name"], fontsize=9)
     for y, case in enumerate(memory["cases"]):
@@ -143,8 +144,9 @@ def plot_writers(writers: dict[str, Any], path: str) -> None:
         axis.set_xlabel(f"writer processes ({writers['cores']} cores)", fontsize=8)
         axis.set_ylabel("puts per second, all processes", fontsize=8)
         axis.set_title(f"{int(size) // 1024:,} KiB puts, {writers['seconds']:g} s windows", fontsize=9)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
