@@ -618,6 +618,8 @@ def _grow_series(
 ) -> tuple[list[dict[str, Any]], str]:
     """Grow one store (or file) to each of ``sizes``, measuring the last unit's puts and then the reads at each;
     the points, and why it stopped early if it did (the free space is checked again before each step)."""
+    if not sizes:  # no room for even one step: plan_sizes said so
+        return [], ""
     rng = random.Random(args.seed)
     path = _fresh(workdir, f"grown-{kind.replace(' ', '-')}")
     grower = Grower(kind, path, [rng.randbytes(MIB) for _ in range(8)])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from bench_support import run_module
+from bench_support import REPO, run_module
 
 
 def _positive(*values: Any) -> bool:
@@ -38,7 +40,7 @@ def _check_writers(writers: dict[str, Any]) -> None:
     for series in writers["blobs"].values():
         assert [entry["role"] for entry in series][:2] == ["baseline", "this store"]
         for entry in series:
-            assert [point["processes"] for point in entry["points"]] == [1, 2]
+            assert [point["processes"] for point in entry["points"]] == [2]
             for point in entry["points"]:
                 assert _positive(*point["puts_per_s"], *point["shares"], point["worst_put_ms"], *point["p99_us"])
                 assert abs(sum(point["shares"]) - 1) < 1e-9 and len(point["shares"]) == point["processes"]
@@ -56,9 +58,9 @@ def test_smoke_scaling_benchmark_gives_every_measurement_positive_figures_and_a_
     """``benchmarks.run --only scaling`` in smoke sizes with its peers, then ``benchmarks.plots`` on its JSON."""
     out = tmp_path / "scaling.json"
     done = run_module(
-        "benchmarks.bench_scaling",
+        *("benchmarks.run", "--only", "scaling"),
         *("--smoke", "--peers", "--rounds", "1", "--json", str(out), "--dir", str(tmp_path)),
-        *("--stream-mib", "4", "--writer-seconds", "0.05", "--writers", "1", "2"),
+        *("--stream-mib", "4", "--writer-seconds", "0.05", "--writers", "2"),
         *("--max-store-gib", "2", "--get-seconds", "0.02"),
         timeout=120,
     )
@@ -76,3 +78,17 @@ def test_smoke_scaling_benchmark_gives_every_measurement_positive_figures_and_a_
     assert drawn.returncode == 0, drawn.stderr
     for name in ("slice_latency.png", "stream_memory.png", "writers.png", "store_size.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_store_sizes_stop_short_of_a_full_disk_and_say_so() -> None:
+    """The planned sizes double up to the maximum; the last is cut to the free space less the reserve."""
+    code = (
+        "import json; from benchmarks.bench_scaling import GIB, plan_sizes; "
+        "print(json.dumps([plan_sizes(32, GIB, free * GIB) for free in (60, 23, 3)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    roomy, cut, full = json.loads(done.stdout)
+    assert roomy == [[2**i * 2**30 for i in range(6)], ""]
+    assert cut[0] == [2**i * 2**30 for i in range(5)] + [20 * 2**30]
+    assert "grew to 20 GiB instead of 32 GiB" in cut[1]
+    assert full[0] == [] and "grew to nothing" in full[1]
