@@ -191,6 +191,17 @@ def _peer_opener(name: str, path: str) -> Callable[[], tuple[Call, Callable[[], 
     return opener
 
 
+def _remove(workdir: str, prefix: str) -> None:
+    """Delete every store, file and lock file of ``workdir`` whose name starts with ``prefix``."""
+    for name in os.listdir(workdir):
+        if name.startswith(prefix):
+            path = os.path.join(workdir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+
 def _filled_store(path: str, blobs: list[bytes], compressed: bool) -> list[Any]:
     with FlatFileDb(path, use_compression=compressed) as db:
         return [loc for i in range(0, len(blobs), 256) for loc in db.put_many(blobs[i : i + 256])]
@@ -268,6 +279,7 @@ def bench_slices(args: argparse.Namespace, workdir: str) -> tuple[dict[str, Any]
     for _ in range(args.rounds):
         for case in cases:
             whole[case.name].append(_timed(case, samples[case.name]))
+    _remove(workdir, "slices")  # 1.5 GiB of stores and files: not on disk during the measurements after this
     store_mib = _scaled(args, 256, 1)
     out: dict[str, Any] = {
         "name": f"random {SLICE} B slices of {SLICE_BLOB // KIB} KiB blobs, {store_mib} MiB store, page cache warm",
@@ -381,10 +393,7 @@ def _memory_case(name: str, workdir: str, size: int, seed: int) -> dict[str, Any
     code = f"from benchmarks.bench_scaling import memory_child; memory_child({name!r}, {workdir!r}, {size}, {seed})"
     root = str(Path(__file__).resolve().parent.parent)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
-    shutil.rmtree(os.path.join(workdir, "stream"), ignore_errors=True)
-    for leftover in ("stream", "stream.lock"):
-        if os.path.isfile(os.path.join(workdir, leftover)):
-            os.unlink(os.path.join(workdir, leftover))
+    _remove(workdir, "stream")
     found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
 
@@ -469,10 +478,7 @@ def _writers_round(kind: str, workdir: str, processes: int, blob_bytes: int, sec
     stats = [out.get() for _ in workers]
     for worker in workers:
         worker.join()
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    elif os.path.exists(target):
-        os.unlink(target)
+    _remove(workdir, "writers")
     return stats
 
 
@@ -641,10 +647,7 @@ def _grow_series(
             )
     finally:
         grower.close()
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.unlink(path)
+        _remove(workdir, os.path.basename(path))
     return points, stopped
 
 
