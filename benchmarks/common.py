@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import conduit_flat_file_db
 
@@ -156,6 +156,6 @@ def text_like(size: int, rng: random.Random) -> bytes:
     return bytes(out[:size])
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """The value at ``fraction`` (0..1) of an ascending list."""
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
