@@ -274,17 +274,22 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
                 )
                 self._table_at = table_at
             index_end = index_bytes + _TWO_RECORDS
-            if index_end > self._index_mapped or index_bytes < self._index_base:
+            if index_end > self._index_mapped or index_bytes < self._index_base:  # inline: a hot path
                 self._index_map, self._index_base, self._index_mapped = _grow(
                     self.index_fd, self._index_map, index_bytes, index_end, 1 << 62
                 )
         except (OSError, ValueError) as exc:
-            if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
-                logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
-                self.map_limit = -1
-            self._drop_maps()
-            return False
+            return self._maps_failed(exc)
         return True
+
+    def _maps_failed(self, exc: OSError | ValueError) -> bool:
+        """A map could not be made: drop the maps (this put takes ``pwrite``), and for good unless
+        the error may pass (a full disk: the next put tries again). Returns False."""
+        if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
+            logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
+            self.map_limit = -1
+        self._drop_maps()
+        return False
 
     def _make_room(self, start: int, end: int, index_bytes: int, index_end: int) -> bool:
         """Allocate room past the committed ends of both files and map it (FORMAT.md "Raw segment").
@@ -307,16 +312,12 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
                 self._data_map, self._data_base, self._data_mapped = _grow(
                     self.data_fd, self._data_map, start, end, max(self.max_size, end)
                 )
-            if index_end > self._index_mapped or index_bytes < self._index_base:
+            if index_end > self._index_mapped or index_bytes < self._index_base:  # inline: a hot path
                 self._index_map, self._index_base, self._index_mapped = _grow(
                     self.index_fd, self._index_map, index_bytes, index_end, 1 << 62
                 )
         except (OSError, ValueError) as exc:
-            if not isinstance(exc, OSError) or exc.errno not in _PASSING_ERRORS:
-                logger.info("%s: writing through maps is not possible here (%s); using pwrite", self.datadir, exc)
-                self.map_limit = -1
-            self._drop_maps()
-            return False
+            return self._maps_failed(exc)
         return True
 
     def _drop_maps(self) -> None:

@@ -38,15 +38,11 @@ from conduit_flat_file_db.tiering import Tiering
 from conduit_flat_file_db.types import DataLocation
 
 from .s3servers import S3Server
+from .test_tier_logic import _blobs
 
 pytestmark = pytest.mark.tiering
 
 URL = "s3://bucket/store"
-
-
-def _blobs(count: int, seed: int = 0) -> list[bytes]:
-    # Half random, half repetitive: compressed segments get real frames, raw ones real bytes.
-    return [os.urandom(700) + bytes([(seed + i) % 251]) * (1300 + i) for i in range(count)]
 
 
 def _open(path: Path, bucket: Any, compressed: bool = False, **options: Any) -> FlatFileDb:
