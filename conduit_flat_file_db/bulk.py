@@ -58,9 +58,9 @@ class BulkReads(Store):
         read. Use it as a context manager. Not thread-safe: open one per thread.
         """
         file_path, start, end, reader = self._resolve(location)
+        start, end = self._readers.check_range(reader, file_path, start, end)
         if slice is not None:
             start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
-        start, end = self._readers.check_range(reader, file_path, start, end)
         return BlobFile(reader, start, end, str(file_path))
 
     def _in_disk_order(self, locations: Iterable[DataLocation]) -> list[tuple[Any, ...]]:
@@ -85,10 +85,8 @@ class BulkReads(Store):
         out = []
         for location, part in zip(locations, parts):
             if part is not None:
-                if location.__class__ is DataLocation:
-                    file_path, start, end = location
-                else:
-                    file_path, start, end, _reader = self._resolve(location)
+                file_path, start, end, reader = self._lookup(location)
+                start, end = self._readers.check_range(reader, file_path, start, end)  # the location itself first
                 start, end = fast_slice(start, end, part) or apply_slice(file_path, start, end, part)
                 location = new_location((file_path, start, end))
             out.append(location)
@@ -218,7 +216,9 @@ class BulkReads(Store):
             file_path, start, end = location
         else:
             file_path, start, end, reader = self._resolve(location)
-        if slice is not None:
+        if slice is not None:  # the location itself first, as in get()
+            if start.__class__ is not int or end.__class__ is not int or not 0 <= start <= end <= reader.limit:
+                start, end = self._readers.check_range(reader, file_path, start, end)
             start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
         if start == end and type(start) is int:  # pylint: disable=unidiomatic-typecheck
             self._readers.check_range(reader, file_path, start, end)

@@ -591,6 +591,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         else:
             file_path, start, end, reader = self._resolve(data_location)
         if slice is not None:
+            # The location itself first (as a get of the whole blob checks it): a slice inside a
+            # location that starts before 0 or ends past the segment is refused, not served.
+            if start.__class__ is not int or end.__class__ is not int or not 0 <= start <= end <= reader.limit:
+                start, end = self._readers.check_range(reader, file_path, start, end)
             start, end = fast_slice(start, end, slice) or apply_slice(file_path, start, end, slice)
         if (
             type(start) is int  # pylint: disable=unidiomatic-typecheck
