@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
+from .fileio import list_dir
 from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
 from .log_records import LogRecords
 from .naming import INDEX_SUFFIX, index_name, parse_name, remote_name, segment_name
@@ -92,7 +93,7 @@ class Catalog(LogRecords):
         """Numbers of every segment present, oldest first (the last is the mutable one)."""
         self._reopen_if_closed()
         numbers = {
-            parsed[0] for parsed in map(parse_name, os.listdir(self._dir_fd)) if parsed and parsed[1] != INDEX_SUFFIX
+            parsed[0] for parsed in map(parse_name, list_dir(self._dir_fd)) if parsed and parsed[1] != INDEX_SUFFIX
         }
         return sorted(numbers)
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from .arguments import as_bytes_like
 from .errors import FlatFileDbUnsafeAccessError, InvalidLogPositionError, LogPositionTypeError
-from .fileio import pread_full
+from .fileio import list_dir, pread_full
 from .index import FLAG_LOG, HEADER_BYTES, INDEX_VERSION_LOG, REC_BLOB, RECORD_BYTES, blob_checksum, decode_records
 from .naming import MAX_SEGMENT_NUMBER, index_name, parse_segment_name
 from .segment_files import open_regular
@@ -235,7 +235,7 @@ class LogRecords(Store):
             return LogTail([], after, [after.segment], 0, True)
         numbers = sorted(
             n
-            for n in (parse_segment_name(name) for name in os.listdir(self._dir_fd))
+            for n in (parse_segment_name(name) for name in list_dir(self._dir_fd))
             if n is not None and n >= after.segment
         )
         expected = after.segment if after.segment >= 0 else (numbers[0] if numbers else 0)

@@ -30,6 +30,7 @@ import threading
 from typing import Any
 
 from .errors import FlatFileDbNotFoundError, FormatError, IndexVersionError
+from .fileio import list_dir
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
 from .naming import STATE_FILE_NAME, index_name, parse_name
 from .recovery import Walk
@@ -69,7 +70,7 @@ def open_datadir(abs_dir: str, dir_str: str) -> int:
     except NotADirectoryError:
         raise FlatFileDbNotFoundError(errno.ENOENT, "not a directory, so not a datadir", dir_str) from None
     try:
-        if not any(parse_name(name) is not None for name in os.listdir(dir_fd)):
+        if not any(parse_name(name) is not None for name in list_dir(dir_fd)):
             raise FlatFileDbNotFoundError(
                 errno.ENOENT,
                 "not a store: the directory holds no segment file (a read-only open creates nothing)",
@@ -138,7 +139,7 @@ class ReadOnlyState:
             return self._scan()
 
     def _scan(self) -> MutableView:
-        names = frozenset(os.listdir(self.dir_fd))
+        names = frozenset(list_dir(self.dir_fd))
         if names != self._names:
             if self._page is None and self._names:
                 self.words[W_EPOCH] += 1

@@ -14,7 +14,7 @@ import xxhash
 
 from .checksums import CHECK_CHUNK_BYTES
 from .errors import CorruptionError, FlatFileDbError, FlatFileDbNotFoundError, FormatError, InvalidLocationError
-from .fileio import pread_at
+from .fileio import list_dir, pread_at
 from .index import (
     FLAG_LEGACY_EXTENT,
     FLAG_UNCHECKED,
@@ -121,7 +121,7 @@ def verify_store(  # pylint: disable=too-many-arguments,too-many-positional-argu
     report = VerifyReport(full=full)
     newest = current().segment  # before the listing: a segment listed above it is a rotation not yet published
     numbers: set[int] = set()
-    for name in sorted(os.listdir(dir_fd)):
+    for name in sorted(list_dir(dir_fd)):
         parsed = parse_name(name)
         if parsed is not None:
             numbers.add(parsed[0])

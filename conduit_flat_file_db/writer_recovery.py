@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 from .errors import FlatFileDbUnsafeAccessError, FormatError, IndexVersionError
+from .fileio import list_dir
 from .frames import SKIPPABLE_HEADER_BYTES
 from .index import HEADER_BYTES, KIND_ZSTD, decode_header
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, REMOTE_SUFFIX, index_name, parse_name, segment_name, temp_owner
@@ -171,7 +172,7 @@ class WriterRecovery:
         index_numbers: set[int] = set()
         remote_numbers: set[int] = set()
         by_suffix = {INDEX_SUFFIX: index_numbers, REMOTE_SUFFIX: remote_numbers}
-        for name in os.listdir(self.dir_fd):
+        for name in list_dir(self.dir_fd):
             owner = temp_owner(name)
             if owner is not None:
                 if owner != os.getpid() and not _pid_alive(owner):

@@ -41,7 +41,7 @@ from ..errors import (
     RemoteUnavailableError,
     UnsafeRemoteError,
 )
-from ..fileio import pread_full
+from ..fileio import list_dir, pread_full
 from ..frames import FrameCache
 from ..index import KIND_ZSTD
 from ..locking import exclusive_file_lock
@@ -239,7 +239,7 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         data: dict[int, int] = {}
         markers: set[int] = set()
         indexes: set[int] = set()
-        for name in os.listdir(self._dir_fd):
+        for name in list_dir(self._dir_fd):
             parsed = parse_name(name)
             if parsed is None:
                 continue
