@@ -61,6 +61,7 @@ FLAG_LOG = 0x08  # BLOB record of a log record of a layer above the engine (inde
 _PREFIX = struct.Struct("<BBHI")  # type, flags, reserved, crc32
 _BODY = struct.Struct("<QQQ")
 _RECORD = struct.Struct("<BBHIQQQ")
+_RECORD_TYPES = frozenset((REC_BLOB, REC_FRAME, REC_SEAL))
 
 blob_checksum = xxhash.xxh3_64_intdigest
 """Checksum of a blob's bytes: XXH3-64, seed 0 (FORMAT.md "Checksums")."""
@@ -315,17 +316,42 @@ def decode_records(buf: bytes | memoryview) -> RecordScan:
     view = memoryview(buf)
     whole = len(view) - len(view) % RECORD_BYTES
     records: list[Record] = []
+    append = records.append
     offset = 0
-    unpack = _RECORD.unpack_from
     crc32 = zlib.crc32
-    while offset < whole:
-        rtype, flags, _res, crc, a, b, c = unpack(view, offset)
+    # iter_unpack walks the records in C; the loop only checks each and builds its Record.
+    for rtype, flags, _res, crc, a, b, c in _RECORD.iter_unpack(view[:whole]):
         if crc32(view[offset + 8 : offset + RECORD_BYTES], crc32(view[offset : offset + 4])) != crc:
             return RecordScan(records, offset, f"record checksum mismatch at record offset {offset}")
-        if rtype not in (REC_BLOB, REC_FRAME, REC_SEAL):
+        if rtype not in _RECORD_TYPES:
             return RecordScan(records, offset, f"unknown record type {rtype} at record offset {offset}")
-        records.append(Record(rtype, flags, a, b, c))
+        append(Record(rtype, flags, a, b, c))
         offset += RECORD_BYTES
     if whole != len(view):
         return RecordScan(records, whole, f"torn record of {len(view) - whole} bytes at record offset {whole}")
     return RecordScan(records, whole, None)
+
+
+def scan_frame_records(buf: bytes | memoryview) -> tuple[list[int], int, int]:
+    """What a reader of a compressed mutable segment needs of the records in ``buf``, checked as
+    :func:`decode_records` checks them and up to the same first bad record: (the size word of
+    each FRAME record in order, the offset of the SEAL record or -1, the bytes of valid records).
+    No Record is built: a reader's first read of a large compressed mutable segment walks
+    hundreds of thousands of records, and building them took three quarters of that time."""
+    view = memoryview(buf)
+    whole = len(view) - len(view) % RECORD_BYTES
+    sizes: list[int] = []
+    seal = -1
+    offset = 0
+    crc32 = zlib.crc32
+    for rtype, _flags, _res, crc, a, b, _c in _RECORD.iter_unpack(view[:whole]):
+        if crc32(view[offset + 8 : offset + RECORD_BYTES], crc32(view[offset : offset + 4])) != crc:
+            break
+        if rtype == REC_FRAME:
+            sizes.append(b)
+        elif rtype == REC_SEAL:
+            seal = a
+        elif rtype != REC_BLOB:
+            break
+        offset += RECORD_BYTES
+    return sizes, seal, offset

@@ -139,6 +139,14 @@ class FrameTable:
         self.c_offsets.append(self.c_offsets[-1] + csize)
         self.d_offsets.append(self.d_offsets[-1] + dsize)
 
+    def extend(self, size_words: list[int]) -> None:
+        """Add frames at the end, each given as an index FRAME record's size word (compressed
+        size << 32 | uncompressed size): one pass of running sums in C, not a call per frame."""
+        sums = itertools.accumulate([word >> 32 for word in size_words], initial=self.c_offsets[-1])
+        self.c_offsets += itertools.islice(sums, 1, None)  # past ``initial``: the table's end already
+        sums = itertools.accumulate([word & 0xFFFFFFFF for word in size_words], initial=self.d_offsets[-1])
+        self.d_offsets += itertools.islice(sums, 1, None)
+
 
 def encode_seek_table(sizes: Sequence[tuple[int, int]], checksums: Sequence[int] | None = None) -> bytes:
     """The skippable frame holding a seek table for frames of the given sizes."""

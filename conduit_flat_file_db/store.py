@@ -603,6 +603,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             and end - start <= MAP_READ_BYTES
         ):
             return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
+        if (
+            reader.raw is False
+            and type(start) is int  # pylint: disable=unidiomatic-typecheck
+            and type(end) is int  # pylint: disable=unidiomatic-typecheck
+            and 0 <= start <= end <= reader.limit
+        ):
+            return reader.read(start, end)  # compressed, inside the committed end: no range check left
         return self._readers.read(reader, file_path, start, end)
 
     def _lookup(self, location: Any) -> tuple[Any, Any, Any, SegmentReader]:
