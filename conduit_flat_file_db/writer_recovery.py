@@ -23,6 +23,7 @@ from .index import HEADER_BYTES, KIND_ZSTD, decode_header
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, REMOTE_SUFFIX, index_name, parse_name, segment_name, temp_owner
 from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
+from .seekable import growing_table_bytes
 from .segment import Tail, create_segment
 from .segment_files import fsync_dir, read_index
 from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
@@ -156,11 +157,17 @@ class WriterRecovery:
             raise
         except FormatError:
             return False
-        committed = view.disk_bytes + (SKIPPABLE_HEADER_BYTES + view.padding if compressed else 0)
+        # A compressed file is exactly its frames, padding frame and table: a page whose padding or
+        # frame count disagrees with it would send the next put's table entries into the padding
+        # (the file then no seekable file), so such a page is recovered, not trusted. A raw file
+        # may hold room past its committed end.
+        committed = view.disk_bytes + (
+            SKIPPABLE_HEADER_BYTES + view.padding + growing_table_bytes(view.frames) if compressed else 0
+        )
         return (
             header.segment == newest
             and header.kind == view.kind
-            and data_size >= committed
+            and (data_size == committed if compressed else data_size >= committed)
             and index_size >= max(view.index_bytes, HEADER_BYTES)
         )
 
