@@ -9,11 +9,26 @@ that plain Zstandard decoders read, with every blob reading back.
 
 from __future__ import annotations
 
+import os
+import random
 import struct
+import time
 from pathlib import Path
 
 import pytest
-from crash_support import assert_tails_clean, data_path, set_state_word, state_word
+from crash_support import (
+    Ack,
+    Checked,
+    Writer,
+    assert_tails_clean,
+    check_reopened,
+    crash_seed,
+    data_path,
+    digest,
+    read_acks,
+    set_state_word,
+    state_word,
+)
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.blocks import maps_supported
@@ -80,3 +95,41 @@ def test_a_state_page_whose_padding_disagrees_with_the_file_is_not_trusted(tmp_p
     written = _store_of_small_puts(datadir)
     set_state_word(datadir, W_PADDING, state_word(datadir, W_PADDING) + delta)
     _check_puts_and_files(datadir, written, f"padding word {delta:+d}")
+
+
+KILLS = int(os.environ.get("FFDB_ATTACK_KILLS", "6"))
+"""Writers killed per run of the SIGKILL test below (each round costs about 0.3 s; a long run
+sets FFDB_ATTACK_KILLS=40 or more)."""
+
+
+def test_sigkill_at_random_instants_of_small_compressed_puts_and_rotations(tmp_path: Path) -> None:
+    """A writer of small blobs (stored frames through the maps, empty blobs, a few put_many runs)
+    into segments of 200 KiB, so that kills land in puts, in the padding running out (the table
+    moves), in seals and in re-framings, is SIGKILLed at random instants. After each kill a
+    read-only instance opened before it and a reopened writer read every acknowledged blob, the
+    files are whole seekable files (zstd -t, pyzstd), and verify() is clean."""
+    seed = crash_seed()
+    rng = random.Random(seed)
+    datadir = tmp_path / "store"
+    FlatFileDb(datadir, use_compression=True).close()
+    reader = FlatFileDb(datadir, readonly=True)
+    acks: list[Ack] = []
+    checked: Checked = {}
+    try:
+        for round_ in range(KILLS):
+            config = {"seed": rng.randrange(2**32), "fsync": False, "max_size": 200 * 2**10, "big_fraction": 0.0}
+            config.update(use_compression=True, frame_bytes=rng.choice([0, 16384]))
+            where = f"FFDB_CRASH_SEED={seed} round {round_}"
+            writer = Writer(tmp_path, f"writer{round_}", datadir, config)
+            try:
+                writer.wait_ready(where)
+                time.sleep(rng.uniform(0.01, 0.25))
+            finally:
+                writer.sigkill(where)
+            acks += read_acks(writer.report)
+            for ack in acks:
+                assert digest(reader.get(ack.location)) == ack.digest, f"{where}: read-only {ack.location}"
+            acks.append(check_reopened(datadir, acks, where, True, checked).ack)
+    finally:
+        reader.close()
+    assert len(acks) > 10 * KILLS, "the writers acknowledged almost nothing: the test tests little"
