@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 from crash_support import assert_tails_clean, assert_zstd_cli_accepts, seekable_contents
 
+import conduit_flat_file_db.seekable as seekable_module
+import conduit_flat_file_db.store as store_module
+import conduit_flat_file_db.writer as writer_module
 from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.seekable import parse_seek_table
 
 
 def _blob(rng: random.Random) -> bytes:
@@ -114,3 +118,31 @@ def repr_locations(written: dict[DataLocation, bytes]) -> str:
     import json  # pylint: disable=import-outside-toplevel
 
     return json.dumps([[loc.file_path, loc.start_offset, loc.end_offset, data.hex()] for loc, data in written.items()])
+
+
+def test_a_compressed_segment_of_empty_blobs_is_sealed_before_its_seek_table_outgrows_the_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty blobs (one stored frame each, no bytes) never bring a segment to MAX_DAT_FILE_SIZE: the
+    segment is sealed once its frames near the seekable format's limit of seek-table entries
+    (scaled down here: 20000 entries, a seal from 2000 frames), so every put keeps working and every
+    file keeps a table that seekable readers accept. (Sealing only by size, a segment of 2**27
+    empty or 1-byte blobs got a table no reader takes, and its seal then failed on every put.)"""
+    monkeypatch.setattr(seekable_module, "MAX_FRAMES", 20_000)
+    monkeypatch.setattr(store_module, "MUTABLE_FRAMES_MAX", 2000, raising=False)
+    monkeypatch.setattr(writer_module, "MUTABLE_FRAMES_MAX", 2000, raising=False)
+    db = FlatFileDb(tmp_path / "store", use_compression=True, max_file_size=2**40)
+    try:
+        locations = [db.put(b"" if i % 3 else b"x") for i in range(25_000)]
+        assert len(db.segments()) > 5
+        for number in db.segments():
+            path = Path(db.segment_path(number))
+            data = path.read_bytes()
+            table = parse_seek_table(lambda offset, size, data=data: data[offset : offset + size], len(data))
+            assert len(table) <= 20_000, path
+        assert [db.get(location) for location in locations[::1000]] == [
+            b"x" if i % 3 == 0 else b"" for i in range(0, 25_000, 1000)
+        ]
+        assert db.verify().ok
+    finally:
+        db.close()
