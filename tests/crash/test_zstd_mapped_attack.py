@@ -133,3 +133,22 @@ def test_sigkill_at_random_instants_of_small_compressed_puts_and_rotations(tmp_p
     finally:
         reader.close()
     assert len(acks) > 10 * KILLS, "the writers acknowledged almost nothing: the test tests little"
+
+
+def test_a_state_page_whose_frames_end_and_padding_both_move_is_not_trusted(tmp_path: Path) -> None:
+    """The page's frames end and padding moved together (the file's size still matches): the open
+    finds no padding frame where the page puts it and recovers the segment, so the next puts neither
+    write frames inside the old padding frame nor leave the seal a table of wrong offsets."""
+    datadir = tmp_path / "store"
+    written = _store_of_small_puts(datadir)
+    set_state_word(datadir, W_DISK_BYTES, state_word(datadir, W_DISK_BYTES) + 100)
+    set_state_word(datadir, W_PADDING, state_word(datadir, W_PADDING) - 100)
+    _check_puts_and_files(datadir, written, "frames end +100, padding -100")
+    db = FlatFileDb(datadir, use_compression=True)
+    try:
+        db.rotate()
+        for location, data in written.items():
+            assert db.get(location) == data, location
+        assert_tails_clean(db, "sealed after the forged page")
+    finally:
+        db.close()
