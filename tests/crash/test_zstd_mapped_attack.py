@@ -117,7 +117,12 @@ def test_sigkill_at_random_instants_of_small_compressed_puts_and_rotations(tmp_p
     checked: Checked = {}
     try:
         for round_ in range(KILLS):
-            config = {"seed": rng.randrange(2**32), "fsync": False, "max_size": 200 * 2**10, "big_fraction": 0.0}
+            config: dict[str, object] = {
+                "seed": rng.randrange(2**32),
+                "fsync": False,
+                "max_size": 200 * 2**10,
+                "big_fraction": 0.0,
+            }
             config.update(use_compression=True, frame_bytes=rng.choice([0, 16384]))
             where = f"FFDB_CRASH_SEED={seed} round {round_}"
             writer = Writer(tmp_path, f"writer{round_}", datadir, config)
