@@ -405,13 +405,22 @@ def _map_padding(fd: int, old: mmap.mmap, disk: int, need: int, table_at: int) -
     The padding frame's payload is a hole when its table was written (seekable.py skips it):
     ``fallocate`` first (a full disk is an error here, never a SIGBUS later), then zeros over
     the payload (its content is unspecified), as _grow does for room, so stores land in pages
-    already in the page cache. Padding another writer allocated already is mapped as it is."""
-    ready = min(table_at, max(need, disk + ROOM_MAX_BYTES))
-    if _has_hole(fd, disk, ready):
-        failed = allocate(fd, disk, ready - disk)
-        if failed:
-            raise OSError(failed, f"fallocate: {os.strerror(failed)}")
-        write_zeros(fd, disk + SKIPPABLE_HEADER_BYTES, ready)
+    already in the page cache. Padding another writer allocated already is mapped as it is.
+
+    Blocks are given to whole pages: the first store into a page of a shared map makes the
+    filesystem give blocks to every hole of that page (a SIGBUS on a full disk), and a block is
+    smaller than a page on some filesystems (ext4 of 1 KiB blocks). So the room ends at a page
+    boundary (or the table), and the blocks of the padding before the table in the table's own
+    page (its frame-size field is stored through the map) are allocated too."""
+    page = mmap.PAGESIZE
+    ready = min(table_at, -(-max(need, disk + ROOM_MAX_BYTES) // page) * page)
+    table_page = max(disk, table_at - table_at % page)
+    for start, end in ((disk, ready), (table_page, table_at)):
+        if start < end and _has_hole(fd, start, end):
+            failed = allocate(fd, start, end - start)
+            if failed:
+                raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+            write_zeros(fd, max(start, disk + SKIPPABLE_HEADER_BYTES), end)
     base = disk - disk % mmap.ALLOCATIONGRANULARITY
     new = mmap.mmap(fd, table_at + SKIPPABLE_HEADER_BYTES - base, offset=base)
     if old is not _NO_MAP:
