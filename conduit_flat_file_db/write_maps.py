@@ -379,8 +379,11 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
     """
     need = max(need, start + 1)  # a map is never empty (an empty put at a page boundary)
     size = os.fstat(fd).st_size
-    if size >= need:  # another writer made room already: map it
-        at = size
+    if size >= need:  # another writer made room already: map it, as much as a writer makes at once
+        # A longer tail is no writer's room (a damaged or forged file, a sparse gigabytes): taken
+        # whole, its holes would all get disk blocks here. Past this map it stays as it is, and
+        # the seal (or recovery) cuts it.
+        size = at = min(size, max(need, start + ROOM_MAX_BYTES))
         failed = allocate(fd, start, size - start) if _has_hole(fd, start, size) else 0
     else:
         at = max(start, size)

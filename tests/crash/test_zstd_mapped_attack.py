@@ -157,3 +157,33 @@ def test_a_state_page_whose_frames_end_and_padding_both_move_is_not_trusted(tmp_
         assert_tails_clean(db, "sealed after the forged page")
     finally:
         db.close()
+
+
+@pytest.mark.parametrize(
+    ("compressed", "which"),
+    [(True, "index"), (False, "index"), (False, "data")],
+    ids=["zstd-index", "raw-index", "raw-data"],  # a compressed data file ends in its seek table: no tail
+)
+def test_a_zero_tail_far_longer_than_a_room_gets_no_disk_blocks(tmp_path: Path, compressed: bool, which: str) -> None:
+    """A mutable segment's file with a sparse zero tail of 256 MiB past its committed end (a
+    damaged or forged file; no writer makes room of more than a few MiB), opened with a state page
+    that is trusted: small puts map room over the first MiBs of that tail only, instead of giving
+    disk blocks to all of it, read back, and the seal cuts the tail."""
+    datadir = tmp_path / "store"
+    db = FlatFileDb(datadir, use_compression=compressed)
+    written = {db.put(data): data for data in _small_blobs(10)}
+    db.close()
+    path = datadir / "data_00000000.idx" if which == "index" else data_path(datadir, 0)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.fstat(handle.fileno()).st_size + 256 * 2**20)
+    db = FlatFileDb(datadir, use_compression=compressed)
+    try:
+        for data in _small_blobs(20):
+            written[db.put(data)] = data
+        assert os.stat(path).st_blocks * 512 < 16 * 2**20, f"{path.name}: the tail got disk blocks"
+        db.rotate()
+        assert os.stat(path).st_size < 2**20
+        assert [db.get(location) for location in written] == list(written.values())
+        assert db.verify().ok
+    finally:
+        db.close()
