@@ -415,20 +415,30 @@ def _map_padding(fd: int, old: mmap.mmap, disk: int, need: int, table_at: int) -
     smaller than a page on some filesystems (ext4 of 1 KiB blocks). So the room ends at a page
     boundary (or the table), and the blocks of the padding before the table in the table's own
     page (its frame-size field is stored through the map) are allocated too."""
-    page = mmap.PAGESIZE
-    ready = min(table_at, -(-max(need, disk + ROOM_MAX_BYTES) // page) * page)
-    table_page = max(disk, table_at - table_at % page)
-    for start, end in ((disk, ready), (table_page, table_at)):
-        if start < end and _has_hole(fd, start, end):
-            failed = allocate(fd, start, end - start)
-            if failed:
-                raise OSError(failed, f"fallocate: {os.strerror(failed)}")
-            write_zeros(fd, max(start, disk + SKIPPABLE_HEADER_BYTES), end)
+    ready = min(table_at, -(-max(need, disk + ROOM_MAX_BYTES) // mmap.PAGESIZE) * mmap.PAGESIZE)
+    if _has_hole(fd, disk, ready):
+        failed = allocate(fd, disk, ready - disk)
+        if failed:
+            raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+        write_zeros(fd, disk + SKIPPABLE_HEADER_BYTES, ready)
+    if ready < table_at:  # the padding runs on past the room: its bytes in the table's page get blocks too
+        table_page = max(ready, table_at - table_at % mmap.PAGESIZE)
+        if table_page < table_at and _has_hole(fd, table_page, table_at):
+            _allocate_zeros(fd, table_page, table_at)
     base = disk - disk % mmap.ALLOCATIONGRANULARITY
     new = mmap.mmap(fd, table_at + SKIPPABLE_HEADER_BYTES - base, offset=base)
     if old is not _NO_MAP:
         old.close()
     return new, base, ready
+
+
+def _allocate_zeros(fd: int, start: int, end: int) -> None:
+    """Give bytes [start, end) of ``fd`` disk blocks (a full disk is an OSError here, never a
+    SIGBUS later) and write zeros over them (see _map_padding)."""
+    failed = allocate(fd, start, end - start)
+    if failed:
+        raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+    write_zeros(fd, start, end)
 
 
 __all__ = ["MAPPED_PUT_MAX_BYTES", "RESERVE_STEP_BYTES", "MappedWrites"]
