@@ -21,7 +21,16 @@ from typing import Any, Callable, NamedTuple, Sequence
 from .arguments import as_bytes_like
 from .errors import FlatFileDbUnsafeAccessError, InvalidLogPositionError, LogPositionTypeError
 from .fileio import list_dir, pread_full
-from .index import FLAG_LOG, HEADER_BYTES, INDEX_VERSION_LOG, REC_BLOB, RECORD_BYTES, blob_checksum, decode_records
+from .index import (
+    FLAG_LOG,
+    HEADER_BYTES,
+    INDEX_VERSION_LOG,
+    KIND_RAW,
+    REC_BLOB,
+    RECORD_BYTES,
+    blob_checksum,
+    decode_records,
+)
 from .naming import MAX_SEGMENT_NUMBER, index_name, parse_segment_name
 from .segment_files import open_regular
 from .state import W_END, W_INDEX_BYTES, W_SEGMENT, W_SEQ, MutableView
@@ -141,7 +150,9 @@ class LogRecords(Store):
                     items.insert(len(items) - 1, bytes(padding))
                     checksums.insert(len(checksums) - 1, blob_checksum(items[-2]))
                     frames = None
-            elif len(items) == 1 and not self.use_compression:
+            elif len(items) == 1 and writer.kind == KIND_RAW:
+                # The mutable segment's kind, not this instance's use_compression: a segment another
+                # instance made compressed must never take put_mapped's raw bytes at a raw offset.
                 start = writer.put_mapped(items[0], checksums[0], self.MAX_DAT_FILE_SIZE)
                 if start >= 0:  # as in put(): the common case, no syscall
                     locations.append(new_location((writer.path, start, start + len(items[0]))))
@@ -166,7 +177,7 @@ class LogRecords(Store):
         """Append one log record (write lock held)."""
         checksum = blob_checksum(item)
         writer = self._writer
-        if writer.version >= INDEX_VERSION_LOG and not self.use_compression:
+        if writer.version >= INDEX_VERSION_LOG and writer.kind == KIND_RAW:  # the segment's kind, as in put_logged
             start = writer.put_mapped(item, checksum, self.MAX_DAT_FILE_SIZE, FLAG_LOG)
             if start >= 0:
                 return new_location((writer.path, start, start + len(item)))

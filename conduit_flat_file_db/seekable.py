@@ -229,6 +229,12 @@ def padding_header(payload: int) -> bytes:
     return _SKIP_HEADER.pack(PADDING_MAGIC, payload)
 
 
+def growing_table_bytes(frames: int) -> int:
+    """Bytes of the seek table of a growing file with ``frames`` frames before its padding frame
+    (the padding's own entry included): such a file is its frames, the padding frame, then this."""
+    return SKIPPABLE_HEADER_BYTES + (frames + 1) * _ENTRY.size + FOOTER_BYTES
+
+
 def is_padding_frame(fd: int, offset: int) -> bool:
     """Whether a padding frame starts at ``offset`` of the file."""
     head = os.pread(fd, SKIPPABLE_HEADER_BYTES, offset)
@@ -314,7 +320,12 @@ def append_one_entry(  # pylint: disable=too-many-arguments,too-many-positional-
 
 def padding_after(fd: int, frames_end: int, frames: int, size: int) -> int | None:
     """The padding payload when the file of ``size`` bytes ends in a valid padding frame and
-    table for exactly ``frames`` frames ending at ``frames_end`` (nothing to repair), else None."""
+    table for exactly ``frames`` frames ending at ``frames_end`` (nothing to repair), else None.
+
+    The padding frame's header must also end where the table starts: a writer takes the table
+    to be right after the padding its header gives, so a header that disagrees (a damaged or
+    forged file) would send the table's new entries into the padding, or gigabytes past the
+    file's end, and leave a file that no Zstandard decoder reads."""
     head = os.pread(fd, SKIPPABLE_HEADER_BYTES, frames_end)
     if len(head) != SKIPPABLE_HEADER_BYTES:
         return None
@@ -326,6 +337,8 @@ def padding_after(fd: int, frames_end: int, frames: int, size: int) -> int | Non
     except FormatError:
         return None
     if len(table) != frames + 1 or table.c_offsets[frames] != frames_end:
+        return None
+    if table.c_offsets[frames + 1] != frames_end + SKIPPABLE_HEADER_BYTES + padding:
         return None
     return int(padding)
 

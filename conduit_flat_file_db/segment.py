@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence
 from .fileio import pwrite_all
 from .index import HEADER_BYTES, INDEX_VERSION, KIND_ZSTD, Record, encode_header, frame_sizes
 from .naming import index_name, segment_name
-from .seekable import FrameTable, write_padding_and_table
+from .seekable import MAX_FRAMES, FrameTable, write_padding_and_table
 from .segment_files import OPEN_WRITE, fsync_dir
 from .state import MutableView
 
@@ -40,6 +40,13 @@ PADDING_MIN_BYTES = 64 * 2**10  # smallest padding left after the frames of a co
 # Largest padding: its frame's size field is a u32, and past 1 GiB of padding a table
 # rewrite per GiB of frames costs nothing worth keeping more padding for.
 PADDING_MAX_BYTES = 2**30
+# Frames of a compressed mutable segment past which the next put that prepares the segment seals
+# it first: its seek table lists its frames and the padding frame, at most MAX_FRAMES entries (the
+# seekable format's limit; past it the seal's table cannot be written, and every put would fail).
+# Below the limit by 2**20: small puts through the maps check nothing per put, but fall back to the
+# path that prepares the segment at least once per ROOM_MAX_BYTES of frames (fewer than 2**19 frames
+# of at least 9 bytes), and a put_many run adds its frames after one check.
+MUTABLE_FRAMES_MAX = MAX_FRAMES - 2**20
 # Room (FORMAT.md "Raw segment"): it grows by the size already used, between these bounds;
 # sealing cuts it off.
 ROOM_MIN_BYTES = 64 * 2**10

@@ -65,7 +65,8 @@ from .index import (
 from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
-from .state import W_DIRTY, W_END, W_EPOCH, W_SEGMENT, W_SYNCED_BELOW, SharedState
+from .segment import MUTABLE_FRAMES_MAX
+from .state import W_DIRTY, W_END, W_EPOCH, W_FRAMES, W_SEGMENT, W_SYNCED_BELOW, SharedState
 from .syncer import SealSyncer
 from .tiering.config import Tiering
 from .tiering.tier import Tier
@@ -438,7 +439,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         BLOB record (FLAG_LOG for a log record, in a segment of index version 2)."""
         writer = self._writer
         words = self._words
-        if words[W_DIRTY] or words[W_SEGMENT] != writer.segment or words[W_END] >= self.MAX_DAT_FILE_SIZE:
+        if (
+            words[W_DIRTY]
+            or words[W_SEGMENT] != writer.segment
+            or words[W_END] >= self.MAX_DAT_FILE_SIZE
+            or words[W_FRAMES] >= MUTABLE_FRAMES_MAX
+        ):
             start = writer.prepare(self.MAX_DAT_FILE_SIZE)
         else:
             start = words[W_END]

@@ -379,8 +379,11 @@ def _grow(fd: int, old: mmap.mmap, start: int, need: int, limit: int) -> tuple[m
     """
     need = max(need, start + 1)  # a map is never empty (an empty put at a page boundary)
     size = os.fstat(fd).st_size
-    if size >= need:  # another writer made room already: map it
-        at = size
+    if size >= need:  # another writer made room already: map it, as much as a writer makes at once
+        # A longer tail is no writer's room (a damaged or forged file, a sparse gigabytes): taken
+        # whole, its holes would all get disk blocks here. Past this map it stays as it is, and
+        # the seal (or recovery) cuts it.
+        size = at = min(size, max(need, start + ROOM_MAX_BYTES))
         failed = allocate(fd, start, size - start) if _has_hole(fd, start, size) else 0
     else:
         at = max(start, size)
@@ -405,18 +408,37 @@ def _map_padding(fd: int, old: mmap.mmap, disk: int, need: int, table_at: int) -
     The padding frame's payload is a hole when its table was written (seekable.py skips it):
     ``fallocate`` first (a full disk is an error here, never a SIGBUS later), then zeros over
     the payload (its content is unspecified), as _grow does for room, so stores land in pages
-    already in the page cache. Padding another writer allocated already is mapped as it is."""
-    ready = min(table_at, max(need, disk + ROOM_MAX_BYTES))
+    already in the page cache. Padding another writer allocated already is mapped as it is.
+
+    Blocks are given to whole pages: the first store into a page of a shared map makes the
+    filesystem give blocks to every hole of that page (a SIGBUS on a full disk), and a block is
+    smaller than a page on some filesystems (ext4 of 1 KiB blocks). So the room ends at a page
+    boundary (or the table), and the blocks of the padding before the table in the table's own
+    page (its frame-size field is stored through the map) are allocated too."""
+    ready = min(table_at, -(-max(need, disk + ROOM_MAX_BYTES) // mmap.PAGESIZE) * mmap.PAGESIZE)
     if _has_hole(fd, disk, ready):
         failed = allocate(fd, disk, ready - disk)
         if failed:
             raise OSError(failed, f"fallocate: {os.strerror(failed)}")
         write_zeros(fd, disk + SKIPPABLE_HEADER_BYTES, ready)
+    if ready < table_at:  # the padding runs on past the room: its bytes in the table's page get blocks too
+        table_page = max(ready, table_at - table_at % mmap.PAGESIZE)
+        if table_page < table_at and _has_hole(fd, table_page, table_at):
+            _allocate_zeros(fd, table_page, table_at)
     base = disk - disk % mmap.ALLOCATIONGRANULARITY
     new = mmap.mmap(fd, table_at + SKIPPABLE_HEADER_BYTES - base, offset=base)
     if old is not _NO_MAP:
         old.close()
     return new, base, ready
+
+
+def _allocate_zeros(fd: int, start: int, end: int) -> None:
+    """Give bytes [start, end) of ``fd`` disk blocks (a full disk is an OSError here, never a
+    SIGBUS later) and write zeros over them (see _map_padding)."""
+    failed = allocate(fd, start, end - start)
+    if failed:
+        raise OSError(failed, f"fallocate: {os.strerror(failed)}")
+    write_zeros(fd, start, end)
 
 
 __all__ = ["MAPPED_PUT_MAX_BYTES", "RESERVE_STEP_BYTES", "MappedWrites"]

@@ -35,7 +35,7 @@ from .index import (
 from .naming import MAX_SEGMENT_NUMBER, index_name, segment_name, temp_name
 from .seal import write_seal
 from .seekable import append_table_entries, pack_entries, padding_header, unpack_entries, write_padding_and_entries
-from .segment import Tail, frame_table_of, padding_for
+from .segment import MUTABLE_FRAMES_MAX, Tail, frame_table_of, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
 from .state import (
     W_DIRTY,
@@ -121,13 +121,14 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
     # -- the mutable segment --------------------------------------------------------------
 
     def prepare(self, max_size: int) -> int:
-        """Sync with the mutable segment, rotate it when full; returns where the next blob starts."""
+        """Sync with the mutable segment, rotate it when full (``max_size`` bytes, or compressed and
+        MUTABLE_FRAMES_MAX frames: empty or tiny blobs); returns where the next blob starts."""
         words = self.words
         self.max_size = max_size
         if words[W_DIRTY] or words[W_SEGMENT] != self.segment:
             self.resync()
         end: int = words[W_END]
-        if end >= max_size and end:
+        if (end >= max_size and end) or words[W_FRAMES] >= MUTABLE_FRAMES_MAX:  # (a raw segment has no frames)
             self.rotate()
             self._rotated_full, self.reserved = True, 0  # a store that fills segments: reserve the next whole
             end = 0

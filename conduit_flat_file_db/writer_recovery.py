@@ -23,8 +23,9 @@ from .index import HEADER_BYTES, KIND_ZSTD, decode_header
 from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, REMOTE_SUFFIX, index_name, parse_name, segment_name, temp_owner
 from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
+from .seekable import growing_table_bytes, padding_header
 from .segment import Tail, create_segment
-from .segment_files import fsync_dir, read_index
+from .segment_files import fsync_dir, open_regular, read_index
 from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -50,6 +51,22 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _padding_header_at(dir_fd: int, number: int, offset: int) -> int | None:
+    """The payload size of the padding frame at ``offset`` of compressed segment ``number``'s
+    data file, or None when none starts there."""
+    try:
+        fd = open_regular(dir_fd, segment_name(number, True))
+    except (OSError, ValueError):
+        return None
+    try:
+        head = os.pread(fd, SKIPPABLE_HEADER_BYTES, offset)
+    finally:
+        os.close(fd)
+    if len(head) != SKIPPABLE_HEADER_BYTES or head[:4] != padding_header(0)[:4]:
+        return None
+    return int.from_bytes(head[4:], "little")
 
 
 class WriterRecovery:
@@ -131,7 +148,8 @@ class WriterRecovery:
         True when the page was published in this boot (no power loss since), no writer stopped
         mid-operation (the dirty flag is down: every commit, rotation and cut raises it until
         done), it publishes the newest segment, and that segment's files hold at least what it
-        says is committed. Then the page is the committed extent, as every writer already
+        says is committed (a compressed data file: exactly that, then its padding frame and table
+        where the page says). Then the page is the committed extent, as every writer already
         trusts it between opens, and decoding the segment's whole record index (about a
         second for a 128 MiB segment of 1 KiB blobs) would only find the same numbers.
         """
@@ -156,12 +174,20 @@ class WriterRecovery:
             raise
         except FormatError:
             return False
-        committed = view.disk_bytes + (SKIPPABLE_HEADER_BYTES + view.padding if compressed else 0)
+        # A compressed file is exactly its frames, padding frame and table, the padding frame right
+        # after the frames: a page whose frames end, padding or frame count disagrees with the file
+        # would send the next put's frame or table entries into the padding (the file then no
+        # seekable file, its seal's table wrong), so such a page is recovered, not trusted. A raw
+        # file may hold room past its committed end.
+        committed = view.disk_bytes + (
+            SKIPPABLE_HEADER_BYTES + view.padding + growing_table_bytes(view.frames) if compressed else 0
+        )
         return (
             header.segment == newest
             and header.kind == view.kind
-            and data_size >= committed
+            and (data_size == committed if compressed else data_size >= committed)
             and index_size >= max(view.index_bytes, HEADER_BYTES)
+            and (not compressed or _padding_header_at(self.dir_fd, newest, view.disk_bytes) == view.padding)
         )
 
     def _list_segments(self) -> tuple[set[int], set[int], set[int]]:
