@@ -419,6 +419,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         Raises UnsupportedBufferError (a TypeError) for anything else, NonContiguousBufferError
         (a TypeError and ValueError) for a buffer not in C order; FlatFileDbLockTimeoutError
         when ``lock_timeout`` passes first. Nothing is written on either error.
+        A put that seals the full mutable segment leaves its re-framing (or compression) to the
+        store's seal hook thread and returns without waiting for it; ``close()`` waits.
         """
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
             data = as_bytes_like(data)
