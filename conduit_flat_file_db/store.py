@@ -67,7 +67,7 @@ from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fas
 from .readonly import ReadOnlyState, open_datadir
 from .segment import MUTABLE_FRAMES_MAX
 from .state import W_DIRTY, W_END, W_EPOCH, W_FRAMES, W_SEGMENT, W_SYNCED_BELOW, SharedState
-from .syncer import SealSyncer
+from .syncer import SealHookRunner, SealSyncer
 from .tiering.config import Tiering
 from .tiering.tier import Tier
 from .types import Buffer, DataLocation, Slice
@@ -82,7 +82,8 @@ _CLOSED_WORDS = (-1,) * 32  # stands in for the state page while closed: every e
 new_location = functools.partial(tuple.__new__, DataLocation)  # skips NamedTuple.__new__'s Python frame
 _S = TypeVar("_S", bound="Store")
 SealHook = Callable[[Any, list[int]], None]
-"""Called as ``hook(store, numbers)`` after segments are sealed, outside the write lock, so a
+"""Called as ``hook(store, numbers)`` after segments are sealed, in the store's seal hook thread
+(syncer.SealHookRunner: the put that sealed does not wait for it), outside the write lock, so a
 policy above the engine (compress when it pays) decides what becomes of them. A plain function
 taking the store, rather than a bound method: a bound method held by the store is a reference
 cycle that would keep a dropped store's descriptors open until the cyclic collector runs."""
@@ -137,6 +138,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.min_frame_saving = check_min_saving(min_frame_saving)
         self.MAX_DAT_FILE_SIZE = max_file_size  # pylint: disable=invalid-name  # reference API (checked on set)
         self._seal_hook = seal_hook
+        # A read-only instance never seals: no hook runs there.
+        self._hooks = SealHookRunner(self, _run_seal_hook) if seal_hook is not None and not self.readonly else None
         self.log_records = bool(log_records)
         self.lock_leases = bool(lock_leases)
         self._dir_str = str(self.datadir)
@@ -271,12 +274,24 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._words = words
         self._epoch = self._readers.epoch
         self._closed = False
+        if self._hooks is not None:
+            self._hooks.resume()  # hooks of seals that raced a close run now
 
     def close(self) -> None:
-        """Release descriptors and the state page. The store reopens itself on next use."""
+        """Release descriptors and the state page. The store reopens itself on next use.
+
+        Waits first for the seal hook's work on segments sealed so far (the re-framing or
+        compression of a sealed segment: seconds for a 128 MiB segment), so that the segments
+        are in their final form once close() returns and no thread of the store is left using
+        its descriptors.
+        """
         with self._guard:
             if self._closed:
                 return
+            if self._hooks is not None:
+                # Under the guard (the hook never takes it, nor does it wait for a thread that
+                # holds it) and without the write lock (which the hook takes to switch files).
+                self._hooks.quiesce()
             self._closed = True
             self._words = _CLOSED_WORDS
             self._epoch = -2
@@ -308,8 +323,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return  # closed, or the constructor failed before anything was opened
         if sys.is_finalizing():
             # Interpreter exit: the process's end releases every descriptor, the lock and the map,
-            # and the exit handler already waited for pending seal fsyncs. Closing here would join
-            # threads that finalization has stopped (the sync thread, the lease reaper): a hang.
+            # and the exit handler already waited for pending seal hooks and seal fsyncs. Closing
+            # here would join threads that finalization has stopped (the sync and seal hook
+            # threads, the lease reaper): a hang.
             return
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
@@ -374,21 +390,22 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def _after_seal(self, sealed: list[int]) -> None:
         """After segments this thread just sealed (outside the write lock): have them fsynced in
         the background; wait only if older seals are still not durable (so at most the ones
-        sealed now are exposed); then the seal hook."""
+        sealed now are exposed); then hand them to the seal hook's thread, without waiting
+        for it (a re-framing takes seconds: the put that sealed would stand out)."""
         if not sealed:
             return
         self._syncer.request(max(sealed) + 1)
         self._syncer.wait(min(sealed))
-        if self._seal_hook is not None:
-            # The hook's work (re-framing, compressing) is an optimisation of segments already
-            # sealed and durable: its failure must not turn an acknowledged put into an error,
-            # which would lose the location of a stored blob to a caller who retries.
-            try:
-                self._seal_hook(self, sealed)
-            except Exception:  # pylint: disable=broad-exception-caught
-                logger.exception("%s: after sealing segments %s the seal hook failed", self.datadir, sealed)
-        if self._tier is not None:
+        if self._hooks is not None:
+            self._hooks.submit(sealed)  # it wakes the tier afterwards: the tier uploads the final form
+        elif self._tier is not None:
             self._tier.wake()
+
+    def _wait_seal_hooks(self) -> None:
+        """Wait until the seal hook has done its work on every segment sealed so far (for the
+        calls whose result depends on it: sync and recompress; close quiesces it instead)."""
+        if self._hooks is not None:
+            self._hooks.wait()
 
     def _write_lock(self) -> ContextManager[None]:
         return self._lock.write(self.lock_timeout)
@@ -403,6 +420,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         Raises UnsupportedBufferError (a TypeError) for anything else, NonContiguousBufferError
         (a TypeError and ValueError) for a buffer not in C order; FlatFileDbLockTimeoutError
         when ``lock_timeout`` passes first. Nothing is written on either error.
+        A put that seals the full mutable segment leaves its re-framing (or compression) to the
+        store's seal hook thread and returns without waiting for it; ``close()`` waits.
         """
         if type(data) is not bytes:  # pylint: disable=unidiomatic-typecheck  # fast path for the common case
             data = as_bytes_like(data)
@@ -531,10 +550,12 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
         One ``fdatasync`` of the mutable segment's data and index, after waiting for the
         background fsync of recently sealed segments; afterwards a power loss cannot cost
-        any blob acknowledged before this call. Raises the OSError of a failed fsync.
+        any blob acknowledged before this call. Raises the OSError of a failed fsync. Waits
+        too for the seal hook's re-framing of segments sealed so far.
         """
         self._refuse_write("sync")
         self._reopen_if_closed()
+        self._wait_seal_hooks()
         with self._lock.write(self.lock_timeout):
             self._writer.resync()
             self._writer.sync()
@@ -651,6 +672,19 @@ def map_read(reader: SegmentReader, start: Any, end: Any) -> bytes | None:
     if type(start) is int and type(end) is int and 0 <= start < end <= reader.mapped and end - start <= MAP_READ_BYTES:  # pylint: disable=unidiomatic-typecheck
         return reader.mm[start:end]  # type: ignore[index]  # mapped > 0 means mm is set
     return None
+
+
+def _run_seal_hook(store: Store, sealed: list[int]) -> None:
+    """The seal hook thread's job: the hook on segments just sealed, then the tier woken."""
+    # pylint: disable=protected-access  # this module's class
+    # The hook's work (re-framing, compressing) is an optimisation of segments already
+    # sealed and durable: it never raises, so no put, close or later job is affected.
+    try:
+        store._seal_hook(store, sealed)  # type: ignore[misc]  # set whenever a runner exists
+    except Exception:  # pylint: disable=broad-exception-caught
+        logger.exception("%s: after sealing segments %s the seal hook failed", store.datadir, sealed)
+    if store._tier is not None:
+        store._tier.wake()
 
 
 def _repair_if_alive(store: weakref.ref[Store]) -> None:

@@ -1,5 +1,5 @@
 """The seal syncer: sealed segments made durable in a background thread (FORMAT.md "Commit",
-GUARANTEES.md "Durability").
+GUARANTEES.md "Durability"); and the seal hook runner, which re-frames or compresses them in another.
 
 A seal writes the SEAL record and nothing more; the fsync of the sealed segment runs here,
 outside the write lock, and its end is recorded in the state page (word W_SYNCED_BELOW),
@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from .seal import holds_unchecked, sync_segment
 from .segment_files import fsync_dir
@@ -168,14 +168,140 @@ class SealSyncer:
         return None
 
 
+class SealHookRunner:
+    """Runs a store's seal hook (re-framing, compressing: seconds for a 128 MiB segment) in a
+    background thread, so that the put that sealed a segment returns at once.
+
+    One per writing store instance, fed the numbers of the segments each seal made. The thread
+    starts on the first submit and ends after a second with nothing to do; the next submit starts
+    another. It holds its store only through a weak reference, and strongly only while it runs a
+    job: a store dropped meanwhile is released when the job ends. ``job(store, numbers)`` must
+    not raise (the store logs the hook's errors). ``quiesce()`` (the store's close) waits for
+    what was submitted and holds back later jobs until ``resume()`` (the store's reopen); a job
+    held back runs then. A forked child forgets the parent's jobs (the parent runs them) and
+    starts its own thread.
+    """
+
+    def __init__(self, store: Any, job: Callable[[Any, list[int]], None]) -> None:
+        self._store = weakref.ref(store)
+        self._job = job  # a plain function: a bound method of the store would be a reference cycle
+        self._reset()
+        _LIVE_RUNNERS.add(self)
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._queue: list[int] = []
+        self._submitted = 0  # jobs submitted (a job: the numbers of one submit; queued ones run merged)
+        self._finished = 0  # jobs done, in order
+        # The thread running a job: the hook's, or a submitter's when no thread could start.
+        self._running_in: threading.Thread | None = None
+        self._paused = False
+        self._thread: threading.Thread | None = None
+
+    def _forked(self) -> None:
+        """In a forked child: forget the parent's jobs and thread (their state may be mid-change)."""
+        if self._pid != os.getpid():
+            self._reset()
+
+    def submit(self, numbers: list[int]) -> None:
+        """Run the job on ``numbers`` soon, in the background thread."""
+        self._forked()
+        with self._cond:
+            self._queue += numbers
+            self._submitted += 1
+            if self._thread is not None or self._paused:
+                self._cond.notify_all()
+                return
+            thread = threading.Thread(target=self._run, name="ffdb-seal-hook", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no new thread now (interpreter exiting, thread limit): run it here
+                numbers, self._queue = self._queue, []
+                target = self._submitted
+                self._running_in = threading.current_thread()
+            else:
+                self._thread = thread
+                return
+        self._run_job(numbers, target)
+
+    def wait(self) -> None:
+        """Wait until every job submitted before this call has finished and none runs; at once
+        when called from the hook's own thread (it would wait for itself) or while jobs are held back."""
+        self._forked()
+        with self._cond:
+            self._wait_locked()
+
+    def _wait_locked(self) -> None:
+        target = self._submitted
+        while ((self._finished < target and self._thread is not None) or self._running_in) and not self._paused:
+            if threading.current_thread() in (self._running_in, self._thread):
+                return
+            self._cond.wait()
+
+    def quiesce(self) -> None:
+        """``wait()``, then hold back every later job until ``resume()``: none runs once this returns."""
+        self._forked()
+        with self._cond:
+            self._wait_locked()
+            self._paused = True  # under the condition the thread takes a job under: none starts now
+
+    def resume(self) -> None:
+        """Let held-back jobs run."""
+        self._forked()
+        with self._cond:
+            self._paused = False
+            held = bool(self._queue) and self._thread is None
+        if held:
+            self.submit([])
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if not self._queue and not self._paused:
+                        self._cond.wait(_IDLE_SECONDS)
+                    if not self._queue or self._paused:
+                        # Ended under the condition that submit() checks: a job it queues now
+                        # starts a new thread instead of waiting for this one.
+                        self._thread = None
+                        self._cond.notify_all()
+                        return
+                    numbers, self._queue = self._queue, []
+                    target = self._submitted
+                    self._running_in = threading.current_thread()
+                self._run_job(numbers, target)
+        except BaseException:  # a job that raised past its own handling: the next submit starts anew
+            with self._cond:
+                self._thread = None
+                self._cond.notify_all()
+            raise
+
+    def _run_job(self, numbers: list[int], target: int) -> None:
+        try:
+            store = self._store()
+            if store is not None:
+                self._job(store, numbers)
+            del store  # a store dropped meanwhile is released (and closed) here, in this thread
+        finally:
+            with self._cond:
+                self._finished = max(self._finished, target)
+                self._running_in = None
+                self._cond.notify_all()
+
+
 _LIVE_SYNCERS: weakref.WeakSet[SealSyncer] = weakref.WeakSet()
+_LIVE_RUNNERS: weakref.WeakSet[SealHookRunner] = weakref.WeakSet()
 
 
 @atexit.register
 def _drain_at_exit() -> None:
-    """A process that exits with stores open still gets their sealed segments fsynced."""
+    """A process that exits with stores open still gets their sealed segments re-framed (as their
+    puts asked) and then fsynced."""
+    for runner in list(_LIVE_RUNNERS):
+        runner.wait()
     for syncer in list(_LIVE_SYNCERS):
         syncer.close()
 
 
-__all__ = ["SealSyncer"]
+__all__ = ["SealHookRunner", "SealSyncer"]

@@ -54,6 +54,7 @@ def rotate_after_first_segment(db: FlatFileDb) -> Callable[[int, int], None]:
     def progress(done: int, _total: int) -> None:
         if done == 1:
             db.rotate()
+            db._wait_seal_hooks()  # pylint: disable=protected-access  # re-framed before verify reaches it
 
     return progress
 

@@ -132,6 +132,7 @@ def test_compressed_segment_sealed_under_auto_is_reframed(tmp_path: Path) -> Non
     assert len([1 for csize, dsize in before if csize > dsize > 0]) == len(blobs)  # one stored frame per put
     with FlatFileDb(tmp_path / "db", use_compression=CompressMode.AUTO) as db:
         db.rotate()
+        db._wait_seal_hooks()  # pylint: disable=protected-access  # the hook runs in its own thread
         after = _frame_sizes(tmp_path / "db", 0)
         assert len(after) == -(-sum(len(b) for b in blobs) // db.frame_bytes), after
         assert all(csize < dsize // 2 for csize, dsize in after), after

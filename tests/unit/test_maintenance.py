@@ -63,6 +63,7 @@ def fill_segment(db: FlatFileDb, blobs: list[bytes]) -> list[DataLocation]:
     """Put ``blobs`` and seal them into one segment; returns their locations."""
     locations = [db.put(blob) for blob in blobs]
     db.rotate()
+    db._wait_seal_hooks()  # pylint: disable=protected-access  # the hook runs in its own thread
     assert len({number_of(loc) for loc in locations}) == 1
     return locations
 
@@ -122,6 +123,7 @@ def test_use_compression_auto_compresses_sealed_text_only(make_store: StoreFacto
     noise_locs = [db.put(blob) for blob in noise]
     db.rotate()
     last = db.put(b"still mutable")
+    db._wait_seal_hooks()  # pylint: disable=protected-access  # the hook runs in its own thread
     files = data_files(db.datadir)
     text_segs = {number_of(loc) for loc in text_locs}
     noise_segs = {number_of(loc) for loc in noise_locs}
