@@ -23,6 +23,7 @@ file); the others read. Uploads run in a background thread, woken on seals and e
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -150,6 +151,11 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
         """The store's id in the bucket: checks (or makes) the claim on the prefix, and probes
         the server for what the tier relies on."""
         local = self._read_tier_file()
+        if local is None:
+            # The id is made here once, for every process of the datadir: two processes opening a
+            # new datadir at once would each make one, and the one whose claim lost would refuse
+            # the bucket as another store's.
+            local = self._create_tier_file({"store": uuid.uuid4().hex, "url": self.config.url})
         self.probe(bucket)
         raw = bucket.get("get_claim", CLAIM_NAME, MAX_MANIFEST_BYTES)
         if raw is None:
@@ -219,6 +225,37 @@ class Tier:  # pylint: disable=too-many-instance-attributes  # a thread, a lock,
 
     def _write_tier_file(self, fields: dict[str, Any]) -> None:
         self._write_file(TIER_FILE_NAME, json.dumps(fields).encode())
+
+    def _create_tier_file(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Write the tier file with ``fields`` unless another process made it first; returns the
+        fields the file holds then. A scratch file, fsynced, is linked into place: a link, unlike a
+        rename, fails when the name exists, so the first process's id stands."""
+        tmp = temp_name(f"{uuid.uuid4().hex}-{TIER_FILE_NAME}")  # this instance's: others of the process race too
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644, dir_fd=self._dir_fd)
+        try:
+            try:
+                os.write(fd, json.dumps(fields).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, TIER_FILE_NAME, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # A filesystem without hard links: a rename, which a process opening at the same
+                # instant can overwrite (its claim then fails: open it again).
+                os.rename(tmp, TIER_FILE_NAME, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except FileExistsError:
+            found = self._read_tier_file()  # another process's, whole: it was linked in after its fsync
+            if found is not None:
+                return found
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=self._dir_fd)
+        fsync_dir(self._dir_fd)
+        return fields
 
     def _write_file(self, name: str, data: bytes) -> None:
         """Write ``name`` in the datadir atomically and durably (scratch file, fsync, rename)."""

@@ -701,3 +701,51 @@ def test_get_many_of_a_data_object_cut_short_on_a_real_server_is_corruption(tmp_
             reader.get_many(in_first)
     db.close()
     server.delete_bucket(name)
+
+
+def test_two_opens_of_a_new_datadir_at_once_agree_on_its_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances open one new datadir at the same instant: both read "no id yet" before either
+    writes one. Each made its own id, and the one whose claim on the bucket lost refused the
+    bucket as another store's (UnsafeRemoteError at open). The first id written now stands for both."""
+    from conduit_flat_file_db.tiering.tier import Tier  # pylint: disable=import-outside-toplevel
+
+    (tmp_path / "bucket").mkdir()
+    both_read = threading.Barrier(2, timeout=30)
+    first_read = threading.local()
+    real_read = Tier._read_tier_file  # pylint: disable=protected-access
+
+    def read_then_wait_for_the_other(tier: Any) -> Any:
+        fields = real_read(tier)
+        if not getattr(first_read, "done", False):
+            first_read.done = True
+            both_read.wait()  # neither goes on before both have read the (missing) file
+        return fields
+
+    monkeypatch.setattr(Tier, "_read_tier_file", read_then_wait_for_the_other)
+    from obstore.store import LocalStore  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    bucket = LocalStore(str(tmp_path / "bucket"))
+    errors: list[BaseException] = []
+    opened: list[FlatFileDb] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(_open(tmp_path / "db", bucket))
+        except BaseException as exc:  # pylint: disable=broad-exception-caught  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert len(opened) == 2
+    first, second = opened[0], opened[1]
+    location = first.put(b"x" * 5000)
+    first.rotate()
+    first.sync_tiering(timeout=60)
+    assert second.tiering_status()["last_error"] is None
+    assert second.get(location) == b"x" * 5000
+    for db in opened:
+        db.close()
