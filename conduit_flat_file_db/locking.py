@@ -332,7 +332,9 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self.release_read()
 
 
-_registry_guard = threading.Lock()
+# Reentrant: a garbage collection inside the guarded code (any allocation can start one) may
+# finalize an unclosed store, whose close releases its lock through this same guard.
+_registry_guard = threading.RLock()
 _registry: dict[tuple[int, int], ProcessLock] = {}
 _users: dict[int, int] = {}
 _all_locks: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
@@ -416,7 +418,7 @@ def _after_fork_in_child() -> None:
     for lock in list(_all_locks):
         lock._reset_threads()  # pylint: disable=protected-access  # same module
     global _registry_guard  # pylint: disable=global-statement
-    _registry_guard = threading.Lock()
+    _registry_guard = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

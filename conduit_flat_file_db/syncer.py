@@ -98,10 +98,13 @@ class SealSyncer:
         with self._cond:
             if self._closing and self._abandoned:
                 return  # already left to finish alone: nothing to wait for
+            thread = self._thread
+            # A store finalized by a garbage collection that ran in this very thread: it cannot
+            # wait for itself, so it leaves the rest as close(wait=False) does.
+            wait = wait and thread is not threading.current_thread()
             self._closing = True
             self._abandoned = not wait
             self._cond.notify_all()
-            thread = self._thread
             if thread is None:
                 self._close_fd()
                 return

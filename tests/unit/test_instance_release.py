@@ -103,3 +103,76 @@ def test_dropping_a_closed_instance_warns_nothing(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         del db
         gc.collect()
+
+
+# A store left in a reference cycle is finalized by whichever thread's allocation starts the
+# next collection, inside whatever that thread holds at that moment.
+COLLECTED_INSIDE_THE_LOCK_REGISTRY = """
+    import gc, sys, weakref
+    from conduit_flat_file_db import FlatFileDb, locking
+    leaked = FlatFileDb(sys.argv[1] + "/leaked", sys.argv[1] + "/leaked.lock")
+    leaked.put(b"x")
+    leaked.cycle = leaked
+    ref = weakref.ref(leaked)
+    del leaked
+    opening = locking.ProcessLock.__init__
+    def collecting_first(self, path):
+        gc.collect()  # as an allocation here may: the registry's guard is held
+        opening(self, path)
+    locking.ProcessLock.__init__ = collecting_first
+    other = FlatFileDb(sys.argv[1] + "/other", sys.argv[1] + "/other.lock")
+    other.put(b"y")
+    other.close()
+    print("ok" if ref() is None else "not collected")
+"""
+
+COLLECTED_IN_ITS_OWN_SYNC_THREAD = """
+    import gc, os, sys, threading, weakref
+    from conduit_flat_file_db import FlatFileDb, syncer
+    dropped = threading.Event()
+    syncing = syncer.sync_segment
+    def collecting_first(dir_fd, number):
+        dropped.wait()
+        for _ in range(100):  # the seal hook's thread holds it until its job ends
+            gc.collect()  # in the sync thread of the very store collected
+            if ref() is None:
+                break
+            threading.Event().wait(0.02)
+        return syncing(dir_fd, number)
+    syncer.sync_segment = collecting_first
+    gc.disable()  # no collection but the one above
+    before = sorted(os.listdir("/proc/self/fd"))
+    leaked = FlatFileDb(sys.argv[1] + "/leaked", sys.argv[1] + "/leaked.lock", fsync=True)  # close() waits
+    leaked.put(b"x")
+    leaked.rotate()  # the sync thread starts on the sealed segment
+    leaked.cycle = leaked
+    ref = weakref.ref(leaked)
+    del leaked
+    dropped.set()
+    for thread in threading.enumerate():
+        if thread.name == "ffdb-seal-sync":
+            thread.join(60)
+    after = sorted(os.listdir("/proc/self/fd"))
+    print("ok" if ref() is None and after == before else f"collected: {ref() is None}; {before} -> {after}")
+"""
+
+
+@pytest.mark.parametrize(
+    "script",
+    [COLLECTED_INSIDE_THE_LOCK_REGISTRY, COLLECTED_IN_ITS_OWN_SYNC_THREAD],
+    ids=["inside-the-lock-registry", "in-its-own-sync-thread"],
+)
+def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_hang(
+    tmp_path: Path, script: str
+) -> None:
+    """The collection that finalizes a store may run while its thread holds the lock registry's
+    guard, or in the store's own sync thread: the close it runs neither waits for the thread it
+    runs in nor leaves descriptors behind. In a child process, with a timeout: a hang is a failure."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-3000:]

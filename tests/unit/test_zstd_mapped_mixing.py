@@ -97,7 +97,8 @@ def test_mapped_small_puts_mixed_with_every_write_read_back_everywhere(tmp_path:
                 db.close()
                 db = FlatFileDb(datadir, use_compression=rng.random() < 0.7, max_file_size=200 * 2**10)
         for reader in (db, FlatFileDb(datadir), FlatFileDb(datadir, readonly=True)):
-            assert [reader.get(location) for location in written] == list(written.values())
+            with reader:
+                assert [reader.get(location) for location in written] == list(written.values())
         assert db.verify().ok
         compressed = sorted(datadir.glob("*.zst"))
         for path in compressed:  # the mutable one too: its padding frame is a skippable frame
