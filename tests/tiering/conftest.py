@@ -1,6 +1,7 @@
 """Fixtures: real S3-compatible servers (SeaweedFS, Ceph RGW) on loopback, fresh buckets, a fault proxy.
 
-Each server starts once per session, and only when a test asks for it. Outside CI a server whose
+Each server starts once, when the first test of tests/tiering asks for it, and stops after the
+last one (package scope: the rest of the run does not share the machine with it). Outside CI a server whose
 binaries are missing skips its tests with a message saying what to install; under CI (CI set) it is a
 failure, as is any server that does not start.
 """
@@ -20,7 +21,7 @@ _STARTERS: dict[str, Callable[..., tuple[S3Server, ServerHandle]]] = {"seaweedfs
 
 
 def _serve(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """Start server ``name`` for the session; stop it (and remove its data) at the end."""
+    """Start server ``name`` for tests/tiering; stop it (and remove its data) after them."""
     try:
         server, handle = _STARTERS[name](tmp_path_factory.mktemp(name))
     except ServerNotInstalledError as error:
@@ -33,15 +34,15 @@ def _serve(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Se
         handle.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A SeaweedFS S3 endpoint on 127.0.0.1, shared by the session."""
+    """A SeaweedFS S3 endpoint on 127.0.0.1, shared by the tests of tests/tiering."""
     yield from _serve("seaweedfs", tmp_path_factory)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A Ceph RGW S3 endpoint on 127.0.0.1 (one monitor, one memstore OSD), shared by the session."""
+    """A Ceph RGW S3 endpoint on 127.0.0.1 (one monitor, one memstore OSD), shared by the tests of tests/tiering."""
     yield from _serve("ceph", tmp_path_factory)
 
 
