@@ -332,6 +332,23 @@ def decode_records(buf: bytes | memoryview) -> RecordScan:
     return RecordScan(records, whole, None)
 
 
+def valid_record_bytes(buf: bytes | memoryview) -> int:
+    """How many bytes of whole, valid records ``buf`` starts with: where :func:`decode_records`
+    would stop (torn, failing its checksum, of an unknown type), without building a Record."""
+    view = memoryview(buf)
+    whole = len(view) - len(view) % RECORD_BYTES
+    offset = 0
+    crc32 = zlib.crc32
+    for rtype, _flags, _res, crc, _a, _b, _c in _RECORD.iter_unpack(view[:whole]):
+        if (
+            rtype not in _RECORD_TYPES
+            or crc32(view[offset + 8 : offset + RECORD_BYTES], crc32(view[offset : offset + 4])) != crc
+        ):
+            break
+        offset += RECORD_BYTES
+    return offset
+
+
 def scan_frame_records(buf: bytes | memoryview) -> tuple[list[int], int, int]:
     """What a reader of a compressed mutable segment needs of the records in ``buf``, checked as
     :func:`decode_records` checks them and up to the same first bad record: (the size word of

@@ -232,7 +232,7 @@ def _cut_index_tail(
         logger.warning(
             "%s: recovery cut the record index from %d to %d bytes (%s)",
             index_name(number),
-            len(raw_index),
+            os.stat(index_name(number), dir_fd=dir_fd, follow_symlinks=False).st_size,  # read_index may read less
             index_bytes,
             problem,
         )

@@ -3,8 +3,9 @@
 Every segment file is opened relative to the datadir's descriptor with ``O_NOFOLLOW``
 and must be a regular file, so a name never leads outside the datadir and a
 directory, FIFO or device in a segment's place is refused with a typed error
-instead of failing later. Also here: reading a segment's record index whole (it
-is small), and the fsyncs of a segment's files and of the directory.
+instead of failing later. Also here: reading a segment's record index (whole, or of a large
+one only its valid records and what follows them), and the fsyncs of a segment's files and
+of the directory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import stat
 
 from .errors import FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_full
-from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, Record, decode_header, decode_records
+from .index import (
+    HEADER_BYTES,
+    KIND_RAW,
+    KIND_ZSTD,
+    RECORD_BYTES,
+    Record,
+    decode_header,
+    decode_records,
+    valid_record_bytes,
+)
 from .naming import index_name, segment_name
 
 OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO never hangs us
@@ -76,17 +86,51 @@ def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
+# An index file is read whole up to this size. A larger one is read a chunk at a time up to its
+# first record that is not valid, and _TAIL_READ_BYTES past it: the bytes after the valid records
+# are a writer's room only when they are zeros and at most segment.ROOM_CHECK_MAX_BYTES long (8
+# MiB), so reading more of them changes no decision. (A forged or damaged index with gigabytes
+# after its records, a sparse file of zeros say, would else be read into memory whole.)
+_WHOLE_READ_BYTES = 64 * 2**20
+_CHUNK_BYTES = 8 * 2**20  # a multiple of RECORD_BYTES
+_TAIL_READ_BYTES = 8 * 2**20 + RECORD_BYTES
+
+
 def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
-    """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing."""
+    """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing.
+
+    Without ``limit``: the whole file, but of a file over 64 MiB only its valid records and
+    the 8 MiB after them (what recovery, sealing and verification look at)."""
     try:
         fd = open_regular(dir_fd, index_name(number))
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size if limit is None else limit
-        return pread_full(fd, size, 0)
+        if limit is not None:
+            return pread_full(fd, limit, 0)
+        size = os.fstat(fd).st_size
+        if size <= _WHOLE_READ_BYTES:
+            return pread_full(fd, size, 0)
+        return _read_valid_prefix(fd, size)
     finally:
         os.close(fd)
+
+
+def _read_valid_prefix(fd: int, size: int) -> bytes:
+    """The header, the run of valid records after it and at most _TAIL_READ_BYTES more."""
+    parts = [pread_full(fd, HEADER_BYTES, 0)]
+    offset = HEADER_BYTES
+    while offset < size:
+        chunk = pread_full(fd, min(_CHUNK_BYTES, size - offset), offset)
+        valid = valid_record_bytes(chunk)
+        if valid < len(chunk):
+            parts.append(chunk[:valid])
+            offset += valid
+            parts.append(pread_full(fd, min(_TAIL_READ_BYTES, size - offset), offset))
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Record]:

@@ -10,8 +10,11 @@ the state page (or remove it), reopen, and put more.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -275,3 +278,43 @@ def test_power_loss_at_the_last_segment_number_seals_it_for_good(tmp_path: Path)
             db.get(lost)
     finally:
         db.close()
+
+
+_SPARSE_TAIL_CHILD = """
+import resource, sys
+from conduit_flat_file_db import DataLocation, FlatFileDb
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # far less than the index file's size
+db = FlatFileDb(sys.argv[1], sys.argv[1] + ".lock", use_compression=sys.argv[2] == "1")
+assert db.get(DataLocation(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))) == b"durable blob"
+more = db.put(b"more")
+assert db.get(more) == b"more"
+db.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("state", ["boot", "lost"])
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+def test_an_index_with_gigabytes_of_zeros_after_its_records_is_cut_without_reading_them(
+    tmp_path: Path, compressed: bool, state: str
+) -> None:
+    """A mutable segment's index made 40 GiB long (a sparse file: zeros after its records, as a
+    damaged or forged file may be) is cut back to its records by the recovery after a reboot,
+    in a process that may map only 2 GiB: recovery reads the valid records and a bounded tail,
+    never the whole file (it raised MemoryError)."""
+    datadir = tmp_path / "store"
+    db = open_store(datadir, compressed)
+    held = db.put(b"durable blob")
+    db.close()
+    index = datadir / index_name(0)
+    os.truncate(index, 40 << 30)
+    forge_reboot(datadir, state)
+    child = subprocess.run(
+        [sys.executable, "-c", _SPARSE_TAIL_CHILD, str(datadir), "1" if compressed else "0", *map(str, held)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0 and child.stdout == "ok\n", child.stderr[-3000:]
+    assert HEADER_BYTES + 2 * RECORD_BYTES <= index.stat().st_size < 1 << 20  # its records, the new put's, a room
