@@ -29,7 +29,7 @@ from typing import Any, ContextManager, Iterator
 import fasteners
 
 from .blocks import allocate_for_map
-from .errors import FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError
+from .errors import FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 
 if os.name == "posix":
     import fcntl
@@ -127,6 +127,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         self._room = threading.Lock()
         self._readers_guard = threading.Lock()
         self._readers = 0
+        self._reader_threads: dict[int, int] = {}  # thread ident -> read acquisitions it holds
         self._leased = False  # this process holds the exclusive POSIX lock with no thread in it
         self._lease_since = 0.0
         self._last_release = 0.0
@@ -225,6 +226,11 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         # Released by release_write (a with-block cannot span the caller's critical section).
         # acquire() without arguments: about 90 ns faster than acquire(True, -1), on every put.
         room = self._room
+        if self._readers and self.read_held_here():
+            raise FlatFileDbUnsafeAccessError(
+                f"a write in a thread that holds the read lock {self.path} (read_lock()) would wait for "
+                "that thread for ever; write after the read_lock() block"
+            )
         if not (room.acquire() if timeout is None else room.acquire(True, timeout)):  # pylint: disable=consider-using-with
             raise FlatFileDbLockTimeoutError(
                 f"lock {self.path} not acquired within {timeout} s; another thread of this process holds it"
@@ -300,12 +306,24 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                     self._room.release()
                     raise
             self._readers += 1
+            ident = threading.get_ident()
+            self._reader_threads[ident] = self._reader_threads.get(ident, 0) + 1
         finally:
             self._readers_guard.release()
+
+    def read_held_here(self) -> bool:
+        """Whether the calling thread holds the read lock (it would wait for itself to write)."""
+        return threading.get_ident() in self._reader_threads
 
     def release_read(self) -> None:
         """Release what :meth:`acquire_read` took."""
         with self._readers_guard:
+            ident = threading.get_ident()
+            held = self._reader_threads.get(ident, 0)
+            if held > 1:
+                self._reader_threads[ident] = held - 1
+            else:
+                self._reader_threads.pop(ident, None)
             self._readers -= 1
             if self._readers == 0:
                 try:

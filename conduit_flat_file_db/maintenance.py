@@ -292,7 +292,7 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         self._refuse_write("recompress")
         target_mode = as_compress_mode(mode)
         self._reopen_if_closed()
-        self._wait_seal_hooks()  # not racing the seal hook's rewrite of a segment just sealed
+        self._wait_seal_hooks("recompress()")  # not racing the seal hook's rewrite of a segment just sealed
         results = []
         for number in self._sealed_numbers(segments):
             results.append(self._recompress_one(number, target_mode, level, frame_bytes))

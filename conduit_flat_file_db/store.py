@@ -39,7 +39,7 @@ from .arguments import (
     check_paths,
     default_lock_path,
 )
-from .errors import FlatFileDbReadOnlyError
+from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
@@ -285,6 +285,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         are in their final form once close() returns and no thread of the store is left using
         its descriptors.
         """
+        if self._closed:
+            return
+        self._refuse_inside_read_lock("close()")
         with self._guard:
             if self._closed:
                 return
@@ -401,11 +404,23 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         elif self._tier is not None:
             self._tier.wake()
 
-    def _wait_seal_hooks(self) -> None:
+    def _wait_seal_hooks(self, operation: str = "a wait for the seal hook") -> None:
         """Wait until the seal hook has done its work on every segment sealed so far (for the
         calls whose result depends on it: sync and recompress; close quiesces it instead)."""
         if self._hooks is not None:
+            self._refuse_inside_read_lock(operation)
             self._hooks.wait()
+
+    def _refuse_inside_read_lock(self, operation: str) -> None:
+        """Raise FlatFileDbUnsafeAccessError, changing nothing, in a thread that holds this store's
+        read lock (``read_lock()``) when ``operation`` waits for the write lock, or for the seal
+        hook, which takes it: it would wait for ever for the thread that waits."""
+        lock = self._lock
+        if isinstance(lock, ProcessLock) and lock.read_held_here():
+            raise FlatFileDbUnsafeAccessError(
+                f"{operation} in a thread that holds the read lock of {self._dir_str} (read_lock()) would "
+                "wait for that thread for ever; call it after the read_lock() block"
+            )
 
     def _write_lock(self) -> ContextManager[None]:
         return self._lock.write(self.lock_timeout)
@@ -555,7 +570,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         """
         self._refuse_write("sync")
         self._reopen_if_closed()
-        self._wait_seal_hooks()
+        self._wait_seal_hooks("sync()")
         with self._lock.write(self.lock_timeout):
             self._writer.resync()
             self._writer.sync()

@@ -1,0 +1,111 @@
+"""A thread that holds the store's read lock (``read_lock()``) and calls what waits for the write
+lock, or for the seal hook that takes it, gets FlatFileDbUnsafeAccessError at once, with nothing
+changed: it used to wait for itself for ever (and ``close()`` there, with a segment left to
+re-frame, hung as soon as the seal hook ran in its own thread)."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from conduit_flat_file_db import FlatFileDb, FlatFileDbUnsafeAccessError
+
+TEXT = (b"a line of text that compresses well, " * 30)[:1000]
+
+CALLS: dict[str, Callable[[FlatFileDb, Path], Any]] = {
+    "close": lambda db, _: db.close(),
+    "sync": lambda db, _: db.sync(),
+    "recompress": lambda db, _: db.recompress(),
+    "put": lambda db, _: db.put(b"x"),
+    "put_many": lambda db, _: db.put_many([b"x", b"y"]),
+    "put_stream": lambda db, _: db.put_stream(io.BytesIO(b"streamed")),
+    "rotate": lambda db, _: db.rotate(),
+    "delete_file": lambda db, _: db.delete_file(db.segment_path(0)),
+    "compact": lambda db, _: db.compact([0], lambda _location: True),
+    "enforce_retention": lambda db, _: db.enforce_retention(max_bytes=1),
+    "adopt_file": lambda db, root: db.adopt_file(root / "outside.bin"),
+}
+
+
+def _filled(root: Path, compressed: bool) -> FlatFileDb:
+    """Two sealed segments of small puts (the seal hook has work) and a mutable one."""
+    db = FlatFileDb(root / "store", root / "store.lock", use_compression=compressed, max_file_size=2**20)
+    for _ in range(3000):
+        db.put(TEXT)
+    (root / "outside.bin").write_bytes(b"a file to adopt")
+    return db
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """The segment files (the state page and the seal hook's scratch file change in the background)."""
+    return {p.name: p.read_bytes() for p in sorted((root / "store").glob("data_*"))}
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "zstd"])
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_write_inside_the_same_threads_read_lock_is_refused_at_once(
+    tmp_path: Path, name: str, compressed: bool
+) -> None:
+    """Every call that would wait for the write lock raises, naming read_lock(); nothing changed;
+    after the block the same call works."""
+    db = _filled(tmp_path, compressed)
+    try:
+        db.rotate()  # its seal hook runs in the background now
+        with db.read_lock():
+            before = _files(tmp_path)
+            with pytest.raises(FlatFileDbUnsafeAccessError, match=r"read_lock\(\)"):
+                CALLS[name](db, tmp_path)
+            assert _files(tmp_path) == before
+        CALLS[name](db, tmp_path)
+        assert db.verify().ok
+    finally:
+        db.close()
+
+
+def test_another_threads_read_lock_is_waited_for_not_refused(tmp_path: Path) -> None:
+    """The refusal is for the thread that holds the read lock: another thread's put waits for the
+    lock's release and then succeeds."""
+    db = _filled(tmp_path, compressed=False)
+    try:
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold() -> None:
+            with db.read_lock():
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(30)
+        result: list[Any] = []
+        writer = threading.Thread(target=lambda: result.append(db.put(b"after the reader")))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive(), "the put did not wait for the other thread's read lock"
+        release.set()
+        holder.join(30)
+        writer.join(30)
+        assert db.get(result[0]) == b"after the reader"
+    finally:
+        db.close()
+
+
+def test_nested_read_locks_of_one_thread_are_all_counted(tmp_path: Path) -> None:
+    """Two read_lock() blocks nested in one thread: the refusal holds until the outer one ends."""
+    db = _filled(tmp_path, compressed=False)
+    try:
+        with db.read_lock():
+            with db.read_lock():
+                pass
+            with pytest.raises(FlatFileDbUnsafeAccessError):
+                db.put(b"still inside")
+        assert db.get(db.put(b"outside")) == b"outside"
+        assert os.path.exists(db.segment_path(0))
+    finally:
+        db.close()
