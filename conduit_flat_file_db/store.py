@@ -62,7 +62,7 @@ from .index import (
     encode_blob,
     encode_record,
 )
-from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
+from .locking import ProcessLock, ReadOnlyLock, in_lease_reaper, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
 from .segment import MUTABLE_FRAMES_MAX
@@ -330,8 +330,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
-            with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
-                self.close()
+            if in_lease_reaper():
+                # A collection in a lease reaper, which may hold the room of this store's lock:
+                # the close would wait for it for ever. Closed in a thread of its own instead.
+                with contextlib.suppress(RuntimeError):  # no new thread now: the descriptors leak
+                    threading.Thread(target=self.close, name="ffdb-finalize", daemon=True).start()
+            else:
+                with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
+                    self.close()
 
     def lost_segments(self) -> list[int]:
         """Numbers of the segments this instance's opens removed after a power loss, because they
