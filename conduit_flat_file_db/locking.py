@@ -252,12 +252,11 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 
     def release_write(self) -> None:
         """Release what :meth:`acquire_write` took (or keep the POSIX lock on lease)."""
-        now = _monotonic()
-        self._last_release = now
-        if self._leased and now - self._lease_since < LEASE_SECONDS:
-            self._room.release()  # the lease goes on (the common case of back-to-back puts)
-            return
-        try:
+        try:  # the room is released whatever is raised, even by a signal's handler at the first call
+            now = _monotonic()
+            self._last_release = now
+            if self._leased and now - self._lease_since < LEASE_SECONDS:
+                return  # the lease goes on (the common case of back-to-back puts)
             if self._map is not None and self.leases and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
                     if self._reaper is None and not self._start_reaper():
@@ -405,8 +404,8 @@ def process_lock_for(path: str) -> ProcessLock:
                 return existing
         lock = ProcessLock(path)
         st = os.fstat(lock._fd)  # pylint: disable=protected-access  # same module
+        _users[id(lock)] = 1  # first: a lock in the registry without users could never be opened again
         _registry[(st.st_dev, st.st_ino)] = lock
-        _users[id(lock)] = 1
         _all_locks.add(lock)
         return lock
 
@@ -417,10 +416,10 @@ def release_process_lock(lock: ProcessLock) -> None:
         _users[id(lock)] -= 1
         if _users[id(lock)] > 0:
             return
-        del _users[id(lock)]
         for key, value in list(_registry.items()):
             if value is lock:
                 del _registry[key]
+        del _users[id(lock)]  # last: a lock left in the registry without users could never be opened again
         lock.close()
 
 
