@@ -260,10 +260,20 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
+            # A garbage collection finalizes a store in whichever thread allocates, inside whatever
+            # that thread holds: the index environments' guard, an index transaction, the write
+            # lock (another instance of this store mid-write). The close takes each of those: in
+            # a thread of its own it waits for them to be released instead of for itself.
             try:
-                self.close()
-            except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
-                pass
+                threading.Thread(target=self._close_quietly, name="ffdb-finalize", daemon=True).start()
+            except RuntimeError:  # no new thread now (interpreter exit): closed here
+                self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
+            pass
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the constructor's arguments: the copy opens the store afresh (in a worker

@@ -181,11 +181,42 @@ COLLECTED_IN_THE_LEASE_REAPER = """
     print("ok" if done else f"collected: {ref() is None}; alive: {alive}; {before} -> {after}")
 """
 
+KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
+    import gc, sys, threading, weakref
+    from conduit_flat_file_db import KeyedStore
+    from conduit_flat_file_db.keyed import index_lmdb
+    gc.disable()  # no collection but the one below
+    leaked = KeyedStore(sys.argv[1] + "/leaked", index="lmdb")
+    leaked["a"] = b"x"
+    leaked.cycle = leaked
+    ref = weakref.ref(leaked)
+    del leaked
+    opening = index_lmdb._open_env
+    def collecting_first(*args):
+        gc.collect()  # as an allocation here may: the guard of the LMDB environments is held
+        return opening(*args)
+    index_lmdb._open_env = collecting_first
+    other = KeyedStore(sys.argv[1] + "/other", index="lmdb")
+    other["b"] = b"y"
+    other.close()
+    for thread in threading.enumerate():
+        if thread.name == "ffdb-finalize":
+            thread.join(10)
+    again = KeyedStore(sys.argv[1] + "/leaked", index="lmdb")
+    print("ok" if ref() is None and again["a"] == b"x" else "not collected")
+    again.close()
+"""
+
 
 @pytest.mark.parametrize(
     "script",
-    [COLLECTED_INSIDE_THE_LOCK_REGISTRY, COLLECTED_IN_ITS_OWN_SYNC_THREAD, COLLECTED_IN_THE_LEASE_REAPER],
-    ids=["inside-the-lock-registry", "in-its-own-sync-thread", "in-the-lease-reaper"],
+    [
+        COLLECTED_INSIDE_THE_LOCK_REGISTRY,
+        COLLECTED_IN_ITS_OWN_SYNC_THREAD,
+        COLLECTED_IN_THE_LEASE_REAPER,
+        KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD,
+    ],
+    ids=["inside-the-lock-registry", "in-its-own-sync-thread", "in-the-lease-reaper", "keyed-inside-the-lmdb-guard"],
 )
 def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_hang(
     tmp_path: Path, script: str
