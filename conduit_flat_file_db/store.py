@@ -149,6 +149,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
+        _LIVE_STORES.add(self)  # for the guard's reset in a forked child
         self._closed = True
         self._words: Any = _CLOSED_WORDS
         self._epoch = -2
@@ -659,6 +660,20 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         resolved = self._readers.resolve(location)
         self._epoch = self._readers.epoch
         return resolved
+
+
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent that was opening or closing a store (a close waits seconds for the
+    # seal hook) does not exist in the child: the guard it held would stay held for ever.
+    for store in list(_LIVE_STORES):
+        store._guard = threading.Lock()  # pylint: disable=protected-access  # this module's class
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_tiering(tiering: Any) -> Tiering | None:
