@@ -207,6 +207,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 
     def _reap(self) -> None:
         """Background: end a lease its process no longer uses."""
+        _reaper_thread.active = True  # see in_lease_reaper()
         while not self._stop.is_set():
             self._leased_event.wait()
             time.sleep(LEASE_SECONDS)
@@ -257,12 +258,11 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 
     def release_write(self) -> None:
         """Release what :meth:`acquire_write` took (or keep the POSIX lock on lease)."""
-        now = _monotonic()
-        self._last_release = now
-        if self._leased and now - self._lease_since < LEASE_SECONDS:
-            self._room.release()  # the lease goes on (the common case of back-to-back puts)
-            return
-        try:
+        try:  # the room is released whatever is raised, even by a signal's handler at the first call
+            now = _monotonic()
+            self._last_release = now
+            if self._leased and now - self._lease_since < LEASE_SECONDS:
+                return  # the lease goes on (the common case of back-to-back puts)
             if self._map is not None and self.leases and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
                     if self._reaper is None and not self._start_reaper():
@@ -350,6 +350,17 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self.release_read()
 
 
+_reaper_thread = threading.local()
+
+
+def in_lease_reaper() -> bool:
+    """Whether this thread is a lease reaper, which may hold a lock's ``_room`` at any point a
+    garbage collection may start (so the finalizer of a store must not close it here: closing the
+    last user of that lock waits for that room, and a thread closing another lock meanwhile holds
+    the registry's guard, waiting for that room too)."""
+    return getattr(_reaper_thread, "active", False)
+
+
 # Reentrant: a garbage collection inside the guarded code (any allocation can start one) may
 # finalize an unclosed store, whose close releases its lock through this same guard.
 _registry_guard = threading.RLock()
@@ -411,8 +422,8 @@ def process_lock_for(path: str) -> ProcessLock:
                 return existing
         lock = ProcessLock(path)
         st = os.fstat(lock._fd)  # pylint: disable=protected-access  # same module
+        _users[id(lock)] = 1  # first: a lock in the registry without users could never be opened again
         _registry[(st.st_dev, st.st_ino)] = lock
-        _users[id(lock)] = 1
         _all_locks.add(lock)
         return lock
 
@@ -423,10 +434,10 @@ def release_process_lock(lock: ProcessLock) -> None:
         _users[id(lock)] -= 1
         if _users[id(lock)] > 0:
             return
-        del _users[id(lock)]
         for key, value in list(_registry.items()):
             if value is lock:
                 del _registry[key]
+        del _users[id(lock)]  # last: a lock left in the registry without users could never be opened again
         lock.close()
 
 

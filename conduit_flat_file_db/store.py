@@ -62,7 +62,7 @@ from .index import (
     encode_blob,
     encode_record,
 )
-from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
+from .locking import ProcessLock, ReadOnlyLock, in_lease_reaper, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
 from .segment import MUTABLE_FRAMES_MAX
@@ -149,6 +149,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
+        _LIVE_STORES.add(self)  # for the guard's reset in a forked child
         self._closed = True
         self._words: Any = _CLOSED_WORDS
         self._epoch = -2
@@ -333,8 +334,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
-            with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
-                self.close()
+            if in_lease_reaper():
+                # A collection in a lease reaper, which may hold the room of this store's lock:
+                # the close would wait for it for ever. Closed in a thread of its own instead.
+                with contextlib.suppress(RuntimeError):  # no new thread now: the descriptors leak
+                    threading.Thread(target=self.close, name="ffdb-finalize", daemon=True).start()
+            else:
+                with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
+                    self.close()
 
     def lost_segments(self) -> list[int]:
         """Numbers of the segments this instance's opens removed after a power loss, because they
@@ -668,6 +675,20 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         resolved = self._readers.resolve(location)
         self._epoch = self._readers.epoch
         return resolved
+
+
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent that was opening or closing a store (a close waits seconds for the
+    # seal hook) does not exist in the child: the guard it held would stay held for ever.
+    for store in list(_LIVE_STORES):
+        store._guard = threading.Lock()  # pylint: disable=protected-access  # this module's class
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def check_tiering(tiering: Any) -> Tiering | None:

@@ -41,7 +41,8 @@ class SealSyncer:
     fsyncs what is left (in its own sync thread). The thread works on a duplicate of the
     directory's descriptor, which it closes itself when it outlives ``close()``.
     A failed fsync is sticky: the word is never raised again by this instance and
-    every ``wait`` returns the error. A forked child starts its own thread.
+    every ``wait`` returns the error (as does any other error that ends the thread).
+    A forked child starts its own thread.
     """
 
     def __init__(self, dir_fd: int, words: Any) -> None:
@@ -118,18 +119,30 @@ class SealSyncer:
             self._dir_fd = -1
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._cond:
+                    if self._done >= self._target and not self._closing:
+                        self._cond.wait(_IDLE_SECONDS)
+                    if self._done >= self._target or self._abandoned:
+                        self._thread = None
+                        if self._closing:
+                            self._close_fd()
+                        self._cond.notify_all()
+                        return
+                    target = self._target
+                self._finish(target, self._sync(target))
+        except BaseException as exc:
+            # Not an fsync's OSError (a bug, a MemoryError): the requests it leaves are never done,
+            # so it fails them as a failed fsync does, else every wait() would wait for ever.
             with self._cond:
-                if self._done >= self._target and not self._closing:
-                    self._cond.wait(_IDLE_SECONDS)
-                if self._done >= self._target or self._abandoned:
-                    self._thread = None
-                    if self._closing:
-                        self._close_fd()
-                    self._cond.notify_all()
-                    return
-                target = self._target
-            self._finish(target, self._sync(target))
+                self._failed = self._failed or OSError(f"the seal sync thread failed: {exc!r}")
+                self._done = max(self._done, self._target)
+                self._thread = None
+                if self._closing:
+                    self._close_fd()
+                self._cond.notify_all()
+            raise
 
     def _finish(self, target: int, error: OSError | None) -> None:
         with self._cond:

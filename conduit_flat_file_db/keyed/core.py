@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import shutil
@@ -260,10 +261,24 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
-                pass
+            if _COLLECTING[0]:
+                # A garbage collection finalizes a store in whichever thread allocates, inside
+                # whatever that thread holds: the index environments' guard, an index transaction,
+                # the write lock (another instance of this store mid-write). The close takes each
+                # of those: in a thread of its own it waits for them instead of for itself. (A store
+                # dropped by its last reference is closed here, at once, as before.)
+                try:
+                    threading.Thread(target=self._close_quietly, name="ffdb-finalize", daemon=True).start()
+                    return
+                except RuntimeError:  # no new thread now (interpreter exit): closed here
+                    pass
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
+            pass
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the constructor's arguments: the copy opens the store afresh (in a worker
@@ -730,6 +745,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def _remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+_COLLECTING = [False]  # a garbage collection runs (and may finalize stores): see KeyedStore.__del__
+
+
+def _note_collection(phase: str, info: dict[str, Any]) -> None:  # pylint: disable=unused-argument  # gc's signature
+    _COLLECTING[0] = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
 
 
 def _reopen(cls: type[_K], path: str, options: dict[str, Any]) -> _K:

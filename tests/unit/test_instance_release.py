@@ -156,18 +156,76 @@ COLLECTED_IN_ITS_OWN_SYNC_THREAD = """
     print("ok" if ref() is None and after == before else f"collected: {ref() is None}; {before} -> {after}")
 """
 
+COLLECTED_IN_THE_LEASE_REAPER = """
+    import gc, os, sys, threading, weakref
+    from conduit_flat_file_db import FlatFileDb, locking
+    gc.disable()  # no collection but the one below
+    before = sorted(os.listdir("/proc/self/fd"))
+    leaked = FlatFileDb(sys.argv[1] + "/leaked", sys.argv[1] + "/leaked.lock")
+    leaked.put(b"x")  # the lock stays on lease: the reaper thread ends the lease soon
+    leaked.cycle = leaked
+    ref = weakref.ref(leaked)
+    del leaked
+    dropping = locking.ProcessLock._drop_lease
+    def collecting_first(self):
+        gc.collect()  # as an allocation here may: the reaper holds the lock's room
+        dropping(self)
+    locking.ProcessLock._drop_lease = collecting_first
+    for name in ("ffdb-lease", "ffdb-finalize"):
+        for thread in threading.enumerate():
+            if thread.name.startswith(name):
+                thread.join(10)
+    alive = [thread.name for thread in threading.enumerate() if thread.name.startswith(("ffdb-lease", "ffdb-fin"))]
+    after = sorted(os.listdir("/proc/self/fd"))
+    done = ref() is None and not alive and after == before
+    print("ok" if done else f"collected: {ref() is None}; alive: {alive}; {before} -> {after}")
+"""
+
+KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
+    import gc, sys, threading, weakref
+    from conduit_flat_file_db import KeyedStore
+    from conduit_flat_file_db.keyed import index_lmdb
+    gc.disable()  # no collection but the one below
+    leaked = KeyedStore(sys.argv[1] + "/leaked", index="lmdb")
+    leaked["a"] = b"x"
+    leaked.cycle = leaked
+    ref = weakref.ref(leaked)
+    del leaked
+    opening = index_lmdb._open_env
+    def collecting_first(*args):
+        gc.collect()  # as an allocation here may: the guard of the LMDB environments is held
+        return opening(*args)
+    index_lmdb._open_env = collecting_first
+    other = KeyedStore(sys.argv[1] + "/other", index="lmdb")
+    other["b"] = b"y"
+    other.close()
+    for thread in threading.enumerate():
+        if thread.name == "ffdb-finalize":
+            thread.join(10)
+    again = KeyedStore(sys.argv[1] + "/leaked", index="lmdb")
+    print("ok" if ref() is None and again["a"] == b"x" else "not collected")
+    again.close()
+"""
+
 
 @pytest.mark.parametrize(
     "script",
-    [COLLECTED_INSIDE_THE_LOCK_REGISTRY, COLLECTED_IN_ITS_OWN_SYNC_THREAD],
-    ids=["inside-the-lock-registry", "in-its-own-sync-thread"],
+    [
+        COLLECTED_INSIDE_THE_LOCK_REGISTRY,
+        COLLECTED_IN_ITS_OWN_SYNC_THREAD,
+        COLLECTED_IN_THE_LEASE_REAPER,
+        KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD,
+    ],
+    ids=["inside-the-lock-registry", "in-its-own-sync-thread", "in-the-lease-reaper", "keyed-inside-the-lmdb-guard"],
 )
 def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_hang(
     tmp_path: Path, script: str
 ) -> None:
     """The collection that finalizes a store may run while its thread holds the lock registry's
-    guard, or in the store's own sync thread: the close it runs neither waits for the thread it
-    runs in nor leaves descriptors behind. In a child process, with a timeout: a hang is a failure."""
+    guard, in the store's own sync thread, or in the lease reaper while it holds the room of the
+    store's lock: the close it runs neither waits for the thread it runs in (or for what that
+    thread holds) nor leaves descriptors behind. In a child process, with a timeout: a hang is a
+    failure."""
     done = subprocess.run(
         [sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(script), str(tmp_path)],
         capture_output=True,

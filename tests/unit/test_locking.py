@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Callable, Iterator
@@ -380,3 +381,70 @@ def test_a_lock_cycle_through_a_lease_is_waited_out_not_raised(tmp_path: Path) -
         )
         assert holder.wait(timeout=60) == 0
     assert leaser.returncode == 0 and leaser.stdout.strip() == "acquired", leaser.stderr
+
+
+# A signal's handler (KeyboardInterrupt, pytest-timeout's signal method) raises in the main thread
+# at the next call that returns there. Each script raises so once, at one such call, then checks
+# that the store still opens, puts and closes (a lock left held would make that wait for ever).
+INTERRUPTED_AT = {
+    "release-write-first-call": """
+        real = locking._monotonic
+        def interrupted():
+            locking._monotonic = real
+            raise KeyboardInterrupt
+        db.put(b"x")
+        locking._monotonic = interrupted  # the first call of release_write
+        try:
+            db.put(b"y")
+        except KeyboardInterrupt:
+            pass
+    """,
+    "registry-add": """
+        db.close()
+        def interrupted(lock):
+            del locking.id
+            raise KeyboardInterrupt
+        locking.id = interrupted  # called between adding the lock and counting its user
+        try:
+            db.put(b"y")  # reopens: the lock registry adds the lock
+        except KeyboardInterrupt:
+            pass
+    """,
+    "registry-remove": """
+        def interrupted(items):
+            del locking.list
+            raise KeyboardInterrupt
+        locking.list = interrupted  # called between forgetting the lock's users and the lock
+        try:
+            db.close()  # the last user: the lock registry removes the lock
+        except KeyboardInterrupt:
+            pass
+    """,
+}
+INTERRUPTED = """
+import sys
+from conduit_flat_file_db import FlatFileDb, locking
+db = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+{}
+db.close()
+again = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock", lock_timeout=10)
+again.put(b"z")
+again.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("where", sorted(INTERRUPTED_AT))
+def test_an_exception_from_a_signal_handler_leaves_the_lock_usable(tmp_path: Path, where: str) -> None:
+    """A KeyboardInterrupt raised at a call inside the write lock's release, or inside the lock
+    registry's update, neither leaves the lock held nor the registry broken: the store opens,
+    puts and closes again. In a child process, with a timeout: a hang is a failure."""
+    script = INTERRUPTED.format(textwrap.dedent(INTERRUPTED_AT[where]))
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::ResourceWarning", "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-3000:]

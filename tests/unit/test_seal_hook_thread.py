@@ -279,6 +279,42 @@ def test_a_forked_child_runs_its_own_seal_hooks_while_the_parents_is_blocked(
     assert reframed(datadir, 0, db.frame_bytes)
 
 
+def test_a_child_forked_while_another_thread_closes_the_store_can_close_it(tmp_path: Path, hook: BlockingHook) -> None:
+    """A child forked while a thread of the parent is in close() (waiting for the seal hook, under
+    the store's guard) does not inherit that guard held: it puts and closes the store itself."""
+    datadir = tmp_path / "db"
+    db = FlatFileDb(datadir, use_compression=True, max_file_size=SEGMENT_BYTES)
+    try:
+        rng = random.Random(8)
+        fill_to_the_brim(db, rng)
+        assert sealing_put_returns(db, text(rng)), "the put that sealed waited for the seal hook"
+        assert hook.started.wait(HOOK_SECONDS)
+        closer = in_thread(db.close)
+        while not db._guard.locked():  # pylint: disable=protected-access  # the close waits under it
+            time.sleep(0.001)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                db.put(text(rng))
+                db.close()
+                code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+        deadline = time.monotonic() + HOOK_SECONDS
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung (on the store's guard, held by the parent's closing thread?)")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        hook.release.set()
+    closer.join(HOOK_SECONDS)
+    assert not closer.is_alive()
+
+
 def test_a_process_that_exits_with_the_store_open_reframes_its_sealed_segment_first(tmp_path: Path) -> None:
     """Interpreter exit waits for the hook (as for seal fsyncs) and does not hang."""
     datadir = tmp_path / "db"
