@@ -408,8 +408,11 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
     def close(self) -> None:
         """Close the mutable segment's descriptors and maps."""
         self._drop_maps()
-        for fd in (self.data_fd, self.index_fd):
-            if fd >= 0:
-                os.close(fd)
+        # Forgotten before they are closed: a close cut short (an exception from a signal's
+        # handler) and called again must not close a number the process has reused since.
+        fds = (self.data_fd, self.index_fd)
         self.data_fd = self.index_fd = -1
         self.segment = -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)

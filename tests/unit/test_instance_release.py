@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -234,3 +235,35 @@ def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_
         check=False,
     )
     assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-3000:]
+
+
+def test_a_writer_close_cut_short_and_called_again_closes_no_descriptor_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close of the mutable segment's descriptors cut short after the first (as a signal's
+    exception may) and called again does not close that number again: by then the process may
+    have given it to another file, whose writes would go nowhere or elsewhere."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
+    db.put(b"blob")
+    writer = db._writer  # pylint: disable=protected-access  # the part under test
+    closed: list[int] = []
+    real_close = os.close
+
+    def cut_short(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+        if len(closed) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "close", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        writer.close()
+    reused = os.open(tmp_path / "another-file", os.O_CREAT | os.O_RDWR)  # takes the lowest free number
+    writer.close()
+    monkeypatch.undo()
+    try:
+        assert closed[0] not in closed[1:], closed
+        os.fstat(reused)  # still open
+    finally:
+        os.close(reused)
+        db.close()
