@@ -43,6 +43,13 @@ class FrameCache:
         self.hits = 0
         self.misses = 0
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: empty, with a new lock (a thread of the parent may have held the
+        old one, mid-change of the contents)."""
+        self._lock = threading.Lock()
+        self._items = OrderedDict()
+        self._bytes = 0
+
     def get(self, key: Any) -> bytes | None:
         """The cached frame, or None."""
         with self._lock:

@@ -234,6 +234,10 @@ class ReaderCache:
             MAX_OPEN_SEGMENTS if soft == resource.RLIM_INFINITY else max(4, min(MAX_OPEN_SEGMENTS, soft // 8))
         )
 
+    def reset_lock_after_fork(self) -> None:
+        """In a forked child: a new refresh lock (a thread of the parent may have held the old one)."""
+        self._refresh_lock = threading.Lock()
+
     def reset(self) -> None:
         """Forget every open segment (their descriptors close as their users finish)."""
         self.epoch = self.state.words[W_EPOCH]

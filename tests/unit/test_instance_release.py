@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -267,3 +268,34 @@ def test_a_writer_close_cut_short_and_called_again_closes_no_descriptor_twice(
     finally:
         os.close(reused)
         db.close()
+
+
+@pytest.mark.parametrize("held", ["frame-cache", "segment-readers"])
+def test_a_child_forked_while_a_reader_thread_holds_a_cache_lock_reads(tmp_path: Path, held: str) -> None:
+    """A thread of the parent inside the frame cache or a refresh of the segment readers holds
+    their lock at the fork; the child (which has no such thread) reads every blob all the same."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True)
+    locations = [db.put(bytes([i]) * 40_000) for i in range(4)]
+    db.get(locations[0])  # a reader of the mutable segment, which the next puts leave behind
+    locations += [db.put(bytes([i]) * 40_000) for i in range(4, 8)]
+    cache_lock = db._frame_cache._lock  # pylint: disable=protected-access  # the parts under test
+    refresh_lock = db._readers._refresh_lock  # pylint: disable=protected-access
+    lock = cache_lock if held == "frame-cache" else refresh_lock
+    with lock:  # as a reading thread of the parent holds it at the fork
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                if all(db.get(location) == bytes([i]) * 40_000 for i, location in enumerate(locations)):
+                    code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail(f"the forked child hung on the {held} lock the parent held at the fork")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    db.close()
