@@ -225,6 +225,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def forked_child_exit_code(pid: int, seconds: float, hung: str) -> int:
+    """The exit code of forked child ``pid``; past ``seconds`` the child is killed and the test
+    fails with ``hung`` (a child that hangs must never hang the test run)."""
+    deadline = time.monotonic() + seconds
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(hung)
+    return os.waitstatus_to_exitcode(done[1])
+
+
 def scratch_files(datadir: Path) -> dict[str, int]:
     """The datadir's ``.tmp-<pid>-...`` scratch files and the pid in each name (0: none)."""
     found = {}

@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
 import pytest
+from crash_support import forked_child_exit_code
 
 from conduit_flat_file_db import FlatFileDb
 
@@ -290,12 +290,5 @@ def test_a_child_forked_while_a_reader_thread_holds_a_cache_lock_reads(tmp_path:
                     code = 0
             finally:
                 os._exit(code)  # pylint: disable=protected-access
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail(f"the forked child hung on the {held} lock the parent held at the fork")
-    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert forked_child_exit_code(pid, 30, f"the forked child hung on the {held} lock the parent held at the fork") == 0
     db.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from crash_support import forked_child_exit_code
 
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db import flat_file_db as flat_file_db_module
@@ -264,14 +265,10 @@ def test_a_forked_child_runs_its_own_seal_hooks_while_the_parents_is_blocked(
                 code = 0 if reframed(datadir, 1, db.frame_bytes) else 2
             finally:
                 os._exit(code)  # pylint: disable=protected-access
-        deadline = time.monotonic() + HOOK_SECONDS
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung (waiting for the parent's seal hook?)")
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert (
+            forked_child_exit_code(pid, HOOK_SECONDS, "the forked child hung (waiting for the parent's seal hook?)")
+            == 0
+        )
         assert not hook.finished.is_set()
     finally:
         hook.release.set()
@@ -301,14 +298,12 @@ def test_a_child_forked_while_another_thread_closes_the_store_can_close_it(tmp_p
                 code = 0
             finally:
                 os._exit(code)  # pylint: disable=protected-access
-        deadline = time.monotonic() + HOOK_SECONDS
-        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if done[0] == 0:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung (on the store's guard, held by the parent's closing thread?)")
-        assert os.waitstatus_to_exitcode(done[1]) == 0
+        assert (
+            forked_child_exit_code(
+                pid, HOOK_SECONDS, "the forked child hung (on the store's guard, held by the parent's closing thread?)"
+            )
+            == 0
+        )
     finally:
         hook.release.set()
     closer.join(HOOK_SECONDS)
