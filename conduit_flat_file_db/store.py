@@ -689,7 +689,9 @@ def _after_fork_in_child() -> None:
     for store in list(_LIVE_STORES):
         store._guard = threading.Lock()
         store._frame_cache.reset_after_fork()
-        store._readers.reset_lock_after_fork()
+        readers = getattr(store, "_readers", None)  # None: a store still being opened at the fork
+        if readers is not None:
+            readers.reset_lock_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db import FlatFileDb, locking
+from conduit_flat_file_db import store as store_module
 
 DROP_MANY = """
     import resource, sys
@@ -299,3 +302,43 @@ def test_a_child_forked_while_a_reader_thread_holds_a_cache_lock_reads(tmp_path:
         pytest.fail(f"the forked child hung on the {held} lock the parent held at the fork")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     db.close()
+
+
+def test_a_child_forked_while_another_thread_opens_a_store_renews_every_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that opens a store holds its guard before the store has its segment readers; a
+    fork then renews the guards of every store in the child all the same, without an error. (The
+    error used to end the renewal at that store, leaving the stores after it with the guards the
+    parent's threads held.)"""
+    opened = FlatFileDb(tmp_path / "open", tmp_path / "open.lock")
+    opening = threading.Event()
+    go_on = threading.Event()
+    real_process_lock_for = locking.process_lock_for
+
+    def slow_process_lock_for(path: str) -> Any:
+        opening.set()
+        go_on.wait(30)
+        return real_process_lock_for(path)
+
+    monkeypatch.setattr(store_module, "process_lock_for", slow_process_lock_for)
+    opener = threading.Thread(target=lambda: FlatFileDb(tmp_path / "opening", tmp_path / "opening.lock").close())
+    opener.start()
+    opening.wait(30)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with opened._guard:  # pylint: disable=protected-access  # as a thread of the parent closing it holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                # pylint: disable-next=protected-access,consider-using-with  # the child ends here
+                if not unraisable and opened._guard.acquire(timeout=5):
+                    code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+    go_on.set()
+    opener.join(30)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    opened.close()
