@@ -334,9 +334,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
-            if in_lease_reaper():
+            lock = self._lock
+            if in_lease_reaper() or (isinstance(lock, ProcessLock) and lock.read_held_here()):
                 # A collection in a lease reaper, which may hold the room of this store's lock:
-                # the close would wait for it for ever. Closed in a thread of its own instead.
+                # the close would wait for it for ever. Or a drop inside this thread's read_lock()
+                # of the same lock file, where close() is refused. Closed in a thread of its own.
                 with contextlib.suppress(RuntimeError):  # no new thread now: the descriptors leak
                     threading.Thread(target=self.close, name="ffdb-finalize", daemon=True).start()
             else:

@@ -186,6 +186,24 @@ COLLECTED_IN_THE_LEASE_REAPER = """
     print("ok" if done else f"collected: {ref() is None}; alive: {alive}; {before} -> {after}")
 """
 
+DROPPED_INSIDE_A_READ_LOCK = """
+    import os, sys, threading, weakref
+    from conduit_flat_file_db import FlatFileDb
+    reader = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+    reader.put(b"x")
+    before = sorted(os.listdir("/proc/self/fd"))
+    leaked = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+    ref = weakref.ref(leaked)
+    with reader.read_lock():
+        del leaked  # this thread holds the read lock of the same lock file: its close() is refused here
+    for thread in threading.enumerate():
+        if thread.name == "ffdb-finalize":
+            thread.join(10)
+    after = sorted(os.listdir("/proc/self/fd"))
+    print("ok" if ref() is None and after == before else f"collected: {ref() is None}; {before} -> {after}")
+    reader.close()
+"""
+
 KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
     import gc, sys, threading, weakref
     from conduit_flat_file_db import KeyedStore
@@ -220,17 +238,25 @@ KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
         COLLECTED_IN_ITS_OWN_SYNC_THREAD,
         COLLECTED_IN_THE_LEASE_REAPER,
         KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD,
+        DROPPED_INSIDE_A_READ_LOCK,
     ],
-    ids=["inside-the-lock-registry", "in-its-own-sync-thread", "in-the-lease-reaper", "keyed-inside-the-lmdb-guard"],
+    ids=[
+        "inside-the-lock-registry",
+        "in-its-own-sync-thread",
+        "in-the-lease-reaper",
+        "keyed-inside-the-lmdb-guard",
+        "dropped-inside-a-read-lock",
+    ],
 )
 def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_hang(
     tmp_path: Path, script: str
 ) -> None:
     """The collection that finalizes a store may run while its thread holds the lock registry's
     guard, in the store's own sync thread, or in the lease reaper while it holds the room of the
-    store's lock: the close it runs neither waits for the thread it runs in (or for what that
-    thread holds) nor leaves descriptors behind. In a child process, with a timeout: a hang is a
-    failure."""
+    store's lock; a store may be dropped inside its thread's read_lock() of the same lock file
+    (where close() is refused, and its descriptors were left open): the close it runs neither
+    waits for the thread it runs in (or for what that thread holds) nor leaves descriptors behind.
+    In a child process, with a timeout: a hang is a failure."""
     done = subprocess.run(
         [sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(script), str(tmp_path)],
         capture_output=True,
