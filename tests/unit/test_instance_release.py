@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from conduit_flat_file_db import FlatFileDb, locking
+from conduit_flat_file_db import FlatFileDb, KeyedStore, locking
 from conduit_flat_file_db import store as store_module
+from conduit_flat_file_db.keyed import core as keyed_core
 
 DROP_MANY = """
     import resource, sys
@@ -368,3 +369,32 @@ def test_a_child_forked_while_another_thread_opens_a_store_renews_every_store(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     opened.close()
+
+
+def test_a_keyed_store_dropped_while_another_thread_collects_is_closed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the thread that runs a collection hands the close of a keyed store it finalizes to a
+    thread of its own: a keyed store dropped meanwhile in another thread by its last reference is
+    closed there, at once, as outside collections (a reopen right after finds it closed)."""
+    closed_in: list[str] = []
+    real_close_quietly = keyed_core.KeyedCore._close_quietly  # pylint: disable=protected-access
+
+    def close_quietly(self: Any) -> None:
+        closed_in.append(threading.current_thread().name)
+        real_close_quietly(self)
+
+    monkeypatch.setattr(keyed_core.KeyedCore, "_close_quietly", close_quietly)
+    keyed = KeyedStore(tmp_path / "keyed")
+    keyed["a"] = b"x"
+    collector = threading.Thread(target=keyed_core._note_collection, args=("start", {}))  # pylint: disable=protected-access
+    collector.start()  # as a collection's start in another thread
+    collector.join(30)
+    try:
+        del keyed
+        assert closed_in == [threading.current_thread().name]
+    finally:
+        keyed_core._note_collection("stop", {})  # pylint: disable=protected-access
+        for thread in threading.enumerate():
+            if thread.name == "ffdb-finalize":
+                thread.join(30)
