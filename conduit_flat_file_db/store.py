@@ -686,14 +686,14 @@ def _after_fork_in_child() -> None:
     # A thread of the parent that was opening or closing a store (a close waits seconds for the
     # seal hook) does not exist in the child: the guard it held would stay held for ever.
     # The same for a reading thread inside the frame cache or a refresh of the segment readers:
-    # the cache starts empty (its contents may be mid-change), the readers refresh as needed.
+    # the cache starts empty (its contents may be mid-change), the readers open afresh.
     # pylint: disable=protected-access  # this module's class and its parts
     for store in list(_LIVE_STORES):
         store._guard = threading.Lock()
         store._frame_cache.reset_after_fork()
         readers = getattr(store, "_readers", None)  # None: a store still being opened at the fork
         if readers is not None:
-            readers.reset_lock_after_fork()
+            readers.reset_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -19,6 +19,7 @@ import pytest
 from conduit_flat_file_db import FlatFileDb, KeyedStore, locking
 from conduit_flat_file_db import store as store_module
 from conduit_flat_file_db.keyed import core as keyed_core
+from conduit_flat_file_db.seekable import FrameTable
 
 DROP_MANY = """
     import resource, sys
@@ -398,3 +399,53 @@ def test_a_keyed_store_dropped_while_another_thread_collects_is_closed_at_once(
         for thread in threading.enumerate():
             if thread.name == "ffdb-finalize":
                 thread.join(30)
+
+
+def test_a_child_forked_while_a_reader_thread_is_mid_refresh_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread of the parent refreshing the reader of the compressed mutable segment has added
+    the new frames to its table, not yet counted the records they came from, when another thread
+    forks: the child (which has no such thread) reads every blob all the same, through readers
+    it opens afresh (the half-refreshed one would take those frames a second time)."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True)
+    locations = [db.put(bytes([i]) * 40_000) for i in range(4)]
+    db.get(locations[0])  # a reader of the mutable segment, which the next puts leave behind
+    locations += [db.put(bytes([i]) * 40_000) for i in range(4, 8)]
+    mid_refresh = threading.Event()
+    forked = threading.Event()
+    real_extend = FrameTable.extend
+
+    def extend_then_wait(self: FrameTable, size_words: list[int]) -> None:
+        real_extend(self, size_words)
+        mid_refresh.set()
+        forked.wait(30)
+
+    monkeypatch.setattr(FrameTable, "extend", extend_then_wait)
+    refresher = threading.Thread(target=db.get, args=(locations[-1],))
+    refresher.start()
+    assert mid_refresh.wait(30)
+    monkeypatch.setattr(FrameTable, "extend", real_extend)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit code
+        code = 1
+        try:
+            later = [os.urandom(1000 * i) for i in range(1, 5)]  # frames of other sizes after those
+            at = [db.put(blob) for blob in later]
+            if all(db.get(location) == bytes([i]) * 40_000 for i, location in enumerate(locations)) and all(
+                db.get(location) == blob for location, blob in zip(at, later)
+            ):
+                code = 0
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    forked.set()
+    refresher.join(30)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    db.close()
