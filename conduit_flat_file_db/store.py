@@ -149,7 +149,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
-        _LIVE_STORES.add(self)  # for the guard's reset in a forked child
+        _LIVE_STORES[id(self)] = self  # for the guard's reset in a forked child
         self._closed = True
         self._words: Any = _CLOSED_WORDS
         self._epoch = -2
@@ -679,7 +679,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return resolved
 
 
-_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+# By id, not a WeakSet: that hashes the store, and a subclass that defines __eq__ has no hash.
+_LIVE_STORES: weakref.WeakValueDictionary[int, Store] = weakref.WeakValueDictionary()
 
 
 def _after_fork_in_child() -> None:
@@ -688,7 +689,7 @@ def _after_fork_in_child() -> None:
     # The same for a reading thread inside the frame cache or a refresh of the segment readers:
     # the cache starts empty (its contents may be mid-change), the readers open afresh.
     # pylint: disable=protected-access  # this module's class and its parts
-    for store in list(_LIVE_STORES):
+    for store in list(_LIVE_STORES.values()):
         store._guard = threading.Lock()
         store._frame_cache.reset_after_fork()
         readers = getattr(store, "_readers", None)  # None: a store still being opened at the fork

@@ -449,3 +449,30 @@ def test_a_child_forked_while_a_reader_thread_is_mid_refresh_reads(
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     db.close()
+
+
+def test_a_subclass_without_a_hash_opens_and_its_forked_child_reads(tmp_path: Path) -> None:
+    """A subclass that defines ``__eq__`` (so Python gives it no hash) opens, as it did before
+    stores were kept for the reset in a forked child, and that reset covers it."""
+
+    class Compared(FlatFileDb):
+        """Equal when they name the same datadir (and so unhashable)."""
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Compared) and other.datadir == self.datadir
+
+    db = Compared(tmp_path / "store", tmp_path / "store.lock")
+    location = db.put(b"blob")
+    with db._guard:  # pylint: disable=protected-access  # as a thread of the parent closing it holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                # pylint: disable-next=protected-access,consider-using-with  # the child ends here
+                if db._guard.acquire(timeout=5) and db.get(location) == b"blob":
+                    code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    db.close()
