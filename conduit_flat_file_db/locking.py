@@ -326,6 +326,9 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                 self._reader_threads.pop(ident, None)
             self._readers -= 1
             if self._readers == 0:
+                # Released in another thread than the acquire (the room allows it), the count above
+                # was the releasing thread's, not the holder's: with no reader left, no thread holds it.
+                self._reader_threads.clear()
                 try:
                     self._ipc_release()
                 finally:

@@ -234,9 +234,13 @@ class ReaderCache:
             MAX_OPEN_SEGMENTS if soft == resource.RLIM_INFINITY else max(4, min(MAX_OPEN_SEGMENTS, soft // 8))
         )
 
-    def reset_lock_after_fork(self) -> None:
-        """In a forked child: a new refresh lock (a thread of the parent may have held the old one)."""
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new refresh lock and no segment reader (a thread of the parent may
+        have held the lock, mid-refresh of a reader: frames added to its table, not yet counted
+        as loaded, would be added again). Readers open afresh as they are needed."""
         self._refresh_lock = threading.Lock()
+        self.by_path.clear()  # in place: the store's fast path holds this dict
+        self.by_number.clear()
 
     def reset(self) -> None:
         """Forget every open segment (their descriptors close as their users finish)."""

@@ -122,6 +122,8 @@ def _read_valid_prefix(fd: int, size: int) -> bytes:
     offset = HEADER_BYTES
     while offset < size:
         chunk = pread_full(fd, min(_CHUNK_BYTES, size - offset), offset)
+        if not chunk:
+            break  # the file was cut shorter since its size was taken: it ends here now
         valid = valid_record_bytes(chunk)
         if valid < len(chunk):
             parts.append(chunk[:valid])

@@ -149,7 +149,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._base_dir = os.getcwd()
         self._frame_cache = FrameCache(frame_cache_bytes)  # size 0 caches nothing but still counts
         self._guard = threading.Lock()  # opening/closing, never on a hot path
-        _LIVE_STORES.add(self)  # for the guard's reset in a forked child
+        _LIVE_STORES[id(self)] = self  # for the guard's reset in a forked child
         self._closed = True
         self._words: Any = _CLOSED_WORDS
         self._epoch = -2
@@ -334,9 +334,11 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
-            if in_lease_reaper():
+            lock = self._lock
+            if in_lease_reaper() or (isinstance(lock, ProcessLock) and lock.read_held_here()):
                 # A collection in a lease reaper, which may hold the room of this store's lock:
-                # the close would wait for it for ever. Closed in a thread of its own instead.
+                # the close would wait for it for ever. Or a drop inside this thread's read_lock()
+                # of the same lock file, where close() is refused. Closed in a thread of its own.
                 with contextlib.suppress(RuntimeError):  # no new thread now: the descriptors leak
                     threading.Thread(target=self.close, name="ffdb-finalize", daemon=True).start()
             else:
@@ -677,19 +679,22 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         return resolved
 
 
-_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+# By id, not a WeakSet: that hashes the store, and a subclass that defines __eq__ has no hash.
+_LIVE_STORES: weakref.WeakValueDictionary[int, Store] = weakref.WeakValueDictionary()
 
 
 def _after_fork_in_child() -> None:
     # A thread of the parent that was opening or closing a store (a close waits seconds for the
     # seal hook) does not exist in the child: the guard it held would stay held for ever.
     # The same for a reading thread inside the frame cache or a refresh of the segment readers:
-    # the cache starts empty (its contents may be mid-change), the readers refresh as needed.
+    # the cache starts empty (its contents may be mid-change), the readers open afresh.
     # pylint: disable=protected-access  # this module's class and its parts
-    for store in list(_LIVE_STORES):
+    for store in list(_LIVE_STORES.values()):
         store._guard = threading.Lock()
         store._frame_cache.reset_after_fork()
-        store._readers.reset_lock_after_fork()
+        readers = getattr(store, "_readers", None)  # None: a store still being opened at the fork
+        if readers is not None:
+            readers.reset_after_fork()
 
 
 if hasattr(os, "register_at_fork"):

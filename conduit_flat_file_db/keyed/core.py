@@ -261,7 +261,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            if _COLLECTING[0]:
+            if getattr(_COLLECTING, "active", False):
                 # A garbage collection finalizes a store in whichever thread allocates, inside
                 # whatever that thread holds: the index environments' guard, an index transaction,
                 # the write lock (another instance of this store mid-write). The close takes each
@@ -747,11 +747,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         shutil.rmtree(path, ignore_errors=True)
 
 
-_COLLECTING = [False]  # a garbage collection runs (and may finalize stores): see KeyedStore.__del__
+# Whether a garbage collection runs in this thread (and may finalize stores): see KeyedStore.__del__.
+# Per thread: a store dropped by its last reference in another thread meanwhile is closed at once.
+_COLLECTING = threading.local()
 
 
 def _note_collection(phase: str, info: dict[str, Any]) -> None:  # pylint: disable=unused-argument  # gc's signature
-    _COLLECTING[0] = phase == "start"
+    _COLLECTING.active = phase == "start"
 
 
 gc.callbacks.append(_note_collection)

@@ -4,6 +4,9 @@ tail after them, and what its readers decode of it is what they decoded of the w
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,42 @@ def test_valid_record_bytes_stops_where_decode_records_stops() -> None:
     for buf in (b"", clean, clean + b"\0" * 5, clean[:64] + bytes(32) + clean, clean[:96] + b"\x07" + clean[97:]):
         scan = decode_records(buf)
         assert valid_record_bytes(buf) == len(scan.records) * RECORD_BYTES
+
+
+SHRINK_WHILE_READ = """
+    import os, sys
+    from conduit_flat_file_db import segment_files
+    from conduit_flat_file_db.index import HEADER_BYTES, KIND_RAW, encode_blob, encode_header
+    from conduit_flat_file_db.naming import index_name
+    segment_files._WHOLE_READ_BYTES, segment_files._CHUNK_BYTES, segment_files._TAIL_READ_BYTES = 4096, 1024, 2048
+    path = os.path.join(sys.argv[1], index_name(0))
+    with open(path, "wb") as out:
+        out.write(encode_header(0, KIND_RAW, 1) + b"".join(encode_blob(7 * i, 7, i) for i in range(500)))
+    real_pread_full = segment_files.pread_full
+
+    def pread_full(fd, size, offset):
+        if offset == HEADER_BYTES:  # another process cuts the file after its size was taken
+            os.truncate(path, HEADER_BYTES + int(sys.argv[2]))
+        return real_pread_full(fd, size, offset)
+
+    segment_files.pread_full = pread_full
+    dir_fd = os.open(sys.argv[1], os.O_RDONLY)
+    raw = segment_files.read_index(dir_fd, 0)
+    with open(path, "rb") as now:
+        print("ok" if raw == now.read() else "differs")
+"""
+
+
+@pytest.mark.parametrize("left", [0, 40 * RECORD_BYTES], ids=["to-its-header", "inside-a-chunk"])
+def test_a_large_index_cut_while_it_is_read_reads_what_is_left(tmp_path: Path, left: int) -> None:
+    """An index cut shorter after its size was taken (recovery or a seal in another process cuts
+    its tail) is read up to where it now ends: the read used to ask for the missing bytes again
+    and again, for ever. In a child process, with a timeout: a hang is a failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SHRINK_WHILE_READ), str(tmp_path), str(left)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-3000:]

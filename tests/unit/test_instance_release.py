@@ -8,13 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crash_support import forked_child_exit_code
 
-from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db import FlatFileDb, KeyedStore, locking
+from conduit_flat_file_db import store as store_module
+from conduit_flat_file_db.keyed import core as keyed_core
+from conduit_flat_file_db.seekable import FrameTable
 
 DROP_MANY = """
     import resource, sys
@@ -183,6 +188,24 @@ COLLECTED_IN_THE_LEASE_REAPER = """
     print("ok" if done else f"collected: {ref() is None}; alive: {alive}; {before} -> {after}")
 """
 
+DROPPED_INSIDE_A_READ_LOCK = """
+    import os, sys, threading, weakref
+    from conduit_flat_file_db import FlatFileDb
+    reader = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+    reader.put(b"x")
+    before = sorted(os.listdir("/proc/self/fd"))
+    leaked = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+    ref = weakref.ref(leaked)
+    with reader.read_lock():
+        del leaked  # this thread holds the read lock of the same lock file: its close() is refused here
+    for thread in threading.enumerate():
+        if thread.name == "ffdb-finalize":
+            thread.join(10)
+    after = sorted(os.listdir("/proc/self/fd"))
+    print("ok" if ref() is None and after == before else f"collected: {ref() is None}; {before} -> {after}")
+    reader.close()
+"""
+
 KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
     import gc, sys, threading, weakref
     from conduit_flat_file_db import KeyedStore
@@ -217,17 +240,25 @@ KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD = """
         COLLECTED_IN_ITS_OWN_SYNC_THREAD,
         COLLECTED_IN_THE_LEASE_REAPER,
         KEYED_COLLECTED_INSIDE_THE_LMDB_GUARD,
+        DROPPED_INSIDE_A_READ_LOCK,
     ],
-    ids=["inside-the-lock-registry", "in-its-own-sync-thread", "in-the-lease-reaper", "keyed-inside-the-lmdb-guard"],
+    ids=[
+        "inside-the-lock-registry",
+        "in-its-own-sync-thread",
+        "in-the-lease-reaper",
+        "keyed-inside-the-lmdb-guard",
+        "dropped-inside-a-read-lock",
+    ],
 )
 def test_an_unclosed_store_collected_at_an_awkward_moment_is_released_without_a_hang(
     tmp_path: Path, script: str
 ) -> None:
     """The collection that finalizes a store may run while its thread holds the lock registry's
     guard, in the store's own sync thread, or in the lease reaper while it holds the room of the
-    store's lock: the close it runs neither waits for the thread it runs in (or for what that
-    thread holds) nor leaves descriptors behind. In a child process, with a timeout: a hang is a
-    failure."""
+    store's lock; a store may be dropped inside its thread's read_lock() of the same lock file
+    (where close() is refused, and its descriptors were left open): the close it runs neither
+    waits for the thread it runs in (or for what that thread holds) nor leaves descriptors behind.
+    In a child process, with a timeout: a hang is a failure."""
     done = subprocess.run(
         [sys.executable, "-W", "ignore::ResourceWarning", "-c", textwrap.dedent(script), str(tmp_path)],
         capture_output=True,
@@ -291,4 +322,143 @@ def test_a_child_forked_while_a_reader_thread_holds_a_cache_lock_reads(tmp_path:
             finally:
                 os._exit(code)  # pylint: disable=protected-access
     assert forked_child_exit_code(pid, 30, f"the forked child hung on the {held} lock the parent held at the fork") == 0
+    db.close()
+
+
+def test_a_child_forked_while_another_thread_opens_a_store_renews_every_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that opens a store holds its guard before the store has its segment readers; a
+    fork then renews the guards of every store in the child all the same, without an error. (The
+    error used to end the renewal at that store, leaving the stores after it with the guards the
+    parent's threads held.)"""
+    opened = FlatFileDb(tmp_path / "open", tmp_path / "open.lock")
+    opening = threading.Event()
+    go_on = threading.Event()
+    real_process_lock_for = locking.process_lock_for
+
+    def slow_process_lock_for(path: str) -> Any:
+        opening.set()
+        go_on.wait(30)
+        return real_process_lock_for(path)
+
+    monkeypatch.setattr(store_module, "process_lock_for", slow_process_lock_for)
+    opener = threading.Thread(target=lambda: FlatFileDb(tmp_path / "opening", tmp_path / "opening.lock").close())
+    opener.start()
+    opening.wait(30)
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with opened._guard:  # pylint: disable=protected-access  # as a thread of the parent closing it holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                # pylint: disable-next=protected-access,consider-using-with  # the child ends here
+                if not unraisable and opened._guard.acquire(timeout=5):
+                    code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+    go_on.set()
+    opener.join(30)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    opened.close()
+
+
+def test_a_keyed_store_dropped_while_another_thread_collects_is_closed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the thread that runs a collection hands the close of a keyed store it finalizes to a
+    thread of its own: a keyed store dropped meanwhile in another thread by its last reference is
+    closed there, at once, as outside collections (a reopen right after finds it closed)."""
+    closed_in: list[str] = []
+    real_close_quietly = keyed_core.KeyedCore._close_quietly  # pylint: disable=protected-access
+
+    def close_quietly(self: Any) -> None:
+        closed_in.append(threading.current_thread().name)
+        real_close_quietly(self)
+
+    monkeypatch.setattr(keyed_core.KeyedCore, "_close_quietly", close_quietly)
+    keyed = KeyedStore(tmp_path / "keyed")
+    keyed["a"] = b"x"
+    collector = threading.Thread(target=keyed_core._note_collection, args=("start", {}))  # pylint: disable=protected-access
+    collector.start()  # as a collection's start in another thread
+    collector.join(30)
+    try:
+        del keyed
+        assert closed_in == [threading.current_thread().name]
+    finally:
+        keyed_core._note_collection("stop", {})  # pylint: disable=protected-access
+        for thread in threading.enumerate():
+            if thread.name == "ffdb-finalize":
+                thread.join(30)
+
+
+def test_a_child_forked_while_a_reader_thread_is_mid_refresh_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread of the parent refreshing the reader of the compressed mutable segment has added
+    the new frames to its table, not yet counted the records they came from, when another thread
+    forks: the child (which has no such thread) reads every blob all the same, through readers
+    it opens afresh (the half-refreshed one would take those frames a second time)."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock", use_compression=True)
+    locations = [db.put(bytes([i]) * 40_000) for i in range(4)]
+    db.get(locations[0])  # a reader of the mutable segment, which the next puts leave behind
+    locations += [db.put(bytes([i]) * 40_000) for i in range(4, 8)]
+    mid_refresh = threading.Event()
+    forked = threading.Event()
+    real_extend = FrameTable.extend
+
+    def extend_then_wait(self: FrameTable, size_words: list[int]) -> None:
+        real_extend(self, size_words)
+        mid_refresh.set()
+        forked.wait(30)
+
+    monkeypatch.setattr(FrameTable, "extend", extend_then_wait)
+    refresher = threading.Thread(target=db.get, args=(locations[-1],))
+    refresher.start()
+    assert mid_refresh.wait(30)
+    monkeypatch.setattr(FrameTable, "extend", real_extend)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit code
+        code = 1
+        try:
+            later = [os.urandom(1000 * i) for i in range(1, 5)]  # frames of other sizes after those
+            at = [db.put(blob) for blob in later]
+            if all(db.get(location) == bytes([i]) * 40_000 for i, location in enumerate(locations)) and all(
+                db.get(location) == blob for location, blob in zip(at, later)
+            ):
+                code = 0
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    forked.set()
+    refresher.join(30)
+    assert forked_child_exit_code(pid, 30, "the forked child hung") == 0
+    db.close()
+
+
+def test_a_subclass_without_a_hash_opens_and_its_forked_child_reads(tmp_path: Path) -> None:
+    """A subclass that defines ``__eq__`` (so Python gives it no hash) opens, as it did before
+    stores were kept for the reset in a forked child, and that reset covers it."""
+
+    class Compared(FlatFileDb):
+        """Equal when they name the same datadir (and so unhashable)."""
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Compared) and other.datadir == self.datadir
+
+    db = Compared(tmp_path / "store", tmp_path / "store.lock")
+    location = db.put(b"blob")
+    with db._guard:  # pylint: disable=protected-access  # as a thread of the parent closing it holds it
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  # the child reports through its exit code
+            code = 1
+            try:
+                # pylint: disable-next=protected-access,consider-using-with  # the child ends here
+                if db._guard.acquire(timeout=5) and db.get(location) == b"blob":
+                    code = 0
+            finally:
+                os._exit(code)  # pylint: disable=protected-access
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     db.close()

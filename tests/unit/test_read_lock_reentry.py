@@ -109,3 +109,21 @@ def test_nested_read_locks_of_one_thread_are_all_counted(tmp_path: Path) -> None
         assert os.path.exists(db.segment_path(0))
     finally:
         db.close()
+
+
+def test_a_read_lock_left_in_another_thread_leaves_no_thread_holding_it(tmp_path: Path) -> None:
+    """A read_lock() block entered in one thread and left in another (a context handed over, as
+    the threads of an executor do; the lock allows it): once it is left no thread holds the read
+    lock, so the thread that entered it may close the store, and sync. It used to be counted as
+    a holder for ever, and every close() in it was refused."""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
+    try:
+        block = db.read_lock()
+        block.__enter__()  # pylint: disable=unnecessary-dunder-call  # left in another thread below
+        leaver = threading.Thread(target=block.__exit__, args=(None, None, None))
+        leaver.start()
+        leaver.join(30)
+        db.put(b"after the block")
+        db.sync()
+    finally:
+        db.close()
