@@ -86,11 +86,12 @@ def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
-# An index file is read whole up to this size. A larger one is read a chunk at a time up to its
-# first record that is not valid, and _TAIL_READ_BYTES past it: the bytes after the valid records
-# are a writer's room only when they are zeros and at most segment.ROOM_CHECK_MAX_BYTES long (8
-# MiB), so reading more of them changes no decision. (A forged or damaged index with gigabytes
-# after its records, a sparse file of zeros say, would else be read into memory whole.)
+# An index file is read whole up to this size. A larger one is read a chunk at a time up to a
+# chunk that does not start with a valid record, and _TAIL_READ_BYTES past it: the bytes after the
+# valid records are a writer's room only when they are zeros and at most
+# segment.ROOM_CHECK_MAX_BYTES long (8 MiB), so reading more of them changes no decision. (A
+# forged or damaged index with gigabytes after its records, a sparse file of zeros say, would
+# else be read into memory whole.)
 _WHOLE_READ_BYTES = 64 * 2**20
 _CHUNK_BYTES = 8 * 2**20  # a multiple of RECORD_BYTES
 _TAIL_READ_BYTES = 8 * 2**20 + RECORD_BYTES
@@ -99,8 +100,8 @@ _TAIL_READ_BYTES = 8 * 2**20 + RECORD_BYTES
 def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
     """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing.
 
-    Without ``limit``: the whole file, but of a file over 64 MiB only its valid records and
-    the 8 MiB after them (what recovery, sealing and verification look at)."""
+    Without ``limit``: the whole file, but of a file over 64 MiB only its valid records and at
+    least 8 MiB after them, at most 16 MiB (what recovery, sealing and verification look at)."""
     try:
         fd = open_regular(dir_fd, index_name(number))
     except FileNotFoundError:
@@ -117,21 +118,22 @@ def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | No
 
 
 def _read_valid_prefix(fd: int, size: int) -> bytes:
-    """The header, the run of valid records after it and at most _TAIL_READ_BYTES more."""
+    """The header and the chunks after it up to the first chunk that does not start with a valid
+    record, then _TAIL_READ_BYTES more: so at least that much after the first record that is not
+    valid, which lies at or before that chunk's start. One record is checked a chunk (the
+    callers check every record they use), so a large index of valid records costs no more than
+    its whole read."""
     parts = [pread_full(fd, HEADER_BYTES, 0)]
     offset = HEADER_BYTES
     while offset < size:
         chunk = pread_full(fd, min(_CHUNK_BYTES, size - offset), offset)
         if not chunk:
             break  # the file was cut shorter since its size was taken: it ends here now
-        valid = valid_record_bytes(chunk)
-        if valid < len(chunk):
-            parts.append(chunk[:valid])
-            offset += valid
-            parts.append(pread_full(fd, min(_TAIL_READ_BYTES, size - offset), offset))
-            break
         parts.append(chunk)
         offset += len(chunk)
+        if not valid_record_bytes(chunk[:RECORD_BYTES]):
+            parts.append(pread_full(fd, min(_TAIL_READ_BYTES, max(size - offset, 0)), offset))
+            break
     return b"".join(parts)
 
 
