@@ -9,6 +9,7 @@ only reach through it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -227,7 +228,14 @@ class Catalog(LogRecords):
         """
         self._refuse_write("read_lock")
         self._reopen_if_closed()
-        return self._lock.read(self.lock_timeout)
+        return self._read_locked()
+
+    @contextlib.contextmanager
+    def _read_locked(self) -> Iterator[None]:
+        # A generator of the store's: it keeps the store (and so its lock) alive while held,
+        # even when the caller keeps no reference to it (``with FlatFileDb(...).read_lock():``).
+        with self._lock.read(self.lock_timeout):
+            yield
 
     def frame_cache_info(self) -> dict[str, int]:
         """Counters of the decompressed-frame cache: hits, misses (= frames decompressed), bytes held."""

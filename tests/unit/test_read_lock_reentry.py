@@ -5,8 +5,11 @@ re-frame, hung as soon as the seal hook ran in its own thread)."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -127,3 +130,28 @@ def test_a_read_lock_left_in_another_thread_leaves_no_thread_holding_it(tmp_path
         db.sync()
     finally:
         db.close()
+
+
+def test_read_lock_of_an_instance_nobody_keeps_holds_until_the_block_ends(tmp_path: Path) -> None:
+    """``with FlatFileDb(...).read_lock():`` keeps that instance (and its lock) alive for the block:
+    another process's write waits meanwhile. (The dropped instance's finalizer closed the lock
+    before it was taken: EBADF.)"""
+    FlatFileDb(tmp_path / "store", tmp_path / "store.lock").close()
+    with FlatFileDb(tmp_path / "store", tmp_path / "store.lock").read_lock():
+        gc.collect()
+        child = subprocess.run(
+            [sys.executable, "-c", _WRITER, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+        )
+    assert child.stdout == "waited\n", child.stderr[-2000:]
+    with FlatFileDb(tmp_path / "store", tmp_path / "store.lock") as db:
+        assert db.get(db.put(b"after")) == b"after"
+
+
+_WRITER = """
+import sys
+from conduit_flat_file_db import FlatFileDb, FlatFileDbLockTimeoutError
+try:  # a writer's open takes the write lock too
+    FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock", lock_timeout=0.3).put(b"while read-locked")
+except FlatFileDbLockTimeoutError:
+    print("waited")
+"""
