@@ -318,6 +318,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
     def release_read(self) -> None:
         """Release what :meth:`acquire_read` took."""
         with self._readers_guard:
+            if self._readers <= 0:
+                return  # a forked child leaving a block its parent entered: the child holds nothing
             ident = threading.get_ident()
             held = self._reader_threads.get(ident, 0)
             if held > 1:

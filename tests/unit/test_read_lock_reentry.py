@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from crash_support import forked_child_exit_code
 
 from conduit_flat_file_db import FlatFileDb, FlatFileDbUnsafeAccessError
 
@@ -155,3 +156,26 @@ try:  # a writer's open takes the write lock too
 except FlatFileDbLockTimeoutError:
     print("waited")
 """
+
+
+def test_a_child_forked_inside_a_read_lock_block_leaves_it_holding_nothing(tmp_path: Path) -> None:
+    """The child of a fork inside ``read_lock()`` holds none of the parent's locks; leaving the
+    block there releases nothing, and the child's next ``read_lock()`` takes the lock for real.
+    (The count of readers went to -1, and the next block took no lock.)"""
+    db = FlatFileDb(tmp_path / "store", tmp_path / "store.lock")
+    lock = db._lock  # pylint: disable=protected-access  # the part under test
+    with db.read_lock():
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child reports through its exit code
+        code = 1
+        try:
+            with db.read_lock():
+                taken = lock._room.locked()  # type: ignore[union-attr]  # pylint: disable=protected-access
+            if taken and lock._readers == 0 and db.get(db.put(b"child")) == b"child":  # type: ignore[union-attr]  # pylint: disable=protected-access
+                code = 0
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    try:
+        assert forked_child_exit_code(pid, 30, "the forked child hung") == 0
+    finally:
+        db.close()
