@@ -207,7 +207,6 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
 
     def _reap(self) -> None:
         """Background: end a lease its process no longer uses."""
-        _reaper_thread.active = True  # see in_lease_reaper()
         while not self._stop.is_set():
             self._leased_event.wait()
             time.sleep(LEASE_SECONDS)
@@ -353,17 +352,6 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             yield
         finally:
             self.release_read()
-
-
-_reaper_thread = threading.local()
-
-
-def in_lease_reaper() -> bool:
-    """Whether this thread is a lease reaper, which may hold a lock's ``_room`` at any point a
-    garbage collection may start (so the finalizer of a store must not close it here: closing the
-    last user of that lock waits for that room, and a thread closing another lock meanwhile holds
-    the registry's guard, waiting for that room too)."""
-    return getattr(_reaper_thread, "active", False)
 
 
 # Reentrant: a garbage collection inside the guarded code (any allocation can start one) may

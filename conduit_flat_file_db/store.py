@@ -18,7 +18,6 @@ way and writes the seek table's new tail with one ``pwrite``; a larger put write
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
 import itertools
 import logging
@@ -62,12 +61,12 @@ from .index import (
     encode_blob,
     encode_record,
 )
-from .locking import ProcessLock, ReadOnlyLock, in_lease_reaper, process_lock_for, release_process_lock
+from .locking import ProcessLock, ReadOnlyLock, process_lock_for, release_process_lock
 from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fast_slice
 from .readonly import ReadOnlyState, open_datadir
 from .segment import MUTABLE_FRAMES_MAX
 from .state import W_DIRTY, W_END, W_EPOCH, W_FRAMES, W_SEGMENT, W_SYNCED_BELOW, SharedState
-from .syncer import SealHookRunner, SealSyncer
+from .syncer import SealHookRunner, SealSyncer, finalize
 from .tiering.config import Tiering
 from .tiering.tier import Tier
 from .types import Buffer, DataLocation, Slice
@@ -334,16 +333,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
         finally:  # even when warnings are errors
+            # Dropped inside this thread's read_lock() of the same lock file, where close() is
+            # refused: closed in a thread of its own, as a store finalized by a collection is.
             lock = self._lock
-            if in_lease_reaper() or (isinstance(lock, ProcessLock) and lock.read_held_here()):
-                # A collection in a lease reaper, which may hold the room of this store's lock:
-                # the close would wait for it for ever. Or a drop inside this thread's read_lock()
-                # of the same lock file, where close() is refused. Closed in a thread of its own.
-                with contextlib.suppress(RuntimeError):  # no new thread now: the descriptors leak
-                    threading.Thread(target=self.close, name="ffdb-finalize", daemon=True).start()
-            else:
-                with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone already
-                    self.close()
+            finalize(self.close, elsewhere=isinstance(lock, ProcessLock) and lock.read_held_here())
 
     def lost_segments(self) -> list[int]:
         """Numbers of the segments this instance's opens removed after a power loss, because they

@@ -10,6 +10,7 @@ adopted without a checksum to keep: for those the page itself is fsynced before 
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import os
 import threading
@@ -320,4 +321,38 @@ def _drain_at_exit() -> None:
         syncer.close()
 
 
-__all__ = ["SealHookRunner", "SealSyncer"]
+# Whether a garbage collection runs in this thread now. It finalizes unreachable stores in
+# whichever thread allocates, inside whatever that thread holds (the lock registry's guard, a
+# lock's room in its lease reaper, an index's guard or transaction): their close, which takes
+# those, must not run there. Per thread: gc calls its callbacks in the collecting thread.
+_COLLECTING = threading.local()
+
+
+def _note_collection(phase: str, info: dict[str, Any]) -> None:  # pylint: disable=unused-argument  # gc's signature
+    _COLLECTING.active = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
+
+
+def finalize(close: Callable[[], None], elsewhere: bool = False) -> None:
+    """A finalizer's close of a store: in a thread of its own (``ffdb-finalize``) when a garbage
+    collection runs in this thread, or ``elsewhere``; here otherwise (a store dropped by its last
+    reference is closed at once). Never raises."""
+    if elsewhere or getattr(_COLLECTING, "active", False):
+        try:
+            threading.Thread(target=_quietly, args=(close,), name="ffdb-finalize", daemon=True).start()
+            return
+        except RuntimeError:  # no new thread now (interpreter exit): closed here
+            pass
+    _quietly(close)
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:  # pylint: disable=broad-exception-caught  # a finalizer has no one to tell
+        pass
+
+
+__all__ = ["SealHookRunner", "SealSyncer", "finalize"]

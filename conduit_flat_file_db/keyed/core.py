@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import logging
 import os
 import shutil
@@ -45,6 +44,7 @@ from ..errors import (
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
 from ..log_records import LOG_START, LoggedPut, LogPosition
+from ..syncer import finalize
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
 from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_put, new_row
@@ -261,24 +261,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
-            if getattr(_COLLECTING, "active", False):
-                # A garbage collection finalizes a store in whichever thread allocates, inside
-                # whatever that thread holds: the index environments' guard, an index transaction,
-                # the write lock (another instance of this store mid-write). The close takes each
-                # of those: in a thread of its own it waits for them instead of for itself. (A store
-                # dropped by its last reference is closed here, at once, as before.)
-                try:
-                    threading.Thread(target=self._close_quietly, name="ffdb-finalize", daemon=True).start()
-                    return
-                except RuntimeError:  # no new thread now (interpreter exit): closed here
-                    pass
-            self._close_quietly()
-
-    def _close_quietly(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pylint: disable=broad-exception-caught  # nothing to report to at exit
-            pass
+            # Finalized by a collection, inside what its thread holds (the index environments'
+            # guard, an index transaction, the write lock): closed in a thread of its own.
+            finalize(self.close)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the constructor's arguments: the copy opens the store afresh (in a worker
@@ -745,18 +730,6 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def _remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
-
-
-# Whether a garbage collection runs in this thread (and may finalize stores): see KeyedStore.__del__.
-# Per thread: a store dropped by its last reference in another thread meanwhile is closed at once.
-_COLLECTING = threading.local()
-
-
-def _note_collection(phase: str, info: dict[str, Any]) -> None:  # pylint: disable=unused-argument  # gc's signature
-    _COLLECTING.active = phase == "start"
-
-
-gc.callbacks.append(_note_collection)
 
 
 def _reopen(cls: type[_K], path: str, options: dict[str, Any]) -> _K:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from crash_support import forked_child_exit_code
 
-from conduit_flat_file_db import FlatFileDb, KeyedStore, locking
+from conduit_flat_file_db import FlatFileDb, KeyedStore, locking, syncer
 from conduit_flat_file_db import store as store_module
 from conduit_flat_file_db.keyed import core as keyed_core
 from conduit_flat_file_db.seekable import FrameTable
@@ -156,9 +156,10 @@ COLLECTED_IN_ITS_OWN_SYNC_THREAD = """
     ref = weakref.ref(leaked)
     del leaked
     dropped.set()
-    for thread in threading.enumerate():
-        if thread.name == "ffdb-seal-sync":
-            thread.join(60)
+    for name in ("ffdb-seal-sync", "ffdb-finalize"):  # the close runs in a thread of its own
+        for thread in threading.enumerate():
+            if thread.name == name:
+                thread.join(60)
     after = sorted(os.listdir("/proc/self/fd"))
     print("ok" if ref() is None and after == before else f"collected: {ref() is None}; {before} -> {after}")
 """
@@ -372,23 +373,23 @@ def test_a_keyed_store_dropped_while_another_thread_collects_is_closed_at_once(
     thread of its own: a keyed store dropped meanwhile in another thread by its last reference is
     closed there, at once, as outside collections (a reopen right after finds it closed)."""
     closed_in: list[str] = []
-    real_close_quietly = keyed_core.KeyedCore._close_quietly  # pylint: disable=protected-access
+    real_close = keyed_core.KeyedCore.close
 
-    def close_quietly(self: Any) -> None:
+    def close(self: Any) -> None:
         closed_in.append(threading.current_thread().name)
-        real_close_quietly(self)
+        real_close(self)
 
-    monkeypatch.setattr(keyed_core.KeyedCore, "_close_quietly", close_quietly)
+    monkeypatch.setattr(keyed_core.KeyedCore, "close", close)
     keyed = KeyedStore(tmp_path / "keyed")
     keyed["a"] = b"x"
-    collector = threading.Thread(target=keyed_core._note_collection, args=("start", {}))  # pylint: disable=protected-access
+    collector = threading.Thread(target=syncer._note_collection, args=("start", {}))  # pylint: disable=protected-access
     collector.start()  # as a collection's start in another thread
     collector.join(30)
     try:
         del keyed
         assert closed_in == [threading.current_thread().name]
     finally:
-        keyed_core._note_collection("stop", {})  # pylint: disable=protected-access
+        syncer._note_collection("stop", {})  # pylint: disable=protected-access
         for thread in threading.enumerate():
             if thread.name == "ffdb-finalize":
                 thread.join(30)
