@@ -192,6 +192,9 @@ def _recover(dir_fd: int, number: int, data_fd: int, kind: int, check_from: int 
     scan = decode_records(memoryview(raw_index)[HEADER_BYTES:])
     sealed_tail = _sealed_compressed(kind, scan.records, data_size)
     if sealed_tail is not None:
+        # Nothing follows a SEAL: a writer's room left there (a seal of an older release killed
+        # before it cut the index, or a power loss that kept the SEAL but not the cut) goes.
+        _cut_index_tail(dir_fd, number, raw_index, sealed_tail.index_bytes, True, scan.problem)
         return sealed_tail
     walk = Walk(data_fd, kind, data_size, check_from)
     problem = walk.run(scan.records) or scan.problem

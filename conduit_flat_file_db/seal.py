@@ -56,8 +56,11 @@ def write_seal(data_fd: int, index_fd: int, kind: int, tail: Tail, sizes: Sequen
         pwrite_all(data_fd, table, tail.disk_bytes)
         disk = tail.disk_bytes + len(table)
         os.ftruncate(data_fd, disk)
-    pwrite_all(index_fd, encode_seal(tail.end, tail.blobs, disk), tail.index_bytes)
+    # The index is cut to its final size before the SEAL is written: a writer killed between the
+    # two leaves 32 zero bytes of room after its last record (a segment still mutable), never a
+    # SEAL followed by the writer's room.
     os.ftruncate(index_fd, tail.index_bytes + RECORD_BYTES)
+    pwrite_all(index_fd, encode_seal(tail.end, tail.blobs, disk), tail.index_bytes)
     return disk
 
 

@@ -18,7 +18,9 @@ SIGKILLs itself just before the n-th unlink of one of that segment's files. With
 ``use_compression`` the store writes seekable Zstandard segments (``frame_bytes``, if
 given, sets their frame size); ``die_in_reframe`` = n then makes the process SIGKILL itself
 in its n-th re-framing of a segment it sealed, when the re-framed copy is written aside
-but not yet renamed over the segment.
+but not yet renamed over the segment. With ``die_after_index_cut`` set, the process SIGKILLs
+itself right after its first cut of a record index (a seal cuts the index before it writes
+the SEAL record there).
 """
 
 from __future__ import annotations
@@ -109,6 +111,27 @@ def die_in_reframe(nth: int) -> None:
     sys.addaudithook(hook)
 
 
+def die_after_index_cut() -> None:
+    """SIGKILL this process right after its first ``ftruncate`` of a segment's record index: the
+    hook runs the cut itself (audit events come before the operation), then kills."""
+    done = False
+
+    def hook(name: str, args: tuple[object, ...]) -> None:
+        nonlocal done
+        if done or name != "os.truncate" or len(args) != 2:
+            return
+        fd, length = args
+        if not isinstance(fd, int) or not isinstance(length, int):
+            return
+        base = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if base.startswith("data_") and base.endswith(".idx"):
+            done = True
+            os.ftruncate(fd, length)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+
+
 def main(argv: list[str]) -> int:
     """Write until killed, or until the stop file appears."""
     config = json.loads(argv[1])
@@ -131,6 +154,8 @@ def main(argv: list[str]) -> int:
         die_at("open", str(config["die_before_creating"]), 1)
     if config.get("die_in_reframe"):
         die_in_reframe(int(config["die_in_reframe"]))
+    if config.get("die_after_index_cut"):
+        die_after_index_cut()
     if config.get("die_at_segment_remove"):
         die_at("os.remove", "", int(config["die_at_segment_remove"]))
         db.delete_file(db.segment_path(int(config["delete_segment"])))

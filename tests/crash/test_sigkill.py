@@ -303,9 +303,10 @@ def torn_append(datadir: Path, record_bytes: int, bad_crc: bool = False) -> None
     write_at(datadir / index_name(number), committed_index_bytes(datadir, number), bytes(record[:record_bytes]))
 
 
-def seal_mutable(datadir: Path) -> int:
+def seal_mutable(datadir: Path, room: int = 0) -> int:
     """Seal the newest segment as a rotation does first (write_seal: a raw data file is cut at its
-    committed end, then the SEAL record follows the last record and ends the index); returns its number."""
+    committed end, then the SEAL record follows the last record and ends the index); returns its number.
+    ``room``: that many zero bytes are left after the SEAL, as a writer's room that was not cut."""
     number = newest_segment(datadir)
     end, blobs = committed_extent(datadir, number)
     path = data_path(datadir, number)
@@ -314,7 +315,7 @@ def seal_mutable(datadir: Path) -> int:
     index = datadir / index_name(number)
     at = committed_index_bytes(datadir, number)
     write_at(index, at, encode_seal(end, blobs, os.path.getsize(path)))
-    os.truncate(index, at + RECORD_BYTES)
+    os.truncate(index, at + RECORD_BYTES + room)
     return number
 
 
@@ -324,6 +325,12 @@ def next_index(datadir: Path, header_bytes: int) -> None:
     kind = KIND_ZSTD if is_compressed(data_path(datadir, number)) else KIND_RAW
     header = encode_header(number + 1, kind, time.time_ns())
     (datadir / index_name(number + 1)).write_bytes(header[:header_bytes])
+
+
+def seal_with_room(datadir: Path) -> None:
+    """The SEAL written, the writer's room after it not yet cut (a seal of an older release killed
+    between its two steps, or a power loss that kept the SEAL and lost the cut)."""
+    seal_mutable(datadir, room=65536)
 
 
 def seal_only(datadir: Path) -> None:
@@ -353,6 +360,7 @@ CRASH_POINTS: dict[str, Callable[[Path], None]] = {
     "partial_index_record": lambda datadir: torn_append(datadir, 13),
     "bad_checksum_index_record": lambda datadir: torn_append(datadir, RECORD_BYTES, bad_crc=True),
     "seal_without_next_segment": seal_only,
+    "seal_with_room_after_it": seal_with_room,
     "next_index_without_data": lambda datadir: next_index(datadir, HEADER_BYTES),
     "next_index_empty_without_data": lambda datadir: next_index(datadir, 0),
     "next_index_torn_header_without_data": lambda datadir: next_index(datadir, 10),
@@ -432,19 +440,32 @@ def test_survivor_recovers_dead_writers_torn_tail(tmp_path: Path, use_compressio
 
 @COMPRESSION
 @pytest.mark.parametrize("larger_max", [False, True], ids=["same_max", "survivor_larger_max"])
-@pytest.mark.parametrize("killed_before", ["index", "data"], ids=["before_next_index", "before_next_data_file"])
+@pytest.mark.parametrize(
+    "killed_before",
+    ["seal", "index", "data"],
+    ids=["between_index_cut_and_seal", "before_next_index", "before_next_data_file"],
+)
 def test_survivor_after_writer_killed_mid_rotation(
     tmp_path: Path, killed_before: str, larger_max: bool, use_compression: bool
 ) -> None:
-    """Another process is SIGKILLed in the middle of a rotation (just before it creates the next
-    segment's index, or its data file) while this instance stays open. This instance's next
-    puts must work and leave a clean store, whether its MAX_DAT_FILE_SIZE is the dead writer's
-    (so it rotates too) or larger (each process sets its own)."""
+    """Another process is SIGKILLed in the middle of a rotation (after it cut its index for the
+    SEAL record but before writing it, just before it creates the next segment's index, or its
+    data file) while this instance stays open. This instance's next puts must work and leave a
+    clean store, whether its MAX_DAT_FILE_SIZE is the dead writer's (so it rotates too) or
+    larger (each process sets its own)."""
     suffix = ".idx" if killed_before == "index" else ".dat.zst" if use_compression else ".dat"
     datadir = tmp_path / "store"
     db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=use_compression, frame_bytes=1024)
-    where = f"survivor of a rotation killed before creating the next {suffix}" + (
+    how = (
+        "after cutting its index for the SEAL record"
+        if killed_before == "seal"
+        else f"before creating the next {suffix}"
+    )
+    where = f"survivor of a rotation killed {how}" + (
         " (survivor has a larger MAX_DAT_FILE_SIZE)" if larger_max else ""
+    )
+    kill: dict[str, object] = (
+        {"die_after_index_cut": True} if killed_before == "seal" else {"die_before_creating": suffix}
     )
     try:
         written = populate(datadir, db)
@@ -458,7 +479,7 @@ def test_survivor_after_writer_killed_mid_rotation(
                 "max_size": INJECT_SEGMENT,
                 "big_fraction": 0.0,
                 "use_compression": use_compression,
-                "die_before_creating": suffix,
+                **kill,
             },
         )
         try:
@@ -469,6 +490,9 @@ def test_survivor_after_writer_killed_mid_rotation(
         assert victim.proc.returncode == -signal.SIGKILL, (
             f"the victim did not die in its rotation (exit {victim.proc.returncode}):\n{victim.stderr()}"
         )
+        if killed_before == "seal":  # the index cut to its records plus 32 zero bytes, no SEAL yet
+            last = (datadir / index_name(newest_segment(datadir))).read_bytes()[-RECORD_BYTES:]
+            assert last == bytes(RECORD_BYTES), f"{where}: the index ends in {last.hex()}, not the SEAL's zero room"
         acks = read_acks(victim.report)
         if larger_max:
             db.MAX_DAT_FILE_SIZE = 2**20
