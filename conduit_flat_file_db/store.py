@@ -224,7 +224,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._frame_cache,
                 functools.partial(_repair_if_alive, weakref.ref(self)),
             )
-            self._open_tier(dir_fd, readonly=False)
+            self._open_tier(dir_fd, state.words, readonly=False)
             self._opened(state.words)
 
     def _open_readonly(self) -> None:
@@ -239,11 +239,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._lock = ReadOnlyLock(self._dir_str)
         self._ro_state = state
         self._readers = ReaderCache(dir_fd, self._dir_str, self._base_dir, state, self._frame_cache, state.repair)
-        self._open_tier(dir_fd, readonly=True)
+        self._open_tier(dir_fd, state.words, readonly=True)
         self._opened(state.words)
 
-    def _open_tier(self, dir_fd: int, readonly: bool) -> None:
-        """With tiering: the tier (claim and probe of the bucket), and remote reads for the readers."""
+    def _open_tier(self, dir_fd: int, words: Any, readonly: bool) -> None:
+        """With tiering: the tier (claim and probe of the bucket), and remote reads for the readers.
+        Nothing the tier holds may hold the instance (no bound method of it): the tier's thread
+        would keep a dropped instance alive, never finalized."""
         if self.tiering is None:
             return
         try:
@@ -252,7 +254,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 dir_fd,
                 self._dir_str,
                 self._abs_lock,
-                self._tier_words,
+                functools.partial(_tier_words, words),
                 self._lock.write,
                 None if readonly else self._state.bump_epoch,
                 readonly=readonly,
@@ -263,11 +265,6 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._readers.remote = self._tier.reader
         if not readonly:
             self._tier.wake()
-
-    def _tier_words(self) -> tuple[int, int]:
-        """(mutable segment, every segment below this is fsynced): what the tier may upload."""
-        words = self._words
-        return words[W_SEGMENT], words[W_SYNCED_BELOW]
 
     def _opened(self, words: Any) -> None:
         self._by_path = self._readers.by_path
@@ -724,6 +721,12 @@ def _run_seal_hook(store: Store, sealed: list[int]) -> None:
         logger.exception("%s: after sealing segments %s the seal hook failed", store.datadir, sealed)
     if store._tier is not None:
         store._tier.wake()
+
+
+def _tier_words(words: Any) -> tuple[int, int]:
+    """(mutable segment, every segment below this is fsynced) of a state page's ``words``: what
+    the tier may upload."""
+    return words[W_SEGMENT], words[W_SYNCED_BELOW]
 
 
 def _repair_if_alive(store: weakref.ref[Store]) -> None:

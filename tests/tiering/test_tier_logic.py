@@ -6,11 +6,13 @@ here the bucket is in memory so that a test can look at and damage every object 
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -437,3 +439,26 @@ def test_gc_takes_turns_with_the_tiers_own_thread(tmp_path: Path) -> None:
     for _ in range(30):
         with _open(tmp_path, bucket) as again:
             assert again.gc_tiering() == {"manifests": 0, "objects": 0}
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writer", "readonly"])
+def test_a_tiered_store_dropped_unclosed_is_finalized_and_its_thread_ends(tmp_path: Path, readonly: bool) -> None:
+    """A tiered store dropped without close() is collected like any other: its tier (and the
+    tier's thread) must not keep it alive, or every such store would keep its descriptors, lock
+    and thread for the life of the process."""
+    bucket = MemoryStore()
+    db, _locations, _datas = _filled(tmp_path, bucket, False)
+    if readonly:
+        db.close()
+        db = FlatFileDb(tmp_path / "db", readonly=True, tiering=Tiering(URL, object_store=bucket))
+    tier = db._tier  # pylint: disable=protected-access  # the thread that must end with the store
+    assert tier is not None
+    thread = tier._thread  # pylint: disable=protected-access
+    dropped = weakref.ref(db)
+    del db
+    gc.collect()
+    assert dropped() is None, "the tier keeps the dropped store alive"
+    assert tier.stopped, "the dropped store's tier was not closed"
+    if thread is not None:
+        thread.join(10)
+        assert not thread.is_alive(), "the tier's thread outlived its store"
