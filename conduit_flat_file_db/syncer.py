@@ -23,6 +23,7 @@ from .state import W_SYNCED_BELOW, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
 
+_POLL_SECONDS = 1.0  # a wait for the seal hook thread also looks this often whether it still runs
 _IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
 
 
@@ -73,14 +74,9 @@ class SealSyncer:
             if self._thread is not None:
                 self._cond.notify_all()
                 return
-            thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # no new thread now (interpreter exiting, thread limit): sync here
-                pass
-            else:
-                self._thread = thread
+            if self._start_locked():
                 return
+        # No new thread now (interpreter exiting, thread limit): sync here.
         self._finish(below, self._sync(below))
 
     def wait(self, below: int) -> OSError | None:
@@ -89,8 +85,38 @@ class SealSyncer:
             return None
         with self._cond:
             while self._done < min(below, self._target) and self._thread is not None:
-                self._cond.wait()
+                if not self._thread.is_alive():
+                    self._lost_thread_locked()
+                    continue
+                # Polled as well as notified: a wait must end even if the thread it waits for is gone.
+                self._cond.wait(_POLL_SECONDS)
             return self._failed
+
+    def _lost_thread_locked(self) -> None:
+        """(condition held) The sync thread has ended without its bookkeeping (never by this
+        class's own paths): start another for what is left, or, when none can start, fail what
+        is left as a failed fsync does (a sealed segment is never confirmed durable unsynced)."""
+        logger.error(
+            "the seal sync thread %s ended without finishing (segments below %d synced, %d requested)",
+            self._thread.name if self._thread is not None else "?",
+            self._done,
+            self._target,
+        )
+        self._thread = None
+        if self._closing or not self._start_locked():
+            self._failed = self._failed or OSError("the seal sync thread ended without finishing")
+            self._done = max(self._done, self._target)
+            self._cond.notify_all()
+
+    def _start_locked(self) -> bool:
+        """(condition held) Start the sync thread; False when no thread can start now."""
+        thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return False
+        self._thread = thread
+        return True
 
     def close(self, wait: bool = True) -> None:
         """Finish every request, then stop the thread; with ``wait=False``, stop it after the
@@ -230,17 +256,23 @@ class SealHookRunner:
             if self._thread is not None or self._paused:
                 self._cond.notify_all()
                 return
-            thread = threading.Thread(target=self._run, name="ffdb-seal-hook", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # no new thread now (interpreter exiting, thread limit): run it here
-                numbers, self._queue = self._queue, []
-                target = self._submitted
-                self._running_in = threading.current_thread()
-            else:
-                self._thread = thread
+            if self._start_locked():
                 return
+            # No new thread now (interpreter exiting, thread limit): run it here.
+            numbers, self._queue = self._queue, []
+            target = self._submitted
+            self._running_in = threading.current_thread()
         self._run_job(numbers, target)
+
+    def _start_locked(self) -> bool:
+        """(condition held) Start the hook thread; False when no thread can start now."""
+        thread = threading.Thread(target=self._run, name="ffdb-seal-hook", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            return False
+        self._thread = thread
+        return True
 
     def wait(self) -> None:
         """Wait until every job submitted before this call has finished and none runs; at once
@@ -254,7 +286,35 @@ class SealHookRunner:
         while ((self._finished < target and self._thread is not None) or self._running_in) and not self._paused:
             if threading.current_thread() in (self._running_in, self._thread):
                 return
-            self._cond.wait()
+            if self._lost_thread_locked():
+                continue
+            # Polled as well as notified: a wait must end even if the thread it waits for is gone.
+            self._cond.wait(_POLL_SECONDS)
+
+    def _lost_thread_locked(self) -> bool:
+        """(condition held) Forget a hook thread, or a thread noted as running a job, that has
+        ended without its bookkeeping (this never happens by this class's own paths); returns
+        whether one was. Its job is lost (the segments stay as written, every blob readable);
+        what is still queued gets a new thread."""
+        lost = [t for t in (self._thread, self._running_in) if t is not None and not t.is_alive()]
+        if not lost:
+            return False
+        logger.error(
+            "seal hook thread %s ended without finishing (jobs %d of %d done, %d segments queued); "
+            "its segments stay as written",
+            lost[0].name,
+            self._finished,
+            self._submitted,
+            len(self._queue),
+        )
+        if self._thread in lost:
+            self._thread = None
+        if self._running_in in lost:
+            self._running_in = None
+            self._finished = self._submitted - bool(self._queue)
+        if self._queue and self._thread is None and not self._paused:
+            self._start_locked()
+        return True
 
     def quiesce(self) -> None:
         """``wait()``, then hold back every later job until ``resume()``: none runs once this returns."""

@@ -22,6 +22,7 @@ from conduit_flat_file_db.maintenance import reframe_sealed
 from conduit_flat_file_db.naming import segment_name
 from conduit_flat_file_db.seekable import parse_seek_table
 from conduit_flat_file_db.store import DEFAULT_FRAME_BYTES, Store
+from conduit_flat_file_db.syncer import SealHookRunner
 from conduit_flat_file_db.types import DataLocation
 
 SEGMENT_BYTES = 64 * 1024
@@ -331,3 +332,29 @@ def test_a_read_only_instance_has_no_seal_hook_runner(tmp_path: Path) -> None:
     FlatFileDb(tmp_path / "db", use_compression=True).close()
     with FlatFileDb(tmp_path / "db", readonly=True) as reader:
         assert reader._hooks is None  # pylint: disable=protected-access
+
+
+def test_a_wait_for_a_hook_thread_that_ended_without_its_bookkeeping_ends(caplog: pytest.LogCaptureFixture) -> None:
+    """A hook thread that ends without its bookkeeping (not by the runner's own paths: here a
+    thread that never runs the runner's loop) must not make wait() (sync, recompress) wait for
+    ever: the wait notices within a poll, logs it, and runs what is still queued in a new thread."""
+
+    class Owner:  # stands in for the store: the runner holds it by a weak reference
+        """The hook's store."""
+
+    done: list[list[int]] = []
+    owner = Owner()
+    runner = SealHookRunner(owner, lambda store, numbers: done.append(numbers))
+    runner._run = lambda: None  # type: ignore[method-assign]  # pylint: disable=protected-access
+    runner.submit([3])
+    lost = runner._thread  # pylint: disable=protected-access
+    assert lost is not None
+    lost.join(HOOK_SECONDS)
+    del runner._run  # pylint: disable=protected-access  # the next thread runs the real loop
+    waiter = threading.Thread(target=runner.wait, daemon=True)
+    with caplog.at_level(logging.ERROR, logger="conduit_flat_file_db"):
+        waiter.start()
+        waiter.join(HOOK_SECONDS)
+    assert not waiter.is_alive(), "wait() waits for a hook thread that is gone"
+    assert done == [[3]], "the queued job did not run in a new thread"
+    assert "ended without finishing" in caplog.text

@@ -7,6 +7,26 @@ import sys
 import textwrap
 from pathlib import Path
 
+SYNC_THREAD_VANISHES = """
+    import sys
+    from conduit_flat_file_db import FlatFileDb, syncer
+    from conduit_flat_file_db.state import W_SYNCED_BELOW
+    real, threads = syncer.SealSyncer._run, []
+    def vanish(self):
+        threads.append(1)
+        if len(threads) > 1:
+            real(self)
+        # else: the first thread ends at once, without its bookkeeping
+    syncer.SealSyncer._run = vanish
+    db = FlatFileDb(sys.argv[1] + "/store", sys.argv[1] + "/store.lock")
+    db.put(b"x")
+    db.rotate()
+    db.sync()
+    print("threads", len(threads), "synced below", db._state.words[W_SYNCED_BELOW])
+    db.close()
+    print("closed")
+"""
+
 SYNC_THREAD_DIES = """
     import sys
     from conduit_flat_file_db import FlatFileDb, syncer
@@ -42,3 +62,20 @@ def test_a_sync_thread_ended_by_an_unexpected_error_fails_sync_instead_of_hangin
         "sync: the seal sync thread failed: ValueError('not an OSError')",
         "closed",
     ], done.stderr[-3000:]
+
+
+def test_a_sync_thread_that_ended_without_its_bookkeeping_is_replaced(tmp_path: Path) -> None:
+    """A sync thread that ends without its bookkeeping (not by the syncer's own paths: here one
+    that never runs its loop) must not make sync() wait for ever: the wait notices within a
+    poll and starts another thread, which fsyncs the sealed segment. In a child process, with a
+    timeout: a hang is a failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SYNC_THREAD_VANISHES), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["threads 2 synced below 1", "closed"], done.stderr[-3000:]
+    assert "ended without finishing" in done.stderr
