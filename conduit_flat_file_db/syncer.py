@@ -311,7 +311,8 @@ class SealHookRunner:
             self._thread = None
         if self._running_in in lost:
             self._running_in = None
-            self._finished = self._submitted - bool(self._queue)
+            if not self._queue:  # else the new thread's job covers every submit so far
+                self._finished = self._submitted
         if self._queue and self._thread is None and not self._paused:
             self._start_locked()
         return True
