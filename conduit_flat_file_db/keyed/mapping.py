@@ -274,12 +274,14 @@ class MappingStore(KeyedCore):
         return len(present)
 
     def clear(self) -> None:
-        """Delete every key (in batches); the space is reclaimed by vacuum()."""
+        """Delete every key (in batches); the space is reclaimed by vacuum().
+
+        One pass over the keys in key order: a key another thread or process writes meanwhile
+        may be deleted or kept (a write concurrent with clear()), and clear() returns however
+        fast others write (scanning again until none is left would chase them for ever)."""
         self._check_writable("clear")
-        while True:
-            chunk = [key for key, _ in itertools.islice(self._scan(), 10000)]
-            if not chunk:
-                return
+        keys = self._scan()
+        while chunk := [key for key, _ in itertools.islice(keys, 10000)]:
             self._commit([], chunk)
 
     def pop(self, key: Key, *default: Any) -> Any:
