@@ -472,3 +472,44 @@ def test_clear_returns_while_another_instance_keeps_writing_new_keys(tmp_path: P
     finally:
         writer.close()
         clearer.close()
+
+
+@INDEXES
+@pytest.mark.parametrize("call", ["get", "len", "close"])
+def test_a_reader_returns_while_another_instance_commits_during_each_read_of_the_key_logs(
+    tmp_path: Path, index: str, call: str
+) -> None:
+    """Another instance commits a write each time this one reads the key logs (as writers that
+    never pause do): a lookup, len() and the apply at close() read the key logs as far as their
+    end when the call began, and return. Before the fix they read on until a read of the key
+    logs found no new commit, which never came while the other writer went on."""
+    path = tmp_path / "store"
+    writer = open_keyed(path, index)
+    reader = open_keyed(path, index)
+    try:
+        reader["mine"] = b"applied at close"  # something for close() to apply
+        writer["k"] = b"before the call"
+        log_tail = reader.db.log_tail
+        written: list[str] = []
+
+        def log_tail_then_write(*args: Any, **kwargs: Any) -> Any:
+            found = log_tail(*args, **kwargs)
+            if len(written) >= 50:
+                raise AssertionError("the reader went on reading the key logs written after its call began")
+            written.append(f"new{len(written)}")
+            writer[written[-1]] = b"new"
+            return found
+
+        reader.db.log_tail = log_tail_then_write  # type: ignore[method-assign]
+        if call == "get":
+            assert reader["k"] == b"before the call"
+        elif call == "len":
+            assert len(reader) >= 2
+        else:
+            reader.close()
+        assert 1 <= len(written) <= 2
+    finally:
+        reader.close()
+    with writer:
+        assert writer["mine"] == b"applied at close" and writer["k"] == b"before the call"
+        assert sorted(writer) == sorted(["k", "mine", *written])
