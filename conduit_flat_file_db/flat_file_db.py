@@ -33,7 +33,9 @@ class FlatFileDb(MaintainedStore):
         mutable_file_lock_path: the lock file shared by every process using the store.
             Default (None): ``<datadir>.lock`` beside the datadir, the command line's
             default too (trailing slashes and ``.`` resolved first). Every process must use
-            the same lock file for a store.
+            the same lock file for a store: another one is not detected, and writers
+            under two lock files corrupt each other's blobs (GUARANTEES.md, "What the
+            locks do not do").
         fsync: when True, ``put`` returns only after the blob and its index record
             are on stable storage (GUARANTEES.md).
         use_compression: False/``CompressMode.NO``: raw segments. True/``CompressMode.YES``:

@@ -414,20 +414,20 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         index transaction runs: writers of this process go on adding to the tail meanwhile. The
         entries applied leave the tail afterwards, those a newer write replaced meanwhile stay."""
         index = self.index
+        upto = self.db.log_position()  # see _refresh; applied up to here, however fast others write
         while True:
-            self.db.log_position()  # see _refresh
             with self._tail_lock:
                 checkpoint = index.checkpoint()
                 if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
                     self._rebase_locked()  # another process applied past what this one read
-                more = self._read_tail_locked(_APPLY_CHUNK)
+                more = self._read_tail_locked(upto, _APPLY_CHUNK)
                 last = self._last
-                upto = (last.segment, last.end)
+                read = (last.segment, last.end)
                 # Entries past the last record read in order are this instance's own writes, put
                 # in before the records of others between: applied later, with those.
-                applied = [(key, value) for key, value in self._tail.items() if (value[1], value[2]) <= upto]
+                applied = [(key, value) for key, value in self._tail.items() if (value[1], value[2]) <= read]
             done = (checkpoint.segment, checkpoint.end)
-            if upto > done:
+            if read > done:
                 index.apply_rows(((key, row, seg) for key, (row, seg, end) in applied if (seg, end) > done), last)
             with self._tail_lock:
                 tail = self._tail
@@ -437,10 +437,12 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             if not more:
                 return
 
-    def _read_tail_locked(self, limit: int | None = None) -> bool:
+    def _read_tail_locked(self, upto: LogPosition, limit: int | None = None) -> bool:
         """Read the key logs committed after this instance's position into its tail (the tail
-        lock held); with ``limit``, stop once the tail holds that many keys. True when there
-        may be more to read."""
+        lock held), as far as ``upto`` (the log's end when the caller began: every commit that
+        completed before it) or further; with ``limit``, stop once the tail holds that many keys.
+        True when there may be more to read. Never reading on until the log stops moving: under
+        writers that never pause, that end never comes (a lookup would chase them for ever)."""
         gaps = 0
         while True:
             tail = self.db.log_tail(self._position, _APPLY_CHUNK)
@@ -466,7 +468,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 self._last = Checkpoint(record.segment, record.end_offset, record.checksum, tail.last_index_bytes)
             moved = tail.position != self._position
             self._position = tail.position
-            if not moved or not self.db.log_moved(tail.position):
+            if not moved or tail.position >= upto:
                 return False
             if limit is not None and len(self._tail) >= limit:
                 return True
@@ -582,9 +584,9 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             # log_position() repairs the state page when a writer died publishing (taking the
             # engine's write lock): done here, not under the tail lock, which a vacuum's key-log
             # record takes while it holds the engine's lock.
-            self.db.log_position()
+            upto = self.db.log_position()
             with self._tail_lock:
-                self._read_tail_locked()
+                self._read_tail_locked(upto)
                 if len(self._tail) > _TAIL_MAX:
                     self._rebase_locked()
 

@@ -274,12 +274,14 @@ class MappingStore(KeyedCore):
         return len(present)
 
     def clear(self) -> None:
-        """Delete every key (in batches); the space is reclaimed by vacuum()."""
+        """Delete every key (in batches); the space is reclaimed by vacuum().
+
+        One pass over the keys in key order: a key another thread or process writes meanwhile
+        may be deleted or kept (a write concurrent with clear()), and clear() returns however
+        fast others write (scanning again until none is left would chase them for ever)."""
         self._check_writable("clear")
-        while True:
-            chunk = [key for key, _ in itertools.islice(self._scan(), 10000)]
-            if not chunk:
-                return
+        keys = self._scan()
+        while chunk := [key for key, _ in itertools.islice(keys, 10000)]:
             self._commit([], chunk)
 
     def pop(self, key: Key, *default: Any) -> Any:
@@ -329,28 +331,31 @@ class MappingStore(KeyedCore):
         rows = self._lookup_many([encode_key(key) for key in keys])
         found = sorted(((row.segment, row.start), key, row) for key, row in zip(keys, rows) if row is not None)
         for _, key, row in found:
-            try:
-                stream = self.db.open_blob(self._location(row))
-            except FlatFileDbNotFoundError:
-                try:
-                    stream = self.open(key)  # moved by a vacuum meanwhile
-                except KeyError:
-                    continue
+            opened = self._open_row(key, row)
+            if opened is None:
+                continue  # deleted meanwhile
+            stream, row = opened
             with stream:
-                yield key, stream, self._meta(key, row)
+                yield key, stream, self._meta(key, row)  # the meta of the value opened
+
+    def _open_row(self, key: Key, row: Row | None) -> tuple[BlobFile, Row] | None:
+        """A file of the value ``row`` names and that row; when a vacuum moved it meanwhile, of the
+        key's value now (a later write's, perhaps) and its row; None when the key is gone."""
+        for _ in range(8):
+            if row is None:
+                return None
+            try:
+                return self.db.open_blob(self._location(row)), row
+            except FlatFileDbNotFoundError:
+                row = self._lookup(encode_key(key))  # moved by a vacuum meanwhile: look it up again
+        raise FlatFileDbNotFoundError(f"{self._dir}: key {key!r} kept moving while it was opened")
 
     def open(self, key: Key) -> BlobFile:
         """A read-only seekable binary file of ``key``'s value; KeyError when absent."""
-        encoded = encode_key(key)
-        for _ in range(8):
-            row = self._lookup(encoded)
-            if row is None:
-                raise KeyError(key)
-            try:
-                return self.db.open_blob(self._location(row))
-            except FlatFileDbNotFoundError:
-                continue
-        raise FlatFileDbNotFoundError(f"{self._dir}: key {key!r} kept moving while it was opened")
+        opened = self._open_row(key, self._lookup(encode_key(key)))
+        if opened is None:
+            raise KeyError(key)
+        return opened[0]
 
     # -- streams --------------------------------------------------------------------------
 

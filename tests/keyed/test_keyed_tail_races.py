@@ -438,3 +438,78 @@ def test_a_reader_opened_before_the_recovery_of_a_power_loss_sees_the_writes_aft
         assert writer.exitcode == 0, f"the writer exited {writer.exitcode}"
         assert reader.get("new") == b"after the recovery"
         assert reader.get("n49") == b"n" and "lost0" not in reader and len(reader) == 151
+
+
+CLEAR_KEYS = 12000  # more than one of clear()'s batches
+
+
+@INDEXES
+def test_clear_returns_while_another_instance_keeps_writing_new_keys(tmp_path: Path, index: str) -> None:
+    """clear() while another instance writes a new key after each of its batches (as a process
+    writing all the time does): clear() returns after one pass over the keys, every key present
+    when it began is gone, and the keys written meanwhile that it did not reach are kept.
+    Before the fix clear() scanned again after each batch, found the new keys, and never
+    returned while the other writer went on."""
+    path = tmp_path / "store"
+    writer = open_keyed(path, index)
+    clearer = open_keyed(path, index)
+    try:
+        writer.put_many([(f"old{i:05d}", b"old") for i in range(CLEAR_KEYS)])
+        commit = clearer._commit  # pylint: disable=protected-access
+        written: list[str] = []
+
+        def commit_then_write(*args: Any, **kwargs: Any) -> None:
+            commit(*args, **kwargs)
+            if len(written) >= 50:
+                raise AssertionError("clear() went on deleting the keys written after it began")
+            written.append(f"new{len(written)}")
+            writer[written[-1]] = b"new"
+
+        clearer._commit = commit_then_write  # type: ignore[method-assign]  # pylint: disable=protected-access
+        clearer.clear()
+        assert len(written) == 2  # one commit per batch of 10,000 keys
+        assert sorted(clearer) == sorted(writer) == written  # every old key gone; the new ones sort before them
+    finally:
+        writer.close()
+        clearer.close()
+
+
+@INDEXES
+@pytest.mark.parametrize("call", ["get", "len", "close"])
+def test_a_reader_returns_while_another_instance_commits_during_each_read_of_the_key_logs(
+    tmp_path: Path, index: str, call: str
+) -> None:
+    """Another instance commits a write each time this one reads the key logs (as writers that
+    never pause do): a lookup, len() and the apply at close() read the key logs as far as their
+    end when the call began, and return. Before the fix they read on until a read of the key
+    logs found no new commit, which never came while the other writer went on."""
+    path = tmp_path / "store"
+    writer = open_keyed(path, index)
+    reader = open_keyed(path, index)
+    try:
+        reader["mine"] = b"applied at close"  # something for close() to apply
+        writer["k"] = b"before the call"
+        log_tail = reader.db.log_tail
+        written: list[str] = []
+
+        def log_tail_then_write(*args: Any, **kwargs: Any) -> Any:
+            found = log_tail(*args, **kwargs)
+            if len(written) >= 50:
+                raise AssertionError("the reader went on reading the key logs written after its call began")
+            written.append(f"new{len(written)}")
+            writer[written[-1]] = b"new"
+            return found
+
+        reader.db.log_tail = log_tail_then_write  # type: ignore[method-assign]
+        if call == "get":
+            assert reader["k"] == b"before the call"
+        elif call == "len":
+            assert len(reader) >= 2
+        else:
+            reader.close()
+        assert 1 <= len(written) <= 2
+    finally:
+        reader.close()
+    with writer:
+        assert writer["mine"] == b"applied at close" and writer["k"] == b"before the call"
+        assert sorted(writer) == sorted(["k", "mine", *written])

@@ -606,3 +606,27 @@ def test_interleaved_writers_keep_the_newest_value_of_each_key(
         assert dict(again.items()) == {"k": b"a6", "m": b"a7"}
         again.rebuild_index()
         assert dict(again.items()) == {"k": b"a6", "m": b"a7"} and again.verify().ok
+
+
+def test_iter_objects_gives_the_meta_of_the_value_it_opened_when_a_vacuum_moved_the_key(
+    tmp_path: Path, index: str
+) -> None:
+    """iter_objects() looks its keys up first and opens each value when it gets there; another
+    instance writes key "b" again and vacuums its old segment away in between: the file then
+    holds the new value, and the meta yielded with it is the new value's (size, checksum), not
+    the row looked up first. Before the fix it was: the file and its meta disagreed."""
+    path = tmp_path / "kv"
+    with KeyedStore(path, index=index) as store, KeyedStore(path, index=index) as other:
+        store.put_many([("a", b"first a"), ("b", b"old b, the longer value")])
+        seen = []
+        with store.iter_objects(["a", "b"]) as objects:
+            for key, stream, meta in objects:
+                if key == "a":
+                    other["b"] = b"new b"
+                    assert other.vacuum(min_dead_fraction=0.0).segments_removed
+                data = stream.read()
+                seen.append((key, data, meta.size, meta.checksum))
+        assert seen == [
+            ("a", b"first a", 7, xxhash.xxh3_64_intdigest(b"first a")),
+            ("b", b"new b", 5, xxhash.xxh3_64_intdigest(b"new b")),
+        ]
