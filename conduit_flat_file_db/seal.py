@@ -277,8 +277,9 @@ def seal_recovered(dir_fd: int, number: int) -> Tail:
     finally:
         os.close(data_fd)
     logger.warning(
-        "%s: sealed after a power loss with %d blobs (%d bytes); blobs written after them, "
-        "if any, were lost and their locations now fail",
+        "%s: sealed on open after a power loss, or without the store's state page (a copy of the "
+        "store, a lost state file), with %d blobs (%d bytes); blobs written after them, if any, "
+        "were lost and their locations now fail",
         segment_name(number, kind == KIND_ZSTD),
         tail.blobs,
         tail.end,

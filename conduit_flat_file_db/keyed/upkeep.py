@@ -361,7 +361,8 @@ class MaintainedStore(ArrayStore):
 
     def backup(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent copy of the store to the new directory ``dest`` (writers wait
-        meanwhile; readers do not); open it as a KeyedStore."""
+        meanwhile; readers do not); open it as a KeyedStore. The copy is on stable storage
+        when this returns (every file and directory of it fsynced, after the locks are let go)."""
         self._check_writable("backup")
         target = Path(os.path.abspath(os.fspath(dest)))
         if target.exists() and any(target.iterdir()):
@@ -381,6 +382,7 @@ class MaintainedStore(ArrayStore):
             # The index's checkpoint cannot move meanwhile (index.lock is held): the copy's key
             # logs hold every record it has applied.
             self.index.backup_to(str(target / self.index.NAME))
+        _fsync_tree(target)
 
     def rebuild_index(self) -> int:
         """Build the index again from the key logs in the segments; returns the number of keys."""
@@ -394,6 +396,24 @@ def _same(found: Row | None, row: Row) -> bool:
     """Whether ``found`` names the value ``row`` names (the same location and checksum; the log
     segment of a row may differ between the tail and the index)."""
     return found is not None and found[:4] == row[:4]
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then each directory after what it holds, then the
+    directory that holds ``root``: a copy written with plain writes is durable afterwards."""
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync_path(os.path.join(dirpath, name), os.O_RDONLY)
+        _fsync_path(dirpath, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_path(str(root.parent), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync_path(path: str, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _tree_bytes(path: str) -> int:

@@ -369,6 +369,28 @@ def test_backup_is_a_store_of_its_own(tmp_path: Path, index: str) -> None:
         assert dict(copy.items()) == {f"k{i}": bytes([i]) for i in range(50)}
 
 
+def test_backup_fsyncs_every_file_and_directory_of_the_copy(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backup() returns a copy on stable storage: each file it wrote, each directory of it, and
+    the directory that holds it were fsynced (a crash right after it returns keeps the copy)."""
+    synced: set[str] = set()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store.put_many((f"k{i}", bytes([i]) * 100) for i in range(50))
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        store.backup(tmp_path / "copy")
+        monkeypatch.undo()
+    written = {str(path) for path in (tmp_path / "copy").rglob("*")} | {str(tmp_path / "copy"), str(tmp_path)}
+    assert len(written) > 5
+    assert sorted(written - synced) == []
+
+
 # -- arrays ------------------------------------------------------------------------------
 
 
