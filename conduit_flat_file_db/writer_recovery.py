@@ -20,7 +20,16 @@ from .errors import FlatFileDbUnsafeAccessError, FormatError, IndexVersionError
 from .fileio import list_dir
 from .frames import SKIPPABLE_HEADER_BYTES
 from .index import HEADER_BYTES, KIND_ZSTD, decode_header
-from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, REMOTE_SUFFIX, index_name, parse_name, segment_name, temp_owner
+from .naming import (
+    INDEX_SUFFIX,
+    MAX_SEGMENT_NUMBER,
+    REMOTE_SUFFIX,
+    ZSTD_SUFFIX,
+    index_name,
+    parse_name,
+    segment_name,
+    temp_owner,
+)
 from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
 from .seekable import growing_table_bytes, padding_header
@@ -80,6 +89,7 @@ class WriterRecovery:
     new_kind: int  # kind of segments this instance creates
     new_version: int  # index version of the segments this instance creates
     lost: list[int]  # segments removed by this instance's recoveries: unverifiable after a power loss
+    _both_kinds: set[int]  # segments with a raw and a compressed data file (_list_segments)
 
     def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
         """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
@@ -98,6 +108,7 @@ class WriterRecovery:
             create_segment(self.dir_fd, 0, self.new_kind, self.new_version)
             numbers.add(0)
         newest = max(numbers)
+        self._remove_rewrite_leftovers(newest)
         for orphan in sorted(index_numbers - data_numbers - remote_numbers - {newest}):
             # A delete removes the data file first: an index alone is the rest of it.
             self._remove_regular(index_name(orphan), "record index", "left by an interrupted delete")
@@ -197,7 +208,8 @@ class WriterRecovery:
         data_numbers: set[int] = set()
         index_numbers: set[int] = set()
         remote_numbers: set[int] = set()
-        by_suffix = {INDEX_SUFFIX: index_numbers, REMOTE_SUFFIX: remote_numbers}
+        zstd_numbers: set[int] = set()
+        by_suffix = {INDEX_SUFFIX: index_numbers, REMOTE_SUFFIX: remote_numbers, ZSTD_SUFFIX: zstd_numbers}
         for name in list_dir(self.dir_fd):
             owner = temp_owner(name)
             if owner is not None:
@@ -207,7 +219,22 @@ class WriterRecovery:
             parsed = parse_name(name)
             if parsed is not None:
                 by_suffix.get(parsed[1], data_numbers).add(parsed[0])
-        return data_numbers, index_numbers, remote_numbers
+        self._both_kinds = data_numbers & zstd_numbers
+        return data_numbers | zstd_numbers, index_numbers, remote_numbers
+
+    def _remove_rewrite_leftovers(self, newest: int) -> None:
+        """A rewrite that changes a sealed segment's kind renames the new file in, then unlinks
+        the old one (under the write lock, which recovery holds): a sealed segment with both
+        names is one whose rewrite died between the two. Both files hold its bytes whole, and
+        readers take the raw one: the compressed one goes. (The newest segment is never
+        rewritten: two names there are not this, and are left to recovery.)"""
+        for number in sorted(n for n in self._both_kinds if n < newest):
+            self._remove_regular(
+                segment_name(number, True),
+                "compressed data file",
+                f"beside the raw data file of sealed segment {number}, left by an interrupted rewrite "
+                "(the raw one is read and kept)",
+            )
 
     def _remove_regular(self, name: str, what: str, why: str) -> None:
         """Remove a leftover of ours, but only a regular file: a directory, FIFO or symlink of

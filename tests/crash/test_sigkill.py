@@ -546,3 +546,54 @@ def test_writer_killed_mid_publish(tmp_path: Path, use_compression: bool) -> Non
             "reopening and reading the store hangs for ever"
         )
     assert proc.returncode == 0, proc.stderr
+
+
+_RECOMPRESS_AND_DIE = textwrap.dedent("""
+    import os, signal, sys
+    from conduit_flat_file_db import FlatFileDb
+    datadir, to_compressed, old_name = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+    db = FlatFileDb(datadir, datadir + ".lock")
+    def hook(event, args):
+        # Audit events come before the operation: this stops the rewrite between its rename of
+        # the new file and its unlink of the old one.
+        if event == "os.remove" and args and os.path.basename(str(args[0])) == old_name:
+            os.kill(os.getpid(), signal.SIGKILL)
+    sys.addaudithook(hook)
+    db.recompress([0], mode=to_compressed)
+    sys.exit(3)  # not reached: the rewrite must unlink the old file
+""")
+
+
+@pytest.mark.parametrize("to_compressed", [True, False], ids=["raw_to_compressed", "compressed_to_raw"])
+def test_a_rewrite_killed_between_its_rename_and_unlink_leaves_one_data_file_after_reopen(
+    tmp_path: Path, to_compressed: bool
+) -> None:
+    """recompress() of a sealed segment to the other kind, SIGKILLed after it renamed the new file
+    in and before it unlinked the old one, leaves both data files of the segment. Both hold its
+    bytes; the next writer's open removes the compressed one (readers take the raw one), every
+    blob reads back, verify() is clean, and nothing else is lost."""
+    datadir = tmp_path / "store"
+    db = FlatFileDb(datadir, str(datadir) + ".lock", use_compression=not to_compressed)
+    blobs = [bytes([i]) * (500 + 37 * i) for i in range(40)]
+    locations = db.put_many(blobs)
+    db.rotate()
+    db.close()
+    old_name = data_path(datadir, 0).name
+    done = subprocess.run(
+        [sys.executable, "-c", _RECOMPRESS_AND_DIE, str(datadir), "1" if to_compressed else "0", old_name],
+        capture_output=True,
+        text=True,
+        timeout=READY_SECONDS,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, f"the rewrite was not stopped before its unlink:\n{done.stderr}"
+    names = sorted(name for name in os.listdir(datadir) if name.startswith("data_00000000.dat"))
+    assert names == ["data_00000000.dat", "data_00000000.dat.zst"], names
+    db = FlatFileDb(datadir, str(datadir) + ".lock")
+    try:
+        assert sorted(n for n in os.listdir(datadir) if n.startswith("data_00000000.dat")) == ["data_00000000.dat"]
+        assert [db.get(location) for location in locations] == blobs
+        report = db.verify()
+        assert report.ok, str(report)
+    finally:
+        db.close()
