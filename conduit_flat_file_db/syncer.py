@@ -109,14 +109,9 @@ class SealSyncer:
             self._cond.notify_all()
 
     def _start_locked(self) -> bool:
-        """(condition held) Start the sync thread; False when no thread can start now."""
-        thread = threading.Thread(target=self._run, name="ffdb-seal-sync", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            return False
-        self._thread = thread
-        return True
+        """(condition held, no thread) Start the sync thread; False when no thread can start now."""
+        self._thread = _started_thread(self._run, "ffdb-seal-sync")
+        return self._thread is not None
 
     def close(self, wait: bool = True) -> None:
         """Finish every request, then stop the thread; with ``wait=False``, stop it after the
@@ -265,14 +260,9 @@ class SealHookRunner:
         self._run_job(numbers, target)
 
     def _start_locked(self) -> bool:
-        """(condition held) Start the hook thread; False when no thread can start now."""
-        thread = threading.Thread(target=self._run, name="ffdb-seal-hook", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            return False
-        self._thread = thread
-        return True
+        """(condition held, no thread) Start the hook thread; False when no thread can start now."""
+        self._thread = _started_thread(self._run, "ffdb-seal-hook")
+        return self._thread is not None
 
     def wait(self) -> None:
         """Wait until every job submitted before this call has finished and none runs; at once
@@ -366,6 +356,17 @@ class SealHookRunner:
                 self._finished = max(self._finished, target)
                 self._running_in = None
                 self._cond.notify_all()
+
+
+def _started_thread(run: Callable[[], None], name: str) -> threading.Thread | None:
+    """A daemon thread running ``run``, started; None when no thread can start now (interpreter
+    exit, the thread limit)."""
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        return None
+    return thread
 
 
 _LIVE_SYNCERS: weakref.WeakSet[SealSyncer] = weakref.WeakSet()

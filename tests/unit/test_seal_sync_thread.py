@@ -50,13 +50,7 @@ def test_a_sync_thread_ended_by_an_unexpected_error_fails_sync_instead_of_hangin
     """An error other than a failed fsync's ends the sync thread with its requests not done: sync()
     raises it as an OSError (as a failed fsync), and puts and close() go on. In a child process,
     with a timeout: a hang is a failure."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SYNC_THREAD_DIES), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _run_child(SYNC_THREAD_DIES, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [
         "sync: the seal sync thread failed: ValueError('not an OSError')",
@@ -69,13 +63,18 @@ def test_a_sync_thread_that_ended_without_its_bookkeeping_is_replaced(tmp_path: 
     that never runs its loop) must not make sync() wait for ever: the wait notices within a
     poll and starts another thread, which fsyncs the sealed segment. In a child process, with a
     timeout: a hang is a failure."""
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(SYNC_THREAD_VANISHES), str(tmp_path)],
+    done = _run_child(SYNC_THREAD_VANISHES, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["threads 2 synced below 1", "closed"], done.stderr[-3000:]
+    assert "ended without finishing" in done.stderr
+
+
+def _run_child(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child process on ``tmp_path``, with a timeout (a hang fails)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines() == ["threads 2 synced below 1", "closed"], done.stderr[-3000:]
-    assert "ended without finishing" in done.stderr
