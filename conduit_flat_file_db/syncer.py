@@ -23,7 +23,7 @@ from .state import W_SYNCED_BELOW, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
 
-_POLL_SECONDS = 1.0  # a wait for the seal hook thread also looks this often whether it still runs
+_POLL_SECONDS = 1.0  # a wait for a sync or hook thread also looks this often whether it still runs
 _IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
 
 
@@ -86,19 +86,19 @@ class SealSyncer:
         with self._cond:
             while self._done < min(below, self._target) and self._thread is not None:
                 if not self._thread.is_alive():
-                    self._lost_thread_locked()
+                    self._lost_thread_locked(self._thread)
                     continue
                 # Polled as well as notified: a wait must end even if the thread it waits for is gone.
                 self._cond.wait(_POLL_SECONDS)
             return self._failed
 
-    def _lost_thread_locked(self) -> None:
-        """(condition held) The sync thread has ended without its bookkeeping (never by this
+    def _lost_thread_locked(self, thread: threading.Thread) -> None:
+        """(condition held) The sync ``thread`` has ended without its bookkeeping (never by this
         class's own paths): start another for what is left, or, when none can start, fail what
         is left as a failed fsync does (a sealed segment is never confirmed durable unsynced)."""
         logger.error(
             "the seal sync thread %s ended without finishing (segments below %d synced, %d requested)",
-            self._thread.name if self._thread is not None else "?",
+            thread.name,
             self._done,
             self._target,
         )

@@ -89,7 +89,6 @@ class WriterRecovery:
     new_kind: int  # kind of segments this instance creates
     new_version: int  # index version of the segments this instance creates
     lost: list[int]  # segments removed by this instance's recoveries: unverifiable after a power loss
-    _both_kinds: set[int]  # segments with a raw and a compressed data file (_list_segments)
 
     def recover(self, power_loss_check: bool, may_defer: bool = False) -> None:
         """Full recovery of the store's newest segment (FORMAT.md "Recovery"); publishes the state.
@@ -101,14 +100,14 @@ class WriterRecovery:
         """
         state = self.state
         words = self.words
-        data_numbers, index_numbers, remote_numbers = self._list_segments()
+        data_numbers, index_numbers, remote_numbers, both_kinds = self._list_segments()
         numbers = data_numbers | index_numbers
         created = not numbers
         if created:
             create_segment(self.dir_fd, 0, self.new_kind, self.new_version)
             numbers.add(0)
         newest = max(numbers)
-        self._remove_rewrite_leftovers(newest)
+        self._remove_rewrite_leftovers(both_kinds, newest)
         for orphan in sorted(index_numbers - data_numbers - remote_numbers - {newest}):
             # A delete removes the data file first: an index alone is the rest of it.
             self._remove_regular(index_name(orphan), "record index", "left by an interrupted delete")
@@ -201,10 +200,10 @@ class WriterRecovery:
             and (not compressed or _padding_header_at(self.dir_fd, newest, view.disk_bytes) == view.padding)
         )
 
-    def _list_segments(self) -> tuple[set[int], set[int], set[int]]:
-        """Numbers of the segments with a data file, with an index, and uploaded to the tier (a
-        ``.remote`` marker: its data file may be only in the bucket); removes the scratch files
-        of processes that are gone (recovery step 1)."""
+    def _list_segments(self) -> tuple[set[int], set[int], set[int], set[int]]:
+        """Numbers of the segments with a data file, with an index, uploaded to the tier (a
+        ``.remote`` marker: its data file may be only in the bucket), and with data files of both
+        kinds; removes the scratch files of processes that are gone (recovery step 1)."""
         data_numbers: set[int] = set()
         index_numbers: set[int] = set()
         remote_numbers: set[int] = set()
@@ -219,16 +218,15 @@ class WriterRecovery:
             parsed = parse_name(name)
             if parsed is not None:
                 by_suffix.get(parsed[1], data_numbers).add(parsed[0])
-        self._both_kinds = data_numbers & zstd_numbers
-        return data_numbers | zstd_numbers, index_numbers, remote_numbers
+        return data_numbers | zstd_numbers, index_numbers, remote_numbers, data_numbers & zstd_numbers
 
-    def _remove_rewrite_leftovers(self, newest: int) -> None:
+    def _remove_rewrite_leftovers(self, both_kinds: set[int], newest: int) -> None:
         """A rewrite that changes a sealed segment's kind renames the new file in, then unlinks
         the old one (under the write lock, which recovery holds): a sealed segment with both
         names is one whose rewrite died between the two. Both files hold its bytes whole, and
         readers take the raw one: the compressed one goes. (The newest segment is never
         rewritten: two names there are not this, and are left to recovery.)"""
-        for number in sorted(n for n in self._both_kinds if n < newest):
+        for number in sorted(n for n in both_kinds if n < newest):
             self._remove_regular(
                 segment_name(number, True),
                 "compressed data file",
