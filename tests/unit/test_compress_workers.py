@@ -1,0 +1,87 @@
+"""The process's compression workers (frames.compress_frames with ``threads > 1``): the same
+frames as one thread makes, in order; a forked child compresses with workers of its own; and
+with no worker to take a run (the interpreter exiting), the caller compresses it."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from typing import Any
+
+import pytest
+import zstandard
+
+from conduit_flat_file_db import frames
+from conduit_flat_file_db.frames import PARALLEL_MIN_BYTES, compress_frames
+
+
+def mixed(size: int, seed: int) -> bytes:
+    """``size`` bytes: random runs and repeated text, so some frames compress and some are stored."""
+    rng = random.Random(seed)
+    parts: list[bytes] = []
+    while sum(len(part) for part in parts) < size:
+        parts.append(rng.randbytes(5000) if rng.random() < 0.5 else b"a log line %d\n" % rng.randrange(99) * 300)
+    return b"".join(parts)[:size]
+
+
+@pytest.mark.parametrize("threads", [2, 3, 8])
+@pytest.mark.parametrize("frame_bytes", [16384, 100_000, 2**20])
+def test_frames_compressed_by_workers_are_the_frames_one_thread_makes(threads: int, frame_bytes: int) -> None:
+    """Byte for byte the same frames, in order, as the caller's thread alone makes; each one
+    decompresses to its piece."""
+    data = mixed(3 * 2**20 + 12345, frame_bytes)
+    one = compress_frames(data, frame_bytes, 3, 1)
+    many = compress_frames(memoryview(data), frame_bytes, 3, threads)
+    assert many == one
+    assert len(many) == -(-len(data) // frame_bytes)
+    pieces = [zstandard.ZstdDecompressor().decompress(frame) for frame in many]
+    assert b"".join(pieces) == data
+
+
+def test_runs_go_to_workers_and_small_batches_stay_in_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of PARALLEL_MIN_BYTES or more is cut into one run per thread, all but the first
+    compressed by a worker; a smaller one is compressed by the caller alone."""
+    seen: list[str] = []
+    real = frames._compress_run  # pylint: disable=protected-access
+
+    def spy(*args: Any) -> list[bytes]:
+        seen.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(frames, "_compress_run", spy)
+    data = mixed(PARALLEL_MIN_BYTES * 4, 5)
+    assert compress_frames(data, 16384, 3, 3) == compress_frames(data, 16384, 3, 1)
+    assert len(seen) == 4  # three runs, then the one thread's single run
+    assert seen[-1] == threading.current_thread().name
+    assert sorted(name.startswith("ffdb-compress") for name in seen[:3]) == [False, True, True]
+    seen.clear()
+    compress_frames(data[: PARALLEL_MIN_BYTES - 1], 16384, 3, 3)
+    assert seen == [threading.current_thread().name]
+
+
+def test_the_caller_compresses_a_run_no_worker_can_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the workers refuse work (as a ThreadPoolExecutor does once the interpreter is
+    exiting), every run is compressed in the caller's thread: the same frames, no error."""
+    data = mixed(2**20, 6)
+    monkeypatch.setattr(frames._WORKERS, "submit", lambda workers, job: None)  # pylint: disable=protected-access
+    assert compress_frames(data, 16384, 3, 4) == compress_frames(data, 16384, 3, 1)
+
+
+def test_a_forked_child_compresses_with_workers_of_its_own() -> None:
+    """The parent's workers do not exist in a forked child: the child makes its own and its
+    compression returns (it waited for ever on the parent's, which never run its runs)."""
+    data = mixed(2**20, 7)
+    expected = compress_frames(data, 16384, 3, 1)
+    assert compress_frames(data, 16384, 3, 2) == expected  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when it compressed the same frames
+        try:
+            signal.alarm(20)  # a hang ends the child, which the parent sees
+            code = 0 if compress_frames(data, 16384, 3, 2) == expected else 1
+        except BaseException:  # pylint: disable=broad-exception-caught  # any failure is exit 1
+            code = 1
+        os._exit(code)  # pylint: disable=protected-access
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
