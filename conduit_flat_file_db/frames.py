@@ -332,7 +332,8 @@ def compress_frames(
     With ``threads > 1``, more than one frame and at least PARALLEL_MIN_BYTES, the frames are
     compressed in ``threads`` runs at once: the caller's thread compresses the first run while
     the process's compression workers compress the others (zstandard drops the GIL while it
-    compresses), and they are returned in order. A frame that compression shrinks by less than
+    compresses), and they are returned in order; a run no worker has started when the caller
+    is done with its own is compressed by the caller. A frame that compression shrinks by less than
     the fraction ``min_saving`` is returned stored.
     """
     view = memoryview(data).cast("B")
@@ -348,7 +349,12 @@ def compress_frames(
         ]
         frames = _compress_run(view, frame_bytes, level, 0, bounds[1])
         for future, low, high in zip(pending, bounds[1:-1], bounds[2:]):
-            frames.extend(_compress_run(view, frame_bytes, level, low, high) if future is None else future.result())
+            # A run no worker has started yet (the workers are busy with other callers' runs) is
+            # taken back: a caller never waits in a queue for work it can do itself.
+            if future is None or future.cancel():
+                frames.extend(_compress_run(view, frame_bytes, level, low, high))
+            else:
+                frames.extend(future.result())
 
     for number, frame in enumerate(frames):
         size = min(frame_bytes, len(view) - number * frame_bytes)

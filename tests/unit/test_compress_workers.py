@@ -85,3 +85,30 @@ def test_a_forked_child_compresses_with_workers_of_its_own() -> None:
         os._exit(code)  # pylint: disable=protected-access
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_run_no_worker_started_is_compressed_by_the_caller() -> None:
+    """While every worker is busy (here: held by another job), the caller does not wait in the
+    queue: it takes its runs back and returns the same frames."""
+    data = mixed(2**20, 8)
+    expected = compress_frames(data, 16384, 3, 1)
+    compress_frames(data, 16384, 3, 2)  # the process has its one worker now
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold() -> list[bytes]:
+        started.set()
+        release.wait(30)
+        return []
+
+    blocker = frames._WORKERS.submit(1, hold)  # pylint: disable=protected-access
+    assert blocker is not None and started.wait(10)
+    try:
+        done: list[list[bytes]] = []
+        worker = threading.Thread(target=lambda: done.append(compress_frames(data, 16384, 3, 2)))
+        worker.start()
+        worker.join(10)
+        assert done == [expected], "the caller waited for a busy worker"
+    finally:
+        release.set()
+    assert blocker.result(10) == []
