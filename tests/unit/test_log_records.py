@@ -15,6 +15,7 @@ from conduit_flat_file_db.errors import (
     InvalidLogPositionError,
     LogPositionTypeError,
 )
+from conduit_flat_file_db.fileio import pread_full
 from conduit_flat_file_db.log_records import LOG_START, LogPosition
 
 
@@ -205,3 +206,61 @@ def test_log_tail_says_when_a_position_is_past_the_end_of_the_log(tmp_path: Path
             tail = db.log_tail(beyond)
             assert tail.ahead and not tail.records and tail.position == beyond
         assert db.log_tail(end._replace(segment=end.segment + 1)).ahead
+
+
+def _positions_in_one_segment(db: FlatFileDb, logs: int) -> list[LogPosition]:
+    """The position after each of ``logs`` log records committed in the mutable segment (each
+    after a plain blob, so that data and log records alternate)."""
+    positions = []
+    for number in range(logs):
+        db.put(b"v%d" % number * 50)
+        positions.append(db.put_logged([b"d%d" % number * 30], _log).after)
+    return positions
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_log_tail_from_a_position_in_a_segment_sealed_since_reads_only_the_records_after_it(
+    tmp_path: Path, compressed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A position taken while its segment was mutable: once the segment is sealed, log_tail
+    reads its index from that position on (one record before it, checked), not all of it (a
+    segment of small puts holds 256 k records: half a second, at every rotation, for every
+    instance that follows the log). It reads the same records either way."""
+    from conduit_flat_file_db import log_records  # pylint: disable=import-outside-toplevel
+
+    with FlatFileDb(tmp_path / "d", use_compression=compressed, log_records=True) as db:
+        positions = _positions_in_one_segment(db, 40)
+        expected = [_read_all(db, position)[0] for position in positions]
+        db.rotate()
+        reads: list[tuple[int, int]] = []
+
+        def spy(fd: int, size: int, offset: int) -> bytes:
+            reads.append((size, offset))
+            return pread_full(fd, size, offset)
+
+        monkeypatch.setattr(log_records, "pread_full", spy)
+        for position, records in zip(positions, expected):
+            reads.clear()
+            tail = db.log_tail(position)
+            assert [
+                db.get(DataLocation(db.segment_path(r.segment), r.start_offset, r.end_offset)) for r in tail.records
+            ] == records
+            assert reads[0][1] == position.index_bytes - 32, reads  # from the record before the position
+            assert len(reads) == 2, reads  # the sealed segment's rest, then the new mutable one
+
+
+def test_log_tail_reads_a_sealed_segment_whole_when_the_record_before_the_position_is_not_its_end(
+    tmp_path: Path,
+) -> None:
+    """A position whose record-index offset no longer names the BLOB record that ends at its data
+    offset (the index was rewritten since, here: the position's offsets forged one record off)
+    reads the whole index and filters by data offset: the same records, none skipped."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        positions = _positions_in_one_segment(db, 10)
+        expected = _read_all(db, positions[4])[0]
+        db.rotate()
+        for shift in (-32, 32, 64, -64):
+            moved = LogPosition(positions[4].segment, positions[4].end, positions[4].index_bytes + shift)
+            assert _read_all(db, moved)[0] == expected, shift
+        far = LogPosition(positions[4].segment, positions[4].end, 10**9)  # past the index's end
+        assert _read_all(db, far)[0] == expected
