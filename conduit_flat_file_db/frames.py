@@ -10,9 +10,8 @@ size before allocating for it), :func:`stored_frame` and :func:`stored_payload`
 
 from __future__ import annotations
 
-import concurrent.futures
-import functools
 import os
+import queue
 import struct
 import threading
 from collections import OrderedDict
@@ -280,38 +279,82 @@ def check_min_saving(min_saving: float) -> float:
 PARALLEL_MIN_BYTES = 256 * 2**10
 
 
+class _Run:
+    """A run of frames handed to the compression workers: claimed once, by a worker or back by
+    its caller. Whoever runs it drops ``args`` (a view of the caller's buffer) before ``done``
+    is set: the caller may resize that buffer the moment it has its frames."""
+
+    __slots__ = ("_guard", "_state", "args", "done", "error", "frames")
+
+    def __init__(self, args: tuple[memoryview, int, int, int, int]) -> None:
+        self.args: tuple[memoryview, int, int, int, int] | None = args
+        self.done = threading.Event()
+        self.frames: list[bytes] = []
+        self.error: BaseException | None = None
+        self._guard = threading.Lock()
+        self._state = 0  # 0: queued; 1: a worker runs it; 2: its caller took it back
+
+    def claim(self, state: int) -> bool:
+        """Take the run (``state`` 1 or 2); False when it was taken already."""
+        with self._guard:
+            if self._state:
+                return False
+            self._state = state
+            return True
+
+
+def _work(runs: queue.SimpleQueue[_Run | None]) -> None:
+    """A compression worker: runs queued runs that their callers have not taken back."""
+    while True:
+        run = runs.get()
+        if run is None:
+            return
+        if not run.claim(1):
+            continue
+        args, run.args = run.args, None
+        try:
+            run.frames = _compress_run(*args)  # type: ignore[misc]  # claimed: args is set
+        except BaseException as exc:  # pylint: disable=broad-exception-caught  # handed to the caller
+            run.error = exc.with_traceback(None)  # (a traceback would keep the caller's buffer)
+        del args
+        run.done.set()
+
+
 class _Workers:
-    """Compression threads kept for the process: ``threads - 1`` workers beside the caller's
-    thread, each with its own compressor (frames.compressor). Made on first use; a forked child
-    makes its own (the parent's threads do not exist in it). zstandard's own
+    """Compression threads kept for the process, beside the caller's thread: made on first use
+    (daemon threads, each with its own compressor: frames.compressor), made again in a forked
+    child (the parent's threads do not exist in it). zstandard's own
     ``multi_compress_to_buffer(threads=)`` starts threads and compression contexts at every call,
     which measured slower than one thread for a batch of a few MiB."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._size = 0
+        self._runs: queue.SimpleQueue[_Run | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's threads (the next submit makes new ones)."""
         self._guard = threading.Lock()
-        self._pool = None
-        self._size = 0
+        self._runs = queue.SimpleQueue()
+        self._threads = []
 
-    def submit(self, workers: int, job: Callable[[], list[bytes]]) -> concurrent.futures.Future[list[bytes]] | None:
-        """Run ``job`` in a worker; None when no worker can take it (the interpreter is exiting)."""
+    def submit(self, workers: int, args: tuple[memoryview, int, int, int, int]) -> _Run | None:
+        """Queue a run for up to ``workers`` threads; None when no thread can be had."""
         with self._guard:
-            if self._pool is None or self._size < workers:
-                old = self._pool
-                self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="ffdb-compress")
-                self._size = workers
-                if old is not None:
-                    old.shutdown(wait=False)
-            pool = self._pool
-        try:
-            return pool.submit(job)
-        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
-            return None
+            while len(self._threads) < workers:
+                thread = threading.Thread(
+                    target=_work, args=(self._runs,), name=f"ffdb-compress-{len(self._threads)}", daemon=True
+                )
+                try:
+                    thread.start()
+                except RuntimeError:  # a thread limit, or an exiting interpreter
+                    break
+                self._threads.append(thread)
+            if not self._threads:
+                return None
+        run = _Run(args)
+        self._runs.put(run)
+        return run
 
 
 _WORKERS = _Workers()
@@ -344,17 +387,22 @@ def compress_frames(
         runs = min(threads, count) if len(view) >= PARALLEL_MIN_BYTES else 1
         bounds = [count * run // runs for run in range(runs + 1)]
         pending = [
-            _WORKERS.submit(runs - 1, functools.partial(_compress_run, view, frame_bytes, level, low, high))
+            _WORKERS.submit(runs - 1, (view, frame_bytes, level, low, high))
             for low, high in zip(bounds[1:-1], bounds[2:])
         ]
         frames = _compress_run(view, frame_bytes, level, 0, bounds[1])
-        for future, low, high in zip(pending, bounds[1:-1], bounds[2:]):
+        for run, low, high in zip(pending, bounds[1:-1], bounds[2:]):
             # A run no worker has started yet (the workers are busy with other callers' runs) is
             # taken back: a caller never waits in a queue for work it can do itself.
-            if future is None or future.cancel():
+            if run is None or run.claim(2):
+                if run is not None:
+                    run.args = None
                 frames.extend(_compress_run(view, frame_bytes, level, low, high))
-            else:
-                frames.extend(future.result())
+                continue
+            run.done.wait()
+            if run.error is not None:
+                raise run.error
+            frames.extend(run.frames)
 
     for number, frame in enumerate(frames):
         size = min(frame_bytes, len(view) - number * frame_bytes)

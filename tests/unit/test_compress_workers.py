@@ -87,28 +87,44 @@ def test_a_forked_child_compresses_with_workers_of_its_own() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_a_run_no_worker_started_is_compressed_by_the_caller() -> None:
-    """While every worker is busy (here: held by another job), the caller does not wait in the
-    queue: it takes its runs back and returns the same frames."""
+def test_a_run_no_worker_started_is_compressed_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the one worker is busy (here: held inside another caller's run), a caller does not
+    wait in the queue: it takes its run back and returns the same frames."""
+    monkeypatch.setattr(frames, "_WORKERS", frames._Workers())  # pylint: disable=protected-access  # one worker
     data = mixed(2**20, 8)
     expected = compress_frames(data, 16384, 3, 1)
-    compress_frames(data, 16384, 3, 2)  # the process has its one worker now
     release = threading.Event()
     started = threading.Event()
+    real = frames._compress_run  # pylint: disable=protected-access
 
-    def hold() -> list[bytes]:
-        started.set()
-        release.wait(30)
-        return []
+    def held(*args: Any) -> list[bytes]:
+        if threading.current_thread().name.startswith("ffdb-compress") and not started.is_set():
+            started.set()
+            release.wait(30)
+        return real(*args)
 
-    blocker = frames._WORKERS.submit(1, hold)  # pylint: disable=protected-access
-    assert blocker is not None and started.wait(10)
+    monkeypatch.setattr(frames, "_compress_run", held)
+    first = threading.Thread(target=lambda: compress_frames(data, 16384, 3, 2))
+    first.start()
     try:
+        assert started.wait(10)
         done: list[list[bytes]] = []
-        worker = threading.Thread(target=lambda: done.append(compress_frames(data, 16384, 3, 2)))
-        worker.start()
-        worker.join(10)
+        caller = threading.Thread(target=lambda: done.append(compress_frames(data, 16384, 3, 2)))
+        caller.start()
+        caller.join(10)
         assert done == [expected], "the caller waited for a busy worker"
     finally:
         release.set()
-    assert blocker.result(10) == []
+        first.join(30)
+
+
+def test_the_callers_buffer_can_be_resized_as_soon_as_its_frames_are_back() -> None:
+    """No worker keeps a view of the caller's buffer once compress_frames returns, whether the
+    worker ran the run or the caller took it back: a bytearray can be resized at once, as
+    SeekableWriter does (BufferError "Existing exports of data" when a worker still held one)."""
+    buffer = bytearray(mixed(2**20, 9))
+    expected = compress_frames(bytes(buffer[: 2**19]), 16384, 3, 1)
+    for _ in range(300):
+        assert compress_frames(memoryview(buffer)[: 2**19], 16384, 3, 2) == expected
+        buffer += b"x" * 100  # a resize: refused while any export of the buffer exists
+        del buffer[-100:]
