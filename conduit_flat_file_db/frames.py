@@ -294,13 +294,23 @@ class _Run:
         self._guard = threading.Lock()
         self._state = 0  # 0: queued; 1: a worker runs it; 2: its caller took it back
 
-    def claim(self, state: int) -> bool:
-        """Take the run (``state`` 1 or 2); False when it was taken already."""
+    def claim(self) -> bool:
+        """A worker takes the run; False when its caller took it back first."""
         with self._guard:
             if self._state:
                 return False
-            self._state = state
+            self._state = 1
             return True
+
+    def take_back(self) -> bool:
+        """The caller takes the run back (and sets it done); False when a worker runs or ran it."""
+        with self._guard:
+            if self._state == 1:
+                return False
+            self._state = 2
+        self.args = None
+        self.done.set()
+        return True
 
 
 def _work(runs: queue.SimpleQueue[_Run | None]) -> None:
@@ -309,7 +319,7 @@ def _work(runs: queue.SimpleQueue[_Run | None]) -> None:
         run = runs.get()
         if run is None:
             return
-        if not run.claim(1):
+        if not run.claim():
             continue
         args, run.args = run.args, None
         try:
@@ -367,6 +377,38 @@ def _compress_run(view: memoryview, frame_bytes: int, level: int, first: int, st
     return [compress(view[i : i + frame_bytes]) for i in range(first * frame_bytes, stop * frame_bytes, frame_bytes)]
 
 
+def _compress_runs(view: memoryview, frame_bytes: int, level: int, bounds: list[int]) -> list[bytes]:
+    """Frames ``bounds[0]`` to ``bounds[-1] - 1``: the first run (to ``bounds[1]``) in this
+    thread, the others handed to the workers. A run no worker has started when this thread is
+    done with its own is taken back (a caller never waits in a queue for work it can do
+    itself). When this returns or raises, no worker holds ``view`` any more."""
+    pending = [
+        _WORKERS.submit(len(bounds) - 2, (view, frame_bytes, level, low, high))
+        for low, high in zip(bounds[1:-1], bounds[2:])
+    ]
+    frames: list[bytes] = []
+    try:
+        frames.extend(_compress_run(view, frame_bytes, level, 0, bounds[1]))
+        for index, (low, high) in enumerate(zip(bounds[1:-1], bounds[2:])):
+            run = pending[index]
+            if run is None or run.take_back():
+                frames.extend(_compress_run(view, frame_bytes, level, low, high))
+                continue
+            run.done.wait()
+            error, run.error = run.error, None
+            if error is not None:
+                try:
+                    raise error
+                finally:
+                    del error  # no cycle through this frame: its traceback would keep ``view``
+            frames.extend(run.frames)
+    finally:
+        for run in pending:  # after an error: runs still queued are taken back, running ones awaited
+            if run is not None and not run.take_back():
+                run.done.wait()
+    return frames
+
+
 def compress_frames(
     data: bytes | memoryview, frame_bytes: int, level: int, threads: int = 1, min_saving: float = DEFAULT_MIN_SAVING
 ) -> list[bytes]:
@@ -381,29 +423,11 @@ def compress_frames(
     """
     view = memoryview(data).cast("B")
     count = -(-len(view) // frame_bytes)
-    if count <= 1:
-        frames = [compressor(level).compress(view)]
+    runs = min(threads, count) if len(view) >= PARALLEL_MIN_BYTES else 1
+    if runs <= 1:
+        frames = _compress_run(view, frame_bytes, level, 0, max(count, 1))
     else:
-        runs = min(threads, count) if len(view) >= PARALLEL_MIN_BYTES else 1
-        bounds = [count * run // runs for run in range(runs + 1)]
-        pending = [
-            _WORKERS.submit(runs - 1, (view, frame_bytes, level, low, high))
-            for low, high in zip(bounds[1:-1], bounds[2:])
-        ]
-        frames = _compress_run(view, frame_bytes, level, 0, bounds[1])
-        for run, low, high in zip(pending, bounds[1:-1], bounds[2:]):
-            # A run no worker has started yet (the workers are busy with other callers' runs) is
-            # taken back: a caller never waits in a queue for work it can do itself.
-            if run is None or run.claim(2):
-                if run is not None:
-                    run.args = None
-                frames.extend(_compress_run(view, frame_bytes, level, low, high))
-                continue
-            run.done.wait()
-            if run.error is not None:
-                raise run.error
-            frames.extend(run.frames)
-
+        frames = _compress_runs(view, frame_bytes, level, [count * run // runs for run in range(runs + 1)])
     for number, frame in enumerate(frames):
         size = min(frame_bytes, len(view) - number * frame_bytes)
         if len(frame) > size * (1 - min_saving):

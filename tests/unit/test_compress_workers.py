@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -42,12 +43,16 @@ def test_frames_compressed_by_workers_are_the_frames_one_thread_makes(threads: i
 
 def test_runs_go_to_workers_and_small_batches_stay_in_the_callers_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch of PARALLEL_MIN_BYTES or more is cut into one run per thread, all but the first
-    compressed by a worker; a smaller one is compressed by the caller alone."""
+    compressed by a worker (when the workers take them while the caller compresses its own);
+    a smaller one is compressed by the caller alone."""
     seen: list[str] = []
     real = frames._compress_run  # pylint: disable=protected-access
 
     def spy(*args: Any) -> list[bytes]:
-        seen.append(threading.current_thread().name)
+        name = threading.current_thread().name
+        seen.append(name)
+        if not name.startswith("ffdb-compress"):
+            time.sleep(0.2)  # the caller's own run: long enough for the workers to take theirs
         return real(*args)
 
     monkeypatch.setattr(frames, "_compress_run", spy)
@@ -88,8 +93,8 @@ def test_a_forked_child_compresses_with_workers_of_its_own() -> None:
 
 
 def test_a_run_no_worker_started_is_compressed_by_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
-    """While the one worker is busy (here: held inside another caller's run), a caller does not
-    wait in the queue: it takes its run back and returns the same frames."""
+    """While the one worker is busy (here: held inside another run), a caller does not wait in
+    the queue: it takes its run back and returns the same frames."""
     monkeypatch.setattr(frames, "_WORKERS", frames._Workers())  # pylint: disable=protected-access  # one worker
     data = mixed(2**20, 8)
     expected = compress_frames(data, 16384, 3, 1)
@@ -104,10 +109,10 @@ def test_a_run_no_worker_started_is_compressed_by_the_caller(monkeypatch: pytest
         return real(*args)
 
     monkeypatch.setattr(frames, "_compress_run", held)
-    first = threading.Thread(target=lambda: compress_frames(data, 16384, 3, 2))
-    first.start()
+    workers = frames._WORKERS  # pylint: disable=protected-access
+    blocker = workers.submit(1, (memoryview(data), 16384, 3, 0, 1))  # the one worker, held inside it
     try:
-        assert started.wait(10)
+        assert blocker is not None and started.wait(10)
         done: list[list[bytes]] = []
         caller = threading.Thread(target=lambda: done.append(compress_frames(data, 16384, 3, 2)))
         caller.start()
@@ -115,7 +120,7 @@ def test_a_run_no_worker_started_is_compressed_by_the_caller(monkeypatch: pytest
         assert done == [expected], "the caller waited for a busy worker"
     finally:
         release.set()
-        first.join(30)
+    assert blocker.done.wait(30) and len(blocker.frames) == 1
 
 
 def test_the_callers_buffer_can_be_resized_as_soon_as_its_frames_are_back() -> None:
@@ -128,3 +133,24 @@ def test_the_callers_buffer_can_be_resized_as_soon_as_its_frames_are_back() -> N
         assert compress_frames(memoryview(buffer)[: 2**19], 16384, 3, 2) == expected
         buffer += b"x" * 100  # a resize: refused while any export of the buffer exists
         del buffer[-100:]
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_no_worker_keeps_its_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that fails in a worker raises its error in the caller (zstandard raises
+    ZstdError, or MemoryError), and once it is raised no worker holds a view of the caller's
+    buffer: it can be resized."""
+    real = frames._compress_run  # pylint: disable=protected-access
+
+    def failing(*args: Any) -> list[bytes]:
+        if threading.current_thread().name.startswith("ffdb-compress"):
+            raise MemoryError("no memory for a compression context")
+        time.sleep(0.2)  # the caller's own run: the workers take theirs meanwhile
+        return real(*args)
+
+    monkeypatch.setattr(frames, "_compress_run", failing)
+    buffer = bytearray(mixed(2**20, 10))
+    with pytest.raises(MemoryError, match="compression context"):
+        compress_frames(memoryview(buffer), 16384, 3, 4)
+    buffer += b"x"  # refused with BufferError while an export of the buffer exists
