@@ -9,6 +9,7 @@ no I/O of its own.
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import zlib
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -311,6 +312,13 @@ class RecordScan(NamedTuple):
     problem: str | None
 
 
+_new_record = functools.partial(tuple.__new__, Record)  # Record(...) without NamedTuple.__new__'s Python frame
+# CRC-32 of the first 4 bytes of a record of each known type and flags (reserved bytes 0).
+_PREFIX_CRCS = {
+    rtype << 8 | flags: zlib.crc32(bytes((rtype, flags, 0, 0))) for rtype in _RECORD_TYPES for flags in range(256)
+}
+
+
 def decode_records(buf: bytes | memoryview) -> RecordScan:
     """Decode records until the first one that is torn or fails its checksum."""
     view = memoryview(buf)
@@ -319,13 +327,19 @@ def decode_records(buf: bytes | memoryview) -> RecordScan:
     append = records.append
     offset = 0
     crc32 = zlib.crc32
-    # iter_unpack walks the records in C; the loop only checks each and builds its Record.
-    for rtype, flags, _res, crc, a, b, c in _RECORD.iter_unpack(view[:whole]):
-        if crc32(view[offset + 8 : offset + RECORD_BYTES], crc32(view[offset : offset + 4])) != crc:
+    prefix_crcs = _PREFIX_CRCS
+    # iter_unpack walks the records in C; the loop only checks each and builds its Record. The
+    # CRC of a record's first 4 bytes (type, flags, reserved) comes from a table when the type
+    # is known and the reserved bytes are 0 (as every writer leaves them), else is computed.
+    for rtype, flags, res, crc, a, b, c in _RECORD.iter_unpack(view[:whole]):
+        head = prefix_crcs.get(rtype << 8 | flags) if not res else None
+        if head is None:
+            head = crc32(view[offset : offset + 4])
+        if crc32(view[offset + 8 : offset + RECORD_BYTES], head) != crc:
             return RecordScan(records, offset, f"record checksum mismatch at record offset {offset}")
         if rtype not in _RECORD_TYPES:
             return RecordScan(records, offset, f"unknown record type {rtype} at record offset {offset}")
-        append(Record(rtype, flags, a, b, c))
+        append(_new_record((rtype, flags, a, b, c)))
         offset += RECORD_BYTES
     if whole != len(view):
         return RecordScan(records, whole, f"torn record of {len(view) - whole} bytes at record offset {whole}")
