@@ -52,6 +52,7 @@ class LogPosition(NamedTuple):
 
 LOG_START = LogPosition(-1, 0, 0)
 _new_position = functools.partial(tuple.__new__, LogPosition)  # without NamedTuple.__new__'s Python frame
+_new_record = functools.partial(tuple.__new__, BlobRecord)
 
 
 class LoggedPut(NamedTuple):
@@ -350,7 +351,7 @@ class LogRecords(Store):
                 if committed is not None and record.offset + record.size > committed:
                     break  # written, not yet committed (its publish is under way)
                 if record.flags & FLAG_LOG and record.offset >= end:
-                    out.append(BlobRecord(number, record.offset, record.offset + record.size, record.extra))
+                    out.append(_new_record((number, record.offset, record.offset + record.size, record.extra)))
                     last = index_bytes + RECORD_BYTES
                 end = max(end, record.offset + record.size)
             index_bytes += RECORD_BYTES

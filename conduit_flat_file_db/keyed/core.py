@@ -565,16 +565,15 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._apply_locked()
 
     def _read_keylog(self, record: BlobRecord) -> list[Entry]:
-        location = DataLocation(self._path(record.segment), record.start_offset, record.end_offset)
-        blob = self.db.get(location)
-        if _checksum(blob) != record.checksum:
-            raise CorruptionError(
-                f"key-log record at {record.start_offset} fails its checksum", location.file_path, record.start_offset
-            )
+        segment, start, end, checksum = record
+        path = self._paths.get(segment) or self._path(segment)
+        blob = self.db.get(_new_location(DataLocation, (path, start, end)))
+        if _checksum(blob) != checksum:
+            raise CorruptionError(f"key-log record at {start} fails its checksum", path, start)
         try:
-            return decode_keylog(blob, record.segment, f"{location.file_path} at {record.start_offset}")[1]
-        except FormatError as exc:
-            raise CorruptionError(str(exc), location.file_path, record.start_offset) from exc
+            return decode_keylog(blob, segment, "")[1]
+        except FormatError as exc:  # its message names no place: ours does
+            raise CorruptionError(f"{path} at {start}{exc}", path, start) from exc
 
     # -- what the index and the tail say together ------------------------------------------
 

@@ -291,6 +291,25 @@ def test_a_newer_key_log_version_is_refused_not_misread() -> None:
         decode_keylog(bytes(blob[:30]), 0, "x")
 
 
+def test_a_key_log_record_of_a_newer_version_in_the_log_is_a_corruption_error_naming_it(
+    tmp_path: Path, index: str
+) -> None:
+    """A committed key-log record that does not decode (here: a newer version) makes a lookup
+    that reads it raise CorruptionError naming the segment file and the record's offset, with
+    what is wrong; never entries, never KeyError. (The writer's close, which applies its tail,
+    meets it too.)"""
+    with pytest.raises(CorruptionError), KeyedStore(tmp_path / "kv", index=index) as store:
+        store["k"] = b"v"
+        blob = bytearray(encode_keylog([Entry(encode_key("x"), None)], 5))
+        blob[8] = 2
+        location = store.db.put_log(bytes(blob))
+        with KeyedStore(tmp_path / "kv", index=index, readonly=True) as reader:
+            with pytest.raises(CorruptionError) as raised:
+                reader["x"]  # pylint: disable=pointless-statement
+            assert str(raised.value).startswith(f"{location.file_path} at {location.start_offset}: key-log version 2")
+            assert (raised.value.path, raised.value.offset) == (location.file_path, location.start_offset)
+
+
 # -- vacuum ------------------------------------------------------------------------------
 
 
