@@ -403,23 +403,32 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._apply()
 
     def _apply(self) -> None:
-        """Apply the key logs up to their end to the index (takes index.lock)."""
-        with self._write_lock():
-            self._apply_locked()
+        """Apply the key logs to the index up to where they end now, at least (takes index.lock).
 
-    def _apply_locked(self) -> None:
-        """Bring the index up to the end of the key logs (index.lock held), a chunk at a time.
+        Where they end is taken before the lock: another process's apply, which this one may
+        wait for, often covers it, and then nothing is left to read (taken after the wait, it
+        sent this process on to read every record committed meanwhile, most of them others')."""
+        upto = self.db.log_position()
+        with self._write_lock():
+            self._apply_locked(upto)
+
+    def _apply_locked(self, upto: LogPosition | None = None) -> None:
+        """Bring the index up to ``upto`` (default: the end of the key logs now) or further
+        (index.lock held), a chunk at a time.
 
         The tail lock is held to read the key logs and to take a copy of the tail, not while the
         index transaction runs: writers of this process go on adding to the tail meanwhile. The
         entries applied leave the tail afterwards, those a newer write replaced meanwhile stay."""
         index = self.index
-        upto = self.db.log_position()  # see _refresh; applied up to here, however fast others write
+        if upto is None:
+            upto = self.db.log_position()  # see _refresh; applied up to here, however fast others write
         while True:
             with self._tail_lock:
                 checkpoint = index.checkpoint()
                 if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
                     self._rebase_locked()  # another process applied past what this one read
+                if (checkpoint.segment, checkpoint.end) >= (upto.segment, upto.end):
+                    return  # applied as far as asked (by another process; the rebase dropped it)
                 more = self._read_tail_locked(upto, _APPLY_CHUNK)
                 last = self._last
                 read = (last.segment, last.end)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -258,6 +258,30 @@ def test_an_index_ahead_of_the_segments_is_rebuilt_never_trusted(tmp_path: Path,
     with KeyedStore(path, index=index) as store:
         assert dict(store.items()) == {"old": b"old value"}
         assert store.verify().ok
+
+
+def test_an_apply_another_instance_covered_reads_no_key_log(
+    tmp_path: Path, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that asks for an apply once another has applied past where the key logs
+    ended when it asked (as happens to a writer that waited for another process's apply) reads
+    no key log: its tail is dropped as applied, and the index answers for its keys."""
+    with KeyedStore(tmp_path / "kv", index=index) as first, KeyedStore(tmp_path / "kv", index=index) as second:
+        first.put_many((f"a{i}", b"x" * i) for i in range(50))
+        second.put_many((f"b{i}", b"y" * i) for i in range(50))
+        second._apply()  # pylint: disable=protected-access  # covers both instances' writes
+        calls: list[object] = []
+        real = first.db.log_tail
+
+        def spy(*args: Any) -> Any:
+            calls.append(args)
+            return real(*args)
+
+        monkeypatch.setattr(first.db, "log_tail", spy)
+        first._apply()  # pylint: disable=protected-access
+        assert not calls
+        assert first._tail == {}  # pylint: disable=protected-access
+        assert (first["a49"], first["b49"], len(first)) == (b"x" * 49, b"y" * 49, 100)
 
 
 def test_a_key_log_not_yet_applied_is_seen_at_once_and_applied_in_order(tmp_path: Path, index: str) -> None:
