@@ -165,7 +165,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 index = _open_index(self.index_kind, self._dir, True)
             except IndexDamagedError as exc:
                 raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
-            checkpoint = index.checkpoint()
+            try:
+                checkpoint = index.checkpoint()
+            except IndexDamagedError:
+                index.close()
+                raise
             self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
             return index
@@ -190,6 +194,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             source = os.path.join(self._dir, name)
             if os.path.exists(source):
                 os.rename(source, f"{source}.damaged-{stamp}-{os.getpid()}")
+
+    def _new_index_locked(self) -> None:
+        """Set this instance's damaged index aside and open an empty one in its place (index.lock
+        held; other processes read the old file until they open the store again)."""
+        self.index.close()
+        self._set_aside_index()
+        self.index = _open_index(self.index_kind, self._dir, False)
 
     def _recover_locked(self, index: IndexBase, rebuild: bool = False) -> None:
         """Bring ``index`` up to the key logs: rebuild it (or with ``rebuild``) when it is ahead

@@ -25,7 +25,8 @@ from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnl
 from ..naming import parse_segment_name
 from ..types import DataLocation
 from .arrays import ArrayStore
-from .core import SEGMENTS_DIR
+from .core import SEGMENTS_DIR, logger
+from .index_base import IndexDamagedError
 from .keylog import Entry, Row, decode_key, encode_keylog
 from .mapping import is_unchecked
 
@@ -388,7 +389,14 @@ class MaintainedStore(ArrayStore):
         """Build the index again from the key logs in the segments; returns the number of keys."""
         self._check_writable("rebuild_index")
         with self._write_lock():
-            self._rebuild_locked()
+            try:
+                self._rebuild_locked()
+            except IndexDamagedError as exc:
+                # A damaged page that only a read reaching it finds (the open checks the header and
+                # the state table): the rows cannot even be cleared, so the file goes.
+                logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
+                self._new_index_locked()
+                self._rebuild_locked()
         return len(self)
 
 
