@@ -205,3 +205,19 @@ def test_log_tail_says_when_a_position_is_past_the_end_of_the_log(tmp_path: Path
             tail = db.log_tail(beyond)
             assert tail.ahead and not tail.records and tail.position == beyond
         assert db.log_tail(end._replace(segment=end.segment + 1)).ahead
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_log_moved_on_a_closed_instance_says_maybe_and_log_tail_reopens_it(tmp_path: Path, readonly: bool) -> None:
+    """A closed instance has no state page to look at: log_moved says the log may have moved
+    (True), as a writer's did, and log_tail reopens the instance and reads on. A read-only
+    instance raised a raw ValueError instead (its page's released memoryview was read)."""
+    with FlatFileDb(tmp_path / "db", log_records=True) as db:
+        db.put_logged([b"value"], _log)
+        position = db.log_tail(LOG_START).position
+    db = FlatFileDb(tmp_path / "db", readonly=readonly)
+    assert not db.log_moved(position)
+    db.close()
+    assert db.log_moved(position)
+    assert db.log_tail(position).position == position
+    db.close()
