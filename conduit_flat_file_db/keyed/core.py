@@ -314,18 +314,27 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         being made and committed."""
         lock = self._vacuum_lock
         if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with lock.read(self.lock_timeout):
             yield
 
     def _write_lock(self) -> Any:
         if self._lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         return self._lock.write(self.lock_timeout)
+
+    def _unlocked_error(self) -> FlatFileDbError:
+        """Why this instance holds no locks: it is open read-only, or it was closed."""
+        if self.readonly:
+            return FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        return FlatFileDbError(f"the keyed store {self._dir} is closed")
 
     def _check_writable(self, what: str) -> None:
         if self.readonly:
             raise FlatFileDbReadOnlyError(f"{what}: the keyed store {self._dir} is open read-only")
+        self._check_open(what)
+
+    def _check_open(self, what: str) -> None:
         if self._closed:
             raise FlatFileDbError(f"{what}: the keyed store {self._dir} is closed")
 
@@ -590,7 +599,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     # -- what the index and the tail say together ------------------------------------------
 
     def _refresh(self) -> None:
-        """Read the key logs committed since this instance last looked (cheap when none were)."""
+        """Read the key logs committed since this instance last looked (cheap when none were).
+
+        Refused once the store is closed: every read passes here (a lookup does when the log
+        moved, which a closed engine always says), and would reopen the engine and the index
+        for good (descriptors, locks, connections that close() never released again)."""
+        if self._closed:
+            self._check_open("read")
         if self.db.log_moved(self._position):
             # log_position() repairs the state page when a writer died publishing (taking the
             # engine's write lock): done here, not under the tail lock, which a vacuum's key-log

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import xxhash
 
-from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbUnsafeAccessError
 from ..naming import parse_segment_name
 from ..types import DataLocation
 from .arrays import ArrayStore
@@ -91,7 +91,7 @@ class MaintainedStore(ArrayStore):
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
         lock = self._vacuum_lock
         if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with lock.write(self.lock_timeout):
             return self._vacuum_locked(min_dead_fraction)
 
@@ -293,6 +293,7 @@ class MaintainedStore(ArrayStore):
         """Check the engine (every segment, and with ``full`` every blob's checksum) and the
         index against it: every key's value present and, with ``full``, equal to the bytes
         written (its checksum); the index's checkpoint present in the key logs."""
+        self._check_open("verify")
         report = KeyedVerifyReport()
         if not self.readonly:
             self._apply()
@@ -343,6 +344,7 @@ class MaintainedStore(ArrayStore):
     def stats(self) -> KeyedStats:
         """Keys, live and dead bytes, bytes on disk (segments and index), segments. (Open
         read-only: as of the index, which may lack the latest writes until a writer applies them.)"""
+        self._check_open("stats")
         if not self.readonly:
             self._apply()
         usage = self.index.segment_usage()
@@ -371,7 +373,7 @@ class MaintainedStore(ArrayStore):
         (target / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
         vacuum_lock = self._vacuum_lock
         if vacuum_lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with vacuum_lock.write(self.lock_timeout), self._write_lock():
             self._apply_locked()
             self.db.sync()

@@ -4,13 +4,35 @@ damaged index is rebuilt from the key logs (found by hostile-user testing)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import pytest
 
-from conduit_flat_file_db import KeyedStore
+from conduit_flat_file_db import FlatFileDbError, FlatFileDbReadOnlyError, KeyedStore, Slice
 from conduit_flat_file_db.keyed.index_base import IndexDamagedError
+
+
+@pytest.fixture(name="index", params=["sqlite", "lmdb"])
+def fixture_index(request: pytest.FixtureRequest) -> str:
+    """Each test runs against both indexes."""
+    return str(request.param)
+
+
+def _descriptors_into(path: Path) -> list[str]:
+    """What this process's open descriptors name under ``path``."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if target.startswith(str(path)):
+            names.append(target)
+    return sorted(names)
 
 
 def _damage_sqlite_pages_after_the_state_table(path: Path) -> None:
@@ -48,3 +70,65 @@ def test_a_sqlite_index_damaged_past_what_the_open_checks_is_a_typed_error_and_r
     assert any(".damaged-" in p.name for p in (tmp_path / "kv").iterdir())
     with KeyedStore(tmp_path / "kv", readonly=True) as reader:
         assert reader.get_many(list(values)) == list(values.values())
+
+
+def _first_object(store: KeyedStore) -> Any:
+    with store.iter_objects(["k"]) as objects:
+        return next(objects)
+
+
+CLOSED_READS: dict[str, Callable[[KeyedStore], Any]] = {
+    "getitem": lambda store: store["k"],
+    "get": lambda store: store.get("k"),
+    "get slice": lambda store: store.get("k", slice=Slice(0, 1)),
+    "contains": lambda store: "k" in store,
+    "len": len,
+    "iter": list,
+    "keys prefix": lambda store: list(store.keys(prefix="k")),
+    "items": lambda store: list(store.items()),
+    "get_many": lambda store: store.get_many(["k"]),
+    "meta": lambda store: store.meta("k"),
+    "open": lambda store: store.open("k"),
+    "iter_objects": _first_object,
+    "get_array": lambda store: store.get_array("grid"),
+    "stats": lambda store: store.stats(),
+    "verify": lambda store: store.verify(),
+}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("read", list(CLOSED_READS))
+def test_a_closed_store_refuses_reads_and_opens_nothing_again(
+    tmp_path: Path, index: str, readonly: bool, read: str
+) -> None:
+    """close() says a closed store cannot be used again, but every read of one went on: the
+    lookup reopened the engine (its lock file, state page, directory and segments) and the
+    index's connections, which nothing closed again (descriptors held until a collection warned
+    of an unclosed FlatFileDb); a read-only store's lookup raised a raw ValueError, stats() and
+    verify() of a writer's said "open read-only". Each read of a closed store is now refused."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        store["k"] = b"value"
+        store.put_array("grid", np.arange(4))
+    store = KeyedStore(tmp_path / "kv", index=index, readonly=readonly)
+    assert store["k"] == b"value"
+    store.close()
+    before = _descriptors_into(tmp_path)
+    with pytest.raises(FlatFileDbError, match="is closed") as raised:
+        CLOSED_READS[read](store)
+    assert not isinstance(raised.value, FlatFileDbReadOnlyError)
+    assert _descriptors_into(tmp_path) == before
+    store.close()
+
+
+def test_create_array_ended_after_its_store_closed_says_closed_and_stores_nothing(tmp_path: Path) -> None:
+    """The exit of a create_array block whose store was closed meanwhile raised "the keyed
+    store is open read-only" for a store opened to write; it says that the store is closed."""
+    store = KeyedStore(tmp_path / "kv")
+    with pytest.raises(FlatFileDbError, match="is closed") as raised:  # the close inside
+        with store.create_array("grid", (4,), "u1") as grid:
+            grid[:] = 7
+            store.close()
+    assert not isinstance(raised.value, FlatFileDbReadOnlyError)
+    with KeyedStore(tmp_path / "kv") as store:
+        assert "grid" not in store and not os.listdir(tmp_path / "kv" / "staging")
