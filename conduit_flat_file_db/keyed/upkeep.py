@@ -323,7 +323,11 @@ class MaintainedStore(ArrayStore):
                     self._check_values(chunk, report)
                     chunk = []
         self._check_values(chunk, report)
-        stats = self.stats()
+        try:
+            stats = self.stats()
+        except (FlatFileDbError, OSError) as exc:  # a damaged segment: reported, not raised
+            report.problems.append(f"the segments cannot be counted: {exc}")
+            return report
         report.notes.append(
             f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
         )

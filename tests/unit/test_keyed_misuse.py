@@ -132,3 +132,20 @@ def test_create_array_ended_after_its_store_closed_says_closed_and_stores_nothin
     assert not isinstance(raised.value, FlatFileDbReadOnlyError)
     with KeyedStore(tmp_path / "kv") as store:
         assert "grid" not in store and not os.listdir(tmp_path / "kv" / "staging")
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_verify_reports_a_damaged_segment_index_instead_of_raising(tmp_path: Path, readonly: bool) -> None:
+    """verify() found a sealed segment's record index replaced by garbage (the engine's check
+    reports it), then raised the FormatError of the stats() it calls for its closing note: the
+    caller got an exception instead of the report listing what is wrong."""
+    with KeyedStore(tmp_path / "kv", max_file_size=64 * 1024) as store:
+        for first in range(0, 2000, 100):
+            store.put_many((f"k{i}", f"value {i}".encode() * 3) for i in range(first, first + 100))
+        assert store.stats().segments >= 3
+    index = tmp_path / "kv" / "segments" / "data_00000001.idx"
+    index.write_bytes(bytes(range(256)) * (index.stat().st_size // 256))
+    with KeyedStore(tmp_path / "kv", readonly=readonly) as store:
+        report = store.verify()
+    assert not report.ok
+    assert any("data_00000001.idx" in problem for problem in report.problems), report.problems
