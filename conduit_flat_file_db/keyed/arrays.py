@@ -127,12 +127,13 @@ class ArrayStore(MappingStore):
         """A writable ``numpy.memmap`` of a new array, zero-filled, never held in memory; stored
         under ``key`` when the with-block ends without an exception (the file becomes a segment
         by rename, no copy), discarded otherwise. Until then no reader sees it; a crash leaves
-        nothing visible. The commit is O(1): it does not wait for the disk. The file is fsynced
-        after it by the engine's sync thread (``sync()`` and ``close()`` wait for that; with
-        ``fsync=True`` the commit does). The value has no checksum, so a power loss before that
-        fsync is confirmed costs the whole write: the next open removes the segment and the key
-        has its value from before, or none; it never names bytes that are not its value
-        (GUARANTEES.md "Keyed store")."""
+        nothing visible. The map turns read-only when the block ends (views taken of it inside
+        the block do not: write through them only inside it). The commit is O(1): it does not
+        wait for the disk. The file is fsynced after it by the engine's sync thread (``sync()``
+        and ``close()`` wait for that; with ``fsync=True`` the commit does). The value has no
+        checksum, so a power loss before that fsync is confirmed costs the whole write: the next
+        open removes the segment and the key has its value from before, or none; it never names
+        bytes that are not its value (GUARANTEES.md "Keyed store")."""
         self._check_writable("create_array")
         np = _numpy()
         encoded = encode_key(key)
@@ -155,6 +156,9 @@ class ArrayStore(MappingStore):
             try:
                 yield mapped
             finally:
+                # The caller may keep the map: its writes would change the committed segment
+                # (sealed, unchecked, not fsynced again) under every reader of the key.
+                mapped.flags.writeable = False
                 del mapped
             # No msync: the map's pages are the file's page-cache pages. No fsync either (the engine's
             # fsync is False): the sync thread fsyncs the new segment after the commit, and after a

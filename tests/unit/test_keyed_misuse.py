@@ -149,3 +149,17 @@ def test_verify_reports_a_damaged_segment_index_instead_of_raising(tmp_path: Pat
         report = store.verify()
     assert not report.ok
     assert any("data_00000001.idx" in problem for problem in report.problems), report.problems
+
+
+def test_the_map_of_create_array_is_read_only_once_its_value_is_committed(tmp_path: Path, index: str) -> None:
+    """The memmap that create_array yields stayed writable after the block committed it, and a
+    write through it changed the committed value in its sealed segment (no checksum to see it,
+    no fsync after it): a reader of the key got bytes written after the commit. The map is
+    read-only once the block ends."""
+    with KeyedStore(tmp_path / "kv", index=index) as store:
+        with store.create_array("grid", (4,), "u1") as grid:
+            grid[:] = 7
+        with pytest.raises(ValueError, match="read-only"):
+            grid[0] = 99
+        assert store.get_array("grid").tolist() == [7, 7, 7, 7]
+        assert store["grid"] == bytes([7] * 4)
