@@ -186,7 +186,12 @@ def _reserve(fd: int, nbytes: int) -> None:
 
 
 def _plain(descr: Any) -> Any:
-    """A dtype description read back from JSON: lists where numpy wrote tuples."""
-    if isinstance(descr, list):
-        return [tuple(_plain(part) for part in field) if isinstance(field, list) else field for field in descr]
-    return descr
+    """A dtype description read back from JSON: tuples where numpy wrote tuples. A structure is a
+    list of fields (name, format, and a shape for a sub-array); a name is a str, or a (title,
+    name) pair; a format is a str, or a structure."""
+    if not isinstance(descr, list):
+        return descr
+    fields = []
+    for name, form, *shape in descr:
+        fields.append((tuple(name) if isinstance(name, list) else name, _plain(form), *map(tuple, shape)))
+    return fields

@@ -163,3 +163,20 @@ def test_the_map_of_create_array_is_read_only_once_its_value_is_committed(tmp_pa
             grid[0] = 99
         assert store.get_array("grid").tolist() == [7, 7, 7, 7]
         assert store["grid"] == bytes([7] * 4)
+
+
+def test_an_array_of_a_structured_dtype_with_titles_reads_back(tmp_path: Path) -> None:
+    """A structured dtype whose fields have titles was stored by put_array, but get_array rebuilt
+    each (title, name) pair from JSON as a list and numpy refused it ("field names must be
+    strings", a raw ValueError): the array could not be read back as an array."""
+    dtype = np.dtype([(("the title", "a"), "<i4"), ("b", [(("inner title", "c"), "u1", (2,))])])
+    array = np.zeros(3, dtype=dtype)
+    array["a"] = [1, 2, 3]
+    array["b"]["c"] = [[4, 5], [6, 7], [8, 9]]
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_array("t", array)
+        back = store.get_array("t")
+        assert back.dtype == dtype and back.tobytes() == array.tobytes()
+        with store.create_array("u", (2,), dtype) as made:
+            made["a"] = [5, 6]
+        assert store.get_array("u").dtype == dtype and store.get_array("u")["a"].tolist() == [5, 6]
