@@ -139,6 +139,9 @@ class ArrayStore(MappingStore):
         encoded = encode_key(key)
         dims = _shape(shape)
         dt = np.dtype(dtype)
+        if dt.subdtype is not None:  # ("i4", (3,)): numpy maps it as more dimensions of the base type
+            dt, inner = dt.subdtype
+            dims += inner
         row_meta = encode_meta(meta, (_descr(np, dt), dims), unchecked=True)
         nbytes = math.prod(dims) * dt.itemsize
         if nbytes == 0:

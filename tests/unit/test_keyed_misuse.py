@@ -180,3 +180,16 @@ def test_an_array_of_a_structured_dtype_with_titles_reads_back(tmp_path: Path) -
         with store.create_array("u", (2,), dtype) as made:
             made["a"] = [5, 6]
         assert store.get_array("u").dtype == dtype and store.get_array("u")["a"].tolist() == [5, 6]
+
+
+def test_create_array_of_a_sub_array_dtype_reads_back_as_it_was_filled(tmp_path: Path) -> None:
+    """create_array((2,), ("i4", (3,))) gave a map of shape (2, 3) of int32, as numpy does, but
+    recorded the dtype's description, an opaque "|V12": get_array returned two 12-byte voids
+    instead of the array written. It is recorded as numpy maps it, as put_array records it."""
+    with KeyedStore(tmp_path / "kv") as store:
+        with store.create_array("grid", (2,), ("i4", (3,))) as grid:
+            assert grid.shape == (2, 3) and grid.dtype == np.int32
+            grid[:] = [[1, 2, 3], [4, 5, 6]]
+        back = store.get_array("grid")
+        assert back.dtype == np.int32 and back.tolist() == [[1, 2, 3], [4, 5, 6]]
+        assert store.meta("grid").array == ("<i4", (2, 3))
