@@ -12,6 +12,7 @@ Readers that looked a key up before its segment went look it up again (keyed/cor
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import time
@@ -87,6 +88,8 @@ class MaintainedStore(ArrayStore):
         live values copied since the last deletion (deletions come every 16 MiB copied, or every
         16 segments). Vacuums of one store run one at a time."""
         self._check_writable("vacuum")
+        if isinstance(min_dead_fraction, bool) or not isinstance(min_dead_fraction, numbers.Real):
+            raise TypeError(f"min_dead_fraction is a number between 0 and 1, not {type(min_dead_fraction).__name__}")
         if not 0.0 <= min_dead_fraction <= 1.0:
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
         lock = self._vacuum_lock
@@ -224,11 +227,15 @@ class MaintainedStore(ArrayStore):
         self._check_writable("expire")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
             raise ValueError(f"max_bytes is a non-negative int, not {max_bytes!r}")
+        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, numbers.Real)):
+            raise TypeError(f"max_age is a number of seconds, not {type(max_age).__name__}")
         if max_age is not None and not max_age >= 0:
             raise ValueError(f"max_age is a non-negative number of seconds, not {max_age!r}")
         deleted = 0
-        if max_age is not None:
-            cutoff = time.time_ns() - int(max_age * 1e9)
+        now = time.time_ns()
+        age_ns = None if max_age is None else max_age * 10**9  # inf, or an int past any time: nothing is that old
+        if age_ns is not None and age_ns < now:
+            cutoff = now - int(age_ns)
             deleted += self._delete_where((key, row) for key, row in self._scan() if row.created_ns < cutoff)
         if max_bytes is not None:
             deleted += self._delete_where(self._oldest_beyond(max_bytes))

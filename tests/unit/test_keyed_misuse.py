@@ -193,3 +193,22 @@ def test_create_array_of_a_sub_array_dtype_reads_back_as_it_was_filled(tmp_path:
         back = store.get_array("grid")
         assert back.dtype == np.int32 and back.tolist() == [[1, 2, 3], [4, 5, 6]]
         assert store.meta("grid").array == ("<i4", (2, 3))
+
+
+def test_expire_and_vacuum_take_any_age_and_refuse_what_is_not_a_number(tmp_path: Path) -> None:
+    """expire(max_age=inf), or an age past any clock, raised OverflowError (converting the age
+    to nanoseconds) where nothing is that old; max_age=True expired what was a second old, and a
+    str was a bare "'>=' not supported", as was vacuum's min_dead_fraction="0.5" (True was 1.0).
+    An infinite age now expires nothing; a bool or a str is a TypeError naming the argument."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_many((f"k{i}", b"v") for i in range(5))
+        assert store.expire(max_age=float("inf")) == 0
+        assert store.expire(max_age=1e300) == 0
+        assert store.expire(max_age=10**400) == 0
+        assert store.expire(max_age=0) == 5
+        for age in (True, "1", 1j):
+            with pytest.raises(TypeError, match="max_age"):
+                store.expire(max_age=age)  # type: ignore[arg-type]
+        for fraction in (True, "0.5", None):
+            with pytest.raises(TypeError, match="min_dead_fraction"):
+                store.vacuum(fraction)  # type: ignore[arg-type]
