@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 import xxhash
 
-from ..arguments import as_bytes_like
+from ..arguments import as_bytes_like, check_stream_item
 from ..errors import FlatFileDbNotFoundError
 from ..reader import BlobFile
 from ..types import Slice
@@ -25,6 +25,7 @@ Key = str | bytes
 _checksum = xxhash.xxh3_64_intdigest
 _SMALL_STREAM = 2**20  # put_streams: values up to this size are batched, longer ones streamed
 _BATCH_BYTES = 64 * 2**20
+_READINTO_BYTES = 2**16  # put_streams: the buffer of each readinto of a stream without read()
 
 
 class KeyMeta(NamedTuple):
@@ -80,6 +81,7 @@ class _HashingReader(io.RawIOBase):
 
     def __init__(self, inner: Any, sha: Any = None) -> None:
         super().__init__()
+        _check_readable(inner)
         self.inner = inner
         self.size = 0
         self.xxh = xxhash.xxh3_64()
@@ -380,8 +382,9 @@ class MappingStore(KeyedCore):
         self._check_writable("put_streams")
         puts: list[tuple[bytes, Any, bytes]] = []
         pending = 0
-        for key, source in pairs:
+        for position, (key, source) in enumerate(pairs):
             encoded = encode_key(key)
+            check_stream_item(source, position, open_streams)
             with _opened(source, open_streams) as stream:
                 head = _read_up_to(stream, _SMALL_STREAM + 1)
                 if len(head) <= _SMALL_STREAM:
@@ -487,11 +490,22 @@ def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
         yield source
 
 
+def _check_readable(stream: Any) -> None:
+    if not (hasattr(stream, "readinto") or hasattr(stream, "read")):
+        raise TypeError(f"a stream is an object with read() or readinto(), not {type(stream).__name__}")
+
+
 def _read_up_to(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream`` (by ``read``, else ``readinto``)."""
+    _check_readable(stream)
     parts: list[bytes] = []
     left = size
     while left > 0:
-        chunk = stream.read(left)
+        if hasattr(stream, "read"):
+            chunk = stream.read(left)
+        else:
+            buffer = bytearray(min(left, _READINTO_BYTES))
+            chunk = buffer[: stream.readinto(buffer) or 0]
         if not chunk:
             break
         parts.append(bytes(chunk))

@@ -4,6 +4,7 @@ damaged index is rebuilt from the key logs (found by hostile-user testing)."""
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 from pathlib import Path
@@ -212,3 +213,33 @@ def test_expire_and_vacuum_take_any_age_and_refuse_what_is_not_a_number(tmp_path
         for fraction in (True, "0.5", None):
             with pytest.raises(TypeError, match="min_dead_fraction"):
                 store.vacuum(fraction)  # type: ignore[arg-type]
+
+
+class _ReadintoOnly:
+    """A readable with readinto() and no read(), as put_stream accepts."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readinto(self, buffer: bytearray) -> int:
+        """As io.BytesIO.readinto."""
+        return self._data.readinto(buffer)
+
+
+def test_stream_puts_take_what_put_stream_takes_and_refuse_the_rest_with_a_type_error(tmp_path: Path) -> None:
+    """put_streams read the head of each stream with read(): a stream with readinto() alone,
+    which put_stream and add_streams take, was a raw AttributeError; so was anything that is no
+    stream at all (bytes, None, an int) in put_stream, put_streams and add_streams, where the
+    engine's own put_stream says TypeError. Nothing is stored by a refused call."""
+    small, large = b"small value", bytes(range(256)) * (5 * 2**12)  # large: past 1 MiB, streamed
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_streams([("small", _ReadintoOnly(small)), ("large", _ReadintoOnly(large))])
+        assert store["small"] == small and store["large"] == large
+        for item in (b"raw bytes", None, 5):
+            with pytest.raises(TypeError, match="read"):
+                store.put_stream("bad", item)
+            with pytest.raises(TypeError, match="read"):
+                store.put_streams([("bad", item)])
+            with pytest.raises(TypeError, match="read"):
+                store.add_streams([item])
+        assert "bad" not in store and sorted(store) == ["large", "small"]
