@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Iterator
 
 from .. import KeyedStore, KeyMeta
+from ..keyed.mapping import encode_meta
 from .base import (
     BATCH_BYTES,
     BATCH_COUNT,
@@ -78,10 +79,14 @@ def parse_meta(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CliError(f"--meta is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise CliError(f"--meta must be a JSON object, got {type(meta).__name__}: {text!r}")
+    try:
+        encode_meta(meta)  # what the store refuses (NaN, Infinity: json.loads takes them), before it is opened
+    except TypeError as exc:
+        raise CliError(f"--meta cannot be stored: {exc}") from None
     return meta
 
 

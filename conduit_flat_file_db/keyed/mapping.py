@@ -58,7 +58,7 @@ def encode_meta(
         doc["array"] = {"dtype": array[0], "shape": list(array[1])}
     try:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise TypeError(f"meta must be JSON-serialisable: {exc}") from None
 
 

@@ -189,6 +189,21 @@ def test_kv_put_meta_is_stored_and_bad_meta_exits_2_before_the_store_is_created(
     assert ffdb.ok("get", "k") == b"value"
 
 
+def test_kv_put_meta_the_store_would_refuse_exits_2_before_the_store_is_created(ffdb: Ffdb, tmp_path: Path) -> None:
+    """json.loads takes NaN and Infinity, which the store's metadata refuses: ``put --meta`` made
+    the store, then refused the meta (while every argument is checked before the store is
+    opened). JSON nested deeper than the parser's recursion went as far as a traceback."""
+    source = _file(tmp_path, "in", b"value")
+    for meta, message in (
+        ('{"a": NaN}', "ffdb: error: --meta cannot be stored: meta must be JSON-serialisable: "),
+        ('{"a": 1e999}', "ffdb: error: --meta cannot be stored: meta must be JSON-serialisable: "),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "ffdb: error: --meta is not valid JSON: "),
+    ):
+        code, out, err = ffdb.kv("put", "k", source, "--meta", meta)
+        assert (code, out) == (2, b"") and err.startswith(message) and err.count("\n") == 1, err
+        assert not Path(ffdb.datadir).exists()
+
+
 def test_kv_put_of_a_missing_file_or_with_bad_operands_exits_2_and_creates_nothing(ffdb: Ffdb, tmp_path: Path) -> None:
     """A missing FILE, no KEY, or too many operands: exit 2 before the store is opened."""
     code, out, err = ffdb.kv("put", "k", str(tmp_path / "missing"))

@@ -243,3 +243,15 @@ def test_stream_puts_take_what_put_stream_takes_and_refuse_the_rest_with_a_type_
             with pytest.raises(TypeError, match="read"):
                 store.add_streams([item])
         assert "bad" not in store and sorted(store) == ["large", "small"]
+
+
+def test_meta_nested_past_the_json_encoders_recursion_is_a_type_error(tmp_path: Path) -> None:
+    """put(meta=...) with metadata nested deeper than json.dumps recurses raised a raw
+    RecursionError; it is the TypeError of metadata that is not JSON-serialisable."""
+    deep: dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    with KeyedStore(tmp_path / "kv") as store:
+        with pytest.raises(TypeError, match="JSON-serialisable"):
+            store.put("k", b"v", meta=deep)
+        assert "k" not in store
