@@ -374,11 +374,15 @@ class MaintainedStore(ArrayStore):
         self.index.sync()
 
     def backup(self, dest: str | os.PathLike[str]) -> None:
-        """Write a consistent copy of the store to the new directory ``dest`` (writers wait
-        meanwhile; readers do not); open it as a KeyedStore. The copy is on stable storage
+        """Write a consistent copy of the store to the new directory ``dest``, outside the
+        store's (writers wait meanwhile; readers do not); open it as a KeyedStore. The copy is on stable storage
         when this returns (every file and directory of it fsynced, after the locks are let go)."""
         self._check_writable("backup")
         target = Path(os.path.abspath(os.fspath(dest)))
+        real_dir = os.path.realpath(self._dir)
+        if os.path.commonpath([real_dir, os.path.realpath(target)]) == real_dir:
+            # A copy in segments/ or staging/ (or index.lmdb) is a stray file the store trips on.
+            raise ValueError(f"backup destination {target} is inside the store's directory {self._dir}")
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"backup destination {target} exists and is not empty")
         (target / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)

@@ -255,3 +255,20 @@ def test_meta_nested_past_the_json_encoders_recursion_is_a_type_error(tmp_path: 
         with pytest.raises(TypeError, match="JSON-serialisable"):
             store.put("k", b"v", meta=deep)
         assert "k" not in store
+
+
+@pytest.mark.parametrize("inside", [".", "segments", "segments/copy", "staging/copy", "copy", "index.lmdb"])
+def test_backup_into_the_stores_own_directory_is_refused(tmp_path: Path, inside: str) -> None:
+    """backup(dest) took a destination inside the store's own directory: a copy in staging/
+    made every writer's open fail (its sweep unlinks what is there, a directory), one in
+    segments/ put a directory among the engine's segments, one named index.lmdb beside a
+    SQLite index was what ``ffdb kv`` takes for an LMDB index. Refused: a ValueError, nothing
+    written."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store["k"] = b"v"
+        before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "kv").rglob("*"))
+        with pytest.raises(ValueError, match="inside the store"):
+            store.backup(tmp_path / "kv" / inside)
+        assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "kv").rglob("*")) == before
+    with KeyedStore(tmp_path / "kv") as store:
+        assert dict(store.items()) == {"k": b"v"}
