@@ -749,7 +749,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except OSError:
                         continue  # its writer is alive
-                os.unlink(path)
+                with contextlib.suppress(IsADirectoryError, PermissionError):  # not a file a writer left
+                    os.unlink(path)
             finally:
                 os.close(fd)
 

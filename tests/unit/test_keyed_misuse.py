@@ -272,3 +272,17 @@ def test_backup_into_the_stores_own_directory_is_refused(tmp_path: Path, inside:
         assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "kv").rglob("*")) == before
     with KeyedStore(tmp_path / "kv") as store:
         assert dict(store.items()) == {"k": b"v"}
+
+
+def test_a_directory_in_staging_does_not_stop_a_writers_open(tmp_path: Path) -> None:
+    """A writer's open removes the files that dead writers left in staging/ and unlinked
+    whatever it found there: a directory (made by hand, or by a backup into the store) was an
+    IsADirectoryError, and no writer could open the store. The directory is left alone."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store["k"] = b"v"
+    (tmp_path / "kv" / "staging" / "someones-dir").mkdir()
+    leftover = tmp_path / "kv" / "staging" / "array-1-dead.tmp"
+    leftover.write_bytes(bytes(16))
+    with KeyedStore(tmp_path / "kv") as store:
+        assert store["k"] == b"v"
+    assert not leftover.exists() and (tmp_path / "kv" / "staging" / "someones-dir").is_dir()
