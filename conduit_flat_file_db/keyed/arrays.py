@@ -28,6 +28,7 @@ from .keylog import Entry, Row, encode_key, encode_keylog
 from .mapping import Key, MappingStore, decode_meta, encode_meta
 
 ALIGN = 64  # bytes: every dtype's alignment, and a cache line
+_MAX_FILE_BYTES = 2**63 - 1  # off_t
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -144,6 +145,8 @@ class ArrayStore(MappingStore):
             dims += inner
         row_meta = encode_meta(meta, (_descr(np, dt), dims), unchecked=True)
         nbytes = math.prod(dims) * dt.itemsize
+        if nbytes > _MAX_FILE_BYTES:
+            raise ValueError(f"an array of shape {dims} of {dt} is {nbytes} bytes: more than a file can hold")
         if nbytes == 0:
             empty = np.zeros(dims, dt)
             yield empty

@@ -286,3 +286,13 @@ def test_a_directory_in_staging_does_not_stop_a_writers_open(tmp_path: Path) -> 
     with KeyedStore(tmp_path / "kv") as store:
         assert store["k"] == b"v"
     assert not leftover.exists() and (tmp_path / "kv" / "staging" / "someones-dir").is_dir()
+
+
+@pytest.mark.parametrize("shape", [(2**62, 2**62), (2**31, 2**31, 4), 2**64])
+def test_create_array_of_more_bytes_than_a_file_holds_is_a_value_error(tmp_path: Path, shape: Any) -> None:
+    """create_array with a shape whose byte count passes 2**63 raised a raw OverflowError from
+    the reservation of the file's blocks; it is a ValueError saying so, and nothing is left."""
+    with KeyedStore(tmp_path / "kv") as store:
+        with pytest.raises(ValueError, match="more than a file can hold"), store.create_array("huge", shape, "f8"):
+            pass
+        assert "huge" not in store and not os.listdir(tmp_path / "kv" / "staging")
