@@ -253,7 +253,7 @@ class MappingStore(KeyedCore):
 
     def get_many(self, keys: Iterable[Key]) -> list[bytes]:
         """The values of ``keys`` in their order, read in disk order; KeyError for an absent key."""
-        wanted = list(keys)
+        wanted = list(_many(keys, "get_many"))
         for _ in range(8):
             _, rows = self._rows(wanted)
             try:
@@ -269,7 +269,7 @@ class MappingStore(KeyedCore):
     def delete_many(self, keys: Iterable[Key]) -> int:
         """Delete the keys that are present; returns how many were."""
         self._check_writable("delete_many")
-        encoded = list(dict.fromkeys(encode_key(key) for key in keys))
+        encoded = list(dict.fromkeys(encode_key(key) for key in _many(keys, "delete_many")))
         present = [key for key, row in zip(encoded, self._lookup_many(encoded)) if row is not None]
         if present:
             self._commit([], present)
@@ -318,7 +318,7 @@ class MappingStore(KeyedCore):
     def iter_objects(self, keys: Iterable[Key]) -> Iterator[Iterator[tuple[Key, BlobFile, KeyMeta]]]:
         """(key, readable, meta) of each present key, in disk order, a chunk of keys at a time
         (bounded memory whatever the number of keys). Absent keys are skipped."""
-        yield self._objects(keys)
+        yield self._objects(_many(keys, "iter_objects"))
 
     def _objects(self, keys: Iterable[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
         chunk: list[Key] = []
@@ -488,6 +488,14 @@ def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
             yield handle
     else:
         yield source
+
+
+def _many(keys: Iterable[Key], method: str) -> Iterable[Key]:
+    """``keys``, unless it is one key: a str or bytes is an iterable of characters or ints, and
+    delete_many("abc") would delete the keys "a", "b" and "c"."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{method}() takes an iterable of keys, not one {type(keys).__name__} key (pass [key])")
+    return keys
 
 
 def _check_readable(stream: Any) -> None:

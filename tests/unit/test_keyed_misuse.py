@@ -296,3 +296,21 @@ def test_create_array_of_more_bytes_than_a_file_holds_is_a_value_error(tmp_path:
         with pytest.raises(ValueError, match="more than a file can hold"), store.create_array("huge", shape, "f8"):
             pass
         assert "huge" not in store and not os.listdir(tmp_path / "kv" / "staging")
+
+
+def test_one_key_where_an_iterable_of_keys_is_expected_is_a_type_error(tmp_path: Path) -> None:
+    """delete_many("abc") iterated the str: it deleted the keys "a", "b" and "c" and kept "abc";
+    get_many and iter_objects read the characters' keys the same way. A str or bytes given
+    for the keys is a TypeError, and nothing is deleted."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_many([("a", b"1"), ("b", b"2"), ("c", b"3"), ("abc", b"4"), (b"abc", b"5")])
+        single: tuple[Any, ...] = ("abc", b"abc", bytearray(b"abc"))
+        for keys in single:
+            with pytest.raises(TypeError, match="iterable of keys"):
+                store.delete_many(keys)
+            with pytest.raises(TypeError, match="iterable of keys"):
+                store.get_many(keys)
+            with pytest.raises(TypeError, match="iterable of keys"), store.iter_objects(keys) as objects:
+                next(objects)
+        assert len(store) == 5
+        assert store.delete_many(["abc"]) == 1 and set(store) == {b"abc", "a", "b", "c"}
