@@ -167,8 +167,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
             try:
                 checkpoint = index.checkpoint()
-            except IndexDamagedError:
-                index.close()
+            except BaseException:
+                index.close()  # (an LMDB environment left open read-only would refuse this process's writers)
                 raise
             self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
@@ -177,15 +177,24 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             try:
                 index = _open_index(self.index_kind, self._dir, False)
             except IndexDamagedError as exc:
-                logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
-                self._set_aside_index()
-                index = _open_index(self.index_kind, self._dir, False)
+                index = self._fresh_index_locked(exc)
             try:
-                self._recover_locked(index)
+                try:
+                    self._recover_locked(index)
+                except IndexDamagedError as exc:  # found by a read past the open's checks (LMDB's)
+                    index.close()
+                    index = self._fresh_index_locked(exc)
+                    self._recover_locked(index)
             except BaseException:
                 index.close()
                 raise
         return index
+
+    def _fresh_index_locked(self, exc: IndexDamagedError) -> IndexBase:
+        """Set the damaged index aside and open an empty one, which recovery fills from the key logs."""
+        logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
+        self._set_aside_index()
+        return _open_index(self.index_kind, self._dir, False)
 
     def _set_aside_index(self) -> None:
         """Move a damaged index out of the way (kept for inspection, never read again)."""
@@ -195,12 +204,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             if os.path.exists(source):
                 os.rename(source, f"{source}.damaged-{stamp}-{os.getpid()}")
 
-    def _new_index_locked(self) -> None:
+    def _new_index_locked(self, exc: IndexDamagedError) -> None:
         """Set this instance's damaged index aside and open an empty one in its place (index.lock
         held; other processes read the old file until they open the store again)."""
         self.index.close()
-        self._set_aside_index()
-        self.index = _open_index(self.index_kind, self._dir, False)
+        self.index = self._fresh_index_locked(exc)
 
     def _recover_locked(self, index: IndexBase, rebuild: bool = False) -> None:
         """Bring ``index`` up to the key logs: rebuild it (or with ``rebuild``) when it is ahead

@@ -26,7 +26,7 @@ from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbUnsafeA
 from ..naming import parse_segment_name
 from ..types import DataLocation
 from .arrays import ArrayStore
-from .core import SEGMENTS_DIR, logger
+from .core import SEGMENTS_DIR
 from .index_base import IndexDamagedError
 from .keylog import Entry, Row, decode_key, encode_keylog
 from .mapping import is_unchecked
@@ -411,8 +411,7 @@ class MaintainedStore(ArrayStore):
             except IndexDamagedError as exc:
                 # A damaged page that only a read reaching it finds (the open checks the header and
                 # the state table): the rows cannot even be cleared, so the file goes.
-                logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
-                self._new_index_locked()
+                self._new_index_locked(exc)
                 self._rebuild_locked()
         return len(self)
 

@@ -314,3 +314,27 @@ def test_one_key_where_an_iterable_of_keys_is_expected_is_a_type_error(tmp_path:
                 next(objects)
         assert len(store) == 5
         assert store.delete_many(["abc"]) == 1 and set(store) == {b"abc", "a", "b", "c"}
+
+
+def test_a_damaged_lmdb_index_is_a_typed_error_read_only_and_rebuilt_by_a_writers_open(tmp_path: Path) -> None:
+    """LMDB checks no page: an index whose tree pages were zeroed raised raw lmdb errors
+    (CorruptedError, BadTxnError) from a read-only open, which also left the process's LMDB
+    environment open read-only, so the next writer's open in the process was refused; a
+    writer's open raised them too, as did rebuild_index(). A read-only open now raises
+    IndexDamagedError and releases the environment, and a writer's open sets the index aside
+    and rebuilds it from the key logs."""
+    pytest.importorskip("lmdb")
+    values = {f"k{i}": f"value {i}".encode() * 3 for i in range(3000)}
+    with KeyedStore(tmp_path / "kv", index="lmdb") as store:
+        store.put_many(values.items())
+    data = tmp_path / "kv" / "index.lmdb" / "data.mdb"
+    content = bytearray(data.read_bytes())
+    content[4 * 4096 :] = bytes(len(content) - 4 * 4096)  # the pages past the two meta pages and the roots
+    data.write_bytes(content)
+    with pytest.raises(IndexDamagedError):
+        with KeyedStore(tmp_path / "kv", index="lmdb", readonly=True) as reader:
+            reader.get_many(list(values))
+    with KeyedStore(tmp_path / "kv", index="lmdb") as store:
+        assert dict(store.items()) == values
+        assert store.rebuild_index() == len(values) and store.verify().ok
+    assert any(".damaged-" in p.name for p in (tmp_path / "kv").iterdir())
