@@ -127,11 +127,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
         self._present: set[int] = set()  # segments known to exist (read again on a miss)
-        if self.readonly:
-            if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
-                raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
-        else:
-            os.makedirs(os.path.join(self._dir, STAGING_DIR), exist_ok=True)
+        if self.readonly and not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
+            raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
         self.db = FlatFileDb(
             os.path.join(self._dir, SEGMENTS_DIR),
             os.path.join(self._dir, SEGMENTS_LOCK_NAME),
@@ -146,6 +143,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._vacuum_lock: ProcessLock | None = None
         try:
             if not self.readonly:
+                # After the engine checked the options it shares: a refused one creates nothing.
+                os.makedirs(os.path.join(self._dir, STAGING_DIR), exist_ok=True)
                 self._lock = process_lock_for(os.path.join(self._dir, LOCK_NAME))
                 self._lock.leases = False  # a lease would keep the next writer waiting up to its end
                 self._vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))

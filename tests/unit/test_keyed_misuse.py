@@ -338,3 +338,22 @@ def test_a_damaged_lmdb_index_is_a_typed_error_read_only_and_rebuilt_by_a_writer
         assert dict(store.items()) == values
         assert store.rebuild_index() == len(values) and store.verify().ok
     assert any(".damaged-" in p.name for p in (tmp_path / "kv").iterdir())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_file_size": 0},
+        {"max_file_size": True},
+        {"lock_timeout": -1},
+        {"lock_timeout": "1"},
+        {"use_compression": "yes"},
+    ],
+)
+def test_a_refused_option_creates_no_store_directory(tmp_path: Path, options: dict[str, Any]) -> None:
+    """KeyedStore made its directory (and staging/ in it) before the engine checked the options
+    they share: a typo in max_file_size, lock_timeout or use_compression left an empty store
+    directory behind its TypeError or ValueError. Nothing is created now."""
+    with pytest.raises((TypeError, ValueError)):
+        KeyedStore(tmp_path / "kv", **options)
+    assert not (tmp_path / "kv").exists()
