@@ -363,7 +363,7 @@ def _meta_document(meta: KeyMeta) -> dict[str, Any]:
         "offset": meta.offset,
         "compressed": meta.compressed,
         "created": meta.created,
-        "checksum": f"{meta.checksum:016x}",
+        "checksum": None if meta.checksum is None else f"{meta.checksum:016x}",  # None: create_array's
         "user": meta.user,
         "array": None if meta.array is None else {"dtype": meta.array[0], "shape": list(meta.array[1])},
     }

@@ -347,6 +347,19 @@ def test_kv_stat_prints_the_totals_and_the_meta_of_one_key(ffdb: Ffdb, tmp_path:
     assert ffdb.kv("stat", "k3") == (1, b"", "ffdb: not found: key 'k3'\n")
 
 
+def test_kv_stat_of_an_array_made_by_create_array_shows_it_without_a_checksum(ffdb: Ffdb) -> None:
+    """A value made by create_array has no checksum (its KeyMeta says None): stat KEY formatted
+    it as hex and failed, "unsupported format string passed to NoneType.__format__" (exit 2).
+    It shows the checksum as null (JSON) or None (text), and the array's dtype and shape."""
+    with KeyedStore(ffdb.datadir) as store, store.create_array("grid", (2, 3), "<u2") as grid:
+        grid[:] = 1
+    document = json.loads(ffdb.ok("stat", "grid", "--json"))
+    assert document["checksum"] is None and document["array"] == {"dtype": "<u2", "shape": [2, 3]}
+    assert document["size"] == 12
+    text = ffdb.ok("stat", "grid").decode().splitlines()
+    assert "checksum: None" in text and 'array: {"dtype": "<u2", "shape": [2, 3]}' in text
+
+
 def test_kv_vacuum_reclaims_the_space_of_deleted_values(ffdb: Ffdb) -> None:
     """Values two to a small segment, most deleted: --min-dead-fraction 1 moves no live value;
     vacuum then moves the four live ones and prints what it reclaimed; the values read back
