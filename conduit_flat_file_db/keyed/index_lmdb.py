@@ -96,7 +96,7 @@ def _damaged(path: str, exc: BaseException) -> IndexDamagedError:
     that leads nowhere): the key logs hold everything, and a rebuild replaces the index."""
     return IndexDamagedError(
         f"{path}: the index cannot be read ({exc}); rebuild_index() on the store open for writing"
-        " sets it aside and rebuilds it from the key logs"
+        " sets it aside and rebuilds it from the key logs (so does a writer's open, once it is removed)"
     )
 
 
