@@ -114,6 +114,12 @@ def check_kv_args(args: argparse.Namespace) -> None:
     for text in args.keys if command == "rm" else [getattr(args, "key", None), getattr(args, "prefix", None)]:
         if text is not None:
             parse_key(text, args.bytes_key)
+    output = getattr(args, "output", None)
+    if output not in (None, "-"):
+        real_dir = os.path.realpath(args.datadir)
+        if os.path.commonpath([real_dir, os.path.realpath(output)]) == real_dir:
+            # Created or replaced: a segment or index named there would be truncated, every key in it lost.
+            raise CliError(f"-o {output}: the file is inside the store's directory {args.datadir}; write it elsewhere")
     # Read or maintain a store that is not there: never create one (rm and vacuum open it for
     # writing, which would). segments/ is what makes a directory a keyed store.
     if not os.path.isdir(args.datadir):

@@ -360,6 +360,20 @@ def test_kv_stat_of_an_array_made_by_create_array_shows_it_without_a_checksum(ff
     assert "checksum: None" in text and 'array: {"dtype": "<u2", "shape": [2, 3]}' in text
 
 
+def test_kv_get_refuses_an_output_file_inside_the_store(ffdb: Ffdb, tmp_path: Path) -> None:
+    """get -o FILE creates or replaces FILE: naming a segment of the store itself truncated it,
+    losing every key in it, from a command that only reads. An output inside the store's
+    directory is refused (exit 2) before the store is opened, and the store is unchanged."""
+    ffdb.ok("put", "a", _file(tmp_path, "a", b"value a"))
+    ffdb.ok("put", "b", _file(tmp_path, "b", b"value b"))
+    before = _snapshot(Path(ffdb.datadir))
+    for inside in ("segments/data_00000000.dat", "index.sqlite3", "copy-of-a"):
+        code, out, err = ffdb.kv("get", "a", "-o", str(Path(ffdb.datadir) / inside))
+        assert (code, out) == (2, b"") and "inside the store's directory" in err, err
+    assert _snapshot(Path(ffdb.datadir)) == before
+    assert ffdb.ok("get", "b") == b"value b"
+
+
 def test_kv_vacuum_reclaims_the_space_of_deleted_values(ffdb: Ffdb) -> None:
     """Values two to a small segment, most deleted: --min-dead-fraction 1 moves no live value;
     vacuum then moves the four live ones and prints what it reclaimed; the values read back
