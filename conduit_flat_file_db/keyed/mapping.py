@@ -10,7 +10,7 @@ import os
 import time
 from collections.abc import ItemsView, KeysView, ValuesView
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Generator, Iterable, Iterator, Mapping, NamedTuple
 
 import xxhash
 
@@ -318,9 +318,13 @@ class MappingStore(KeyedCore):
     def iter_objects(self, keys: Iterable[Key]) -> Iterator[Iterator[tuple[Key, BlobFile, KeyMeta]]]:
         """(key, readable, meta) of each present key, in disk order, a chunk of keys at a time
         (bounded memory whatever the number of keys). Absent keys are skipped."""
-        yield self._objects(_many(keys, "iter_objects"))
+        objects = self._objects(_many(keys, "iter_objects"))
+        try:
+            yield objects
+        finally:
+            objects.close()  # a loop left early: the file it was given is closed with the block
 
-    def _objects(self, keys: Iterable[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
+    def _objects(self, keys: Iterable[Key]) -> Generator[tuple[Key, BlobFile, KeyMeta], None, None]:
         chunk: list[Key] = []
         for key in keys:
             chunk.append(key)

@@ -357,3 +357,14 @@ def test_a_refused_option_creates_no_store_directory(tmp_path: Path, options: di
     with pytest.raises((TypeError, ValueError)):
         KeyedStore(tmp_path / "kv", **options)
     assert not (tmp_path / "kv").exists()
+
+
+def test_iter_objects_left_early_closes_the_file_it_gave_when_its_block_ends(tmp_path: Path) -> None:
+    """iter_objects is a context manager so that its files are closed with its block, but a
+    loop left early (break, an exception) left the file it was given open until a collection:
+    the block's end did not close the generator. It does now."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_many([("a", b"1"), ("b", b"2")])
+        with store.iter_objects(["a", "b"]) as objects:
+            _, stream, _ = next(objects)  # and the loop stops here
+        assert stream.closed
