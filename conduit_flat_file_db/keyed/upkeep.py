@@ -302,10 +302,34 @@ class MaintainedStore(ArrayStore):
         written (its checksum); the index's checkpoint present in the key logs."""
         self._check_open("verify")
         report = KeyedVerifyReport()
-        if not self.readonly:
-            self._apply()
+        damaged: IndexDamagedError | None = None
+        try:
+            if not self.readonly:
+                self._apply()
+        except IndexDamagedError as exc:
+            damaged = exc
         engine = self.db.verify(full)
         report.problems += [str(problem) for problem in engine.problems]
+        if damaged is None:
+            try:
+                self._verify_keys(report, full)
+            except IndexDamagedError as exc:
+                damaged = exc
+        if damaged is not None:  # reported, not raised: what verify() is for
+            report.problems.append(str(damaged))
+            return report
+        try:
+            stats = self.stats()
+        except (FlatFileDbError, OSError) as exc:  # a damaged segment: reported, not raised
+            report.problems.append(f"the segments cannot be counted: {exc}")
+            return report
+        report.notes.append(
+            f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
+        )
+        return report
+
+    def _verify_keys(self, report: KeyedVerifyReport, full: bool) -> None:
+        """verify()'s check of the index against the segments (see verify)."""
         checkpoint = self.index.checkpoint()
         if checkpoint.segment >= 0 and not self._record_present(checkpoint):
             report.problems.append(f"the index has applied a key log the segments do not hold ({checkpoint})")
@@ -330,15 +354,6 @@ class MaintainedStore(ArrayStore):
                     self._check_values(chunk, report)
                     chunk = []
         self._check_values(chunk, report)
-        try:
-            stats = self.stats()
-        except (FlatFileDbError, OSError) as exc:  # a damaged segment: reported, not raised
-            report.problems.append(f"the segments cannot be counted: {exc}")
-            return report
-        report.notes.append(
-            f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
-        )
-        return report
 
     def _check_values(self, rows: list[tuple[bytes, Row]], report: KeyedVerifyReport) -> None:
         for key, row in rows:

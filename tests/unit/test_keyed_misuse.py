@@ -368,3 +368,16 @@ def test_iter_objects_left_early_closes_the_file_it_gave_when_its_block_ends(tmp
         with store.iter_objects(["a", "b"]) as objects:
             _, stream, _ = next(objects)  # and the loop stops here
         assert stream.closed
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_verify_reports_a_damaged_index_page_instead_of_raising(tmp_path: Path, readonly: bool) -> None:
+    """verify() (and ``ffdb kv verify``) met a damaged page of the SQLite index while it listed
+    the keys and raised, instead of returning the report of what is wrong. The damage is one
+    of the report's problems, beside the engine's findings."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store.put_many((f"k{i}", f"value {i}".encode() * 4) for i in range(3000))
+    _damage_sqlite_pages_after_the_state_table(tmp_path / "kv" / "index.sqlite3")
+    with KeyedStore(tmp_path / "kv", readonly=readonly) as store:
+        report = store.verify()
+    assert not report.ok and any("the index cannot be read" in problem for problem in report.problems)
