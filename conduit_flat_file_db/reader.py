@@ -513,6 +513,11 @@ class BlobFile(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
+        if size is not None and type(size) is not int:  # pylint: disable=unidiomatic-typecheck  # (the common case)
+            try:
+                size = operator.index(size)  # as FileIO.read: a float (nan!) is no size
+            except TypeError:
+                raise TypeError(f"{self.name}: read() takes an int size or None, not {type(size).__name__}") from None
         remaining = self._end - self._start - self._pos
         count = remaining if size is None or size < 0 else min(size, remaining)
         if count <= 0:
@@ -526,6 +531,10 @@ class BlobFile(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
+
+    def write(self, data: Any) -> int:
+        """Refused, as by a file opened for reading: a blob never changes."""
+        raise io.UnsupportedOperation(f"{self.name}: a blob file is read-only")
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")

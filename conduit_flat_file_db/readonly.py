@@ -233,9 +233,10 @@ class ReadOnlyState:
         return 0
 
     def close(self) -> None:
-        """Unmap the page."""
+        """Unmap the page (no page is current afterwards: log_moved says the log may have moved)."""
         if self._map is not None:
-            self._page.release()
+            page, self._page = self._page, None
+            page.release()
             self._map.close()
             self._map = None
         self._walk = None

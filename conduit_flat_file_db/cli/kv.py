@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable, Iterator
 
 from .. import KeyedStore, KeyMeta
+from ..keyed.mapping import encode_meta
 from .base import (
     BATCH_BYTES,
     BATCH_COUNT,
@@ -78,10 +79,14 @@ def parse_meta(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CliError(f"--meta is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise CliError(f"--meta must be a JSON object, got {type(meta).__name__}: {text!r}")
+    try:
+        encode_meta(meta)  # what the store refuses (NaN, Infinity: json.loads takes them), before it is opened
+    except TypeError as exc:
+        raise CliError(f"--meta cannot be stored: {exc}") from None
     return meta
 
 
@@ -109,6 +114,12 @@ def check_kv_args(args: argparse.Namespace) -> None:
     for text in args.keys if command == "rm" else [getattr(args, "key", None), getattr(args, "prefix", None)]:
         if text is not None:
             parse_key(text, args.bytes_key)
+    output = getattr(args, "output", None)
+    if output not in (None, "-"):
+        real_dir = os.path.realpath(args.datadir)
+        if os.path.commonpath([real_dir, os.path.realpath(output)]) == real_dir:
+            # Created or replaced: a segment or index named there would be truncated, every key in it lost.
+            raise CliError(f"-o {output}: the file is inside the store's directory {args.datadir}; write it elsewhere")
     # Read or maintain a store that is not there: never create one (rm and vacuum open it for
     # writing, which would). segments/ is what makes a directory a keyed store.
     if not os.path.isdir(args.datadir):
@@ -358,7 +369,7 @@ def _meta_document(meta: KeyMeta) -> dict[str, Any]:
         "offset": meta.offset,
         "compressed": meta.compressed,
         "created": meta.created,
-        "checksum": f"{meta.checksum:016x}",
+        "checksum": None if meta.checksum is None else f"{meta.checksum:016x}",  # None: create_array's
         "user": meta.user,
         "array": None if meta.array is None else {"dtype": meta.array[0], "shape": list(meta.array[1])},
     }

@@ -28,6 +28,7 @@ from .keylog import Entry, Row, encode_key, encode_keylog
 from .mapping import Key, MappingStore, decode_meta, encode_meta
 
 ALIGN = 64  # bytes: every dtype's alignment, and a cache line
+_MAX_FILE_BYTES = 2**63 - 1  # off_t
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -127,19 +128,25 @@ class ArrayStore(MappingStore):
         """A writable ``numpy.memmap`` of a new array, zero-filled, never held in memory; stored
         under ``key`` when the with-block ends without an exception (the file becomes a segment
         by rename, no copy), discarded otherwise. Until then no reader sees it; a crash leaves
-        nothing visible. The commit is O(1): it does not wait for the disk. The file is fsynced
-        after it by the engine's sync thread (``sync()`` and ``close()`` wait for that; with
-        ``fsync=True`` the commit does). The value has no checksum, so a power loss before that
-        fsync is confirmed costs the whole write: the next open removes the segment and the key
-        has its value from before, or none; it never names bytes that are not its value
-        (GUARANTEES.md "Keyed store")."""
+        nothing visible. The map turns read-only when the block ends (views taken of it inside
+        the block do not: write through them only inside it). The commit is O(1): it does not
+        wait for the disk. The file is fsynced after it by the engine's sync thread (``sync()``
+        and ``close()`` wait for that; with ``fsync=True`` the commit does). The value has no
+        checksum, so a power loss before that fsync is confirmed costs the whole write: the next
+        open removes the segment and the key has its value from before, or none; it never names
+        bytes that are not its value (GUARANTEES.md "Keyed store")."""
         self._check_writable("create_array")
         np = _numpy()
         encoded = encode_key(key)
         dims = _shape(shape)
         dt = np.dtype(dtype)
+        if dt.subdtype is not None:  # ("i4", (3,)): numpy maps it as more dimensions of the base type
+            dt, inner = dt.subdtype
+            dims += inner
         row_meta = encode_meta(meta, (_descr(np, dt), dims), unchecked=True)
         nbytes = math.prod(dims) * dt.itemsize
+        if nbytes > _MAX_FILE_BYTES:
+            raise ValueError(f"an array of shape {dims} of {dt} is {nbytes} bytes: more than a file can hold")
         if nbytes == 0:
             empty = np.zeros(dims, dt)
             yield empty
@@ -155,6 +162,9 @@ class ArrayStore(MappingStore):
             try:
                 yield mapped
             finally:
+                # The caller may keep the map: its writes would change the committed segment
+                # (sealed, unchecked, not fsynced again) under every reader of the key.
+                mapped.flags.writeable = False
                 del mapped
             # No msync: the map's pages are the file's page-cache pages. No fsync either (the engine's
             # fsync is False): the sync thread fsyncs the new segment after the commit, and after a
@@ -182,7 +192,12 @@ def _reserve(fd: int, nbytes: int) -> None:
 
 
 def _plain(descr: Any) -> Any:
-    """A dtype description read back from JSON: lists where numpy wrote tuples."""
-    if isinstance(descr, list):
-        return [tuple(_plain(part) for part in field) if isinstance(field, list) else field for field in descr]
-    return descr
+    """A dtype description read back from JSON: tuples where numpy wrote tuples. A structure is a
+    list of fields (name, format, and a shape for a sub-array); a name is a str, or a (title,
+    name) pair; a format is a str, or a structure."""
+    if not isinstance(descr, list):
+        return descr
+    fields = []
+    for name, form, *shape in descr:
+        fields.append((tuple(name) if isinstance(name, list) else name, _plain(form), *map(tuple, shape)))
+    return fields

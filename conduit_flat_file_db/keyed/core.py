@@ -127,11 +127,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
         self._present: set[int] = set()  # segments known to exist (read again on a miss)
-        if self.readonly:
-            if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
-                raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
-        else:
-            os.makedirs(os.path.join(self._dir, STAGING_DIR), exist_ok=True)
+        if self.readonly and not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
+            raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
         self.db = FlatFileDb(
             os.path.join(self._dir, SEGMENTS_DIR),
             os.path.join(self._dir, SEGMENTS_LOCK_NAME),
@@ -146,6 +143,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._vacuum_lock: ProcessLock | None = None
         try:
             if not self.readonly:
+                # After the engine checked the options it shares: a refused one creates nothing.
+                os.makedirs(os.path.join(self._dir, STAGING_DIR), exist_ok=True)
                 self._lock = process_lock_for(os.path.join(self._dir, LOCK_NAME))
                 self._lock.leases = False  # a lease would keep the next writer waiting up to its end
                 self._vacuum_lock = process_lock_for(os.path.join(self._dir, VACUUM_LOCK_NAME))
@@ -165,7 +164,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 index = _open_index(self.index_kind, self._dir, True)
             except IndexDamagedError as exc:
                 raise IndexDamagedError(f"{exc}; open the store once for writing to rebuild its index") from exc
-            checkpoint = index.checkpoint()
+            try:
+                checkpoint = index.checkpoint()
+            except BaseException:
+                index.close()  # (an LMDB environment left open read-only would refuse this process's writers)
+                raise
             self._position = LogPosition(checkpoint.segment, checkpoint.end, checkpoint.index_bytes)
             self._last = checkpoint
             return index
@@ -173,15 +176,24 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             try:
                 index = _open_index(self.index_kind, self._dir, False)
             except IndexDamagedError as exc:
-                logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
-                self._set_aside_index()
-                index = _open_index(self.index_kind, self._dir, False)
+                index = self._fresh_index_locked(exc)
             try:
-                self._recover_locked(index)
+                try:
+                    self._recover_locked(index)
+                except IndexDamagedError as exc:  # found by a read past the open's checks (LMDB's)
+                    index.close()
+                    index = self._fresh_index_locked(exc)
+                    self._recover_locked(index)
             except BaseException:
                 index.close()
                 raise
         return index
+
+    def _fresh_index_locked(self, exc: IndexDamagedError) -> IndexBase:
+        """Set the damaged index aside and open an empty one, which recovery fills from the key logs."""
+        logger.error("%s: the index cannot be used (%s); rebuilding it from the key logs", self._dir, exc)
+        self._set_aside_index()
+        return _open_index(self.index_kind, self._dir, False)
 
     def _set_aside_index(self) -> None:
         """Move a damaged index out of the way (kept for inspection, never read again)."""
@@ -190,6 +202,12 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             source = os.path.join(self._dir, name)
             if os.path.exists(source):
                 os.rename(source, f"{source}.damaged-{stamp}-{os.getpid()}")
+
+    def _new_index_locked(self, exc: IndexDamagedError) -> None:
+        """Set this instance's damaged index aside and open an empty one in its place (index.lock
+        held; other processes read the old file until they open the store again)."""
+        self.index.close()
+        self.index = self._fresh_index_locked(exc)
 
     def _recover_locked(self, index: IndexBase, rebuild: bool = False) -> None:
         """Bring ``index`` up to the key logs: rebuild it (or with ``rebuild``) when it is ahead
@@ -303,18 +321,27 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         being made and committed."""
         lock = self._vacuum_lock
         if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with lock.read(self.lock_timeout):
             yield
 
     def _write_lock(self) -> Any:
         if self._lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         return self._lock.write(self.lock_timeout)
+
+    def _unlocked_error(self) -> FlatFileDbError:
+        """Why this instance holds no locks: it is open read-only, or it was closed."""
+        if self.readonly:
+            return FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+        return FlatFileDbError(f"the keyed store {self._dir} is closed")
 
     def _check_writable(self, what: str) -> None:
         if self.readonly:
             raise FlatFileDbReadOnlyError(f"{what}: the keyed store {self._dir} is open read-only")
+        self._check_open(what)
+
+    def _check_open(self, what: str) -> None:
         if self._closed:
             raise FlatFileDbError(f"{what}: the keyed store {self._dir} is closed")
 
@@ -587,7 +614,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     # -- what the index and the tail say together ------------------------------------------
 
     def _refresh(self) -> None:
-        """Read the key logs committed since this instance last looked (cheap when none were)."""
+        """Read the key logs committed since this instance last looked (cheap when none were).
+
+        Refused once the store is closed: every read passes here (a lookup does when the log
+        moved, which a closed engine always says), and would reopen the engine and the index
+        for good (descriptors, locks, connections that close() never released again)."""
+        if self._closed:
+            self._check_open("read")
         if self.db.log_moved(self._position):
             # log_position() repairs the state page when a writer died publishing (taking the
             # engine's write lock): done here, not under the tail lock, which a vacuum's key-log
@@ -731,7 +764,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     except OSError:
                         continue  # its writer is alive
-                os.unlink(path)
+                with contextlib.suppress(IsADirectoryError, PermissionError):  # not a file a writer left
+                    os.unlink(path)
             finally:
                 os.close(fd)
 

@@ -10,11 +10,12 @@ logs in the segments restore (see KeyedStore's open); it cannot corrupt a WAL da
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
 import weakref
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
 from .index_base import (
     Checkpoint,
@@ -48,6 +49,30 @@ _SIGN = 2**63
 _SQLITE_FULL = 13  # primary result codes (sqlite3.SQLITE_FULL and SQLITE_IOERR from Python 3.11)
 _SQLITE_IOERR = 10
 _CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _damaged(path: str, exc: sqlite3.DatabaseError) -> IndexDamagedError:
+    """The IndexDamagedError of a read or write that SQLite refused (a malformed page, a file
+    that is not a database): the key logs hold everything, and a rebuild replaces the file."""
+    return IndexDamagedError(
+        f"{path}: the index cannot be read ({exc}); rebuild_index() on the store open for writing"
+        " sets it aside and rebuilds it from the key logs (so does a writer's open, once it is removed)"
+    )
+
+
+def _reads(method: _F) -> _F:
+    """A read of the index whose sqlite3.DatabaseError is an IndexDamagedError: a damaged page is
+    found by the read that reaches it, long after the open checked the header and state table."""
+
+    @functools.wraps(method)
+    def read(self: SqliteIndex, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from exc
+
+    return cast(_F, read)
 
 
 def _signed(value: int) -> int:
@@ -155,9 +180,13 @@ class SqliteIndex(IndexBase):
     # -- reads --------------------------------------------------------------------------
 
     def lookup(self, key: bytes) -> Row | None:
-        found = self._conn().execute(_SELECT, (key,)).fetchone()
+        try:  # (inline, not @_reads: the hot path of every get)
+            found = self._conn().execute(_SELECT, (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from exc
         return None if found is None else _row(found)
 
+    @_reads
     def lookup_many(self, keys: list[bytes]) -> list[Row | None]:
         conn = self._conn()
         found: dict[bytes, Row] = {}
@@ -169,14 +198,17 @@ class SqliteIndex(IndexBase):
                 found[key] = _row(tuple(rest))
         return [found.get(key) for key in keys]
 
+    @_reads
     def count(self) -> int:
         (value,) = self._conn().execute("SELECT value FROM state WHERE name = 'count'").fetchone()
         return int(value)
 
+    @_reads
     def checkpoint(self) -> Checkpoint:
         (raw,) = self._conn().execute("SELECT value FROM state WHERE name = 'checkpoint'").fetchone()
         return decode_checkpoint(raw)
 
+    @_reads
     def snapshot(self, keys: list[bytes]) -> tuple[int, Checkpoint, list[bool]]:
         conn = self._conn()
         conn.execute("BEGIN")
@@ -188,6 +220,7 @@ class SqliteIndex(IndexBase):
             conn.execute("COMMIT")
         return count, checkpoint, present
 
+    @_reads
     def scan(self, prefix: bytes = b"", after: bytes | None = None, limit: int = 1000) -> list[tuple[bytes, Row]]:
         conn = self._conn()
         low = prefix if after is None else max(prefix, after)
@@ -202,6 +235,7 @@ class SqliteIndex(IndexBase):
         params.append(limit)
         return [(key, _row(tuple(rest))) for key, *rest in conn.execute(query, params)]
 
+    @_reads
     def segment_usage(self) -> dict[int, tuple[int, int]]:
         query = "SELECT seg, sum(end - start), count(*) FROM keys GROUP BY seg"
         return {seg: (live, count) for seg, live, count in self._conn().execute(query)}
@@ -213,8 +247,11 @@ class SqliteIndex(IndexBase):
             "SELECT key, seg, start, end, checksum, created, logseg, meta FROM keys"
             f" WHERE seg IN ({marks}) OR logseg IN ({marks})"
         )
-        for key, *rest in self._conn().execute(query, wanted + wanted):
-            yield key, _row(tuple(rest))
+        try:
+            for key, *rest in self._conn().execute(query, wanted + wanted):
+                yield key, _row(tuple(rest))
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, exc) from exc
 
     # -- writes (the keyed store's write lock held) ---------------------------------------
 
@@ -262,6 +299,8 @@ def _transaction(conn: sqlite3.Connection, path: str) -> Iterator[None]:
         if full or (code & 0xFF == _SQLITE_IOERR if code is not None else "I/O error" in str(exc)):
             raise index_write_error(path, exc, full) from exc
         raise
+    except sqlite3.DatabaseError as exc:  # a malformed page, a file that is not a database
+        raise _damaged(path, exc) from exc
 
 
 def _write_rows(

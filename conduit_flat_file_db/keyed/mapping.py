@@ -10,11 +10,11 @@ import os
 import time
 from collections.abc import ItemsView, KeysView, ValuesView
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Generator, Iterable, Iterator, Mapping, NamedTuple
 
 import xxhash
 
-from ..arguments import as_bytes_like
+from ..arguments import as_bytes_like, check_stream_item
 from ..errors import FlatFileDbNotFoundError
 from ..reader import BlobFile
 from ..types import Slice
@@ -25,6 +25,7 @@ Key = str | bytes
 _checksum = xxhash.xxh3_64_intdigest
 _SMALL_STREAM = 2**20  # put_streams: values up to this size are batched, longer ones streamed
 _BATCH_BYTES = 64 * 2**20
+_READINTO_BYTES = 2**16  # put_streams: the buffer of each readinto of a stream without read()
 
 
 class KeyMeta(NamedTuple):
@@ -57,7 +58,7 @@ def encode_meta(
         doc["array"] = {"dtype": array[0], "shape": list(array[1])}
     try:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise TypeError(f"meta must be JSON-serialisable: {exc}") from None
 
 
@@ -80,6 +81,7 @@ class _HashingReader(io.RawIOBase):
 
     def __init__(self, inner: Any, sha: Any = None) -> None:
         super().__init__()
+        _check_readable(inner)
         self.inner = inner
         self.size = 0
         self.xxh = xxhash.xxh3_64()
@@ -251,7 +253,7 @@ class MappingStore(KeyedCore):
 
     def get_many(self, keys: Iterable[Key]) -> list[bytes]:
         """The values of ``keys`` in their order, read in disk order; KeyError for an absent key."""
-        wanted = list(keys)
+        wanted = list(_many(keys, "get_many"))
         for _ in range(8):
             _, rows = self._rows(wanted)
             try:
@@ -267,7 +269,7 @@ class MappingStore(KeyedCore):
     def delete_many(self, keys: Iterable[Key]) -> int:
         """Delete the keys that are present; returns how many were."""
         self._check_writable("delete_many")
-        encoded = list(dict.fromkeys(encode_key(key) for key in keys))
+        encoded = list(dict.fromkeys(encode_key(key) for key in _many(keys, "delete_many")))
         present = [key for key, row in zip(encoded, self._lookup_many(encoded)) if row is not None]
         if present:
             self._commit([], present)
@@ -316,9 +318,13 @@ class MappingStore(KeyedCore):
     def iter_objects(self, keys: Iterable[Key]) -> Iterator[Iterator[tuple[Key, BlobFile, KeyMeta]]]:
         """(key, readable, meta) of each present key, in disk order, a chunk of keys at a time
         (bounded memory whatever the number of keys). Absent keys are skipped."""
-        yield self._objects(keys)
+        objects = self._objects(_many(keys, "iter_objects"))
+        try:
+            yield objects
+        finally:
+            objects.close()  # a loop left early: the file it was given is closed with the block
 
-    def _objects(self, keys: Iterable[Key]) -> Iterator[tuple[Key, BlobFile, KeyMeta]]:
+    def _objects(self, keys: Iterable[Key]) -> Generator[tuple[Key, BlobFile, KeyMeta], None, None]:
         chunk: list[Key] = []
         for key in keys:
             chunk.append(key)
@@ -380,8 +386,9 @@ class MappingStore(KeyedCore):
         self._check_writable("put_streams")
         puts: list[tuple[bytes, Any, bytes]] = []
         pending = 0
-        for key, source in pairs:
+        for position, (key, source) in enumerate(pairs):
             encoded = encode_key(key)
+            check_stream_item(source, position, open_streams)
             with _opened(source, open_streams) as stream:
                 head = _read_up_to(stream, _SMALL_STREAM + 1)
                 if len(head) <= _SMALL_STREAM:
@@ -487,11 +494,30 @@ def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
         yield source
 
 
+def _many(keys: Iterable[Key], method: str) -> Iterable[Key]:
+    """``keys``, unless it is one key: a str or bytes is an iterable of characters or ints, and
+    delete_many("abc") would delete the keys "a", "b" and "c"."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{method}() takes an iterable of keys, not one {type(keys).__name__} key (pass [key])")
+    return keys
+
+
+def _check_readable(stream: Any) -> None:
+    if not (hasattr(stream, "readinto") or hasattr(stream, "read")):
+        raise TypeError(f"a stream is an object with read() or readinto(), not {type(stream).__name__}")
+
+
 def _read_up_to(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream`` (by ``read``, else ``readinto``)."""
+    _check_readable(stream)
     parts: list[bytes] = []
     left = size
     while left > 0:
-        chunk = stream.read(left)
+        if hasattr(stream, "read"):
+            chunk = stream.read(left)
+        else:
+            buffer = bytearray(min(left, _READINTO_BYTES))
+            chunk = buffer[: stream.readinto(buffer) or 0]
         if not chunk:
             break
         parts.append(bytes(chunk))

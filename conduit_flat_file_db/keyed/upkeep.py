@@ -12,6 +12,7 @@ Readers that looked a key up before its segment went look it up again (keyed/cor
 
 from __future__ import annotations
 
+import numbers
 import os
 import shutil
 import time
@@ -21,11 +22,12 @@ from typing import Any, Iterator
 
 import xxhash
 
-from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from ..errors import FlatFileDbError, FlatFileDbNotFoundError, FlatFileDbUnsafeAccessError
 from ..naming import parse_segment_name
 from ..types import DataLocation
 from .arrays import ArrayStore
 from .core import SEGMENTS_DIR
+from .index_base import IndexDamagedError
 from .keylog import Entry, Row, decode_key, encode_keylog
 from .mapping import is_unchecked
 
@@ -86,11 +88,13 @@ class MaintainedStore(ArrayStore):
         live values copied since the last deletion (deletions come every 16 MiB copied, or every
         16 segments). Vacuums of one store run one at a time."""
         self._check_writable("vacuum")
+        if isinstance(min_dead_fraction, bool) or not isinstance(min_dead_fraction, numbers.Real):
+            raise TypeError(f"min_dead_fraction is a number between 0 and 1, not {type(min_dead_fraction).__name__}")
         if not 0.0 <= min_dead_fraction <= 1.0:
             raise ValueError(f"min_dead_fraction is between 0 and 1, not {min_dead_fraction!r}")
         lock = self._vacuum_lock
         if lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with lock.write(self.lock_timeout):
             return self._vacuum_locked(min_dead_fraction)
 
@@ -223,11 +227,15 @@ class MaintainedStore(ArrayStore):
         self._check_writable("expire")
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
             raise ValueError(f"max_bytes is a non-negative int, not {max_bytes!r}")
+        if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, numbers.Real)):
+            raise TypeError(f"max_age is a number of seconds, not {type(max_age).__name__}")
         if max_age is not None and not max_age >= 0:
             raise ValueError(f"max_age is a non-negative number of seconds, not {max_age!r}")
         deleted = 0
-        if max_age is not None:
-            cutoff = time.time_ns() - int(max_age * 1e9)
+        now = time.time_ns()
+        age_ns = None if max_age is None else max_age * 10**9  # inf, or an int past any time: nothing is that old
+        if age_ns is not None and age_ns < now:
+            cutoff = now - int(age_ns)
             deleted += self._delete_where((key, row) for key, row in self._scan() if row.created_ns < cutoff)
         if max_bytes is not None:
             deleted += self._delete_where(self._oldest_beyond(max_bytes))
@@ -292,11 +300,36 @@ class MaintainedStore(ArrayStore):
         """Check the engine (every segment, and with ``full`` every blob's checksum) and the
         index against it: every key's value present and, with ``full``, equal to the bytes
         written (its checksum); the index's checkpoint present in the key logs."""
+        self._check_open("verify")
         report = KeyedVerifyReport()
-        if not self.readonly:
-            self._apply()
+        damaged: IndexDamagedError | None = None
+        try:
+            if not self.readonly:
+                self._apply()
+        except IndexDamagedError as exc:
+            damaged = exc
         engine = self.db.verify(full)
         report.problems += [str(problem) for problem in engine.problems]
+        if damaged is None:
+            try:
+                self._verify_keys(report, full)
+            except IndexDamagedError as exc:
+                damaged = exc
+        if damaged is not None:  # reported, not raised: what verify() is for
+            report.problems.append(str(damaged))
+            return report
+        try:
+            stats = self.stats()
+        except (FlatFileDbError, OSError) as exc:  # a damaged segment: reported, not raised
+            report.problems.append(f"the segments cannot be counted: {exc}")
+            return report
+        report.notes.append(
+            f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
+        )
+        return report
+
+    def _verify_keys(self, report: KeyedVerifyReport, full: bool) -> None:
+        """verify()'s check of the index against the segments (see verify)."""
         checkpoint = self.index.checkpoint()
         if checkpoint.segment >= 0 and not self._record_present(checkpoint):
             report.problems.append(f"the index has applied a key log the segments do not hold ({checkpoint})")
@@ -321,11 +354,6 @@ class MaintainedStore(ArrayStore):
                     self._check_values(chunk, report)
                     chunk = []
         self._check_values(chunk, report)
-        stats = self.stats()
-        report.notes.append(
-            f"{stats.dead_bytes} bytes in segments are neither values of a key nor key logs (vacuum reclaims them)"
-        )
-        return report
 
     def _check_values(self, rows: list[tuple[bytes, Row]], report: KeyedVerifyReport) -> None:
         for key, row in rows:
@@ -342,6 +370,7 @@ class MaintainedStore(ArrayStore):
     def stats(self) -> KeyedStats:
         """Keys, live and dead bytes, bytes on disk (segments and index), segments. (Open
         read-only: as of the index, which may lack the latest writes until a writer applies them.)"""
+        self._check_open("stats")
         if not self.readonly:
             self._apply()
         usage = self.index.segment_usage()
@@ -360,17 +389,21 @@ class MaintainedStore(ArrayStore):
         self.index.sync()
 
     def backup(self, dest: str | os.PathLike[str]) -> None:
-        """Write a consistent copy of the store to the new directory ``dest`` (writers wait
-        meanwhile; readers do not); open it as a KeyedStore. The copy is on stable storage
+        """Write a consistent copy of the store to the new directory ``dest``, outside the
+        store's (writers wait meanwhile; readers do not); open it as a KeyedStore. The copy is on stable storage
         when this returns (every file and directory of it fsynced, after the locks are let go)."""
         self._check_writable("backup")
         target = Path(os.path.abspath(os.fspath(dest)))
+        real_dir = os.path.realpath(self._dir)
+        if os.path.commonpath([real_dir, os.path.realpath(target)]) == real_dir:
+            # A copy in segments/ or staging/ (or index.lmdb) is a stray file the store trips on.
+            raise ValueError(f"backup destination {target} is inside the store's directory {self._dir}")
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"backup destination {target} exists and is not empty")
         (target / SEGMENTS_DIR).mkdir(parents=True, exist_ok=True)
         vacuum_lock = self._vacuum_lock
         if vacuum_lock is None:
-            raise FlatFileDbReadOnlyError(f"{self._dir}: the keyed store is open read-only")
+            raise self._unlocked_error()
         with vacuum_lock.write(self.lock_timeout), self._write_lock():
             self._apply_locked()
             self.db.sync()
@@ -388,7 +421,13 @@ class MaintainedStore(ArrayStore):
         """Build the index again from the key logs in the segments; returns the number of keys."""
         self._check_writable("rebuild_index")
         with self._write_lock():
-            self._rebuild_locked()
+            try:
+                self._rebuild_locked()
+            except IndexDamagedError as exc:
+                # A damaged page that only a read reaching it finds (the open checks the header and
+                # the state table): the rows cannot even be cleared, so the file goes.
+                self._new_index_locked(exc)
+                self._rebuild_locked()
         return len(self)
 
 

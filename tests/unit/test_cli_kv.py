@@ -189,6 +189,21 @@ def test_kv_put_meta_is_stored_and_bad_meta_exits_2_before_the_store_is_created(
     assert ffdb.ok("get", "k") == b"value"
 
 
+def test_kv_put_meta_the_store_would_refuse_exits_2_before_the_store_is_created(ffdb: Ffdb, tmp_path: Path) -> None:
+    """json.loads takes NaN and Infinity, which the store's metadata refuses: ``put --meta`` made
+    the store, then refused the meta (while every argument is checked before the store is
+    opened). JSON nested deeper than the parser's recursion went as far as a traceback."""
+    source = _file(tmp_path, "in", b"value")
+    for meta, message in (
+        ('{"a": NaN}', "ffdb: error: --meta cannot be stored: meta must be JSON-serialisable: "),
+        ('{"a": 1e999}', "ffdb: error: --meta cannot be stored: meta must be JSON-serialisable: "),
+        ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "ffdb: error: --meta is not valid JSON: "),
+    ):
+        code, out, err = ffdb.kv("put", "k", source, "--meta", meta)
+        assert (code, out) == (2, b"") and err.startswith(message) and err.count("\n") == 1, err
+        assert not Path(ffdb.datadir).exists()
+
+
 def test_kv_put_of_a_missing_file_or_with_bad_operands_exits_2_and_creates_nothing(ffdb: Ffdb, tmp_path: Path) -> None:
     """A missing FILE, no KEY, or too many operands: exit 2 before the store is opened."""
     code, out, err = ffdb.kv("put", "k", str(tmp_path / "missing"))
@@ -330,6 +345,33 @@ def test_kv_stat_prints_the_totals_and_the_meta_of_one_key(ffdb: Ffdb, tmp_path:
     text = ffdb.ok("stat", "k1").decode().splitlines()
     assert text[:3] == ["key: k1", "bytes_key: False", "size: 100"] and 'user: {"n": 1}' in text
     assert ffdb.kv("stat", "k3") == (1, b"", "ffdb: not found: key 'k3'\n")
+
+
+def test_kv_stat_of_an_array_made_by_create_array_shows_it_without_a_checksum(ffdb: Ffdb) -> None:
+    """A value made by create_array has no checksum (its KeyMeta says None): stat KEY formatted
+    it as hex and failed, "unsupported format string passed to NoneType.__format__" (exit 2).
+    It shows the checksum as null (JSON) or None (text), and the array's dtype and shape."""
+    with KeyedStore(ffdb.datadir) as store, store.create_array("grid", (2, 3), "<u2") as grid:
+        grid[:] = 1
+    document = json.loads(ffdb.ok("stat", "grid", "--json"))
+    assert document["checksum"] is None and document["array"] == {"dtype": "<u2", "shape": [2, 3]}
+    assert document["size"] == 12
+    text = ffdb.ok("stat", "grid").decode().splitlines()
+    assert "checksum: None" in text and 'array: {"dtype": "<u2", "shape": [2, 3]}' in text
+
+
+def test_kv_get_refuses_an_output_file_inside_the_store(ffdb: Ffdb, tmp_path: Path) -> None:
+    """get -o FILE creates or replaces FILE: naming a segment of the store itself truncated it,
+    losing every key in it, from a command that only reads. An output inside the store's
+    directory is refused (exit 2) before the store is opened, and the store is unchanged."""
+    ffdb.ok("put", "a", _file(tmp_path, "a", b"value a"))
+    ffdb.ok("put", "b", _file(tmp_path, "b", b"value b"))
+    before = _snapshot(Path(ffdb.datadir))
+    for inside in ("segments/data_00000000.dat", "index.sqlite3", "copy-of-a"):
+        code, out, err = ffdb.kv("get", "a", "-o", str(Path(ffdb.datadir) / inside))
+        assert (code, out) == (2, b"") and "inside the store's directory" in err, err
+    assert _snapshot(Path(ffdb.datadir)) == before
+    assert ffdb.ok("get", "b") == b"value b"
 
 
 def test_kv_vacuum_reclaims_the_space_of_deleted_values(ffdb: Ffdb) -> None:

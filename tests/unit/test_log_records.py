@@ -264,3 +264,19 @@ def test_log_tail_reads_a_sealed_segment_whole_when_the_record_before_the_positi
             assert _read_all(db, moved)[0] == expected, shift
         far = LogPosition(positions[4].segment, positions[4].end, 10**9)  # past the index's end
         assert _read_all(db, far)[0] == expected
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_log_moved_on_a_closed_instance_says_maybe_and_log_tail_reopens_it(tmp_path: Path, readonly: bool) -> None:
+    """A closed instance has no state page to look at: log_moved says the log may have moved
+    (True), as a writer's did, and log_tail reopens the instance and reads on. A read-only
+    instance raised a raw ValueError instead (its page's released memoryview was read)."""
+    with FlatFileDb(tmp_path / "db", log_records=True) as db:
+        db.put_logged([b"value"], _log)
+        position = db.log_tail(LOG_START).position
+    db = FlatFileDb(tmp_path / "db", readonly=readonly)
+    assert not db.log_moved(position)
+    db.close()
+    assert db.log_moved(position)
+    assert db.log_tail(position).position == position
+    db.close()

@@ -4,6 +4,7 @@ never outlive the segment file they came from."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import time
@@ -267,3 +268,21 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize("use_compression", [False, True])
+def test_a_blob_file_refuses_a_size_that_is_not_an_int_and_any_write(tmp_path: Path, use_compression: bool) -> None:
+    """BlobFile.read took a float size: read(nan) of a compressed blob reported a
+    CorruptionError ("short read") for a blob that is whole, read(inf) and read(-1.5) read it
+    all, read(2.0) raised an obscure slice TypeError. As FileIO.read, a size is an int or None
+    (a TypeError otherwise); write() is io.UnsupportedOperation, not NotImplementedError."""
+    with FlatFileDb(tmp_path / "db", use_compression=use_compression) as db:
+        location = db.put(b"0123456789" * 5000)
+        with db.open_blob(location) as blob_file:
+            for size in (float("nan"), float("inf"), -1.5, 2.0, "3"):
+                with pytest.raises(TypeError, match="int size or None"):
+                    blob_file.read(size)  # type: ignore[arg-type]
+            assert blob_file.tell() == 0
+            assert blob_file.read(True) == b"0" and blob_file.read(None) == (b"0123456789" * 5000)[1:]
+            with pytest.raises(io.UnsupportedOperation):
+                blob_file.write(b"x")
