@@ -15,6 +15,7 @@ import struct
 import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
+from ..errors import FlatFileDbError
 from ..state import BOOT_ID
 from .index_base import (
     Checkpoint,
@@ -91,6 +92,15 @@ def _written_this_boot(mtime: float) -> bool:
     return _BOOT_TIME is not None and mtime > _BOOT_TIME + 60
 
 
+def _read_error(index: LmdbIndex, exc: BaseException) -> FlatFileDbError:
+    """The typed error of a read that LMDB refused: IndexDamagedError for a damaged tree (which
+    a writer's open answers by rebuilding the index), FlatFileDbError for anything else (too
+    many readers, a map resized by another process: the index is not damaged, so no rebuild)."""
+    if isinstance(exc, index._corrupted):  # pylint: disable=protected-access  # this module's class
+        return _damaged(index.path, exc)
+    return FlatFileDbError(f"{index.path}: the index could not be read ({exc})")
+
+
 def _damaged(path: str, exc: BaseException) -> IndexDamagedError:
     """The IndexDamagedError of a read that LMDB refused (a page of the wrong type, a tree
     that leads nowhere): the key logs hold everything, and a rebuild replaces the index."""
@@ -109,7 +119,7 @@ def _reads(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except self._error as exc:  # pylint: disable=protected-access  # this module's class
-            raise _damaged(self.path, exc) from exc
+            raise _read_error(self, exc) from exc
 
     return cast(_F, read)
 
@@ -213,7 +223,7 @@ class LmdbIndex(IndexBase):
         try:  # (inline, not @_reads: the hot path of every get)
             raw = self.env.begin(db=self._keys).get(key)
         except self._error as exc:
-            raise _damaged(self.path, exc) from exc
+            raise _read_error(self, exc) from exc
         return None if raw is None else _unpack(raw)
 
     @_reads

@@ -381,3 +381,44 @@ def test_verify_reports_a_damaged_index_page_instead_of_raising(tmp_path: Path, 
     with KeyedStore(tmp_path / "kv", readonly=readonly) as store:
         report = store.verify()
     assert not report.ok and any("the index cannot be read" in problem for problem in report.problems)
+
+
+class _RefusingEnv:
+    """An LMDB environment stand-in whose every transaction is refused with ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        """Refuse the transaction."""
+        raise self.error
+
+
+def test_an_lmdb_read_refused_for_another_reason_than_damage_is_not_called_damage(tmp_path: Path) -> None:
+    """A damaged tree (CorruptedError, PageNotFoundError, ...) is IndexDamagedError, which a
+    writer's open answers by rebuilding the index; a read refused for another reason (too many
+    readers) is a FlatFileDbError that names the index, never IndexDamagedError: no rebuild of
+    an index that is whole."""
+    import lmdb  # pylint: disable=import-outside-toplevel
+
+    with KeyedStore(tmp_path / "kv", index="lmdb") as store:
+        store["k"] = b"v"
+        store._apply()  # pylint: disable=protected-access
+        index = store.index
+        real = index.env  # type: ignore[attr-defined]
+        try:
+            index.env = _RefusingEnv(lmdb.ReadersFullError("MDB_READERS_FULL"))  # type: ignore[attr-defined]
+            with pytest.raises(FlatFileDbError, match="index.lmdb: the index could not be read") as raised:
+                index.lookup(b"\x01k")
+            assert not isinstance(raised.value, IndexDamagedError)
+            with pytest.raises(FlatFileDbError) as raised:
+                index.count()
+            assert not isinstance(raised.value, IndexDamagedError)
+            index.env = _RefusingEnv(lmdb.CorruptedError("MDB_CORRUPTED"))  # type: ignore[attr-defined]
+            with pytest.raises(IndexDamagedError):
+                index.lookup(b"\x01k")
+            with pytest.raises(IndexDamagedError):
+                index.count()
+        finally:
+            index.env = real  # type: ignore[attr-defined]
+        assert store["k"] == b"v"
