@@ -438,6 +438,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         upto = self.db.log_position()
         with self._write_lock():
             self._apply_locked(upto)
+        self.index.tidy()
 
     def _apply_locked(self, upto: LogPosition | None = None) -> None:
         """Bring the index up to ``upto`` (default: the end of the key logs now) or further

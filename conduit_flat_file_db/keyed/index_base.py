@@ -139,6 +139,10 @@ class IndexBase(abc.ABC):
         in one transaction (a rebuild): until it commits, readers see the index as it was, never
         an empty or half-replayed one. ``chunks`` may be a generator: it must not use the index."""
 
+    def tidy(self) -> None:  # noqa: B027  # optional: an index whose writes leave nothing to do later
+        """Work the writes left for later (SQLite: a WAL checkpoint), called after the keyed
+        store's write lock is released so that no other writer waits for it."""
+
     def sync(self) -> None:  # noqa: B027  # optional: an index whose commits are durable has nothing to do
         """Make the index's committed transactions durable (the key logs are durable already)."""
 

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, NoReturn, TypeVar, cast
 
 from .index_base import (
     Checkpoint,
@@ -49,6 +49,7 @@ _SIGN = 2**63
 _SQLITE_FULL = 13  # primary result codes (sqlite3.SQLITE_FULL and SQLITE_IOERR from Python 3.11)
 _SQLITE_IOERR = 10
 _CACHE_KIB = 32768  # page cache of each connection: the upper B-tree levels stay in memory
+_CHECKPOINT_BYTES = 40 * 2**20  # WAL size past which tidy() checkpoints (a commit: past 4x)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -132,10 +133,13 @@ class SqliteIndex(IndexBase):
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=600, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Applies write thousands of random keys at a time: a WAL checkpoint every 1,000 pages
-            # (the default) copies the same pages back again and again; every 10,000 (~40 MiB of
-            # WAL) it costs half as much per key, measured.
-            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            # No checkpoint inside a commit (which runs under the keyed store's write lock, so
+            # every other writer's apply would wait for it): tidy() makes them after the lock is
+            # released, once the WAL holds _CHECKPOINT_BYTES, and a commit only past four times
+            # that. Applies write thousands of random keys at a time: a checkpoint every 1,000
+            # pages (the default) copies the same pages back again and again; every ~40 MiB of
+            # WAL it costs half as much per key, measured.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             conn.execute("PRAGMA journal_size_limit=8388608")  # and the WAL shrinks back after one
         conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         return conn
@@ -259,6 +263,23 @@ class SqliteIndex(IndexBase):
         conn = self._conn()
         with _transaction(conn, self.path):
             _write_rows(conn, rows, checkpoint)
+        self._checkpoint_past(4 * _CHECKPOINT_BYTES)  # bounded even if no caller tidies
+
+    def tidy(self) -> None:
+        """A WAL checkpoint once the WAL holds _CHECKPOINT_BYTES (PASSIVE: it waits for no
+        reader and no writer; what readers still use is copied by a later one)."""
+        self._checkpoint_past(_CHECKPOINT_BYTES)
+
+    def _checkpoint_past(self, limit: int) -> None:
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return
+        if size >= limit:
+            try:
+                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.OperationalError as exc:
+                _raise_write_error(self.path, exc)
 
     def clear(self) -> None:
         conn = self._conn()
@@ -294,13 +315,18 @@ def _transaction(conn: sqlite3.Connection, path: str) -> Iterator[None]:
                 conn.execute("ROLLBACK")
             raise
     except sqlite3.OperationalError as exc:
-        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before
-        full = code & 0xFF == _SQLITE_FULL if code is not None else "full" in str(exc)
-        if full or (code & 0xFF == _SQLITE_IOERR if code is not None else "I/O error" in str(exc)):
-            raise index_write_error(path, exc, full) from exc
-        raise
+        _raise_write_error(path, exc)
     except sqlite3.DatabaseError as exc:  # a malformed page, a file that is not a database
         raise _damaged(path, exc) from exc
+
+
+def _raise_write_error(path: str, exc: sqlite3.OperationalError) -> NoReturn:
+    """Raise a full disk or an I/O error as an IndexWriteError (an OSError), else ``exc``."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before
+    full = code & 0xFF == _SQLITE_FULL if code is not None else "full" in str(exc)
+    if full or (code & 0xFF == _SQLITE_IOERR if code is not None else "I/O error" in str(exc)):
+        raise index_write_error(path, exc, full) from exc
+    raise exc
 
 
 def _write_rows(
