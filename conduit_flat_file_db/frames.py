@@ -279,6 +279,9 @@ def check_min_saving(min_saving: float) -> float:
 PARALLEL_MIN_BYTES = 256 * 2**10
 
 
+_RunArgs = tuple[memoryview, int, int, int, int, float]  # _compress_run's arguments
+
+
 class _Run:
     """A run of frames handed to the compression workers: claimed once, by a worker or back by
     its caller. Whoever runs it drops ``args`` (a view of the caller's buffer) before ``done``
@@ -286,8 +289,8 @@ class _Run:
 
     __slots__ = ("_guard", "_state", "args", "done", "error", "frames")
 
-    def __init__(self, args: tuple[memoryview, int, int, int, int]) -> None:
-        self.args: tuple[memoryview, int, int, int, int] | None = args
+    def __init__(self, args: _RunArgs) -> None:
+        self.args: _RunArgs | None = args
         self.done = threading.Event()
         self.frames: list[bytes] = []
         self.error: BaseException | None = None
@@ -348,7 +351,7 @@ class _Workers:
         self._runs = queue.SimpleQueue()
         self._threads = []
 
-    def submit(self, workers: int, args: tuple[memoryview, int, int, int, int]) -> _Run | None:
+    def submit(self, workers: int, args: _RunArgs) -> _Run | None:
         """Queue a run for up to ``workers`` threads; None when no thread can be had."""
         with self._guard:
             while len(self._threads) < workers:
@@ -371,28 +374,45 @@ _WORKERS = _Workers()
 os.register_at_fork(after_in_child=_WORKERS.reset_after_fork)
 
 
-def _compress_run(view: memoryview, frame_bytes: int, level: int, first: int, stop: int) -> list[bytes]:
-    """Frames ``first`` to ``stop - 1`` of ``view`` cut in ``frame_bytes``, compressed in this thread."""
+def _compress_run(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    view: memoryview, frame_bytes: int, level: int, first: int, stop: int, min_saving: float
+) -> list[bytes]:
+    """Frames ``first`` to ``stop - 1`` of ``view`` cut in ``frame_bytes``, compressed in this
+    thread (see compress_frames; a frame that shrinks by less than ``min_saving`` is stored).
+
+    zstandard's ``compress`` returns a bytes object that keeps the memory of the bound it
+    allocated (about the input's size) however small the frame: a frame under half its input
+    is copied to a bytes object of its own size, or a batch of compressible data would hold
+    its own size in memory until it is written (4 GiB for a put of 4 GiB)."""
     compress = compressor(level).compress
-    return [compress(view[i : i + frame_bytes]) for i in range(first * frame_bytes, stop * frame_bytes, frame_bytes)]
+    frames = []
+    for start in range(first * frame_bytes, stop * frame_bytes, frame_bytes):
+        piece = view[start : start + frame_bytes]
+        frame = compress(piece)
+        if len(frame) > len(piece) * (1 - min_saving):
+            frame = stored_frame(piece)
+        elif 2 * len(frame) < len(piece):
+            frame = bytes(memoryview(frame))
+        frames.append(frame)
+    return frames
 
 
-def _compress_runs(view: memoryview, frame_bytes: int, level: int, bounds: list[int]) -> list[bytes]:
+def _compress_runs(view: memoryview, frame_bytes: int, level: int, bounds: list[int], min_saving: float) -> list[bytes]:
     """Frames ``bounds[0]`` to ``bounds[-1] - 1``: the first run (to ``bounds[1]``) in this
     thread, the others handed to the workers. A run no worker has started when this thread is
     done with its own is taken back (a caller never waits in a queue for work it can do
     itself). When this returns or raises, no worker holds ``view`` any more."""
     pending = [
-        _WORKERS.submit(len(bounds) - 2, (view, frame_bytes, level, low, high))
+        _WORKERS.submit(len(bounds) - 2, (view, frame_bytes, level, low, high, min_saving))
         for low, high in zip(bounds[1:-1], bounds[2:])
     ]
     frames: list[bytes] = []
     try:
-        frames.extend(_compress_run(view, frame_bytes, level, 0, bounds[1]))
+        frames.extend(_compress_run(view, frame_bytes, level, 0, bounds[1], min_saving))
         for index, (low, high) in enumerate(zip(bounds[1:-1], bounds[2:])):
             run = pending[index]
             if run is None or run.take_back():
-                frames.extend(_compress_run(view, frame_bytes, level, low, high))
+                frames.extend(_compress_run(view, frame_bytes, level, low, high, min_saving))
                 continue
             run.done.wait()
             error, run.error = run.error, None
@@ -425,14 +445,8 @@ def compress_frames(
     count = -(-len(view) // frame_bytes)
     runs = min(threads, count) if len(view) >= PARALLEL_MIN_BYTES else 1
     if runs <= 1:
-        frames = _compress_run(view, frame_bytes, level, 0, max(count, 1))
-    else:
-        frames = _compress_runs(view, frame_bytes, level, [count * run // runs for run in range(runs + 1)])
-    for number, frame in enumerate(frames):
-        size = min(frame_bytes, len(view) - number * frame_bytes)
-        if len(frame) > size * (1 - min_saving):
-            frames[number] = stored_frame(view[number * frame_bytes : number * frame_bytes + size])
-    return frames
+        return _compress_run(view, frame_bytes, level, 0, max(count, 1), min_saving)
+    return _compress_runs(view, frame_bytes, level, [count * run // runs for run in range(runs + 1)], min_saving)
 
 
 _FCS_BYTES = (0, 2, 4, 8)

@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -110,7 +111,7 @@ def test_a_run_no_worker_started_is_compressed_by_the_caller(monkeypatch: pytest
 
     monkeypatch.setattr(frames, "_compress_run", held)
     workers = frames._WORKERS  # pylint: disable=protected-access
-    blocker = workers.submit(1, (memoryview(data), 16384, 3, 0, 1))  # the one worker, held inside it
+    blocker = workers.submit(1, (memoryview(data), 16384, 3, 0, 1, 0.125))  # the one worker, held inside it
     try:
         assert blocker is not None and started.wait(10)
         done: list[list[bytes]] = []
@@ -154,3 +155,18 @@ def test_an_error_in_a_worker_reaches_the_caller_and_no_worker_keeps_its_buffer(
     with pytest.raises(MemoryError, match="compression context"):
         compress_frames(memoryview(buffer), 16384, 3, 4)
     buffer += b"x"  # refused with BufferError while an export of the buffer exists
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_frames_of_compressible_data_hold_their_own_size_not_the_inputs(threads: int) -> None:
+    """zstandard's compress keeps an output bound as large as its input behind each frame: the
+    frames of 64 MiB of zeros, a few KiB in all, must not hold 64 MiB (a put of 4 GiB held 4 GiB)."""
+    data = bytearray(64 * 2**20)
+    tracemalloc.start()
+    try:
+        made = compress_frames(memoryview(data), 2**20, 3, threads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(len(frame) for frame in made) < 64 * 1024
+    assert peak < 8 * 2**20, peak
