@@ -378,7 +378,9 @@ class Worker:  # pylint: disable=too-many-instance-attributes  # one store in th
                 try:
                     db.get(ack.location)
                 except FlatFileDbNotFoundError as exc:
-                    if ack.key[0] not in self.reports.deleted:
+                    # Reports read anew after this get failed: a segment deleted since the refresh
+                    # above was reported before it went (its D line is there now).
+                    if not self.reports.gone([ack.key[0]]):
                         self.fail(
                             f"{how}: acknowledged {_describe(ack)} is gone, nobody deleted its segment: {exc}\n"
                             + audit_of(self.reports.report_dir, ack.key[0], Path(ack.location.file_path).parent)
