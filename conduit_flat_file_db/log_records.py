@@ -317,7 +317,13 @@ class LogRecords(Store):
             return [], after if view is not None else LogPosition(number + 1, 0, HEADER_BYTES), 0
         try:
             size = _index_size(fd, limit)
-            if view is None and first > HEADER_BYTES:
+
+            def records_from(offset: int) -> list[Any]:
+                return decode_records(pread_full(fd, max(size - offset, 0), offset)).records
+
+            if first == HEADER_BYTES:
+                records = records_from(first)
+            elif view is None:
                 # A sealed segment: read on from where the last read stopped only when the record
                 # just before is the BLOB record that ends at ``end``. BLOB records are in data
                 # order, so then the records after it are exactly those of the blobs from ``end``
@@ -325,21 +331,18 @@ class LogRecords(Store):
                 # read it all and filter by data offset: a segment of small puts holds 256 k
                 # records, about half a second of decoding, which every instance following the
                 # log paid at every rotation when sealed segments were always read whole.
-                raw = pread_full(fd, max(size - first + RECORD_BYTES, 0), first - RECORD_BYTES)
-                records = decode_records(raw).records
+                records = records_from(first - RECORD_BYTES)
                 anchor = records[0] if records else None
                 if anchor is not None and anchor.rtype == REC_BLOB and anchor.offset + anchor.size == end:
                     records = records[1:]
                 else:
                     first = HEADER_BYTES
-                    records = decode_records(pread_full(fd, max(size - first, 0), first)).records
+                    records = records_from(first)
             else:
-                raw = pread_full(fd, max(size - first, 0), first)
-                records = decode_records(raw).records
-            if view is not None and first > HEADER_BYTES and not _continues(records, end):
-                first = HEADER_BYTES  # not where the last read stopped: read it all, by offset
-                raw = pread_full(fd, max(size - first, 0), first)
-                records = decode_records(raw).records
+                records = records_from(first)
+                if not _continues(records, end):
+                    first = HEADER_BYTES  # not where the last read stopped: read it all, by offset
+                    records = records_from(first)
         finally:
             os.close(fd)
         out: list[BlobRecord] = []
