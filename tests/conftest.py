@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +21,28 @@ settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 StoreFactory = Callable[..., FlatFileDb]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def thread_deaths_to_stderr(pytestconfig: pytest.Config) -> Iterator[None]:
+    """Print a thread's uncaught exception to the terminal at once (past pytest's capture), then
+    let pytest's own hook turn it into a warning as usual. A test waiting for a thread that died
+    this way hangs until the run's timeout ends the process (os._exit), and pytest's warnings
+    die with it: this print is then the only record of why the thread is gone."""
+    pytest_hook = threading.excepthook
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def echo(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(f"\n!!! uncaught exception in thread {name}:\n{text}")
+            sys.stderr.flush()
+        pytest_hook(args)
+
+    threading.excepthook = echo
+    yield
+    threading.excepthook = pytest_hook
 
 
 @pytest.fixture

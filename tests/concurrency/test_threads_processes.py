@@ -219,7 +219,9 @@ def test_threads_on_one_instance(make_store: StoreFactory, use_compression: bool
     results: list[list[Entry]] = [[] for _ in range(THREADS)]
     puts = [0] * THREADS
     errors: list[str] = []
-    barrier = threading.Barrier(THREADS)
+    # A thread that dies before the barrier breaks it for the others (and a timeout breaks it if
+    # a thread died where guarded cannot see it): the test then fails with the reasons, not hangs.
+    barrier = threading.Barrier(THREADS, timeout=JOIN_SECONDS / 2)
 
     def work(tid: int) -> None:
         rng = random.Random(tid)
@@ -240,14 +242,16 @@ def test_threads_on_one_instance(make_store: StoreFactory, use_compression: bool
             work(tid)
         except BaseException:  # pylint: disable=broad-exception-caught  # reported below
             errors.append(f"thread {tid}:\n{traceback.format_exc()}")
+            barrier.abort()
 
     threads = [threading.Thread(target=guarded, args=(tid,)) for tid in range(THREADS)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 2 * JOIN_SECONDS
     for thread in threads:
-        thread.join(JOIN_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+        thread.join(max(0.1, deadline - time.monotonic()))
     assert not errors, "\n".join(errors)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
 
     entries = [entry for mine in results for entry in mine]
     assert len(entries) == sum(puts)

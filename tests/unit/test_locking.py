@@ -132,7 +132,7 @@ def test_write_lock_mutual_exclusion_under_contention(lock: ProcessLock) -> None
     """Many threads, many rounds: never two inside the write lock."""
     inside = [0]
     worst = [0]
-    start = threading.Barrier(6)
+    start = threading.Barrier(6, timeout=WAIT)
 
     def worker() -> None:
         start.wait(WAIT)
