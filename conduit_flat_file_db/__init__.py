@@ -19,7 +19,7 @@ from .errors import (
     UnsupportedBufferError,
 )
 from .flat_file_db import FlatFileDb
-from .keyed import KeyedStats, KeyedStore, KeyedVerifyReport, KeyMeta, VacuumResult
+from .keyed import IndexDamagedError, IndexWriteError, KeyedStats, KeyedStore, KeyedVerifyReport, KeyMeta, VacuumResult
 from .maintenance import Compaction, CompressMode, RecompressResult, SegmentStats, StoreStats
 from .streams import LazyOpener
 from .types import PACKED_LOCATION_BYTES, BlobRecord, DataLocation, Slice
@@ -41,7 +41,9 @@ __all__ = [
     "FlatFileDbReadOnlyError",
     "FlatFileDbUnsafeAccessError",
     "FormatError",
+    "IndexDamagedError",
     "IndexVersionError",
+    "IndexWriteError",
     "InvalidKeyError",
     "InvalidLocationError",
     "KeyMeta",

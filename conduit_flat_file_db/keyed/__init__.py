@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from .index_base import IndexDamagedError, IndexWriteError
 from .keylog import MAX_KEY_BYTES
 from .mapping import KeyMeta
 from .upkeep import KeyedStats, KeyedVerifyReport, MaintainedStore, VacuumResult
@@ -27,4 +28,13 @@ class KeyedStore(MaintainedStore, MutableMapping[Any, bytes]):
     """
 
 
-__all__ = ["MAX_KEY_BYTES", "KeyMeta", "KeyedStats", "KeyedStore", "KeyedVerifyReport", "VacuumResult"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "IndexDamagedError",
+    "IndexWriteError",
+    "KeyMeta",
+    "KeyedStats",
+    "KeyedStore",
+    "KeyedVerifyReport",
+    "VacuumResult",
+]

@@ -15,6 +15,7 @@ import struct
 import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar, cast
 
+from ..blocks import allocate
 from ..errors import FlatFileDbError
 from ..state import BOOT_ID
 from .index_base import (
@@ -202,19 +203,43 @@ class LmdbIndex(IndexBase):
         self.checkpoint()
 
     def _check_size(self) -> None:
-        """A data file shorter than the pages its meta page names, after a power loss, would be a
-        SIGBUS on the first read of a missing page (LMDB maps the file): refused, before any read
-        of the tree. A file written since this boot may be shorter too, and rightly: LMDB never
-        writes the pages a transaction allocated and freed again (loose pages), which the meta
-        page counts but no tree reaches, and a writer killed before a later transaction wrote
-        past them leaves the file so; every page a tree reaches was written before the meta page
-        that names it, into the page cache, which a killed process does not take with it."""
+        """A data file shorter than the pages its meta page names would be a SIGBUS on the first
+        read of a missing page (LMDB maps the file), which no handler can turn into an error.
+
+        Written in another boot (a power loss took pages): refused, before any read of the tree.
+        Written since this boot, the file may be shorter rightly: LMDB never writes the pages a
+        transaction allocated and freed again (loose pages), which the meta page counts but no
+        tree reaches, and a writer killed before a later transaction wrote past them leaves the
+        file so (every page a tree reaches was written before the meta page that names it, into
+        the page cache, which a killed process does not take with it). Such a file, or one cut
+        short by hand, is grown to the size its meta page names with ``fallocate``, which adds
+        zero pages and never overwrites a page a live writer has just written past the old end:
+        a read that reaches a zero page is then LMDB's MDB_CORRUPTED (IndexDamagedError, and a
+        writer's open rebuilds the index), not a killed process. Where the file cannot be grown
+        so (no write permission, no ``fallocate``), it is refused as damaged."""
         info, page = self.env.info(), self.env.stat()["psize"]
-        st = os.stat(os.path.join(self.path, "data.mdb"))
-        size = st.st_size
-        if size < (info["last_pgno"] + 1) * page and not _written_this_boot(st.st_mtime):
+        data = os.path.join(self.path, "data.mdb")
+        st = os.stat(data)
+        size, need = st.st_size, (info["last_pgno"] + 1) * page
+        if size >= need:
+            return
+        if not _written_this_boot(st.st_mtime):
             raise IndexDamagedError(
-                f"{self.path}: data.mdb is {size} bytes but its meta page names {info['last_pgno'] + 1} pages"
+                f"{self.path}: data.mdb is {size} bytes but its meta page names {need // page} pages"
+            )
+        try:
+            fd = os.open(data, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            code: int | None = exc.errno
+        else:
+            try:
+                code = allocate(fd, size, need - size)
+            finally:
+                os.close(fd)
+        if code:
+            raise IndexDamagedError(
+                f"{self.path}: data.mdb is {size} bytes but its meta page names {need // page} pages, and it"
+                f" cannot be grown to that size to be read safely ({os.strerror(code)})"
             )
 
     def lookup(self, key: bytes) -> Row | None:

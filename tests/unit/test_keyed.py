@@ -556,6 +556,45 @@ def test_an_index_file_cut_short_is_rebuilt_not_mapped(tmp_path: Path, index: st
         assert dict(store.items()) == before
 
 
+@pytest.mark.parametrize("keep", [0.0, 0.25, 0.5, 0.9])
+@pytest.mark.parametrize("readonly", [True, False])
+def test_an_lmdb_file_cut_short_this_boot_is_an_error_or_a_rebuild_never_a_sigbus(
+    tmp_path: Path, keep: float, readonly: bool
+) -> None:
+    """An LMDB file cut by hand since this boot (which the boot check cannot tell from a file
+    a killed writer rightly left short) is grown back with zero pages before any read: a
+    reader's open is an IndexDamagedError, a writer's open rebuilds; neither process dies of
+    SIGBUS, as both did before."""
+    pytest.importorskip("lmdb")
+    with KeyedStore(tmp_path / "kv", index="lmdb") as store:
+        store.put_many((f"k{i}", bytes([i % 256]) * 100) for i in range(20_000))
+        before = dict(store.items())
+    data = tmp_path / "kv" / "index.lmdb" / "data.mdb"
+    os.truncate(data, int(data.stat().st_size * keep))
+    code = (
+        "import sys; from conduit_flat_file_db import KeyedStore\n"
+        "from conduit_flat_file_db.keyed import IndexDamagedError\n"
+        "try:\n"
+        "    with KeyedStore(sys.argv[1], index='lmdb', readonly=sys.argv[2] == 'ro') as s:\n"
+        "        print(len(s), sum(len(s[f'k{i}']) for i in range(20000)))\n"
+        "except IndexDamagedError as exc:\n"
+        "    print('damaged', exc)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "kv"), "ro" if readonly else "rw"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
+    if readonly:
+        assert child.stdout.startswith("damaged "), child.stdout
+    else:
+        assert child.stdout.split() == ["20000", str(20_000 * 100)], (child.stdout, child.stderr[-2000:])
+    with KeyedStore(tmp_path / "kv", index="lmdb") as store:
+        assert dict(store.items()) == before
+
+
 def test_vacuum_waits_for_a_write_whose_values_its_rotation_would_seal(tmp_path: Path, index: str) -> None:
     """A write's values and its key log are one engine commit: a vacuum's rotation cannot seal
     the segment between them, so the vacuum sees the row before it decides what the segment
