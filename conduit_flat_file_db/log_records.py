@@ -16,8 +16,9 @@ else the whole index is read and filtered by data offset.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from .arguments import as_bytes_like
 from .errors import FlatFileDbUnsafeAccessError, InvalidLogPositionError, LogPositionTypeError
@@ -317,10 +318,21 @@ class LogRecords(Store):
             return [], after if view is not None else LogPosition(number + 1, 0, HEADER_BYTES), 0
         try:
             size = _index_size(fd, limit)
+            # Decoded a window at a time, as far as the loop below goes: a read of max_records
+            # log records from a position deep inside a long segment decodes about what it takes
+            # (a put's key-log record follows its values), not the rest of the segment.
+            window = max(3 * max_records, 1024) * RECORD_BYTES
 
-            def records_from(offset: int) -> list[Any]:
-                return decode_records(pread_full(fd, max(size - offset, 0), offset)).records
+            def records_from(offset: int) -> Iterator[Any]:
+                while offset < size:
+                    count = min(size - offset, window)
+                    scan = decode_records(pread_full(fd, count, offset))
+                    yield from scan.records
+                    if scan.problem is not None:
+                        return  # the first torn or damaged record ends the index, as for a whole read
+                    offset += count
 
+            records: Iterator[Any]
             if first == HEADER_BYTES:
                 records = records_from(first)
             elif view is None:
@@ -332,34 +344,39 @@ class LogRecords(Store):
                 # records, about half a second of decoding, which every instance following the
                 # log paid at every rotation when sealed segments were always read whole.
                 records = records_from(first - RECORD_BYTES)
-                anchor = records[0] if records else None
-                if anchor is not None and anchor.rtype == REC_BLOB and anchor.offset + anchor.size == end:
-                    records = records[1:]
-                else:
+                anchor = next(records, None)
+                if anchor is None or anchor.rtype != REC_BLOB or anchor.offset + anchor.size != end:
                     first = HEADER_BYTES
                     records = records_from(first)
             else:
                 records = records_from(first)
-                if not _continues(records, end):
+                head: list[Any] = []
+                for record in records:  # up to the first BLOB record: does it start at ``end``?
+                    head.append(record)
+                    if record.rtype == REC_BLOB:
+                        break
+                if _continues(head, end):
+                    records = itertools.chain(head, records)
+                else:
                     first = HEADER_BYTES  # not where the last read stopped: read it all, by offset
                     records = records_from(first)
+            out: list[BlobRecord] = []
+            committed = view.end if view is not None else None
+            index_bytes = first
+            last = 0
+            for record in records:
+                if record.rtype == REC_BLOB:
+                    if committed is not None and record.offset + record.size > committed:
+                        break  # written, not yet committed (its publish is under way)
+                    if record.flags & FLAG_LOG and record.offset >= end:
+                        out.append(_new_record((number, record.offset, record.offset + record.size, record.extra)))
+                        last = index_bytes + RECORD_BYTES
+                    end = max(end, record.offset + record.size)
+                index_bytes += RECORD_BYTES
+                if len(out) >= max_records:
+                    return out, LogPosition(number, end, index_bytes), last  # the rest next time
         finally:
             os.close(fd)
-        out: list[BlobRecord] = []
-        committed = view.end if view is not None else None
-        index_bytes = first
-        last = 0
-        for record in records:
-            if record.rtype == REC_BLOB:
-                if committed is not None and record.offset + record.size > committed:
-                    break  # written, not yet committed (its publish is under way)
-                if record.flags & FLAG_LOG and record.offset >= end:
-                    out.append(_new_record((number, record.offset, record.offset + record.size, record.extra)))
-                    last = index_bytes + RECORD_BYTES
-                end = max(end, record.offset + record.size)
-            index_bytes += RECORD_BYTES
-            if len(out) >= max_records:
-                return out, LogPosition(number, end, index_bytes), last  # the rest next time
         if view is None:
             return out, LogPosition(number + 1, 0, HEADER_BYTES), last
         return out, LogPosition(number, end, index_bytes), last
