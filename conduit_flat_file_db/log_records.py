@@ -322,19 +322,9 @@ class LogRecords(Store):
             # log records from a position deep inside a long segment decodes about what it takes
             # (a put's key-log record follows its values), not the rest of the segment.
             window = max(3 * max_records, 1024) * RECORD_BYTES
-
-            def records_from(offset: int) -> Iterator[Any]:
-                while offset < size:
-                    count = min(size - offset, window)
-                    scan = decode_records(pread_full(fd, count, offset))
-                    yield from scan.records
-                    if scan.problem is not None:
-                        return  # the first torn or damaged record ends the index, as for a whole read
-                    offset += count
-
             records: Iterator[Any]
             if first == HEADER_BYTES:
-                records = records_from(first)
+                records = _records_from(fd, size, first, window)
             elif view is None:
                 # A sealed segment: read on from where the last read stopped only when the record
                 # just before is the BLOB record that ends at ``end``. BLOB records are in data
@@ -343,23 +333,16 @@ class LogRecords(Store):
                 # read it all and filter by data offset: a segment of small puts holds 256 k
                 # records, about half a second of decoding, which every instance following the
                 # log paid at every rotation when sealed segments were always read whole.
-                records = records_from(first - RECORD_BYTES)
+                records = _records_from(fd, size, first - RECORD_BYTES, window)
                 anchor = next(records, None)
                 if anchor is None or anchor.rtype != REC_BLOB or anchor.offset + anchor.size != end:
                     first = HEADER_BYTES
-                    records = records_from(first)
+                    records = _records_from(fd, size, first, window)
             else:
-                records = records_from(first)
-                head: list[Any] = []
-                for record in records:  # up to the first BLOB record: does it start at ``end``?
-                    head.append(record)
-                    if record.rtype == REC_BLOB:
-                        break
-                if _continues(head, end):
-                    records = itertools.chain(head, records)
-                else:
+                continues, records = _continuing(_records_from(fd, size, first, window), end)
+                if not continues:
                     first = HEADER_BYTES  # not where the last read stopped: read it all, by offset
-                    records = records_from(first)
+                    records = _records_from(fd, size, first, window)
             out: list[BlobRecord] = []
             committed = view.end if view is not None else None
             index_bytes = first
@@ -403,12 +386,28 @@ def _checked_position(position: Any) -> LogPosition:
     return LogPosition(*(int(value) for value in position))
 
 
-def _continues(records: list[Any], end: int) -> bool:
-    """Whether the first BLOB record among ``records`` starts at ``end`` (or there is none)."""
+def _records_from(fd: int, size: int, offset: int, window: int) -> Iterator[Any]:
+    """The records of a record index from ``offset`` to ``size``, decoded ``window`` bytes (a
+    multiple of RECORD_BYTES) at a time as they are taken; the first torn or damaged record ends
+    them, as it ends a whole read."""
+    while offset < size:
+        count = min(size - offset, window)
+        scan = decode_records(pread_full(fd, count, offset))
+        yield from scan.records
+        if scan.problem is not None:
+            return
+        offset += count
+
+
+def _continuing(records: Iterator[Any], end: int) -> tuple[bool, Iterator[Any]]:
+    """Whether the first BLOB record among ``records`` starts at ``end`` (or there is none), and
+    the same records (those looked at, then the rest)."""
+    head: list[Any] = []
     for record in records:
+        head.append(record)
         if record.rtype == REC_BLOB:
-            return bool(record.offset == end)
-    return True
+            return record.offset == end, itertools.chain(head, records)
+    return True, iter(head)
 
 
 def _index_size(fd: int, limit: int | None) -> int:
