@@ -320,8 +320,8 @@ class LogRecords(Store):
             size = _index_size(fd, limit)
             # Decoded a window at a time, as far as the loop below goes: a read of max_records
             # log records from a position deep inside a long segment decodes about what it takes
-            # (a put's key-log record follows its values), not the rest of the segment.
-            window = max(3 * max_records, 1024) * RECORD_BYTES
+            # (a put's key-log record follows its value), not the rest of the segment.
+            window = max(2 * max_records + 64, 1024) * RECORD_BYTES
             records: Iterator[Any]
             if first == HEADER_BYTES:
                 records = _records_from(fd, size, first, window)

@@ -25,6 +25,9 @@ _WHERE = struct.Struct("<IQQQQ")  # PUT: segment, start, end, checksum, created_
 _PUT_ENTRY = struct.Struct("<BBHIIQQQQ")  # _ENTRY then _WHERE, packed at once
 OP_PUT = 1
 OP_DEL = 2
+_ONE_PUT = struct.Struct("<8sHHIQBBHIIQQQQ")  # _HEADER then one _PUT_ENTRY: the record of one s[k] = v
+_new_tuple = tuple.__new__
+_KIND_BYTES = (b"\x00", b"\x01")
 MAX_KEY_BYTES = 511  # an encoded key (kind byte + key): LMDB's default key limit, kept for both indexes
 
 
@@ -142,7 +145,24 @@ def decode_keylog(buf: bytes, logseg: int, where: str) -> tuple[int, list[Entry]
 
     Raises FormatError naming ``where`` for bytes that are not a whole key-log record; a
     record of a newer KEYLOG_VERSION is refused the same way, never half-read."""
-    if len(buf) < _HEADER.size:
+    size = len(buf)
+    if size >= _ONE_PUT.size:  # the record of one put, checked and built in a few operations
+        magic, version, _flags, count, written_ns, op, kind, key_len, meta_len, *where_fields = _ONE_PUT.unpack_from(
+            buf, 0
+        )
+        key_end = _ONE_PUT.size + key_len
+        if (  # pylint: disable=too-many-boolean-expressions
+            count == 1
+            and op == OP_PUT
+            and key_end + meta_len == size
+            and kind <= 1
+            and where_fields[1] <= where_fields[2]
+            and magic == KEYLOG_MAGIC
+            and version == KEYLOG_VERSION
+        ):
+            row = _new_tuple(Row, (*where_fields, logseg, bytes(buf[key_end:])))
+            return written_ns, [_new_tuple(Entry, (_KIND_BYTES[kind] + buf[_ONE_PUT.size : key_end], row))]
+    if size < _HEADER.size:
         raise FormatError(f"{where}: key-log record of {len(buf)} bytes is shorter than its header")
     magic, version, _flags, count, written_ns = _HEADER.unpack_from(buf, 0)
     if magic != KEYLOG_MAGIC:
