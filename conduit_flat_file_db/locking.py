@@ -246,39 +246,6 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._room.release()
             raise
 
-    def try_acquire_write(self) -> bool:
-        """acquire_write without waiting: False when another thread or process holds the lock
-        (nothing taken then, and no holder is asked to hand over)."""
-        room = self._room
-        if self._readers and self.read_held_here():
-            raise FlatFileDbUnsafeAccessError(
-                f"a write in a thread that holds the read lock {self.path} (read_lock()) would wait for "
-                "that thread for ever; write after the read_lock() block"
-            )
-        if not room.acquire(False):  # pylint: disable=consider-using-with  # released by release_write
-            return False
-        if self._leased:
-            return True
-        try:
-            if fcntl is None:  # pragma: no cover - Windows: fasteners' own lock
-                taken = bool(self._ipc.acquire_write_lock(blocking=False))
-            else:
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    taken = True
-                except OSError as exc:
-                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                        raise
-                    taken = False
-        except BaseException:
-            room.release()
-            raise
-        if not taken:
-            room.release()
-            return False
-        self._lease_since = time.monotonic()
-        return True
-
     def _let_waiter_in(self) -> None:
         """We just handed the lock to a waiting process: give it the time to take it."""
         deadline = self._last_release + _POLITE_SECONDS

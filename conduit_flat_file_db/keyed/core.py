@@ -65,8 +65,6 @@ SEGMENTS_LOCK_NAME = "segments.lock"
 STAGING_DIR = "staging"
 _RETRIES = 8  # lookups again when a vacuum moved a value between the lookup and the read
 APPLY_AT = 2048  # a writer applies the tail to the index once it holds this many keys
-APPLY_STEP = 2048  # keys of others' records read (and applied) by one put's apply step
-APPLY_WAIT_AT = 8 * APPLY_AT  # a writer whose tail holds this many keys waits to apply it all
 _TAIL_MAX = 16384  # a reader drops the applied part of its tail beyond this many keys
 _APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
@@ -425,15 +423,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                         rows[key] = (row, logseg, end)
             size = len(rows)
         if size >= APPLY_AT:
-            # Applied here, in the writer's thread (measured with four writers: a background
-            # thread waits for the GIL between rows, which SQLite and LMDB drop for each, and
-            # falls behind). A step at a time, and only when no other process applies: a put
-            # never waits for another's apply, nor applies for long itself, until this tail is
-            # far behind (APPLY_WAIT_AT keys), which makes it wait for the whole apply.
-            if size >= APPLY_WAIT_AT:
-                self._apply()
-            else:
-                self._apply_step()
+            # Applied here, in the writer's thread, waiting for another process's apply if one
+            # runs. Measured with four writers: a background thread waits for the GIL between
+            # rows (SQLite and LMDB drop it for each) and falls behind; skipping the apply while
+            # another runs, or applying a bounded step, lets the backlog grow (longer waits).
+            self._apply()
 
     def _apply(self) -> None:
         """Apply the key logs to the index up to where they end now, at least (takes index.lock).
@@ -446,27 +440,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             self._apply_locked(upto)
         self.index.tidy()
 
-    def _apply_step(self) -> None:
-        """Apply about APPLY_STEP keys of the key logs, if the index lock is free now; else drop
-        from the tail what another process's apply has applied meanwhile (its position passed
-        this instance's), or leave it all for a later put."""
-        lock = self._lock
-        if lock is None:
-            raise self._unlocked_error()
-        upto = self.db.log_position()
-        if not lock.try_acquire_write():
-            checkpoint = self.index.checkpoint()
-            with self._tail_lock:
-                if (checkpoint.segment, checkpoint.end) > (self._position.segment, self._position.end):
-                    self._rebase_locked()
-            return
-        try:
-            self._apply_locked(upto, APPLY_STEP)
-        finally:
-            lock.release_write()
-        self.index.tidy()
-
-    def _apply_locked(self, upto: LogPosition | None = None, step: int | None = None) -> None:
+    def _apply_locked(self, upto: LogPosition | None = None) -> None:
         """Bring the index up to ``upto`` (default: the end of the key logs now) or further
         (index.lock held), a chunk at a time.
 
@@ -483,7 +457,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                     self._rebase_locked()  # another process applied past what this one read
                 if (checkpoint.segment, checkpoint.end) >= (upto.segment, upto.end):
                     return  # applied as far as asked (by another process; the rebase dropped it)
-                more = self._read_tail_locked(upto, _APPLY_CHUNK if step is None else len(self._tail) + step)
+                more = self._read_tail_locked(upto, _APPLY_CHUNK)
                 last = self._last
                 read = (last.segment, last.end)
                 # Entries past the last record read in order are this instance's own writes, put
@@ -497,7 +471,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
                 for key, value in applied:
                     if tail.get(key) is value:
                         del tail[key]
-            if not more or step is not None:
+            if not more:
                 return
 
     def _read_tail_locked(self, upto: LogPosition, limit: int | None = None) -> bool:
@@ -508,8 +482,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         writers that never pause, that end never comes (a lookup would chase them for ever)."""
         gaps = 0
         while True:
-            wanted = _APPLY_CHUNK if limit is None else min(_APPLY_CHUNK, max(limit - len(self._tail), 64))
-            tail = self.db.log_tail(self._position, wanted)
+            tail = self.db.log_tail(self._position, _APPLY_CHUNK)
             if tail.ahead:
                 if not self._restart_locked():
                     return False

@@ -595,59 +595,6 @@ def test_an_lmdb_file_cut_short_this_boot_is_an_error_or_a_rebuild_never_a_sigbu
         assert dict(store.items()) == before
 
 
-_HOLD_LOCK = """
-import sys, fasteners
-lock = fasteners.InterProcessReaderWriterLock(sys.argv[1])
-lock.acquire_write_lock()
-print("locked", flush=True)
-sys.stdin.readline()
-lock.release_write_lock()
-"""
-
-
-def test_puts_past_the_apply_threshold_go_on_while_another_process_holds_the_index_lock(
-    tmp_path: Path, index: str
-) -> None:
-    """A writer whose tail reaches APPLY_AT applies a step only when the index lock is free:
-    while another process holds it (applying, in real use), puts go on without waiting, up to
-    APPLY_WAIT_AT keys in the tail, where a put waits for the lock and then applies it all.
-    (Every put from APPLY_AT on waited for the holder before.)"""
-    import threading  # pylint: disable=import-outside-toplevel
-
-    with KeyedStore(tmp_path / "kv", index=index) as store:
-        holder = subprocess.Popen(  # pylint: disable=consider-using-with  # waited for below
-            [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "kv" / keyed_core.LOCK_NAME)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            count = keyed_core.APPLY_WAIT_AT - 1
-
-            def put_each() -> None:
-                for i in range(count):
-                    store.put(f"k{i}", b"v%d" % i)
-
-            free = threading.Thread(target=put_each)
-            free.start()
-            free.join(60)
-            assert not free.is_alive(), "a put waited for the process holding the index lock"
-            assert len(store._tail) == count  # pylint: disable=protected-access  # nothing applied yet
-            waiting = threading.Thread(target=lambda: store.put("last", b"last"))
-            waiting.start()
-            waiting.join(0.5)
-            assert waiting.is_alive(), "a put with APPLY_WAIT_AT keys in its tail did not wait to apply them"
-        finally:
-            holder.communicate("go\n", timeout=60)
-        waiting.join(60)
-        assert not waiting.is_alive()
-        assert len(store._tail) < keyed_core.APPLY_AT  # pylint: disable=protected-access  # applied
-        assert store["k0"] == b"v0" and store[f"k{count - 1}"] == b"v%d" % (count - 1) and store["last"] == b"last"
-    with KeyedStore(tmp_path / "kv", index=index, readonly=True) as reader:
-        assert len(reader) == count + 1
-
-
 def test_vacuum_waits_for_a_write_whose_values_its_rotation_would_seal(tmp_path: Path, index: str) -> None:
     """A write's values and its key log are one engine commit: a vacuum's rotation cannot seal
     the segment between them, so the vacuum sees the row before it decides what the segment

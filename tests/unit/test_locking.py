@@ -3,7 +3,6 @@ fasteners users of the same lock file."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -312,37 +311,6 @@ def test_process_lock_times_out_against_other_process(
         pass
     with lock.read(timeout=WAIT):
         pass
-
-
-def test_try_acquire_write_takes_a_free_lock_and_never_waits_for_a_holder(
-    lock: ProcessLock, tmp_path: Path, holding_child: Callable[[str, Path], Child]
-) -> None:
-    """try_acquire_write: True and the lock held when it is free; False at once, with nothing
-    taken, when another process (writer or reader) or another thread of this process holds it."""
-    assert lock.try_acquire_write()
-    assert try_in_child("try-read", tmp_path / "x.lock") == "refused"
-    lock.release_write()
-    for mode in ("write", "read"):
-        child = holding_child(mode, tmp_path / "x.lock")
-        assert not lock.try_acquire_write()
-        with lock.read(timeout=WAIT) if mode == "read" else contextlib.nullcontext():
-            pass  # nothing was taken: this process can still read beside a reader
-        child.release()
-    held, let_go = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with lock.write():
-            held.set()
-            let_go.wait(WAIT)
-
-    thread = in_thread(holder)
-    assert held.wait(WAIT)
-    assert not lock.try_acquire_write()
-    let_go.set()
-    thread.join(WAIT)
-    assert lock.try_acquire_write()
-    lock.release_write()
-    assert try_in_child("try-write", tmp_path / "x.lock") == "acquired"
 
 
 def test_other_process_reader_blocks_our_writer_not_our_reader(
