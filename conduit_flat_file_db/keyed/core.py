@@ -40,6 +40,7 @@ from ..errors import (
     FlatFileDbNotFoundError,
     FlatFileDbReadOnlyError,
     FormatError,
+    IndexVersionError,
 )
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
@@ -68,6 +69,10 @@ APPLY_AT = 2048  # a writer applies the tail to the index once it holds this man
 _TAIL_MAX = 16384  # a reader drops the applied part of its tail beyond this many keys
 _APPLY_CHUNK = 100_000  # keys applied per index transaction while catching up
 _MISSING = object()
+_SKIP_HINT = (
+    "; the keys it wrote are unknown. KeyedStore(..., skip_damaged_logs=True) opens the store without"
+    " it: those keys keep their values from before it, or are absent (verify() lists it)"
+)
 _checksum = xxhash.xxh3_64_intdigest
 _new_location = tuple.__new__
 _new_checkpoint = functools.partial(tuple.__new__, Checkpoint)
@@ -99,6 +104,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         index: str = "sqlite",
         max_file_size: int = 128 * 2**20,
         lock_timeout: float | None = None,
+        skip_damaged_logs: bool = False,
     ) -> None:
         if index not in ("sqlite", "lmdb"):
             raise ValueError(f"index is 'sqlite' or 'lmdb', not {index!r}")
@@ -109,6 +115,7 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
             "index": index,
             "max_file_size": max_file_size,
             "lock_timeout": lock_timeout,
+            "skip_damaged_logs": skip_damaged_logs,
         }
         self.path = Path(os.path.abspath(os.fspath(path)))
         self.readonly = bool(readonly)
@@ -127,6 +134,8 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._position = LOG_START
         self._last = Checkpoint(-1, 0, 0)
         self._present: set[int] = set()  # segments known to exist (read again on a miss)
+        self.skip_damaged_logs = bool(skip_damaged_logs)
+        self._skipped: dict[tuple[int, int], str] = {}  # damaged key-log records passed over: why
         if self.readonly and not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
             raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
         self.db = FlatFileDb(
@@ -532,7 +541,16 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         if rows is None:
             rows = self._tail  # (a rebase replaces the dict)
         here = (record.segment, record.end_offset)
-        for key, row in self._read_keylog(record):
+        try:
+            entries = self._read_keylog(record)
+        except CorruptionError as exc:
+            if not self.skip_damaged_logs or isinstance(exc.__cause__, IndexVersionError):
+                raise
+            if (record.segment, record.start_offset) not in self._skipped:
+                self._skipped[(record.segment, record.start_offset)] = str(exc)
+                logger.error("%s: %s; skipped (skip_damaged_logs=True)", self._dir, exc)
+            return
+        for key, row in entries:
             if row is not None and row[0] not in self._present:
                 self._present = set(self.db.segments())
                 if row[0] not in self._present:
@@ -606,11 +624,13 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         path = self._paths.get(segment) or self._path(segment)
         blob = self.db.get(_new_location(DataLocation, (path, start, end)))
         if _checksum(blob) != checksum:
-            raise CorruptionError(f"key-log record at {start} fails its checksum", path, start)
+            raise CorruptionError(f"key-log record at {start} fails its checksum{_SKIP_HINT}", path, start)
         try:
             return decode_keylog(blob, segment, "")[1]
-        except FormatError as exc:  # its message names no place: ours does
+        except IndexVersionError as exc:  # a newer release's record: never skipped
             raise CorruptionError(f"{path} at {start}{exc}", path, start) from exc
+        except FormatError as exc:  # its message names no place: ours does
+            raise CorruptionError(f"{path} at {start}{exc}{_SKIP_HINT}", path, start) from exc
 
     # -- what the index and the tail say together ------------------------------------------
 

@@ -15,7 +15,7 @@ import functools
 import struct
 from typing import NamedTuple
 
-from ..errors import FormatError, InvalidKeyError, KeyTooLongError
+from ..errors import FormatError, IndexVersionError, InvalidKeyError, KeyTooLongError
 
 KEYLOG_MAGIC = b"FFKEYLOG"
 KEYLOG_VERSION = 1
@@ -168,7 +168,9 @@ def decode_keylog(buf: bytes, logseg: int, where: str) -> tuple[int, list[Entry]
     if magic != KEYLOG_MAGIC:
         raise FormatError(f"{where}: not a key-log record (magic {magic!r})")
     if version != KEYLOG_VERSION:
-        raise FormatError(f"{where}: key-log version {version} is not supported (this release reads {KEYLOG_VERSION})")
+        raise IndexVersionError(
+            f"{where}: key-log version {version} is not supported (this release reads {KEYLOG_VERSION})"
+        )
     entries: list[Entry] = []
     offset = _HEADER.size
     try:

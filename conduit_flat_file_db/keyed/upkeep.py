@@ -310,6 +310,10 @@ class MaintainedStore(ArrayStore):
             damaged = exc
         engine = self.db.verify(full)
         report.problems += [str(problem) for problem in engine.problems]
+        report.problems += [
+            f"key-log record of segment {segment} at {offset} skipped (skip_damaged_logs=True): {why}"
+            for (segment, offset), why in sorted(self._skipped.items())
+        ]
         if damaged is None:
             try:
                 self._verify_keys(report, full)

@@ -334,6 +334,70 @@ def test_a_key_log_record_of_a_newer_version_in_the_log_is_a_corruption_error_na
             assert (raised.value.path, raised.value.offset) == (location.file_path, location.start_offset)
 
 
+def _damage_second_keylog_of(store_dir: Path) -> None:
+    """Flip bytes inside the key-log record that wrote "a" the second time (segment 0)."""
+    with KeyedStore(store_dir, readonly=True) as reader:
+        records = list(reader.db.iter_log((0, 0)))
+        path = reader.db.segment_path(records[1].segment)
+        start = records[1].start_offset
+    with open(path, "r+b") as handle:
+        handle.seek(start + 30)
+        byte = handle.read(1)
+        handle.seek(start + 30)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("lost_index", [False, True])
+def test_a_damaged_key_log_record_is_refused_unless_skip_damaged_logs_reads_past_it(
+    tmp_path: Path, lost_index: bool
+) -> None:
+    """A key-log record damaged on disk (one flipped byte) makes a writer's open that needs it
+    (the index lost, or behind it) a CorruptionError that says what to do; with
+    skip_damaged_logs=True the store opens, every other key reads its value, the keys of that
+    record keep their values from before it, and verify() lists the record. (Before, no open
+    for writing could get past it at all.)"""
+    store_dir = tmp_path / "kv"
+    with KeyedStore(store_dir, max_file_size=2**16) as store:
+        store["a"] = b"first"
+        store["a"] = b"second"  # the record damaged below
+        store.put_many((f"k{i}", bytes([i % 256]) * 200) for i in range(300))  # rotates past segment 0
+        want = {f"k{i}": bytes([i % 256]) * 200 for i in range(300)}
+    _damage_second_keylog_of(store_dir)
+    if lost_index:
+        (store_dir / "index.sqlite3").unlink()
+    else:  # the index's checkpoint before every record: an open replays them all
+        from conduit_flat_file_db.keyed.index_base import Checkpoint  # pylint: disable=import-outside-toplevel
+        from conduit_flat_file_db.keyed.index_sqlite import SqliteIndex  # pylint: disable=import-outside-toplevel
+
+        index = SqliteIndex(str(store_dir / "index.sqlite3"), False)
+        index.apply_rows([], Checkpoint(-1, 0, 0))
+        index.close()
+    with pytest.raises(CorruptionError, match="skip_damaged_logs=True"):
+        KeyedStore(store_dir)
+    with KeyedStore(store_dir, skip_damaged_logs=True) as store:
+        assert store["a"] == b"first"
+        assert {key: store[key] for key in want} == want
+        report = store.verify()
+        assert not report.ok and any("skipped (skip_damaged_logs=True)" in p for p in report.problems), report
+    with KeyedStore(store_dir, readonly=True) as reader:  # the index, rebuilt without the record, serves reads
+        assert reader["a"] == b"first" and len(reader) == 301
+
+
+def test_skip_damaged_logs_never_passes_over_a_record_of_a_newer_format(tmp_path: Path) -> None:
+    """A key-log record of a newer version is no damage: refused with skip_damaged_logs=True too
+    (a newer release wrote it; reading past it would lose its keys for good at the next apply)."""
+    with KeyedStore(tmp_path / "kv") as store:
+        store["k"] = b"v"
+        blob = bytearray(encode_keylog([Entry(encode_key("x"), None)], 5))
+        blob[8] = 2
+        store.db.put_log(bytes(blob))
+        with KeyedStore(tmp_path / "kv", readonly=True, skip_damaged_logs=True) as reader:
+            with pytest.raises(CorruptionError, match="key-log version 2"):
+                reader["x"]  # pylint: disable=pointless-statement
+        store.db.close()  # the writer's close would apply the record: not this test's subject
+        store._closed = True  # pylint: disable=protected-access
+
+
 # -- vacuum ------------------------------------------------------------------------------
 
 
