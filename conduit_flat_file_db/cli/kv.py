@@ -466,6 +466,7 @@ def run_kv(args: argparse.Namespace) -> int:
             fsync=args.fsync and not readonly,
             index=_index_kind(args),
             lock_timeout=args.lock_timeout,
+            skip_damaged_logs=args.skip_damaged_logs,
         ) as store:
             return _KV_COMMANDS[command](store, args)
     except CliNotFound as exc:

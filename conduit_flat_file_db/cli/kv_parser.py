@@ -206,4 +206,11 @@ def add_kv_parser(commands: Any) -> list[argparse.ArgumentParser]:
             help="the store's index (default: lmdb when DIR holds index.lmdb, else sqlite; "
             "lmdb needs the extra 'lmdb')",
         )
+        parser.add_argument(
+            "--skip-damaged-logs",
+            action="store_true",
+            default=False if parser is kv else argparse.SUPPRESS,
+            help="read past key-log records damaged on disk (logged; the keys they wrote keep "
+            "their values from before them, or are absent; see GUARANTEES.md)",
+        )
     return [kv, *subcommands]
