@@ -33,11 +33,14 @@ def thread_deaths_to_stderr(pytestconfig: pytest.Config) -> Iterator[None]:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
 
     def echo(args: threading.ExceptHookArgs) -> None:
-        name = args.thread.name if args.thread is not None else "?"
-        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-            sys.stderr.write(f"\n!!! uncaught exception in thread {name}:\n{text}")
-            sys.stderr.flush()
+        try:
+            name = args.thread.name if args.thread is not None else "?"
+            text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                sys.stderr.write(f"\n!!! uncaught exception in thread {name}:\n{text}")
+                sys.stderr.flush()
+        except Exception:  # pylint: disable=broad-exception-caught  # a diagnostic never hides the exception
+            pass
         pytest_hook(args)
 
     threading.excepthook = echo
