@@ -97,6 +97,19 @@ _CHUNK_BYTES = 8 * 2**20  # a multiple of RECORD_BYTES
 _TAIL_READ_BYTES = 8 * 2**20 + RECORD_BYTES
 
 
+def read_index_range(dir_fd: int, number: int, offset: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes of segment ``number``'s index file from ``offset`` (fewer at its end),
+    or None when it is missing."""
+    try:
+        fd = open_regular(dir_fd, index_name(number))
+    except FileNotFoundError:
+        return None
+    try:
+        return pread_full(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
 def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:
     """The index file of segment ``number`` (its first ``limit`` bytes), or None when missing.
 
