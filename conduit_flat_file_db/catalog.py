@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
+from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError, LogPositionTypeError
 from .fileio import list_dir
 from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
 from .log_records import LogRecords
@@ -119,7 +119,14 @@ class Catalog(LogRecords):
     def iter_log(self, after: tuple[int, int] = (0, 0)) -> Iterator[BlobRecord]:
         """The log records (:meth:`put_log`) committed at or after position ``after``, a pair
         (segment, offset), in commit order: those of segment ``after[0]`` that start at or
-        after ``after[1]``, then those of every later segment. Reads the record indexes only."""
+        after ``after[1]``, then those of every later segment. Reads the record indexes only. An
+        ``after`` that is not a pair of ints is a LogPositionTypeError (a TypeError)."""
+        if (
+            not isinstance(after, tuple)
+            or len(after) != 2
+            or any(isinstance(value, bool) or not isinstance(value, int) for value in after)
+        ):
+            raise LogPositionTypeError(f"iter_log(after=) takes a pair of ints (segment, offset), not {after!r}")
         segment, offset = after
         self._reopen_if_closed()
         for number in self.segments():

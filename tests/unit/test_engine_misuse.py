@@ -4,12 +4,15 @@ OverflowError, an unpacking error)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from conduit_flat_file_db import FlatFileDb
-from conduit_flat_file_db.errors import InvalidLocationError
+from conduit_flat_file_db.errors import InvalidLocationError, LogPositionTypeError
+from conduit_flat_file_db.log_records import LogPosition
+
+StoreFactory = Callable[..., FlatFileDb]
 
 
 @pytest.mark.parametrize("number", [1.0, "3", None, True, float("nan")])
@@ -27,3 +30,50 @@ def test_segment_path_out_of_range_is_invalid_location(store: FlatFileDb, number
     store.put(b"a")
     with pytest.raises(InvalidLocationError, match=str(number)):
         store.segment_path(number)
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        LogPosition(0, 1, 2**70),
+        LogPosition(0, 1, 2**63),
+        LogPosition(0, 1, 65.5),  # type: ignore[arg-type]
+        LogPosition(0.5, 1, 64),  # type: ignore[arg-type]
+        LogPosition(True, 1, 64),
+        {},
+        "abc",
+    ],
+)
+def test_log_record_at_of_a_bad_position_is_typed_or_none(make_store: StoreFactory, position: Any) -> None:
+    """A position of floats, bools or another type is a LogPositionTypeError, and one past
+    any file's end is not found (None): never an OverflowError, an OSError(EINVAL) or an
+    unpacking error from inside, nor a record of segment True."""
+    db = make_store(log_records=True)
+    db.put_log(b"a")
+    db.rotate()
+    db.put_log(b"b")
+    try:
+        found = db.log_record_at(position)
+    except LogPositionTypeError:
+        return
+    assert found is None
+
+
+def test_log_record_at_still_takes_a_plain_triple(make_store: StoreFactory) -> None:
+    """A (segment, end, index_bytes) tuple was always taken: it still finds its record."""
+    db = make_store(log_records=True)
+    put = db.put_logged([b"value"], lambda locations: b"log")
+    plain: Any = tuple(put.after)
+    found = db.log_record_at(put.after)
+    assert found is not None
+    assert db.log_record_at(plain) == found
+
+
+@pytest.mark.parametrize("after", [(0.5, 0), ("a", 0), (None, None), {}, "ab", (0, 0, 0), (True, 0)])
+def test_iter_log_of_a_bad_position_is_log_position_type_error(make_store: StoreFactory, after: Any) -> None:
+    """iter_log(after=) of anything but a pair of ints is a LogPositionTypeError (a TypeError),
+    not an unpacking ValueError or a comparison TypeError from inside."""
+    db = make_store(log_records=True)
+    db.put_log(b"a")
+    with pytest.raises(LogPositionTypeError):
+        list(db.iter_log(after))
