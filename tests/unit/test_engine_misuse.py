@@ -4,6 +4,7 @@ OverflowError, an unpacking error)."""
 
 from __future__ import annotations
 
+import io
 from typing import Any, Callable
 
 import pytest
@@ -77,3 +78,29 @@ def test_iter_log_of_a_bad_position_is_log_position_type_error(make_store: Store
     db.put_log(b"a")
     with pytest.raises(LogPositionTypeError):
         list(db.iter_log(after))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("small_bytes", -1, ValueError),
+        ("small_bytes", -(2**70), ValueError),
+        ("small_bytes", 1.5, TypeError),
+        ("small_bytes", float("nan"), TypeError),
+        ("small_bytes", True, TypeError),
+        ("batch_bytes", -1, ValueError),
+        ("batch_bytes", float("nan"), TypeError),
+        ("batch_bytes", "64", TypeError),
+    ],
+)
+def test_put_streams_refuses_bad_sizes_before_storing(
+    store: FlatFileDb, option: str, value: Any, error: type[Exception]
+) -> None:
+    """small_bytes and batch_bytes are byte counts: a negative one is a ValueError, another
+    type a TypeError, raised before the first stream is read (not the "negative count" or
+    OverflowError of a read inside), and nothing is stored."""
+    stream = io.BytesIO(b"data")
+    with pytest.raises(error, match=option):
+        store.put_streams([stream, io.BytesIO(b"more")], **{option: value})
+    assert stream.tell() == 0
+    assert not list(store.iter_records())
