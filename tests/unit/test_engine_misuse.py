@@ -5,11 +5,13 @@ OverflowError, an unpacking error)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db.cli import main
 from conduit_flat_file_db.errors import InvalidLocationError, LogPositionTypeError
 from conduit_flat_file_db.log_records import LogPosition
 
@@ -104,3 +106,66 @@ def test_put_streams_refuses_bad_sizes_before_storing(
         store.put_streams([stream, io.BytesIO(b"more")], **{option: value})
     assert stream.tell() == 0
     assert not list(store.iter_records())
+
+
+@pytest.mark.parametrize(
+    ("level", "error"),
+    [
+        (2**70, ValueError),
+        (-(2**40), ValueError),
+        (23, ValueError),
+        ("3", TypeError),
+        (1.5, TypeError),
+        (True, TypeError),
+    ],
+)
+def test_compression_level_out_of_range_is_refused_at_construction(
+    tmp_path: Path, level: Any, error: type[Exception]
+) -> None:
+    """A compression level zstd cannot take is refused by the constructor, not by an
+    OverflowError or TypeError of the compressor at the first compressed put."""
+    with pytest.raises(error, match="compression_level"):
+        FlatFileDb(tmp_path / "store", use_compression=True, compression_level=level)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"level": 2**70},
+        {"level": -(2**40)},
+        {"level": True},
+        {"frame_bytes": 0},
+        {"frame_bytes": 2**70},
+        {"frame_bytes": 1.0},
+    ],
+)
+def test_recompress_refuses_a_bad_level_or_frame_size_before_rewriting(
+    make_store: StoreFactory, options: dict[str, Any]
+) -> None:
+    """recompress(level=, frame_bytes=) out of range or of another type is a TypeError or
+    ValueError naming the option, before any segment is rewritten (not an OverflowError of
+    the compressor, nor frame_bytes=0 taken as the default)."""
+    db = make_store(use_compression=True)
+    location = db.put(b"x" * 50_000)
+    db.rotate()
+    before = sorted(path.name for path in db.datadir.iterdir())
+    with pytest.raises((TypeError, ValueError), match=next(iter(options))):
+        db.recompress(mode=True, **options)
+    assert sorted(path.name for path in db.datadir.iterdir()) == before
+    assert db.get(location) == b"x" * 50_000
+
+
+def test_cli_recompress_with_a_level_out_of_range_exits_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ffdb recompress --level -99999999999 printed an OverflowError traceback; now one line, exit 2."""
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    datadir = str(tmp_path / "store")
+    assert main(["--datadir", datadir, "put", str(tmp_path / "a.txt")]) == 0
+    assert main(["--datadir", datadir, "rotate"]) == 0
+    capsys.readouterr()
+    assert main(["--datadir", datadir, "recompress", "--mode", "yes", "--level", "-99999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "level" in err
+    assert "Traceback" not in err
