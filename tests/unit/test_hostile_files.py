@@ -10,8 +10,15 @@ import pytest
 from conduit_flat_file_db import FlatFileDb
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.naming import STATE_FILE_NAME
-from conduit_flat_file_db.state import W_DIRTY, W_DISK_BYTES, W_END, W_INDEX_BYTES
+from conduit_flat_file_db.state import W_DIRTY, W_DISK_BYTES, W_END, W_EPOCH, W_INDEX_BYTES, W_SEQ
 from conduit_flat_file_db.types import DataLocation
+
+
+def _word(datadir: Path, word: int) -> int:
+    """One 8-byte word of the state page."""
+    with open(datadir / STATE_FILE_NAME, "rb") as handle:
+        handle.seek(8 * word)
+        return int.from_bytes(handle.read(8), "little")
 
 
 def _add_to_word(datadir: Path, word: int, delta: int) -> None:
@@ -47,4 +54,22 @@ def test_damaged_state_page_is_recovered_not_trusted(tmp_path: Path, word: int, 
     with FlatFileDb(datadir) as db:
         assert db.get(after) == b"X" * 100
         assert [db.get(location) for location in locations] == blobs
+        assert db.verify().ok
+
+
+@pytest.mark.parametrize("word", [W_SEQ, W_EPOCH], ids=["seq", "epoch"])
+def test_state_page_counter_at_its_last_value_wraps_instead_of_failing(tmp_path: Path, word: int) -> None:
+    """A page whose seq or epoch word was damaged to 2**64 - 1 (it can only be counted up):
+    the open, puts, a rotation and a delete go on (the counter wraps to 0), not a ValueError
+    of the page's memoryview at every open."""
+    datadir = tmp_path / "store"
+    with FlatFileDb(datadir) as db:
+        first = db.put(b"first")
+    _add_to_word(datadir, word, 2**64 - 1 - _word(datadir, word))
+    with FlatFileDb(datadir) as db:
+        assert db.get(first) == b"first"
+        db.rotate()
+        second = db.put(b"second")
+        db.delete_file(Path(first.file_path))
+        assert db.get(second) == b"second"
         assert db.verify().ok
