@@ -19,16 +19,7 @@ from pathlib import Path
 from .errors import FlatFileDbUnsafeAccessError, FormatError, IndexVersionError
 from .fileio import list_dir
 from .frames import SKIPPABLE_HEADER_BYTES
-from .index import (
-    HEADER_BYTES,
-    KIND_ZSTD,
-    REC_BLOB,
-    REC_SEAL,
-    RECORD_BYTES,
-    decode_header,
-    decode_records,
-    valid_record_bytes,
-)
+from .index import HEADER_BYTES, KIND_ZSTD, decode_header
 from .naming import (
     INDEX_SUFFIX,
     MAX_SEGMENT_NUMBER,
@@ -43,37 +34,10 @@ from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
 from .seekable import growing_table_bytes, padding_header
 from .segment import Tail, create_segment
-from .segment_files import fsync_dir, open_regular, read_index, read_index_range
-from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, MutableView, SharedState, sync_page
+from .segment_files import fsync_dir, index_ends_where_page_says, open_regular, read_index
+from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
-
-
-def _index_ends_where_page_says(dir_fd: int, number: int, view: MutableView) -> bool:
-    """Whether the record index of segment ``number`` ends where the page says its commits end.
-
-    The page's committed index bytes must end with a valid record, a BLOB record ending (or a
-    SEAL record closing the segment) at the page's committed end, or be the bare header when
-    nothing is committed; and no valid record may follow them. A page damaged since its last
-    publish (a flipped bit, a word written by hand) fails this: trusted, it would serve
-    uncommitted bytes as blobs, or make the next put overwrite committed ones. Two records are
-    read, whatever the size of the segment.
-    """
-    records_bytes = view.index_bytes - HEADER_BYTES
-    if records_bytes < 0 or records_bytes % RECORD_BYTES:
-        return False
-    if not records_bytes:
-        return view.end == 0
-    around = read_index_range(dir_fd, number, view.index_bytes - RECORD_BYTES, 2 * RECORD_BYTES)
-    if around is None or len(around) < RECORD_BYTES:
-        return False
-    scan = decode_records(around[:RECORD_BYTES])
-    if not scan.records:
-        return False
-    last = scan.records[0]
-    if not ((last.rtype == REC_BLOB and last.end == view.end) or (last.rtype == REC_SEAL and last.offset == view.end)):
-        return False
-    return valid_record_bytes(around[RECORD_BYTES:]) == 0
 
 
 def last_segment_error(number: int, whole_file: bool = False) -> FlatFileDbUnsafeAccessError:
@@ -234,7 +198,7 @@ class WriterRecovery:
             and (data_size == committed if compressed else data_size >= committed == view.end)
             and index_size >= max(view.index_bytes, HEADER_BYTES)
             and (not compressed or _padding_header_at(self.dir_fd, newest, view.disk_bytes) == view.padding)
-            and _index_ends_where_page_says(self.dir_fd, newest, view)
+            and index_ends_where_page_says(self.dir_fd, newest, view)
         )
 
     def _list_segments(self) -> tuple[set[int], set[int], set[int], set[int]]:

@@ -73,3 +73,24 @@ def test_state_page_counter_at_its_last_value_wraps_instead_of_failing(tmp_path:
         db.delete_file(Path(first.file_path))
         assert db.get(second) == b"second"
         assert db.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [(W_END, 4000), (W_END, 2**64 - 1), (W_INDEX_BYTES, 2**63), (W_INDEX_BYTES, 160)],
+    ids=["end-in-room", "end-huge", "index-huge", "index+32"],
+)
+def test_read_only_open_does_not_serve_a_damaged_state_page(tmp_path: Path, word: int, value: int) -> None:
+    """A read-only open maps the page and trusts it when current; a page damaged after its
+    publish is not trusted: a location in the room is refused (not read as zeros), reads and
+    verify raise no OverflowError, and every blob reads back."""
+    datadir = tmp_path / "store"
+    with FlatFileDb(datadir) as db:
+        blobs = [bytes([65 + i]) * 1000 for i in range(3)]
+        locations = [db.put(blob) for blob in blobs]
+    _add_to_word(datadir, word, value - _word(datadir, word))
+    with FlatFileDb(datadir, readonly=True) as db:
+        with pytest.raises(InvalidLocationError):
+            db.get(DataLocation(locations[0].file_path, 3000, 4000))
+        assert [db.get(location) for location in locations] == blobs
+        assert db.verify().ok
