@@ -5,6 +5,8 @@ OverflowError, an unpacking error)."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -169,3 +171,37 @@ def test_cli_recompress_with_a_level_out_of_range_exits_2_without_a_traceback(
     err = capsys.readouterr().err
     assert "level" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("target", ["sealed segment", "index", "state page", "lock file"])
+def test_cli_refuses_standard_output_appended_to_a_file_of_the_store(tmp_path: Path, target: str) -> None:
+    """``ffdb get LOC >> datadir/data_00000000.dat`` appended the blob to a sealed segment (verify
+    then reports it damaged), and ``>> datadir.lock`` or ``>> ffdb.state`` wrote into the lock or
+    the page: the command now exits 2 with one line and writes nothing there."""
+    datadir = tmp_path / "store"
+    with FlatFileDb(datadir) as db:
+        location = db.put(b"hello")
+        db.rotate()
+        db.put(b"after")
+        packed = db.pack_location(location).hex()
+    path = {
+        "sealed segment": datadir / "data_00000000.dat",
+        "index": datadir / "data_00000000.idx",
+        "state page": datadir / "ffdb.state",
+        "lock file": tmp_path / "store.lock",
+    }[target]
+    before = path.read_bytes()
+    with open(path, "ab") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "conduit_flat_file_db", "--datadir", str(datadir), "get", packed],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert "a file of the store" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert path.read_bytes() == before
+    with FlatFileDb(datadir, readonly=True) as db:
+        assert db.verify().ok
