@@ -205,3 +205,12 @@ def test_cli_refuses_standard_output_appended_to_a_file_of_the_store(tmp_path: P
     assert path.read_bytes() == before
     with FlatFileDb(datadir, readonly=True) as db:
         assert db.verify().ok
+
+
+@pytest.mark.parametrize("slices", [[], [None, None], "", {}])
+def test_get_many_with_as_many_slices_as_locations_missing_is_invalid_location(store: FlatFileDb, slices: Any) -> None:
+    """get_many(locations, slices) of another length is an InvalidLocationError (a ValueError, as
+    before, and now a FlatFileDbError too), not a bare ValueError."""
+    location = store.put(b"abc")
+    with pytest.raises(InvalidLocationError, match="1 locations but"):
+        store.get_many([location], slices)
