@@ -144,3 +144,17 @@ __all__ = [
     "check_stream_item",
     "default_lock_path",
 ]
+
+
+MIN_COMPRESSION_LEVEL = -(2**17)  # ZSTD_minCLevel(): faster levels are refused by the library
+MAX_COMPRESSION_LEVEL = 22  # ZSTD_maxCLevel()
+
+
+def check_level(level: Any, name: str = "compression_level") -> int:
+    """``level`` if it is a Zstandard level (an int in -131072..22), else the TypeError or
+    ValueError saying why (not an OverflowError of the compressor, at the first compression)."""
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise TypeError(f"{name} must be an int Zstandard level, not {type(level).__name__}")
+    if not MIN_COMPRESSION_LEVEL <= level <= MAX_COMPRESSION_LEVEL:
+        raise ValueError(f"{name} must be in {MIN_COMPRESSION_LEVEL}..{MAX_COMPRESSION_LEVEL}, got {level}")
+    return level

@@ -81,7 +81,7 @@ class BulkReads(Store):
         """The locations of ``get(location, slice)`` for each pair; bad slices raise as in get()."""
         parts = slices if isinstance(slices, list) else list(slices)
         if len(parts) != len(locations):
-            raise ValueError(f"get_many: {len(locations)} locations but {len(parts)} slices")
+            raise InvalidLocationError(f"get_many: {len(locations)} locations but {len(parts)} slices")
         out = []
         for location, part in zip(locations, parts):
             if part is not None:

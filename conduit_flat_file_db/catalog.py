@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError
+from .errors import FlatFileDbLockTimeoutError, FlatFileDbUnsafeAccessError, InvalidLocationError, LogPositionTypeError
 from .fileio import list_dir
 from .index import FLAG_LOG, KIND_RAW, KIND_ZSTD, REC_BLOB, REC_SEAL, Record
 from .log_records import LogRecords
-from .naming import INDEX_SUFFIX, index_name, parse_name, remote_name, segment_name
+from .naming import INDEX_SUFFIX, MAX_SEGMENT_NUMBER, index_name, parse_name, remote_name, segment_name
 from .reader import as_offset
 from .segment_files import fsync_dir, index_records, written_kind
 from .state import W_SEGMENT
@@ -119,7 +119,14 @@ class Catalog(LogRecords):
     def iter_log(self, after: tuple[int, int] = (0, 0)) -> Iterator[BlobRecord]:
         """The log records (:meth:`put_log`) committed at or after position ``after``, a pair
         (segment, offset), in commit order: those of segment ``after[0]`` that start at or
-        after ``after[1]``, then those of every later segment. Reads the record indexes only."""
+        after ``after[1]``, then those of every later segment. Reads the record indexes only. An
+        ``after`` that is not a pair of ints is a LogPositionTypeError (a TypeError)."""
+        if (
+            not isinstance(after, tuple)
+            or len(after) != 2
+            or any(isinstance(value, bool) or not isinstance(value, int) for value in after)
+        ):
+            raise LogPositionTypeError(f"iter_log(after=) takes a pair of ints (segment, offset), not {after!r}")
         segment, offset = after
         self._reopen_if_closed()
         for number in self.segments():
@@ -155,7 +162,13 @@ class Catalog(LogRecords):
         """The path string of segment ``number`` as locations name it: with the suffix of its file
         now (``.dat`` or ``.dat.zst``), or with ``as_issued`` the one it was written with, the path
         put() gave its blobs, so listed locations compare equal to stored ones even after the
-        segment was recompressed. Either resolves: a location finds its segment by number."""
+        segment was recompressed. Either resolves: a location finds its segment by number.
+        A number that is not an int is a TypeError; one outside 0..2**32-1 (no segment file can
+        have it) an InvalidLocationError."""
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"segment_path() takes a segment number (an int), not {type(number).__name__}")
+        if not 0 <= number <= MAX_SEGMENT_NUMBER:
+            raise InvalidLocationError(f"segment numbers are 0..{MAX_SEGMENT_NUMBER}, got {number}")
         kind = written_kind(self._dir_fd, number) if as_issued else None
         if kind is None:
             kind = self._segment_kind(number)

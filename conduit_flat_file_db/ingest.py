@@ -96,6 +96,11 @@ class Ingest(Store):
         one input is open at a time.
         """
         self._refuse_write("put_streams")
+        for name, value in (("small_bytes", small_bytes), ("batch_bytes", batch_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"put_streams({name}=) takes an int number of bytes, not {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"put_streams({name}=) takes a number of bytes >= 0, got {value}")
         if isinstance(streams, (list, tuple)):  # refused before anything is stored
             for position, item in enumerate(streams):
                 check_stream_item(item, position, open_streams)

@@ -279,10 +279,12 @@ class LogRecords(Store):
         ``pread`` of that record; None when it is not found there (a re-framing rewrote a sealed
         segment's index, the segment is gone, or the position is not one the log reached): then
         look for it with :meth:`log_tail`. What a layer checks its checkpoint with on open."""
+        if type(position) is tuple and len(position) == len(LogPosition._fields):  # pylint: disable=unidiomatic-typecheck
+            position = LogPosition(*position)  # a plain triple was always taken
+        number, end, index_bytes = _checked_position(position)
         self._reopen_if_closed()
-        number, end, index_bytes = position
-        if index_bytes < HEADER_BYTES + RECORD_BYTES:
-            return None
+        if index_bytes < HEADER_BYTES + RECORD_BYTES or max(end, index_bytes) > _MAX_FILE_OFFSET:
+            return None  # no file is that long: not a position the log reached
         view = self._readers.mutable_view()
         if number > view.segment or (number == view.segment and (index_bytes > view.index_bytes or end > view.end)):
             return None
@@ -363,6 +365,9 @@ class LogRecords(Store):
         if view is None:
             return out, LogPosition(number + 1, 0, HEADER_BYTES), last
         return out, LogPosition(number, end, index_bytes), last
+
+
+_MAX_FILE_OFFSET = 2**63 - 1  # the largest offset pread takes (off_t)
 
 
 def _not_a_position(position: Any) -> str:

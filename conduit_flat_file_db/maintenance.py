@@ -21,9 +21,11 @@ from typing import Callable, Iterable
 
 import zstandard
 
+from .arguments import check_level
 from .bulk import BulkReads
 from .catalog import Catalog
 from .errors import FlatFileDbUnsafeAccessError, InvalidLocationError
+from .frames import MAX_FRAME_DECOMPRESSED_BYTES
 from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, REC_BLOB, frame_summary
 from .ingest import Ingest
 from .naming import index_name, segment_name
@@ -291,6 +293,18 @@ class MaintainedStore(BulkReads, Ingest, Catalog):
         """
         self._refuse_write("recompress")
         target_mode = as_compress_mode(mode)
+        if level is not None:
+            check_level(level, "recompress(level=)")
+        if frame_bytes is not None and (
+            isinstance(frame_bytes, bool)
+            or not isinstance(frame_bytes, int)
+            or not 1 <= frame_bytes <= MAX_FRAME_DECOMPRESSED_BYTES
+        ):
+            wrong_type = not isinstance(frame_bytes, int) or isinstance(frame_bytes, bool)
+            raise (TypeError if wrong_type else ValueError)(
+                f"recompress(frame_bytes=) must be an int in 1..{MAX_FRAME_DECOMPRESSED_BYTES} or None, "
+                f"got {frame_bytes!r}"
+            )
         self._reopen_if_closed()
         self._wait_seal_hooks("recompress()")  # not racing the seal hook's rewrite of a segment just sealed
         results = []

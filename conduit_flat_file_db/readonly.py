@@ -35,7 +35,7 @@ from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_heade
 from .naming import STATE_FILE_NAME, index_name, parse_name
 from .recovery import Walk
 from .seal import seal_problem
-from .segment_files import OPEN_READ, open_data_file
+from .segment_files import OPEN_READ, index_ends_where_page_says, open_data_file
 from .state import (
     STATE_BYTES,
     STATE_MAGIC,
@@ -114,6 +114,7 @@ class ReadOnlyState:
         self._walk: Walk | None = None
         self._walked: tuple[int, int] = (-1, -1)  # (segment, kind) the walk belongs to
         self._scan_lock = threading.Lock()  # one walk at a time: threads share the instance
+        self._page_checked: MutableView | None = None  # the last page view found to agree with the index
         self._sealed_checked: dict[int, str | None] = {}  # sealed segment -> why it is not whole (None: it is)
 
     def read_mutable(self) -> MutableView:
@@ -121,9 +122,22 @@ class ReadOnlyState:
         page = self._page
         if page is not None and page_is_current(page):
             view = read_view(page)
-            if view is not None:
-                return view  # None: a publisher died mid-way; the index says what it committed
+            # None: a publisher died mid-way. A view the index disagrees with: a page damaged since
+            # its publish (else a location there would be served the room's zeros, or fail inside).
+            # Either way the index says what is committed. Checked once per view: two records read.
+            if view is not None and (view == self._page_checked or self._page_agrees(view)):
+                return view
         return self.scan()
+
+    def _page_agrees(self, view: MutableView) -> bool:
+        """Whether the segment's record index ends where ``view`` says (remembered when it does)."""
+        try:
+            agrees = index_ends_where_page_says(self.dir_fd, view.segment, view, check_next=False)
+        except OSError:
+            agrees = False
+        if agrees:
+            self._page_checked = view
+        return agrees
 
     def current_page(self) -> Any:
         """The state page's words when the page is current (its view is the committed extent), else None."""

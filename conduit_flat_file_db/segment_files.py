@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from .errors import FlatFileDbNotFoundError, FormatError, InvalidLocationError
 from .fileio import pread_full
@@ -20,6 +21,8 @@ from .index import (
     HEADER_BYTES,
     KIND_RAW,
     KIND_ZSTD,
+    REC_BLOB,
+    REC_SEAL,
     RECORD_BYTES,
     Record,
     decode_header,
@@ -95,6 +98,54 @@ def fsync_dir(dir_fd: int) -> None:
 _WHOLE_READ_BYTES = 64 * 2**20
 _CHUNK_BYTES = 8 * 2**20  # a multiple of RECORD_BYTES
 _TAIL_READ_BYTES = 8 * 2**20 + RECORD_BYTES
+
+
+def read_index_range(dir_fd: int, number: int, offset: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes of segment ``number``'s index file from ``offset`` (fewer at its end),
+    or None when it is missing."""
+    try:
+        fd = open_regular(dir_fd, index_name(number))
+    except FileNotFoundError:
+        return None
+    try:
+        return pread_full(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def index_ends_where_page_says(dir_fd: int, number: int, view: Any, check_next: bool = True) -> bool:
+    """Whether the record index of segment ``number`` ends where the state page's ``view`` (a
+    ``state.MutableView`` of that segment) says its commits end.
+
+    The view's committed index bytes must end with a valid record, a BLOB record ending (or a
+    SEAL record closing the segment) at the view's committed end, or be the bare header when
+    nothing is committed; a raw view's data bytes must equal its end; and, with
+    ``check_next`` (under the write lock: no commit in flight), no valid record may follow. A
+    page damaged since its last publish (a flipped bit, a word written by hand) fails this:
+    trusted, it would serve uncommitted bytes as blobs, or make the next put overwrite
+    committed ones. Two records are read, whatever the size of the segment.
+    """
+    records_bytes = view.index_bytes - HEADER_BYTES
+    if (
+        records_bytes < 0
+        or records_bytes % RECORD_BYTES
+        or view.index_bytes > MAX_FILE_OFFSET
+        or (view.kind != KIND_ZSTD and view.disk_bytes != view.end)
+    ):
+        return False
+    if not records_bytes:
+        return bool(view.end == 0)
+    around = read_index_range(dir_fd, number, view.index_bytes - RECORD_BYTES, 2 * RECORD_BYTES) or b""
+    records = decode_records(around[:RECORD_BYTES]).records
+    last = records[0] if records else None
+    return (
+        last is not None
+        and ((last.rtype == REC_BLOB and last.end == view.end) or (last.rtype == REC_SEAL and last.offset == view.end))
+        and (not check_next or valid_record_bytes(around[RECORD_BYTES:]) == 0)
+    )
+
+
+MAX_FILE_OFFSET = 2**63 - 1  # the largest offset pread takes (off_t)
 
 
 def read_index(dir_fd: int, number: int, limit: int | None = None) -> bytes | None:

@@ -44,6 +44,7 @@ W_PADDING = 13  # compressed mutable segment: payload bytes of its padding frame
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
 W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
 _SPINS_BEFORE_STUCK = 20_000
+_WORD_MASK = 2**64 - 1  # a word of the page holds an unsigned 64-bit value
 
 
 def _read_boot_id() -> tuple[int, int]:
@@ -169,14 +170,14 @@ class SharedState:
         words[W_KIND] = view.kind
         words[W_PADDING] = view.padding
         words[W_FRAMES] = view.frames
-        words[W_SEQ] = seq + 1
+        words[W_SEQ] = (seq + 1) & _WORD_MASK  # a page damaged to the last value wraps, not fails
 
     def mark_cut(self) -> None:
         """A file of the mutable segment may have become shorter: one seq round with no change,
         which tells every writer to map the files afresh (each compares the seq word before a
         store through its maps). Caller holds the write lock."""
         words = self.words
-        words[W_SEQ] = (words[W_SEQ] | 1) + 1
+        words[W_SEQ] = ((words[W_SEQ] | 1) + 1) & _WORD_MASK
 
     def initialise(self) -> None:
         """Stamp magic, version and boot id. Caller holds the write lock."""
@@ -195,7 +196,7 @@ class SharedState:
 
     def bump_epoch(self) -> None:
         """Tell every reader that a segment file was removed or replaced."""
-        self.words[W_EPOCH] += 1
+        self.words[W_EPOCH] = (self.words[W_EPOCH] + 1) & _WORD_MASK
 
     def close(self) -> None:
         """Unmap the page."""

@@ -33,6 +33,7 @@ from typing import Any, Callable, ContextManager, Iterable, TypeVar
 from .arguments import (
     as_bytes_like,
     bytes_like_ok,
+    check_level,
     check_lock_path,
     check_options,
     check_paths,
@@ -130,7 +131,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self.readonly = bool(readonly)
         self.use_compression = bool(use_compression) and not self.readonly  # nothing to compress
         self.lock_timeout = lock_timeout
-        self.compression_level = compression_level
+        self.compression_level = check_level(compression_level)
         self.frame_bytes = frame_bytes
         self.compression_threads = compression_threads
         self.reframe_on_seal = reframe_on_seal

@@ -34,7 +34,7 @@ from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
 from .seekable import growing_table_bytes, padding_header
 from .segment import Tail, create_segment
-from .segment_files import fsync_dir, open_regular, read_index
+from .segment_files import fsync_dir, index_ends_where_page_says, open_regular, read_index
 from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
 
 logger = logging.getLogger("conduit_flat_file_db")
@@ -195,9 +195,10 @@ class WriterRecovery:
         return (
             header.segment == newest
             and header.kind == view.kind
-            and (data_size == committed if compressed else data_size >= committed)
+            and (data_size == committed if compressed else data_size >= committed == view.end)
             and index_size >= max(view.index_bytes, HEADER_BYTES)
             and (not compressed or _padding_header_at(self.dir_fd, newest, view.disk_bytes) == view.padding)
+            and index_ends_where_page_says(self.dir_fd, newest, view)
         )
 
     def _list_segments(self) -> tuple[set[int], set[int], set[int], set[int]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import stat
 import sys
 from typing import Callable
 
@@ -93,6 +94,7 @@ def _run(args: argparse.Namespace) -> int:
             return _REMOTE_COMMANDS[args.command](remote, args)
     datadir: str = args.datadir
     lock: str = args.lock if args.lock is not None else default_lock_path(datadir)
+    _refuse_output_into_the_store(datadir, lock)
     tiering = None if args.tier_url is None else Tiering(args.tier_url)
     if args.command in _READ_COMMANDS:
         # Read commands open read-only: they never create or write anything (not the datadir,
@@ -116,6 +118,34 @@ def _run(args: argparse.Namespace) -> int:
         tiering=tiering,
     ) as db:
         return _COMMANDS[args.command](db, args)
+
+
+def _refuse_output_into_the_store(datadir: str, lock: str) -> None:
+    """CliError when standard output is a file of the store (``ffdb get LOC >> datadir/data_…``):
+    what the command prints would be appended to a segment, its index, the state page or the
+    lock file. Refused before the store is opened, so nothing is written there."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # an in-process capture has no descriptor
+        return
+    if not stat.S_ISREG(out.st_mode):
+        return
+    names = [lock]
+    try:
+        if os.stat(datadir).st_dev == out.st_dev:
+            names += [os.path.join(datadir, name) for name in os.listdir(datadir)]
+    except OSError:
+        pass  # no datadir (yet): only the lock file can be a file of the store
+    for name in names:
+        try:
+            found = os.stat(name, follow_symlinks=False)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (out.st_dev, out.st_ino):
+            raise CliError(
+                f"standard output is {name}, a file of the store: writing there would damage it; "
+                "redirect the output elsewhere"
+            )
 
 
 def _check_store_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -193,7 +193,7 @@ class RemoteFlatFileDb:
         locations = list(locations)
         parts = [None] * len(locations) if slices is None else list(slices)
         if len(parts) != len(locations):
-            raise ValueError(f"get_many: {len(locations)} locations but {len(parts)} slices")
+            raise InvalidLocationError(f"get_many: {len(locations)} locations but {len(parts)} slices")
         groups: dict[int, tuple[RemoteSegmentReader, list[int], list[tuple[int, int]]]] = {}
         for index, (location, part) in enumerate(zip(locations, parts)):
             file_path, start, end, reader = self._resolve(location)
