@@ -97,7 +97,13 @@ def run_benchmark(
 ) -> list[Result]:
     """Parse the common options, print the conditions, run ``body`` in a scratch directory, print
     the table, remove the directory."""
-    args = base_parser(description).parse_args(argv)
+    parser = base_parser(description)
+    args = parser.parse_args(argv)
+    if args.dir:
+        try:
+            os.makedirs(args.dir, exist_ok=True)  # --dir /var/tmp/new: made, not a traceback
+        except OSError as exc:
+            parser.error(f"--dir {args.dir}: {exc.strerror or exc}")
     workdir = tempfile.mkdtemp(prefix="ffdb-bench-", dir=args.dir or str(Path(__file__).resolve().parent.parent))
     try:
         print(conditions(args, workdir))
