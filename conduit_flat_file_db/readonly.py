@@ -115,6 +115,11 @@ class ReadOnlyState:
         self._walked: tuple[int, int] = (-1, -1)  # (segment, kind) the walk belongs to
         self._scan_lock = threading.Lock()  # one walk at a time: threads share the instance
         self._page_checked: MutableView | None = None  # the last page view found to agree with the index
+        # The mutable segment's index file, kept open for those checks (a pread each, not an
+        # open, a pread and a close: a follower of a busy writer checks at nearly every read).
+        self._check_lock = threading.Lock()
+        self._check_fd = -1
+        self._check_segment = -1
         self._sealed_checked: dict[int, str | None] = {}  # sealed segment -> why it is not whole (None: it is)
 
     def read_mutable(self) -> MutableView:
@@ -130,14 +135,36 @@ class ReadOnlyState:
         return self.scan()
 
     def _page_agrees(self, view: MutableView) -> bool:
-        """Whether the segment's record index ends where ``view`` says (remembered when it does)."""
-        try:
-            agrees = index_ends_where_page_says(self.dir_fd, view.segment, view, check_next=False)
-        except OSError:
+        """Whether the segment's record index ends where ``view`` says (remembered when it does).
+        Read through the index file kept open, and once more through a new descriptor when that
+        one disagrees (a file replaced since it was opened)."""
+        with self._check_lock:
             agrees = False
+            for fresh in (False, True):
+                kept = self._check_fd >= 0 and self._check_segment == view.segment
+                if fresh or not kept:
+                    self._close_check_fd()
+                    try:
+                        self._check_fd = os.open(index_name(view.segment), OPEN_READ, dir_fd=self.dir_fd)
+                    except OSError:
+                        break
+                    self._check_segment = view.segment
+                try:
+                    agrees = index_ends_where_page_says(
+                        self.dir_fd, view.segment, view, check_next=False, index_fd=self._check_fd
+                    )
+                except OSError:
+                    agrees = False
+                if agrees or not kept:
+                    break
         if agrees:
             self._page_checked = view
         return agrees
+
+    def _close_check_fd(self) -> None:
+        fd, self._check_fd, self._check_segment = self._check_fd, -1, -1
+        if fd >= 0:
+            os.close(fd)
 
     def current_page(self) -> Any:
         """The state page's words when the page is current (its view is the committed extent), else None."""
@@ -254,6 +281,8 @@ class ReadOnlyState:
             self._map.close()
             self._map = None
         self._walk = None
+        with self._check_lock:
+            self._close_check_fd()
 
 
 def _sealed_view(number: int, kind: int, data_size: int) -> MutableView:

@@ -113,7 +113,9 @@ def read_index_range(dir_fd: int, number: int, offset: int, size: int) -> bytes 
         os.close(fd)
 
 
-def index_ends_where_page_says(dir_fd: int, number: int, view: Any, check_next: bool = True) -> bool:
+def index_ends_where_page_says(
+    dir_fd: int, number: int, view: Any, check_next: bool = True, index_fd: int | None = None
+) -> bool:
     """Whether the record index of segment ``number`` ends where the state page's ``view`` (a
     ``state.MutableView`` of that segment) says its commits end.
 
@@ -123,7 +125,9 @@ def index_ends_where_page_says(dir_fd: int, number: int, view: Any, check_next: 
     ``check_next`` (under the write lock: no commit in flight), no valid record may follow. A
     page damaged since its last publish (a flipped bit, a word written by hand) fails this:
     trusted, it would serve uncommitted bytes as blobs, or make the next put overwrite
-    committed ones. Two records are read, whatever the size of the segment.
+    committed ones. Two records are read (one without ``check_next``), whatever the size of
+    the segment: through ``index_fd`` when given (the segment's open index file), else the file
+    is opened for the read.
     """
     records_bytes = view.index_bytes - HEADER_BYTES
     if (
@@ -135,7 +139,11 @@ def index_ends_where_page_says(dir_fd: int, number: int, view: Any, check_next: 
         return False
     if not records_bytes:
         return bool(view.end == 0)
-    around = read_index_range(dir_fd, number, view.index_bytes - RECORD_BYTES, 2 * RECORD_BYTES) or b""
+    wanted = 2 * RECORD_BYTES if check_next else RECORD_BYTES
+    if index_fd is None:
+        around = read_index_range(dir_fd, number, view.index_bytes - RECORD_BYTES, wanted) or b""
+    else:
+        around = pread_full(index_fd, wanted, view.index_bytes - RECORD_BYTES)
     records = decode_records(around[:RECORD_BYTES]).records
     last = records[0] if records else None
     return (
