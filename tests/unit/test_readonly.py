@@ -562,43 +562,38 @@ def test_read_only_open_after_a_power_loss_refuses_an_unconfirmed_sealed_segment
         reader.close()
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc (Linux)")
 def test_a_read_only_follower_checks_each_new_page_through_one_kept_index_descriptor(tmp_path: Path) -> None:
     """A read-only instance reading each blob a writer just put checks every new view of the
     state page against the mutable segment's index through one descriptor it keeps (the next
     segment's after a rotation), closed by close(); and when that file was replaced since it
     was opened (here, between two writers: a whole copy put in its place, the kept one cut),
     it checks the new file and trusts the page, instead of walking the index at every read."""
-    before = _open_fds()
     writer = FlatFileDb(tmp_path / "s")
     reader = FlatFileDb(tmp_path / "s", readonly=True)
     state: Any = reader._readers.state  # pylint: disable=protected-access  # the check under test
-    settled = 0
     for round_ in range(3):
+        kept = -1
         for number in range(100):
             blob = b"%d-%d" % (round_, number) * 20
             assert reader.get(writer.put(blob)) == blob
             if number == 1:
-                settled = _open_fds()
-        assert _open_fds() <= settled  # no descriptor per read
+                kept = os.fstat(state._check_fd).st_ino  # pylint: disable=protected-access
+        assert os.fstat(state._check_fd).st_ino == kept  # pylint: disable=protected-access  # the segment's index, kept
         assert state._check_segment == writer._state.read_mutable().segment  # type: ignore[union-attr]  # pylint: disable=protected-access
         writer.rotate()
     blob = b"after the rotations"
     assert reader.get(writer.put(blob)) == blob
     writer.close()
     index = tmp_path / "s" / f"data_{state._check_segment:08d}.idx"  # pylint: disable=protected-access
-    kept = os.open(index, os.O_RDWR)
+    old = os.open(index, os.O_RDWR)
     shutil.copyfile(index, tmp_path / "copy")
     os.replace(tmp_path / "copy", index)
-    os.ftruncate(kept, 64)  # the file the reader keeps open: its records gone
-    os.close(kept)
+    os.ftruncate(old, 64)  # the file the reader keeps open: its records gone
+    os.close(old)
     with FlatFileDb(tmp_path / "s") as writer:
         blob = b"read through the new file"
         assert reader.get(writer.put(blob)) == blob
         assert state._page_checked == state.read_mutable()  # pylint: disable=protected-access  # trusted
+        assert os.fstat(state._check_fd).st_ino == os.stat(index).st_ino  # pylint: disable=protected-access
     reader.close()
-    assert _open_fds() == before
+    assert state._check_fd == -1  # pylint: disable=protected-access
