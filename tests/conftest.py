@@ -6,9 +6,11 @@ import contextlib
 import os
 import sys
 import threading
+import time
 import traceback
+import types
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,6 +23,46 @@ settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 StoreFactory = Callable[..., FlatFileDb]
+
+
+class _RetryingTraceSys(types.ModuleType):
+    """``sys`` as the threading module sees it, with a ``settrace`` that tries again when
+    CPython 3.11 refuses it with "Cannot install a trace function while another trace function
+    is being installed" (gh-98257, fixed in 3.12: the guard is one flag for every thread, held
+    while audit hooks run). Coverage installs its tracer in each new thread through
+    ``threading.settrace``; with the audit hooks some tests add (Python functions, which can
+    hand the interpreter lock to another thread), two threads starting at once can collide, and
+    the loser died before running anything: a test waited for it, or a store for its
+    background thread."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+    @staticmethod
+    def settrace(function: Any) -> None:
+        """sys.settrace, again (after a pause that lets the other thread finish) when refused so."""
+        for _ in range(10_000):
+            try:
+                sys.settrace(function)
+                return
+            except RuntimeError as exc:
+                if "another trace function is being installed" not in str(exc):
+                    raise
+                time.sleep(0.0001)
+        sys.settrace(function)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def threads_survive_tracer_installs() -> Iterator[None]:
+    """Under CPython 3.11, new threads install the tracer through _RetryingTraceSys."""
+    if sys.version_info >= (3, 12) or getattr(threading, "_sys", None) is not sys:
+        yield
+        return
+    threading._sys = _RetryingTraceSys("sys")  # type: ignore[attr-defined]  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        threading._sys = sys  # type: ignore[attr-defined]  # pylint: disable=protected-access
 
 
 @pytest.fixture(autouse=True, scope="session")
