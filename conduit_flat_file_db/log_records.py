@@ -69,6 +69,20 @@ class LoggedPut(NamedTuple):
 _new_logged = functools.partial(tuple.__new__, LoggedPut)
 
 
+class LoggedOne(NamedTuple):
+    """What :meth:`LogRecords.put_logged_one` committed: the log position just before the blob
+    and just after the log record, and the log record's segment, end offset and checksum."""
+
+    before: LogPosition
+    after: LogPosition
+    log_segment: int
+    log_end: int
+    log_checksum: int
+
+
+_new_logged_one = functools.partial(tuple.__new__, LoggedOne)
+
+
 class LogTail(NamedTuple):
     """The log records read by :meth:`LogRecords.log_tail`, the position after them, and the
     numbers between the two positions that no segment has (deleted ones, whose records were
@@ -175,6 +189,74 @@ class LogRecords(Store):
         if sealed:
             self._after_seal(sealed)
         return _new_logged((locations, log, before, after))
+
+    def put_logged_one(self, data: Buffer, make_log: Callable[[int, int, int, int], Buffer]) -> LoggedOne:
+        """put_logged((data,), ...) for one blob, with a log record built from where the blob
+        lands: ``make_log(segment, start, end, checksum)`` (its segment's number, offsets and
+        XXH3-64) returns the record's bytes. Same guarantees as put_logged; ``make_log`` runs
+        under the write lock and may be called twice (the second time for another place), the
+        record of its last call being the one committed. Into a raw mutable segment with room
+        in its maps, the blob and its record are committed together (one publish), without a
+        syscall.
+        """
+        if self.readonly or not self.log_records:
+            self._check_log("put_logged_one")
+        item = data if type(data) is bytes else as_bytes_like(data, "put_logged_one()")  # pylint: disable=unidiomatic-typecheck
+        checksum = blob_checksum(item)
+        if self._closed:
+            self._open()
+        lock = self._lock
+        lock.acquire_write(self.lock_timeout)
+        try:
+            words = self._words
+            writer = self._writer
+            start = words[W_END]
+            if (  # the mapped case, whose other conditions put_mapped_logged checks
+                writer.kind == KIND_RAW
+                and writer.version >= INDEX_VERSION_LOG
+                and start < self.MAX_DAT_FILE_SIZE
+                and len(item) <= writer.map_limit
+            ):
+                segment = writer.segment
+                log = make_log(segment, start, start + len(item), checksum)
+                if type(log) is not bytes:  # pylint: disable=unidiomatic-typecheck
+                    log = bytes(as_bytes_like(log, "make_log()"))
+                log_checksum = blob_checksum(log)
+                index_bytes = words[W_INDEX_BYTES]
+                if writer.put_mapped_logged(item, checksum, log, log_checksum):
+                    return _new_logged_one(
+                        (
+                            _new_position((segment, start, index_bytes)),
+                            _new_position((segment, words[W_END], words[W_INDEX_BYTES])),
+                            segment,
+                            words[W_END],
+                            log_checksum,
+                        )
+                    )
+        finally:
+            lock.release_write()
+        made: list[Buffer] = []
+
+        def make_log_at(locations: list[DataLocation]) -> Buffer:
+            path, start, end = locations[0]
+            number = parse_segment_name(os.path.basename(path))
+            if number is None:  # pragma: no cover - every location this store issues names a segment
+                raise ValueError(f"{path} is not a segment of this store")
+            made.append(make_log(number, start, end, checksum))
+            return made[-1]
+
+        put = self.put_logged((item,), make_log_at)
+        log = made[-1]
+        log_segment = parse_segment_name(os.path.basename(put.log[0]))
+        return _new_logged_one(
+            (
+                put.before,
+                put.after,
+                -1 if log_segment is None else log_segment,
+                put.log[2],
+                blob_checksum(log if type(log) is bytes else as_bytes_like(log, "make_log()")),  # pylint: disable=unidiomatic-typecheck
+            )
+        )
 
     def _append_log_locked(self, item: bytes) -> DataLocation:
         """Append one log record (write lock held)."""
@@ -426,5 +508,6 @@ __all__ = [
     "LogPositionTypeError",
     "LogRecords",
     "LogTail",
+    "LoggedOne",
     "LoggedPut",
 ]

@@ -140,6 +140,43 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_DIRTY] = 0
         return start
 
+    def put_mapped_logged(self, data: Any, checksum: int, log: bytes, log_checksum: int) -> bool:
+        """put_mapped of ``data`` and then of the log record ``log`` right after it (its BLOB
+        record flagged LOG), committed by one store of the committed end: readers see both or
+        neither. The caller built ``log`` for ``data`` at the committed end of this segment.
+        False (nothing written) when the maps cannot take both; the segment's size limit is
+        the caller's to check, before."""
+        words = self.words
+        start = words[W_END]
+        end = start + len(data)
+        log_end = end + len(log)
+        index_bytes = words[W_INDEX_BYTES]
+        index_end = index_bytes + _TWO_RECORDS
+        data_base, index_base = self._data_base, self._index_base
+        if (  # pylint: disable=too-many-boolean-expressions  # as in put_mapped
+            log_end > self._data_mapped
+            or log_end - start > self.map_limit
+            or index_end > self._index_mapped
+            or start < data_base
+            or index_bytes < index_base
+            or words[W_DIRTY]
+            or words[W_SEGMENT] != self.segment
+            or words[W_SEQ] != self._seq
+        ):
+            return False
+        words[W_DIRTY] = 1
+        data_map = self._data_map
+        data_map[start - data_base : end - data_base] = data
+        data_map[end - data_base : log_end - data_base] = log
+        self._index_map[index_bytes - index_base : index_end - index_base] = encode_blob(
+            start, end - start, checksum
+        ) + encode_log_blob(end, log_end - end, log_checksum)
+        words[W_INDEX_BYTES] = index_end
+        words[W_DISK_BYTES] = log_end
+        words[W_END] = log_end  # last: readers take W_END as "committed"
+        words[W_DIRTY] = 0
+        return True
+
     def append_mapped(self, data: Any, checksum: int, start: int, end: int, flags: int = 0) -> bool:
         """Commit one small blob at ``start`` (the committed end) of a raw mutable segment through
         the maps, making room first when needed. False (nothing written) when maps cannot be

@@ -44,11 +44,11 @@ from ..errors import (
 )
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
-from ..log_records import LOG_START, LoggedPut, LogPosition
+from ..log_records import LOG_START, LoggedOne, LoggedPut, LogPosition
 from ..syncer import finalize
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
-from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_put, new_row
+from .keylog import Entry, Row, decode_keylog, encode_key, encode_keylog, encode_one_put, new_row
 
 try:
     import fcntl
@@ -386,24 +386,36 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._logged(self.db.put_logged(values, make_log), made)
 
     def _commit_one(self, key: bytes, value: Any, meta: bytes) -> None:
-        """_commit([(key, value, meta)]), for the one-key write (its hot path)."""
-        checksum = _checksum(value)
+        """_commit([(key, value, meta)]), for the one-key write (its hot path): the engine builds
+        nothing but the record, and commits the value and its record together."""
         created = time.time_ns()
-        made: list[Any] = []
-        segments = self._segs
+        rows: list[Row] = []
 
-        def make_log(locations: list[DataLocation]) -> bytes:
-            loc = locations[0]
-            segment = segments.get(loc[0])
-            if segment is None:
-                segment = self._segment_of(loc)
-            row = new_row((segment, loc[1], loc[2], checksum, created, 0, meta))
-            blob = encode_put(key, row, created)
-            made.append(((key, row),))
-            made.append(blob)
-            return blob
+        def make_log(segment: int, start: int, end: int, checksum: int) -> bytes:
+            rows.append(new_row((segment, start, end, checksum, created, 0, meta)))
+            return encode_one_put(key, segment, start, end, checksum, created, meta)
 
-        self._logged(self.db.put_logged((value,), make_log), made)
+        put = self.db.put_logged_one(value, make_log)
+        self._logged_one(key, rows[-1], put)
+
+    def _logged_one(self, key: bytes, row: Row, put: LoggedOne) -> None:
+        """_logged for the commit of one key (see there)."""
+        if self.fsync:
+            self.db.sync()
+        logseg, end = put.log_segment, put.log_end
+        with self._tail_lock:
+            rows = self._tail
+            if put.before == self._position:
+                rows[key] = (row, logseg, end)
+                self._position = put.after
+                self._last = _new_checkpoint((logseg, end, put.log_checksum, put.after.index_bytes))
+            else:
+                old = rows.get(key)
+                if old is None or (old[1], old[2]) < (logseg, end):
+                    rows[key] = (row, logseg, end)
+            size = len(rows)
+        if size >= APPLY_AT:
+            self._apply()
 
     def _logged(self, put: LoggedPut, made: list[Any]) -> None:
         """After a commit: make it durable if asked, add its entries to this instance's tail,

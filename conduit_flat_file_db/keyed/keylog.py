@@ -104,12 +104,28 @@ def encode_keylog(entries: list[Entry], written_ns: int) -> bytes:
     return b"".join(parts)
 
 
-def encode_put(key: bytes, row: Row, written_ns: int) -> bytes:
-    """encode_keylog([Entry(key, row)], written_ns), for the one-key write (its hot path)."""
-    segment, start, end, checksum, created_ns, _, meta = row
+def encode_one_put(  # pylint: disable=too-many-arguments,too-many-positional-arguments  # one call, hot path
+    key: bytes, segment: int, start: int, end: int, checksum: int, created_ns: int, meta: bytes
+) -> bytes:
+    """encode_keylog([Entry(key, Row(segment, start, end, checksum, created_ns, 0, meta))],
+    created_ns) in one pack: the record of one ``s[k] = v`` (its hot path)."""
     return (
-        _HEADER.pack(KEYLOG_MAGIC, KEYLOG_VERSION, 0, 1, written_ns)
-        + _PUT_ENTRY.pack(OP_PUT, key[0], len(key) - 1, len(meta), segment, start, end, checksum, created_ns)
+        _ONE_PUT.pack(
+            KEYLOG_MAGIC,
+            KEYLOG_VERSION,
+            0,
+            1,
+            created_ns,
+            OP_PUT,
+            key[0],
+            len(key) - 1,
+            len(meta),
+            segment,
+            start,
+            end,
+            checksum,
+            created_ns,
+        )
         + key[1:]
         + meta
     )

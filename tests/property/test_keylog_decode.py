@@ -63,3 +63,13 @@ def test_one_put_path_decodes_as_the_general_decoder(entry: Entry, written: int,
     changed[at] = data.draw(st.integers(0, 255))
     for variant in (bytes(changed), buf[: data.draw(st.integers(0, len(buf) - 1))], buf + b"\x00"):
         assert fast(variant, logseg) == general(variant, logseg)
+
+
+@given(one_put)
+def test_the_one_put_encoder_writes_what_the_general_encoder_writes(entry: Entry) -> None:
+    """encode_one_put (one pack, the hot path of s[k] = v) and encode_keylog of the same entry,
+    written at its created time, are the same bytes."""
+    row = entry.row
+    assert row is not None
+    one = keylog.encode_one_put(entry.key, row.segment, row.start, row.end, row.checksum, row.created_ns, row.meta)
+    assert one == encode_keylog([entry], row.created_ns)

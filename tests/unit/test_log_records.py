@@ -4,8 +4,10 @@ follow the log from a position, across segments, as other instances append to it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import xxhash
 
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.errors import (
@@ -321,3 +323,88 @@ def test_log_moved_on_a_closed_instance_says_maybe_and_log_tail_reopens_it(tmp_p
     assert db.log_moved(position)
     assert db.log_tail(position).position == position
     db.close()
+
+
+def _one_log(calls: list[tuple[int, int, int, int]]) -> Callable[[int, int, int, int], bytes]:
+    """A make_log for put_logged_one that notes each call and names the place it was given."""
+
+    def make_log(segment: int, start: int, end: int, checksum: int) -> bytes:
+        calls.append((segment, start, end, checksum))
+        return b"one:%d:%d-%d:%x" % (segment, start, end, checksum)
+
+    return make_log
+
+
+@pytest.mark.parametrize(
+    ("options", "size"),
+    [
+        ({}, 100),  # raw, through the maps: the blob and its record in one publish
+        ({}, 200_000),  # raw, past the mapped-put limit: put_logged's path
+        ({"use_compression": True}, 100),  # compressed: put_logged's path
+        ({"fsync": True}, 100),  # fsync: no maps
+    ],
+)
+def test_put_logged_one_commits_the_blob_then_a_log_record_built_from_its_place(
+    tmp_path: Path, options: dict[str, bool], size: int
+) -> None:
+    """The record is built from the blob's real segment, offsets and checksum, whichever path
+    commits it; the positions and the record's place are those log_tail then reads."""
+    with FlatFileDb(tmp_path / "d", log_records=True, **options) as db:  # type: ignore[arg-type]
+        db.put(b"before")
+        start_position = db.log_position()
+        value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        calls: list[tuple[int, int, int, int]] = []
+        put = db.put_logged_one(value, _one_log(calls))
+        if not options and size == 100:
+            assert len(calls) == 1  # the maps took it at the first try
+        segment, start, end, checksum = calls[-1]
+        assert db.get(DataLocation(db.segment_path(segment), start, end)) == value
+        assert checksum == xxhash.xxh3_64_intdigest(value)
+        assert put.before == start_position and put.after == db.log_position()
+        tail = db.log_tail(start_position)
+        assert len(tail.records) == 1 and tail.position == put.after
+        record = tail.records[0]
+        assert (record.segment, record.end_offset, record.checksum) == (put.log_segment, put.log_end, put.log_checksum)
+        log = db.get(DataLocation(db.segment_path(record.segment), record.start_offset, record.end_offset))
+        assert log == b"one:%d:%d-%d:%x" % calls[-1]
+        assert put.log_checksum == xxhash.xxh3_64_intdigest(log)
+    with FlatFileDb(tmp_path / "d", log_records=True) as again:  # and after a reopen
+        records, _ = _read_all(again, LOG_START)
+        assert records == [b"one:%d:%d-%d:%x" % calls[-1]]
+
+
+def test_put_logged_one_in_a_full_segment_builds_the_record_for_the_next_one(tmp_path: Path) -> None:
+    """A blob that must go to the next segment (the mutable one is full) gets a record naming
+    that segment, never the full one's end: the mapped path is refused before make_log."""
+    with FlatFileDb(tmp_path / "d", log_records=True, max_file_size=4096) as db:
+        calls: list[list[tuple[int, int, int, int]]] = [[] for _ in range(12)]
+        puts = [db.put_logged_one(bytes([n]) * 1000, _one_log(calls[n])) for n in range(12)]
+        assert len({made[-1][0] for made in calls}) > 2
+        for n, made in enumerate(calls):
+            segment, start, end, _ = made[-1]
+            assert db.get(DataLocation(db.segment_path(segment), start, end)) == bytes([n]) * 1000
+        records, position = _read_all(db, LOG_START)
+        assert len(records) == 12 and position == puts[-1].after
+        assert [put.before for put in puts[1:]] == [put.after for put in puts[:-1]]
+
+
+def test_put_logged_one_takes_a_bytes_like_record_and_refuses_what_put_logged_refuses(tmp_path: Path) -> None:
+    """make_log may return any bytes-like object; a store without log records or read-only
+    refuses with put_logged's errors, and a make_log that raises commits nothing (mapped path)."""
+    with FlatFileDb(tmp_path / "d", log_records=True) as db:
+        db.put(b"warm")  # the maps are made
+        put = db.put_logged_one(b"v", lambda segment, start, end, checksum: bytearray(b"rec"))
+        tail = db.log_tail(put.before)
+        assert len(tail.records) == 1
+        before = db.log_position()
+
+        def failing(segment: int, start: int, end: int, checksum: int) -> bytes:
+            raise RuntimeError("no record")
+
+        with pytest.raises(RuntimeError, match="no record"):
+            db.put_logged_one(b"lost", failing)
+        assert db.log_position() == before
+    with FlatFileDb(tmp_path / "plain") as plain, pytest.raises(FlatFileDbUnsafeAccessError):
+        plain.put_logged_one(b"v", _one_log([]))
+    with FlatFileDb(tmp_path / "d", readonly=True) as ro, pytest.raises(FlatFileDbReadOnlyError):
+        ro.put_logged_one(b"v", _one_log([]))
