@@ -200,6 +200,28 @@ def encode_log_blob(start: int, length: int, checksum: int) -> bytes:
     )
 
 
+_BLOB_AND_LOG = struct.Struct("<4sIQQQ4sIQQQ")  # a BLOB record, then a BLOB record flagged LOG
+
+
+def encode_blob_and_log(start: int, length: int, checksum: int, log_length: int, log_checksum: int) -> bytes:
+    """encode_blob(start, length, checksum) + encode_log_blob(start + length, log_length,
+    log_checksum) in one pack: a value and the log record right after it (their commit)."""
+    log_start = start + length
+    body = _BODY.pack
+    return _BLOB_AND_LOG.pack(
+        _BLOB_PREFIX,
+        zlib.crc32(body(start, length, checksum), _BLOB_PREFIX_CRC),
+        start,
+        length,
+        checksum,
+        _LOG_PREFIX,
+        zlib.crc32(body(log_start, log_length, log_checksum), _LOG_PREFIX_CRC),
+        log_start,
+        log_length,
+        log_checksum,
+    )
+
+
 def encode_record(rtype: int, flags: int, a: int, b: int, c: int) -> bytes:
     """Any record (BLOB, FRAME, SEAL) with its checksum."""
     body = _BODY.pack(a, b, c)

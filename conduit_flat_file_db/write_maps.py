@@ -47,6 +47,7 @@ from .index import (
     REC_BLOB,
     RECORD_BYTES,
     encode_blob,
+    encode_blob_and_log,
     encode_log_blob,
     encode_record,
     pack_stored_commit_into,
@@ -168,9 +169,9 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         data_map = self._data_map
         data_map[start - data_base : end - data_base] = data
         data_map[end - data_base : log_end - data_base] = log
-        self._index_map[index_bytes - index_base : index_end - index_base] = encode_blob(
-            start, end - start, checksum
-        ) + encode_log_blob(end, log_end - end, log_checksum)
+        self._index_map[index_bytes - index_base : index_end - index_base] = encode_blob_and_log(
+            start, end - start, checksum, log_end - end, log_checksum
+        )
         words[W_INDEX_BYTES] = index_end
         words[W_DISK_BYTES] = log_end
         words[W_END] = log_end  # last: readers take W_END as "committed"

@@ -11,7 +11,16 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conduit_flat_file_db.index import RECORD_BYTES, Record, RecordScan, decode_records
+from conduit_flat_file_db.index import (
+    FLAG_LOG,
+    RECORD_BYTES,
+    Record,
+    RecordScan,
+    decode_records,
+    encode_blob,
+    encode_blob_and_log,
+    encode_log_blob,
+)
 
 _RECORD = struct.Struct("<BBHIQQQ")
 U64 = st.integers(0, 2**64 - 1)
@@ -77,3 +86,18 @@ def test_reserved_bytes_set_after_the_crc_was_made_fail_the_crc() -> None:
     assert decode_records(good).records == [Record(1, 0, 1, 2, 3)]
     scan = decode_records(bytes(bad))
     assert scan.records == [] and scan.problem == "record checksum mismatch at record offset 0"
+
+
+@given(st.integers(0, 2**62), st.integers(0, 2**40), U64, st.integers(0, 2**40), U64)
+def test_a_value_and_its_log_record_encode_as_their_two_records(
+    start: int, length: int, checksum: int, log_length: int, log_checksum: int
+) -> None:
+    """encode_blob_and_log (one pack, a keyed put's commit) is encode_blob then encode_log_blob
+    of the record right after the value, and decodes as those two records."""
+    both = encode_blob_and_log(start, length, checksum, log_length, log_checksum)
+    assert both == encode_blob(start, length, checksum) + encode_log_blob(start + length, log_length, log_checksum)
+    assert reference(both).records == decode_records(both).records
+    assert [(record.offset, record.flags) for record in decode_records(both).records] == [
+        (start, 0),
+        (start + length, FLAG_LOG),
+    ]
