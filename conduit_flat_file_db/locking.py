@@ -18,6 +18,7 @@ fasteners user of the same file. This module is the only importer of fasteners.
 from __future__ import annotations
 
 import errno
+import logging
 import mmap
 import os
 import threading
@@ -30,6 +31,8 @@ import fasteners
 
 from .blocks import allocate_for_map
 from .errors import FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+
+logger = logging.getLogger("conduit_flat_file_db")
 
 if os.name == "posix":
     import fcntl
@@ -134,6 +137,7 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         self._leased_event = threading.Event()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._reaper_ready = threading.Event()  # set by the reaper when it runs
 
     # -- inter-process part -------------------------------------------------------
 
@@ -206,18 +210,27 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._ipc_release()
 
     def _reap(self) -> None:
-        """Background: end a lease its process no longer uses."""
-        while not self._stop.is_set():
-            self._leased_event.wait()
-            time.sleep(LEASE_SECONDS)
-            if self._room.acquire(False):  # pylint: disable=consider-using-with  # released just below
-                try:
-                    if self._leased and time.monotonic() - self._last_release >= LEASE_SECONDS:
-                        self._drop_lease()
-                    if not self._leased:
-                        self._leased_event.clear()
-                finally:
-                    self._room.release()
+        """Background: end a lease its process no longer uses. A lease is granted only while
+        this thread runs (release_write checks): if anything stops it, it hands the lock back
+        first, else an idle process would keep every other process waiting for ever."""
+        self._reaper_ready.set()
+        try:
+            while not self._stop.is_set():
+                self._leased_event.wait()
+                time.sleep(LEASE_SECONDS)
+                if self._room.acquire(False):  # pylint: disable=consider-using-with  # released just below
+                    try:
+                        if self._leased and time.monotonic() - self._last_release >= LEASE_SECONDS:
+                            self._drop_lease()
+                        if not self._leased:
+                            self._leased_event.clear()
+                    finally:
+                        self._room.release()
+        except BaseException:  # pylint: disable=broad-exception-caught  # logged; the lock handed back
+            logger.exception("%s: the thread ending this process's lock leases stopped; no more leases", self.path)
+            with self._room:  # a writer in the room releases soon: it finds the lease off
+                self._reaper = None
+                self._drop_lease()
 
     # -- writer ----------------------------------------------------------------------
 
@@ -264,7 +277,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                 return  # the lease goes on (the common case of back-to-back puts)
             if self._map is not None and self.leases and now - self._lease_since < LEASE_SECONDS:
                 if not self._leased:
-                    if self._reaper is None and not self._start_reaper():
+                    reaper = self._reaper
+                    if (reaper is None or not reaper.is_alive()) and not self._start_reaper():
                         self._ipc_release()  # no thread to end a lease: no lease
                         return
                     self._leased = True
@@ -276,13 +290,20 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             self._room.release()
 
     def _start_reaper(self) -> bool:
-        """Start the thread that ends unused leases; False when no thread can start now."""
+        """Start the thread that ends unused leases; False when no thread can start now, or
+        when it ended before it ran (a thread can die in its start-up, e.g. refused a trace
+        function by CPython 3.11: a lease would then never end)."""
+        self._reaper_ready.clear()
         reaper = threading.Thread(target=self._reap, name=f"ffdb-lease {self.path}", daemon=True)
         try:
             reaper.start()
         except RuntimeError:  # a thread limit, or an exiting interpreter
             return False
         self._reaper = reaper
+        while not self._reaper_ready.wait(0.01):
+            if not reaper.is_alive():
+                self._reaper = None
+                return False
         return True
 
     # -- reader ----------------------------------------------------------------------

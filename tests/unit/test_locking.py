@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -448,3 +449,47 @@ def test_an_exception_from_a_signal_handler_leaves_the_lock_usable(tmp_path: Pat
         check=False,
     )
     assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr[-3000:]
+
+
+class _BrokenEvent(threading.Event):
+    """A leased-event whose wait fails once the lease began: the lease reaper's loop raises."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if super().wait(timeout):
+            raise RuntimeError("reaper broken for the test")
+        return False
+
+
+def _lease_then_idle(lock: ProcessLock) -> None:
+    """Two back-to-back writes (the second release starts a lease), then nothing."""
+    lock.acquire_write()
+    lock.release_write()
+    lock.acquire_write()
+    lock.release_write()
+
+
+@pytest.mark.parametrize("where", ["at start", "in its loop"])
+def test_an_idle_process_never_keeps_the_lock_when_its_lease_reaper_died(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """A lease is ended by the process's reaper thread. When that thread dies (at start-up, as
+    CPython 3.11 can kill a new thread, or later by an error), no lease outlives it: another
+    process takes the lock soon after this one stops writing, instead of waiting for ever."""
+    if where == "at start":
+
+        def dead(_: ProcessLock) -> None:
+            raise RuntimeError("thread killed before it ran")
+
+        monkeypatch.setattr(ProcessLock, "_reap", dead)
+    lock = process_lock_for(str(tmp_path / "x.lock"))
+    if where == "in its loop":
+        lock._leased_event = _BrokenEvent()  # pylint: disable=protected-access  # the reaper's own wait
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the dying reaper's traceback
+    _lease_then_idle(lock)
+    deadline = time.monotonic() + WAIT
+    while try_in_child("try-write", tmp_path / "x.lock") != "acquired":
+        assert time.monotonic() < deadline, "the lock stayed held by an idle process"
+    lock.acquire_write()  # and this process writes again afterwards
+    lock.release_write()
+    if where == "in its loop":
+        assert "no more leases" in caplog.text
