@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from conduit_flat_file_db import DataLocation, FlatFileDb, InvalidLocationError, Slice
+from conduit_flat_file_db import DataLocation, FlatFileDb, InvalidLocationError, KeyedStore, Slice
 from conduit_flat_file_db.fileio import pread_at
 from conduit_flat_file_db.frames import SKIPPABLE_HEADER_BYTES
 from conduit_flat_file_db.index import blob_checksum
@@ -536,3 +536,34 @@ def test_padding_after_frames_past_64_gib_fits_its_u32_size_field(scratch: Path)
         assert os.pread(fd, SKIPPABLE_HEADER_BYTES, frames_end) == padding_header(padding)
     finally:
         os.close(fd)
+
+
+def test_keyed_store_keeps_a_value_past_4_gib_beside_small_ones(
+    scratch: Path, source: bytearray, digests: dict[int, int]
+) -> None:
+    """A KeyedStore value past 4 GiB (its key-log record names offsets past 2**32): whole
+    reads, slices at 2 and 4 GiB and at its end, a file object seeking across them,
+    get_many beside small values, after a vacuum and in a read-only open."""
+    path = scratch / "kv"
+    with KeyedStore(path) as store:
+        store["a"] = b"first"
+        store["big"] = source
+        store["z"] = b"last"
+        meta = store.meta("big")
+        assert (meta.size, meta.checksum) == (JUST_PAST_4_GIB, digests[JUST_PAST_4_GIB])
+        for start, end in boundary_slices(JUST_PAST_4_GIB):
+            assert store.get("big", slice=Slice(start, end)) == pattern_bytes(start, end), (start, end)
+        with store.open("big") as handle:
+            handle.seek(2**32 - 5)
+            assert handle.read(10) == pattern_bytes(2**32 - 5, 2**32 + 5)
+        values = store.get_many(["z", "big", "a"])
+        assert values[0] == b"last" and values[2] == b"first"
+        assert_same(values[1], source, "get_many")
+        del values
+        store["a"] = b"again"  # a dead value, and a vacuum that keeps the big one where it is or moves it
+        store.vacuum()
+        assert xxhash.xxh3_64_intdigest(store["big"]) == digests[JUST_PAST_4_GIB]
+        assert store.verify().problems == []
+    with KeyedStore(path, readonly=True) as store:
+        assert store.get("big", slice=Slice(2**32 - 8, 2**32 + 8)) == pattern_bytes(2**32 - 8, 2**32 + 8)
+        assert store["a"] == b"again" and store["z"] == b"last"
