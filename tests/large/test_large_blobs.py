@@ -563,7 +563,7 @@ def test_keyed_store_keeps_a_value_past_4_gib_beside_small_ones(
         store["a"] = b"again"  # a dead value, and a vacuum that keeps the big one where it is or moves it
         store.vacuum()
         assert xxhash.xxh3_64_intdigest(store["big"]) == digests[JUST_PAST_4_GIB]
-        assert store.verify().problems == []
+        assert not store.verify().problems
     with KeyedStore(path, readonly=True) as store:
         assert store.get("big", slice=Slice(2**32 - 8, 2**32 + 8)) == pattern_bytes(2**32 - 8, 2**32 + 8)
         assert store["a"] == b"again" and store["z"] == b"last"
