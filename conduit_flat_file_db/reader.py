@@ -24,8 +24,9 @@ from typing import Any, Callable
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
 from .fileio import finish_pread, pread_at, pread_exact, pread_full
 from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
-from .index import HEADER_BYTES, KIND_RAW, scan_frame_records
+from .index import HEADER_BYTES, KIND_RAW, decode_header, scan_frame_records
 from .naming import index_name, parse_segment_name, remote_name, segment_name
+from .sealed_check import check_sealed_files, read_sealed_index
 from .seekable import FrameTable, parse_seek_table, read_frame, read_frames
 from .segment_files import OPEN_READ, open_data_file
 from .state import W_EPOCH, MutableView, StateSource
@@ -334,9 +335,13 @@ class ReaderCache:
                 if mutable:
                     reader.table = FrameTable([0], [0])
                     reader.index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+                    index_path = os.path.join(self.dir_str, index_name(number))
+                    decode_header(pread_full(reader.index_fd, HEADER_BYTES, 0), index_path, number)
                 else:
                     reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size, reader.name)
                     reader.limit = reader.table.decompressed_size
+            if not mutable:
+                self._check_own(reader)
         except BaseException:
             if reader is not None:
                 # Closed here, so not again when the reader is dropped: by then the number may be
@@ -347,6 +352,12 @@ class ReaderCache:
         if mutable:
             self.refresh(reader)
         return self._cached(number, reader)
+
+    def _check_own(self, reader: SegmentReader) -> None:
+        """Refuse a sealed segment whose files are not its own (sealed_check): once per open."""
+        index = read_sealed_index(self.dir_fd, reader.number, os.path.join(self.dir_str, index_name(reader.number)))
+        if index is not None:
+            check_sealed_files(index, reader.name, os.fstat(reader.fd).st_size, reader.table, reader.read)
 
     def _refuse_remote_only(self, number: int) -> None:
         """A segment whose data is only in the object-storage tier, opened without tiering: say so."""

@@ -201,7 +201,7 @@ def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Re
     raw = read_index(dir_fd, number, limit)
     if raw is None:
         return []
-    decode_header(raw, index_name(number))
+    decode_header(raw, index_name(number), number)
     return decode_records(memoryview(raw)[HEADER_BYTES:]).records
 
 
@@ -215,6 +215,6 @@ def written_kind(dir_fd: int, number: int) -> int | None:
     if raw is None:
         return None
     try:
-        return decode_header(raw, index_name(number)).kind
+        return decode_header(raw, index_name(number), number).kind
     except FormatError:
         return None
