@@ -55,15 +55,24 @@ _HEAD_READ_BYTES = HEADER_BYTES + 4096  # the header and the first records: a co
 
 
 class SealedIndex:
-    """What a sealed segment's index says about its data file: its SEAL record, and its first and
-    last BLOB records (None when not found near the ends)."""
+    """What a sealed segment's index says about its data file: its SEAL record, its last BLOB record
+    (None when the record before the SEAL is none) and, decoded only when asked, its first."""
 
-    __slots__ = ("first", "last", "seal")
+    __slots__ = ("_head", "last", "seal")
 
-    def __init__(self, seal: Record, first: Record | None, last: Record | None) -> None:
+    def __init__(self, seal: Record, last: Record | None, head: bytes) -> None:
         self.seal = seal
-        self.first = first
         self.last = last
+        self._head = head
+
+    def first(self) -> Record | None:
+        """The first BLOB record among the index's first records (raw: the first record;
+        compressed: after the FRAME records of the first commit), None when not found there."""
+        body = memoryview(self._head)[HEADER_BYTES:]
+        first = decode_records(body[:RECORD_BYTES]).records  # a raw index starts with it: one record decoded
+        if first and first[0].rtype == REC_BLOB:
+            return first[0]
+        return next((r for r in decode_records(body).records if r.rtype == REC_BLOB), None)
 
 
 def read_sealed_index(dir_fd: int, number: int, index_path: str) -> SealedIndex | None:
@@ -88,16 +97,16 @@ def read_sealed_index(dir_fd: int, number: int, index_path: str) -> SealedIndex 
         records_bytes = size - HEADER_BYTES
         if records_bytes < RECORD_BYTES or records_bytes % RECORD_BYTES:
             return None
-        tail = os.pread(fd, min(2, records_bytes // RECORD_BYTES) * RECORD_BYTES, size - 2 * RECORD_BYTES)
+        wanted = min(2, records_bytes // RECORD_BYTES) * RECORD_BYTES
+        tail = os.pread(fd, wanted, size - wanted)
     finally:
         os.close(fd)
     ends = decode_records(tail).records
-    if len(ends) * RECORD_BYTES != len(tail) or ends[-1].rtype != REC_SEAL:
+    if not ends or len(ends) * RECORD_BYTES != len(tail) or ends[-1].rtype != REC_SEAL:
         return None  # not a whole SEAL at the end: verify() and recovery judge such an index
     seal = ends[-1]
     last = ends[0] if len(ends) == 2 and ends[0].rtype == REC_BLOB else None
-    first = next((r for r in decode_records(memoryview(head)[HEADER_BYTES:]).records if r.rtype == REC_BLOB), None)
-    return SealedIndex(seal, first, last)
+    return SealedIndex(seal, last, head)
 
 
 def check_sealed_files(
@@ -122,14 +131,27 @@ def check_sealed_files(
             data_path,
             min(size, seal.offset),
         )
-    checked = [r for r in dict.fromkeys((index.last, index.first)) if r is not None and _checkable(r, table)]
-    if checked and not any(_matches(r, read) for r in checked):
+    last = index.last
+    if last is not None and _checkable(last, table):
+        if _matches(last, read):
+            return
+        first = index.first()
+        if first is not None and first != last and _checkable(first, table) and _matches(first, read):
+            return  # the last blob alone is damaged: the file is the segment's (verify() reports it)
         raise CorruptionError(
-            f"{data_path}: the blob at offset {checked[0].offset} does not have the checksum its index "
-            "record holds: the data file is not this segment's (swapped or replaced?), or it is "
-            "damaged; refused (verify() reports what it finds)",
+            f"{data_path}: the blob at offset {last.offset} does not have the checksum its index record "
+            "holds: the data file is not this segment's (swapped or replaced?), or it is damaged; "
+            "refused (verify() reports what it finds)",
             data_path,
-            checked[0].offset,
+            last.offset,
+        )
+    first = index.first()
+    if first is not None and _checkable(first, table) and not _matches(first, read):
+        raise CorruptionError(
+            f"{data_path}: the blob at offset {first.offset} does not have the checksum its index record "
+            "holds: the data file is not this segment's (swapped or replaced?), or it is damaged; refused",
+            data_path,
+            first.offset,
         )
 
 

@@ -19,6 +19,7 @@ from conduit_flat_file_db.errors import (
     FormatError,
     InvalidLocationError,
 )
+from conduit_flat_file_db.index import KIND_RAW, encode_header, encode_seal
 from conduit_flat_file_db.types import DataLocation, Slice
 
 BLOB = 100
@@ -307,3 +308,21 @@ def test_empty_data_file_in_a_sealed_segments_place_is_refused(tmp_path: Path) -
     with _open(datadir, True) as db:
         with pytest.raises(CorruptionError):
             db.get(segments[0][0][0])
+
+
+def test_empty_sealed_segment_and_its_replacement(tmp_path: Path) -> None:
+    """A sealed segment without blobs (its index: the header and a SEAL at 0) opens, and a
+    non-empty data file put in its place is refused (CorruptionError): the SEAL closes it at 0."""
+    datadir, segments = _store(tmp_path, False, sizes=(2, 2))
+    _data(datadir, 0).write_bytes(b"")
+    _index(datadir, 0).write_bytes(encode_header(0, KIND_RAW, 0) + encode_seal(0, 0, 0))
+    empty = DataLocation(str(_data(datadir, 0)), 0, 0)
+    with _open(datadir, False) as db:
+        with pytest.raises(InvalidLocationError):
+            db.get(DataLocation(empty.file_path, 0, 1))
+        assert db.get(empty) == b""
+    shutil.copyfile(_data(datadir, 1), _data(datadir, 0))
+    with _open(datadir, True) as db:
+        with pytest.raises(CorruptionError):
+            db.get(empty)
+        assert db.get(segments[1][0][0]) == segments[1][0][1]
