@@ -15,6 +15,9 @@ segment's size (FORMAT.md "Record index"):
   size fails both; a damaged blob fails only its own, so one damaged blob never takes the rest
   of its segment down (reads do not check checksums; ``verify()`` reports it).
 
+A reader of the mutable segment makes the same checks but the SEAL's when it opens the segment
+(read_mutable_index: its header, and its last committed blob, then its first).
+
 A data file that fails raises CorruptionError naming it and an offset (as a read that finds a
 segment shorter than its committed size does): its bytes are not the segment's, so no location
 into it may be served, and the caller's location is not at fault (so not a ValueError). An index
@@ -60,7 +63,7 @@ class SealedIndex:
 
     __slots__ = ("_head", "last", "seal")
 
-    def __init__(self, seal: Record, last: Record | None, head: bytes) -> None:
+    def __init__(self, seal: Record | None, last: Record | None, head: bytes) -> None:
         self.seal = seal
         self.last = last
         self._head = head
@@ -122,6 +125,7 @@ def check_sealed_files(
     ``read(start, end)``: its uncompressed bytes.
     """
     seal = index.seal
+    assert seal is not None
     size = disk_size if table is None else table.decompressed_size
     if size != seal.offset:
         raise CorruptionError(
@@ -131,6 +135,39 @@ def check_sealed_files(
             data_path,
             min(size, seal.offset),
         )
+    check_blobs(index, data_path, table, read)
+
+
+def read_mutable_index(dir_fd: int, number: int, index_path: str, index_bytes: int) -> SealedIndex | None:
+    """The first records of the mutable segment ``number``'s index and its last committed one
+    (``index_bytes``: its committed size, from the state page), or None without an index.
+
+    Raises FormatError when the header names another segment. The SEAL of the result is None.
+    """
+    try:
+        fd = open_regular(dir_fd, index_name(number))
+    except FileNotFoundError:
+        return None
+    try:
+        head = os.pread(fd, _HEAD_READ_BYTES, 0)
+        try:
+            header = decode_header(head, index_path)
+        except FormatError:
+            return None  # recovery's to judge (a writer's open rebuilds such an index)
+        if header.segment != number:
+            decode_header(head, index_path, number)  # raises the FormatError that names both segments
+        records = decode_records(os.pread(fd, RECORD_BYTES, index_bytes - RECORD_BYTES)).records
+    finally:
+        os.close(fd)
+    last = records[0] if index_bytes > HEADER_BYTES and records and records[0].rtype == REC_BLOB else None
+    return SealedIndex(None, last, head)
+
+
+def check_blobs(
+    index: SealedIndex, data_path: str, table: FrameTable | None, read: Callable[[int, int], bytes]
+) -> None:
+    """Refuse a data file whose last blob and first blob (each when checkable) both fail their
+    checksums, or whose only checkable one does (CorruptionError naming it)."""
     last = index.last
     if last is not None and _checkable(last, table):
         if _matches(last, read):
