@@ -158,13 +158,16 @@ def encode_header(segment: int, kind: int, created_ns: int, version: int = INDEX
     return head + _U32.pack(zlib.crc32(head))
 
 
-def decode_header(buf: bytes, path: str) -> IndexHeader:
-    """Decode and check a header; raises FormatError naming ``path``."""
+def decode_header(buf: bytes, path: str, segment: int | None = None) -> IndexHeader:
+    """Decode and check a header; raises FormatError naming ``path``.
+
+    With ``segment``: also refuses a header that names another segment (an index file moved or
+    copied over this segment's), whose records describe another data file."""
     if len(buf) < HEADER_BYTES:
         raise FormatError(f"{path}: index header is {len(buf)} bytes, expected {HEADER_BYTES}")
     head = buf[: HEADER_BYTES - 4]
     (crc,) = _U32.unpack_from(buf, HEADER_BYTES - 4)
-    magic, version, kind, flags, segment, created_ns, _reserved = _HEADER.unpack(head)
+    magic, version, kind, flags, number, created_ns, _reserved = _HEADER.unpack(head)
     if magic != INDEX_MAGIC:
         raise FormatError(f"{path}: not a record index (magic {magic!r} at offset 0)")
     if zlib.crc32(head) != crc:
@@ -178,7 +181,12 @@ def decode_header(buf: bytes, path: str) -> IndexHeader:
         raise FormatError(f"{path}: index version {version} is not a version of this format")
     if kind not in (KIND_RAW, KIND_ZSTD):
         raise FormatError(f"{path}: unknown segment kind {kind} in index header")
-    return IndexHeader(version, SegmentKind(kind), flags, segment, created_ns)
+    if segment is not None and number != segment:
+        raise FormatError(
+            f"{path}: the index header names segment {number}, not {segment}: the file belongs to another "
+            "segment (moved or copied over this one?)"
+        )
+    return IndexHeader(version, SegmentKind(kind), flags, number, created_ns)
 
 
 def encode_blob(start: int, length: int, checksum: int) -> bytes:

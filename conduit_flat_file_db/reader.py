@@ -24,10 +24,11 @@ from typing import Any, Callable
 from .errors import CorruptionError, FlatFileDbNotFoundError, InvalidLocationError
 from .fileio import finish_pread, pread_at, pread_exact, pread_full
 from .frames import STORED_PROBE_BYTES, FrameCache, stored_payload
-from .index import HEADER_BYTES, KIND_RAW, scan_frame_records
+from .index import HEADER_BYTES, KIND_RAW, decode_header, scan_frame_records
 from .naming import index_name, parse_segment_name, remote_name, segment_name
+from .sealed_check import check_blobs, check_sealed_files, read_mutable_index, read_sealed_index
 from .seekable import FrameTable, parse_seek_table, read_frame, read_frames
-from .segment_files import OPEN_READ, open_data_file
+from .segment_files import open_data_file, open_regular, valid_records_from
 from .state import W_EPOCH, MutableView, StateSource
 from .types import Slice
 
@@ -333,10 +334,14 @@ class ReaderCache:
                 reader.cache = self.frame_cache
                 if mutable:
                     reader.table = FrameTable([0], [0])
-                    reader.index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+                    reader.index_fd = open_regular(self.dir_fd, index_name(number))
+                    index_path = os.path.join(self.dir_str, index_name(number))
+                    decode_header(pread_full(reader.index_fd, HEADER_BYTES, 0), index_path, number)
                 else:
                     reader.table = parse_seek_table(pread_at(fd), os.fstat(fd).st_size, reader.name)
                     reader.limit = reader.table.decompressed_size
+            if not mutable:
+                self._check_own(reader)
         except BaseException:
             if reader is not None:
                 # Closed here, so not again when the reader is dropped: by then the number may be
@@ -346,7 +351,25 @@ class ReaderCache:
             raise
         if mutable:
             self.refresh(reader)
+            self._check_own_mutable(reader)
         return self._cached(number, reader)
+
+    def _check_own(self, reader: SegmentReader) -> None:
+        """Refuse a sealed segment whose files are not its own (sealed_check): once per open."""
+        index = read_sealed_index(self.dir_fd, reader.number, os.path.join(self.dir_str, index_name(reader.number)))
+        if index is not None:
+            check_sealed_files(index, reader.name, os.fstat(reader.fd).st_size, reader.table, reader.read)
+
+    def _check_own_mutable(self, reader: SegmentReader) -> None:
+        """Refuse a mutable segment whose data file is not its own (another segment's moved or
+        copied over it): its index's header, and its last and first committed blobs (sealed_check)."""
+        view = self.mutable_view()
+        if view.segment != reader.number:
+            return  # sealed meanwhile, or a number past the mutable one (nothing committed there)
+        index_path = os.path.join(self.dir_str, index_name(reader.number))
+        index = read_mutable_index(self.dir_fd, reader.number, index_path, view.index_bytes)
+        if index is not None and (index.last is None or index.last.end <= reader.limit):
+            check_blobs(index, reader.name, reader.table, reader.read)
 
     def _refuse_remote_only(self, number: int) -> None:
         """A segment whose data is only in the object-storage tier, opened without tiering: say so."""
@@ -390,8 +413,10 @@ class ReaderCache:
     def _refresh_frames(self, reader: SegmentReader, view: MutableView) -> None:
         sealed = view.segment != reader.number
         upto = None if sealed else view.index_bytes
-        size = (os.fstat(reader.index_fd).st_size if upto is None else upto) - reader.index_loaded
-        raw = pread_full(reader.index_fd, max(size, 0), reader.index_loaded)
+        if upto is None:  # sealed: its records up to the SEAL, whatever follows them
+            raw = valid_records_from(reader.index_fd, reader.index_loaded, os.fstat(reader.index_fd).st_size)
+        else:
+            raw = pread_full(reader.index_fd, max(upto - reader.index_loaded, 0), reader.index_loaded)
         sizes, seal, valid = scan_frame_records(raw)
         table = reader.table
         assert table is not None

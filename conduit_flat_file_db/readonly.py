@@ -31,11 +31,24 @@ from typing import Any
 
 from .errors import FlatFileDbNotFoundError, FormatError, IndexVersionError
 from .fileio import list_dir
-from .index import HEADER_BYTES, KIND_RAW, KIND_ZSTD, RECORD_BYTES, decode_header, decode_records
+from .index import (
+    HEADER_BYTES,
+    KIND_RAW,
+    KIND_ZSTD,
+    RECORD_BYTES,
+    decode_header,
+    decode_records,
+)
 from .naming import STATE_FILE_NAME, index_name, parse_name
 from .recovery import Walk
 from .seal import seal_problem
-from .segment_files import OPEN_READ, index_ends_where_page_says, open_data_file
+from .segment_files import (
+    OPEN_READ,
+    index_ends_where_page_says,
+    open_data_file,
+    open_regular,
+    valid_records_from,
+)
 from .state import (
     STATE_BYTES,
     STATE_MAGIC,
@@ -200,7 +213,7 @@ class ReadOnlyState:
         data_size = os.fstat(data_fd).st_size
         walk = self._walk if self._walked == (number, kind) else None
         try:
-            index_fd = os.open(index_name(number), OPEN_READ, dir_fd=self.dir_fd)
+            index_fd = open_regular(self.dir_fd, index_name(number))  # a FIFO or directory: refused, typed
         except FileNotFoundError:
             index_fd = -1
         try:
@@ -213,7 +226,7 @@ class ReadOnlyState:
             walk.data_fd = data_fd
             first = walk.resume(data_size)
             at = HEADER_BYTES + first * RECORD_BYTES
-            raw = os.pread(index_fd, max(os.fstat(index_fd).st_size - at, 0), at)
+            raw = valid_records_from(index_fd, at, os.fstat(index_fd).st_size)
         finally:
             if index_fd >= 0:
                 os.close(index_fd)

@@ -46,7 +46,7 @@ def _sealed(dir_fd: int, number: int) -> bool:
     raw = read_index(dir_fd, number)
     if raw is None:
         return True
-    decode_header(raw, index_name(number))
+    decode_header(raw, index_name(number), number)
     body = memoryview(raw)[HEADER_BYTES:]
     if body and len(body) % RECORD_BYTES == 0:
         last = decode_records(body[-RECORD_BYTES:]).records

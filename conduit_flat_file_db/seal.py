@@ -178,7 +178,7 @@ def _sealed_index(dir_fd: int, number: int, full: bool) -> list[Record] | str | 
     try:
         index_size = os.fstat(index_fd).st_size
         try:
-            decode_header(os.pread(index_fd, HEADER_BYTES, 0), index_name(number))
+            decode_header(os.pread(index_fd, HEADER_BYTES, 0), index_name(number), number)
         except FormatError:
             return None  # the header was fsynced when the segment was created: not a power-loss tail
         if index_size < HEADER_BYTES + RECORD_BYTES or (index_size - HEADER_BYTES) % RECORD_BYTES:
@@ -210,7 +210,7 @@ def reseal_segment(dir_fd: int, number: int, why: str) -> None:
     try:
         raw_index = read_index(dir_fd, number) or b""
         try:
-            header = decode_header(raw_index, index_name(number))
+            header = decode_header(raw_index, index_name(number), number)
         except FormatError:
             return  # seal_problem reports no problem for these
         records = decode_records(memoryview(raw_index)[HEADER_BYTES:]).records

@@ -196,12 +196,31 @@ def _read_valid_prefix(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+def valid_records_from(fd: int, offset: int, size: int) -> bytes:
+    """The index's bytes from ``offset`` (a record boundary) through the first chunk that holds a
+    record that is not valid: the walk stops at that record, so nothing after that chunk is read.
+    Memory is bounded by the valid records plus one chunk, however long the file: an index
+    extended by gigabytes (a sparse file of zeros, by hand or by a damaged filesystem) used to be
+    read into memory whole by every read-only open that walked it, and by a compressed reader
+    catching up with its segment's seal."""
+    parts = []
+    while offset < size:
+        chunk = pread_full(fd, min(_CHUNK_BYTES, size - offset), offset)
+        if not chunk:
+            break  # cut shorter since its size was taken
+        parts.append(chunk)
+        offset += len(chunk)
+        if valid_record_bytes(chunk) != len(chunk):
+            break
+    return b"".join(parts)
+
+
 def index_records(dir_fd: int, number: int, limit: int | None = None) -> list[Record]:
     """The records of a segment's index that decode (the valid prefix); [] without an index."""
     raw = read_index(dir_fd, number, limit)
     if raw is None:
         return []
-    decode_header(raw, index_name(number))
+    decode_header(raw, index_name(number), number)
     return decode_records(memoryview(raw)[HEADER_BYTES:]).records
 
 
@@ -215,6 +234,6 @@ def written_kind(dir_fd: int, number: int) -> int | None:
     if raw is None:
         return None
     try:
-        return decode_header(raw, index_name(number)).kind
+        return decode_header(raw, index_name(number), number).kind
     except FormatError:
         return None
