@@ -182,6 +182,7 @@ def test_store_segments_are_valid_seekable_files_after_every_put(make_store: Sto
         written = check_with_ours(mutable, segment_bytes[mutable], rng, reads=8)
     sealed = locations[-1][0].file_path
     new_path, _number = db.rotate()
+    db.sync()  # the re-framing runs in the store's seal-hook thread: sync() waits for it
     assert str(new_path) != sealed
     expected = segment_bytes[sealed]
     check_with_cli(sealed, expected)
