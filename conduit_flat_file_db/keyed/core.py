@@ -399,41 +399,38 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._logged_one(key, rows[-1], put)
 
     def _logged_one(self, key: bytes, row: Row, put: LoggedOne) -> None:
-        """_logged for the commit of one key (see there)."""
-        if self.fsync:
-            self.db.sync()
-        logseg, end = put.log_segment, put.log_end
-        with self._tail_lock:
-            rows = self._tail
-            if put.before == self._position:
-                rows[key] = (row, logseg, end)
-                self._position = put.after
-                self._last = _new_checkpoint((logseg, end, put.log_checksum, put.after.index_bytes))
-            else:
-                old = rows.get(key)
-                if old is None or (old[1], old[2]) < (logseg, end):
-                    rows[key] = (row, logseg, end)
-            size = len(rows)
-        if size >= APPLY_AT:
-            self._apply()
+        """_logged for the commit of one key (put_logged_one's)."""
+        self._own(((key, row),), put.before, put.after, put.log_segment, put.log_end, put.log_checksum)
 
     def _logged(self, put: LoggedPut, made: list[Any]) -> None:
-        """After a commit: make it durable if asked, add its entries to this instance's tail,
-        and apply the tail to the index when it is long enough."""
+        """_own for a commit of put_logged (``made``: its entries and key-log record)."""
+        entries, blob = made[0], made[1]
+        self._own(entries, put.before, put.after, self._segment_of(put.log), put.log[2], _checksum(blob))
+
+    def _own(  # pylint: disable=too-many-arguments,too-many-positional-arguments  # a commit's facts
+        self,
+        entries: Iterable[tuple[bytes, Row | None]],
+        before: LogPosition,
+        after: LogPosition,
+        logseg: int,
+        end: int,
+        checksum: int,
+    ) -> None:
+        """After a commit (its key-log record in segment ``logseg``, ending at ``end``, with
+        ``checksum``; the log position ``before`` and ``after`` it): make it durable if asked,
+        add its entries to this instance's tail, and apply the tail to the index when it is
+        long enough."""
         if self.fsync:
             self.db.sync()
-        entries, blob = made[0], made[1]
-        logseg = self._segment_of(put.log)
-        end = put.log[2]
         with self._tail_lock:
             rows = self._tail
-            if put.before == self._position:
+            if before == self._position:
                 # Nothing was committed between what this instance read and this commit: its own
                 # record is the only one to add (the common case, without reading it back).
                 for key, row in entries:
                     rows[key] = (row, logseg, end)
-                self._position = put.after
-                self._last = _new_checkpoint((logseg, end, _checksum(blob), put.after.index_bytes))
+                self._position = after
+                self._last = _new_checkpoint((logseg, end, checksum, after.index_bytes))
             else:
                 # Other writers committed since this instance last read the key logs: their
                 # records are read when something needs them (a lookup, an apply), not here. Its
