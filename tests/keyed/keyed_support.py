@@ -182,7 +182,7 @@ def child_context() -> multiprocessing.context.ForkServerContext:
     return ctx
 
 
-def _call_in_child(send: Connection, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def call_in_child(send: Connection, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
     """Run ``target(*args)`` and send ("ok", result) or ("error", traceback)."""
     try:
         send.send(("ok", target(*args)))
@@ -201,7 +201,7 @@ def run_in_child(target: Callable[..., Any], *args: Any, timeout: float = CHILD_
     what = f"{target.__name__}({str(args[0]) if args else ''}, ...)"
     ctx = child_context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_call_in_child, args=(send, target, args))
+    proc = ctx.Process(target=call_in_child, args=(send, target, args))
     proc.start()
     send.close()
     try:

@@ -317,3 +317,26 @@ def fill_array_role(cfg: dict[str, Any]) -> int:
                     time.sleep(VICTIM_SECONDS)
                     raise AssertionError("the parent did not kill this process inside create_array()")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- dict operations that read and then write, racing in two processes -------------------------
+
+
+def popitem_until_empty(path: str, index: str, start: Event) -> tuple[list[tuple[Key, bytes]], int]:
+    """popitem() until it raises KeyError: the (key, value) pairs it returned, and how many keys
+    the store held then (keys are only removed meanwhile: 0 unless it stopped early)."""
+    popped: list[tuple[Key, bytes]] = []
+    with open_keyed(path, index) as store:
+        start.wait(60)
+        while True:
+            try:
+                popped.append(store.popitem())
+            except KeyError:
+                return popped, len(store)
+
+
+def setdefault_each(path: str, index: str, keys: int, mine: bytes, start: Event) -> list[bytes]:
+    """setdefault(k, ``mine``) for each key; the values it returned."""
+    with open_keyed(path, index) as store:
+        start.wait(60)
+        return [store.setdefault(f"k{i}", mine) for i in range(keys)]
