@@ -444,7 +444,11 @@ class MappingStore(KeyedCore):
         self._check_writable("put_streams")
         puts: list[tuple[bytes, Any, bytes]] = []
         pending = 0
-        for position, (key, source) in enumerate(pairs):
+        for position, pair in enumerate(_many(pairs, "put_streams", "(key, stream) pairs")):
+            try:
+                key, source = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"put_streams() takes (key, stream) pairs; item {position} is {pair!r:.60}") from None
             encoded = encode_key(key)
             check_stream_item(source, position, open_streams)
             with _opened(source, open_streams) as stream:
@@ -492,7 +496,7 @@ class MappingStore(KeyedCore):
         written meanwhile are reclaimed by vacuum)."""
         self._check_writable("add_streams")
         keys: list[str] = []
-        for source in streams:
+        for source in _many(streams, "add_streams", "streams or paths"):
             sha = hashlib.sha256()
             with self._no_vacuum(), _opened(source, open_streams) as stream:
                 reader = _HashingReader(stream, sha)
@@ -581,11 +585,12 @@ def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
         yield source
 
 
-def _many(keys: Iterable[Key], method: str) -> Iterable[Key]:
+def _many(keys: Iterable[Any], method: str, what: str = "keys") -> Iterable[Any]:
     """``keys``, unless it is one key: a str or bytes is an iterable of characters or ints, and
-    delete_many("abc") would delete the keys "a", "b" and "c"."""
-    if isinstance(keys, (str, bytes, bytearray, memoryview)):
-        raise TypeError(f"{method}() takes an iterable of keys, not one {type(keys).__name__} key (pass [key])")
+    delete_many("abc") would delete the keys "a", "b" and "c" (add_streams("data.bin") would
+    store the files "d", "a" and "t", put_streams a pair per character)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview, os.PathLike)):
+        raise TypeError(f"{method}() takes an iterable of {what}, not one {type(keys).__name__} (pass [it])")
     return keys
 
 
