@@ -190,6 +190,35 @@ def call_in_child(send: Connection, target: Callable[..., Any], args: tuple[Any,
         send.send(("error", traceback.format_exc()))
 
 
+def in_children(target: Any, *argsets: tuple[Any, ...]) -> list[Any]:
+    """Run ``target(*args, start)`` for each of ``argsets`` in a child process each, all let go
+    at once by the Event ``start``; their results, in order."""
+    ctx = child_context()
+    start = ctx.Event()
+    pipes, procs = [], []
+    for args in argsets:
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=call_in_child, args=(send, target, (*args, start)))
+        proc.start()
+        send.close()
+        pipes.append(recv)
+        procs.append(proc)
+    start.set()
+    results = []
+    try:
+        for recv in pipes:
+            assert recv.poll(120), "a child did not finish within 120 s"
+            status, result = recv.recv()
+            assert status == "ok", result
+            results.append(result)
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    return results
+
+
 class ChildFailed(AssertionError):
     """A check run in a child process failed, or the child died."""
 

@@ -409,3 +409,28 @@ def _fds_under(path: str) -> list[str]:
         if target.startswith(path):
             names.append(target)
     return names
+
+
+# -- one store, two kinds of index ----------------------------------------------------------------
+
+
+def write_rounds(path: str, index: str, writer: int, rounds: int, start: Event) -> dict[str, str | None]:
+    """Write keys of this writer's own in ``rounds`` rounds (each key again, every third deleted
+    in odd rounds), vacuum after each round, through an ``index`` instance; returns each key's
+    final value (hex, None when deleted)."""
+    final: dict[str, str | None] = {}
+    lmdb = index == "lmdb"  # with other options than the SQLite writer's
+    with open_keyed(path, index, max_file_size=16384 if lmdb else 8192, use_compression=lmdb) as store:
+        start.wait(60)
+        for round_ in range(rounds):
+            for i in range(60):
+                key = f"w{writer}-{i}"
+                if round_ % 2 and i % 3 == 0:
+                    store.delete_many([key])
+                    final[key] = None
+                else:
+                    value = b"%d:%d:%d;" % (writer, i, round_) * (1 + i % 7)
+                    store[key] = value
+                    final[key] = value.hex()
+            store.vacuum(0.0)
+    return final

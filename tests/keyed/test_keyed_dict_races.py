@@ -8,41 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from keyed_support import INDEXES, call_in_child, child_context, open_keyed
+from keyed_support import INDEXES, in_children, open_keyed
 from keyed_workers import popitem_until_empty, setdefault_each
 
 from conduit_flat_file_db.errors import FlatFileDbReadOnlyError
 
 pytestmark = pytest.mark.concurrency
-
-
-def _in_two_children(target: Any, *argsets: tuple[Any, ...]) -> list[Any]:
-    """Run ``target(*args, start)`` for each of ``argsets`` in a child process each, all let go
-    at once by the Event ``start``; their results, in order."""
-    ctx = child_context()
-    start = ctx.Event()
-    pipes, procs = [], []
-    for args in argsets:
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=call_in_child, args=(send, target, (*args, start)))
-        proc.start()
-        send.close()
-        pipes.append(recv)
-        procs.append(proc)
-    start.set()
-    results = []
-    try:
-        for recv in pipes:
-            assert recv.poll(120), "a child did not finish within 120 s"
-            status, result = recv.recv()
-            assert status == "ok", result
-            results.append(result)
-    finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-    return results
 
 
 def _once(hook: Any, wrapped: Any, before: bool = False) -> Any:
@@ -125,7 +96,7 @@ def test_two_processes_popping_items_pop_each_key_once(tmp_path: Path, index: st
     count = 600
     with open_keyed(path, index) as store:
         store.put_many([(f"k{i:04}", b"v%d" % i) for i in range(count)])
-    results = _in_two_children(popitem_until_empty, (str(path), index), (str(path), index))
+    results = in_children(popitem_until_empty, (str(path), index), (str(path), index))
     popped = [pair for result, _ in results for pair in result]
     assert [left for _, left in results] == [0, 0]
     assert sorted(popped) == [(f"k{i:04}", b"v%d" % i) for i in sorted(range(count), key=lambda i: f"k{i:04}")]
@@ -140,7 +111,7 @@ def test_two_processes_setdefault_agree_on_every_key(tmp_path: Path, index: str)
     path = tmp_path / "s"
     keys = 1500
     open_keyed(path, index).close()
-    results = _in_two_children(setdefault_each, (str(path), index, keys, b"one"), (str(path), index, keys, b"two"))
+    results = in_children(setdefault_each, (str(path), index, keys, b"one"), (str(path), index, keys, b"two"))
     with open_keyed(path, index) as store:
         stored = [store[f"k{i}"] for i in range(keys)]
     assert results == [stored, stored]

@@ -14,7 +14,14 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conduit_flat_file_db import FlatFileDb, FlatFileDbError, FlatFileDbReadOnlyError, KeyedStore, Slice
+from conduit_flat_file_db import (
+    FlatFileDb,
+    FlatFileDbError,
+    FlatFileDbNotFoundError,
+    FlatFileDbReadOnlyError,
+    KeyedStore,
+    Slice,
+)
 from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.keyed.index_base import IndexDamagedError
 
@@ -479,3 +486,28 @@ def test_one_path_or_pair_where_stream_methods_take_an_iterable_is_a_type_error(
                 store.put_streams(pairs)  # type: ignore[arg-type]
         assert len(store) == 0
         assert store.add_streams([tmp_path / "d"]) == [hashlib.sha256(b"the file d").hexdigest()]
+
+
+def test_a_segment_deleted_by_a_plain_engine_is_a_not_found_error_never_a_key_error(tmp_path: Path) -> None:
+    """A FlatFileDb opened on a store's segments/ writes its own blobs there and deletes a
+    segment that holds keys' values: those keys raise FlatFileDbNotFoundError (get() does not
+    answer its default, as for an absent key), verify() lists them as dangling, and every other
+    key keeps its value."""
+    path = tmp_path / "kv"
+    with KeyedStore(path, max_file_size=4096) as store:
+        store.put_many([(f"old{i}", b"o%d" % i * 40) for i in range(20)])
+        first = min(store.db.segments())
+        lost = [key for key in store if store.meta(key).segment == first]
+        store.db.rotate()
+        store.put_many([(f"new{i}", b"n%d" % i * 40) for i in range(20)])
+    with FlatFileDb(path / "segments", path / "segments.lock") as plain:
+        plain.put(b"a plain blob")
+        plain.delete_file(plain.segment_path(first))
+    with KeyedStore(path, max_file_size=4096) as store:
+        assert lost
+        for key in lost:
+            with pytest.raises(FlatFileDbNotFoundError):
+                store.get(key, b"default")
+        report = store.verify()
+        assert sum("dangling" in problem for problem in report.problems) == len(lost)
+        assert all(store[f"new{i}"] == b"n%d" % i * 40 for i in range(20))
