@@ -30,7 +30,7 @@ from typing import Any, ContextManager, Iterator
 import fasteners
 
 from .blocks import allocate_for_map
-from .errors import FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from .errors import FlatFileDbError, FlatFileDbLockTimeoutError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 
 logger = logging.getLogger("conduit_flat_file_db")
 
@@ -110,11 +110,13 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
             except (OSError, ValueError):
                 self._map = None
         self.leases = True  # False: every release gives the POSIX lock back (see Store's lock_leases)
+        self._closed = False  # close() ran: a thread reaching the lock after raises, never uses the descriptor
         self._reset_threads()
 
     def close(self) -> None:
         """Close the lock-file handle (no thread of this process may hold the lock)."""
         with self._room:
+            self._closed = True
             self._drop_lease()
             self._stop.set()
             self._leased_event.set()
@@ -251,6 +253,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         if self._leased:
             return  # the lease kept the POSIX lock: no syscall
         try:
+            if self._closed:
+                raise self._closed_error()
             if self._want[0] and time.monotonic() - self._last_release < _POLITE_SECONDS:
                 self._let_waiter_in()
             self._ipc_acquire(True, timeout)
@@ -258,6 +262,11 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         except BaseException:
             self._room.release()
             raise
+
+    def _closed_error(self) -> FlatFileDbError:
+        """A thread that reached the lock after its last store closed it: its descriptor is gone
+        (its number may name another file by now)."""
+        return FlatFileDbError(f"lock {self.path} is closed: the store using it was closed")
 
     def _let_waiter_in(self) -> None:
         """We just handed the lock to a waiting process: give it the time to take it."""
@@ -320,6 +329,8 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
                         f"lock {self.path} not acquired within {timeout} s; a writer of this process holds it"
                     )
                 try:
+                    if self._closed:
+                        raise self._closed_error()
                     self._leased = False  # a shared lock request converts a leased exclusive one
                     self._ipc_acquire(False, timeout)
                 except BaseException:

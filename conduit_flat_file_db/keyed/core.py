@@ -41,10 +41,12 @@ from ..errors import (
     FlatFileDbReadOnlyError,
     FormatError,
     IndexVersionError,
+    InvalidLocationError,
 )
 from ..flat_file_db import FlatFileDb
 from ..locking import ProcessLock, process_lock_for, release_process_lock
 from ..log_records import LOG_START, LoggedOne, LoggedPut, LogPosition
+from ..naming import STATE_FILE_NAME, parse_name
 from ..syncer import finalize
 from ..types import BlobRecord, DataLocation, Slice
 from .index_base import Checkpoint, IndexBase, IndexDamagedError
@@ -108,6 +110,11 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
     ) -> None:
         if index not in ("sqlite", "lmdb"):
             raise ValueError(f"index is 'sqlite' or 'lmdb', not {index!r}")
+        for name, flag in (("readonly", readonly), ("fsync", fsync), ("skip_damaged_logs", skip_damaged_logs)):
+            if not isinstance(flag, bool):  # readonly="no" was true: a store opened the other way
+                raise TypeError(f"{name} is True or False, not {flag!r:.40}")
+        if isinstance(path, (str, os.PathLike)) and not os.fspath(path):
+            raise ValueError("a keyed store's path is empty (it would be the current directory: pass '.')")
         self._options = {
             "readonly": readonly,
             "use_compression": use_compression,
@@ -136,8 +143,10 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
         self._present: set[int] = set()  # segments known to exist (read again on a miss)
         self.skip_damaged_logs = bool(skip_damaged_logs)
         self._skipped: dict[tuple[int, int], str] = {}  # damaged key-log records passed over: why
-        if self.readonly and not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
-            raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
+        if not os.path.isdir(os.path.join(self._dir, SEGMENTS_DIR)):
+            if self.readonly:
+                raise FlatFileDbNotFoundError(f"{self._dir} is not a keyed store (no {SEGMENTS_DIR}/ in it)")
+            _refuse_engine_datadir(self._dir)
         self.db = FlatFileDb(
             os.path.join(self._dir, SEGMENTS_DIR),
             os.path.join(self._dir, SEGMENTS_LOCK_NAME),
@@ -804,6 +813,24 @@ class KeyedCore:  # pylint: disable=too-many-instance-attributes  # configuratio
 
     def _remove_tree(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _refuse_engine_datadir(directory: str) -> None:
+    """Refuse to make a keyed store in a directory that is an engine's datadir (its state file or
+    segment files at the top): its segments/, index and locks would be mixed with the datadir's
+    files, which no keyed store names (and which the engine, opened there again, reads beside
+    the store's directories)."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new store, or not a directory (the engine's open says so)
+    found = [name for name in names if name == STATE_FILE_NAME or parse_name(name) is not None]
+    if found:
+        raise InvalidLocationError(
+            f"{directory} is a FlatFileDb datadir ({sorted(found)[0]} in it), not a keyed store: a"
+            f" KeyedStore keeps its segments in its own {SEGMENTS_DIR}/ directory; give it a new or"
+            " empty directory, or a keyed store's"
+        )
 
 
 def _reopen(cls: type[_K], path: str, options: dict[str, Any]) -> _K:

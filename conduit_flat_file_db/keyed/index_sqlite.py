@@ -17,6 +17,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NoReturn, TypeVar, cast
 
+from ..errors import FlatFileDbError
 from .index_base import (
     Checkpoint,
     IndexBase,
@@ -100,6 +101,7 @@ class SqliteIndex(IndexBase):
         self._all: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._pid = os.getpid()
+        self._closed = False
         _instances.add(self)
         if readonly:
             if not os.path.exists(path):
@@ -149,8 +151,15 @@ class SqliteIndex(IndexBase):
             return self._local.conn  # type: ignore[no-any-return]  # the hot path: this thread's connection
         except AttributeError:
             pass
-        conn = self._local.conn = self._connect()
+        local = self._local
+        if self._closed:  # a thread that passed the store's check as another closed it
+            raise FlatFileDbError(f"{self.path}: the index is closed")
+        conn = self._connect()
         with self._guard:
+            if self._closed:  # closed meanwhile: kept, this connection would serve it for good
+                conn.close()
+                raise FlatFileDbError(f"{self.path}: the index is closed")
+            local.conn = conn
             self._all.append(conn)
         return conn
 
@@ -174,12 +183,16 @@ class SqliteIndex(IndexBase):
             raise IndexDamagedError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
+        """Close this thread's connection and let go of the others: each closes with its last
+        reference, at once when idle, else when the call another thread is making on it returns
+        (closing a connection under another thread's call frees what the call uses: a crash)."""
         with self._guard:
-            conns, self._all = self._all, []
-        if self._pid == os.getpid():
-            for conn in conns:
-                conn.close()
-        self._local = threading.local()
+            self._all = []
+            self._closed = True
+        mine = getattr(self._local, "conn", None)
+        self._local = threading.local()  # (with it, every thread's reference to its connection)
+        if mine is not None and self._pid == os.getpid():
+            mine.close()
 
     # -- reads --------------------------------------------------------------------------
 

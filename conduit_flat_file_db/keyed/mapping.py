@@ -15,11 +15,11 @@ from typing import Any, Generator, Iterable, Iterator, Mapping, NamedTuple
 import xxhash
 
 from ..arguments import as_bytes_like, check_stream_item
-from ..errors import FlatFileDbNotFoundError
+from ..errors import FlatFileDbError, FlatFileDbNotFoundError
 from ..reader import BlobFile
-from ..types import Slice
-from .core import KeyedCore
-from .keylog import Entry, Row, decode_key, encode_key
+from ..types import DataLocation, Slice
+from .core import _RETRIES, KeyedCore
+from .keylog import Entry, Row, decode_key, encode_key, encode_keylog
 
 Key = str | bytes
 _checksum = xxhash.xxh3_64_intdigest
@@ -177,8 +177,9 @@ class MappingStore(KeyedCore):
         # put(key, value) inline: one Python frame less on the hot path of s[k] = v.
         if self.readonly or self._closed:
             self._check_writable("put")
+        encoded = encode_key(key)  # (the key first, as put() checks it)
         data = value if type(value) is bytes else as_bytes_like(value)  # pylint: disable=unidiomatic-typecheck
-        self._commit_one(encode_key(key), data, b"")
+        self._commit_one(encoded, data, b"")
 
     def __delitem__(self, key: Key) -> None:
         if not self.delete_many([key]):
@@ -291,15 +292,73 @@ class MappingStore(KeyedCore):
             self._commit([], chunk)
 
     def pop(self, key: Key, *default: Any) -> Any:
-        """dict.pop."""
-        try:
-            value = self[key]
-        except KeyError:
-            if default:
-                return default[0]
-            raise
-        del self[key]
-        return value
+        """dict.pop, as one step: the value returned is the one deleted (a value another thread
+        or process writes meanwhile is either the one returned, or stays stored)."""
+        if len(default) > 1:
+            raise TypeError(f"pop expected at most 2 arguments, got {1 + len(default)}")
+        self._check_writable("pop")
+        encoded = encode_key(key)
+        for _ in range(_RETRIES):
+            row = self._lookup(encoded)
+            if row is None:
+                if default:
+                    return default[0]
+                raise KeyError(key)
+            try:
+                value = self._read(encoded, key, None, row)
+            except KeyError:
+                continue  # deleted meanwhile (and found again after a vacuum moved it): look again
+            if self._delete_if_current([(encoded, row)]):
+                return value
+        raise FlatFileDbError(f"{self._dir}: key {key!r} kept changing while it was popped")
+
+    def popitem(self) -> tuple[Key, bytes]:
+        """dict.popitem: remove and return a (key, value) pair, the first in key order (one
+        another process pops first is passed over); KeyError when the store is empty."""
+        self._check_writable("popitem")
+        missing = object()
+        for key in self:
+            value = self.pop(key, missing)
+            if value is not missing:
+                return key, value
+        raise KeyError("popitem(): the keyed store is empty")
+
+    def setdefault(self, key: Key, default: Any = None) -> Any:
+        """dict.setdefault, as one step: ``default`` is stored only when the key is absent when
+        its key-log record is made, and the value returned is the one stored then."""
+        self._check_writable("setdefault")
+        encoded = encode_key(key)
+        for _ in range(_RETRIES):
+            row = self._lookup(encoded)
+            if row is not None:
+                try:
+                    return self._read(encoded, key, None, row)
+                except KeyError:
+                    continue  # deleted meanwhile: look again
+            data = default if type(default) is bytes else as_bytes_like(default, "setdefault()")  # pylint: disable=unidiomatic-typecheck
+            if self._put_if_absent(encoded, data):
+                return default
+        raise FlatFileDbError(f"{self._dir}: key {key!r} kept changing while setdefault() ran")
+
+    def _put_if_absent(self, key: bytes, data: Any) -> bool:
+        """Store ``data`` under ``key`` if the key is absent when the key-log record is made,
+        under the engine's write lock; whether it was (else the bytes written are dead)."""
+        checksum = _checksum(data)
+        created = time.time_ns()
+        made: list[Any] = []
+
+        def make_log(locations: list[DataLocation]) -> bytes:
+            self._refresh()
+            entries: list[Entry] = []
+            if self._lookup_many([key])[0] is None:
+                loc = locations[0]
+                entries.append(Entry(key, Row(self._segment_of(loc), loc[1], loc[2], checksum, created, 0, b"")))
+            blob = encode_keylog(entries, created)
+            made[:] = [entries, blob]
+            return blob
+
+        self._logged(self.db.put_logged([data], make_log), made)
+        return bool(made[0])
 
     # -- metadata -------------------------------------------------------------------------
 
@@ -390,7 +449,11 @@ class MappingStore(KeyedCore):
         self._check_writable("put_streams")
         puts: list[tuple[bytes, Any, bytes]] = []
         pending = 0
-        for position, (key, source) in enumerate(pairs):
+        for position, pair in enumerate(_many(pairs, "put_streams", "(key, stream) pairs")):
+            try:
+                key, source = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"put_streams() takes (key, stream) pairs; item {position} is {pair!r:.60}") from None
             encoded = encode_key(key)
             check_stream_item(source, position, open_streams)
             with _opened(source, open_streams) as stream:
@@ -438,7 +501,7 @@ class MappingStore(KeyedCore):
         written meanwhile are reclaimed by vacuum)."""
         self._check_writable("add_streams")
         keys: list[str] = []
-        for source in streams:
+        for source in _many(streams, "add_streams", "streams or paths"):
             sha = hashlib.sha256()
             with self._no_vacuum(), _opened(source, open_streams) as stream:
                 reader = _HashingReader(stream, sha)
@@ -459,6 +522,29 @@ class MappingStore(KeyedCore):
                     )
                     self._commit([], (), [Entry(encoded, row)])
         return keys
+
+    def _delete_if_current(self, rows: list[tuple[bytes, Row]]) -> int:
+        """Delete each key of ``rows`` whose value is still the one its row names, decided when
+        the key-log record is made, under the engine's write lock (as a vacuum's rewrite is): a
+        key written again since it was chosen keeps its new value (deleting by key, as
+        delete_many does, deleted it). Returns how many keys were deleted."""
+        now = self._lookup_many([key for key, _ in rows])
+        rows = [(key, row) for (key, row), found in zip(rows, now) if _same(found, row)]
+        if not rows:
+            return 0
+        created = time.time_ns()
+        made: list[Any] = []
+
+        def make_log(_: list[DataLocation]) -> bytes:
+            self._refresh()
+            current = self._lookup_many([key for key, _ in rows])
+            entries = [Entry(key, None) for (key, row), found in zip(rows, current) if _same(found, row)]
+            blob = encode_keylog(entries, created)
+            made[:] = [entries, blob]
+            return blob
+
+        self._logged(self.db.put_logged([], make_log), made)
+        return len(made[0])
 
 
 class _Chained(io.RawIOBase):
@@ -486,6 +572,12 @@ class _Chained(io.RawIOBase):
         return len(chunk)
 
 
+def _same(found: Row | None, row: Row) -> bool:
+    """Whether ``found`` names the value ``row`` names (the same location and checksum; the log
+    segment of a row may differ between the tail and the index)."""
+    return found is not None and found[:4] == row[:4]
+
+
 @contextmanager
 def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
     if isinstance(source, (str, os.PathLike)):
@@ -498,11 +590,12 @@ def _opened(source: Any, open_streams: bool) -> Iterator[Any]:
         yield source
 
 
-def _many(keys: Iterable[Key], method: str) -> Iterable[Key]:
+def _many(keys: Iterable[Any], method: str, what: str = "keys") -> Iterable[Any]:
     """``keys``, unless it is one key: a str or bytes is an iterable of characters or ints, and
-    delete_many("abc") would delete the keys "a", "b" and "c"."""
-    if isinstance(keys, (str, bytes, bytearray, memoryview)):
-        raise TypeError(f"{method}() takes an iterable of keys, not one {type(keys).__name__} key (pass [key])")
+    delete_many("abc") would delete the keys "a", "b" and "c" (add_streams("data.bin") would
+    store the files "d", "a" and "t", put_streams a pair per character)."""
+    if isinstance(keys, (str, bytes, bytearray, memoryview, os.PathLike)):
+        raise TypeError(f"{method}() takes an iterable of {what}, not one {type(keys).__name__} (pass [it])")
     return keys
 
 

@@ -29,7 +29,7 @@ from .arrays import ArrayStore
 from .core import SEGMENTS_DIR
 from .index_base import IndexDamagedError
 from .keylog import Entry, Row, decode_key, encode_keylog
-from .mapping import is_unchecked
+from .mapping import _same, is_unchecked
 
 _CHUNK_BYTES = 32 * 2**20  # values copied per commit by vacuum: its memory bound
 _CHUNK_ROWS = 20000
@@ -271,29 +271,6 @@ class MaintainedStore(ArrayStore):
             count += self._delete_if_current(batch)
         return count
 
-    def _delete_if_current(self, rows: list[tuple[bytes, Row]]) -> int:
-        """Delete each key of ``rows`` whose value is still the one its row names, decided when
-        the key-log record is made, under the engine's write lock (as a vacuum's rewrite is): a
-        key written again since it was chosen keeps its new value (deleting by key, as
-        delete_many does, deleted it). Returns how many keys were deleted."""
-        now = self._lookup_many([key for key, _ in rows])
-        rows = [(key, row) for (key, row), found in zip(rows, now) if _same(found, row)]
-        if not rows:
-            return 0
-        created = time.time_ns()
-        made: list[Any] = []
-
-        def make_log(_: list[DataLocation]) -> bytes:
-            self._refresh()
-            current = self._lookup_many([key for key, _ in rows])
-            entries = [Entry(key, None) for (key, row), found in zip(rows, current) if _same(found, row)]
-            blob = encode_keylog(entries, created)
-            made[:] = [entries, blob]
-            return blob
-
-        self._logged(self.db.put_logged([], make_log), made)
-        return len(made[0])
-
     # -- checks and figures ---------------------------------------------------------------
 
     def verify(self, full: bool = True) -> KeyedVerifyReport:
@@ -433,12 +410,6 @@ class MaintainedStore(ArrayStore):
                 self._new_index_locked(exc)
                 self._rebuild_locked()
         return len(self)
-
-
-def _same(found: Row | None, row: Row) -> bool:
-    """Whether ``found`` names the value ``row`` names (the same location and checksum; the log
-    segment of a row may differ between the tail and the index)."""
-    return found is not None and found[:4] == row[:4]
 
 
 def _fsync_tree(root: Path) -> None:

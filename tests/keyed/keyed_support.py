@@ -182,12 +182,41 @@ def child_context() -> multiprocessing.context.ForkServerContext:
     return ctx
 
 
-def _call_in_child(send: Connection, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def call_in_child(send: Connection, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
     """Run ``target(*args)`` and send ("ok", result) or ("error", traceback)."""
     try:
         send.send(("ok", target(*args)))
     except BaseException:  # pylint: disable=broad-exception-caught  # sent to the parent, which fails
         send.send(("error", traceback.format_exc()))
+
+
+def in_children(target: Any, *argsets: tuple[Any, ...]) -> list[Any]:
+    """Run ``target(*args, start)`` for each of ``argsets`` in a child process each, all let go
+    at once by the Event ``start``; their results, in order."""
+    ctx = child_context()
+    start = ctx.Event()
+    pipes, procs = [], []
+    for args in argsets:
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=call_in_child, args=(send, target, (*args, start)))
+        proc.start()
+        send.close()
+        pipes.append(recv)
+        procs.append(proc)
+    start.set()
+    results = []
+    try:
+        for recv in pipes:
+            assert recv.poll(120), "a child did not finish within 120 s"
+            status, result = recv.recv()
+            assert status == "ok", result
+            results.append(result)
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+    return results
 
 
 class ChildFailed(AssertionError):
@@ -201,7 +230,7 @@ def run_in_child(target: Callable[..., Any], *args: Any, timeout: float = CHILD_
     what = f"{target.__name__}({str(args[0]) if args else ''}, ...)"
     ctx = child_context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_call_in_child, args=(send, target, args))
+    proc = ctx.Process(target=call_in_child, args=(send, target, args))
     proc.start()
     send.close()
     try:

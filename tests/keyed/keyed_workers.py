@@ -7,10 +7,13 @@ importing anything. Each writes what the parent checks to files named in its con
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
 import os
 import random
 import resource
+import threading
 import time
 import traceback
 from multiprocessing.synchronize import Event
@@ -18,7 +21,7 @@ from typing import Any, Callable
 
 from keyed_support import Key, OpLog, iter_chunks, key_to_json, open_keyed, value_for, version_of
 
-from conduit_flat_file_db import KeyedStore
+from conduit_flat_file_db import FlatFileDbError, KeyedStore
 
 SHARED_KEYS: list[Key] = [f"shared-{i}" for i in range(6)] + [f"shared-{i}".encode() for i in range(6)]
 VICTIM_KEYS: list[Key] = [f"k{i}" for i in range(60)] + [f"k{i}".encode() for i in range(60)]
@@ -317,3 +320,117 @@ def fill_array_role(cfg: dict[str, Any]) -> int:
                     time.sleep(VICTIM_SECONDS)
                     raise AssertionError("the parent did not kill this process inside create_array()")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- dict operations that read and then write, racing in two processes -------------------------
+
+
+def popitem_until_empty(path: str, index: str, start: Event) -> tuple[list[tuple[Key, bytes]], int]:
+    """popitem() until it raises KeyError: the (key, value) pairs it returned, and how many keys
+    the store held then (keys are only removed meanwhile: 0 unless it stopped early)."""
+    popped: list[tuple[Key, bytes]] = []
+    with open_keyed(path, index) as store:
+        start.wait(60)
+        while True:
+            try:
+                popped.append(store.popitem())
+            except KeyError:
+                return popped, len(store)
+
+
+def setdefault_each(path: str, index: str, keys: int, mine: bytes, start: Event) -> list[bytes]:
+    """setdefault(k, ``mine``) for each key; the values it returned."""
+    with open_keyed(path, index) as store:
+        start.wait(60)
+        return [store.setdefault(f"k{i}", mine) for i in range(keys)]
+
+
+# -- a store closed by one thread while others use it -------------------------------------------
+
+
+def close_under_threads(path: str, index: str, trials: int) -> dict[str, int]:
+    """``trials`` times: open a store, let threads read it (get, get_many, len and a prefix
+    scan), close it from this thread meanwhile. Returns how many threads stopped with each
+    error type (FlatFileDbError by name, others with their traceback), and "open descriptors":
+    how many files of the stores stay open after."""
+    stopped: dict[str, int] = {}
+    for trial in range(trials):
+        _close_under_threads_once(os.path.join(path, str(trial)), index, 0.01 + trial * 0.002, stopped)
+    deadline = time.monotonic() + 10  # (background threads of the engine close some of its files)
+    while _fds_under(path) and time.monotonic() < deadline:
+        gc.collect()  # a connection in use when the store closed goes with that call's frames
+        time.sleep(0.05)
+    if _fds_under(path):
+        stopped["open descriptors"] = len(_fds_under(path))
+    return stopped
+
+
+def _close_under_threads_once(where: str, index: str, after: float, stopped: dict[str, int]) -> None:
+    """One trial of close_under_threads: close after ``after`` seconds of reads."""
+    store = open_keyed(where, index)
+    store.put_many([(f"k{i}", b"v%d" % i) for i in range(2000)])
+    calls: list[Callable[[int], object]] = [
+        lambda i: store[f"k{i % 2000}"],
+        lambda i: store.get_many([f"k{(i + j) % 2000}" for j in range(50)]),
+        lambda i: (len(store), list(store.keys(prefix="k1"))),
+    ]
+    go = threading.Event()
+
+    def use(call: Callable[[int], object]) -> None:
+        go.wait()
+        for i in itertools.count():
+            try:
+                call(i)
+            except Exception as exc:  # pylint: disable=broad-exception-caught  # counted, checked by the parent
+                name = type(exc).__name__
+                if not isinstance(exc, FlatFileDbError):
+                    name = repr(exc) + "".join(traceback.format_tb(exc.__traceback__)[-3:])
+                stopped[name] = stopped.get(name, 0) + 1
+                return
+
+    threads = [threading.Thread(target=use, args=(call,)) for call in calls for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    go.set()
+    time.sleep(after)
+    store.close()
+    for thread in threads:
+        thread.join(30)
+
+
+def _fds_under(path: str) -> list[str]:
+    """What this process's descriptors name under ``path``."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        if target.startswith(path):
+            names.append(target)
+    return names
+
+
+# -- one store, two kinds of index ----------------------------------------------------------------
+
+
+def write_rounds(path: str, index: str, writer: int, rounds: int, start: Event) -> dict[str, str | None]:
+    """Write keys of this writer's own in ``rounds`` rounds (each key again, every third deleted
+    in odd rounds), vacuum after each round, through an ``index`` instance; returns each key's
+    final value (hex, None when deleted)."""
+    final: dict[str, str | None] = {}
+    lmdb = index == "lmdb"  # with other options than the SQLite writer's
+    with open_keyed(path, index, max_file_size=16384 if lmdb else 8192, use_compression=lmdb) as store:
+        start.wait(60)
+        for round_ in range(rounds):
+            for i in range(60):
+                key = f"w{writer}-{i}"
+                if round_ % 2 and i % 3 == 0:
+                    store.delete_many([key])
+                    final[key] = None
+                else:
+                    value = b"%d:%d:%d;" % (writer, i, round_) * (1 + i % 7)
+                    store[key] = value
+                    final[key] = value.hex()
+            store.vacuum(0.0)
+    return final

@@ -4,6 +4,7 @@ damaged index is rebuilt from the key logs (found by hostile-user testing)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import sqlite3
@@ -13,7 +14,15 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conduit_flat_file_db import FlatFileDbError, FlatFileDbReadOnlyError, KeyedStore, Slice
+from conduit_flat_file_db import (
+    FlatFileDb,
+    FlatFileDbError,
+    FlatFileDbNotFoundError,
+    FlatFileDbReadOnlyError,
+    KeyedStore,
+    Slice,
+)
+from conduit_flat_file_db.errors import InvalidLocationError
 from conduit_flat_file_db.keyed.index_base import IndexDamagedError
 
 
@@ -348,12 +357,17 @@ def test_a_damaged_lmdb_index_is_a_typed_error_read_only_and_rebuilt_by_a_writer
         {"lock_timeout": -1},
         {"lock_timeout": "1"},
         {"use_compression": "yes"},
+        {"readonly": "no"},
+        {"fsync": "no"},
+        {"fsync": None},
+        {"skip_damaged_logs": "no"},
     ],
 )
 def test_a_refused_option_creates_no_store_directory(tmp_path: Path, options: dict[str, Any]) -> None:
     """KeyedStore made its directory (and staging/ in it) before the engine checked the options
     they share: a typo in max_file_size, lock_timeout or use_compression left an empty store
-    directory behind its TypeError or ValueError. Nothing is created now."""
+    directory behind its TypeError or ValueError. Nothing is created now. readonly, fsync and
+    skip_damaged_logs took any truthy value (readonly="no" opened read-only): bools only now."""
     with pytest.raises((TypeError, ValueError)):
         KeyedStore(tmp_path / "kv", **options)
     assert not (tmp_path / "kv").exists()
@@ -422,3 +436,78 @@ def test_an_lmdb_read_refused_for_another_reason_than_damage_is_not_called_damag
         finally:
             index.env = real  # type: ignore[attr-defined]
         assert store["k"] == b"v"
+
+
+def test_a_flat_file_db_datadir_given_to_keyed_store_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """A plain FlatFileDb datadir passed as a KeyedStore's directory was turned into a keyed store
+    around the datadir's own files (segments/, index and locks beside ffdb.state and the segments):
+    it is an InvalidLocationError now, and nothing is added to the datadir."""
+    datadir = tmp_path / "plain"
+    with FlatFileDb(datadir) as db:
+        location = db.put(b"engine's blob")
+    before = sorted(os.listdir(datadir))
+    with pytest.raises(InvalidLocationError, match="FlatFileDb datadir"):
+        KeyedStore(datadir)
+    assert sorted(os.listdir(datadir)) == before
+    with FlatFileDb(datadir) as db:
+        assert db.get(location) == b"engine's blob"
+    with KeyedStore(tmp_path / "kv") as store:  # a keyed store's own directory opens as before
+        store["k"] = b"v"
+    with KeyedStore(tmp_path / "kv") as store:
+        assert store["k"] == b"v"
+
+
+def test_an_empty_path_is_refused_not_taken_for_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyedStore("") (an unset variable's value) made a keyed store in the current directory;
+    it is a ValueError now, and nothing is written there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="empty"):
+        KeyedStore("")
+    assert not os.listdir(tmp_path)
+
+
+def test_one_path_or_pair_where_stream_methods_take_an_iterable_is_a_type_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add_streams("data.bin") iterated the str: it stored the files "d", "a", "t"... of the
+    current directory when they existed (FileNotFoundError otherwise), and put_streams of a str
+    or of an item that is not a pair was a bare unpacking ValueError. Both are TypeErrors now,
+    and nothing is stored."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").write_bytes(b"the file d")
+    with KeyedStore(tmp_path / "kv") as store:
+        for single in ("data.bin", tmp_path / "d", b"d"):
+            with pytest.raises(TypeError, match="iterable of streams"):
+                store.add_streams(single)  # type: ignore[arg-type]
+        for pairs in ("ab", [b"x"], [("k", io.BytesIO(b"v"), "extra")]):
+            with pytest.raises(TypeError, match=r"\(key, stream\) pairs"):
+                store.put_streams(pairs)  # type: ignore[arg-type]
+        assert len(store) == 0
+        assert store.add_streams([tmp_path / "d"]) == [hashlib.sha256(b"the file d").hexdigest()]
+
+
+def test_a_segment_deleted_by_a_plain_engine_is_a_not_found_error_never_a_key_error(tmp_path: Path) -> None:
+    """A FlatFileDb opened on a store's segments/ writes its own blobs there and deletes a
+    segment that holds keys' values: those keys raise FlatFileDbNotFoundError (get() does not
+    answer its default, as for an absent key), verify() lists them as dangling, and every other
+    key keeps its value."""
+    path = tmp_path / "kv"
+    with KeyedStore(path, max_file_size=4096) as store:
+        store.put_many([(f"old{i}", b"o%d" % i * 40) for i in range(20)])
+        first = min(store.db.segments())
+        lost = [key for key in store if store.meta(key).segment == first]
+        store.db.rotate()
+        store.put_many([(f"new{i}", b"n%d" % i * 40) for i in range(20)])
+    with FlatFileDb(path / "segments", path / "segments.lock") as plain:
+        plain.put(b"a plain blob")
+        plain.delete_file(plain.segment_path(first))
+    with KeyedStore(path, max_file_size=4096) as store:
+        assert lost
+        for key in lost:
+            with pytest.raises(FlatFileDbNotFoundError):
+                store.get(key, b"default")
+        report = store.verify()
+        assert sum("dangling" in problem for problem in report.problems) == len(lost)
+        assert all(store[f"new{i}"] == b"n%d" % i * 40 for i in range(20))

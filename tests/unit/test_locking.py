@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conduit_flat_file_db import DataLocation, FlatFileDb, FlatFileDbLockTimeoutError
-from conduit_flat_file_db.locking import ProcessLock, process_lock_for
+from conduit_flat_file_db import DataLocation, FlatFileDb, FlatFileDbError, FlatFileDbLockTimeoutError
+from conduit_flat_file_db.locking import ProcessLock, process_lock_for, release_process_lock
 
 StoreFactory = Callable[..., FlatFileDb]
 WAIT = 5.0  # upper bound for events that must happen; never reached when the code is right
@@ -493,3 +493,25 @@ def test_an_idle_process_never_keeps_the_lock_when_its_lease_reaper_died(
     lock.release_write()
     if where == "in its loop":
         assert "no more leases" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["write", "read"])
+def test_a_lock_reached_after_its_last_store_closed_it_is_a_typed_error(tmp_path: Path, mode: str) -> None:
+    """A thread that passed its store's open check as another thread closed the store reaches a
+    closed lock: acquire_write read the released map of the lock file (a bare ValueError) and
+    acquire_read called lockf on the closed descriptor, whose number may name another file by
+    then. Both raise FlatFileDbError now, and the lock file is left unlocked."""
+    path = str(tmp_path / "closed.lock")
+    lock = process_lock_for(path)
+    release_process_lock(lock)  # its only user: closed
+    with pytest.raises(FlatFileDbError, match="closed"):
+        if mode == "write":
+            lock.acquire_write()
+        else:
+            lock.acquire_read()
+    fresh = process_lock_for(path)
+    try:
+        with fresh.write(0):
+            pass
+    finally:
+        release_process_lock(fresh)
