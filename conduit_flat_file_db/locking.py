@@ -113,6 +113,10 @@ class ProcessLock:  # pylint: disable=too-many-instance-attributes  # thread and
         self._closed = False  # close() ran: a thread reaching the lock after raises, never uses the descriptor
         self._reset_threads()
 
+    def fileno(self) -> int:
+        """The descriptor this process keeps on the lock file (never close it)."""
+        return self._fd
+
     def close(self) -> None:
         """Close the lock-file handle (no thread of this process may hold the lock)."""
         with self._room:

@@ -18,8 +18,13 @@ import os
 import uuid
 from typing import Any, NamedTuple, Protocol
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]  # pylint: disable=invalid-name
+
 from .blocks import allocate_for_map
-from .errors import FormatError
+from .errors import FlatFileDbUnsafeAccessError, FormatError
 from .naming import STATE_FILE_NAME
 
 STATE_MAGIC = int.from_bytes(b"FFDBSTAT", "little")
@@ -43,6 +48,8 @@ W_KIND = 12
 W_PADDING = 13  # compressed mutable segment: payload bytes of its padding frame (see segment.py)
 W_FRAMES = 14  # compressed mutable segment: number of committed Zstandard frames
 W_SYNCED_BELOW = 15  # every segment numbered below this is known to be fsynced since its seal
+W_LOCK_DEV = 16  # the lock file the store's writers lock: its st_dev and st_ino (0, 0: not known)
+W_LOCK_INO = 17
 _SPINS_BEFORE_STUCK = 20_000
 _WORD_MASK = 2**64 - 1  # a word of the page holds an unsigned 64-bit value
 
@@ -138,8 +145,10 @@ class SharedState:
             # disk is a SIGBUS (a page made by ftruncate is one hole). A full disk fails the open here.
             allocate_for_map(fd, STATE_BYTES, STATE_FILE_NAME)
             self._map = mmap.mmap(fd, STATE_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # kept: its shared flock says this instance has the store open (check_lock_file)
         self.words = memoryview(self._map).cast("Q")
         self.fresh = self.words[W_MAGIC] != STATE_MAGIC or self.words[W_VERSION] != STATE_VERSION
         if self.fresh and size >= STATE_BYTES and self.words[W_MAGIC] not in (0, STATE_MAGIC):
@@ -198,7 +207,37 @@ class SharedState:
         """Tell every reader that a segment file was removed or replaced."""
         self.words[W_EPOCH] = (self.words[W_EPOCH] + 1) & _WORD_MASK
 
+    def check_lock_file(self, lock_fd: int, lock_path: str) -> None:
+        """Refuse a lock file that is not the one the other open writers of the store lock: it
+        was deleted (or replaced) while they run, and this process would lock a new file, so
+        two writers would append at once. Records the lock file's identity in the page when no
+        other instance has the store open (each open writer instance holds a shared ``flock``
+        on the page's file from here to its close). Call under the write lock."""
+        if fcntl is None:  # pragma: no cover - Windows: no flock
+            return
+        info = os.fstat(lock_fd)
+        ident = (info.st_dev, info.st_ino)
+        words = self.words
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        recorded = (words[W_LOCK_DEV], words[W_LOCK_INO])
+        if not alone and recorded not in ((0, 0), ident):
+            raise FlatFileDbUnsafeAccessError(
+                f"the lock file {lock_path} is not the file the processes that have this store open lock"
+                " (it was deleted or replaced while they run): a writer locking it would write beside"
+                " them and lose data. Close every process using the store first, or give the same lock"
+                " path (a lock file must stay while any process uses the store)"
+            )
+        words[W_LOCK_DEV], words[W_LOCK_INO] = ident
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
     def close(self) -> None:
-        """Unmap the page."""
+        """Unmap the page (and let go of the page's shared flock)."""
         self.words.release()
         self._map.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -190,6 +190,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                     lock.leases = False
                 with lock.write(self.lock_timeout):
                     state = SharedState(dir_fd)
+                    state.check_lock_file(lock.fileno(), self._abs_lock)
                     writer = SegmentWriter(
                         dir_fd,
                         self.datadir,

@@ -14,7 +14,14 @@ from typing import Callable, Iterator
 
 import pytest
 
-from conduit_flat_file_db import DataLocation, FlatFileDb, FlatFileDbError, FlatFileDbLockTimeoutError
+from conduit_flat_file_db import (
+    DataLocation,
+    FlatFileDb,
+    FlatFileDbError,
+    FlatFileDbLockTimeoutError,
+    FlatFileDbUnsafeAccessError,
+    KeyedStore,
+)
 from conduit_flat_file_db.locking import ProcessLock, process_lock_for, release_process_lock
 
 StoreFactory = Callable[..., FlatFileDb]
@@ -515,3 +522,72 @@ def test_a_lock_reached_after_its_last_store_closed_it_is_a_typed_error(tmp_path
             pass
     finally:
         release_process_lock(fresh)
+
+
+_STORE_HOLDER = r"""
+import sys
+from conduit_flat_file_db import FlatFileDb, KeyedStore
+kind, path, lock = sys.argv[1], sys.argv[2], sys.argv[3]
+store = FlatFileDb(path, lock) if kind == "engine" else KeyedStore(path)
+if kind == "engine":
+    store.put(b"held")
+else:
+    store["k"] = b"held"
+print("open", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.parametrize("kind", ["engine", "keyed"])
+def test_a_lock_file_deleted_or_replaced_while_a_process_uses_the_store_is_refused(
+    tmp_path: Path, how: str, kind: str
+) -> None:
+    """Another process has the store open and locks the lock file; it is deleted (or another
+    file renamed over it). A writer opening the store now would lock a new file and append
+    beside that process (acknowledged blobs lost): its open is refused, and nothing is
+    written. Once that process closed, the new lock file is the store's (opens work)."""
+    path = tmp_path / "store"
+    lock = tmp_path / "store.lock" if kind == "engine" else path / "segments.lock"
+    with subprocess.Popen(
+        [sys.executable, "-c", _STORE_HOLDER, kind, str(path), str(lock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        if how == "deleted":
+            lock.unlink()
+        else:
+            (tmp_path / "other").write_bytes(b"")
+            os.rename(tmp_path / "other", lock)
+        segments = path if kind == "engine" else path / "segments"
+        before = sorted((p.name, p.stat().st_size) for p in segments.iterdir() if p.name != "ffdb.state")
+        with pytest.raises(FlatFileDbUnsafeAccessError, match="deleted or replaced"):
+            if kind == "engine":
+                FlatFileDb(path, lock).put(b"beside")
+            else:
+                KeyedStore(path)
+        assert sorted((p.name, p.stat().st_size) for p in segments.iterdir() if p.name != "ffdb.state") == before
+        holder.communicate("close\n", timeout=60)
+        assert holder.returncode == 0
+    if kind == "engine":
+        with FlatFileDb(path, lock) as db:
+            db.put(b"after")
+            assert [db.get(loc) for loc in db.iter_locations()] == [b"held", b"after"]
+    else:
+        with KeyedStore(path) as store:
+            store["j"] = b"after"
+            assert dict(store.items()) == {"k": b"held", "j": b"after"}
+
+
+def test_a_lock_file_deleted_while_no_process_uses_the_store_is_made_again(tmp_path: Path) -> None:
+    """Deleting the lock file between uses is allowed: the next writer makes a new one."""
+    with FlatFileDb(tmp_path / "d", tmp_path / "d.lock") as db:
+        db.put(b"one")
+    (tmp_path / "d.lock").unlink()
+    with FlatFileDb(tmp_path / "d", tmp_path / "d.lock") as db, FlatFileDb(tmp_path / "d", tmp_path / "d.lock") as two:
+        db.put(b"two")
+        two.put(b"three")
+        assert [db.get(loc) for loc in db.iter_locations()] == [b"one", b"two", b"three"]

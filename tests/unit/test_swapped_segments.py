@@ -272,18 +272,6 @@ def test_segment_numbers_past_the_largest(tmp_path: Path) -> None:
             db.get(DataLocation(path.replace("data_00000000", "data_4294967295"), 0, 10))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_segment_is_a_permission_error(tmp_path: Path) -> None:
-    """A sealed data file or index without read permission: PermissionError (an OSError), not bytes."""
-    datadir, segments = _store(tmp_path, False)
-    for path in (_index(datadir, 0), _data(datadir, 0)):
-        path.chmod(0)
-        with _open(datadir, True) as db:
-            with pytest.raises(PermissionError):
-                db.get(segments[0][0][0])
-        path.chmod(0o644)
-
-
 def test_index_header_damaged_is_served_by_its_own_data_file(tmp_path: Path) -> None:
     """An index whose header no longer decodes (not another segment's): the check cannot tell what
     the data file should be, so the data file (the segment's own) is served as before; verify()
