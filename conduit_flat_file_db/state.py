@@ -152,6 +152,7 @@ class SharedState:
         self.words = memoryview(self._map).cast("Q")
         self.fresh = self.words[W_MAGIC] != STATE_MAGIC or self.words[W_VERSION] != STATE_VERSION
         if self.fresh and size >= STATE_BYTES and self.words[W_MAGIC] not in (0, STATE_MAGIC):
+            self.close()
             raise FormatError(f"{STATE_FILE_NAME}: not a state page of this store (bad magic)")
 
     def same_boot(self) -> bool:

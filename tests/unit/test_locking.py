@@ -20,6 +20,7 @@ from conduit_flat_file_db import (
     FlatFileDbError,
     FlatFileDbLockTimeoutError,
     FlatFileDbUnsafeAccessError,
+    FormatError,
     KeyedStore,
 )
 from conduit_flat_file_db.locking import ProcessLock, process_lock_for, release_process_lock
@@ -591,3 +592,16 @@ def test_a_lock_file_deleted_while_no_process_uses_the_store_is_made_again(tmp_p
         db.put(b"two")
         two.put(b"three")
         assert [db.get(loc) for loc in db.iter_locations()] == [b"one", b"two", b"three"]
+
+
+def test_a_state_page_of_something_else_is_refused_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """A full-size ffdb.state whose magic is not a state page's: FormatError at the open, and the
+    descriptor the open keeps on the page (for its flock) is closed again."""
+    datadir = tmp_path / "d"
+    datadir.mkdir()
+    (datadir / "ffdb.state").write_bytes(b"NOTSTATE" + bytes(4088))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(FormatError, match="not a state page"):
+            FlatFileDb(datadir, tmp_path / "d.lock").put(b"x")
+    assert len(os.listdir("/proc/self/fd")) <= before + 1  # the lock file's, kept for the process
