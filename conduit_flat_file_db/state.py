@@ -224,6 +224,8 @@ class SharedState:
             alone = True
         except BlockingIOError:
             alone = False
+        except OSError:  # a filesystem without flock: nothing to tell open writers by
+            return
         recorded = (words[W_LOCK_DEV], words[W_LOCK_INO])
         if not alone and recorded not in ((0, 0), ident):
             raise FlatFileDbUnsafeAccessError(
