@@ -67,7 +67,7 @@ from .reader import MAP_READ_BYTES, ReaderCache, SegmentReader, apply_slice, fas
 from .readonly import ReadOnlyState, open_datadir
 from .segment import MUTABLE_FRAMES_MAX
 from .state import W_DIRTY, W_END, W_EPOCH, W_FRAMES, W_SEGMENT, W_SYNCED_BELOW, SharedState
-from .syncer import SealHookRunner, SealSyncer, finalize
+from .syncer import SYNC_DELAY_SECONDS, WRITER_BACKLOG, SealHookRunner, SealSyncer, finalize
 from .tiering.config import Tiering
 from .tiering.tier import Tier
 from .types import Buffer, DataLocation, Slice
@@ -212,7 +212,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             self._lock = lock
             self._state = state
             self._writer = writer
-            self._syncer = SealSyncer(dir_fd, state.words)
+            self._syncer = SealSyncer(dir_fd, state.words, 0.0 if self.fsync else SYNC_DELAY_SECONDS)
             mutable = state.words[W_SEGMENT]
             if state.words[W_SYNCED_BELOW] < mutable:  # sealed but not known durable: fsynced in the background
                 self._syncer.request(mutable)
@@ -393,13 +393,14 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
     def _after_seal(self, sealed: list[int]) -> None:
         """After segments this thread just sealed (outside the write lock): have them fsynced in
-        the background; wait only if older seals are still not durable (so at most the ones
-        sealed now are exposed); then hand them to the seal hook's thread, without waiting
-        for it (a re-framing takes seconds: the put that sealed would stand out)."""
+        the background; wait only if older seals are still not durable (``fsync=True``: any;
+        ``fsync=False``: those more than WRITER_BACKLOG segments older, so a writer never waits
+        for the disk unless it outruns it); then hand them to the seal hook's thread, without
+        waiting for it (a re-framing takes seconds: the put that sealed would stand out)."""
         if not sealed:
             return
         self._syncer.request(max(sealed) + 1)
-        self._syncer.wait(min(sealed))
+        self._syncer.wait(min(sealed) - (0 if self.fsync else WRITER_BACKLOG))
         if self._hooks is not None:
             self._hooks.submit(sealed)  # it wakes the tier afterwards: the tier uploads the final form
         elif self._tier is not None:

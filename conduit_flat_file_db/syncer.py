@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -25,6 +26,16 @@ logger = logging.getLogger("conduit_flat_file_db")
 
 _POLL_SECONDS = 1.0  # a wait for a sync or hook thread also looks this often whether it still runs
 _IDLE_SECONDS = 1.0  # a sync thread with nothing to do for this long ends; the next seal starts another
+# A store opened with fsync=False fsyncs a sealed segment this long after its seal (GUARANTEES.md
+# "Durability"), not at once: a job shorter than that never waits for the disk, as with a plain
+# file, and a longer one has each second's seals fsynced together. The wait is cut short when a
+# caller waits for the fsync (sync(), close() with fsync=True, interpreter exit, a confirmed
+# adopt), and when URGENT_BACKLOG sealed segments are waiting for it.
+SYNC_DELAY_SECONDS = 1.0
+URGENT_BACKLOG = 8
+# A writer with fsync=False waits at a seal only for segments sealed more than this many segments
+# before (the exposure to a power loss stays bounded when the disk is slower than the writer).
+WRITER_BACKLOG = 2 * URGENT_BACKLOG
 
 
 class SealSyncer:
@@ -36,7 +47,9 @@ class SealSyncer:
     fsyncs each sealed segment, then raises word W_SYNCED_BELOW; after a power loss,
     recovery checks the segments at or above it (GUARANTEES.md, "Durability").
 
-    One per store instance. The thread starts on a request and ends after a second
+    One per store instance. With ``delay`` (a store with ``fsync=False``), a request is
+    fsynced ``delay`` seconds after the first one not yet done, or at once when someone waits for
+    it or URGENT_BACKLOG segments wait. The thread starts on a request and ends after a second
     with nothing to do; ``close()`` waits for pending work, or, with ``wait=False`` (a store
     opened with ``fsync=False``), leaves it: the thread stops after the segment it is
     fsyncing, without touching the state page again, and the next open of the store
@@ -47,9 +60,10 @@ class SealSyncer:
     A forked child starts its own thread.
     """
 
-    def __init__(self, dir_fd: int, words: Any) -> None:
+    def __init__(self, dir_fd: int, words: Any, delay: float = 0.0) -> None:
         self._dir_fd = os.dup(dir_fd)  # the thread may outlive the store's descriptor (close(wait=False))
         self._words = words
+        self._delay = delay
         self._reset()
         _LIVE_SYNCERS.add(self)
 
@@ -58,6 +72,8 @@ class SealSyncer:
         self._cond = threading.Condition()
         self._target = self._words[W_SYNCED_BELOW]  # sync every segment below this
         self._done = self._target  # requests up to here are finished
+        self._urgent = 0  # requests below this are waited for: no delay
+        self._since = 0.0  # monotonic time of the first request not done yet
         self._failed: OSError | None = None
         self._closing = False
         self._abandoned = False  # close(wait=False): the state page may be gone; touch it no more
@@ -70,6 +86,8 @@ class SealSyncer:
         with self._cond:
             if below <= self._target or self._closing:
                 return
+            if self._target <= self._done:
+                self._since = time.monotonic()
             self._target = below
             if self._thread is not None:
                 self._cond.notify_all()
@@ -84,6 +102,9 @@ class SealSyncer:
         if self._pid != os.getpid():
             return None
         with self._cond:
+            if below > self._urgent:
+                self._urgent = below
+                self._cond.notify_all()  # a thread in its delay starts now
             while self._done < min(below, self._target) and self._thread is not None:
                 if not self._thread.is_alive():
                     self._lost_thread_locked(self._thread)
@@ -152,6 +173,10 @@ class SealSyncer:
                             self._close_fd()
                         self._cond.notify_all()
                         return
+                    left = self._delay_left_locked()
+                    if left > 0:
+                        self._cond.wait(left)
+                        continue
                     target = self._target
                 self._finish(target, self._sync(target))
         except BaseException as exc:
@@ -165,6 +190,12 @@ class SealSyncer:
                     self._close_fd()
                 self._cond.notify_all()
             raise
+
+    def _delay_left_locked(self) -> float:
+        """(condition held, work pending) Seconds the thread still waits before fsyncing."""
+        if self._closing or self._urgent > self._done or self._target - self._done >= URGENT_BACKLOG:
+            return 0.0
+        return self._since + self._delay - time.monotonic()
 
     def _finish(self, target: int, error: OSError | None) -> None:
         with self._cond:

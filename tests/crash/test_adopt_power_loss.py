@@ -55,8 +55,8 @@ def open_store(datadir: Path, **options: object) -> FlatFileDb:
 
 
 def write(tmp_path: Path, seekable: bool, verify: bool = False) -> Written:
-    """Blobs in sealed segments, an adopted file, blobs after it; closed cleanly (which waits for
-    every background fsync: word 15 ends past the adopted segment)."""
+    """Blobs in sealed segments, an adopted file, blobs after it; synced (which waits for every
+    background fsync: word 15 ends past the adopted segment), then closed."""
     datadir = tmp_path / "store"
     source = tmp_path / "incoming.bin"
     if seekable:
@@ -69,6 +69,7 @@ def write(tmp_path: Path, seekable: bool, verify: bool = False) -> Written:
         others = [(db.put(data), data) for data in (bytes([n]) * 3000 for n in range(12))]
         adopted = db.adopt_file(source, verify=verify)
         others += [(db.put(data), data) for data in (bytes([n]) * 3000 for n in range(12, 24))]
+        db.sync()
     finally:
         db.close()
     written = Written(adopted, others)
