@@ -16,7 +16,8 @@ Padding: a file that keeps growing (the store's mutable compressed segment) has
 one skippable *padding frame* (magic PADDING_MAGIC) between its frames and its
 seek table, listed in the table with decompressed size 0. New frames are written
 over the padding, a shorter padding frame after them, and only the tail of the
-table is rewritten (:func:`append_table_entries`); how large the padding is made
+table is rewritten (:func:`append_table_entries`), at once or later (the table may
+lag: the file then reads as the frames it lists); how large the padding is made
 is the store's choice (segment.py).
 """
 
@@ -61,6 +62,7 @@ DESCRIPTOR_RESERVED_MASK = 0x7C
 _FOOTER = struct.Struct("<IBI")
 _SKIP_HEADER = struct.Struct("<II")
 _ENTRY = struct.Struct("<II")  # a seek-table entry without checksum: compressed size, decompressed size
+ENTRY_BYTES = _ENTRY.size
 _U32 = struct.Struct("<I")
 
 ReadAt = Callable[[int, int], bytes]  # (offset, size) -> bytes
@@ -280,44 +282,49 @@ def write_padding_and_entries(fd: int, frames_end: int, entries: bytes | bytearr
     os.ftruncate(fd, table_at + len(table))
 
 
-def append_table_entries(
-    fd: int, frames_end: int, padding: int, frames: int, new_sizes: Sequence[tuple[int, int]]
-) -> int:
-    """Rewrite the seek table's tail after ``new_sizes`` frames took the padding's place.
+def listed_frames(fd: int, table_at: int, frames: int) -> int | None:
+    """How many frames the seek table of a growing file (at ``table_at``) lists before its padding
+    entry: at most ``frames``, the frames the file holds (the table may lag behind them, see
+    :func:`append_table_entries`); None when what is there is not such a table."""
+    head = os.pread(fd, SKIPPABLE_HEADER_BYTES, table_at)
+    if len(head) != SKIPPABLE_HEADER_BYTES:
+        return None
+    magic, size = _SKIP_HEADER.unpack(head)
+    entries, rest = divmod(size - FOOTER_BYTES, _ENTRY.size)
+    listed: int = entries - 1  # the padding's own entry
+    if magic != SEEK_TABLE_MAGIC or rest or not 0 <= listed <= frames:
+        return None
+    return listed
 
-    The table itself does not move: the new frames were written where the padding
-    was and a smaller padding frame follows them. Returns the new padding payload.
-    Caller checked that the new frames fit the padding.
-    """
-    used = sum(c for c, _ in new_sizes)
-    new_padding = padding - used
+
+def append_table_entries(fd: int, frames_end: int, padding: int, listed: int, entries: bytes | bytearray) -> None:
+    """Bring the seek table of a growing file up to date after new frames took the padding's place.
+
+    The table lists ``listed`` frames, then one padding entry spanning everything from the end
+    of those frames to the table: the frames written since (over the padding) and the padding
+    frame after them. Such a table lags, but the file is a valid seekable file of the frames it
+    lists, and a decoder walking the frames in order reads them all. ``entries`` (packed,
+    :func:`pack_entries`) are the entries of the frames after the ``listed``; they end at
+    ``frames_end``, where a padding frame of ``padding`` payload bytes starts. The table does
+    not move: its padding entry and footer are overwritten by the new entries, a padding entry
+    and a footer, then its size field is patched. On an error (a full disk: the table grows
+    past the file's end), the old padding entry and footer are put back and the file is cut
+    to its old length, so the file stays the valid seekable file it was, and the error is raised."""
     table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
-    entries = frames + len(new_sizes) + 1
-    entry_bytes = b"".join(_ENTRY.pack(c, d) for c, d in new_sizes)
-    entry_bytes += _ENTRY.pack(SKIPPABLE_HEADER_BYTES + new_padding, 0)
-    footer = _FOOTER.pack(entries, 0, SEEKABLE_MAGIC)
-    pwrite_all(fd, _U32.pack(entries * _ENTRY.size + FOOTER_BYTES), table_at + 4)
-    pwrite_all(fd, entry_bytes + footer, table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size)
-    return new_padding
-
-
-_ONE_ENTRY_TAIL = struct.Struct("<IIIIIBI")  # a frame's entry, the padding's entry, the footer
-
-
-def append_one_entry(  # pylint: disable=too-many-arguments,too-many-positional-arguments
-    mapped: Any, base: int, fd: int, table_at: int, frames: int, csize: int, dsize: int, padding: int
-) -> None:
-    """:func:`append_table_entries` for one frame (``csize`` bytes holding ``dsize``) written where
-    the padding frame began, before ``frames`` frames, with a padding of ``padding`` payload
-    bytes left after it. The table's frame-size field (at ``table_at + 4``) is stored through
-    ``mapped``, a writable shared map of the file from offset ``base``; its new last entries
-    and footer are written with one ``pwrite``, since they end 8 bytes past the file's end
-    (the table grows, and a map cannot make a file longer)."""
-    _U32.pack_into(mapped, table_at + 4 - base, (frames + 2) * _ENTRY.size + FOOTER_BYTES)
-    tail = _ONE_ENTRY_TAIL.pack(csize, dsize, SKIPPABLE_HEADER_BYTES + padding, 0, frames + 2, 0, SEEKABLE_MAGIC)
-    at = table_at + SKIPPABLE_HEADER_BYTES + frames * _ENTRY.size
-    if os.pwrite(fd, tail, at) != len(tail):
-        pwrite_all(fd, tail, at)  # short write: write it whole again
+    count = listed + len(entries) // _ENTRY.size + 1
+    at = table_at + SKIPPABLE_HEADER_BYTES + listed * _ENTRY.size
+    tail = b"".join((entries, _ENTRY.pack(SKIPPABLE_HEADER_BYTES + padding, 0), _FOOTER.pack(count, 0, SEEKABLE_MAGIC)))
+    old_tail = pread_full(fd, _ENTRY.size + FOOTER_BYTES, at)
+    try:
+        pwrite_all(fd, tail, at)
+    except OSError:
+        try:
+            pwrite_all(fd, old_tail, at)
+            os.ftruncate(fd, at + len(old_tail))
+        except OSError:
+            pass  # the caller's dirty flag stays up: recovery lays the table out again
+        raise
+    pwrite_all(fd, _U32.pack(count * _ENTRY.size + FOOTER_BYTES), table_at + 4)
 
 
 def padding_after(fd: int, frames_end: int, frames: int, size: int) -> int | None:

@@ -39,7 +39,7 @@ from .arguments import (
     check_paths,
     default_lock_path,
 )
-from .errors import FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
+from .errors import FlatFileDbError, FlatFileDbReadOnlyError, FlatFileDbUnsafeAccessError
 from .frames import (
     DEFAULT_LEVEL,
     DEFAULT_MIN_SAVING,
@@ -305,9 +305,23 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._tier = None
             self._close_files()
 
+    def _list_frames_before_close(self) -> None:
+        """This instance's puts left the compressed mutable segment's seek table behind its frames
+        (put_mapped_zstd): bring it up to date, so that a closed store's files are complete
+        seekable files. When the write lock cannot be had within ``lock_timeout`` or the disk
+        refuses, the table stays a valid table of fewer frames (the next writer's sync, seal or
+        close lists them); the close goes on."""
+        try:
+            with self._lock.write(self.lock_timeout):
+                self._writer.list_frames()
+        except (FlatFileDbError, OSError) as exc:
+            logger.info("%s: the seek table of the mutable segment is left behind its frames: %s", self._dir_str, exc)
+
     def _close_files(self) -> None:
         """Release the lock, the state page and the descriptors of an open instance."""
         if isinstance(self._lock, ProcessLock):
+            if self._writer.unlisted:
+                self._list_frames_before_close()
             # fsync=False asked for no wait on the disk: a seal's fsync still running is left
             # to finish alone, and the next open fsyncs what it did not reach.
             self._syncer.close(wait=self.fsync)

@@ -52,7 +52,7 @@ from .index import (
     encode_record,
     pack_stored_commit_into,
 )
-from .seekable import PADDING_MAGIC, append_one_entry
+from .seekable import PADDING_MAGIC
 from .segment import ROOM_MAX_BYTES, ROOM_MIN_BYTES
 from .state import W_DIRTY, W_DISK_BYTES, W_END, W_FRAMES, W_INDEX_BYTES, W_PADDING, W_SEGMENT, W_SEQ
 
@@ -61,6 +61,9 @@ _NO_MAP = mmap.mmap(-1, mmap.PAGESIZE)  # stands in for a write map not made yet
 
 RESERVE_STEP_BYTES = 2**30  # segments larger than this reserve their disk blocks in steps this large
 MAPPED_PUT_MAX_BYTES = 64 * 2**10
+# A compressed mutable segment's seek table is brought up to date after this many puts through
+# maps by one writer (each put skips it: a table grows past the file's end, which needs a write).
+UNLISTED_FRAMES_MAX = 1024
 """A put of at most this many bytes into a raw mutable segment, without fsync, is copied into
 shared maps of its data and index files instead of being written with two ``pwrite`` calls
 (FORMAT.md "Commit"). Larger blobs go through ``pwrite``: room for them would be written
@@ -103,6 +106,10 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         # reread the index nor pack every entry again (writer.py keeps them; put_mapped_zstd adds).
         self._entries = bytearray()
         self._entries_upto = 0
+        self._entries_seq = -1  # the state page's seq word when they were read
+        # Frames this writer committed through maps since it last brought the compressed mutable
+        # segment's seek table up to date (list_frames): the table lags by at most about this many.
+        self.unlisted = 0
 
     def put_mapped(self, data: Any, checksum: int, max_size: int, flags: int = 0) -> int:
         """The whole commit of a small blob when nothing needs preparing and the maps have room:
@@ -198,9 +205,11 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
 
     def put_mapped_zstd(self, data: Any, checksum: int, max_size: int) -> int:
         """put_mapped for a compressed mutable segment: the blob as one stored frame over the
-        padding, the smaller padding frame's header after it, the seek table's patch, then the
-        FRAME and BLOB records (FORMAT.md "Commit"); every store through the maps but the table's
-        new tail, one ``pwrite``. Returns where the blob starts, or -1 (nothing written)."""
+        padding, the smaller padding frame's header after it, then the FRAME and BLOB records
+        (FORMAT.md "Commit"), every store through the maps, no system call. The seek table is
+        not touched: it lags, listing the frames up to its last update (list_frames, every
+        UNLISTED_FRAMES_MAX such puts of this writer, and at every other append, sync, seal and
+        close). Returns where the blob starts, or -1 (nothing written)."""
         words = self.words
         size = len(data)
         disk = words[W_DISK_BYTES]
@@ -228,14 +237,11 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_DIRTY] = 1
         try:
             self._store_stored_frame(data, disk, head, padding - csize)
-            append_one_entry(
-                self._data_map, self._data_base, self.data_fd, table_at, frames, csize, size, padding - csize
-            )
             pack_stored_commit_into(self._index_map, index_bytes - self._index_base, start, csize, disk, size, checksum)
         except BaseException:
             self._fail(start, disk, index_bytes, padding)
             raise
-        if self._entries_upto == index_bytes:
+        if self._entries_upto == index_bytes and self._entries_seq == self._seq:
             self._entries += _ENTRY.pack(csize, size)
             self._entries_upto = index_bytes + _TWO_RECORDS
         words[W_INDEX_BYTES] = index_bytes + _TWO_RECORDS
@@ -244,7 +250,14 @@ class MappedWrites:  # pylint: disable=too-many-instance-attributes  # two maps,
         words[W_FRAMES] = frames + 1
         words[W_END] = start + size  # last: readers take W_END as "committed"
         words[W_DIRTY] = 0
+        self.unlisted += 1
+        if self.unlisted >= UNLISTED_FRAMES_MAX:
+            self.list_frames(raise_errors=False)
         return start
+
+    def list_frames(self, raise_errors: bool = True) -> None:
+        """Bring the compressed mutable segment's seek table up to date (SegmentWriter's)."""
+        raise NotImplementedError
 
     def _store_stored_frame(self, data: Any, disk: int, head: int, padding: int) -> None:
         """Store ``data`` as a one-block stored frame at file offset ``disk`` (frames.stored_frame's

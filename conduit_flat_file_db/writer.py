@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .fileio import pread_full, pwrite_all, pwritev_all
+from .frames import SKIPPABLE_HEADER_BYTES
 from .index import (
     FLAG_STORED,
     HEADER_BYTES,
@@ -34,7 +35,15 @@ from .index import (
 )
 from .naming import MAX_SEGMENT_NUMBER, index_name, segment_name, temp_name
 from .seal import write_seal
-from .seekable import append_table_entries, pack_entries, padding_header, unpack_entries, write_padding_and_entries
+from .seekable import (
+    ENTRY_BYTES,
+    append_table_entries,
+    listed_frames,
+    pack_entries,
+    padding_header,
+    unpack_entries,
+    write_padding_and_entries,
+)
 from .segment import MUTABLE_FRAMES_MAX, Tail, frame_table_of, padding_for
 from .segment_files import OPEN_WRITE, fsync_dir, open_data_file, open_regular
 from .state import (
@@ -46,6 +55,7 @@ from .state import (
     W_INDEX_BYTES,
     W_PADDING,
     W_SEGMENT,
+    W_SEQ,
     SharedState,
 )
 from .write_maps import MappedWrites
@@ -101,8 +111,10 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
     def _frame_entries(self, index_bytes: int) -> bytearray:
         """Packed seek-table entries of the committed frames of the mutable segment (its index's
         first ``index_bytes``)."""
-        if self._entries_upto > index_bytes or self._entries_upto < HEADER_BYTES:
-            self._entries, self._entries_upto = bytearray(), HEADER_BYTES
+        seq = self.words[W_SEQ]
+        if self._entries_upto > index_bytes or self._entries_upto < HEADER_BYTES or self._entries_seq != seq:
+            # (a recovery or a cut changes the seq word: records it cut may have been written again)
+            self._entries, self._entries_upto, self._entries_seq = bytearray(), HEADER_BYTES, seq
         if self._entries_upto < index_bytes:
             raw = pread_full(self.index_fd, index_bytes - self._entries_upto, self._entries_upto)
             self._entries += pack_entries(frame_table_of(decode_records(raw).records).sizes())
@@ -150,7 +162,8 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
             self.version = decode_header(pread_full(self.index_fd, HEADER_BYTES, 0), index_name(number)).version
             self.segment = number
             self.path = str(self.datadir / segment_name(number, self.kind == KIND_ZSTD))
-            self._entries, self._entries_upto = bytearray(), 0
+            # Empty, for the index up to its header: the puts of a new segment keep them whole.
+            self._entries, self._entries_upto, self._entries_seq = bytearray(), HEADER_BYTES, words[W_SEQ]
             # Another process may have reserved the segment already: its blocks say so.
             self.reserved = os.fstat(self.data_fd).st_blocks * 512 if self.kind == KIND_RAW else 0
             self._rotated_full = False
@@ -290,7 +303,8 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         return tmp
 
     def sync(self) -> None:
-        """fdatasync the mutable segment; record the durable end."""
+        """fdatasync the mutable segment (its seek table brought up to date first); record the durable end."""
+        self.list_frames()
         os.fdatasync(self.data_fd)
         os.fdatasync(self.index_fd)
         self.words[W_DURABLE_END] = self.words[W_END]
@@ -306,7 +320,7 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         """
         try:
             if self.kind == KIND_ZSTD:
-                write_padding_and_entries(self.data_fd, disk, self._frame_entries(index_bytes), padding)
+                self._put_padding_back(disk, padding, index_bytes)
             else:
                 os.ftruncate(self.data_fd, start)
             os.ftruncate(self.index_fd, index_bytes)
@@ -373,10 +387,15 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         words[W_DIRTY] = 1
         try:
             if used <= padding:
-                pwritev_all(self.data_fd, list(frames) + [padding_header(padding - used)], disk)
-                new_padding = append_table_entries(self.data_fd, disk, padding, count, sizes)
+                new_padding = padding - used
+                pwritev_all(self.data_fd, list(frames) + [padding_header(new_padding)], disk)
+                self._update_table(disk + used, new_padding, count, index_bytes, pack_entries(sizes))
             else:
                 # Out of padding: the seek table moves; rewrite it whole, with a new padding frame.
+                # The table where it is lists every frame first: should the move fail, it is written
+                # there again whole (the frames may have overwritten it) in the bytes it had.
+                if listed_frames(self.data_fd, disk + SKIPPABLE_HEADER_BYTES + padding, count) != count:
+                    self._update_table(disk, padding, count, index_bytes, b"")
                 all_entries = self._frame_entries(index_bytes) + pack_entries(sizes)
                 new_padding = padding_for(disk + used, 0)
                 pwritev_all(self.data_fd, frames, disk)
@@ -393,6 +412,56 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         words[W_PADDING] = new_padding
         words[W_FRAMES] = count + len(frames)
         words[W_END] = end
+        words[W_DIRTY] = 0
+
+    def _put_padding_back(self, disk: int, padding: int, index_bytes: int) -> None:
+        """(_fail, compressed) The padding frame of ``padding`` payload bytes at ``disk`` again, and
+        the seek table after it: the table is left as it is when it is still there (it may lag:
+        written again whole it would be longer, and a full disk may have no block for that),
+        else written again whole, where it was."""
+        if listed_frames(self.data_fd, disk + SKIPPABLE_HEADER_BYTES + padding, self.words[W_FRAMES]) is not None:
+            pwrite_all(self.data_fd, padding_header(padding), disk)
+        else:
+            write_padding_and_entries(self.data_fd, disk, self._frame_entries(index_bytes), padding)
+
+    def _update_table(self, frames_end: int, padding: int, count: int, index_bytes: int, new: bytes) -> None:
+        """Make the seek table (where it is, before a padding frame of ``padding`` payload bytes at
+        ``frames_end``) list every frame: the ``count`` frames the index's first ``index_bytes``
+        commit, then those of the entries ``new`` (dirty flag up). A table that is not one the
+        store wrote is laid out again whole."""
+        table_at = frames_end + SKIPPABLE_HEADER_BYTES + padding
+        listed = listed_frames(self.data_fd, table_at, count)
+        entries = self._frame_entries(index_bytes)
+        if listed is None:
+            write_padding_and_entries(self.data_fd, frames_end, entries + new, padding)
+        else:
+            append_table_entries(self.data_fd, frames_end, padding, listed, entries[listed * ENTRY_BYTES :] + new)
+        self.unlisted = 0
+
+    def list_frames(self, raise_errors: bool = True) -> None:
+        """Bring the compressed mutable segment's seek table up to date with its committed frames
+        (write lock held): puts through maps leave it behind (put_mapped_zstd). With
+        ``raise_errors=False`` an error (a full disk) is logged, and the table stays as it was,
+        a valid table of fewer frames (or, when even that could not be put back, the dirty flag
+        stays up for the next writer's recovery)."""
+        words = self.words
+        if self.kind != KIND_ZSTD or words[W_DIRTY] or words[W_SEGMENT] != self.segment or self.data_fd < 0:
+            return
+        disk, padding, count = words[W_DISK_BYTES], words[W_PADDING], words[W_FRAMES]
+        if listed_frames(self.data_fd, disk + SKIPPABLE_HEADER_BYTES + padding, count) == count:
+            self.unlisted = 0
+            return
+        words[W_DIRTY] = 1
+        try:
+            self._update_table(disk, padding, count, words[W_INDEX_BYTES], b"")
+        except OSError as exc:
+            self.unlisted = 0  # tried again after as many puts
+            if listed_frames(self.data_fd, disk + SKIPPABLE_HEADER_BYTES + padding, count) is not None:
+                words[W_DIRTY] = 0  # the old table was put back
+            if raise_errors:
+                raise
+            logger.warning("%s: the seek table of the mutable segment stays behind its frames: %s", self.datadir, exc)
+            return
         words[W_DIRTY] = 0
 
     def _write_records(self, records: bytes, index_bytes: int, end: int) -> None:

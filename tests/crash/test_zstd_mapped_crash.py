@@ -2,11 +2,13 @@
 
 A put of less than 8 KiB into a compressed mutable segment (no fsync, maps supported) commits
 in these steps (FORMAT.md "Commit"): raise the dirty flag; store the stored frame and the smaller
-padding frame's header through the data file's map; store the seek table's frame-size field
-through the map; write the table's new last entries and footer with one ``pwrite``; store the
-FRAME and BLOB records through the index's map; publish. A child process puts blobs, reports
-each acknowledged one, then SIGKILLs itself at one of those steps inside one more put. After
-each death:
+padding frame's header through the data file's map; store the FRAME and BLOB records through the
+index's map; publish. Every UNLISTED_FRAMES_MAX such puts, the put then brings the seek table up
+to date (FORMAT.md "The mutable layout"): dirty flag up again, one ``pwrite`` of the new entries,
+a padding entry and a footer over the old padding entry and footer, one ``pwrite`` of the
+table's frame-size field, dirty flag down. A child process puts blobs, reports each
+acknowledged one, then SIGKILLs itself at one of those steps inside one more put (the points in
+the table's update with UNLISTED_FRAMES_MAX set to 1 in the child). After each death:
 
 - an instance that was open during the crash (a survivor) reads every acknowledged blob, and
   its next put repairs the segment (the dirty flag) and reads back;
@@ -38,7 +40,7 @@ pytestmark = [
 
 # The child: puts ``warm`` blobs (each reported once acknowledged), arms one crash point, puts
 # one more blob. Crash points wrap the mapped path's steps in write_maps.py (its module-level
-# names are what put_mapped_zstd calls) and the pwrite of seekable.append_one_entry.
+# names are what put_mapped_zstd calls) and the two writes of seekable.append_table_entries.
 _CHILD = textwrap.dedent(
     """
     import hashlib, json, os, random, signal, sys
@@ -67,18 +69,17 @@ _CHILD = textwrap.dedent(
     real_store = write_maps.MappedWrites._store_stored_frame
     real_records = write_maps.pack_stored_commit_into
 
-    class Os:
-        # seekable's os: its pwrite of the table's tail (25 bytes) is the crash point
-        def __getattr__(self, name):
-            return getattr(os, name)
+    real_pwrite_all = seekable.pwrite_all
 
-        @staticmethod
-        def pwrite(fd, data, offset):
-            if len(data) == 25:
-                if point == "table_tail_torn":
-                    os.pwrite(fd, bytes(data)[:12], offset)
-                die()
-            return os.pwrite(fd, data, offset)
+    def pwrite_all(fd, data, offset):
+        # seekable's writes of the table's update: the new tail (300 entries, a padding entry and
+        # a footer), then the frame-size field (4 bytes)
+        if point == "table_tail_torn" and len(data) > 4:
+            os.pwrite(fd, bytes(data)[:12], offset)
+            die()
+        if point == "table_tail_written" and len(data) == 4:
+            die()
+        return real_pwrite_all(fd, data, offset)
 
     def store(self, data, disk, head, padding):
         if point == "frame_not_stored":
@@ -99,8 +100,9 @@ _CHILD = textwrap.dedent(
         if point == "records_stored":
             die()
 
-    if point in ("size_field_stored", "table_tail_torn"):
-        seekable.os = Os()
+    if point in ("table_tail_written", "table_tail_torn"):
+        write_maps.UNLISTED_FRAMES_MAX = 1  # this put brings the table up to date
+        seekable.pwrite_all = pwrite_all
     write_maps.MappedWrites._store_stored_frame = store
     write_maps.pack_stored_commit_into = records
     location = db.put(blob(config["warm"]))
@@ -114,18 +116,19 @@ def blob(number: int) -> bytes:
     return (b"%08d" % number) * (1 + number % 120) + random.Random(number).randbytes(number % 300)
 
 
-# Where the killed put's records are whole (though not published): recovery keeps its blob, as a
-# put whose BLOB record is written is committed (FORMAT.md "Record index"); elsewhere it is cut.
-KEPT_BY_RECOVERY = {"records_stored"}
+# Where the killed put's records are whole (though not published, or published before the table's
+# update): recovery keeps its blob, as a put whose BLOB record is written is committed (FORMAT.md
+# "Record index"); elsewhere it is cut.
+KEPT_BY_RECOVERY = {"records_stored", "table_tail_torn", "table_tail_written"}
 
 CRASH_POINTS = [
     "frame_not_stored",
     "frame_stored",
-    "size_field_stored",
-    "table_tail_torn",
     "records_not_stored",
     "frame_record_only",
     "records_stored",
+    "table_tail_torn",
+    "table_tail_written",
 ]
 
 

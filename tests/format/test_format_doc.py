@@ -175,6 +175,7 @@ def test_store_writes_the_compressed_example(tmp_path: Path) -> None:
     db = FlatFileDb(tmp_path / "s", tmp_path / "s.lock", use_compression=True, reframe_on_seal=False)
     db.put(b"hello")
     db.put(b"world!")
+    db.sync()
     path = tmp_path / "s" / "data_00000000.dat.zst"
     raw = path.read_bytes()
     assert len(raw) == 65585

@@ -82,9 +82,9 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
     ("raw", "no-lease", "get"): ((10, 12), (400, 480)),
     ("raw", "lease-held", "put"): ((5, 11), (200, 440)),
     ("raw", "lease-held", "get"): ((10, 12), (400, 480)),
-    ("compressed", "no-lease", "put"): ((9, 26), (389, 1087)),
+    ("compressed", "no-lease", "put"): ((8, 22), (360, 960)),
     ("compressed", "no-lease", "get"): ((23, 38), (920, 1520)),
-    ("compressed", "lease-held", "put"): ((7, 23), (309, 967)),
+    ("compressed", "lease-held", "put"): ((6, 19), (280, 835)),
     ("compressed", "lease-held", "get"): ((23, 38), (920, 1520)),
 }
 
@@ -92,9 +92,10 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
 # calls left out, see syscalls_per_operation), and the most
 # any one operation made. Measured: a raw put writes through the map (no write call; fcntl lock
 # and unlock without a lease); a raw get is one pread; a compressed put stores its frame and records
-# through the maps and writes the seek table's new tail with one pwrite (one put in 40 also moves
-# the table, pwrite, pwritev and ftruncate, and maps the new padding: lseek, fallocate, pwritev of
-# zeros, fstat, mmap, and the old map's close); a compressed get is three preads.
+# through the maps and makes no system call (its seek table lags, brought up to date every 1,024
+# such puts; one put in 40 moves the table, pwrite, pwritev and ftruncate, and maps the new padding:
+# lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close); a compressed get is
+# three preads.
 # Mapping the new padding may also give blocks to the padding in the seek table's page (a second
 # lseek and a fallocate, with its zeros): whether that page still holds a hole depends on the
 # filesystem's writeback of the zeros written before, so the compressed puts' totals and
@@ -104,9 +105,9 @@ SYSCALLS: dict[tuple[str, str, str], tuple[int, int]] = {
     ("raw", "no-lease", "get"): (40, 1),  # pread64 40
     ("raw", "lease-held", "put"): (0, 0),
     ("raw", "lease-held", "get"): (40, 1),  # pread64 40
-    ("compressed", "no-lease", "put"): (134, 13),  # fcntl 81, pwrite64 43, pwritev2 1, ftruncate 1, map 5-8
+    ("compressed", "no-lease", "put"): (95, 12),  # fcntl 81, pwrite64 4, pwritev2 1, ftruncate 1, map 5-8
     ("compressed", "no-lease", "get"): (120, 3),  # pread64 120
-    ("compressed", "lease-held", "put"): (54, 11),  # pwrite64 43, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
+    ("compressed", "lease-held", "put"): (15, 10),  # pwrite64 4, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
     ("compressed", "lease-held", "get"): (120, 3),  # pread64 120
 }
 

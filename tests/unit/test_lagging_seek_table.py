@@ -1,0 +1,153 @@
+"""The seek table of a compressed mutable segment lags behind small puts (FORMAT.md "The mutable
+layout"): a put through the writer's maps leaves it, and it is brought up to date every
+UNLISTED_FRAMES_MAX such puts of a writer, at every other append, by ``sync()``, by the seal and by
+``close()``. At every instant the file is a valid seekable file of the frames its table lists,
+with one entry of decompressed size 0 from their end to the table; the store's own reads never
+use it. Each test reads the table from the file, independently of the writer's state.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import struct
+from pathlib import Path
+
+import pytest
+import pyzstd
+
+import conduit_flat_file_db.seekable as seekable_module
+import conduit_flat_file_db.write_maps as write_maps_module
+from conduit_flat_file_db import DataLocation, FlatFileDb
+from conduit_flat_file_db.blocks import maps_supported
+from conduit_flat_file_db.fileio import pwrite_all as pwrite_all_of_fileio
+from conduit_flat_file_db.seekable import parse_seek_table
+
+pytestmark = pytest.mark.skipif(not maps_supported(), reason="mapped writes need Linux on x86 (FORMAT.md 'Commit')")
+
+
+def listed_bytes(path: Path | str) -> int:
+    """Uncompressed bytes the file's seek table lists (a table that does not parse fails the test)."""
+    raw = Path(path).read_bytes()
+    return parse_seek_table(lambda offset, size: raw[offset : offset + size], len(raw), str(path)).decompressed_size
+
+
+def seekable_read(path: Path | str) -> bytes:
+    """The file read whole through pyzstd's seekable reader (which takes the size from the table)."""
+    with pyzstd.SeekableZstdFile(str(path), "r") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        return handle.read(size)
+
+
+def blobs(count: int, seed: int = 3) -> list[bytes]:
+    """Small blobs (stored frames, put through the maps)."""
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randrange(1, 2000)) for _ in range(count)]
+
+
+def open_store(datadir: Path) -> FlatFileDb:
+    """A compressed store whose small puts keep their stored frames."""
+    return FlatFileDb(datadir, use_compression=True, reframe_on_seal=False)
+
+
+def test_small_puts_leave_the_table_behind_until_the_bound_and_sync_lists_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Puts through maps do not touch the table; the UNLISTED_FRAMES_MAX-th lists every frame;
+    sync() lists the rest. The lagging file reads as the prefix its table lists."""
+    monkeypatch.setattr(write_maps_module, "UNLISTED_FRAMES_MAX", 10)
+    db = open_store(tmp_path / "s")
+    try:
+        data = blobs(25)
+        locations = [db.put(blob) for blob in data[:5]]
+        path = locations[0].file_path
+        assert listed_bytes(path) == 0  # the new segment's table, untouched
+        assert seekable_read(path) == b""
+        locations += [db.put(blob) for blob in data[5:10]]
+        assert listed_bytes(path) == locations[9].end_offset  # the tenth put listed all ten
+        locations += [db.put(blob) for blob in data[10:25]]
+        assert listed_bytes(path) == locations[19].end_offset
+        assert seekable_read(path) == b"".join(data[:20])
+        db.sync()
+        assert listed_bytes(path) == locations[24].end_offset
+        assert seekable_read(path) == b"".join(data)
+        assert all(db.get(location) == blob for location, blob in zip(locations, data))
+    finally:
+        db.close()
+
+
+def test_close_lists_the_frames_its_puts_left_behind(tmp_path: Path) -> None:
+    """A closed store's mutable segment is a complete seekable file; reopened, it reads back."""
+    data = blobs(50)
+    with open_store(tmp_path / "s") as db:
+        locations = [db.put(blob) for blob in data]
+        path = locations[0].file_path
+        assert listed_bytes(path) < locations[-1].end_offset
+    assert listed_bytes(path) == locations[-1].end_offset
+    assert seekable_read(path) == b"".join(data)
+    with open_store(tmp_path / "s") as db:
+        assert all(db.get(location) == blob for location, blob in zip(locations, data))
+        assert db.verify().ok
+
+
+def test_an_append_after_puts_of_another_writer_lists_their_frames_too(tmp_path: Path) -> None:
+    """Two writers take turns: a put_many of one lists the other's frames, which it learns from
+    the index (its own record of the frames has fallen behind)."""
+    first, second = open_store(tmp_path / "s"), open_store(tmp_path / "s")
+    try:
+        data = blobs(40)
+        locations: list[DataLocation] = []
+        for i, blob in enumerate(data):
+            locations.append((first if i % 2 else second).put(blob))
+        batch = blobs(3, seed=9)
+        locations += first.put_many(batch)
+        path = locations[0].file_path
+        assert listed_bytes(path) == locations[-1].end_offset
+        assert seekable_read(path) == b"".join(data + batch)
+        locations.append(second.put(b"after"))
+        second.sync()
+        assert seekable_read(path) == b"".join([*data, *batch, b"after"])
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_full_disk_during_the_table_update_keeps_the_put_and_the_old_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC when the table grows (torn after 12 bytes): the put that brought it up to date
+    returns its location, the old table is back (a valid file of fewer frames), sync() raises
+    the error, and once there is room again sync() lists every frame."""
+    monkeypatch.setattr(write_maps_module, "UNLISTED_FRAMES_MAX", 10)
+    real = pwrite_all_of_fileio
+    full = [False]
+
+    def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+        if full[0] and offset + len(data) > os.fstat(fd).st_size:  # the disk has no block for more
+            real(fd, bytes(data)[:12], offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(seekable_module, "pwrite_all", pwrite_all)
+    db = open_store(tmp_path / "s")
+    full[0] = True
+    try:
+        data = blobs(10)
+        locations = [db.put(blob) for blob in data]
+        path = locations[0].file_path
+        assert listed_bytes(path) == 0 and seekable_read(path) == b""
+        raw = Path(path).read_bytes()
+        assert struct.unpack_from("<I", raw, len(raw) - 4)[0] == 0x8F92EAB1  # the footer is back at the end
+        with pytest.raises(OSError) as raised:
+            db.sync()
+        assert raised.value.errno == errno.ENOSPC
+        assert all(db.get(location) == blob for location, blob in zip(locations, data))
+        full[0] = False
+        db.sync()
+        assert seekable_read(path) == b"".join(data)
+        assert db.verify().ok
+    finally:
+        full[0] = False
+        db.close()
