@@ -52,7 +52,7 @@ class Catalog(LogRecords):
                     raise InvalidLocationError(f"{name} in {self._dir_str} is a symlink; refused")
             except ValueError:
                 raise InvalidLocationError(f"{file_path!r} is not a segment file of this store") from None
-        with self._lock.write(self.lock_timeout):
+        with self._writing():
             # No resync: deleting a sealed segment needs no repair of the mutable one, and that
             # repair (after a put or rotation that failed on a full disk: a seek table rewritten, a
             # segment created) needs disk space, which is what a delete is often called to free.

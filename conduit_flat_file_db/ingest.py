@@ -66,7 +66,7 @@ class Ingest(Store):
         """Commit the file ``source`` as a sealed segment; with ``confirm``, return only once the
         sync thread has fsynced it and recorded that in the state page (on disk)."""
         try:
-            with self._lock.write(self.lock_timeout):
+            with self._writing():
                 self._writer.resync()
                 number = self._writer.commit_sealed_file(source, kind, size, checksum, flags, disk_size)
                 sealed = self._writer.take_sealed()

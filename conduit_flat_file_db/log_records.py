@@ -118,10 +118,7 @@ class LogRecords(Store):
         """
         self._check_log("put_log")
         item = data if type(data) is bytes else as_bytes_like(data, "put_log()")  # pylint: disable=unidiomatic-typecheck
-        if self._closed:
-            self._open()
-        lock = self._lock
-        lock.acquire_write(self.lock_timeout)
+        lock = self._write_locked_open()
         try:
             location = self._append_log_locked(item)
             sealed = self._writer.take_sealed() if self._writer.sealed else None
@@ -151,12 +148,9 @@ class LogRecords(Store):
         items = [d if type(d) is bytes else as_bytes_like(d, "put_logged()") for d in datas]  # pylint: disable=unidiomatic-typecheck
         checksums = list(map(blob_checksum, items))
         frames = self._frames(b"".join(items)) if self.use_compression and len(items) > 1 else None
-        if self._closed:
-            self._open()
-        lock = self._lock
-        lock.acquire_write(self.lock_timeout)
+        lock = self._write_locked_open()
         try:
-            words = self._words
+            words = self._writer.words
             before = _new_position((words[W_SEGMENT], words[W_END], words[W_INDEX_BYTES]))
             locations: list[DataLocation] = []
             writer = self._writer
@@ -203,12 +197,9 @@ class LogRecords(Store):
             self._check_log("put_logged_one")
         item = data if type(data) is bytes else as_bytes_like(data, "put_logged_one()")  # pylint: disable=unidiomatic-typecheck
         checksum = blob_checksum(item)
-        if self._closed:
-            self._open()
-        lock = self._lock
-        lock.acquire_write(self.lock_timeout)
+        lock = self._write_locked_open()
         try:
-            words = self._words
+            words = self._writer.words
             writer = self._writer
             start = words[W_END]
             if (  # the mapped case, whose other conditions put_mapped_logged checks

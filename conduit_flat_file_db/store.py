@@ -18,6 +18,7 @@ way and writes the seek table's new tail with one ``pwrite``; a larger put write
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import itertools
 import logging
@@ -28,7 +29,7 @@ import warnings
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, ContextManager, Iterable, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, TypeVar
 
 from .arguments import (
     as_bytes_like,
@@ -305,27 +306,41 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
                 self._tier = None
             self._close_files()
 
-    def _list_frames_before_close(self) -> None:
-        """This instance's puts left the compressed mutable segment's seek table behind its frames
-        (put_mapped_zstd): bring it up to date, so that a closed store's files are complete
-        seekable files. When the write lock cannot be had within ``lock_timeout`` or the disk
-        refuses, the table stays a valid table of fewer frames (the next writer's sync, seal or
-        close lists them); the close goes on."""
+    def _close_writer(self) -> None:
+        """Close the writer under the write lock, so that no write of another thread of this process
+        is inside it: closing its descriptors under a put would make its next write fail, or
+        land in whatever file took their numbers since. A thread that waited for the lock finds
+        the instance closed and opens it again (_write_locked_open). When this instance's puts
+        left the compressed mutable segment's seek table behind its frames (put_mapped_zstd), it
+        is brought up to date first, so a closed store's files are complete seekable files (on a
+        full disk it stays a valid table of fewer frames). When the lock cannot be had within
+        ``lock_timeout``, the writer is closed without it (logged)."""
+        writer = self._writer
         try:
-            with self._lock.write(self.lock_timeout):
-                self._writer.list_frames()
-        except (FlatFileDbError, OSError) as exc:
-            logger.info("%s: the seek table of the mutable segment is left behind its frames: %s", self._dir_str, exc)
+            self._lock.acquire_write(self.lock_timeout)
+        except FlatFileDbError as exc:
+            logger.warning("%s: closed without the write lock: %s", self._dir_str, exc)
+            writer.close()
+            return
+        try:
+            if writer.unlisted:
+                try:
+                    writer.list_frames()
+                except OSError as exc:
+                    logger.info(
+                        "%s: the seek table of the mutable segment stays behind its frames: %s", self._dir_str, exc
+                    )
+            writer.close()
+        finally:
+            self._lock.release_write()
 
     def _close_files(self) -> None:
         """Release the lock, the state page and the descriptors of an open instance."""
         if isinstance(self._lock, ProcessLock):
-            if self._writer.unlisted:
-                self._list_frames_before_close()
+            self._close_writer()
             # fsync=False asked for no wait on the disk: a seal's fsync still running is left
             # to finish alone, and the next open fsyncs what it did not reach.
             self._syncer.close(wait=self.fsync)
-            self._writer.close()
             self._state.close()
             release_process_lock(self._lock)
         else:
@@ -439,7 +454,35 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             )
 
     def _write_lock(self) -> ContextManager[None]:
-        return self._lock.write(self.lock_timeout)
+        return self._writing()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write lock of this instance, open (see _write_locked_open), for a with-block."""
+        lock = self._write_locked_open()
+        try:
+            yield
+        finally:
+            lock.release_write()
+
+    def _write_locked_open(self) -> Any:
+        """Take the write lock of this instance, open: closed (also by another thread while this
+        one waited for the lock), it is opened again and the lock taken anew. Returns the lock,
+        held. (close() closes the writer under the write lock: a write holding it never has its
+        descriptors closed under it, and one that waited finds the instance closed here.)"""
+        while True:
+            if self._closed:
+                self._open()
+            lock = self._lock
+            try:
+                lock.acquire_write(self.lock_timeout)
+            except FlatFileDbError:
+                if self._closed:
+                    continue  # the close took the lock with it
+                raise
+            if not self._closed:
+                return lock
+            lock.release_write()
 
     def put(self, data: Buffer) -> DataLocation:
         """Append one blob and return its location.
@@ -463,7 +506,13 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         if self._closed:
             self._open()
         lock = self._lock
-        lock.acquire_write(self.lock_timeout)  # a read-only instance's raises FlatFileDbReadOnlyError
+        try:
+            lock.acquire_write(self.lock_timeout)  # a read-only instance's raises FlatFileDbReadOnlyError
+        except FlatFileDbError:
+            lock = self._write_locked_open()  # the same error again, unless a close took the lock
+        if self._closed:  # closed by another thread while this one waited for the lock
+            lock.release_write()
+            lock = self._write_locked_open()
         try:
             writer = self._writer
             if frames is None and len(data) <= writer.map_limit:
@@ -488,7 +537,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         then append through the maps when they can take it, else with a write. ``flags``: of the
         BLOB record (FLAG_LOG for a log record, in a segment of index version 2)."""
         writer = self._writer
-        words = self._words
+        words = writer.words  # (not self._words: a close in another thread sets it before it waits for the lock)
         if (
             words[W_DIRTY]
             or words[W_SEGMENT] != writer.segment
@@ -532,10 +581,8 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
             return []
         checksums = [blob_checksum(d) for d in items]
         frames = self._frames(b"".join(items)) if self.use_compression else None
-        if self._closed:
-            self._open()
         locations: list[DataLocation] = []
-        with self._lock.write(self.lock_timeout):
+        with self._writing():
             index = 0
             while index < len(items):
                 index = self._put_run_locked(items, checksums, index, locations, frames)
@@ -587,7 +634,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         self._refuse_write("sync")
         self._reopen_if_closed()
         self._wait_seal_hooks("sync()")
-        with self._lock.write(self.lock_timeout):
+        with self._writing():
             self._writer.resync()
             self._writer.sync()
             mutable = self._writer.segment
@@ -609,8 +656,7 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
     def _maybe_get_new_mutable_file(self, force_new_file: bool = False) -> tuple[Path, int]:
         """Compatibility alias of :meth:`rotate`: rotates when forced or when full."""
         self._refuse_write("_maybe_get_new_mutable_file")
-        self._reopen_if_closed()
-        with self._lock.write(self.lock_timeout):
+        with self._writing():
             writer = self._writer
             if writer.prepare(self.MAX_DAT_FILE_SIZE) and force_new_file:
                 writer.rotate()

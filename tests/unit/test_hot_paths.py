@@ -93,7 +93,9 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
 # any one operation made. Measured: a raw put writes through the map (no write call; fcntl lock
 # and unlock without a lease); a raw get is one pread; a compressed put stores its frame and records
 # through the maps and makes no system call (its seek table lags, brought up to date every 1,024
-# such puts; one put in 40 moves the table, pwrite, pwritev and ftruncate, and maps the new padding:
+# such puts; one put in 40 moves the table: it first lists the frames the table lags behind (pread
+# of its size field and of its old tail, pwrite of its new tail and of its size field), then
+# pwrite, pwritev and ftruncate, and maps the new padding:
 # lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close); a compressed get is
 # three preads.
 # Mapping the new padding may also give blocks to the padding in the seek table's page (a second
@@ -105,9 +107,9 @@ SYSCALLS: dict[tuple[str, str, str], tuple[int, int]] = {
     ("raw", "no-lease", "get"): (40, 1),  # pread64 40
     ("raw", "lease-held", "put"): (0, 0),
     ("raw", "lease-held", "get"): (40, 1),  # pread64 40
-    ("compressed", "no-lease", "put"): (95, 12),  # fcntl 81, pwrite64 4, pwritev2 1, ftruncate 1, map 5-8
+    ("compressed", "no-lease", "put"): (100, 15),  # fcntl 81, pwrite64 6, pread64 3, pwritev2 1, ftruncate 1, map 5-8
     ("compressed", "no-lease", "get"): (120, 3),  # pread64 120
-    ("compressed", "lease-held", "put"): (15, 10),  # pwrite64 4, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
+    ("compressed", "lease-held", "put"): (20, 13),  # pwrite64 6, pread64 3, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
     ("compressed", "lease-held", "get"): (120, 3),  # pread64 120
 }
 
