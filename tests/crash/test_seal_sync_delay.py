@@ -86,35 +86,24 @@ def test_without_fsync_a_seal_is_not_fsynced_before_the_delay_and_sync_does_it_a
         db.close()
 
 
-def test_without_fsync_the_delay_ends_and_the_thread_confirms_the_seals_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("delay", "sealed"),
+    [(0.2, 3), (3600.0, syncer_module.URGENT_BACKLOG)],
+    ids=["the delay ends", "a backlog of seals"],
+)
+def test_without_fsync_the_thread_confirms_the_seals_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay: float, sealed: int
 ) -> None:
-    """No call waits: the thread fsyncs the sealed segments once the delay has passed."""
-    monkeypatch.setattr(store_module, "SYNC_DELAY_SECONDS", 0.2)
+    """No call waits: the thread fsyncs the sealed segments once the delay has passed, or at once
+    when URGENT_BACKLOG sealed segments wait (whatever the delay)."""
+    monkeypatch.setattr(store_module, "SYNC_DELAY_SECONDS", delay)
     synced = synced_segments(monkeypatch)
     datadir = tmp_path / "store"
     db = open_store(datadir)
     try:
-        seal(db, 3)
-        mutable = db.mutable_segment()
-        assert wait_for_word(datadir, mutable) == mutable
-        assert synced == list(range(mutable))
-    finally:
-        db.close()
-
-
-def test_without_fsync_a_backlog_of_seals_is_fsynced_without_waiting_for_the_delay(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """URGENT_BACKLOG sealed segments waiting: the thread starts at once, delay or not."""
-    monkeypatch.setattr(store_module, "SYNC_DELAY_SECONDS", 3600.0)
-    synced = synced_segments(monkeypatch)
-    datadir = tmp_path / "store"
-    db = open_store(datadir)
-    try:
-        seal(db, syncer_module.URGENT_BACKLOG)
-        assert wait_for_word(datadir, syncer_module.URGENT_BACKLOG) >= syncer_module.URGENT_BACKLOG
-        assert synced[: syncer_module.URGENT_BACKLOG] == list(range(syncer_module.URGENT_BACKLOG))
+        seal(db, sealed)
+        assert wait_for_word(datadir, sealed) >= sealed
+        assert synced[:sealed] == list(range(sealed))
     finally:
         db.close()
 
