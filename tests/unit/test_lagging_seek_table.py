@@ -9,19 +9,23 @@ use it. Each test reads the table from the file, independently of the writer's s
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyzstd
 
 import conduit_flat_file_db.seekable as seekable_module
 import conduit_flat_file_db.write_maps as write_maps_module
+import conduit_flat_file_db.writer_recovery as writer_recovery_module
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.fileio import pwrite_all as pwrite_all_of_fileio
+from conduit_flat_file_db.recovery import recover_segment
 from conduit_flat_file_db.seekable import parse_seek_table
 
 pytestmark = pytest.mark.skipif(not maps_supported(), reason="mapped writes need Linux on x86 (FORMAT.md 'Commit')")
@@ -151,3 +155,35 @@ def test_a_full_disk_during_the_table_update_keeps_the_put_and_the_old_table(
     finally:
         full[0] = False
         db.close()
+
+
+def test_an_open_beside_a_writer_whose_table_lags_trusts_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second instance opening the store while the first's puts left the table behind (it is
+    still open, or was killed before its close) takes the clean page as it is: no recovery of the
+    newest segment, no table rewritten and logged as a repair; both go on putting."""
+    calls: list[int] = []
+    real = recover_segment  # what writer_recovery imports
+
+    def spy(dir_fd: int, number: int, *args: Any) -> Any:
+        calls.append(number)
+        return real(dir_fd, number, *args)
+
+    data = blobs(30)
+    first = open_store(tmp_path / "s")
+    try:
+        locations = [first.put(blob) for blob in data[:20]]
+        assert listed_bytes(locations[0].file_path) < locations[-1].end_offset  # the table lags
+        monkeypatch.setattr(writer_recovery_module, "recover_segment", spy)
+        with caplog.at_level(logging.WARNING, logger="conduit_flat_file_db"):
+            with open_store(tmp_path / "s") as second:
+                locations += [second.put(blob) for blob in data[20:25]]
+        assert not calls
+        assert "rewrote the seek table" not in caplog.text
+        locations += [first.put(blob) for blob in data[25:]]
+        assert all(first.get(location) == blob for location, blob in zip(locations, data))
+        assert first.verify().ok
+    finally:
+        first.close()
+    assert seekable_read(locations[0].file_path) == b"".join(data)
