@@ -25,8 +25,10 @@ import conduit_flat_file_db.writer_recovery as writer_recovery_module
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.fileio import pwrite_all as pwrite_all_of_fileio
+from conduit_flat_file_db.naming import STATE_FILE_NAME
 from conduit_flat_file_db.recovery import recover_segment
 from conduit_flat_file_db.seekable import parse_seek_table
+from conduit_flat_file_db.state import W_DURABLE_END
 
 pytestmark = pytest.mark.skipif(not maps_supported(), reason="mapped writes need Linux on x86 (FORMAT.md 'Commit')")
 
@@ -187,3 +189,40 @@ def test_an_open_beside_a_writer_whose_table_lags_trusts_the_page(
     finally:
         first.close()
     assert seekable_read(locations[0].file_path) == b"".join(data)
+
+
+def test_a_sync_whose_table_update_meets_a_full_disk_still_makes_the_puts_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seek table is not what makes a blob durable (recovery lays it out from the index):
+    when sync() cannot grow the table (ENOSPC), it still fdatasyncs the data and the index and
+    records the durable end before it raises the error, as sync() did on a full disk before the
+    table could lag."""
+    real = pwrite_all_of_fileio
+
+    def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+        if offset + len(data) > os.fstat(fd).st_size:  # the disk has no block for more
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    db = open_store(tmp_path / "s")
+    try:
+        locations = [db.put(blob) for blob in blobs(10)]
+        monkeypatch.setattr(seekable_module, "pwrite_all", pwrite_all)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        with pytest.raises(OSError) as raised:
+            db.sync()
+        assert raised.value.errno == errno.ENOSPC
+        assert len(synced) == 2  # the data file and the index
+        page = (tmp_path / "s" / STATE_FILE_NAME).read_bytes()
+        assert struct.unpack_from("<Q", page, 8 * W_DURABLE_END)[0] == locations[-1].end_offset
+    finally:
+        monkeypatch.undo()
+        db.close()
