@@ -94,7 +94,8 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
 # and unlock without a lease); a raw get is one pread; a compressed put stores its frame and records
 # through the maps and makes no system call (its seek table lags, brought up to date every 1,024
 # such puts; one put in 40 moves the table, pwrite, pwritev and ftruncate, and maps the new padding:
-# lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close); a compressed get is
+# lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close; before the move the
+# lagging table where it is lists every frame: three preads and two pwrites); a compressed get is
 # three preads.
 # Mapping the new padding may also give blocks to the padding in the seek table's page (a second
 # lseek and a fallocate, with its zeros): whether that page still holds a hole depends on the
@@ -105,9 +106,9 @@ SYSCALLS: dict[tuple[str, str, str], tuple[int, int]] = {
     ("raw", "no-lease", "get"): (40, 1),  # pread64 40
     ("raw", "lease-held", "put"): (0, 0),
     ("raw", "lease-held", "get"): (40, 1),  # pread64 40
-    ("compressed", "no-lease", "put"): (95, 12),  # fcntl 81, pwrite64 4, pwritev2 1, ftruncate 1, map 5-8
+    ("compressed", "no-lease", "put"): (100, 12),  # fcntl 81, pwrite64 6, pread64 3, pwritev2 1, ftruncate 1, map 5-8
     ("compressed", "no-lease", "get"): (120, 3),  # pread64 120
-    ("compressed", "lease-held", "put"): (15, 10),  # pwrite64 4, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
+    ("compressed", "lease-held", "put"): (20, 10),  # pwrite64 6, pread64 3, pwritev2 1, ftruncate 1, fcntl 1, map 5-8
     ("compressed", "lease-held", "get"): (120, 3),  # pread64 120
 }
 
