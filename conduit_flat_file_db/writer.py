@@ -303,11 +303,15 @@ class SegmentWriter(MappedWrites, WriterRecovery):  # pylint: disable=too-many-i
         return tmp
 
     def sync(self) -> None:
-        """fdatasync the mutable segment (its seek table brought up to date first); record the durable end."""
-        self.list_frames()
-        os.fdatasync(self.data_fd)
-        os.fdatasync(self.index_fd)
-        self.words[W_DURABLE_END] = self.words[W_END]
+        """fdatasync the mutable segment (its seek table brought up to date first); record the durable end.
+        A table that cannot be brought up to date (a full disk) raises its error, after the fsyncs:
+        the blobs do not need it (recovery lays it out from the index)."""
+        try:
+            self.list_frames()
+        finally:
+            os.fdatasync(self.data_fd)
+            os.fdatasync(self.index_fd)
+            self.words[W_DURABLE_END] = self.words[W_END]
 
     def _fail(self, start: int, disk: int, index_bytes: int, padding: int = 0) -> None:
         """Undo a failed append (a full disk, mostly); leave the dirty flag up when even that fails.

@@ -32,7 +32,7 @@ from .naming import (
 )
 from .recovery import recover_segment
 from .seal import holds_unchecked, reseal_segment, seal_problem, seal_recovered, sync_segment
-from .seekable import growing_table_bytes, padding_header
+from .seekable import growing_table_bytes, listed_frames, padding_header
 from .segment import Tail, create_segment
 from .segment_files import fsync_dir, index_ends_where_page_says, open_regular, read_index
 from .state import W_DIRTY, W_DURABLE_END, W_SEGMENT, W_SYNCED_BELOW, SharedState, sync_page
@@ -60,6 +60,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _listed_frames_at(dir_fd: int, number: int, table_at: int, frames: int) -> int | None:
+    """How many of its ``frames`` frames the seek table at ``table_at`` of compressed segment
+    ``number``'s data file lists (seekable.listed_frames), or None when no such table is there."""
+    try:
+        fd = open_regular(dir_fd, segment_name(number, True))
+    except (OSError, ValueError):
+        return None
+    try:
+        return listed_frames(fd, table_at, frames)
+    finally:
+        os.close(fd)
 
 
 def _padding_header_at(dir_fd: int, number: int, offset: int) -> int | None:
@@ -187,11 +200,14 @@ class WriterRecovery:
         # A compressed file is exactly its frames, padding frame and table, the padding frame right
         # after the frames: a page whose frames end, padding or frame count disagrees with the file
         # would send the next put's frame or table entries into the padding (the file then no
-        # seekable file, its seal's table wrong), so such a page is recovered, not trusted. A raw
-        # file may hold room past its committed end.
-        committed = view.disk_bytes + (
-            SKIPPABLE_HEADER_BYTES + view.padding + growing_table_bytes(view.frames) if compressed else 0
-        )
+        # seekable file, its seal's table wrong), so such a page is recovered, not trusted. The
+        # table may lag (put_mapped_zstd): it lists at most the page's frames. A raw file may hold
+        # room past its committed end.
+        committed = view.disk_bytes
+        if compressed:
+            committed += SKIPPABLE_HEADER_BYTES + view.padding
+            listed = _listed_frames_at(self.dir_fd, newest, committed, view.frames)
+            committed += growing_table_bytes(view.frames if listed is None else listed)
         return (
             header.segment == newest
             and header.kind == view.kind

@@ -93,10 +93,9 @@ PYTHON_CALLS: dict[tuple[str, str, str], tuple[tuple[int, int], tuple[int, int]]
 # any one operation made. Measured: a raw put writes through the map (no write call; fcntl lock
 # and unlock without a lease); a raw get is one pread; a compressed put stores its frame and records
 # through the maps and makes no system call (its seek table lags, brought up to date every 1,024
-# such puts; one put in 40 moves the table: it first lists the frames the table lags behind (pread
-# of its size field and of its old tail, pwrite of its new tail and of its size field), then
-# pwrite, pwritev and ftruncate, and maps the new padding:
-# lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close); a compressed get is
+# such puts; one put in 40 moves the table, pwrite, pwritev and ftruncate, and maps the new padding:
+# lseek, fallocate, pwritev of zeros, fstat, mmap, and the old map's close; before the move the
+# lagging table where it is lists every frame: three preads and two pwrites); a compressed get is
 # three preads.
 # Mapping the new padding may also give blocks to the padding in the seek table's page (a second
 # lseek and a fallocate, with its zeros): whether that page still holds a hole depends on the

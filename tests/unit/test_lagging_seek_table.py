@@ -9,20 +9,26 @@ use it. Each test reads the table from the file, independently of the writer's s
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pyzstd
 
 import conduit_flat_file_db.seekable as seekable_module
 import conduit_flat_file_db.write_maps as write_maps_module
+import conduit_flat_file_db.writer_recovery as writer_recovery_module
 from conduit_flat_file_db import DataLocation, FlatFileDb
 from conduit_flat_file_db.blocks import maps_supported
 from conduit_flat_file_db.fileio import pwrite_all as pwrite_all_of_fileio
+from conduit_flat_file_db.naming import STATE_FILE_NAME
+from conduit_flat_file_db.recovery import recover_segment
 from conduit_flat_file_db.seekable import parse_seek_table
+from conduit_flat_file_db.state import W_DURABLE_END
 
 pytestmark = pytest.mark.skipif(not maps_supported(), reason="mapped writes need Linux on x86 (FORMAT.md 'Commit')")
 
@@ -150,4 +156,73 @@ def test_a_full_disk_during_the_table_update_keeps_the_put_and_the_old_table(
         assert db.verify().ok
     finally:
         full[0] = False
+        db.close()
+
+
+def test_an_open_beside_a_writer_whose_table_lags_trusts_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second instance opening the store while the first's puts left the table behind (it is
+    still open, or was killed before its close) takes the clean page as it is: no recovery of the
+    newest segment, no table rewritten and logged as a repair; both go on putting."""
+    calls: list[int] = []
+    real = recover_segment  # what writer_recovery imports
+
+    def spy(dir_fd: int, number: int, *args: Any) -> Any:
+        calls.append(number)
+        return real(dir_fd, number, *args)
+
+    data = blobs(30)
+    first = open_store(tmp_path / "s")
+    try:
+        locations = [first.put(blob) for blob in data[:20]]
+        assert listed_bytes(locations[0].file_path) < locations[-1].end_offset  # the table lags
+        monkeypatch.setattr(writer_recovery_module, "recover_segment", spy)
+        with caplog.at_level(logging.WARNING, logger="conduit_flat_file_db"):
+            with open_store(tmp_path / "s") as second:
+                locations += [second.put(blob) for blob in data[20:25]]
+        assert not calls
+        assert "rewrote the seek table" not in caplog.text
+        locations += [first.put(blob) for blob in data[25:]]
+        assert all(first.get(location) == blob for location, blob in zip(locations, data))
+        assert first.verify().ok
+    finally:
+        first.close()
+    assert seekable_read(locations[0].file_path) == b"".join(data)
+
+
+def test_a_sync_whose_table_update_meets_a_full_disk_still_makes_the_puts_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seek table is not what makes a blob durable (recovery lays it out from the index):
+    when sync() cannot grow the table (ENOSPC), it still fdatasyncs the data and the index and
+    records the durable end before it raises the error, as sync() did on a full disk before the
+    table could lag."""
+    real = pwrite_all_of_fileio
+
+    def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+        if offset + len(data) > os.fstat(fd).st_size:  # the disk has no block for more
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    db = open_store(tmp_path / "s")
+    try:
+        locations = [db.put(blob) for blob in blobs(10)]
+        monkeypatch.setattr(seekable_module, "pwrite_all", pwrite_all)
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        with pytest.raises(OSError) as raised:
+            db.sync()
+        assert raised.value.errno == errno.ENOSPC
+        assert len(synced) == 2  # the data file and the index
+        page = (tmp_path / "s" / STATE_FILE_NAME).read_bytes()
+        assert struct.unpack_from("<Q", page, 8 * W_DURABLE_END)[0] == locations[-1].end_offset
+    finally:
+        monkeypatch.undo()
         db.close()
