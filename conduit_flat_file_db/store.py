@@ -628,8 +628,10 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
         One ``fdatasync`` of the mutable segment's data and index, after waiting for the
         background fsync of recently sealed segments; afterwards a power loss cannot cost
-        any blob acknowledged before this call. Raises the OSError of a failed fsync. Waits
-        too for the seal hook's re-framing of segments sealed so far.
+        any blob acknowledged before this call. Raises the OSError of a failed fsync, and
+        FlatFileDbUnsafeAccessError when another thread's close() (``fsync=False``) left the
+        fsync of sealed segments undone. Waits too for the seal hook's re-framing of segments
+        sealed so far.
         """
         self._refuse_write("sync")
         self._reopen_if_closed()

@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Any, Callable
 
+from .errors import FlatFileDbUnsafeAccessError
 from .seal import holds_unchecked, sync_segment
 from .segment_files import fsync_dir
 from .state import W_SYNCED_BELOW, sync_page
@@ -97,8 +98,10 @@ class SealSyncer:
         # No new thread now (interpreter exiting, thread limit): sync here.
         self._finish(below, self._sync(below))
 
-    def wait(self, below: int) -> OSError | None:
-        """Wait until what was requested below ``below`` is done; returns the error of a failed fsync, if any."""
+    def wait(self, below: int) -> Exception | None:
+        """Wait until what was requested below ``below`` is done; returns the error of a failed
+        fsync, if any, or FlatFileDbUnsafeAccessError when a close(wait=False) in another thread
+        left it undone (the segments are not known durable)."""
         if self._pid != os.getpid():
             return None
         with self._cond:
@@ -111,6 +114,11 @@ class SealSyncer:
                     continue
                 # Polled as well as notified: a wait must end even if the thread it waits for is gone.
                 self._cond.wait(_POLL_SECONDS)
+            if self._failed is None and self._abandoned and self._done < min(below, self._target):
+                return FlatFileDbUnsafeAccessError(
+                    "the store was closed by another thread before the fsync of its sealed segments "
+                    "finished: they are not known to be durable (the next open fsyncs them)"
+                )
             return self._failed
 
     def _lost_thread_locked(self, thread: threading.Thread) -> None:
@@ -199,7 +207,8 @@ class SealSyncer:
 
     def _finish(self, target: int, error: OSError | None) -> None:
         with self._cond:
-            self._done = max(self._done, target)
+            if not self._abandoned:  # (abandoned: _sync stopped short, nothing more is done)
+                self._done = max(self._done, target)
             self._failed = self._failed or error
             self._cond.notify_all()
 

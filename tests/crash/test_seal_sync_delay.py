@@ -19,7 +19,7 @@ from crash_support import state_word
 
 import conduit_flat_file_db.store as store_module
 import conduit_flat_file_db.syncer as syncer_module
-from conduit_flat_file_db import FlatFileDb
+from conduit_flat_file_db import FlatFileDb, FlatFileDbUnsafeAccessError
 from conduit_flat_file_db.seal import sync_segment
 from conduit_flat_file_db.state import W_SYNCED_BELOW
 
@@ -153,3 +153,46 @@ def test_with_fsync_the_seal_is_fsynced_at_once_and_the_writer_waits_for_the_one
         assert wait_for_word(datadir, 3) == 3 and synced == [0, 1, 2]
     finally:
         db.close()
+
+
+def test_a_sync_whose_seal_fsync_a_close_in_another_thread_abandoned_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() with fsync=False leaves the seal fsync a sync() in another thread waits for: that
+    sync() raises FlatFileDbUnsafeAccessError (the segments are not known durable), never returns
+    as if they were; the next open confirms them."""
+    gate = threading.Event()
+    entered = threading.Event()
+    real = sync_segment
+
+    def held(dir_fd: int, number: int) -> int:
+        entered.set()
+        gate.wait(60)
+        return real(dir_fd, number)
+
+    monkeypatch.setattr(syncer_module, "sync_segment", held)
+    datadir = tmp_path / "store"
+    db = open_store(datadir)
+    seal(db, 2)
+    outcome: list[BaseException | None] = []
+
+    def syncing() -> None:
+        try:
+            db.sync()
+            outcome.append(None)
+        except BaseException as exc:  # pylint: disable=broad-exception-caught  # the outcome is the test
+            outcome.append(exc)
+
+    syncer = threading.Thread(target=syncing)
+    syncer.start()
+    try:
+        assert entered.wait(30)  # the sync thread is inside segment 0's fsync, sync() waits for it
+        db.close()
+    finally:
+        gate.set()
+        syncer.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], FlatFileDbUnsafeAccessError), outcome
+    monkeypatch.setattr(syncer_module, "sync_segment", real)
+    with open_store(datadir) as again:
+        again.sync()
+        assert state_word(datadir, W_SYNCED_BELOW) == again.mutable_segment()
