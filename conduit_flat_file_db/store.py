@@ -509,7 +509,9 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
         try:
             lock.acquire_write(self.lock_timeout)  # a read-only instance's raises FlatFileDbReadOnlyError
         except FlatFileDbError:
-            lock = self._write_locked_open()  # the same error again, unless a close took the lock
+            if not self._closed:  # a timeout, a read-only instance: not a close that took the lock
+                raise
+            lock = self._write_locked_open()
         if self._closed:  # closed by another thread while this one waited for the lock
             lock.release_write()
             lock = self._write_locked_open()
