@@ -630,20 +630,24 @@ class Store:  # pylint: disable=too-many-instance-attributes  # configuration + 
 
         One ``fdatasync`` of the mutable segment's data and index, after waiting for the
         background fsync of recently sealed segments; afterwards a power loss cannot cost
-        any blob acknowledged before this call. Raises the OSError of a failed fsync, and
-        FlatFileDbUnsafeAccessError when another thread's close() (``fsync=False``) left the
-        fsync of sealed segments undone. Waits too for the seal hook's re-framing of segments
-        sealed so far.
+        any blob acknowledged before this call. Raises the OSError of a failed fsync. When
+        another thread's close() (``fsync=False``) leaves the fsync of sealed segments undone,
+        the instance is opened again and the fsync done by it. Waits too for the seal hook's
+        re-framing of segments sealed so far.
         """
         self._refuse_write("sync")
         self._reopen_if_closed()
         self._wait_seal_hooks("sync()")
-        with self._writing():
-            self._writer.resync()
-            self._writer.sync()
-            mutable = self._writer.segment
-        self._syncer.request(mutable)
-        error = self._syncer.wait(mutable)
+        while True:
+            with self._writing():
+                self._writer.resync()
+                self._writer.sync()
+                mutable = self._writer.segment
+                syncer = self._syncer
+            syncer.request(mutable)
+            error = syncer.wait(mutable)
+            if not isinstance(error, FlatFileDbUnsafeAccessError):  # (that one: a close left it)
+                break
         if error is not None:
             raise error
 

@@ -101,7 +101,8 @@ class SealSyncer:
     def wait(self, below: int) -> Exception | None:
         """Wait until what was requested below ``below`` is done; returns the error of a failed
         fsync, if any, or FlatFileDbUnsafeAccessError when a close(wait=False) in another thread
-        left it undone (the segments are not known durable)."""
+        left it undone (the segments are not known durable: sync() opens the store again and
+        waits for the new instance's thread)."""
         if self._pid != os.getpid():
             return None
         with self._cond:
